@@ -1,0 +1,236 @@
+//! The control socket: connecting (`SOCK_SEQPACKET | SOCK_CLOEXEC`), sending
+//! requests (`MSG_NOSIGNAL`), receiving replies with at most the one file
+//! descriptor we expect (`MSG_CMSG_CLOEXEC`; any other is closed), and a
+//! non-blocking look for EOF or SHUTDOWN.
+
+use crate::error::{Error, Result};
+use hreg_proto::control::{Reply, Request, MAX_MESSAGE};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::path::Path;
+
+/// Connects a fresh control socket to `path`.
+pub(crate) fn connect(path: &Path) -> std::io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&sock, &addr)?;
+    Ok(sock)
+}
+
+/// Sends one request. A peer that is gone gives [`Error::Disconnected`].
+pub(crate) fn send(sock: impl AsFd, request: &Request) -> Result<()> {
+    let bytes = request.encode();
+    loop {
+        match rustix::net::send(sock.as_fd(), &bytes, SendFlags::NOSIGNAL) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(Error::Protocol(format!(
+                    "sent {n} of {} bytes of a packet",
+                    bytes.len()
+                )))
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN) => {
+                return Err(Error::Disconnected)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one reply, blocking, with the descriptors that came with it.
+/// EOF and SHUTDOWN give [`Error::Disconnected`].
+pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match rustix::net::recvmsg(sock.as_fd(), &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+            Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) => return Err(Error::Disconnected),
+            other => break other?,
+        }
+    };
+    // Take ownership of every descriptor first, so that each one we do not
+    // want is closed whatever happens next.
+    let mut fds = Vec::new();
+    for message in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.bytes == 0 {
+        return Err(Error::Disconnected);
+    }
+    if msg.flags.contains(ReturnFlags::TRUNC) {
+        return Err(Error::Protocol("control packet longer than 4096 bytes".into()));
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(Error::Protocol("too many descriptors attached to a reply".into()));
+    }
+    let reply = Reply::decode(&buf[..msg.bytes])
+        .map_err(|e| Error::Protocol(format!("bad control reply: {e}")))?;
+    if reply == Reply::Shutdown {
+        return Err(Error::Disconnected);
+    }
+    Ok((reply, fds))
+}
+
+/// Sends `request` and receives its reply. The caller serializes requests.
+pub(crate) fn call(sock: impl AsFd, request: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    send(sock.as_fd(), request)?;
+    recv(sock)
+}
+
+/// Takes exactly one descriptor out of `fds`; the rest are closed.
+pub(crate) fn one_fd(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd> {
+    let count = fds.len();
+    let mut fds = fds.into_iter();
+    match (fds.next(), count) {
+        (Some(fd), 1) => Ok(fd),
+        _ => Err(Error::Protocol(format!(
+            "{what} came with {count} descriptors, expected 1"
+        ))),
+    }
+}
+
+/// What a look at an idle control socket found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Peek {
+    /// Nothing to read: the daemon is (as far as we can tell) alive.
+    Quiet,
+    /// EOF, hang-up, or SHUTDOWN waiting: the daemon is gone.
+    Gone,
+    /// A packet is waiting but we may not read it now (another thread owns
+    /// the socket); ask again later.
+    Busy,
+}
+
+/// Looks at the control socket without blocking. `may_read` says whether
+/// the caller holds the socket (no request outstanding), so that a waiting
+/// packet can be inspected: only SHUTDOWN may arrive unasked, anything else
+/// is consumed and dropped.
+pub(crate) fn peek(sock: impl AsFd, may_read: bool) -> Result<Peek> {
+    let sock = sock.as_fd();
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let revents = {
+        let mut fds = [PollFd::new(&sock, PollFlags::IN | PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(_) => fds[0].revents(),
+            Err(Errno::INTR) => return Ok(Peek::Quiet),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if revents.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL) {
+        return Ok(Peek::Gone);
+    }
+    if !revents.contains(PollFlags::IN) {
+        return Ok(Peek::Quiet);
+    }
+    if !may_read {
+        return Ok(Peek::Busy);
+    }
+    let mut head = [0u8; MAX_MESSAGE];
+    match rustix::net::recv(sock, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((_, 0)) => Ok(Peek::Gone),
+        Ok((_, n)) => {
+            if Reply::decode(&head[..n.min(MAX_MESSAGE)]) == Ok(Reply::Shutdown) {
+                return Ok(Peek::Gone);
+            }
+            // An unasked-for packet that is not SHUTDOWN: drop it (closing
+            // any descriptor it carried) so that replies stay in step.
+            match recv(sock) {
+                Err(Error::Disconnected) => Ok(Peek::Gone),
+                _ => Ok(Peek::Quiet),
+            }
+        }
+        Err(Errno::AGAIN | Errno::INTR) => Ok(Peek::Quiet),
+        Err(Errno::CONNRESET) => Ok(Peek::Gone),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hreg_proto::control::StatsReply;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn request_and_reply_travel() {
+        let (a, b) = pair();
+        send(&a, &Request::Stats).unwrap();
+        let mut buf = [0u8; 64];
+        let (_, n) = rustix::net::recv(&b, &mut buf, RecvFlags::empty()).unwrap();
+        assert_eq!(Request::decode(&buf[..n]), Ok(Request::Stats));
+        let stats = Reply::Stats(StatsReply {
+            objects: 1,
+            value_bytes: 2,
+            sessions: 3,
+            ops: 4,
+        });
+        rustix::net::send(&b, &stats.encode(), SendFlags::empty()).unwrap();
+        let (reply, fds) = recv(&a).unwrap();
+        assert_eq!(reply, stats);
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn peek_tells_quiet_from_gone() {
+        let (a, b) = pair();
+        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
+        rustix::net::send(&b, &Reply::Ack.encode(), SendFlags::empty()).unwrap();
+        assert_eq!(peek(&a, false).unwrap(), Peek::Busy);
+        // An unasked-for ACK is dropped.
+        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
+        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
+        rustix::net::send(&b, &Reply::Shutdown.encode(), SendFlags::empty()).unwrap();
+        assert_eq!(peek(&a, true).unwrap(), Peek::Gone);
+        assert!(matches!(recv(&a), Err(Error::Disconnected)));
+        drop(b);
+        assert_eq!(peek(&a, false).unwrap(), Peek::Gone);
+        assert!(matches!(recv(&a), Err(Error::Disconnected)));
+        assert!(matches!(send(&a, &Request::Stats), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn garbage_reply_is_a_protocol_error() {
+        let (a, b) = pair();
+        rustix::net::send(&b, &[1, 2, 3], SendFlags::empty()).unwrap();
+        assert!(matches!(recv(&a), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn one_fd_wants_exactly_one() {
+        assert!(one_fd(Vec::new(), "x").is_err());
+        let (a, b) = pair();
+        assert!(one_fd(vec![a, b], "x").is_err());
+        let (a, _b) = pair();
+        assert!(one_fd(vec![a], "x").is_ok());
+    }
+}

@@ -1,0 +1,227 @@
+//! Everything `unsafe` in the client: mapping the session memfd, handing out
+//! [`RingView`]s into that mapping, waiting on the CQ-tail futex, and the
+//! fork hook that keeps a cheap "which process am I" answer correct.
+
+use crate::error::{Error, Result};
+use hreg_proto::ring::{Layout, RingView};
+use rustix::fd::OwnedFd;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
+/// The session's shared memory, mapped read/write and `MAP_SHARED`.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    base: *mut u8,
+    len: usize,
+    stride: usize,
+    layout: Layout,
+}
+
+// SAFETY: the mapping is plain shared memory that is only touched through
+// RingView (atomics and raw copies); the pointer may move between threads.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out RingViews and never forms
+// references to the bytes.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `memfd`, which must be exactly `layout.max_rings × stride` bytes;
+    /// `stride` must be page-aligned and hold a whole ring of `layout`.
+    pub(crate) fn new(memfd: &OwnedFd, layout: Layout, stride: u64) -> Result<Mapping> {
+        layout
+            .validate()
+            .map_err(|e| Error::Protocol(format!("unusable ring layout: {e}")))?;
+        let stride = usize::try_from(stride)
+            .map_err(|_| Error::Protocol("ring stride does not fit in memory".into()))?;
+        if stride < layout.ring_stride() || stride % 4096 != 0 {
+            return Err(Error::Protocol(format!(
+                "ring stride {stride} cannot hold a ring of {} bytes",
+                layout.ring_stride()
+            )));
+        }
+        let len = stride
+            .checked_mul(layout.max_rings as usize)
+            .ok_or_else(|| Error::Protocol("session memory size overflows".into()))?;
+        let stat = rustix::fs::fstat(memfd)?;
+        if u64::try_from(stat.st_size).ok() != Some(len as u64) {
+            return Err(Error::Protocol(format!(
+                "session memory is {} bytes, expected {len}",
+                stat.st_size
+            )));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
+        // memfd whose size was just checked and which is sealed against
+        // shrinking, so every byte of the mapping stays backed.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                memfd,
+                0,
+            )?
+        };
+        Ok(Mapping {
+            base: base.cast(),
+            len,
+            stride,
+            layout,
+        })
+    }
+
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// A view of ring `index`, or `None` when there is no such ring.
+    ///
+    /// The view points into this mapping: use it only while the mapping is
+    /// alive (the client holds its `Arc<Inner>` whenever it touches a ring).
+    pub(crate) fn ring(&self, index: u32) -> Option<RingView> {
+        if index >= self.layout.max_rings {
+            return None;
+        }
+        let offset = index as usize * self.stride;
+        // SAFETY: index < max_rings, so [offset, offset + stride) lies inside
+        // the mapping; stride is a multiple of the page size and the mapping
+        // is page-aligned, so the ring start is too; stride ≥ the layout's
+        // ring size (checked in `new`). The caller keeps the mapping alive
+        // while it uses the view.
+        Some(unsafe { RingView::new(self.base.add(offset), self.layout) })
+    }
+
+    /// Leaves the memory mapped for good (a forked child must not unmap
+    /// what may still be in use by code it inherited).
+    pub(crate) fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly what mmap returned; every RingView
+        // into it is only used while the owning client's Inner is alive, and
+        // this runs when that Inner is dropped.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// How a futex wait ended.
+pub(crate) enum Wake {
+    /// Woken, interrupted, or the word no longer held the value.
+    Changed,
+    TimedOut,
+}
+
+/// Sleeps while the ring's CQ tail word (`word`) still equals `seen`, at most
+/// `timeout`. A shared futex: the daemon wakes it from another process.
+pub(crate) fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) -> Result<Wake> {
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    match futex::wait(word, futex::Flags::empty(), seen, Some(&ts)) {
+        Ok(()) => Ok(Wake::Changed),
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(Wake::Changed),
+        Err(rustix::io::Errno::TIMEDOUT) => Ok(Wake::TimedOut),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Our process id, cached; 0 means "not known yet". The fork hook resets
+/// it in the child so the next call asks the kernel again.
+static PID: AtomicU32 = AtomicU32::new(0);
+static FORK_HOOK: Once = Once::new();
+
+extern "C" fn forget_pid_in_child() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// Installs the fork hook once. Called before any client exists, so no
+/// cached pid can outlive a fork unnoticed.
+pub(crate) fn install_fork_hook() {
+    FORK_HOOK.call_once(|| {
+        // SAFETY: registers a plain function that only does an atomic store,
+        // which is async-signal-safe and valid in a just-forked child.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        if rc != 0 {
+            // Without the hook, never trust the cache: u32::MAX marks "ask
+            // the kernel every time".
+            PID.store(u32::MAX, Ordering::Relaxed);
+        }
+    });
+}
+
+/// The current process id, cheaply (one atomic load after the first call).
+pub(crate) fn current_pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+            // Keep "ask every time" if the hook could not be installed.
+            let _ = PID.compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed);
+            pid
+        }
+        u32::MAX => rustix::process::getpid().as_raw_nonzero().get() as u32,
+        pid => pid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_is_ours() {
+        install_fork_hook();
+        let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        assert_eq!(current_pid(), pid);
+        assert_eq!(current_pid(), pid);
+    }
+
+    #[test]
+    fn maps_a_memfd_of_the_right_size_only() {
+        let layout = Layout {
+            entries: 4,
+            data_size: 64,
+            max_rings: 2,
+        };
+        let stride = layout.ring_stride() as u64;
+        let fd = rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, stride * 2).unwrap();
+        let map = Mapping::new(&fd, layout, stride).unwrap();
+        let ring = map.ring(1).unwrap();
+        assert!(map.ring(2).is_none());
+        assert!(ring.copy_to_data(0, b"hello"));
+        let mut out = [0u8; 5];
+        assert!(map.ring(1).unwrap().copy_from_data(0, &mut out));
+        assert_eq!(&out, b"hello");
+        drop(map);
+
+        rustix::fs::ftruncate(&fd, stride).unwrap();
+        assert!(matches!(
+            Mapping::new(&fd, layout, stride),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            Mapping::new(&fd, layout, 100),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn futex_wait_times_out_or_sees_change() {
+        let word = AtomicU32::new(5);
+        assert!(matches!(
+            futex_wait(&word, 4, Duration::from_millis(1)),
+            Ok(Wake::Changed)
+        ));
+        assert!(matches!(
+            futex_wait(&word, 5, Duration::from_millis(1)),
+            Ok(Wake::TimedOut)
+        ));
+    }
+}

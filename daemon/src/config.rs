@@ -1,0 +1,308 @@
+//! hregd's settings: defaults, the TOML file and the command line, merged in
+//! that order (flags win), then checked as a whole.
+
+use clap::Parser;
+use hreg_proto::ring::Layout;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Command-line flags. Each one, when given, overrides the config file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "hregd",
+    version,
+    about = "hreg daemon: a cross-process handle registry"
+)]
+pub struct Args {
+    /// TOML file with any of the settings below (same names, with `_`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Socket path [default: $HREG_SOCKET, else /run/hreg/hreg.sock for root,
+    /// else $XDG_RUNTIME_DIR/hreg.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Socket file mode, octal [default: 600, 660 under /run/hreg].
+    #[arg(long, value_parser = parse_octal)]
+    pub socket_mode: Option<u32>,
+    /// Ring worker threads [default: one per core, at most 4].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Registry shards (a power of two).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Largest value in bytes.
+    #[arg(long)]
+    pub max_value_size: Option<u64>,
+    /// Most live objects in all.
+    #[arg(long)]
+    pub max_objects: Option<u64>,
+    /// Most value bytes in all.
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// Most attached sessions.
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
+    /// Rings per session (threads beyond share rings).
+    #[arg(long)]
+    pub max_rings: Option<u32>,
+    /// Entries per submission and completion queue (a power of two).
+    #[arg(long)]
+    pub ring_entries: Option<u32>,
+    /// Bytes of each ring's data area.
+    #[arg(long)]
+    pub data_size: Option<u32>,
+    /// Log filter (error, warn, info, debug, trace) [default: $RUST_LOG, else info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+fn parse_octal(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("`{text}` is not an octal file mode (000 to 777)"))
+}
+
+/// The config file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub workers: Option<usize>,
+    pub shards: Option<usize>,
+    pub max_value_size: Option<u64>,
+    pub max_objects: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_sessions: Option<usize>,
+    pub max_rings: Option<u32>,
+    pub ring_entries: Option<u32>,
+    pub data_size: Option<u32>,
+    pub log_level: Option<String>,
+}
+
+/// The settings hregd runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub workers: usize,
+    pub shards: usize,
+    pub max_value_size: u64,
+    pub max_objects: u64,
+    pub max_bytes: u64,
+    pub max_sessions: usize,
+    pub max_rings: u32,
+    pub ring_entries: u32,
+    pub data_size: u32,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{key}` = {value}: {expected}")]
+    Range {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("no socket path: pass --socket, set HREG_SOCKET, or set XDG_RUNTIME_DIR")]
+    NoSocket,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    fn merge(args: &Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let socket = match args.socket.clone().or(file.socket) {
+            Some(path) => path,
+            None => default_socket_path().ok_or(ConfigError::NoSocket)?,
+        };
+        let file_mode = file
+            .socket_mode
+            .as_deref()
+            .map(|text| {
+                parse_octal(text).map_err(|_| ConfigError::Range {
+                    key: "socket_mode",
+                    value: text.to_string(),
+                    expected: "an octal file mode from 000 to 777",
+                })
+            })
+            .transpose()?;
+        let default_mode = if socket.starts_with("/run/hreg") {
+            0o660
+        } else {
+            0o600
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Config {
+            socket_mode: args.socket_mode.or(file_mode).unwrap_or(default_mode),
+            workers: args.workers.or(file.workers).unwrap_or(cores.min(4)),
+            shards: args.shards.or(file.shards).unwrap_or(64),
+            max_value_size: args
+                .max_value_size
+                .or(file.max_value_size)
+                .unwrap_or(1 << 20),
+            max_objects: args.max_objects.or(file.max_objects).unwrap_or(1 << 24),
+            max_bytes: args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32),
+            max_sessions: args.max_sessions.or(file.max_sessions).unwrap_or(1024),
+            max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
+            ring_entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
+            data_size: args.data_size.or(file.data_size).unwrap_or(256 * 1024),
+            log_level: args.log_level.clone().or(file.log_level),
+            socket,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &'static str,
+            value: T,
+            ok: bool,
+            expected: &'static str,
+        ) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Range {
+                    key,
+                    value: value.to_string(),
+                    expected,
+                })
+            }
+        }
+        range(
+            "workers",
+            self.workers,
+            (1..=64).contains(&self.workers),
+            "1 to 64",
+        )?;
+        range(
+            "shards",
+            self.shards,
+            self.shards.is_power_of_two() && self.shards <= 1024,
+            "a power of two from 1 to 1024",
+        )?;
+        range(
+            "max_value_size",
+            self.max_value_size,
+            self.max_value_size <= hreg_proto::MAX_VALUE_SIZE_LIMIT,
+            "0 to 1073741824",
+        )?;
+        range(
+            "max_objects",
+            self.max_objects,
+            self.max_objects >= 1,
+            "at least 1",
+        )?;
+        range(
+            "max_sessions",
+            self.max_sessions,
+            self.max_sessions >= 1,
+            "at least 1",
+        )?;
+        range(
+            "max_rings",
+            self.max_rings,
+            (1..=4096).contains(&self.max_rings),
+            "1 to 4096",
+        )?;
+        range(
+            "ring_entries",
+            self.ring_entries,
+            self.ring_entries.is_power_of_two() && (2..=32768).contains(&self.ring_entries),
+            "a power of two from 2 to 32768",
+        )?;
+        range(
+            "data_size",
+            self.data_size,
+            self.data_size % 8 == 0 && (64..=1 << 30).contains(&self.data_size),
+            "a multiple of 8 from 64 to 1073741824",
+        )?;
+        Ok(())
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            entries: self.ring_entries,
+            data_size: self.data_size,
+            max_rings: self.max_rings,
+        }
+    }
+}
+
+/// `$HREG_SOCKET`, else `/run/hreg/hreg.sock` for root, else
+/// `$XDG_RUNTIME_DIR/hreg.sock`.
+pub fn default_socket_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HREG_SOCKET").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    if rustix::process::geteuid().is_root() {
+        return Some(Path::new("/run/hreg/hreg.sock").to_path_buf());
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|p| !p.is_empty())
+        .map(|dir| Path::new(&dir).join("hreg.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("hregd").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config =
+            Config::merge(&args(&["--socket", "/tmp/x.sock"]), FileConfig::default()).unwrap();
+        assert_eq!(config.max_value_size, 1 << 20);
+        assert_eq!(config.socket_mode, 0o600);
+        assert!((1..=4).contains(&config.workers));
+    }
+
+    #[test]
+    fn flags_override_file_and_bad_values_name_the_key() {
+        let file: FileConfig = toml::from_str("shards = 8\nmax_objects = 5").unwrap();
+        let config = Config::merge(&args(&["--socket", "/s", "--shards", "16"]), file).unwrap();
+        assert_eq!((config.shards, config.max_objects), (16, 5));
+        let err = Config::merge(
+            &args(&["--socket", "/s", "--shards", "3"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shards"), "{err}");
+        assert!(toml::from_str::<FileConfig>("bogus = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
+    }
+}

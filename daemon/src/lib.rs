@@ -1,0 +1,16 @@
+//! hregd: the hreg daemon as a library, so its parts can be tested and
+//! benchmarked in process.
+//!
+//! It owns the registry of objects ([`registry`], values in [`store`]), the
+//! sessions of attached clients ([`session`], their shared memory in [`shm`]),
+//! the control socket ([`control`]), the ring workers ([`worker`]) and the
+//! settings ([`config`]). `unsafe` is confined to [`shm`] (the mapping) and
+//! `hreg_proto::ring` (access to ring memory).
+
+pub mod config;
+pub mod control;
+pub mod registry;
+pub mod session;
+pub mod shm;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,77 @@
+//! hregd's entry point: settings, logging, signals, systemd notification,
+//! then the control loop until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use hregd::config::{Args, Config};
+use hregd::control::Daemon;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::from_args(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hregd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_level.as_deref());
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("hregd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let (stop_read, stop_write) = UnixStream::pair().context("signal pipe")?;
+    stop_read.set_nonblocking(true)?;
+    stop_write.set_nonblocking(true)?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::low_level::pipe::register(signal, stop_write.try_clone()?)?;
+    }
+    let socket = config.socket.clone();
+    let (daemon, threads) = Daemon::start(config, stop_read.as_fd())?;
+    tracing::info!(socket = %socket.display(), "hregd serving");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let result = daemon.run(threads);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    result
+}
+
+/// Every session and ring holds descriptors; take the hard limit.
+fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(maximum) = limit.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The registry against a plain model (a map of live objects plus the set of
+//! handles ever issued), over random operation sequences.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+const LIMITS: Limits = Limits {
+    max_value_size: 64,
+    max_objects: 40,
+    max_bytes: 1200,
+};
+
+#[derive(Clone, Debug)]
+struct ModelObject {
+    owner: u32,
+    flags: u32,
+    value: Vec<u8>,
+    refs: HashMap<usize, u32>,
+}
+
+#[derive(Default)]
+struct Model {
+    live: HashMap<u64, ModelObject>,
+    bytes: u64,
+}
+
+impl Model {
+    fn readable(o: &ModelObject, uid: u32) -> bool {
+        uid == 0 || uid == o.owner || o.flags & flags::SHARED != 0
+    }
+    fn writable(o: &ModelObject, uid: u32) -> bool {
+        uid == 0 || uid == o.owner
+    }
+    fn kill(&mut self, h: u64) {
+        if let Some(o) = self.live.remove(&h) {
+            self.bytes -= o.value.len() as u64;
+        }
+    }
+    fn drop_if_unreferenced(&mut self, h: u64) {
+        let o = &self.live[&h];
+        if o.flags & flags::DETACHED == 0 && o.refs.values().all(|&n| n == 0) {
+            self.kill(h);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Insert { who: usize, len: usize, flags: u32 },
+    Get { who: usize, pick: usize },
+    Replace { who: usize, pick: usize, len: usize },
+    Retain { who: usize, pick: usize },
+    Release { who: usize, pick: usize },
+    Remove { who: usize, pick: usize },
+    EndSession { who: usize },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let who = 0usize..3;
+    let pick = any::<usize>();
+    prop_oneof![
+        3 => (who.clone(), 0usize..80, 0u32..5).prop_map(|(who, len, flags)| Action::Insert { who, len, flags }),
+        2 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Get { who, pick }),
+        1 => (who.clone(), pick.clone(), 0usize..80).prop_map(|(who, pick, len)| Action::Replace { who, pick, len }),
+        2 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Retain { who, pick }),
+        3 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Release { who, pick }),
+        1 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Remove { who, pick }),
+        1 => who.prop_map(|who| Action::EndSession { who }),
+    ]
+}
+
+/// Uids of the three sessions: two users and root.
+const UIDS: [u32; 3] = [1000, 1001, 0];
+
+fn value_of(len: usize, salt: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(salt) as u8)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn registry_matches_model(actions in proptest::collection::vec(action(), 1..300)) {
+        // Two shards so slots are reused often.
+        let registry = Registry::with_epoch(2, LIMITS, 5, 77);
+        let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| Holder::new(uid)).collect();
+        let mut model = Model::default();
+        // Every handle issued, plus a few that never were.
+        let mut known: Vec<u64> = vec![0, 1, HandleParts { epoch: 6, generation: 1, slot: 0 }.encode()];
+        let mut issued = HashSet::new();
+        for (step, action) in actions.into_iter().enumerate() {
+            let pick = |p: usize| known[p % known.len()];
+            match action {
+                Action::Insert { who, len, flags: f } => {
+                    let value = value_of(len, step as u64);
+                    let got = registry.insert(&holders[who], &value, f, step);
+                    let expected = if f & !flags::ALL != 0 {
+                        Err(Status::Invalid)
+                    } else if len > LIMITS.max_value_size {
+                        Err(Status::TooBig)
+                    } else if model.live.len() as u64 >= LIMITS.max_objects
+                        || model.bytes + len as u64 > LIMITS.max_bytes {
+                        Err(Status::Quota)
+                    } else {
+                        Ok(())
+                    };
+                    match (got, expected) {
+                        (Ok(h), Ok(())) => {
+                            prop_assert!(h != 0);
+                            prop_assert!(issued.insert(h), "handle {h:#x} issued twice");
+                            let mut refs = HashMap::new();
+                            if f & flags::DETACHED == 0 {
+                                refs.insert(who, 1);
+                            }
+                            model.bytes += len as u64;
+                            model.live.insert(h, ModelObject { owner: UIDS[who], flags: f, value, refs });
+                            known.push(h);
+                        }
+                        (got, expected) => prop_assert_eq!(got.map(|_| ()), expected),
+                    }
+                }
+                Action::Get { who, pick: p } => {
+                    let h = pick(p);
+                    let got = registry.get_with(&holders[who], h, |v| v.to_vec());
+                    let expected = match model.live.get(&h) {
+                        _ if h == 0 => Err(Status::Invalid),
+                        None => Err(Status::Stale),
+                        Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied),
+                        Some(o) => Ok(o.value.clone()),
+                    };
+                    prop_assert_eq!(got, expected);
+                }
+                Action::Replace { who, pick: p, len } => {
+                    let h = pick(p);
+                    let value = value_of(len, step as u64);
+                    let got = registry.replace(&holders[who], h, &value);
+                    let expected = match model.live.get(&h) {
+                        _ if h == 0 => Err(Status::Invalid),
+                        _ if len > LIMITS.max_value_size => Err(Status::TooBig),
+                        None => Err(Status::Stale),
+                        Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
+                        Some(o) if model.bytes - o.value.len() as u64 + len as u64 > LIMITS.max_bytes
+                            && len > o.value.len() => Err(Status::Quota),
+                        Some(_) => Ok(()),
+                    };
+                    if expected.is_ok() {
+                        let o = model.live.get_mut(&h).unwrap();
+                        model.bytes = model.bytes - o.value.len() as u64 + len as u64;
+                        o.value = value;
+                    }
+                    prop_assert_eq!(got, expected);
+                }
+                Action::Retain { who, pick: p } => {
+                    let h = pick(p);
+                    let got = registry.retain(&holders[who], h);
+                    let expected = match model.live.get_mut(&h) {
+                        _ if h == 0 => Err(Status::Invalid),
+                        None => Err(Status::Stale),
+                        Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied),
+                        Some(o) => {
+                            *o.refs.entry(who).or_insert(0) += 1;
+                            Ok(())
+                        }
+                    };
+                    prop_assert_eq!(got, expected);
+                }
+                Action::Release { who, pick: p } => {
+                    let h = pick(p);
+                    let got = registry.release(&holders[who], h);
+                    let expected = match model.live.get_mut(&h) {
+                        _ if h == 0 => Err(Status::Invalid),
+                        None => Err(Status::Stale),
+                        Some(o) => match o.refs.get_mut(&who) {
+                            Some(n) if *n > 0 => {
+                                *n -= 1;
+                                model.drop_if_unreferenced(h);
+                                Ok(())
+                            }
+                            _ => Err(Status::NotHeld),
+                        },
+                    };
+                    prop_assert_eq!(got, expected);
+                }
+                Action::Remove { who, pick: p } => {
+                    let h = pick(p);
+                    let got = registry.remove(&holders[who], h);
+                    let expected = match model.live.get(&h) {
+                        _ if h == 0 => Err(Status::Invalid),
+                        None => Err(Status::Stale),
+                        Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
+                        Some(_) => {
+                            model.kill(h);
+                            Ok(())
+                        }
+                    };
+                    prop_assert_eq!(got, expected);
+                }
+                Action::EndSession { who } => {
+                    registry.release_all(&holders[who]);
+                    holders[who] = Holder::new(UIDS[who]);
+                    let handles: Vec<u64> = model.live.keys().copied().collect();
+                    for h in handles {
+                        model.live.get_mut(&h).unwrap().refs.remove(&who);
+                        model.drop_if_unreferenced(h);
+                    }
+                }
+            }
+            let usage = registry.usage();
+            prop_assert_eq!(usage.objects, model.live.len() as u64);
+            prop_assert_eq!(usage.value_bytes, model.bytes);
+        }
+    }
+}
+
+#[test]
+fn reused_slot_gets_a_new_generation() {
+    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let holder = Holder::new(1000);
+    let first = registry.insert(&holder, b"a", 0, 0).unwrap();
+    registry.release(&holder, first).unwrap();
+    let second = registry.insert(&holder, b"b", 0, 0).unwrap();
+    assert_eq!(
+        HandleParts::decode(first).slot,
+        HandleParts::decode(second).slot
+    );
+    assert_ne!(first, second);
+    assert_eq!(
+        registry.get_with(&holder, first, |v| v.to_vec()),
+        Err(Status::Stale)
+    );
+    assert_eq!(
+        registry.get_with(&holder, second, |v| v.to_vec()),
+        Ok(b"b".to_vec())
+    );
+}
+
+#[test]
+fn slot_is_retired_before_its_generation_wraps() {
+    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let holder = Holder::new(1000);
+    let first = registry.insert(&holder, b"a", 0, 0).unwrap();
+    // Push the slot to its last generation directly; walking there takes 2^23 inserts.
+    {
+        let mut shard = write(&registry.shards[0]);
+        shard.slot_mut(0).unwrap().generation = LAST_GENERATION;
+    }
+    let last = HandleParts {
+        generation: LAST_GENERATION,
+        ..HandleParts::decode(first)
+    }
+    .encode();
+    registry.release(&holder, last).unwrap_err();
+    lock(&holder.refs).insert(last, 1);
+    registry.release(&holder, last).unwrap();
+    let next = registry.insert(&holder, b"b", 0, 0).unwrap();
+    assert_ne!(HandleParts::decode(next).slot, 0, "retired slot was reused");
+}
+
+#[test]
+fn handles_of_another_epoch_are_stale() {
+    let a = Registry::with_epoch(4, LIMITS, 1, 9);
+    let b = Registry::with_epoch(4, LIMITS, 2, 9);
+    let holder = Holder::new(0);
+    let h = a.insert(&holder, b"x", flags::DETACHED, 0).unwrap();
+    b.insert(&holder, b"y", flags::DETACHED, 0).unwrap();
+    assert_eq!(b.get_with(&holder, h, |v| v.to_vec()), Err(Status::Stale));
+}

@@ -1,0 +1,130 @@
+//! A session: one attached client connection, its identity, its shared
+//! memory, which of its rings are open, and the references it holds.
+//!
+//! A `Session` is shared (`Arc`) by the control thread and every worker that
+//! serves one of its rings. When the last of them lets go, `Drop` releases
+//! all of its references, so a session's references outlive every request it
+//! can still make, and no help from the client is needed.
+
+use crate::registry::{lock, Holder, Registry};
+use crate::shm::SessionMemory;
+use rustix::event::EventfdFlags;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Who is on the other end of the socket, from `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct Session {
+    pub id: u64,
+    pub peer: Peer,
+    pub name: String,
+    pub holder: Holder,
+    pub memory: SessionMemory,
+    registry: Arc<Registry>,
+    open_rings: Mutex<Vec<bool>>,
+    closed: AtomicBool,
+    /// Rung when a worker closes the session, so the control thread drops
+    /// the connection.
+    control_bell: Arc<Doorbell>,
+}
+
+impl Session {
+    pub fn new(
+        id: u64,
+        peer: Peer,
+        name: String,
+        memory: SessionMemory,
+        registry: Arc<Registry>,
+        control_bell: Arc<Doorbell>,
+    ) -> Session {
+        let rings = memory.layout().max_rings as usize;
+        Session {
+            id,
+            peer,
+            name,
+            holder: Holder::new(peer.uid),
+            memory,
+            registry,
+            open_rings: Mutex::new(vec![false; rings]),
+            closed: AtomicBool::new(false),
+            control_bell,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Marks a free ring as open and returns its index; `None` at the cap.
+    pub fn claim_ring(&self) -> Option<u32> {
+        let mut open = lock(&self.open_rings);
+        let index = open.iter().position(|in_use| !in_use)?;
+        open[index] = true;
+        Some(index as u32)
+    }
+
+    /// Frees a ring's index and memory (its worker has stopped serving it).
+    pub fn free_ring(&self, index: u32) {
+        self.memory.discard_ring(index);
+        if let Some(slot) = lock(&self.open_rings).get_mut(index as usize) {
+            *slot = false;
+        }
+    }
+
+    pub fn open_ring_count(&self) -> usize {
+        lock(&self.open_rings).iter().filter(|&&open| open).count()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the session from any thread: workers stop serving it and the
+    /// control thread drops its connection.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.control_bell.ring();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.registry.release_all(&self.holder);
+    }
+}
+
+/// An eventfd used as a doorbell: ring it from anywhere, drain it where it is
+/// waited on.
+pub struct Doorbell(OwnedFd);
+
+impl Doorbell {
+    pub fn new() -> io::Result<Doorbell> {
+        Ok(Doorbell(rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?))
+    }
+
+    pub fn ring(&self) {
+        // EAGAIN means the counter is saturated: it is rung already.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut buf);
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

@@ -1,0 +1,489 @@
+//! Ring workers: threads that serve the rings assigned to them.
+//!
+//! A worker polls its rings while there is work, spins (yielding) for a short
+//! while when there is none, then announces NEED_WAKEUP on every ring and
+//! sleeps in `epoll` on the rings' doorbell eventfds. A ring whose completion
+//! queue is full is skipped, so one slow client cannot stall the others; a
+//! ring whose counters make no sense closes its session.
+
+use crate::registry::{lock, Holder, Registry};
+use crate::session::{Doorbell, Session};
+use crossbeam_utils::CachePadded;
+use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe, INLINE_CAPACITY};
+use hreg_proto::ring::{RingView, Word, CQ_WAITING, SQ_NEED_WAKEUP};
+use hreg_proto::{Opcode, Status};
+use rustix::event::epoll;
+use rustix::fd::OwnedFd;
+use std::io;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a worker keeps polling after its last piece of work.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// epoll key of the worker's own command doorbell.
+const COMMAND_KEY: u64 = u64::MAX;
+
+/// The side of a worker that other threads see.
+pub struct Worker {
+    commands: Mutex<Vec<Command>>,
+    bell: Doorbell,
+    rings: AtomicUsize,
+    ops: CachePadded<AtomicU64>,
+    stop: AtomicBool,
+}
+
+enum Command {
+    Serve(Box<ServedRing>),
+    Close { session: u64, index: u32 },
+}
+
+impl Worker {
+    pub fn new() -> io::Result<Worker> {
+        Ok(Worker {
+            commands: Mutex::default(),
+            bell: Doorbell::new()?,
+            rings: AtomicUsize::new(0),
+            ops: CachePadded::new(AtomicU64::new(0)),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Rings this worker serves (for picking the least loaded).
+    pub fn load(&self) -> usize {
+        self.rings.load(Ordering::Relaxed)
+    }
+
+    /// Requests served so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Starts serving ring `index` of `session` (reset by the caller before
+    /// the client learnt of it), woken by `doorbell`.
+    pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: OwnedFd) {
+        let Some(view) = session.memory.ring(index) else {
+            return;
+        };
+        self.rings.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::Serve(Box::new(ServedRing {
+            session,
+            index,
+            view,
+            doorbell,
+            sq_head: 0,
+            cq_tail: 0,
+            staging: Vec::new(),
+        })));
+    }
+
+    /// Stops serving a ring; its index is freed once the worker lets go.
+    pub fn close_ring(&self, session: u64, index: u32) {
+        self.send(Command::Close { session, index });
+    }
+
+    /// Wakes the worker so it notices closed sessions.
+    pub fn nudge(&self) {
+        self.bell.ring();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.bell.ring();
+    }
+
+    fn send(&self, command: Command) {
+        lock(&self.commands).push(command);
+        self.bell.ring();
+    }
+
+    /// The worker thread's body; returns when [`Worker::stop`] is called.
+    pub fn run(&self, id: usize) -> io::Result<()> {
+        let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &poll,
+            self.bell.fd(),
+            epoll::EventData::new_u64(COMMAND_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let mut state = WorkerState {
+            id,
+            rings: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let mut last_work = Instant::now();
+        let mut events = Vec::with_capacity(64);
+        while !self.stop.load(Ordering::Acquire) {
+            self.take_commands(&poll, &mut state);
+            let (entries, public) = state.serve_all();
+            if entries > 0 {
+                self.ops.fetch_add(public, Ordering::Relaxed);
+                last_work = Instant::now();
+                continue;
+            }
+            if last_work.elapsed() < SPIN {
+                std::thread::yield_now();
+                continue;
+            }
+            // Announce sleep, then look once more: a client that published
+            // its tail before seeing the flag is caught by this re-check.
+            state.set_need_wakeup(SQ_NEED_WAKEUP);
+            fence(Ordering::SeqCst);
+            if state.has_work() || !lock(&self.commands).is_empty() {
+                state.set_need_wakeup(0);
+                continue;
+            }
+            events.clear();
+            match epoll::wait(&poll, rustix::buffer::spare_capacity(&mut events), None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            for event in &events {
+                let key = event.data.u64();
+                if key == COMMAND_KEY {
+                    self.bell.drain();
+                } else if let Some(ring) = state.rings.iter().find(|r| r.key() == key) {
+                    drain(&ring.doorbell);
+                }
+            }
+            state.set_need_wakeup(0);
+            last_work = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn take_commands(&self, poll: &OwnedFd, state: &mut WorkerState) {
+        let commands = std::mem::take(&mut *lock(&self.commands));
+        for command in commands {
+            match command {
+                Command::Serve(ring) => {
+                    let key = ring.key();
+                    if epoll::add(
+                        poll,
+                        &ring.doorbell,
+                        epoll::EventData::new_u64(key),
+                        epoll::EventFlags::IN,
+                    )
+                    .is_err()
+                    {
+                        ring.session.close();
+                    }
+                    state.rings.push(ring);
+                }
+                Command::Close { session, index } => {
+                    state
+                        .rings
+                        .retain(|r| !(r.session.id == session && r.index == index));
+                }
+            }
+        }
+        let before = state.rings.len();
+        state.rings.retain(|r| !r.session.is_closed());
+        // Dropping a ServedRing frees its index; count what is left.
+        if state.rings.len() != before || !state.rings.is_empty() {
+            self.rings.store(state.rings.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+struct WorkerState {
+    id: usize,
+    rings: Vec<Box<ServedRing>>,
+    /// Where a value from a client's data area is copied before use.
+    scratch: Vec<u8>,
+}
+
+impl WorkerState {
+    /// Serves every ring once; returns the entries and the public requests
+    /// served.
+    fn serve_all(&mut self) -> (u64, u64) {
+        let mut served = (0, 0);
+        for ring in &mut self.rings {
+            match ring.serve(self.id, &mut self.scratch) {
+                Ok((entries, public)) => {
+                    served.0 += entries;
+                    served.1 += public;
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        session = ring.session.id,
+                        pid = ring.session.peer.pid,
+                        reason,
+                        "closing hostile session"
+                    );
+                    ring.session.close();
+                }
+            }
+        }
+        self.rings.retain(|r| !r.session.is_closed());
+        served
+    }
+
+    fn has_work(&self) -> bool {
+        self.rings
+            .iter()
+            .any(|r| r.view.word(Word::SqTail).load(Ordering::Acquire) != r.sq_head)
+    }
+
+    fn set_need_wakeup(&self, flag: u32) {
+        for ring in &self.rings {
+            ring.view.word(Word::SqFlags).store(flag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One ring as its worker sees it. The daemon's own SQ head and CQ tail live
+/// here; the copies in shared memory are written, never read back.
+struct ServedRing {
+    session: Arc<Session>,
+    index: u32,
+    view: RingView,
+    doorbell: OwnedFd,
+    sq_head: u32,
+    cq_tail: u32,
+    /// A large value in pieces: built by STAGE_WRITE, or a GET snapshot read
+    /// back by STAGE_READ.
+    staging: Vec<u8>,
+}
+
+impl Drop for ServedRing {
+    fn drop(&mut self) {
+        self.session.free_ring(self.index);
+    }
+}
+
+impl ServedRing {
+    fn key(&self) -> u64 {
+        (self.session.id << 16) | u64::from(self.index)
+    }
+
+    /// Serves what the ring holds, as far as the CQ has room. Returns the
+    /// entries and the public requests served, or why the session must close.
+    fn serve(&mut self, worker: usize, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
+        let entries = self.view.entries();
+        let sq_tail = self.view.word(Word::SqTail).load(Ordering::Acquire);
+        let pending = sq_tail.wrapping_sub(self.sq_head);
+        if pending == 0 {
+            return Ok((0, 0));
+        }
+        if pending > entries {
+            return Err("SQ tail more than a ring ahead of the head");
+        }
+        let cq_head = self.view.word(Word::CqHead).load(Ordering::Acquire);
+        let unread = self.cq_tail.wrapping_sub(cq_head);
+        if unread > entries {
+            return Err("CQ head outside the ring");
+        }
+        let room = entries - unread;
+        let batch = pending.min(room);
+        let mut served = 0;
+        for _ in 0..batch {
+            let raw = self.view.read_sqe(self.sq_head);
+            let (cqe, public) = self.execute(&raw, worker, scratch);
+            self.view.write_cqe(self.cq_tail, &cqe.encode());
+            self.sq_head = self.sq_head.wrapping_add(1);
+            self.cq_tail = self.cq_tail.wrapping_add(1);
+            served += u64::from(public);
+        }
+        if batch == 0 {
+            return Ok((0, 0));
+        }
+        self.view
+            .word(Word::SqHead)
+            .store(self.sq_head, Ordering::Release);
+        let cq_tail_word = self.view.word(Word::CqTail);
+        cq_tail_word.store(self.cq_tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.view.word(Word::CqFlags).load(Ordering::Relaxed) & CQ_WAITING != 0 {
+            let _ = rustix::thread::futex::wake(
+                cq_tail_word,
+                rustix::thread::futex::Flags::empty(),
+                u32::MAX,
+            );
+        }
+        Ok((u64::from(batch), served))
+    }
+
+    /// Runs one entry (a copy, already out of shared memory). Returns the
+    /// completion and whether it was a public request.
+    fn execute(&mut self, raw: &[u8; 64], worker: usize, scratch: &mut Vec<u8>) -> (Cqe, bool) {
+        let sqe = Sqe::decode(raw);
+        let mut cqe = Cqe {
+            user_data: sqe.user_data,
+            ..Cqe::default()
+        };
+        let opcode = Opcode::from_u8(sqe.opcode);
+        let public = matches!(opcode, Some(op) if (op as u8) <= Opcode::Remove as u8);
+        let result = match opcode {
+            _ if !Sqe::reserved_is_zero(raw) || sqe.entry_flags & !sqe_flags::ALL != 0 => {
+                Err(Status::Invalid)
+            }
+            _ if sqe.obj_flags != 0 && opcode != Some(Opcode::Insert) => Err(Status::Invalid),
+            None => Err(Status::Invalid),
+            Some(op) => self.run(op, &sqe, &mut cqe, worker, scratch),
+        };
+        cqe.status = match result {
+            Ok(()) => Status::Ok,
+            Err(status) => status,
+        } as u32;
+        (cqe, public)
+    }
+
+    fn run(
+        &mut self,
+        op: Opcode,
+        sqe: &Sqe,
+        cqe: &mut Cqe,
+        worker: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Status> {
+        let session = Arc::clone(&self.session);
+        let registry: &Registry = session.registry();
+        let holder = &session.holder;
+        match op {
+            Opcode::Insert => {
+                if sqe.obj_flags & !hreg_proto::flags::ALL != 0 {
+                    return Err(Status::Invalid);
+                }
+                let value = self.value_in(sqe, registry, scratch)?;
+                let hint = worker.wrapping_mul(7).wrapping_add(self.cq_tail as usize);
+                cqe.handle = registry.insert(holder, value, sqe.obj_flags, hint)?;
+                self.release_staging_if(sqe);
+                Ok(())
+            }
+            Opcode::Replace => {
+                if sqe.handle == 0 {
+                    return Err(Status::Invalid);
+                }
+                let value = self.value_in(sqe, registry, scratch)?;
+                registry.replace(holder, sqe.handle, value)?;
+                self.release_staging_if(sqe);
+                Ok(())
+            }
+            Opcode::Get => self.get(sqe, cqe, registry, holder),
+            Opcode::Retain => registry.retain(holder, sqe.handle),
+            Opcode::Release => registry.release(holder, sqe.handle),
+            Opcode::Remove => registry.remove(holder, sqe.handle),
+            Opcode::StageWrite => self.stage_write(sqe, registry),
+            Opcode::StageRead => self.stage_read(sqe, cqe),
+        }
+    }
+
+    /// The value an INSERT or REPLACE carries, copied out of shared memory
+    /// once (inline values are already a copy).
+    fn value_in<'a>(
+        &'a self,
+        sqe: &'a Sqe,
+        registry: &Registry,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], Status> {
+        let len = sqe.data_len as usize;
+        match sqe.entry_flags {
+            sqe_flags::INLINE if len <= INLINE_CAPACITY => Ok(&sqe.inline[..len]),
+            sqe_flags::STAGED if len == self.staging.len() => Ok(&self.staging),
+            0 if self.view.data_range_ok(sqe.data_off, len) => {
+                if len > registry.limits().max_value_size {
+                    return Err(Status::TooBig);
+                }
+                scratch.clear();
+                scratch.try_reserve(len).map_err(|_| Status::Quota)?;
+                scratch.resize(len, 0);
+                self.view.copy_from_data(sqe.data_off, scratch);
+                Ok(scratch)
+            }
+            _ => Err(Status::Invalid),
+        }
+    }
+
+    fn release_staging_if(&mut self, sqe: &Sqe) {
+        if sqe.entry_flags == sqe_flags::STAGED {
+            self.staging = Vec::new();
+        }
+    }
+
+    fn get(
+        &mut self,
+        sqe: &Sqe,
+        cqe: &mut Cqe,
+        registry: &Registry,
+        holder: &Holder,
+    ) -> Result<(), Status> {
+        if sqe.entry_flags != 0 || !self.view.data_range_ok(sqe.data_off, sqe.data_len as usize) {
+            return Err(Status::Invalid);
+        }
+        let capacity = sqe.inline_u64();
+        let view = self.view;
+        let staging = &mut self.staging;
+        registry.get_with(holder, sqe.handle, |value| {
+            cqe.value_len = value.len() as u32;
+            if value.len() as u64 > capacity {
+                return Err(Status::Buffer);
+            }
+            if value.len() <= INLINE_CAPACITY {
+                cqe.inline[..value.len()].copy_from_slice(value);
+                cqe.entry_flags = cqe_flags::INLINE;
+            } else if value.len() <= sqe.data_len as usize {
+                view.copy_to_data(sqe.data_off, value);
+                cqe.entry_flags = cqe_flags::IN_DATA;
+                cqe.data_off = sqe.data_off;
+            } else {
+                staging.clear();
+                staging
+                    .try_reserve(value.len())
+                    .map_err(|_| Status::Quota)?;
+                staging.extend_from_slice(value);
+                cqe.entry_flags = cqe_flags::STAGED;
+            }
+            Ok(())
+        })?
+    }
+
+    fn stage_write(&mut self, sqe: &Sqe, registry: &Registry) -> Result<(), Status> {
+        let offset = sqe.inline_u64();
+        let len = sqe.data_len as usize;
+        if sqe.entry_flags != 0
+            || offset > self.staging.len() as u64
+            || !self.view.data_range_ok(sqe.data_off, len)
+        {
+            return Err(Status::Invalid);
+        }
+        let end = offset as usize + len;
+        if end > registry.limits().max_value_size {
+            return Err(Status::TooBig);
+        }
+        self.staging.truncate(offset as usize);
+        self.staging.try_reserve(len).map_err(|_| Status::Quota)?;
+        self.staging.resize(end, 0);
+        self.view
+            .copy_from_data(sqe.data_off, &mut self.staging[offset as usize..]);
+        Ok(())
+    }
+
+    fn stage_read(&mut self, sqe: &Sqe, cqe: &mut Cqe) -> Result<(), Status> {
+        let offset = sqe.inline_u64();
+        if sqe.entry_flags != 0 || offset > self.staging.len() as u64 {
+            return Err(Status::Invalid);
+        }
+        let offset = offset as usize;
+        let n = (self.staging.len() - offset).min(sqe.data_len as usize);
+        if !self
+            .view
+            .copy_to_data(sqe.data_off, &self.staging[offset..offset + n])
+        {
+            return Err(Status::Invalid);
+        }
+        cqe.value_len = n as u32;
+        cqe.data_off = sqe.data_off;
+        cqe.entry_flags = cqe_flags::IN_DATA;
+        if offset + n == self.staging.len() {
+            self.staging = Vec::new();
+        }
+        Ok(())
+    }
+}

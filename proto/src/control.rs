@@ -1,0 +1,384 @@
+//! Control-socket messages. Each message is one `SOCK_SEQPACKET` packet: a
+//! little-endian `u32` kind followed by the kind's fields, nothing after them.
+//! Decoding takes untrusted bytes and returns an error, never panics.
+
+use thiserror::Error;
+
+/// Largest control packet either side sends or accepts, in bytes.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Bytes that open every HELLO, so a stray connection is told apart from a
+/// client of another protocol version.
+pub const HELLO_MAGIC: [u8; 4] = *b"HREG";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message too short")]
+    Short,
+    #[error("{0} unexpected bytes after the message")]
+    Trailing(usize),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u32),
+    #[error("HELLO does not start with the hreg magic")]
+    BadMagic,
+    #[error("text field is not UTF-8 or longer than {0} bytes")]
+    BadText(usize),
+}
+
+/// Messages a client sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// First message on a connection.
+    Hello { version: u32, name: String },
+    /// Ask for a ring for one more client thread.
+    RingOpen,
+    /// Give a ring back.
+    RingClose { index: u32 },
+    /// Ask for the registry's figures.
+    Stats,
+    /// End the session.
+    Goodbye,
+}
+
+/// Figures of a running daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsReply {
+    pub objects: u64,
+    pub value_bytes: u64,
+    pub sessions: u64,
+    pub ops: u64,
+}
+
+/// Limits and shared-memory geometry a session gets in WELCOME.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u32,
+    pub session_id: u64,
+    pub max_value_size: u64,
+    pub max_objects: u64,
+    pub max_bytes: u64,
+    /// Entries in each SQ and CQ (a power of two).
+    pub ring_entries: u32,
+    /// Bytes in each ring's data area.
+    pub data_size: u32,
+    /// Rings the session's memory holds.
+    pub max_rings: u32,
+    /// Bytes from one ring's start to the next.
+    pub ring_stride: u64,
+}
+
+/// Messages the daemon sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// HELLO accepted; the session's memfd is attached.
+    Welcome(Welcome),
+    /// HELLO refused: `status` says why (VERSION, QUOTA, PROTOCOL).
+    Refused {
+        status: u32,
+        message: String,
+    },
+    /// A ring is ready at `index`; its doorbell eventfd is attached.
+    RingOpened {
+        index: u32,
+    },
+    /// The request was done.
+    Ack,
+    Stats(StatsReply),
+    /// A request failed.
+    Error {
+        status: u32,
+        message: String,
+    },
+    /// The daemon is shutting down; the session ends.
+    Shutdown,
+}
+
+mod kind {
+    pub const HELLO: u32 = 1;
+    pub const RING_OPEN: u32 = 2;
+    pub const RING_CLOSE: u32 = 3;
+    pub const STATS: u32 = 4;
+    pub const GOODBYE: u32 = 5;
+
+    pub const WELCOME: u32 = 101;
+    pub const REFUSED: u32 = 102;
+    pub const RING_OPENED: u32 = 103;
+    pub const ACK: u32 = 104;
+    pub const STATS_REPLY: u32 = 105;
+    pub const ERROR: u32 = 106;
+    pub const SHUTDOWN: u32 = 107;
+}
+
+/// Longest message text carried in REFUSED and ERROR.
+pub const MAX_TEXT: usize = 1024;
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Request::Hello { version, name } => {
+                w.u32(kind::HELLO);
+                w.bytes(&HELLO_MAGIC);
+                w.u32(*version);
+                w.text(name);
+            }
+            Request::RingOpen => w.u32(kind::RING_OPEN),
+            Request::RingClose { index } => {
+                w.u32(kind::RING_CLOSE);
+                w.u32(*index);
+            }
+            Request::Stats => w.u32(kind::STATS),
+            Request::Goodbye => w.u32(kind::GOODBYE),
+        }
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+        let mut r = Reader(bytes);
+        let request = match r.u32()? {
+            kind::HELLO => {
+                if r.take(4)? != HELLO_MAGIC {
+                    return Err(DecodeError::BadMagic);
+                }
+                let version = r.u32()?;
+                let name = r.text(crate::MAX_CLIENT_NAME)?;
+                Request::Hello { version, name }
+            }
+            kind::RING_OPEN => Request::RingOpen,
+            kind::RING_CLOSE => Request::RingClose { index: r.u32()? },
+            kind::STATS => Request::Stats,
+            kind::GOODBYE => Request::Goodbye,
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(request)
+    }
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        match self {
+            Reply::Welcome(welcome) => {
+                w.u32(kind::WELCOME);
+                w.u32(welcome.version);
+                w.u64(welcome.session_id);
+                w.u64(welcome.max_value_size);
+                w.u64(welcome.max_objects);
+                w.u64(welcome.max_bytes);
+                w.u32(welcome.ring_entries);
+                w.u32(welcome.data_size);
+                w.u32(welcome.max_rings);
+                w.u64(welcome.ring_stride);
+            }
+            Reply::Refused { status, message } => {
+                w.u32(kind::REFUSED);
+                w.u32(*status);
+                w.text(message);
+            }
+            Reply::RingOpened { index } => {
+                w.u32(kind::RING_OPENED);
+                w.u32(*index);
+            }
+            Reply::Ack => w.u32(kind::ACK),
+            Reply::Stats(stats) => {
+                w.u32(kind::STATS_REPLY);
+                w.u64(stats.objects);
+                w.u64(stats.value_bytes);
+                w.u64(stats.sessions);
+                w.u64(stats.ops);
+            }
+            Reply::Error { status, message } => {
+                w.u32(kind::ERROR);
+                w.u32(*status);
+                w.text(message);
+            }
+            Reply::Shutdown => w.u32(kind::SHUTDOWN),
+        }
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
+        let mut r = Reader(bytes);
+        let reply = match r.u32()? {
+            kind::WELCOME => Reply::Welcome(Welcome {
+                version: r.u32()?,
+                session_id: r.u64()?,
+                max_value_size: r.u64()?,
+                max_objects: r.u64()?,
+                max_bytes: r.u64()?,
+                ring_entries: r.u32()?,
+                data_size: r.u32()?,
+                max_rings: r.u32()?,
+                ring_stride: r.u64()?,
+            }),
+            kind::REFUSED => Reply::Refused {
+                status: r.u32()?,
+                message: r.text(MAX_TEXT)?,
+            },
+            kind::RING_OPENED => Reply::RingOpened { index: r.u32()? },
+            kind::ACK => Reply::Ack,
+            kind::STATS_REPLY => Reply::Stats(StatsReply {
+                objects: r.u64()?,
+                value_bytes: r.u64()?,
+                sessions: r.u64()?,
+                ops: r.u64()?,
+            }),
+            kind::ERROR => Reply::Error {
+                status: r.u32()?,
+                message: r.text(MAX_TEXT)?,
+            },
+            kind::SHUTDOWN => Reply::Shutdown,
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(reply)
+    }
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    /// A `u16` length and the UTF-8 bytes, cut at a character boundary so the
+    /// packet stays within [`MAX_MESSAGE`].
+    fn text(&mut self, s: &str) {
+        let mut end = s.len().min(MAX_TEXT);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.extend_from_slice(&(end as u16).to_le_bytes());
+        self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Short);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn text(&mut self, max: usize) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(DecodeError::BadText(max));
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadText(max))
+    }
+    fn finish(self) -> Result<(), DecodeError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(DecodeError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [
+            Request::Hello {
+                version: 1,
+                name: "tést".into(),
+            },
+            Request::RingOpen,
+            Request::RingClose { index: 7 },
+            Request::Stats,
+            Request::Goodbye,
+        ] {
+            assert_eq!(Request::decode(&request.encode()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            Reply::Welcome(Welcome {
+                version: 1,
+                session_id: 9,
+                max_value_size: 1 << 20,
+                max_objects: 5,
+                max_bytes: 6,
+                ring_entries: 64,
+                data_size: 4096,
+                max_rings: 64,
+                ring_stride: 8192,
+            }),
+            Reply::Refused {
+                status: 10,
+                message: "version".into(),
+            },
+            Reply::RingOpened { index: 3 },
+            Reply::Ack,
+            Reply::Stats(StatsReply {
+                objects: 1,
+                value_bytes: 2,
+                sessions: 3,
+                ops: 4,
+            }),
+            Reply::Error {
+                status: 6,
+                message: "quota".into(),
+            },
+            Reply::Shutdown,
+        ] {
+            assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn hello_needs_magic_and_short_name() {
+        let mut bytes = Request::Hello {
+            version: 1,
+            name: "x".into(),
+        }
+        .encode();
+        bytes[4] = b'X';
+        assert_eq!(Request::decode(&bytes), Err(DecodeError::BadMagic));
+        let long = Request::Hello {
+            version: 1,
+            name: "n".repeat(100),
+        }
+        .encode();
+        assert_eq!(
+            Request::decode(&long),
+            Err(DecodeError::BadText(crate::MAX_CLIENT_NAME))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Request::decode(&bytes);
+            let _ = Reply::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The 64-byte ring entries: submission (client → daemon) and completion
+//! (daemon → client), as plain structs with byte-exact encoding.
+//!
+//! All integers are little-endian. The daemon decodes a copy of the bytes it
+//! took out of shared memory, so decoding never fails: checking what the
+//! fields mean is the daemon's job ([`Sqe::opcode`] is a raw byte on purpose).
+
+/// Size of every ring entry in bytes.
+pub const ENTRY_SIZE: usize = 64;
+
+/// Bytes of value that fit inside an entry.
+pub const INLINE_CAPACITY: usize = 32;
+
+/// Offset of the inline bytes within an entry.
+const INLINE_OFFSET: usize = 32;
+
+/// Submission-entry flags (`Sqe::entry_flags`).
+pub mod sqe_flags {
+    /// The value is inline in the entry (`data_len` bytes of `inline`).
+    pub const INLINE: u8 = 0x1;
+    /// The value is the ring's staging buffer (built by STAGE_WRITE).
+    pub const STAGED: u8 = 0x2;
+    /// Every defined flag.
+    pub const ALL: u8 = INLINE | STAGED;
+}
+
+/// Completion-entry flags (`Cqe::entry_flags`).
+pub mod cqe_flags {
+    /// The value is inline in the completion.
+    pub const INLINE: u32 = 0x1;
+    /// The value was written to the data area at `data_off`.
+    pub const IN_DATA: u32 = 0x2;
+    /// The value was too large for the region given and waits in the ring's
+    /// staging buffer; fetch it with STAGE_READ.
+    pub const STAGED: u32 = 0x4;
+}
+
+/// A submission entry.
+///
+/// | bytes  | field         | meaning |
+/// |--------|---------------|---------|
+/// | 0..8   | `user_data`   | echoed in the completion |
+/// | 8      | `opcode`      | [`crate::Opcode`] |
+/// | 9      | `entry_flags` | [`sqe_flags`] |
+/// | 10..12 | reserved      | zero |
+/// | 12..16 | `obj_flags`   | INSERT's object flags; zero otherwise |
+/// | 16..24 | `handle`      | target handle |
+/// | 24..28 | `data_off`    | offset in the ring's data area |
+/// | 28..32 | `data_len`    | value length (in), or region capacity (GET, STAGE_READ) |
+/// | 32..64 | `inline`      | inline value; for GET the caller's buffer capacity (u64 at 32); for STAGE_* the staging offset (u64 at 32) |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sqe {
+    pub user_data: u64,
+    pub opcode: u8,
+    pub entry_flags: u8,
+    pub obj_flags: u32,
+    pub handle: u64,
+    pub data_off: u32,
+    pub data_len: u32,
+    pub inline: [u8; INLINE_CAPACITY],
+}
+
+impl Default for Sqe {
+    fn default() -> Self {
+        Sqe {
+            user_data: 0,
+            opcode: 0,
+            entry_flags: 0,
+            obj_flags: 0,
+            handle: 0,
+            data_off: 0,
+            data_len: 0,
+            inline: [0; INLINE_CAPACITY],
+        }
+    }
+}
+
+impl Sqe {
+    pub fn encode(&self) -> [u8; ENTRY_SIZE] {
+        let mut b = [0u8; ENTRY_SIZE];
+        b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
+        b[8] = self.opcode;
+        b[9] = self.entry_flags;
+        b[12..16].copy_from_slice(&self.obj_flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.handle.to_le_bytes());
+        b[24..28].copy_from_slice(&self.data_off.to_le_bytes());
+        b[28..32].copy_from_slice(&self.data_len.to_le_bytes());
+        b[INLINE_OFFSET..].copy_from_slice(&self.inline);
+        b
+    }
+
+    pub fn decode(b: &[u8; ENTRY_SIZE]) -> Sqe {
+        Sqe {
+            user_data: le_u64(b, 0),
+            opcode: b[8],
+            entry_flags: b[9],
+            obj_flags: le_u32(b, 12),
+            handle: le_u64(b, 16),
+            data_off: le_u32(b, 24),
+            data_len: le_u32(b, 28),
+            inline: b[INLINE_OFFSET..].try_into().expect("32 bytes"),
+        }
+    }
+
+    /// The reserved bytes 10..12 of the encoded entry; must be zero.
+    pub fn reserved_is_zero(b: &[u8; ENTRY_SIZE]) -> bool {
+        b[10] == 0 && b[11] == 0
+    }
+
+    /// The u64 argument carried in the inline area (GET capacity, staging
+    /// offset).
+    pub fn inline_u64(&self) -> u64 {
+        u64::from_le_bytes(self.inline[..8].try_into().expect("8 bytes"))
+    }
+
+    pub fn set_inline_u64(&mut self, value: u64) {
+        self.inline[..8].copy_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// A completion entry.
+///
+/// | bytes  | field         | meaning |
+/// |--------|---------------|---------|
+/// | 0..8   | `user_data`   | from the submission |
+/// | 8..12  | `status`      | [`crate::Status`] |
+/// | 12..16 | `entry_flags` | [`cqe_flags`] |
+/// | 16..24 | `handle`      | INSERT: the new handle |
+/// | 24..28 | `value_len`   | GET: the value's length (also on BUFFER) |
+/// | 28..32 | `data_off`    | where in the data area the value was written |
+/// | 32..64 | `inline`      | inline value |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cqe {
+    pub user_data: u64,
+    pub status: u32,
+    pub entry_flags: u32,
+    pub handle: u64,
+    pub value_len: u32,
+    pub data_off: u32,
+    pub inline: [u8; INLINE_CAPACITY],
+}
+
+impl Default for Cqe {
+    fn default() -> Self {
+        Cqe {
+            user_data: 0,
+            status: 0,
+            entry_flags: 0,
+            handle: 0,
+            value_len: 0,
+            data_off: 0,
+            inline: [0; INLINE_CAPACITY],
+        }
+    }
+}
+
+impl Cqe {
+    pub fn encode(&self) -> [u8; ENTRY_SIZE] {
+        let mut b = [0u8; ENTRY_SIZE];
+        b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
+        b[8..12].copy_from_slice(&self.status.to_le_bytes());
+        b[12..16].copy_from_slice(&self.entry_flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.handle.to_le_bytes());
+        b[24..28].copy_from_slice(&self.value_len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.data_off.to_le_bytes());
+        b[INLINE_OFFSET..].copy_from_slice(&self.inline);
+        b
+    }
+
+    pub fn decode(b: &[u8; ENTRY_SIZE]) -> Cqe {
+        Cqe {
+            user_data: le_u64(b, 0),
+            status: le_u32(b, 8),
+            entry_flags: le_u32(b, 12),
+            handle: le_u64(b, 16),
+            value_len: le_u32(b, 24),
+            data_off: le_u32(b, 28),
+            inline: b[INLINE_OFFSET..].try_into().expect("32 bytes"),
+        }
+    }
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sqe_round_trips(user_data: u64, opcode: u8, entry_flags: u8, obj_flags: u32,
+                           handle: u64, data_off: u32, data_len: u32, inline: [u8; 32]) {
+            let sqe = Sqe { user_data, opcode, entry_flags, obj_flags, handle, data_off, data_len, inline };
+            prop_assert_eq!(Sqe::decode(&sqe.encode()), sqe);
+        }
+
+        #[test]
+        fn cqe_round_trips(user_data: u64, status: u32, entry_flags: u32, handle: u64,
+                           value_len: u32, data_off: u32, inline: [u8; 32]) {
+            let cqe = Cqe { user_data, status, entry_flags, handle, value_len, data_off, inline };
+            prop_assert_eq!(Cqe::decode(&cqe.encode()), cqe);
+        }
+    }
+}

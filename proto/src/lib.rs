@@ -1,0 +1,139 @@
+//! hreg-proto: the bytes the daemon and its clients agree on.
+//!
+//! This crate owns the wire format and nothing else: status codes, object flags
+//! and opcodes (with the numeric values of the C API), the handle encoding, the
+//! 64-byte ring entries, the control-socket messages and the layout of a
+//! session's shared memory. It does no I/O and starts no threads; the only
+//! `unsafe` is in [`ring`], which reads and writes ring memory that another
+//! process shares. `PROTOCOL.md` beside this crate describes the same bytes for
+//! clients written in other languages.
+
+pub mod control;
+pub mod entry;
+pub mod handle;
+pub mod ring;
+
+/// Version of the protocol spoken over the control socket and the rings.
+/// HELLO carries it; the daemon refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest client name carried in HELLO, in bytes.
+pub const MAX_CLIENT_NAME: usize = 64;
+
+/// Largest value size a daemon may be configured to accept (1 GiB): value
+/// lengths travel as `u32` in ring entries.
+pub const MAX_VALUE_SIZE_LIMIT: u64 = 1 << 30;
+
+/// Status of an operation, with the numeric values of the C API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Status {
+    Ok = 0,
+    Invalid = 1,
+    Stale = 2,
+    Denied = 3,
+    TooBig = 4,
+    Buffer = 5,
+    Quota = 6,
+    NotHeld = 7,
+    Connect = 8,
+    Disconnected = 9,
+    Version = 10,
+    Protocol = 11,
+    Io = 12,
+}
+
+impl Status {
+    /// Every status, in numeric order.
+    pub const ALL: [Status; 13] = [
+        Status::Ok,
+        Status::Invalid,
+        Status::Stale,
+        Status::Denied,
+        Status::TooBig,
+        Status::Buffer,
+        Status::Quota,
+        Status::NotHeld,
+        Status::Connect,
+        Status::Disconnected,
+        Status::Version,
+        Status::Protocol,
+        Status::Io,
+    ];
+
+    /// The status with this number, if there is one.
+    pub fn from_u32(code: u32) -> Option<Status> {
+        Status::ALL.get(code as usize).copied()
+    }
+
+    /// A short English description, the same text `hreg_strerror` returns.
+    pub fn message(self) -> &'static str {
+        match self {
+            Status::Ok => "success",
+            Status::Invalid => "invalid argument",
+            Status::Stale => "stale handle: the object is gone",
+            Status::Denied => "access denied",
+            Status::TooBig => "value larger than the daemon's maximum",
+            Status::Buffer => "buffer too small",
+            Status::Quota => "a limit on objects, bytes or sessions would be passed",
+            Status::NotHeld => "no reference held on this handle",
+            Status::Connect => "no daemon at the socket path",
+            Status::Disconnected => "the daemon went away",
+            Status::Version => "protocol versions differ",
+            Status::Protocol => "the peer broke the protocol",
+            Status::Io => "operating-system error",
+        }
+    }
+}
+
+/// Object flags given to INSERT.
+pub mod flags {
+    /// Other users may read the object.
+    pub const SHARED: u32 = 0x1;
+    /// The object belongs to the registry, not to a session: it lives until
+    /// removed.
+    pub const DETACHED: u32 = 0x2;
+    /// Every flag an INSERT may carry.
+    pub const ALL: u32 = SHARED | DETACHED;
+}
+
+/// Opcodes of ring entries. 1 to 6 are the public operations (the values of
+/// `enum hreg_opcode`); 16 and up move large values in pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    Insert = 1,
+    Get = 2,
+    Replace = 3,
+    Retain = 4,
+    Release = 5,
+    Remove = 6,
+    /// Copy a piece of a value into the ring's staging buffer.
+    StageWrite = 16,
+    /// Copy a piece of the staging buffer out to the data area.
+    StageRead = 17,
+}
+
+impl Opcode {
+    pub fn from_u8(code: u8) -> Option<Opcode> {
+        Some(match code {
+            1 => Opcode::Insert,
+            2 => Opcode::Get,
+            3 => Opcode::Replace,
+            4 => Opcode::Retain,
+            5 => Opcode::Release,
+            6 => Opcode::Remove,
+            16 => Opcode::StageWrite,
+            17 => Opcode::StageRead,
+            _ => return None,
+        })
+    }
+
+    /// The opcode as the public API numbers it (1 to 6), if it is public.
+    pub fn from_public(code: u32) -> Option<Opcode> {
+        match code {
+            1..=6 => Opcode::from_u8(code as u8),
+            _ => None,
+        }
+    }
+}

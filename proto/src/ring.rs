@@ -1,0 +1,342 @@
+//! The layout of a session's shared memory and safe access to one ring in it.
+//!
+//! A session's memfd holds `max_rings` rings, `ring_stride` bytes apart. Each
+//! ring is:
+//!
+//! ```text
+//! offset  0      SQ head   u32  written by the daemon
+//! offset  64     SQ tail   u32  written by the client
+//! offset  128    CQ head   u32  written by the client
+//! offset  192    CQ tail   u32  written by the daemon; the client's futex word
+//! offset  256    SQ flags  u32  written by the daemon (NEED_WAKEUP)
+//! offset  320    CQ flags  u32  written by the client (WAITING)
+//! offset  4096   SQ: entries × 64 bytes
+//!         ...    CQ: entries × 64 bytes
+//!         ...    data area: data_size bytes
+//! ```
+//!
+//! Heads and tails are free-running `u32` counters, each on its own cache
+//! line; an entry lives at `counter % entries`. Producers publish with release
+//! stores, consumers read with acquire loads; the wake-up flags are ordered
+//! against the counters with `SeqCst` fences on both sides (a Dekker pattern:
+//! whoever goes to sleep first announces it, fences, then re-checks).
+//!
+//! This module is the only place where ring memory is touched. Everything read
+//! from it may have been written by a hostile process at any moment, so it is
+//! read with atomic loads (never as a Rust reference to plain bytes) and the
+//! callers validate what they get.
+
+use crate::entry::ENTRY_SIZE;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// `sq_flags`: the daemon's worker sleeps; write the ring's doorbell after
+/// publishing the SQ tail.
+pub const SQ_NEED_WAKEUP: u32 = 0x1;
+/// `cq_flags`: the client sleeps on the CQ tail futex; wake it after
+/// publishing completions.
+pub const CQ_WAITING: u32 = 0x1;
+
+const SQ_HEAD: usize = 0;
+const SQ_TAIL: usize = 64;
+const CQ_HEAD: usize = 128;
+const CQ_TAIL: usize = 192;
+const SQ_FLAGS: usize = 256;
+const CQ_FLAGS: usize = 320;
+/// Bytes before the SQ entries: one page, so the entries are page-aligned.
+pub const HEADER_SIZE: usize = 4096;
+const PAGE: usize = 4096;
+
+/// Which counter or flag word of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Word {
+    SqHead,
+    SqTail,
+    CqHead,
+    CqTail,
+    SqFlags,
+    CqFlags,
+}
+
+impl Word {
+    fn offset(self) -> usize {
+        match self {
+            Word::SqHead => SQ_HEAD,
+            Word::SqTail => SQ_TAIL,
+            Word::CqHead => CQ_HEAD,
+            Word::CqTail => CQ_TAIL,
+            Word::SqFlags => SQ_FLAGS,
+            Word::CqFlags => CQ_FLAGS,
+        }
+    }
+}
+
+/// The geometry of a session's rings, as WELCOME announces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Entries per SQ and per CQ; a power of two.
+    pub entries: u32,
+    /// Bytes of each ring's data area; a multiple of 8.
+    pub data_size: u32,
+    /// Rings in the session's memory.
+    pub max_rings: u32,
+}
+
+/// Why a layout is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("ring entries must be a power of two between 2 and 32768")]
+    Entries,
+    #[error("data area must be a multiple of 8 bytes, at most 1 GiB")]
+    DataSize,
+    #[error("rings per session must be between 1 and 4096")]
+    Rings,
+}
+
+impl Layout {
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        if !self.entries.is_power_of_two() || !(2..=32768).contains(&self.entries) {
+            return Err(LayoutError::Entries);
+        }
+        if self.data_size % 8 != 0 || self.data_size > 1 << 30 {
+            return Err(LayoutError::DataSize);
+        }
+        if !(1..=4096).contains(&self.max_rings) {
+            return Err(LayoutError::Rings);
+        }
+        Ok(())
+    }
+
+    fn sq_offset(&self) -> usize {
+        HEADER_SIZE
+    }
+
+    fn cq_offset(&self) -> usize {
+        HEADER_SIZE + self.entries as usize * ENTRY_SIZE
+    }
+
+    fn data_offset(&self) -> usize {
+        HEADER_SIZE + 2 * self.entries as usize * ENTRY_SIZE
+    }
+
+    /// Bytes from one ring's start to the next (page-aligned).
+    pub fn ring_stride(&self) -> usize {
+        (self.data_offset() + self.data_size as usize).div_ceil(PAGE) * PAGE
+    }
+
+    /// Size of the whole session memory.
+    pub fn total_size(&self) -> usize {
+        self.ring_stride() * self.max_rings as usize
+    }
+}
+
+/// Access to one ring inside a mapped session memory.
+///
+/// Invariant (kept by [`RingView::new`]'s caller): `base` points to
+/// `layout.ring_stride()` bytes that stay mapped, readable and writable, and
+/// page-aligned, for as long as the view exists. Another process may write any
+/// of those bytes at any time; the view never forms a Rust reference to them
+/// except through atomics.
+#[derive(Clone, Copy, Debug)]
+pub struct RingView {
+    base: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: a RingView is a pointer into shared memory accessed only through
+// atomic operations and bounds-checked raw copies; moving it between threads
+// is no different from sharing it between processes.
+unsafe impl Send for RingView {}
+// SAFETY: as above; every access is atomic or a raw copy of racy bytes.
+unsafe impl Sync for RingView {}
+
+impl RingView {
+    /// # Safety
+    /// `base` must point to `layout.ring_stride()` bytes, page-aligned, that
+    /// remain mapped read/write for the lifetime of the view and of every copy
+    /// of it.
+    pub unsafe fn new(base: *mut u8, layout: Layout) -> RingView {
+        RingView { base, layout }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.layout.entries
+    }
+
+    pub fn data_size(&self) -> u32 {
+        self.layout.data_size
+    }
+
+    /// One of the ring's counter or flag words.
+    pub fn word(&self, which: Word) -> &AtomicU32 {
+        // SAFETY: the offset is inside the header page, 4-byte aligned, and
+        // the memory stays mapped for the view's lifetime (type invariant).
+        // AtomicU32 has the same layout as u32 and tolerates concurrent
+        // writers in other processes.
+        unsafe { &*(self.base.add(which.offset()) as *const AtomicU32) }
+    }
+
+    fn entry_words(&self, offset: usize) -> &[AtomicU64; ENTRY_SIZE / 8] {
+        // SAFETY: callers pass the offset of an entry inside the SQ or CQ
+        // array, which is 64-byte aligned within the mapping (type invariant).
+        unsafe { &*(self.base.add(offset) as *const [AtomicU64; ENTRY_SIZE / 8]) }
+    }
+
+    fn read_entry(&self, offset: usize) -> [u8; ENTRY_SIZE] {
+        let mut out = [0u8; ENTRY_SIZE];
+        for (chunk, word) in out.chunks_exact_mut(8).zip(self.entry_words(offset)) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        out
+    }
+
+    fn write_entry(&self, offset: usize, bytes: &[u8; ENTRY_SIZE]) {
+        for (chunk, word) in bytes.chunks_exact(8).zip(self.entry_words(offset)) {
+            word.store(
+                u64::from_ne_bytes(chunk.try_into().expect("8")),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn slot(&self, counter: u32) -> usize {
+        (counter & (self.layout.entries - 1)) as usize * ENTRY_SIZE
+    }
+
+    /// A copy of the SQ entry at free-running position `counter`.
+    pub fn read_sqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
+        self.read_entry(self.layout.sq_offset() + self.slot(counter))
+    }
+
+    pub fn write_sqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
+        self.write_entry(self.layout.sq_offset() + self.slot(counter), bytes)
+    }
+
+    pub fn read_cqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
+        self.read_entry(self.layout.cq_offset() + self.slot(counter))
+    }
+
+    pub fn write_cqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
+        self.write_entry(self.layout.cq_offset() + self.slot(counter), bytes)
+    }
+
+    /// Whether `[off, off + len)` lies inside the data area.
+    pub fn data_range_ok(&self, off: u32, len: usize) -> bool {
+        (off as usize)
+            .checked_add(len)
+            .is_some_and(|end| end <= self.layout.data_size as usize)
+    }
+
+    /// Copies `out.len()` bytes from the data area at `off`. Returns false,
+    /// copying nothing, when the range is outside the data area.
+    pub fn copy_from_data(&self, off: u32, out: &mut [u8]) -> bool {
+        if !self.data_range_ok(off, out.len()) {
+            return false;
+        }
+        // SAFETY: the range is inside the data area (checked above), which is
+        // inside the mapping (type invariant). The bytes may change while we
+        // copy; the copy is then garbage that the reader validates, never a
+        // reference into shared memory.
+        unsafe {
+            let src = self.base.add(self.layout.data_offset() + off as usize);
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
+        }
+        true
+    }
+
+    /// Copies `bytes` into the data area at `off`. Returns false, copying
+    /// nothing, when the range is outside the data area.
+    pub fn copy_to_data(&self, off: u32, bytes: &[u8]) -> bool {
+        if !self.data_range_ok(off, bytes.len()) {
+            return false;
+        }
+        // SAFETY: bounds checked above; the destination is shared memory that
+        // no Rust reference points into.
+        unsafe {
+            let dst = self.base.add(self.layout.data_offset() + off as usize);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+        }
+        true
+    }
+
+    /// Resets every counter and flag to zero (the daemon does this before it
+    /// hands a ring out).
+    pub fn reset(&self) {
+        for word in [
+            Word::SqHead,
+            Word::SqTail,
+            Word::CqHead,
+            Word::CqTail,
+            Word::SqFlags,
+            Word::CqFlags,
+        ] {
+            self.word(word).store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_page_aligned_and_checked() {
+        let layout = Layout {
+            entries: 256,
+            data_size: 256 * 1024,
+            max_rings: 64,
+        };
+        layout.validate().unwrap();
+        assert_eq!(layout.ring_stride() % PAGE, 0);
+        assert!(layout.ring_stride() >= HEADER_SIZE + 2 * 256 * 64 + 256 * 1024);
+        assert_eq!(
+            Layout {
+                entries: 3,
+                ..layout
+            }
+            .validate(),
+            Err(LayoutError::Entries)
+        );
+        assert_eq!(
+            Layout {
+                data_size: 7,
+                ..layout
+            }
+            .validate(),
+            Err(LayoutError::DataSize)
+        );
+        assert_eq!(
+            Layout {
+                max_rings: 0,
+                ..layout
+            }
+            .validate(),
+            Err(LayoutError::Rings)
+        );
+    }
+
+    #[test]
+    fn entries_and_data_round_trip_in_memory() {
+        let layout = Layout {
+            entries: 4,
+            data_size: 64,
+            max_rings: 1,
+        };
+        let mut memory = vec![0u64; layout.ring_stride() / 8];
+        // SAFETY: the Vec outlives the view and is large enough; u64 alignment
+        // suffices for the atomics used.
+        let view = unsafe { RingView::new(memory.as_mut_ptr().cast(), layout) };
+        let entry = [7u8; ENTRY_SIZE];
+        view.write_sqe(5, &entry);
+        assert_eq!(view.read_sqe(1), entry);
+        assert!(view.copy_to_data(60, &[1, 2, 3, 4]));
+        assert!(!view.copy_to_data(61, &[1, 2, 3, 4]));
+        let mut out = [0u8; 4];
+        assert!(view.copy_from_data(60, &mut out));
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert!(!view.copy_from_data(u32::MAX, &mut out));
+    }
+}
