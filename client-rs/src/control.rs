@@ -15,6 +15,7 @@ use rustix::net::{
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::time::Duration;
 
 /// Connects a fresh control socket to `path`.
 pub(crate) fn connect(path: &Path) -> std::io::Result<OwnedFd> {
@@ -76,10 +77,14 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
         return Err(Error::Disconnected);
     }
     if msg.flags.contains(ReturnFlags::TRUNC) {
-        return Err(Error::Protocol("control packet longer than 4096 bytes".into()));
+        return Err(Error::Protocol(
+            "control packet longer than 4096 bytes".into(),
+        ));
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(Error::Protocol("too many descriptors attached to a reply".into()));
+        return Err(Error::Protocol(
+            "too many descriptors attached to a reply".into(),
+        ));
     }
     let reply = Reply::decode(&buf[..msg.bytes])
         .map_err(|e| Error::Protocol(format!("bad control reply: {e}")))?;
@@ -119,19 +124,20 @@ pub(crate) enum Peek {
     Busy,
 }
 
-/// Looks at the control socket without blocking. `may_read` says whether
+/// Looks at the control socket, waiting at most `timeout` for something to
+/// happen (zero: not at all). `may_read` says whether
 /// the caller holds the socket (no request outstanding), so that a waiting
 /// packet can be inspected: only SHUTDOWN may arrive unasked, anything else
 /// is consumed and dropped.
-pub(crate) fn peek(sock: impl AsFd, may_read: bool) -> Result<Peek> {
+pub(crate) fn peek(sock: impl AsFd, may_read: bool, timeout: Duration) -> Result<Peek> {
     let sock = sock.as_fd();
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let timeout = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
     };
     let revents = {
         let mut fds = [PollFd::new(&sock, PollFlags::IN | PollFlags::RDHUP)];
-        match rustix::event::poll(&mut fds, Some(&zero)) {
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) => fds[0].revents(),
             Err(Errno::INTR) => return Ok(Peek::Quiet),
             Err(e) => return Err(e.into()),
@@ -203,19 +209,22 @@ mod tests {
     #[test]
     fn peek_tells_quiet_from_gone() {
         let (a, b) = pair();
-        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
+        assert_eq!(peek(&a, true, Duration::ZERO).unwrap(), Peek::Quiet);
         rustix::net::send(&b, &Reply::Ack.encode(), SendFlags::empty()).unwrap();
-        assert_eq!(peek(&a, false).unwrap(), Peek::Busy);
+        assert_eq!(peek(&a, false, Duration::ZERO).unwrap(), Peek::Busy);
         // An unasked-for ACK is dropped.
-        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
-        assert_eq!(peek(&a, true).unwrap(), Peek::Quiet);
+        assert_eq!(peek(&a, true, Duration::ZERO).unwrap(), Peek::Quiet);
+        assert_eq!(peek(&a, true, Duration::ZERO).unwrap(), Peek::Quiet);
         rustix::net::send(&b, &Reply::Shutdown.encode(), SendFlags::empty()).unwrap();
-        assert_eq!(peek(&a, true).unwrap(), Peek::Gone);
+        assert_eq!(peek(&a, true, Duration::ZERO).unwrap(), Peek::Gone);
         assert!(matches!(recv(&a), Err(Error::Disconnected)));
         drop(b);
-        assert_eq!(peek(&a, false).unwrap(), Peek::Gone);
+        assert_eq!(peek(&a, false, Duration::ZERO).unwrap(), Peek::Gone);
         assert!(matches!(recv(&a), Err(Error::Disconnected)));
-        assert!(matches!(send(&a, &Request::Stats), Err(Error::Disconnected)));
+        assert!(matches!(
+            send(&a, &Request::Stats),
+            Err(Error::Disconnected)
+        ));
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Builder {
 
     fn close_round(&mut self) {
         if self.count() > 0 {
-            self.plan.rounds.push(self.round_start..self.plan.steps.len());
+            self.plan
+                .rounds
+                .push(self.round_start..self.plan.steps.len());
         }
         self.round_start = self.plan.steps.len();
         self.used = 0;
@@ -274,7 +276,11 @@ mod tests {
                     }
                     assert_eq!(covered, len);
                     let round_of = |step: &Step| {
-                        let at = plan.steps.iter().position(|s| std::ptr::eq(s, step)).unwrap();
+                        let at = plan
+                            .steps
+                            .iter()
+                            .position(|s| std::ptr::eq(s, step))
+                            .unwrap();
                         plan.rounds.iter().position(|r| r.contains(&at)).unwrap()
                     };
                     assert!(round_of(last) > round_of(pieces.last().unwrap()));

@@ -18,6 +18,8 @@ pub(crate) struct Mapping {
     len: usize,
     stride: usize,
     layout: Layout,
+    /// The process that mapped it; a forked child leaves it mapped.
+    owner: u32,
 }
 
 // SAFETY: the mapping is plain shared memory that is only touched through
@@ -70,11 +72,8 @@ impl Mapping {
             len,
             stride,
             layout,
+            owner: current_pid(),
         })
-    }
-
-    pub(crate) fn layout(&self) -> Layout {
-        self.layout
     }
 
     /// A view of ring `index`, or `None` when there is no such ring.
@@ -93,16 +92,14 @@ impl Mapping {
         // while it uses the view.
         Some(unsafe { RingView::new(self.base.add(offset), self.layout) })
     }
-
-    /// Leaves the memory mapped for good (a forked child must not unmap
-    /// what may still be in use by code it inherited).
-    pub(crate) fn leak(self) {
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.owner != current_pid() {
+            // A forked child: leave the inherited mapping alone (leak it).
+            return;
+        }
         // SAFETY: `base`/`len` are exactly what mmap returned; every RingView
         // into it is only used while the owning client's Inner is alive, and
         // this runs when that Inner is dropped.

@@ -68,7 +68,13 @@ impl Daemon {
         config: Config,
         stop: BorrowedFd<'_>,
     ) -> anyhow::Result<(Daemon, Vec<std::thread::JoinHandle<()>>)> {
-        let listener = bind_listener(&config.socket, config.socket_mode)?;
+        let (listener, socket_file) = match activated_listener()? {
+            Some(listener) => (listener, None),
+            None => (
+                bind_listener(&config.socket, config.socket_mode)?,
+                Some(config.socket.clone()),
+            ),
+        };
         let registry = Arc::new(Registry::new(
             config.shards,
             Limits {
@@ -115,7 +121,7 @@ impl Daemon {
         )?;
         Ok((
             Daemon {
-                socket_file: Some(config.socket.clone()),
+                socket_file,
                 config,
                 registry,
                 workers,
@@ -134,10 +140,17 @@ impl Daemon {
     /// workers.
     pub fn run(mut self, threads: Vec<std::thread::JoinHandle<()>>) -> anyhow::Result<()> {
         let mut events = Vec::with_capacity(256);
+        // Pet the watchdog twice per period; look at the world at least once
+        // a second.
+        let watchdog = sd_notify::watchdog_enabled();
+        let period = watchdog.map_or(Duration::from_secs(1), |w| {
+            (w / 2).min(Duration::from_secs(1))
+        });
         let tick = rustix::time::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+            tv_sec: period.as_secs() as i64,
+            tv_nsec: i64::from(period.subsec_nanos()),
         };
+        let mut last_status = String::new();
         'serve: loop {
             events.clear();
             match epoll::wait(
@@ -160,6 +173,14 @@ impl Daemon {
                 }
             }
             self.drop_silent_connections();
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            let status = self.status_line();
+            if status != last_status {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+                last_status = status;
+            }
         }
         self.shutdown(threads);
         Ok(())
@@ -185,6 +206,17 @@ impl Daemon {
         if let Some(path) = self.socket_file.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// The one-line summary systemd shows as the service's status.
+    fn status_line(&self) -> String {
+        let usage = self.registry.usage();
+        format!(
+            "{} sessions, {} objects, {} value bytes",
+            self.attached(),
+            usage.objects,
+            usage.value_bytes
+        )
     }
 
     fn attached(&self) -> usize {
@@ -547,6 +579,29 @@ fn send(socket: BorrowedFd<'_>, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> st
         SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     )?;
     Ok(())
+}
+
+/// The listening socket systemd passed (socket activation), if any.
+fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
+    let mut fds = sd_notify::listen_fds().context("bad LISTEN_FDS from the service manager")?;
+    let Some(raw) = fds.next() else {
+        return Ok(None);
+    };
+    if fds.len() > 0 {
+        bail!("socket activation passed more than one socket; hregd listens on one");
+    }
+    // SAFETY: LISTEN_FDS/LISTEN_PID name this process, so descriptor `raw`
+    // was opened for us by the service manager and nothing else owns it; we
+    // take ownership exactly once.
+    let listener = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let kind = rustix::net::sockopt::socket_type(&listener)
+        .context("activated descriptor is not a socket")?;
+    if kind != SocketType::SEQPACKET {
+        bail!("the activated socket must be SOCK_SEQPACKET (ListenSequentialPacket=)");
+    }
+    rustix::fs::fcntl_setfl(&listener, rustix::fs::OFlags::NONBLOCK)?;
+    tracing::info!("listening on the socket passed by the service manager");
+    Ok(Some(listener))
 }
 
 /// Creates the listening socket at `path`: replaces a stale socket file of a

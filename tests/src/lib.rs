@@ -1,1 +1,201 @@
+//! Test harness for hreg's multi-process tests: starts real `hregd`
+//! processes on sockets in temporary directories, finds the built binaries,
+//! and offers small helpers (waiting with a deadline, checksummed values).
+//!
+//! Nothing here imitates the daemon: every test talks to a real `hregd`
+//! through the real client library.
 
+use std::path::{Path, PathBuf};
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous upper bound for anything a test waits for; only there so a
+/// broken build fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A built binary of the workspace: `$HREG_BIN_DIR/NAME` when set, else next
+/// to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HREG_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(bin_dir);
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A running `hregd`, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `hregd` with `args` on a fresh socket and waits until it
+    /// accepts connections.
+    pub fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("hreg.sock");
+        Daemon::start_at(dir, socket, args)
+    }
+
+    pub fn start_at(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Daemon {
+        let child = Command::new(binary("hregd"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn hregd");
+        let daemon = Daemon {
+            child,
+            socket,
+            _dir: dir,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&self) {
+        wait_until("hregd to accept connections", || {
+            hreg::Client::connect(&self.socket).is_ok()
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn client(&self) -> hreg::Client {
+        hreg::Client::connect(&self.socket).expect("connect to hregd")
+    }
+
+    /// Live objects right now, asked through a fresh client.
+    pub fn objects(&self) -> u64 {
+        self.client().stats().expect("stats").objects
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal hregd");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` until it is true; panics after [`PATIENCE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A value that carries its own checksum: `len` bytes derived from `seed`,
+/// the last 8 of which are an FNV-1a hash of the rest (values shorter than 8
+/// bytes are checked against their seed instead).
+pub fn checked_value(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut value: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    if len >= 8 {
+        let sum = fnv(&value[..len - 8]);
+        value[len - 8..].copy_from_slice(&sum.to_le_bytes());
+    }
+    value
+}
+
+/// Whether `value` is intact: its embedded checksum matches.
+pub fn value_is_intact(value: &[u8]) -> bool {
+    value.len() >= 8 && fnv(&value[..value.len() - 8]).to_le_bytes() == value[value.len() - 8..]
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A running `hreg-test-client` process: one line of output per step, and
+/// it exits when its stdin closes.
+pub struct Helper {
+    pub child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    pub fn spawn(socket: &Path, args: &[&str]) -> Helper {
+        let mut child = Command::new(binary("hreg-test-client"))
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn hreg-test-client");
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Helper { child, out }
+    }
+
+    /// The next line the helper prints (without the newline).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read helper output");
+        line.trim_end().to_string()
+    }
+
+    /// Closes the helper's stdin and waits for it to exit successfully.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait for helper");
+        assert!(status.success(), "helper failed: {status}");
+    }
+
+    /// Kills the helper with SIGKILL and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill helper");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

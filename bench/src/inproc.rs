@@ -1,0 +1,246 @@
+//! Section 1, the origin experiment in process: 1M live keys, 90% get / 5%
+//! insert / 5% remove, on 1 and 2 threads, for the big old map, the 64-shard
+//! map, `dashmap` and hreg's own registry.
+//!
+//! Every contender stores the same 16-byte values, draws the same operation
+//! and key sequence (seeded per thread and repetition), and hands out its own
+//! keys: the maps from a counter, the registry as handles. Each thread works
+//! on its own pool of live keys (uniform picks), so the live count stays
+//! about constant.
+
+use crate::stats::{Measured, Rep, Rng};
+use dashmap::DashMap;
+use hreg_proto::flags;
+use hregd::registry::{Holder, Limits, Registry};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Barrier, RwLock};
+use std::time::Instant;
+
+/// Every stored value.
+type Val = [u8; 16];
+
+/// What the workload needs from a map: keys are assigned by the map.
+pub trait Contender: Sync {
+    fn insert(&self, value: Val, thread: usize) -> u64;
+    fn get(&self, key: u64) -> Option<Val>;
+    fn remove(&self, key: u64) -> bool;
+}
+
+/// The "big old map": one lock around one map and its key counter.
+#[derive(Default)]
+pub struct BigMap(RwLock<(HashMap<u64, Val>, u64)>);
+
+impl Contender for BigMap {
+    fn insert(&self, value: Val, _: usize) -> u64 {
+        let mut guard = self.0.write().expect("poisoned");
+        guard.1 += 1;
+        let key = guard.1;
+        guard.0.insert(key, value);
+        key
+    }
+    fn get(&self, key: u64) -> Option<Val> {
+        self.0.read().expect("poisoned").0.get(&key).copied()
+    }
+    fn remove(&self, key: u64) -> bool {
+        self.0.write().expect("poisoned").0.remove(&key).is_some()
+    }
+}
+
+/// 64 maps, each behind its own lock, picked by `key % 64`.
+pub struct ShardedMap {
+    shards: Vec<RwLock<HashMap<u64, Val>>>,
+    next: AtomicU64,
+}
+
+impl Default for ShardedMap {
+    fn default() -> Self {
+        ShardedMap {
+            shards: (0..64).map(|_| RwLock::default()).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ShardedMap {
+    fn shard(&self, key: u64) -> &RwLock<HashMap<u64, Val>> {
+        &self.shards[(key % 64) as usize]
+    }
+}
+
+impl Contender for ShardedMap {
+    fn insert(&self, value: Val, _: usize) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.shard(key).write().expect("poisoned").insert(key, value);
+        key
+    }
+    fn get(&self, key: u64) -> Option<Val> {
+        self.shard(key).read().expect("poisoned").get(&key).copied()
+    }
+    fn remove(&self, key: u64) -> bool {
+        self.shard(key).write().expect("poisoned").remove(&key).is_some()
+    }
+}
+
+/// `dashmap` with its defaults, keys from a counter.
+#[derive(Default)]
+pub struct Dash {
+    map: DashMap<u64, Val>,
+    next: AtomicU64,
+}
+
+impl Contender for Dash {
+    fn insert(&self, value: Val, _: usize) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.insert(key, value);
+        key
+    }
+    fn get(&self, key: u64) -> Option<Val> {
+        self.map.get(&key).map(|v| *v)
+    }
+    fn remove(&self, key: u64) -> bool {
+        self.map.remove(&key).is_some()
+    }
+}
+
+/// hreg's registry as the daemon builds it (its default shard count), used
+/// through one holder. Objects are DETACHED: like a map entry, an object
+/// lives until it is removed, with no per-session reference to keep.
+pub struct Hreg {
+    registry: Registry,
+    holder: Holder,
+}
+
+impl Default for Hreg {
+    fn default() -> Self {
+        let defaults = crate::procs::default_config();
+        Hreg {
+            registry: Registry::new(
+                defaults.shards,
+                Limits {
+                    max_value_size: defaults.max_value_size as usize,
+                    max_objects: defaults.max_objects,
+                    max_bytes: defaults.max_bytes,
+                },
+            ),
+            holder: Holder::new(1000),
+        }
+    }
+}
+
+impl Contender for Hreg {
+    fn insert(&self, value: Val, thread: usize) -> u64 {
+        self.registry
+            .insert(&self.holder, &value, flags::DETACHED, thread)
+            .expect("registry insert")
+    }
+    fn get(&self, key: u64) -> Option<Val> {
+        self.registry
+            .get_with(&self.holder, key, |v| {
+                let mut out = [0; 16];
+                out.copy_from_slice(v);
+                out
+            })
+            .ok()
+    }
+    fn remove(&self, key: u64) -> bool {
+        self.registry.remove(&self.holder, key).is_ok()
+    }
+}
+
+/// Sizes of the experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub live_keys: usize,
+    pub ops_per_thread: usize,
+    pub reps: usize,
+}
+
+/// One contender's figures at 1 and 2 threads.
+pub struct Outcome {
+    pub name: &'static str,
+    pub by_threads: Vec<(usize, Measured)>,
+}
+
+/// Runs the experiment for every contender.
+pub fn run(plan: Plan) -> Vec<Outcome> {
+    vec![
+        contender::<BigMap>("big old map (RwLock<HashMap>)", plan),
+        contender::<ShardedMap>("64-shard map", plan),
+        contender::<Dash>("dashmap", plan),
+        contender::<Hreg>("hreg Registry", plan),
+    ]
+}
+
+fn contender<C: Contender + Default>(name: &'static str, plan: Plan) -> Outcome {
+    let map = C::default();
+    let mut keys: Vec<u64> = (0..plan.live_keys)
+        .map(|i| map.insert(val(i as u64), i))
+        .collect();
+    let by_threads = [1, 2]
+        .into_iter()
+        .map(|threads| {
+            let reps: Vec<Rep> = (0..plan.reps)
+                .map(|rep| mixed(&map, &mut keys, threads, plan.ops_per_thread, rep as u64))
+                .collect();
+            (threads, Measured::from_reps(&reps))
+        })
+        .collect();
+    drop(map);
+    Outcome { name, by_threads }
+}
+
+fn val(salt: u64) -> Val {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&salt.to_le_bytes());
+    v[8..].copy_from_slice(&(!salt).to_le_bytes());
+    v
+}
+
+/// One repetition: `threads` threads each run `ops` operations on their share
+/// of `keys`; the pools they end with become the new `keys`.
+fn mixed<C: Contender>(map: &C, keys: &mut Vec<u64>, threads: usize, ops: usize, rep: u64) -> Rep {
+    let share = keys.len().div_ceil(threads);
+    let pools: Vec<Vec<u64>> = keys.chunks(share).map(<[u64]>::to_vec).collect();
+    let barrier = Barrier::new(threads + 1);
+    let (wall, pools) = std::thread::scope(|scope| {
+        let workers: Vec<_> = pools
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut pool)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut rng = Rng::new(rep * 1000 + t as u64 + 1);
+                    barrier.wait();
+                    let mut sink = 0u8;
+                    for _ in 0..ops {
+                        let roll = rng.below(100);
+                        if roll < 90 {
+                            let key = pool[rng.below(pool.len())];
+                            sink ^= map.get(key).map_or(0, |v| v[0]);
+                        } else if roll < 95 || pool.len() < 2 {
+                            pool.push(map.insert(val(rng.next()), t));
+                        } else {
+                            let key = pool.swap_remove(rng.below(pool.len()));
+                            sink ^= u8::from(map.remove(key));
+                        }
+                    }
+                    std::hint::black_box(sink);
+                    pool
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let pools: Vec<Vec<u64>> = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect();
+        (start.elapsed(), pools)
+    });
+    *keys = pools.concat();
+    Rep {
+        ops_per_sec: (threads * ops) as f64 / wall.as_secs_f64(),
+        latency: None,
+    }
+}

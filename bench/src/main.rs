@@ -1,0 +1,354 @@
+//! hreg-bench: the benchmark harness of issue 4. It runs the origin
+//! experiment in process, the shared-memory floor, hreg through its rings,
+//! Redis on the same operations, the scale and idle checks, all in one run,
+//! then prints a Markdown table and the targets with their verdicts, and
+//! writes JSON and an SVG plot on request.
+//!
+//! This file owns the command line, the order of the sections, their sizes
+//! (quick or full) and the targets; each section lives in its own module.
+
+mod floor;
+mod inproc;
+mod outproc;
+mod procs;
+mod redis;
+mod report;
+mod scale;
+mod stats;
+
+use anyhow::Context;
+use clap::Parser;
+use outproc::{Case, Kind, Timing};
+use procs::WorkDir;
+use report::{Other, Report, Row, Target};
+use stats::{Measured, Summary};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "hreg-bench", about = "hreg benchmark harness (issue 4)")]
+struct Args {
+    /// Small sizes for a smoke test (well under 60 s; no 10^7 level).
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write an SVG plot to FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// The hregd binary [default: `hregd` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    hregd: Option<PathBuf>,
+    /// The redis-server binary [default: `redis-server` on $PATH; skipped if absent].
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    redis_server: String,
+}
+
+/// Sizes of one run.
+struct Sizes {
+    mode: &'static str,
+    inproc: inproc::Plan,
+    floor_trips: usize,
+    reps: usize,
+    timing: Timing,
+    scale_levels: Vec<usize>,
+    idle_window: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                mode: "quick",
+                inproc: inproc::Plan {
+                    live_keys: 100_000,
+                    ops_per_thread: 200_000,
+                    reps: 3,
+                },
+                floor_trips: 100_000,
+                reps: 3,
+                timing: Timing {
+                    per_rep: Duration::from_millis(60),
+                    reps: 3,
+                },
+                scale_levels: vec![1_000, 1_000_000],
+                idle_window: Duration::from_secs(1),
+            }
+        } else {
+            Sizes {
+                mode: "full",
+                inproc: inproc::Plan {
+                    live_keys: 1_000_000,
+                    ops_per_thread: 2_000_000,
+                    reps: 5,
+                },
+                floor_trips: 1_000_000,
+                reps: 5,
+                timing: Timing {
+                    per_rep: Duration::from_millis(400),
+                    reps: 5,
+                },
+                scale_levels: vec![1_000, 1_000_000, 10_000_000],
+                idle_window: Duration::from_secs(5),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let Some(hregd) = procs::find_hregd(args.hregd.as_deref()) else {
+        eprintln!(
+            "hreg-bench: no hregd binary next to this executable; build it first:\n    \
+             cargo build --release -p hregd\n(or pass --hregd PATH)"
+        );
+        return ExitCode::from(2);
+    };
+    match run(&args, hregd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hreg-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
+    procs::install_signal_cleanup()?;
+    let sizes = Sizes::new(args.quick);
+    let mut report = Report {
+        hardware: report::hardware(),
+        mode: sizes.mode,
+        rows: Vec::new(),
+        targets: Vec::new(),
+        notes: Vec::new(),
+    };
+    eprintln!("hreg-bench ({} run) on {}", sizes.mode, report.hardware);
+
+    eprintln!("[1/6] in process");
+    for outcome in inproc::run(sizes.inproc) {
+        for (threads, measured) in outcome.by_threads {
+            report.rows.push(Row {
+                section: "1 in-process",
+                case: format!("{}, {threads} thr", outcome.name),
+                key: format!("inproc/{}/{threads}", outcome.name),
+                measured,
+                other: None,
+            });
+        }
+    }
+
+    eprintln!("[2/6] floor");
+    let floor = floor::run(sizes.floor_trips, sizes.reps)?;
+    report.rows.push(Row {
+        section: "2 floor",
+        case: "shm ping-pong round trip".into(),
+        key: "floor".into(),
+        measured: Measured::from_reps(&floor),
+        other: None,
+    });
+
+    let dir = WorkDir::create()?;
+    {
+        eprintln!("[3/6] hreg through the rings (hregd {})", hregd.display());
+        let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
+        let client = hreg::Client::connect(&socket).context("connecting to hregd")?;
+        for size in [16, 4096] {
+            let keys = outproc::hreg_keys(&client, size)?;
+            for case in outproc::hreg_cases().into_iter().filter(|c| c.size == size) {
+                let reps = outproc::hreg_case(&client, &keys, case, sizes.timing)?;
+                report.rows.push(case_row("3 hreg rings", "hreg", case, &reps));
+            }
+            outproc::remove_all(&client, &mut keys.clone())?;
+        }
+        drop(client);
+        eprintln!("[6/6] idle ({:?})", sizes.idle_window);
+        let share = scale::idle(&daemon, &socket, 2, sizes.idle_window)?;
+        report.rows.push(Row {
+            section: "6 idle",
+            case: "hregd CPU, 2 sessions × 2 threads attached, quiet".into(),
+            key: "idle".into(),
+            measured: Measured::default(),
+            other: Some(Other {
+                label: "% of one core",
+                value: single(share * 100.0),
+            }),
+        });
+    }
+
+    eprintln!("[4/6] redis");
+    match procs::which(&args.redis_server) {
+        None => report.notes.push(format!(
+            "section 4 skipped: `{}` not found (install redis-server to compare)",
+            args.redis_server
+        )),
+        Some(binary) => {
+            let (_redis, socket) = procs::start_redis(&binary, dir.path())?;
+            let mut conn = redis::Redis::connect(&socket)?;
+            for size in [16, 4096] {
+                let keys = outproc::redis_keys(&mut conn, size)?;
+                for case in outproc::redis_cases().into_iter().filter(|c| c.size == size) {
+                    let reps = outproc::redis_case(&mut conn, &keys, case, sizes.timing)?;
+                    report.rows.push(case_row("4 redis", "redis", case, &reps));
+                }
+            }
+        }
+    }
+
+    {
+        eprintln!("[5/6] scale {:?}", sizes.scale_levels);
+        let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
+        let client = hreg::Client::connect(&socket)?;
+        let levels = scale::run(&daemon, &client, &sizes.scale_levels, sizes.timing.per_rep, sizes.timing.reps)?;
+        for level in levels {
+            report.rows.push(Row {
+                section: "5 scale",
+                case: format!("get 16 B, {} live objects", level.objects),
+                key: format!("scale/{}", level.objects),
+                measured: level.get,
+                other: Some(Other {
+                    label: "daemon bytes/object beyond value",
+                    value: single(level.bytes_per_object),
+                }),
+            });
+        }
+    }
+    drop(dir);
+
+    report.targets = targets(&report, &sizes);
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn single(value: f64) -> Summary {
+    Summary {
+        median: value,
+        min: value,
+        max: value,
+    }
+}
+
+fn case_key(product: &str, kind: Kind, size: usize, threads: usize, batch: usize) -> String {
+    format!("{product}/{}/{size}/{threads}/{batch}", kind.name())
+}
+
+fn case_row(section: &'static str, product: &str, case: Case, reps: &[stats::Rep]) -> Row {
+    let op = match (product, case.kind) {
+        ("redis", Kind::Get) => "GET",
+        ("redis", _) => "SET",
+        (_, kind) => kind.name(),
+    };
+    let grouping = if product == "redis" { "pipeline" } else { "batch" };
+    Row {
+        section,
+        case: format!(
+            "{op} {} B, {} thr, {grouping} {}",
+            case.size, case.threads, case.batch
+        ),
+        key: case_key(product, case.kind, case.size, case.threads, case.batch),
+        measured: Measured::from_reps(reps),
+        other: None,
+    }
+}
+
+/// Every target of issue 4 against this run's figures.
+fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
+    let get = |key: &str, pick: fn(&Measured) -> Option<Summary>| {
+        report.row(key).and_then(|r| pick(&r.measured)).map(|s| s.median)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let target = |name: String, measured: Option<f64>, bound: f64, at_most: bool, note: &str| Target {
+        name,
+        measured,
+        bound,
+        at_most,
+        note: if measured.is_none() && note.is_empty() {
+            "not measured in this run".into()
+        } else {
+            note.into()
+        },
+    };
+    let mops = |m: &Measured| m.mops;
+    let p50 = |m: &Measured| m.p50_ns;
+    let mut out = Vec::new();
+    for size in [16, 4096] {
+        out.push(target(
+            format!("get {size} B unbatched p50 / shm ping-pong p50"),
+            ratio(get(&case_key("hreg", Kind::Get, size, 1, 1), p50), get("floor", p50)),
+            2.0,
+            true,
+            "",
+        ));
+    }
+    let redis_missing = report.row(&case_key("redis", Kind::Get, 16, 1, 1)).is_none();
+    let redis_note = if redis_missing { "redis-server not installed" } else { "" };
+    for size in [16, 4096] {
+        for (batch, bound) in [(1, 30.0), (64, 10.0)] {
+            out.push(target(
+                format!("hreg get {size} B 1 thr batch {batch} / redis GET pipeline {batch} (throughput)"),
+                ratio(
+                    get(&case_key("hreg", Kind::Get, size, 1, batch), mops),
+                    get(&case_key("redis", Kind::Get, size, 1, batch), mops),
+                ),
+                bound,
+                false,
+                redis_note,
+            ));
+        }
+    }
+    let reg = get("inproc/hreg Registry/2", mops);
+    out.push(target(
+        "registry 2 thr / dashmap 2 thr (in process)".into(),
+        ratio(reg, get("inproc/dashmap/2", mops)),
+        1.5,
+        false,
+        "",
+    ));
+    out.push(target(
+        "registry 2 thr / 64-shard map 2 thr (in process)".into(),
+        ratio(reg, get("inproc/64-shard map/2", mops)),
+        2.0,
+        false,
+        "",
+    ));
+    let top = sizes.scale_levels.last().copied().unwrap_or(0);
+    let at = if top == 10_000_000 {
+        String::new()
+    } else {
+        format!("quick run: measured at {top} objects, not 10^7")
+    };
+    out.push(target(
+        "get p50 at 10^7 objects / at 10^3".into(),
+        ratio(get(&format!("scale/{top}"), p50), get("scale/1000", p50)),
+        2.0,
+        true,
+        &at,
+    ));
+    out.push(target(
+        "daemon bytes per object beyond the value, at 10^7".into(),
+        report
+            .row(&format!("scale/{top}"))
+            .and_then(|r| r.other.as_ref())
+            .map(|o| o.value.median),
+        48.0,
+        true,
+        &at,
+    ));
+    out.push(target(
+        "idle daemon CPU, % of one core".into(),
+        report.row("idle").and_then(|r| r.other.as_ref()).map(|o| o.value.median),
+        1.0,
+        true,
+        "",
+    ));
+    out
+}

@@ -1,0 +1,601 @@
+//! The data path: one batch run on one ring. It plans the batch
+//! ([`crate::plan`]), writes each round's entries and values, publishes the
+//! SQ tail and rings the doorbell only when the daemon sleeps, waits for the
+//! round's completions (spin briefly, then futex with a 100 ms timeout that
+//! checks the control socket), and turns completions into results, fetching
+//! STAGED values piece by piece.
+
+use crate::client::{Inner, RingCell, RingState};
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+use crate::plan::{self, Shape, Step, StepKind};
+use crate::shm::{self, Wake};
+use crate::{Completion, Op};
+use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
+use hreg_proto::flags;
+use hreg_proto::ring::{RingView, Word, CQ_WAITING, SQ_NEED_WAKEUP};
+use hreg_proto::Opcode;
+use rustix::fd::AsFd;
+use rustix::io::Errno;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a waiter polls the CQ tail before it sleeps on the futex.
+const SPIN_TIME: Duration = Duration::from_micros(50);
+/// How long one futex sleep lasts before the control socket is checked.
+const SLEEP_TIME: Duration = Duration::from_millis(100);
+/// How long a ring that breaks the protocol waits for the control socket to
+/// explain it (EOF or SHUTDOWN) before the error is called PROTOCOL.
+const PROTOCOL_GRACE: Duration = Duration::from_millis(200);
+
+impl Op<'_> {
+    fn opcode(&self) -> Opcode {
+        match self {
+            Op::Insert { .. } => Opcode::Insert,
+            Op::Get { .. } | Op::GetOwned { .. } => Opcode::Get,
+            Op::Replace { .. } => Opcode::Replace,
+            Op::Retain(_) => Opcode::Retain,
+            Op::Release(_) => Opcode::Release,
+            Op::Remove(_) => Opcode::Remove,
+        }
+    }
+
+    fn handle(&self) -> u64 {
+        match self {
+            Op::Insert { .. } => 0,
+            Op::Get { handle, .. } | Op::GetOwned { handle } | Op::Replace { handle, .. } => {
+                handle.get()
+            }
+            Op::Retain(h) | Op::Release(h) | Op::Remove(h) => h.get(),
+        }
+    }
+
+    fn obj_flags(&self) -> u32 {
+        match self {
+            Op::Insert { flags, .. } => *flags,
+            _ => 0,
+        }
+    }
+
+    fn value(&self) -> &[u8] {
+        match self {
+            Op::Insert { value, .. } | Op::Replace { value, .. } => value,
+            _ => &[],
+        }
+    }
+
+    /// What the op needs from the ring, or the error a local check finds.
+    /// INVALID is checked before TOO_BIG, as the daemon orders them.
+    fn shape(&self, max_value_size: u64) -> std::result::Result<Shape, Error> {
+        match self {
+            Op::Insert { flags: f, .. } if f & !flags::ALL != 0 => Err(Error::Invalid),
+            Op::Insert { value, .. } | Op::Replace { value, .. } => {
+                let len = value.len() as u64;
+                if len > max_value_size {
+                    return Err(Error::TooBig);
+                }
+                let len = u32::try_from(len).map_err(|_| Error::TooBig)?;
+                Ok(Shape::Write { len })
+            }
+            Op::Get { buf, .. } => Ok(Shape::Read {
+                cap: buf.len() as u64,
+            }),
+            Op::GetOwned { .. } => Ok(Shape::Read {
+                cap: max_value_size,
+            }),
+            Op::Retain(_) | Op::Release(_) | Op::Remove(_) => Ok(Shape::Entry),
+        }
+    }
+}
+
+/// Runs `ops` in order on `cell`'s ring. Per-op failures land in the
+/// returned vector; an `Err` means the batch as a whole stopped.
+pub(crate) fn run(
+    inner: &Inner,
+    cell: &RingCell,
+    ops: &mut [Op<'_>],
+) -> Result<Vec<Result<Completion>>> {
+    let max_value_size = inner.welcome().max_value_size;
+    let mut results: Vec<Option<Result<Completion>>> = Vec::with_capacity(ops.len());
+    let mut shapes = Vec::with_capacity(ops.len());
+    for op in ops.iter() {
+        match op.shape(max_value_size) {
+            Ok(shape) => {
+                shapes.push(Some(shape));
+                results.push(None);
+            }
+            Err(e) => {
+                shapes.push(None);
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    let view = inner
+        .map()
+        .ring(cell.index())
+        .ok_or_else(|| Error::Protocol(format!("ring index {} out of range", cell.index())))?;
+    let layout = view.layout();
+    let plan = plan::plan(&shapes, layout.entries, layout.data_size);
+    if !plan.steps.is_empty() {
+        let mut state = cell.lock()?;
+        if state.broken {
+            return Err(Error::Protocol(
+                "ring unusable after an earlier protocol error".into(),
+            ));
+        }
+        let mut io = RingIo {
+            inner,
+            doorbell: cell.doorbell(),
+            view,
+            st: &mut state,
+        };
+        let mut batch = Batch {
+            ops,
+            results: &mut results,
+            max_value_size,
+        };
+        if let Err(e) = batch.run(&mut io, &plan) {
+            if let Error::Protocol(_) = e {
+                // A daemon that is going away may scribble on (or discard)
+                // the ring before its socket says so: prefer DISCONNECTED.
+                inner.check_alive_within(PROTOCOL_GRACE)?;
+                io.st.broken = true;
+            }
+            return Err(e);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::Protocol("an operation got no completion".into())))
+        .collect()
+}
+
+/// The ring side of a batch: entries out, completions in, waiting.
+struct RingIo<'a> {
+    inner: &'a Inner,
+    doorbell: rustix::fd::BorrowedFd<'a>,
+    view: RingView,
+    st: &'a mut RingState,
+}
+
+impl RingIo<'_> {
+    /// Writes `sqes` (at most `entries`), publishes them, and hands each
+    /// completion, in order, to `on_cqe` with its position.
+    fn exchange(
+        &mut self,
+        sqes: &mut [Sqe],
+        mut on_cqe: impl FnMut(usize, &Cqe) -> Result<()>,
+    ) -> Result<()> {
+        let n = sqes.len();
+        debug_assert!(n <= self.view.entries() as usize);
+        let base = self.st.next_user_data;
+        for (k, sqe) in sqes.iter_mut().enumerate() {
+            sqe.user_data = base.wrapping_add(k as u64);
+            self.view.write_sqe(self.st.sq_tail, &sqe.encode());
+            self.st.sq_tail = self.st.sq_tail.wrapping_add(1);
+        }
+        self.st.next_user_data = base.wrapping_add(n as u64);
+        self.view
+            .word(Word::SqTail)
+            .store(self.st.sq_tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.view.word(Word::SqFlags).load(Ordering::Relaxed) & SQ_NEED_WAKEUP != 0 {
+            self.ring_doorbell()?;
+        }
+
+        let mut done = 0;
+        while done < n {
+            let tail = self.wait()?;
+            let avail = tail.wrapping_sub(self.st.cq_head) as usize;
+            if avail > n - done {
+                return Err(Error::Protocol(format!(
+                    "CQ tail moved {avail} entries with {} in flight",
+                    n - done
+                )));
+            }
+            for _ in 0..avail {
+                let cqe = Cqe::decode(&self.view.read_cqe(self.st.cq_head));
+                self.st.cq_head = self.st.cq_head.wrapping_add(1);
+                let expected = base.wrapping_add(done as u64);
+                if cqe.user_data != expected {
+                    return Err(Error::Protocol(format!(
+                        "completion for entry {} where {expected} was due",
+                        cqe.user_data
+                    )));
+                }
+                on_cqe(done, &cqe)?;
+                done += 1;
+            }
+            self.view
+                .word(Word::CqHead)
+                .store(self.st.cq_head, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn ring_doorbell(&self) -> Result<()> {
+        loop {
+            match rustix::io::write(self.doorbell.as_fd(), &1u64.to_ne_bytes()) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                // The counter is already huge: the daemon will wake anyway.
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the CQ tail differs from our head and returns it. Slow is
+    /// not dead: only the control socket says the daemon is gone.
+    fn wait(&mut self) -> Result<u32> {
+        let head = self.st.cq_head;
+        let tail_word = self.view.word(Word::CqTail);
+        let deadline = Instant::now() + SPIN_TIME;
+        let mut round = 0u32;
+        loop {
+            let tail = tail_word.load(Ordering::Acquire);
+            if tail != head {
+                return Ok(tail);
+            }
+            if round < 8 {
+                for _ in 0..(4u32 << round) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
+            round = round.saturating_add(1);
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+
+        let flags = self.view.word(Word::CqFlags);
+        let outcome = loop {
+            flags.store(CQ_WAITING, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let tail = tail_word.load(Ordering::Acquire);
+            if tail != head {
+                break Ok(tail);
+            }
+            match shm::futex_wait(tail_word, tail, SLEEP_TIME) {
+                Ok(Wake::Changed) => {}
+                Ok(Wake::TimedOut) => {
+                    if let Err(e) = self.inner.check_alive() {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        flags.store(0, Ordering::Relaxed);
+        outcome
+    }
+}
+
+/// The caller's side of a batch: the ops and their results.
+struct Batch<'b, 'o> {
+    ops: &'b mut [Op<'o>],
+    results: &'b mut Vec<Option<Result<Completion>>>,
+    max_value_size: u64,
+}
+
+impl Batch<'_, '_> {
+    fn run(&mut self, io: &mut RingIo<'_>, plan: &plan::Plan) -> Result<()> {
+        let mut sqes = Vec::new();
+        let mut sent: Vec<Step> = Vec::new();
+        let mut staged: Vec<(usize, u32)> = Vec::new();
+        for round in &plan.rounds {
+            sqes.clear();
+            sent.clear();
+            for step in &plan.steps[round.clone()] {
+                // An op whose earlier piece failed is already answered.
+                if self.results[step.op].is_some() {
+                    continue;
+                }
+                sqes.push(self.build(io, step)?);
+                sent.push(*step);
+            }
+            if sqes.is_empty() {
+                continue;
+            }
+            staged.clear();
+            let view = io.view;
+            io.exchange(&mut sqes, |k, cqe| {
+                self.complete(&view, &sent[k], cqe, &mut staged)
+            })?;
+            for &(op, total) in &staged {
+                self.fetch_staged(io, op, total)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for `step`, with its value copied into the data area.
+    fn build(&self, io: &RingIo<'_>, step: &Step) -> Result<Sqe> {
+        let op = &self.ops[step.op];
+        let mut sqe = Sqe {
+            opcode: op.opcode() as u8,
+            obj_flags: op.obj_flags(),
+            handle: op.handle(),
+            ..Sqe::default()
+        };
+        let value = op.value();
+        match step.kind {
+            StepKind::Plain => {}
+            StepKind::WriteInline => {
+                sqe.entry_flags = sqe_flags::INLINE;
+                sqe.data_len = value.len() as u32;
+                sqe.inline[..value.len()].copy_from_slice(value);
+            }
+            StepKind::WriteData => {
+                put_data(&io.view, step.off, value)?;
+                sqe.data_off = step.off;
+                sqe.data_len = step.len;
+            }
+            StepKind::StagePiece { value_off } => {
+                let start = value_off as usize;
+                let piece = value
+                    .get(start..start + step.len as usize)
+                    .ok_or_else(|| Error::Protocol("staging piece outside the value".into()))?;
+                put_data(&io.view, step.off, piece)?;
+                sqe.opcode = Opcode::StageWrite as u8;
+                sqe.obj_flags = 0;
+                sqe.handle = 0;
+                sqe.data_off = step.off;
+                sqe.data_len = step.len;
+                sqe.set_inline_u64(u64::from(value_off));
+            }
+            StepKind::WriteStaged => {
+                sqe.entry_flags = sqe_flags::STAGED;
+                sqe.data_len = value.len() as u32;
+            }
+            StepKind::Read { .. } => {
+                sqe.data_off = step.off;
+                sqe.data_len = step.len;
+                sqe.set_inline_u64(self.capacity(step.op));
+            }
+        }
+        Ok(sqe)
+    }
+
+    fn capacity(&self, op: usize) -> u64 {
+        match &self.ops[op] {
+            Op::Get { buf, .. } => buf.len() as u64,
+            _ => self.max_value_size,
+        }
+    }
+
+    /// Turns the completion of `step` into its op's result, or notes a
+    /// STAGED value to fetch once the round is over.
+    fn complete(
+        &mut self,
+        view: &RingView,
+        step: &Step,
+        cqe: &Cqe,
+        staged: &mut Vec<(usize, u32)>,
+    ) -> Result<()> {
+        let op = step.op;
+        if let Some(e) = Error::from_completion(cqe.status, cqe.value_len) {
+            self.results[op] = Some(Err(e));
+            return Ok(());
+        }
+        let done = match step.kind {
+            StepKind::StagePiece { .. } => return Ok(()),
+            StepKind::Plain
+            | StepKind::WriteInline
+            | StepKind::WriteData
+            | StepKind::WriteStaged => match self.ops[op] {
+                Op::Insert { .. } => Completion::Inserted(
+                    Handle::new(cqe.handle)
+                        .ok_or_else(|| Error::Protocol("INSERT completed with handle 0".into()))?,
+                ),
+                _ => Completion::Done,
+            },
+            StepKind::Read { may_stage } => {
+                let len = cqe.value_len;
+                if u64::from(len) > self.capacity(op) {
+                    return Err(Error::Protocol(format!(
+                        "GET returned {len} bytes for a capacity of {}",
+                        self.capacity(op)
+                    )));
+                }
+                let where_ =
+                    cqe.entry_flags & (cqe_flags::INLINE | cqe_flags::IN_DATA | cqe_flags::STAGED);
+                match where_ {
+                    0 if len == 0 => self.deliver_len(op, 0, |_| Ok(()))?,
+                    cqe_flags::INLINE => {
+                        let bytes = cqe.inline.get(..len as usize).ok_or_else(|| {
+                            Error::Protocol(format!("{len} bytes claimed inline"))
+                        })?;
+                        self.deliver_len(op, len, |out| {
+                            out.copy_from_slice(bytes);
+                            Ok(())
+                        })?
+                    }
+                    cqe_flags::IN_DATA => {
+                        let inside = u64::from(cqe.data_off) >= u64::from(step.off)
+                            && u64::from(cqe.data_off) + u64::from(len)
+                                <= u64::from(step.off) + u64::from(step.len);
+                        if !inside {
+                            return Err(Error::Protocol(
+                                "GET wrote outside the region it was given".into(),
+                            ));
+                        }
+                        self.deliver_len(op, len, |out| get_data(view, cqe.data_off, out))?
+                    }
+                    cqe_flags::STAGED if may_stage => {
+                        staged.push((op, len));
+                        return Ok(());
+                    }
+                    _ => {
+                        return Err(Error::Protocol(format!(
+                            "GET completed with flags {:#x} for {len} bytes",
+                            cqe.entry_flags
+                        )))
+                    }
+                }
+            }
+        };
+        self.results[op] = Some(Ok(done));
+        Ok(())
+    }
+
+    /// Places a `len`-byte value: into the caller's buffer (GET) or a new
+    /// vector (GET owned); `fill` writes the bytes.
+    fn deliver_len(
+        &mut self,
+        op: usize,
+        len: u32,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Completion> {
+        let len = len as usize;
+        match &mut self.ops[op] {
+            Op::Get { buf, .. } => {
+                let out = buf
+                    .get_mut(..len)
+                    .ok_or_else(|| Error::Protocol("value longer than the buffer".into()))?;
+                fill(out)?;
+                Ok(Completion::Length(len))
+            }
+            _ => {
+                let mut value = alloc_value(len)?;
+                fill(&mut value)?;
+                Ok(Completion::Value(value))
+            }
+        }
+    }
+
+    /// Copies a STAGED value of `total` bytes out of the staging buffer with
+    /// STAGE_READ pieces through the data area, into the op's output.
+    fn fetch_staged(&mut self, io: &mut RingIo<'_>, op: usize, total: u32) -> Result<()> {
+        let mut owned = match self.ops[op] {
+            Op::Get { .. } => None,
+            _ => Some(alloc_value(total as usize)?),
+        };
+        let data_size = io.view.data_size();
+        let mut at = 0u32;
+        while at < total {
+            let want = (total - at).min(data_size);
+            let mut sqe = [Sqe {
+                opcode: Opcode::StageRead as u8,
+                data_off: 0,
+                data_len: want,
+                ..Sqe::default()
+            }];
+            sqe[0].set_inline_u64(u64::from(at));
+            let mut result = None;
+            io.exchange(&mut sqe, |_, cqe| {
+                result = Some(*cqe);
+                Ok(())
+            })?;
+            let cqe =
+                result.ok_or_else(|| Error::Protocol("STAGE_READ got no completion".into()))?;
+            if let Some(e) = Error::from_completion(cqe.status, cqe.value_len) {
+                self.results[op] = Some(Err(e));
+                return Ok(());
+            }
+            let got = cqe.value_len;
+            if got == 0 || got > want {
+                return Err(Error::Protocol(format!(
+                    "STAGE_READ of {want} bytes copied {got}"
+                )));
+            }
+            let range = at as usize..(at + got) as usize;
+            let out = match (&mut owned, &mut self.ops[op]) {
+                (Some(v), _) => v.get_mut(range),
+                (None, Op::Get { buf, .. }) => buf.get_mut(range),
+                (None, _) => None,
+            }
+            .ok_or_else(|| Error::Protocol("staged value longer than the buffer".into()))?;
+            get_data(&io.view, 0, out)?;
+            at += got;
+        }
+        self.results[op] = Some(Ok(match owned {
+            Some(v) => Completion::Value(v),
+            None => Completion::Length(total as usize),
+        }));
+        Ok(())
+    }
+}
+
+fn put_data(view: &RingView, off: u32, bytes: &[u8]) -> Result<()> {
+    if view.copy_to_data(off, bytes) {
+        Ok(())
+    } else {
+        Err(Error::Protocol("value outside the data area".into()))
+    }
+}
+
+fn get_data(view: &RingView, off: u32, out: &mut [u8]) -> Result<()> {
+    if view.copy_from_data(off, out) {
+        Ok(())
+    } else {
+        Err(Error::Protocol("value outside the data area".into()))
+    }
+}
+
+/// A zeroed vector of `len` bytes, without aborting when memory is short.
+fn alloc_value(len: usize) -> Result<Vec<u8>> {
+    let mut value = Vec::new();
+    value
+        .try_reserve_exact(len)
+        .map_err(|_| Error::Io(std::io::ErrorKind::OutOfMemory.into()))?;
+    value.resize(len, 0);
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_checks_order_invalid_before_too_big() {
+        let big = vec![0u8; 10];
+        let op = Op::Insert {
+            value: &big,
+            flags: 0x80,
+        };
+        assert!(matches!(op.shape(4), Err(Error::Invalid)));
+        let op = Op::Insert {
+            value: &big,
+            flags: flags::SHARED | flags::DETACHED,
+        };
+        assert!(matches!(op.shape(4), Err(Error::TooBig)));
+        assert_eq!(op.shape(10).unwrap(), Shape::Write { len: 10 });
+        let op = Op::Replace {
+            handle: Handle::new(1).unwrap(),
+            value: &big,
+        };
+        assert!(matches!(op.shape(9), Err(Error::TooBig)));
+        assert_eq!(op.obj_flags(), 0);
+    }
+
+    #[test]
+    fn ops_name_their_opcodes() {
+        let h = Handle::new(7).unwrap();
+        let mut buf = [0u8; 3];
+        assert_eq!(Op::Retain(h).opcode(), Opcode::Retain);
+        assert_eq!(Op::Release(h).opcode(), Opcode::Release);
+        assert_eq!(Op::Remove(h).handle(), 7);
+        assert_eq!(
+            Op::GetOwned { handle: h }.shape(99).unwrap(),
+            Shape::Read { cap: 99 }
+        );
+        assert_eq!(
+            Op::Get {
+                handle: h,
+                buf: &mut buf
+            }
+            .shape(99)
+            .unwrap(),
+            Shape::Read { cap: 3 }
+        );
+    }
+
+    #[test]
+    fn allocation_is_fallible() {
+        assert_eq!(alloc_value(5).unwrap(), vec![0u8; 5]);
+        assert!(alloc_value(usize::MAX).is_err());
+    }
+}

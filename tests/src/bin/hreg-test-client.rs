@@ -1,0 +1,150 @@
+//! A scripted hreg client process for the multi-process tests.
+//!
+//! `hreg-test-client SOCKET MODE [ARGS]` attaches to the daemon, does what
+//! MODE says, prints one line with the outcome, then waits until its stdin
+//! closes (so the test decides when it exits, or kills it).
+//!
+//! Modes:
+//! - `insert VALUE`: insert VALUE (attached); print the handle.
+//! - `hold ATTACHED DETACHED`: insert that many objects of each kind in
+//!   batches; print `ready`.
+//! - `mixed THREADS OPS SEED`: THREADS threads do OPS mixed operations each on
+//!   checksummed values; print `wrong=W errors=E live=L`.
+
+use hreg::{Client, Handle, Op};
+use hreg_tests::{checked_value, value_is_intact};
+use std::io::Read;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((socket, rest)) = args.split_first() else {
+        eprintln!("usage: hreg-test-client SOCKET MODE [ARGS]");
+        return ExitCode::from(2);
+    };
+    let client = match Client::connect(socket) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("hreg-test-client: connect: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let outcome = match words.as_slice() {
+        ["insert", value] => client.insert(value.as_bytes(), 0).map(|h| h.to_string()),
+        ["hold", attached, detached] => hold(&client, number(attached), number(detached)),
+        ["mixed", threads, ops, seed] => Ok(mixed(
+            &client,
+            number(threads),
+            number(ops),
+            number(seed) as u64,
+        )),
+        _ => {
+            eprintln!("hreg-test-client: unknown mode {words:?}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            println!("error {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    ExitCode::SUCCESS
+}
+
+fn number(text: &str) -> usize {
+    text.parse().expect("a number argument")
+}
+
+fn hold(client: &Client, attached: usize, detached: usize) -> hreg::Result<String> {
+    let values: Vec<Vec<u8>> = (0..attached + detached)
+        .map(|i| checked_value(i as u64, 24))
+        .collect();
+    for (chunk_start, chunk) in values.chunks(64).enumerate().map(|(i, c)| (i * 64, c)) {
+        let mut ops: Vec<Op<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Op::Insert {
+                value,
+                flags: if chunk_start + i < attached {
+                    0
+                } else {
+                    hreg::DETACHED
+                },
+            })
+            .collect();
+        for result in client.submit(&mut ops)? {
+            result?;
+        }
+    }
+    Ok("ready".to_string())
+}
+
+/// Mixed operations from several threads, each on its own objects, every
+/// read checked against the value last written.
+fn mixed(client: &Client, threads: usize, ops: usize, seed: u64) -> String {
+    let results: Vec<(u64, u64, usize)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    mixed_thread(client, ops, seed.wrapping_mul(1000).wrapping_add(t as u64))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker thread"))
+            .collect()
+    });
+    let wrong: u64 = results.iter().map(|r| r.0).sum();
+    let errors: u64 = results.iter().map(|r| r.1).sum();
+    let live: usize = results.iter().map(|r| r.2).sum();
+    format!("wrong={wrong} errors={errors} live={live}")
+}
+
+fn mixed_thread(client: &Client, ops: usize, seed: u64) -> (u64, u64, usize) {
+    let mut live: Vec<(Handle, Vec<u8>)> = Vec::new();
+    let (mut wrong, mut errors) = (0u64, 0u64);
+    let mut state = seed | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..ops {
+        let roll = next() % 100;
+        let len = [8usize, 16, 40, 200, 5000][(next() % 5) as usize];
+        if live.is_empty() || roll < 30 {
+            let value = checked_value(next(), len);
+            match client.insert(&value, 0) {
+                Ok(h) => live.push((h, value)),
+                Err(_) => errors += 1,
+            }
+        } else if roll < 70 {
+            let (h, expected) = &live[i % live.len()];
+            match client.get(*h) {
+                Ok(got) if got == *expected && value_is_intact(&got) => {}
+                Ok(_) => wrong += 1,
+                Err(_) => errors += 1,
+            }
+        } else if roll < 85 {
+            let at = i % live.len();
+            let value = checked_value(next(), len);
+            match client.replace(live[at].0, &value) {
+                Ok(()) => live[at].1 = value,
+                Err(_) => errors += 1,
+            }
+        } else {
+            let (h, _) = live.swap_remove(i % live.len());
+            if client.release(h).is_err() {
+                errors += 1;
+            }
+        }
+    }
+    (wrong, errors, live.len())
+}

@@ -1,0 +1,212 @@
+//! A deliberately minimal client that speaks the wire protocol by hand, so
+//! tests can send what the real client library never would: handle 0,
+//! unknown opcodes, garbage HELLOs, corrupt ring counters.
+
+use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
+use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
+use hreg_proto::ring::{Layout, RingView, Word};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::sync::atomic::{fence, Ordering};
+use std::time::Instant;
+
+/// A raw control connection.
+pub struct RawConn {
+    pub fd: OwnedFd,
+}
+
+impl RawConn {
+    pub fn connect(socket: &Path) -> RawConn {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        rustix::net::connect(&fd, &SocketAddrUnix::new(socket).expect("path")).expect("connect");
+        // A daemon that never answers fails the test instead of hanging it.
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(crate::PATIENCE),
+        )
+        .expect("SO_RCVTIMEO");
+        RawConn { fd }
+    }
+
+    /// Sends raw bytes as one packet.
+    pub fn send_bytes(&self, bytes: &[u8]) {
+        let mut control = SendAncillaryBuffer::default();
+        rustix::net::sendmsg(
+            &self.fd,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("send");
+    }
+
+    pub fn send(&self, request: &Request) {
+        self.send_bytes(&request.encode());
+    }
+
+    /// The next reply and the descriptor attached to it, if any; `None` at
+    /// EOF.
+    pub fn recv(&self) -> Option<(Reply, Option<OwnedFd>)> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+        let msg = rustix::net::recvmsg(
+            &self.fd,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .expect("recv");
+        if msg.bytes == 0 {
+            return None;
+        }
+        let mut fd = None;
+        for message in ancillary.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                fd = fds.into_iter().next();
+            }
+        }
+        Some((
+            Reply::decode(&buf[..msg.bytes]).expect("decodable reply"),
+            fd,
+        ))
+    }
+}
+
+/// An attached raw session with its memory mapped.
+pub struct RawSession {
+    pub conn: RawConn,
+    pub welcome: Welcome,
+    base: *mut u8,
+    len: usize,
+    _memfd: OwnedFd,
+}
+
+impl RawSession {
+    pub fn attach(socket: &Path) -> RawSession {
+        let conn = RawConn::connect(socket);
+        conn.send(&Request::Hello {
+            version: hreg_proto::PROTOCOL_VERSION,
+            name: "raw".into(),
+        });
+        let Some((Reply::Welcome(welcome), Some(memfd))) = conn.recv() else {
+            panic!("no WELCOME");
+        };
+        let len = (welcome.ring_stride * u64::from(welcome.max_rings)) as usize;
+        // SAFETY: mapping the session memfd the daemon sent, of the size it
+        // announced; unmapped in Drop, and only accessed through RingView.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )
+            .expect("mmap")
+        };
+        RawSession {
+            conn,
+            welcome,
+            base: base.cast(),
+            len,
+            _memfd: memfd,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            entries: self.welcome.ring_entries,
+            data_size: self.welcome.data_size,
+            max_rings: self.welcome.max_rings,
+        }
+    }
+
+    /// Opens a ring; returns its view and doorbell.
+    pub fn open_ring(&self) -> (RingView, OwnedFd) {
+        self.conn.send(&Request::RingOpen);
+        let Some((Reply::RingOpened { index }, Some(doorbell))) = self.conn.recv() else {
+            panic!("no RING_OPENED");
+        };
+        let offset = index as usize * self.welcome.ring_stride as usize;
+        // SAFETY: the ring lies inside the mapping, which outlives the view
+        // for the duration of a test.
+        let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
+        (view, doorbell)
+    }
+
+    /// Every byte of the mapping, for scribbling.
+    pub fn scribble(&self, seed: u64) {
+        let mut state = seed | 1;
+        for offset in (0..self.len).step_by(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // SAFETY: inside our own mapping; 8-byte aligned offsets.
+            unsafe { (self.base.add(offset) as *mut u64).write_volatile(state) };
+        }
+    }
+}
+
+impl Drop for RawSession {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in attach, unmapped once.
+        unsafe {
+            let _ = rustix::mm::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+/// Submits raw entry bytes at the ring's current tail and waits for their
+/// completions. `tail` is the client's SQ tail, updated.
+pub fn submit_raw(
+    view: &RingView,
+    doorbell: &OwnedFd,
+    tail: &mut u32,
+    entries: &[[u8; ENTRY_SIZE]],
+) -> Vec<Cqe> {
+    let start = *tail;
+    for entry in entries {
+        view.write_sqe(*tail, entry);
+        *tail = tail.wrapping_add(1);
+    }
+    view.word(Word::SqTail).store(*tail, Ordering::Release);
+    fence(Ordering::SeqCst);
+    let _ = rustix::io::write(doorbell.as_fd(), &1u64.to_ne_bytes());
+    let began = Instant::now();
+    while view.word(Word::CqTail).load(Ordering::Acquire) != *tail {
+        assert!(began.elapsed() < crate::PATIENCE, "no completion");
+        std::thread::yield_now();
+    }
+    let completions = (0..entries.len() as u32)
+        .map(|i| Cqe::decode(&view.read_cqe(start.wrapping_add(i))))
+        .collect();
+    view.word(Word::CqHead).store(*tail, Ordering::Release);
+    completions
+}
+
+/// A submission entry for `opcode` on `handle`, otherwise zero.
+pub fn sqe(opcode: u8, handle: u64) -> [u8; ENTRY_SIZE] {
+    Sqe {
+        user_data: 99,
+        opcode,
+        handle,
+        ..Sqe::default()
+    }
+    .encode()
+}
