@@ -28,7 +28,7 @@ fn wait_for(word: &AtomicU64, want: u64) -> u64 {
             return seen;
         }
         spins += 1;
-        if spins % 4096 == 0 {
+        if spins & 4095 == 0 {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

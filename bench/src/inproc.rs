@@ -71,14 +71,21 @@ impl ShardedMap {
 impl Contender for ShardedMap {
     fn insert(&self, value: Val, _: usize) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.shard(key).write().expect("poisoned").insert(key, value);
+        self.shard(key)
+            .write()
+            .expect("poisoned")
+            .insert(key, value);
         key
     }
     fn get(&self, key: u64) -> Option<Val> {
         self.shard(key).read().expect("poisoned").get(&key).copied()
     }
     fn remove(&self, key: u64) -> bool {
-        self.shard(key).write().expect("poisoned").remove(&key).is_some()
+        self.shard(key)
+            .write()
+            .expect("poisoned")
+            .remove(&key)
+            .is_some()
     }
 }
 

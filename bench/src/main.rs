@@ -159,7 +159,9 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
             let keys = outproc::hreg_keys(&client, size)?;
             for case in outproc::hreg_cases().into_iter().filter(|c| c.size == size) {
                 let reps = outproc::hreg_case(&client, &keys, case, sizes.timing)?;
-                report.rows.push(case_row("3 hreg rings", "hreg", case, &reps));
+                report
+                    .rows
+                    .push(case_row("3 hreg rings", "hreg", case, &reps));
             }
             outproc::remove_all(&client, &mut keys.clone())?;
         }
@@ -189,7 +191,10 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
             let mut conn = redis::Redis::connect(&socket)?;
             for size in [16, 4096] {
                 let keys = outproc::redis_keys(&mut conn, size)?;
-                for case in outproc::redis_cases().into_iter().filter(|c| c.size == size) {
+                for case in outproc::redis_cases()
+                    .into_iter()
+                    .filter(|c| c.size == size)
+                {
                     let reps = outproc::redis_case(&mut conn, &keys, case, sizes.timing)?;
                     report.rows.push(case_row("4 redis", "redis", case, &reps));
                 }
@@ -201,7 +206,13 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
         eprintln!("[5/6] scale {:?}", sizes.scale_levels);
         let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
         let client = hreg::Client::connect(&socket)?;
-        let levels = scale::run(&daemon, &client, &sizes.scale_levels, sizes.timing.per_rep, sizes.timing.reps)?;
+        let levels = scale::run(
+            &daemon,
+            &client,
+            &sizes.scale_levels,
+            sizes.timing.per_rep,
+            sizes.timing.reps,
+        )?;
         for level in levels {
             report.rows.push(Row {
                 section: "5 scale",
@@ -224,7 +235,8 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -247,7 +259,11 @@ fn case_row(section: &'static str, product: &str, case: Case, reps: &[stats::Rep
         ("redis", _) => "SET",
         (_, kind) => kind.name(),
     };
-    let grouping = if product == "redis" { "pipeline" } else { "batch" };
+    let grouping = if product == "redis" {
+        "pipeline"
+    } else {
+        "batch"
+    };
     Row {
         section,
         case: format!(
@@ -263,34 +279,47 @@ fn case_row(section: &'static str, product: &str, case: Case, reps: &[stats::Rep
 /// Every target of issue 4 against this run's figures.
 fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
     let get = |key: &str, pick: fn(&Measured) -> Option<Summary>| {
-        report.row(key).and_then(|r| pick(&r.measured)).map(|s| s.median)
+        report
+            .row(key)
+            .and_then(|r| pick(&r.measured))
+            .map(|s| s.median)
     };
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
-    let target = |name: String, measured: Option<f64>, bound: f64, at_most: bool, note: &str| Target {
-        name,
-        measured,
-        bound,
-        at_most,
-        note: if measured.is_none() && note.is_empty() {
-            "not measured in this run".into()
-        } else {
-            note.into()
-        },
-    };
+    let target =
+        |name: String, measured: Option<f64>, bound: f64, at_most: bool, note: &str| Target {
+            name,
+            measured,
+            bound,
+            at_most,
+            note: if measured.is_none() && note.is_empty() {
+                "not measured in this run".into()
+            } else {
+                note.into()
+            },
+        };
     let mops = |m: &Measured| m.mops;
     let p50 = |m: &Measured| m.p50_ns;
     let mut out = Vec::new();
     for size in [16, 4096] {
         out.push(target(
             format!("get {size} B unbatched p50 / shm ping-pong p50"),
-            ratio(get(&case_key("hreg", Kind::Get, size, 1, 1), p50), get("floor", p50)),
+            ratio(
+                get(&case_key("hreg", Kind::Get, size, 1, 1), p50),
+                get("floor", p50),
+            ),
             2.0,
             true,
             "",
         ));
     }
-    let redis_missing = report.row(&case_key("redis", Kind::Get, 16, 1, 1)).is_none();
-    let redis_note = if redis_missing { "redis-server not installed" } else { "" };
+    let redis_missing = report
+        .row(&case_key("redis", Kind::Get, 16, 1, 1))
+        .is_none();
+    let redis_note = if redis_missing {
+        "redis-server not installed"
+    } else {
+        ""
+    };
     for size in [16, 4096] {
         for (batch, bound) in [(1, 30.0), (64, 10.0)] {
             out.push(target(
@@ -345,7 +374,10 @@ fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
     ));
     out.push(target(
         "idle daemon CPU, % of one core".into(),
-        report.row("idle").and_then(|r| r.other.as_ref()).map(|o| o.value.median),
+        report
+            .row("idle")
+            .and_then(|r| r.other.as_ref())
+            .map(|o| o.value.median),
         1.0,
         true,
         "",

@@ -100,7 +100,12 @@ pub fn hreg_keys(client: &Client, size: usize) -> hreg::Result<Vec<Handle>> {
 }
 
 /// Runs one hreg case for `timing.reps` repetitions.
-pub fn hreg_case(client: &Client, keys: &[Handle], case: Case, timing: Timing) -> anyhow::Result<Vec<Rep>> {
+pub fn hreg_case(
+    client: &Client,
+    keys: &[Handle],
+    case: Case,
+    timing: Timing,
+) -> anyhow::Result<Vec<Rep>> {
     (0..timing.reps)
         .map(|rep| {
             let recorders = std::thread::scope(|scope| {
@@ -120,7 +125,13 @@ pub fn hreg_case(client: &Client, keys: &[Handle], case: Case, timing: Timing) -
         .collect()
 }
 
-fn hreg_thread(client: &Client, keys: &[Handle], case: Case, run_for: Duration, seed: u64) -> anyhow::Result<Recorder> {
+fn hreg_thread(
+    client: &Client,
+    keys: &[Handle],
+    case: Case,
+    run_for: Duration,
+    seed: u64,
+) -> anyhow::Result<Recorder> {
     let mut rng = Rng::new(seed);
     let payload = value(case.size, seed);
     let mut bufs = vec![vec![0u8; case.size]; case.batch];
@@ -204,7 +215,12 @@ pub fn redis_keys(redis: &mut Redis, size: usize) -> anyhow::Result<Vec<Vec<u8>>
 }
 
 /// Runs one Redis case on one connection for `timing.reps` repetitions.
-pub fn redis_case(redis: &mut Redis, keys: &[Vec<u8>], case: Case, timing: Timing) -> anyhow::Result<Vec<Rep>> {
+pub fn redis_case(
+    redis: &mut Redis,
+    keys: &[Vec<u8>],
+    case: Case,
+    timing: Timing,
+) -> anyhow::Result<Vec<Rep>> {
     let mut reply = Vec::with_capacity(case.size + 2);
     (0..timing.reps)
         .map(|rep| {

@@ -44,7 +44,10 @@ pub fn install_signal_cleanup() -> anyhow::Result<()> {
                 if let Some(dir) = &live.dir {
                     let _ = std::fs::remove_dir_all(dir);
                 }
-                eprintln!("hreg-bench: interrupted; children stopped, {:?} removed", live.dir);
+                eprintln!(
+                    "hreg-bench: interrupted; children stopped, {:?} removed",
+                    live.dir
+                );
                 std::process::exit(130);
             }
         })?;
@@ -206,7 +209,9 @@ pub fn start_redis(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, PathBuf)>
             return false;
         };
         let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
     })?;
     Ok((proc, socket))
 }

@@ -76,7 +76,10 @@ impl Redis {
                 }
                 Ok(())
             }
-            _ => bail!("unexpected redis reply {:?}", String::from_utf8_lossy(&self.line)),
+            _ => bail!(
+                "unexpected redis reply {:?}",
+                String::from_utf8_lossy(&self.line)
+            ),
         }
     }
 }

@@ -6,6 +6,9 @@ use crate::stats::{number, Measured, Summary};
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// Picks the figure a plot panel shows.
+type Pick = fn(&Measured) -> Option<Summary>;
+
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -76,10 +79,9 @@ impl Report {
         let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
         let cell = |s: &Option<Summary>| s.as_ref().map_or("–".to_string(), Summary::cell);
         for r in &self.rows {
-            let other = r
-                .other
-                .as_ref()
-                .map_or("".to_string(), |o| format!("{}: {}", o.label, o.value.cell()));
+            let other = r.other.as_ref().map_or("".to_string(), |o| {
+                format!("{}: {}", o.label, o.value.cell())
+            });
             let m = &r.measured;
             let _ = writeln!(
                 out,
@@ -117,9 +119,14 @@ impl Report {
     /// Two panels: throughput of every row that has one, and p50 latency of
     /// every row that has one; log scales, whiskers from min to max.
     pub fn svg(&self) -> String {
-        let panels: [(&str, fn(&Measured) -> Option<Summary>); 2] = [
-            ("throughput, Mops/s (log scale; longer is better)", |m| m.mops),
-            ("p50 latency per round trip, ns (log scale; shorter is better)", |m| m.p50_ns),
+        let panels: [(&str, Pick); 2] = [
+            ("throughput, Mops/s (log scale; longer is better)", |m| {
+                m.mops
+            }),
+            (
+                "p50 latency per round trip, ns (log scale; shorter is better)",
+                |m| m.p50_ns,
+            ),
         ];
         const LABEL: f64 = 330.0;
         const BARS: f64 = 420.0;
@@ -130,7 +137,9 @@ impl Report {
             .map(|(_, pick)| {
                 self.rows
                     .iter()
-                    .filter_map(|r| pick(&r.measured).map(|s| (format!("{}: {}", r.section, r.case), s)))
+                    .filter_map(|r| {
+                        pick(&r.measured).map(|s| (format!("{}: {}", r.section, r.case), s))
+                    })
                     .filter(|(_, s)| s.median > 0.0)
                     .collect()
             })
@@ -155,9 +164,16 @@ impl Report {
             if rows.is_empty() {
                 continue;
             }
-            let lo = rows.iter().map(|(_, s)| s.min).fold(f64::INFINITY, f64::min).max(1e-9);
+            let lo = rows
+                .iter()
+                .map(|(_, s)| s.min)
+                .fold(f64::INFINITY, f64::min)
+                .max(1e-9);
             let hi = rows.iter().map(|(_, s)| s.max).fold(0.0, f64::max);
-            let (lo, hi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+            let (lo, hi) = (
+                lo.log10().floor(),
+                hi.log10().ceil().max(lo.log10().floor() + 1.0),
+            );
             let x = |v: f64| x0 + (v.max(1e-12).log10() - lo) / (hi - lo) * BARS;
             let mut decade = lo;
             while decade <= hi {
@@ -208,7 +224,9 @@ fn colour_of(label: &str) -> &'static str {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// "model, N cores, M GiB RAM, Linux version" from /proc.

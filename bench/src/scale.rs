@@ -89,7 +89,12 @@ fn fill(client: &Client, handles: &mut Vec<Handle>, target: usize) -> anyhow::Re
 
 /// The daemon's CPU use, as a fraction of one core, over `window` while
 /// `clients` sessions, each with two threads' rings open, stay quiet.
-pub fn idle(daemon: &Proc, socket: &std::path::Path, clients: usize, window: Duration) -> anyhow::Result<f64> {
+pub fn idle(
+    daemon: &Proc,
+    socket: &std::path::Path,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<f64> {
     let sessions: Vec<Client> = (0..clients)
         .map(|_| Client::connect(socket))
         .collect::<hreg::Result<_>>()?;

@@ -104,7 +104,10 @@ pub struct Measured {
 impl Measured {
     pub fn from_reps(reps: &[Rep]) -> Measured {
         let pick = |f: fn(&Percentiles) -> f64| {
-            let values: Vec<f64> = reps.iter().filter_map(|r| r.latency.as_ref().map(f)).collect();
+            let values: Vec<f64> = reps
+                .iter()
+                .filter_map(|r| r.latency.as_ref().map(f))
+                .collect();
             Summary::of(&values)
         };
         let mops: Vec<f64> = reps.iter().map(|r| r.ops_per_sec / 1e6).collect();

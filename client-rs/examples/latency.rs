@@ -4,7 +4,9 @@ use hreg::{Client, Op};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/x.sock".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/x.sock".into());
     let client = Client::connect(&path)?;
     let n = 100_000;
     let value = [7u8; 16];
@@ -32,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bufs = vec![[0u8; 64]; 64];
     let start = Instant::now();
     for _ in 0..n / 64 {
-        let mut ops: Vec<Op> = bufs.iter_mut().map(|b| Op::Get { handle: h, buf: b }).collect();
+        let mut ops: Vec<Op> = bufs
+            .iter_mut()
+            .map(|b| Op::Get { handle: h, buf: b })
+            .collect();
         client.submit(&mut ops)?;
     }
     println!("batch of 64 gets: {:?}/op", start.elapsed() / (n / 64 * 64));

@@ -5,7 +5,9 @@ use hreg::{Client, Error};
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/x.sock".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/x.sock".into());
     let mode = std::env::args().nth(2).unwrap_or_default();
     let client = Client::connect(&path)?;
     let h = client.insert(b"parent", 0)?;

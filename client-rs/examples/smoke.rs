@@ -4,11 +4,15 @@
 use hreg::{Client, Completion, Error, Handle, Op};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "/tmp/x.sock".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/x.sock".into());
     let client = Client::connect(&path)?;
     let w = client.welcome();
     println!("session {} welcome {w:?}", client.session_id());
@@ -16,7 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Sizes around every boundary: inline, data area, staged.
     let data = w.data_size as usize;
-    for len in [0, 1, 32, 33, 100, data - 1, data, data + 1, 3 * data + 7, max] {
+    for len in [
+        0,
+        1,
+        32,
+        33,
+        100,
+        data - 1,
+        data,
+        data + 1,
+        3 * data + 7,
+        max,
+    ] {
         let v = pattern(len, len as u8);
         let h = client.insert(&v, 0)?;
         assert_eq!(client.get(h)?, v, "get of {len}");
@@ -30,17 +45,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if len > 0 {
             let mut small = vec![0u8; len - 1];
-            assert!(matches!(client.get_into(h, &mut small), Err(Error::Buffer { needed }) if needed == len));
+            assert!(
+                matches!(client.get_into(h, &mut small), Err(Error::Buffer { needed }) if needed == len)
+            );
         }
         let v2 = pattern(len, 99);
         client.replace(h, &v2)?;
         assert_eq!(client.get(h)?, v2);
         client.release(h)?;
-        assert!(matches!(client.get(h), Err(Error::Stale)), "after release {len}");
+        assert!(
+            matches!(client.get(h), Err(Error::Stale)),
+            "after release {len}"
+        );
         println!("ok len {len}");
     }
-    assert!(matches!(client.insert(&vec![0; max + 1], 0), Err(Error::TooBig)));
-    assert!(matches!(client.insert(&vec![0; max + 1], 0x80), Err(Error::Invalid)));
+    assert!(matches!(
+        client.insert(&vec![0; max + 1], 0),
+        Err(Error::TooBig)
+    ));
+    assert!(matches!(
+        client.insert(&vec![0; max + 1], 0x80),
+        Err(Error::Invalid)
+    ));
     let made_up = Handle::new(12345).unwrap();
     assert!(matches!(client.get(made_up), Err(Error::Stale)));
 

@@ -654,6 +654,170 @@ mod tests {
         }
     }
 
+    /// A one-shot fake daemon at a fresh path: accepts one connection,
+    /// reads HELLO, answers `reply` (with `fd` attached, if any).
+    fn fake_daemon(
+        tag: &str,
+        reply: Reply,
+        fd: Option<OwnedFd>,
+    ) -> (PathBuf, std::thread::JoinHandle<Request>) {
+        use rustix::net::{
+            AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+            SocketAddrUnix, SocketFlags, SocketType,
+        };
+        let path =
+            std::env::temp_dir().join(format!("hreg-fake-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 1).unwrap();
+        let bound = path.clone();
+        let thread = std::thread::spawn(move || {
+            let conn = rustix::net::accept(&listener).unwrap();
+            let _ = std::fs::remove_file(bound);
+            let mut buf = [0u8; 4096];
+            let (_, n) = rustix::net::recv(&conn, &mut buf, RecvFlags::empty()).unwrap();
+            let hello = Request::decode(&buf[..n]).unwrap();
+            let bytes = reply.encode();
+            let fds: Vec<_> = fd.iter().map(rustix::fd::AsFd::as_fd).collect();
+            let mut space =
+                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut cmsg = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() {
+                assert!(cmsg.push(SendAncillaryMessage::ScmRights(&fds)));
+            }
+            rustix::net::sendmsg(
+                &conn,
+                &[std::io::IoSlice::new(&bytes)],
+                &mut cmsg,
+                SendFlags::empty(),
+            )
+            .unwrap();
+            // Wait for the client to hang up.
+            let _ = rustix::net::recv(&conn, &mut buf, RecvFlags::empty());
+            hello
+        });
+        (path, thread)
+    }
+
+    #[test]
+    fn refusals_map_to_errors() {
+        for (tag, status, check) in [
+            (
+                "version",
+                Status::Version,
+                (|e: &Error| matches!(e, Error::Version { .. })) as fn(&Error) -> bool,
+            ),
+            ("quota", Status::Quota, |e: &Error| {
+                matches!(e, Error::Quota)
+            }),
+            ("proto", Status::Protocol, |e: &Error| {
+                matches!(e, Error::Protocol(_))
+            }),
+        ] {
+            let reply = Reply::Refused {
+                status: status as u32,
+                message: "no".into(),
+            };
+            let (path, thread) = fake_daemon(tag, reply, None);
+            let error = Client::connect_named(Some(&path), "fake-test").unwrap_err();
+            assert!(check(&error), "{tag}: {error:?}");
+            let hello = thread.join().unwrap();
+            assert_eq!(
+                hello,
+                Request::Hello {
+                    version: PROTOCOL_VERSION,
+                    name: "fake-test".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn welcome_is_checked() {
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            session_id: 3,
+            max_value_size: 1 << 20,
+            max_objects: 10,
+            max_bytes: 10,
+            ring_entries: 4,
+            data_size: 64,
+            max_rings: 2,
+            ring_stride: 0,
+        };
+        let layout = Layout {
+            entries: 4,
+            data_size: 64,
+            max_rings: 2,
+        };
+        let stride = layout.ring_stride() as u64;
+        let memfd = || {
+            let fd =
+                rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+            rustix::fs::ftruncate(&fd, stride * 2).unwrap();
+            fd
+        };
+
+        // No memfd attached.
+        let (path, thread) = fake_daemon(
+            "nofd",
+            Reply::Welcome(Welcome {
+                ring_stride: stride,
+                ..welcome
+            }),
+            None,
+        );
+        assert!(matches!(Client::connect(&path), Err(Error::Protocol(_))));
+        thread.join().unwrap();
+
+        // A stride that does not match the memfd.
+        let (path, thread) = fake_daemon(
+            "stride",
+            Reply::Welcome(Welcome {
+                ring_stride: stride * 2,
+                ..welcome
+            }),
+            Some(memfd()),
+        );
+        assert!(matches!(Client::connect(&path), Err(Error::Protocol(_))));
+        thread.join().unwrap();
+
+        // Another version.
+        let (path, thread) = fake_daemon(
+            "ver",
+            Reply::Welcome(Welcome {
+                version: 2,
+                ring_stride: stride,
+                ..welcome
+            }),
+            Some(memfd()),
+        );
+        assert!(matches!(Client::connect(&path), Err(Error::Version { .. })));
+        thread.join().unwrap();
+
+        // A good one.
+        let (path, thread) = fake_daemon(
+            "good",
+            Reply::Welcome(Welcome {
+                ring_stride: stride,
+                ..welcome
+            }),
+            Some(memfd()),
+        );
+        let client = Client::connect(&path).unwrap();
+        assert_eq!(client.session_id(), 3);
+        assert_eq!(client.max_value_size(), 1 << 20);
+        drop(client);
+        thread.join().unwrap();
+    }
+
     #[test]
     fn client_is_send_and_sync() {
         fn check<T: Send + Sync + Clone>() {}

@@ -86,7 +86,7 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
             "too many descriptors attached to a reply".into(),
         ));
     }
-    let reply = Reply::decode(&buf[..msg.bytes])
+    let reply = Reply::decode(&buf[..msg.bytes.min(buf.len())])
         .map_err(|e| Error::Protocol(format!("bad control reply: {e}")))?;
     if reply == Reply::Shutdown {
         return Err(Error::Disconnected);

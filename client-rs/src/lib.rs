@@ -15,6 +15,8 @@
 //! # Ok::<(), hreg::Error>(())
 //! ```
 
+#![deny(unsafe_code)]
+
 mod client;
 mod control;
 mod engine;

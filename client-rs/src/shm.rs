@@ -2,6 +2,8 @@
 //! [`RingView`]s into that mapping, waiting on the CQ-tail futex, and the
 //! fork hook that keeps a cheap "which process am I" answer correct.
 
+#![allow(unsafe_code)]
+
 use crate::error::{Error, Result};
 use hreg_proto::ring::{Layout, RingView};
 use rustix::fd::OwnedFd;

@@ -10,12 +10,13 @@ use crate::registry::{lock, Holder, Registry};
 use crate::session::{Doorbell, Session};
 use crossbeam_utils::CachePadded;
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe, INLINE_CAPACITY};
-use hreg_proto::ring::{RingView, Word, CQ_WAITING, SQ_NEED_WAKEUP};
+use hreg_proto::handoff;
+use hreg_proto::ring::RingView;
 use hreg_proto::{Opcode, Status};
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,10 +129,8 @@ impl Worker {
             }
             // Announce sleep, then look once more: a client that published
             // its tail before seeing the flag is caught by this re-check.
-            state.set_need_wakeup(SQ_NEED_WAKEUP);
-            fence(Ordering::SeqCst);
-            if state.has_work() || !lock(&self.commands).is_empty() {
-                state.set_need_wakeup(0);
+            if !state.begin_sleep() || !lock(&self.commands).is_empty() {
+                state.end_sleep();
                 continue;
             }
             events.clear();
@@ -147,7 +146,7 @@ impl Worker {
                     drain(&ring.doorbell);
                 }
             }
-            state.set_need_wakeup(0);
+            state.end_sleep();
             last_work = Instant::now();
         }
         Ok(())
@@ -225,15 +224,19 @@ impl WorkerState {
         served
     }
 
-    fn has_work(&self) -> bool {
-        self.rings
-            .iter()
-            .any(|r| r.view.word(Word::SqTail).load(Ordering::Acquire) != r.sq_head)
+    /// Sets NEED_WAKEUP on every ring; returns false when one of them has
+    /// work after all.
+    fn begin_sleep(&self) -> bool {
+        let mut idle = true;
+        for ring in &self.rings {
+            idle &= handoff::begin_submission_wait(ring.view.words(), ring.sq_head);
+        }
+        idle
     }
 
-    fn set_need_wakeup(&self, flag: u32) {
+    fn end_sleep(&self) {
         for ring in &self.rings {
-            ring.view.word(Word::SqFlags).store(flag, Ordering::Relaxed);
+            handoff::end_submission_wait(ring.view.words());
         }
     }
 }
@@ -267,7 +270,9 @@ impl ServedRing {
     /// entries and the public requests served, or why the session must close.
     fn serve(&mut self, worker: usize, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
         let entries = self.view.entries();
-        let sq_tail = self.view.word(Word::SqTail).load(Ordering::Acquire);
+        let view = self.view;
+        let words = view.words();
+        let sq_tail = handoff::submissions_ready(words);
         let pending = sq_tail.wrapping_sub(self.sq_head);
         if pending == 0 {
             return Ok((0, 0));
@@ -275,7 +280,7 @@ impl ServedRing {
         if pending > entries {
             return Err("SQ tail more than a ring ahead of the head");
         }
-        let cq_head = self.view.word(Word::CqHead).load(Ordering::Acquire);
+        let cq_head = handoff::completions_consumed(words);
         let unread = self.cq_tail.wrapping_sub(cq_head);
         if unread > entries {
             return Err("CQ head outside the ring");
@@ -294,15 +299,10 @@ impl ServedRing {
         if batch == 0 {
             return Ok((0, 0));
         }
-        self.view
-            .word(Word::SqHead)
-            .store(self.sq_head, Ordering::Release);
-        let cq_tail_word = self.view.word(Word::CqTail);
-        cq_tail_word.store(self.cq_tail, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if self.view.word(Word::CqFlags).load(Ordering::Relaxed) & CQ_WAITING != 0 {
+        if handoff::publish_completions(words, self.sq_head, self.cq_tail) {
+            // A shared (not private) futex: the waiter is another process.
             let _ = rustix::thread::futex::wake(
-                cq_tail_word,
+                words.cq_tail,
                 rustix::thread::futex::Flags::empty(),
                 u32::MAX,
             );

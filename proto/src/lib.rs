@@ -8,9 +8,14 @@
 //! process shares. `PROTOCOL.md` beside this crate describes the same bytes for
 //! clients written in other languages.
 
+#[cfg(not(hreg_loom))]
 pub mod control;
+#[cfg(not(hreg_loom))]
 pub mod entry;
+#[cfg(not(hreg_loom))]
 pub mod handle;
+pub mod handoff;
+#[cfg(not(hreg_loom))]
 pub mod ring;
 
 /// Version of the protocol spoken over the control socket and the rings.

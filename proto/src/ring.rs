@@ -29,12 +29,7 @@
 use crate::entry::ENTRY_SIZE;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// `sq_flags`: the daemon's worker sleeps; write the ring's doorbell after
-/// publishing the SQ tail.
-pub const SQ_NEED_WAKEUP: u32 = 0x1;
-/// `cq_flags`: the client sleeps on the CQ tail futex; wake it after
-/// publishing completions.
-pub const CQ_WAITING: u32 = 0x1;
+pub use crate::handoff::{CQ_WAITING, SQ_NEED_WAKEUP};
 
 const SQ_HEAD: usize = 0;
 const SQ_TAIL: usize = 64;
@@ -177,6 +172,18 @@ impl RingView {
         // AtomicU32 has the same layout as u32 and tolerates concurrent
         // writers in other processes.
         unsafe { &*(self.base.add(which.offset()) as *const AtomicU32) }
+    }
+
+    /// The six shared words, for the ordering protocol in [`crate::handoff`].
+    pub fn words(&self) -> crate::handoff::Words<'_> {
+        crate::handoff::Words {
+            sq_head: self.word(Word::SqHead),
+            sq_tail: self.word(Word::SqTail),
+            cq_head: self.word(Word::CqHead),
+            cq_tail: self.word(Word::CqTail),
+            sq_flags: self.word(Word::SqFlags),
+            cq_flags: self.word(Word::CqFlags),
+        }
     }
 
     fn entry_words(&self, offset: usize) -> &[AtomicU64; ENTRY_SIZE / 8] {

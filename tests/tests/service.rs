@@ -18,7 +18,10 @@ fn have(tool: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required in CI (.ci/run installs it)"
+        );
         eprintln!("skipping: {tool} is not installed");
     }
     found
@@ -43,8 +46,14 @@ fn units_pass_systemd_analyze_verify() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    assert!(!stderr.contains("hregd."), "warnings about our units:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("hregd."),
+        "warnings about our units:\n{stderr}"
+    );
 }
 
 #[test]
@@ -68,7 +77,10 @@ fn socket_activation_serves_a_real_client() {
     let client = hreg::Client::connect(&socket).expect("attach through the activated socket");
     let h = client.insert(b"activated", 0).unwrap();
     assert_eq!(client.get(h).unwrap(), b"activated");
-    assert!(!dir.path().join("unused.sock").exists(), "hregd bound its own socket despite activation");
+    assert!(
+        !dir.path().join("unused.sock").exists(),
+        "hregd bound its own socket despite activation"
+    );
     let _ = activator.kill();
     let _ = activator.wait();
 }
@@ -93,7 +105,9 @@ fn notify_socket_hears_ready_then_stopping_and_sigterm_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify");
     let listener = UnixDatagram::bind(&notify_path).unwrap();
-    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let socket = dir.path().join("hreg.sock");
     let mut daemon = Command::new(binary("hregd"))
         .arg("--socket")
@@ -114,11 +128,18 @@ fn notify_socket_hears_ready_then_stopping_and_sigterm_is_clean() {
         if let Some(status) = daemon.try_wait().unwrap() {
             break status;
         }
-        assert!(stopped.elapsed() < PATIENCE, "hregd did not exit after SIGTERM");
+        assert!(
+            stopped.elapsed() < PATIENCE,
+            "hregd did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status}");
-    assert!(stopped.elapsed() < Duration::from_secs(2), "took {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        stopped.elapsed()
+    );
     assert!(!socket.exists(), "socket file left behind");
     assert!(matches!(client.get(h), Err(Error::Disconnected)));
 }
