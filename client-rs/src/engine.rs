@@ -13,11 +13,11 @@ use crate::shm::{self, Wake};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
 use hreg_proto::flags;
-use hreg_proto::ring::{RingView, Word, CQ_WAITING, SQ_NEED_WAKEUP};
+use hreg_proto::handoff;
+use hreg_proto::ring::RingView;
 use hreg_proto::Opcode;
 use rustix::fd::AsFd;
 use rustix::io::Errno;
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a waiter polls the CQ tail before it sleeps on the futex.
@@ -175,11 +175,7 @@ impl RingIo<'_> {
             self.st.sq_tail = self.st.sq_tail.wrapping_add(1);
         }
         self.st.next_user_data = base.wrapping_add(n as u64);
-        self.view
-            .word(Word::SqTail)
-            .store(self.st.sq_tail, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if self.view.word(Word::SqFlags).load(Ordering::Relaxed) & SQ_NEED_WAKEUP != 0 {
+        if handoff::publish_submissions(self.view.words(), self.st.sq_tail) {
             self.ring_doorbell()?;
         }
 
@@ -206,9 +202,7 @@ impl RingIo<'_> {
                 on_cqe(done, &cqe)?;
                 done += 1;
             }
-            self.view
-                .word(Word::CqHead)
-                .store(self.st.cq_head, Ordering::Release);
+            handoff::release_completions(self.view.words(), self.st.cq_head);
         }
         Ok(())
     }
@@ -229,11 +223,11 @@ impl RingIo<'_> {
     /// not dead: only the control socket says the daemon is gone.
     fn wait(&mut self) -> Result<u32> {
         let head = self.st.cq_head;
-        let tail_word = self.view.word(Word::CqTail);
+        let words = self.view.words();
         let deadline = Instant::now() + SPIN_TIME;
         let mut round = 0u32;
         loop {
-            let tail = tail_word.load(Ordering::Acquire);
+            let tail = handoff::completions_ready(words);
             if tail != head {
                 return Ok(tail);
             }
@@ -250,15 +244,11 @@ impl RingIo<'_> {
             }
         }
 
-        let flags = self.view.word(Word::CqFlags);
         let outcome = loop {
-            flags.store(CQ_WAITING, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let tail = tail_word.load(Ordering::Acquire);
-            if tail != head {
-                break Ok(tail);
+            if !handoff::begin_completion_wait(words, head) {
+                break Ok(handoff::completions_ready(words));
             }
-            match shm::futex_wait(tail_word, tail, SLEEP_TIME) {
+            match shm::futex_wait(words.cq_tail, head, SLEEP_TIME) {
                 Ok(Wake::Changed) => {}
                 Ok(Wake::TimedOut) => {
                     if let Err(e) = self.inner.check_alive() {
@@ -268,7 +258,7 @@ impl RingIo<'_> {
                 Err(e) => break Err(e),
             }
         };
-        flags.store(0, Ordering::Relaxed);
+        handoff::end_completion_wait(words);
         outcome
     }
 }

@@ -243,7 +243,7 @@ impl Config {
         range(
             "data_size",
             self.data_size,
-            self.data_size % 8 == 0 && (64..=1 << 30).contains(&self.data_size),
+            self.data_size.is_multiple_of(8) && (64..=1 << 30).contains(&self.data_size),
             "a multiple of 8 from 64 to 1073741824",
         )?;
         Ok(())

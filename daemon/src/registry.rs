@@ -418,7 +418,7 @@ impl Drop for Charge<'_> {
     }
 }
 
-fn live_slot<'a>(shard: &'a Shard, local: u32, handle: u64) -> Result<&'a Slot, Status> {
+fn live_slot(shard: &Shard, local: u32, handle: u64) -> Result<&Slot, Status> {
     let generation = HandleParts::decode(handle).generation;
     match shard.slot(local) {
         Some(slot) if slot.live && slot.generation == generation => Ok(slot),
@@ -426,11 +426,7 @@ fn live_slot<'a>(shard: &'a Shard, local: u32, handle: u64) -> Result<&'a Slot, 
     }
 }
 
-fn live_slot_mut<'a>(
-    shard: &'a mut Shard,
-    local: u32,
-    handle: u64,
-) -> Result<&'a mut Slot, Status> {
+fn live_slot_mut(shard: &mut Shard, local: u32, handle: u64) -> Result<&mut Slot, Status> {
     let generation = HandleParts::decode(handle).generation;
     match shard.slot_mut(local) {
         Some(slot) if slot.live && slot.generation == generation => Ok(slot),

@@ -71,9 +71,13 @@ impl Session {
         Some(index as u32)
     }
 
-    /// Frees a ring's index and memory (its worker has stopped serving it).
+    /// Frees a ring's index (its worker has stopped serving it) and, while
+    /// the session lives on, its pages. A closed session's rings stay as they
+    /// are: its client may still be reading them until it sees EOF.
     pub fn free_ring(&self, index: u32) {
-        self.memory.discard_ring(index);
+        if !self.is_closed() {
+            self.memory.discard_ring(index);
+        }
         if let Some(slot) = lock(&self.open_rings).get_mut(index as usize) {
             *slot = false;
         }

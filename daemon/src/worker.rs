@@ -168,7 +168,7 @@ impl Worker {
                     {
                         ring.session.close();
                     }
-                    state.rings.push(ring);
+                    state.rings.push(*ring);
                 }
                 Command::Close { session, index } => {
                     state
@@ -193,7 +193,7 @@ fn drain(fd: &OwnedFd) {
 
 struct WorkerState {
     id: usize,
-    rings: Vec<Box<ServedRing>>,
+    rings: Vec<ServedRing>,
     /// Where a value from a client's data area is copied before use.
     scratch: Vec<u8>,
 }

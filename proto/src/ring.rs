@@ -92,7 +92,7 @@ impl Layout {
         if !self.entries.is_power_of_two() || !(2..=32768).contains(&self.entries) {
             return Err(LayoutError::Entries);
         }
-        if self.data_size % 8 != 0 || self.data_size > 1 << 30 {
+        if !self.data_size.is_multiple_of(8) || self.data_size > 1 << 30 {
             return Err(LayoutError::DataSize);
         }
         if !(1..=4096).contains(&self.max_rings) {

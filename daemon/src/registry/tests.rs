@@ -61,11 +61,11 @@ fn action() -> impl Strategy<Value = Action> {
     let pick = any::<usize>();
     prop_oneof![
         3 => (who.clone(), 0usize..80, 0u32..5).prop_map(|(who, len, flags)| Action::Insert { who, len, flags }),
-        2 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Get { who, pick }),
-        1 => (who.clone(), pick.clone(), 0usize..80).prop_map(|(who, pick, len)| Action::Replace { who, pick, len }),
-        2 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Retain { who, pick }),
-        3 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Release { who, pick }),
-        1 => (who.clone(), pick.clone()).prop_map(|(who, pick)| Action::Remove { who, pick }),
+        2 => (who.clone(), pick).prop_map(|(who, pick)| Action::Get { who, pick }),
+        1 => (who.clone(), pick, 0usize..80).prop_map(|(who, pick, len)| Action::Replace { who, pick, len }),
+        2 => (who.clone(), pick).prop_map(|(who, pick)| Action::Retain { who, pick }),
+        3 => (who.clone(), pick).prop_map(|(who, pick)| Action::Release { who, pick }),
+        1 => (who.clone(), pick).prop_map(|(who, pick)| Action::Remove { who, pick }),
         1 => who.prop_map(|who| Action::EndSession { who }),
     ]
 }
