@@ -9,10 +9,10 @@
 use crate::registry::{lock, Holder, Registry};
 use crate::session::{Doorbell, Session};
 use crossbeam_utils::CachePadded;
-use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe, INLINE_CAPACITY};
+use hreg_proto::entry::{cqe_flags, Cqe, Request, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
 use hreg_proto::handoff;
 use hreg_proto::ring::RingView;
-use hreg_proto::{Opcode, Status};
+use hreg_proto::Status;
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::io;
@@ -312,22 +312,24 @@ impl ServedRing {
 
     /// Runs one entry (a copy, already out of shared memory). Returns the
     /// completion and whether it was a public request.
-    fn execute(&mut self, raw: &[u8; 64], worker: usize, scratch: &mut Vec<u8>) -> (Cqe, bool) {
-        let sqe = Sqe::decode(raw);
+    fn execute(
+        &mut self,
+        raw: &[u8; ENTRY_SIZE],
+        worker: usize,
+        scratch: &mut Vec<u8>,
+    ) -> (Cqe, bool) {
         let mut cqe = Cqe {
-            user_data: sqe.user_data,
+            user_data: Sqe::decode(raw).user_data,
             ..Cqe::default()
         };
-        let opcode = Opcode::from_u8(sqe.opcode);
-        let public = matches!(opcode, Some(op) if (op as u8) <= Opcode::Remove as u8);
-        let result = match opcode {
-            _ if !Sqe::reserved_is_zero(raw) || sqe.entry_flags & !sqe_flags::ALL != 0 => {
-                Err(Status::Invalid)
-            }
-            _ if sqe.obj_flags != 0 && opcode != Some(Opcode::Insert) => Err(Status::Invalid),
-            None => Err(Status::Invalid),
-            Some(op) => self.run(op, &sqe, &mut cqe, worker, scratch),
-        };
+        let request = Request::parse(raw, self.view.data_size());
+        let public = !matches!(
+            request,
+            Ok(Request::StageWrite { .. } | Request::StageRead { .. })
+        );
+        let inline = &raw[ENTRY_SIZE - INLINE_CAPACITY..];
+        let result =
+            request.and_then(|request| self.run(request, inline, &mut cqe, worker, scratch));
         cqe.status = match result {
             Ok(()) => Status::Ok,
             Err(status) => status,
@@ -337,8 +339,8 @@ impl ServedRing {
 
     fn run(
         &mut self,
-        op: Opcode,
-        sqe: &Sqe,
+        request: Request,
+        inline: &[u8],
         cqe: &mut Cqe,
         worker: usize,
         scratch: &mut Vec<u8>,
@@ -346,81 +348,93 @@ impl ServedRing {
         let session = Arc::clone(&self.session);
         let registry: &Registry = session.registry();
         let holder = &session.holder;
-        match op {
-            Opcode::Insert => {
-                if sqe.obj_flags & !hreg_proto::flags::ALL != 0 {
+        match request {
+            Request::Insert { flags, value } => {
+                if flags & !hreg_proto::flags::ALL != 0 {
                     return Err(Status::Invalid);
                 }
-                let value = self.value_in(sqe, registry, scratch)?;
+                let bytes = self.value_in(inline, value, registry, scratch)?;
                 let hint = worker.wrapping_mul(7).wrapping_add(self.cq_tail as usize);
-                cqe.handle = registry.insert(holder, value, sqe.obj_flags, hint)?;
-                self.release_staging_if(sqe);
+                cqe.handle = registry.insert(holder, bytes, flags, hint)?;
+                self.release_staging(value);
                 Ok(())
             }
-            Opcode::Replace => {
-                if sqe.handle == 0 {
-                    return Err(Status::Invalid);
-                }
-                let value = self.value_in(sqe, registry, scratch)?;
-                registry.replace(holder, sqe.handle, value)?;
-                self.release_staging_if(sqe);
+            Request::Replace { handle, value } => {
+                let bytes = self.value_in(inline, value, registry, scratch)?;
+                registry.replace(holder, handle, bytes)?;
+                self.release_staging(value);
                 Ok(())
             }
-            Opcode::Get => self.get(sqe, cqe, registry, holder),
-            Opcode::Retain => registry.retain(holder, sqe.handle),
-            Opcode::Release => registry.release(holder, sqe.handle),
-            Opcode::Remove => registry.remove(holder, sqe.handle),
-            Opcode::StageWrite => self.stage_write(sqe, registry),
-            Opcode::StageRead => self.stage_read(sqe, cqe),
+            Request::Get {
+                handle,
+                region_off,
+                region_len,
+                capacity,
+            } => self.get(
+                handle, region_off, region_len, capacity, cqe, registry, holder,
+            ),
+            Request::Retain { handle } => registry.retain(holder, handle),
+            Request::Release { handle } => registry.release(holder, handle),
+            Request::Remove { handle } => registry.remove(holder, handle),
+            Request::StageWrite {
+                offset,
+                data_off,
+                len,
+            } => self.stage_write(offset, data_off, len, registry),
+            Request::StageRead {
+                offset,
+                data_off,
+                len,
+            } => self.stage_read(offset, data_off, len, cqe),
         }
     }
 
-    /// The value an INSERT or REPLACE carries, copied out of shared memory
-    /// once (inline values are already a copy).
+    /// The bytes of an INSERT's or REPLACE's value, copied out of shared
+    /// memory once (inline bytes are already part of the entry's copy).
     fn value_in<'a>(
         &'a self,
-        sqe: &'a Sqe,
+        inline: &'a [u8],
+        source: ValueSource,
         registry: &Registry,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], Status> {
-        let len = sqe.data_len as usize;
-        match sqe.entry_flags {
-            sqe_flags::INLINE if len <= INLINE_CAPACITY => Ok(&sqe.inline[..len]),
-            sqe_flags::STAGED if len == self.staging.len() => Ok(&self.staging),
-            0 if self.view.data_range_ok(sqe.data_off, len) => {
+        match source {
+            ValueSource::Inline { len } => Ok(&inline[..len]),
+            ValueSource::Staged { len } if len == self.staging.len() => Ok(&self.staging),
+            ValueSource::Staged { .. } => Err(Status::Invalid),
+            ValueSource::Data { off, len } => {
                 if len > registry.limits().max_value_size {
                     return Err(Status::TooBig);
                 }
                 scratch.clear();
                 scratch.try_reserve(len).map_err(|_| Status::Quota)?;
                 scratch.resize(len, 0);
-                self.view.copy_from_data(sqe.data_off, scratch);
+                self.view.copy_from_data(off, scratch);
                 Ok(scratch)
             }
-            _ => Err(Status::Invalid),
         }
     }
 
-    fn release_staging_if(&mut self, sqe: &Sqe) {
-        if sqe.entry_flags == sqe_flags::STAGED {
+    fn release_staging(&mut self, source: ValueSource) {
+        if matches!(source, ValueSource::Staged { .. }) {
             self.staging = Vec::new();
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn get(
         &mut self,
-        sqe: &Sqe,
+        handle: u64,
+        region_off: u32,
+        region_len: usize,
+        capacity: u64,
         cqe: &mut Cqe,
         registry: &Registry,
         holder: &Holder,
     ) -> Result<(), Status> {
-        if sqe.entry_flags != 0 || !self.view.data_range_ok(sqe.data_off, sqe.data_len as usize) {
-            return Err(Status::Invalid);
-        }
-        let capacity = sqe.inline_u64();
         let view = self.view;
         let staging = &mut self.staging;
-        registry.get_with(holder, sqe.handle, |value| {
+        registry.get_with(holder, handle, |value| {
             cqe.value_len = value.len() as u32;
             if value.len() as u64 > capacity {
                 return Err(Status::Buffer);
@@ -428,11 +442,13 @@ impl ServedRing {
             if value.len() <= INLINE_CAPACITY {
                 cqe.inline[..value.len()].copy_from_slice(value);
                 cqe.entry_flags = cqe_flags::INLINE;
-            } else if value.len() <= sqe.data_len as usize {
-                view.copy_to_data(sqe.data_off, value);
+            } else if value.len() <= region_len {
+                view.copy_to_data(region_off, value);
                 cqe.entry_flags = cqe_flags::IN_DATA;
-                cqe.data_off = sqe.data_off;
+                cqe.data_off = region_off;
             } else {
+                // Too large for the region: keep a snapshot for STAGE_READ,
+                // so the pieces all come from one version of the value.
                 staging.clear();
                 staging
                     .try_reserve(value.len())
@@ -444,42 +460,45 @@ impl ServedRing {
         })?
     }
 
-    fn stage_write(&mut self, sqe: &Sqe, registry: &Registry) -> Result<(), Status> {
-        let offset = sqe.inline_u64();
-        let len = sqe.data_len as usize;
-        if sqe.entry_flags != 0
-            || offset > self.staging.len() as u64
-            || !self.view.data_range_ok(sqe.data_off, len)
-        {
-            return Err(Status::Invalid);
-        }
-        let end = offset as usize + len;
-        if end > registry.limits().max_value_size {
-            return Err(Status::TooBig);
-        }
-        self.staging.truncate(offset as usize);
-        self.staging.try_reserve(len).map_err(|_| Status::Quota)?;
-        self.staging.resize(end, 0);
-        self.view
-            .copy_from_data(sqe.data_off, &mut self.staging[offset as usize..]);
-        Ok(())
-    }
-
-    fn stage_read(&mut self, sqe: &Sqe, cqe: &mut Cqe) -> Result<(), Status> {
-        let offset = sqe.inline_u64();
-        if sqe.entry_flags != 0 || offset > self.staging.len() as u64 {
+    fn stage_write(
+        &mut self,
+        offset: u64,
+        data_off: u32,
+        len: usize,
+        registry: &Registry,
+    ) -> Result<(), Status> {
+        if offset > self.staging.len() as u64 {
             return Err(Status::Invalid);
         }
         let offset = offset as usize;
-        let n = (self.staging.len() - offset).min(sqe.data_len as usize);
-        if !self
-            .view
-            .copy_to_data(sqe.data_off, &self.staging[offset..offset + n])
-        {
+        let end = offset + len;
+        if end > registry.limits().max_value_size {
+            return Err(Status::TooBig);
+        }
+        self.staging.truncate(offset);
+        self.staging.try_reserve(len).map_err(|_| Status::Quota)?;
+        self.staging.resize(end, 0);
+        self.view
+            .copy_from_data(data_off, &mut self.staging[offset..]);
+        Ok(())
+    }
+
+    fn stage_read(
+        &mut self,
+        offset: u64,
+        data_off: u32,
+        len: usize,
+        cqe: &mut Cqe,
+    ) -> Result<(), Status> {
+        if offset > self.staging.len() as u64 {
             return Err(Status::Invalid);
         }
+        let offset = offset as usize;
+        let n = (self.staging.len() - offset).min(len);
+        self.view
+            .copy_to_data(data_off, &self.staging[offset..offset + n]);
         cqe.value_len = n as u32;
-        cqe.data_off = sqe.data_off;
+        cqe.data_off = data_off;
         cqe.entry_flags = cqe_flags::IN_DATA;
         if offset + n == self.staging.len() {
             self.staging = Vec::new();

@@ -209,3 +209,287 @@ mod tests {
         }
     }
 }
+
+/// Where the value of an INSERT or REPLACE is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueSource {
+    /// `len` bytes of the entry's inline area.
+    Inline { len: usize },
+    /// `len` bytes of the data area at `off` (in bounds).
+    Data { off: u32, len: usize },
+    /// The ring's staging buffer, which must hold exactly `len` bytes.
+    Staged { len: usize },
+}
+
+impl ValueSource {
+    pub fn len(&self) -> usize {
+        match *self {
+            ValueSource::Inline { len }
+            | ValueSource::Data { len, .. }
+            | ValueSource::Staged { len } => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A submission entry that passed every check that needs no registry: known
+/// opcode and flags, zero reserved bytes, non-zero handle where one is
+/// needed, and data ranges inside the data area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Insert {
+        flags: u32,
+        value: ValueSource,
+    },
+    Get {
+        handle: u64,
+        region_off: u32,
+        region_len: usize,
+        capacity: u64,
+    },
+    Replace {
+        handle: u64,
+        value: ValueSource,
+    },
+    Retain {
+        handle: u64,
+    },
+    Release {
+        handle: u64,
+    },
+    Remove {
+        handle: u64,
+    },
+    StageWrite {
+        offset: u64,
+        data_off: u32,
+        len: usize,
+    },
+    StageRead {
+        offset: u64,
+        data_off: u32,
+        len: usize,
+    },
+}
+
+impl Request {
+    /// Parses the bytes of a submission entry for a ring whose data area
+    /// holds `data_size` bytes. Fails with [`Status::Invalid`] for anything
+    /// malformed. Never panics, whatever the bytes.
+    pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<Request, crate::Status> {
+        use crate::{flags, Opcode, Status};
+        let sqe = Sqe::decode(raw);
+        let invalid = Err(Status::Invalid);
+        if !Sqe::reserved_is_zero(raw) || sqe.entry_flags & !sqe_flags::ALL != 0 {
+            return invalid;
+        }
+        let Some(opcode) = Opcode::from_u8(sqe.opcode) else {
+            return invalid;
+        };
+        let allowed_flags = if opcode == Opcode::Insert {
+            flags::ALL
+        } else {
+            0
+        };
+        if sqe.obj_flags & !allowed_flags != 0 {
+            return invalid;
+        }
+        let in_data = |off: u32, len: usize| {
+            (off as usize)
+                .checked_add(len)
+                .is_some_and(|end| end <= data_size as usize)
+        };
+        let len = sqe.data_len as usize;
+        let value = || match sqe.entry_flags {
+            sqe_flags::INLINE if len <= INLINE_CAPACITY => Ok(ValueSource::Inline { len }),
+            sqe_flags::STAGED => Ok(ValueSource::Staged { len }),
+            0 if in_data(sqe.data_off, len) => Ok(ValueSource::Data {
+                off: sqe.data_off,
+                len,
+            }),
+            _ => Err(Status::Invalid),
+        };
+        let handle = || {
+            if sqe.handle == 0 {
+                Err(Status::Invalid)
+            } else {
+                Ok(sqe.handle)
+            }
+        };
+        let plain_range = || {
+            if sqe.entry_flags == 0 && in_data(sqe.data_off, len) {
+                Ok(())
+            } else {
+                Err(Status::Invalid)
+            }
+        };
+        Ok(match opcode {
+            Opcode::Insert => Request::Insert {
+                flags: sqe.obj_flags,
+                value: value()?,
+            },
+            Opcode::Replace => Request::Replace {
+                handle: handle()?,
+                value: value()?,
+            },
+            Opcode::Get => {
+                let handle = handle()?;
+                plain_range()?;
+                Request::Get {
+                    handle,
+                    region_off: sqe.data_off,
+                    region_len: len,
+                    capacity: sqe.inline_u64(),
+                }
+            }
+            Opcode::Retain => Request::Retain { handle: handle()? },
+            Opcode::Release => Request::Release { handle: handle()? },
+            Opcode::Remove => Request::Remove { handle: handle()? },
+            Opcode::StageWrite => {
+                plain_range()?;
+                Request::StageWrite {
+                    offset: sqe.inline_u64(),
+                    data_off: sqe.data_off,
+                    len,
+                }
+            }
+            Opcode::StageRead => {
+                plain_range()?;
+                Request::StageRead {
+                    offset: sqe.inline_u64(),
+                    data_off: sqe.data_off,
+                    len,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use crate::{Opcode, Status};
+    use proptest::prelude::*;
+
+    fn entry(opcode: Opcode) -> Sqe {
+        Sqe {
+            opcode: opcode as u8,
+            handle: 7,
+            ..Sqe::default()
+        }
+    }
+
+    #[test]
+    fn malformed_entries_are_invalid() {
+        let data = 1024;
+        let mut cases = vec![
+            Sqe {
+                handle: 0,
+                ..entry(Opcode::Get)
+            },
+            Sqe {
+                handle: 0,
+                ..entry(Opcode::Remove)
+            },
+            Sqe {
+                obj_flags: 4,
+                ..entry(Opcode::Insert)
+            },
+            Sqe {
+                obj_flags: 1,
+                ..entry(Opcode::Get)
+            },
+            Sqe {
+                entry_flags: 0x80,
+                ..entry(Opcode::Insert)
+            },
+            Sqe {
+                entry_flags: sqe_flags::INLINE | sqe_flags::STAGED,
+                ..entry(Opcode::Insert)
+            },
+            Sqe {
+                entry_flags: sqe_flags::INLINE,
+                data_len: 33,
+                ..entry(Opcode::Insert)
+            },
+            Sqe {
+                data_off: 1000,
+                data_len: 25,
+                ..entry(Opcode::Insert)
+            },
+            Sqe {
+                data_off: u32::MAX,
+                data_len: u32::MAX,
+                ..entry(Opcode::Get)
+            },
+            Sqe {
+                entry_flags: sqe_flags::INLINE,
+                ..entry(Opcode::Get)
+            },
+            Sqe {
+                data_off: 1020,
+                data_len: 5,
+                ..entry(Opcode::StageRead)
+            },
+            Sqe {
+                opcode: 9,
+                ..Sqe::default()
+            },
+        ]
+        .into_iter()
+        .map(|sqe| sqe.encode())
+        .collect::<Vec<_>>();
+        let mut reserved = entry(Opcode::Retain).encode();
+        reserved[11] = 1;
+        cases.push(reserved);
+        for raw in cases {
+            assert_eq!(
+                Request::parse(&raw, data),
+                Err(Status::Invalid),
+                "{:?}",
+                Sqe::decode(&raw)
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_entries_parse() {
+        let raw = Sqe {
+            entry_flags: sqe_flags::INLINE,
+            data_len: 32,
+            obj_flags: 3,
+            ..entry(Opcode::Insert)
+        };
+        assert_eq!(
+            Request::parse(&raw.encode(), 64),
+            Ok(Request::Insert {
+                flags: 3,
+                value: ValueSource::Inline { len: 32 }
+            })
+        );
+        let raw = Sqe {
+            data_off: 32,
+            data_len: 32,
+            ..entry(Opcode::Replace)
+        };
+        assert_eq!(
+            Request::parse(&raw.encode(), 64),
+            Ok(Request::Replace {
+                handle: 7,
+                value: ValueSource::Data { off: 32, len: 32 }
+            })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_without_panic(raw: [u8; 64], data_size: u32) {
+            if let Ok(Request::Insert { value: ValueSource::Data { off, len }, .. }) = Request::parse(&raw, data_size) {
+                prop_assert!(off as usize + len <= data_size as usize);
+            }
+        }
+    }
+}
