@@ -11,7 +11,7 @@
 use crate::stats::{Measured, Rep, Rng};
 use dashmap::DashMap;
 use hreg_proto::flags;
-use hregd::registry::{Holder, Limits, Registry};
+use hregd::registry::{Holder, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, RwLock};
@@ -121,17 +121,9 @@ pub struct Hreg {
 impl Default for Hreg {
     fn default() -> Self {
         let defaults = crate::procs::default_config();
-        Hreg {
-            registry: Registry::new(
-                defaults.shards,
-                Limits {
-                    max_value_size: defaults.max_value_size as usize,
-                    max_objects: defaults.max_objects,
-                    max_bytes: defaults.max_bytes,
-                },
-            ),
-            holder: Holder::new(1000),
-        }
+        let registry = Registry::new(defaults.shards, defaults.limits());
+        let holder = registry.holder(1000);
+        Hreg { registry, holder }
     }
 }
 

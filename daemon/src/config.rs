@@ -1,6 +1,7 @@
 //! hregd's settings: defaults, the TOML file and the command line, merged in
 //! that order (flags win), then checked as a whole.
 
+use crate::registry::Limits;
 use clap::Parser;
 use hreg_proto::ring::Layout;
 use serde::Deserialize;
@@ -42,6 +43,12 @@ pub struct Args {
     /// Most value bytes in all.
     #[arg(long)]
     pub max_bytes: Option<u64>,
+    /// Most live objects one uid may own [default: max-objects].
+    #[arg(long)]
+    pub uid_max_objects: Option<u64>,
+    /// Most value bytes one uid may own [default: max-bytes].
+    #[arg(long)]
+    pub uid_max_bytes: Option<u64>,
     /// Most attached sessions.
     #[arg(long)]
     pub max_sessions: Option<usize>,
@@ -77,6 +84,8 @@ pub struct FileConfig {
     pub max_value_size: Option<u64>,
     pub max_objects: Option<u64>,
     pub max_bytes: Option<u64>,
+    pub uid_max_objects: Option<u64>,
+    pub uid_max_bytes: Option<u64>,
     pub max_sessions: Option<usize>,
     pub max_rings: Option<u32>,
     pub ring_entries: Option<u32>,
@@ -94,6 +103,8 @@ pub struct Config {
     pub max_value_size: u64,
     pub max_objects: u64,
     pub max_bytes: u64,
+    pub uid_max_objects: u64,
+    pub uid_max_bytes: u64,
     pub max_sessions: usize,
     pub max_rings: u32,
     pub ring_entries: u32,
@@ -160,6 +171,8 @@ impl Config {
             0o600
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max_objects = args.max_objects.or(file.max_objects).unwrap_or(1 << 24);
+        let max_bytes = args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32);
         let config = Config {
             socket_mode: args.socket_mode.or(file_mode).unwrap_or(default_mode),
             workers: args.workers.or(file.workers).unwrap_or(cores.min(4)),
@@ -168,8 +181,16 @@ impl Config {
                 .max_value_size
                 .or(file.max_value_size)
                 .unwrap_or(1 << 20),
-            max_objects: args.max_objects.or(file.max_objects).unwrap_or(1 << 24),
-            max_bytes: args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32),
+            max_objects,
+            max_bytes,
+            uid_max_objects: args
+                .uid_max_objects
+                .or(file.uid_max_objects)
+                .unwrap_or(max_objects),
+            uid_max_bytes: args
+                .uid_max_bytes
+                .or(file.uid_max_bytes)
+                .unwrap_or(max_bytes),
             max_sessions: args.max_sessions.or(file.max_sessions).unwrap_or(1024),
             max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
             ring_entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
@@ -247,6 +268,16 @@ impl Config {
             "a multiple of 8 from 64 to 1073741824",
         )?;
         Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_value_size: self.max_value_size as usize,
+            max_objects: self.max_objects,
+            max_bytes: self.max_bytes,
+            uid_max_objects: self.uid_max_objects,
+            uid_max_bytes: self.uid_max_bytes,
+        }
     }
 
     pub fn layout(&self) -> Layout {

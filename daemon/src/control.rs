@@ -6,7 +6,7 @@
 //! the accept loop.
 
 use crate::config::Config;
-use crate::registry::{Limits, Registry};
+use crate::registry::Registry;
 use crate::session::{Doorbell, Peer, Session};
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
@@ -75,14 +75,7 @@ impl Daemon {
                 Some(config.socket.clone()),
             ),
         };
-        let registry = Arc::new(Registry::new(
-            config.shards,
-            Limits {
-                max_value_size: config.max_value_size as usize,
-                max_objects: config.max_objects,
-                max_bytes: config.max_bytes,
-            },
-        ));
+        let registry = Arc::new(Registry::new(config.shards, config.limits()));
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {

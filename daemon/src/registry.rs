@@ -15,7 +15,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Slots per slab chunk: the slab grows a chunk at a time, so it never holds
 /// more than one partly used chunk per shard and never moves slots.
@@ -34,23 +34,128 @@ pub struct Limits {
     pub max_value_size: usize,
     pub max_objects: u64,
     pub max_bytes: u64,
+    /// Objects one uid may own.
+    pub uid_max_objects: u64,
+    /// Value bytes one uid may own.
+    pub uid_max_bytes: u64,
 }
 
-/// Who asks, and the references they hold: one per session.
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value_size: 1 << 20,
+            max_objects: u64::MAX,
+            max_bytes: u64::MAX,
+            uid_max_objects: u64::MAX,
+            uid_max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// The limits in force, changeable while the registry serves (SIGHUP).
+#[derive(Debug)]
+struct LimitCell {
+    max_value_size: AtomicU64,
+    max_objects: AtomicU64,
+    max_bytes: AtomicU64,
+    uid_max_objects: AtomicU64,
+    uid_max_bytes: AtomicU64,
+}
+
+impl LimitCell {
+    fn new(limits: Limits) -> LimitCell {
+        let cell = LimitCell {
+            max_value_size: AtomicU64::new(0),
+            max_objects: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(0),
+            uid_max_objects: AtomicU64::new(0),
+            uid_max_bytes: AtomicU64::new(0),
+        };
+        cell.set(limits);
+        cell
+    }
+
+    fn set(&self, limits: Limits) {
+        self.max_value_size
+            .store(limits.max_value_size as u64, Ordering::Relaxed);
+        self.max_objects
+            .store(limits.max_objects, Ordering::Relaxed);
+        self.max_bytes.store(limits.max_bytes, Ordering::Relaxed);
+        self.uid_max_objects
+            .store(limits.uid_max_objects, Ordering::Relaxed);
+        self.uid_max_bytes
+            .store(limits.uid_max_bytes, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Limits {
+        Limits {
+            max_value_size: self.max_value_size.load(Ordering::Relaxed) as usize,
+            max_objects: self.max_objects.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes.load(Ordering::Relaxed),
+            uid_max_objects: self.uid_max_objects.load(Ordering::Relaxed),
+            uid_max_bytes: self.uid_max_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn max_value_size(&self) -> usize {
+        self.max_value_size.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Objects and value bytes counted against a limit.
 #[derive(Debug, Default)]
+pub struct Counters {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Adds to both counts unless either would pass its maximum.
+    fn reserve(&self, objects: u64, bytes: u64, max_objects: u64, max_bytes: u64) -> bool {
+        let total_objects = self
+            .objects
+            .fetch_add(objects, Ordering::Relaxed)
+            .saturating_add(objects);
+        let total_bytes = self
+            .bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        if total_objects > max_objects || total_bytes > max_bytes {
+            self.give_back(objects, bytes);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, objects: u64, bytes: u64) {
+        self.objects.fetch_sub(objects, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            objects: self.objects.load(Ordering::Relaxed),
+            value_bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Who asks, and the references they hold: one per session. Made by
+/// [`Registry::holder`].
+#[derive(Debug)]
 pub struct Holder {
     pub uid: u32,
+    /// What this uid owns, shared by all its sessions.
+    usage: Arc<Counters>,
     /// References this holder owns, by full handle (never by slot, so a reused
     /// slot can't inherit them).
     refs: Mutex<HashMap<u64, u32>>,
 }
 
 impl Holder {
-    pub fn new(uid: u32) -> Holder {
-        Holder {
-            uid,
-            refs: Mutex::default(),
-        }
+    /// Handles this holder has references to, with how many.
+    pub fn references(&self) -> Vec<(u64, u32)> {
+        lock(&self.refs).iter().map(|(&h, &n)| (h, n)).collect()
     }
 
     /// Total references this holder owns.
@@ -83,6 +188,8 @@ impl Slot {
 #[derive(Debug)]
 struct Shard {
     chunks: Vec<Vec<Slot>>,
+    /// Live objects in this shard.
+    live: usize,
     /// Dead slots ready for reuse, oldest first: reusing the longest-dead slot
     /// spreads generations over all free slots.
     free: VecDeque<u32>,
@@ -153,13 +260,31 @@ pub struct Usage {
     pub value_bytes: u64,
 }
 
+/// What one object looks like to an operator (`hregctl ls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub handle: u64,
+    pub size: u64,
+    pub owner: u32,
+    pub refs: u32,
+    pub flags: u32,
+}
+
+/// Which objects a listing shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub detached_only: bool,
+    pub owner: Option<u32>,
+}
+
 pub struct Registry {
     shards: Box<[CachePadded<RwLock<Shard>>]>,
     shard_bits: u32,
     epoch: u16,
-    limits: Limits,
-    objects: CachePadded<AtomicU64>,
-    value_bytes: CachePadded<AtomicU64>,
+    limits: LimitCell,
+    total: CachePadded<Counters>,
+    /// What each uid owns. Written only when a uid is seen for the first time.
+    uids: RwLock<HashMap<u32, Arc<Counters>>>,
 }
 
 impl Registry {
@@ -178,6 +303,7 @@ impl Registry {
                 CachePadded::new(RwLock::new(Shard {
                     chunks: Vec::new(),
                     free: VecDeque::new(),
+                    live: 0,
                     seed: (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
                 }))
             })
@@ -186,14 +312,35 @@ impl Registry {
             shard_bits: shards.len().trailing_zeros(),
             shards,
             epoch,
-            limits,
-            objects: CachePadded::new(AtomicU64::new(0)),
-            value_bytes: CachePadded::new(AtomicU64::new(0)),
+            limits: LimitCell::new(limits),
+            total: CachePadded::new(Counters::default()),
+            uids: RwLock::default(),
         }
     }
 
+    /// A new holder (session identity) for `uid`.
+    pub fn holder(&self, uid: u32) -> Holder {
+        Holder {
+            uid,
+            usage: self.uid_counters(uid),
+            refs: Mutex::default(),
+        }
+    }
+
+    fn uid_counters(&self, uid: u32) -> Arc<Counters> {
+        if let Some(counters) = read_lock(&self.uids).get(&uid) {
+            return Arc::clone(counters);
+        }
+        Arc::clone(write(&self.uids).entry(uid).or_default())
+    }
+
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.limits.get()
+    }
+
+    /// New limits for what comes next; what exists already stays.
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
     }
 
     pub fn shard_count(&self) -> usize {
@@ -201,10 +348,26 @@ impl Registry {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage {
-            objects: self.objects.load(Ordering::Relaxed),
-            value_bytes: self.value_bytes.load(Ordering::Relaxed),
-        }
+        self.total.usage()
+    }
+
+    /// What each uid owns now (uids that own nothing are left out).
+    pub fn usage_by_uid(&self) -> Vec<(u32, Usage)> {
+        let mut list: Vec<(u32, Usage)> = read_lock(&self.uids)
+            .iter()
+            .map(|(&uid, counters)| (uid, counters.usage()))
+            .filter(|(_, usage)| usage.objects > 0 || usage.value_bytes > 0)
+            .collect();
+        list.sort_by_key(|&(uid, _)| uid);
+        list
+    }
+
+    /// Live objects in each shard.
+    pub fn shard_occupancy(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|shard| read_lock(shard).live as u64)
+            .collect()
     }
 
     /// Creates an object. `shard_hint` spreads inserts over shards (callers
@@ -219,10 +382,10 @@ impl Registry {
         if obj_flags & !flags::ALL != 0 {
             return Err(Status::Invalid);
         }
-        if value.len() > self.limits.max_value_size {
+        if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig);
         }
-        let charge = self.charge(1, value.len() as u64)?;
+        let charge = self.charge(&holder.usage, 1, value.len() as u64)?;
         let stored = Value::new(value).map_err(|_| Status::Quota)?;
         let detached = obj_flags & flags::DETACHED != 0;
         let max_local = 1usize << (SLOT_BITS - self.shard_bits);
@@ -232,6 +395,7 @@ impl Registry {
             let Some(local) = shard.vacant(max_local) else {
                 continue;
             };
+            shard.live += 1;
             let slot = shard.slot_mut(local).expect("vacant slot exists");
             slot.live = true;
             slot.owner = holder.uid;
@@ -247,7 +411,7 @@ impl Registry {
             if !detached {
                 *lock(&holder.refs).entry(handle).or_insert(0) += 1;
             }
-            std::mem::forget(charge);
+            charge.keep();
             return Ok(handle);
         }
         Err(Status::Quota)
@@ -274,7 +438,7 @@ impl Registry {
         if handle == 0 {
             return Err(Status::Invalid);
         }
-        if value.len() > self.limits.max_value_size {
+        if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig);
         }
         let (shard_index, local) = self.locate(handle)?;
@@ -285,11 +449,18 @@ impl Registry {
         }
         let old_len = slot.value.len() as u64;
         let new_len = value.len() as u64;
-        let charge = self.charge(0, new_len.saturating_sub(old_len))?;
+        // The owner pays for the value, whoever replaces it.
+        let owner = if slot.owner == holder.uid {
+            Arc::clone(&holder.usage)
+        } else {
+            self.uid_counters(slot.owner)
+        };
+        let charge = self.charge(&owner, 0, new_len.saturating_sub(old_len))?;
         slot.value = Value::new(value).map_err(|_| Status::Quota)?;
-        std::mem::forget(charge);
-        self.value_bytes
-            .fetch_sub(old_len.saturating_sub(new_len), Ordering::Relaxed);
+        charge.keep();
+        let shrink = old_len.saturating_sub(new_len);
+        self.total.give_back(0, shrink);
+        owner.give_back(0, shrink);
         Ok(())
     }
 
@@ -361,28 +532,84 @@ impl Registry {
         }
     }
 
+    /// Up to `limit` live objects after position `cursor` (0 to start) that
+    /// pass `filter`, and the cursor to continue from (0 when done).
+    pub fn list(&self, cursor: u64, limit: usize, filter: ListFilter) -> (Vec<ObjectInfo>, u64) {
+        let mut found = Vec::new();
+        // A cursor is 1 + the position of the next slot to look at, where a
+        // position is (shard << 32) | local slot; 0 means the beginning.
+        let start = cursor.saturating_sub(1);
+        let first_shard = (start >> 32) as usize;
+        for shard_index in first_shard..self.shards.len() {
+            let shard = read_lock(&self.shards[shard_index]);
+            let first_local = if shard_index == first_shard {
+                start & 0xffff_ffff
+            } else {
+                0
+            };
+            for local in first_local as usize..shard.len() {
+                let slot = shard.slot(local as u32).expect("local < len");
+                let wanted = slot.live
+                    && (!filter.detached_only || u32::from(slot.flags) & flags::DETACHED != 0)
+                    && filter.owner.is_none_or(|uid| uid == slot.owner);
+                if !wanted {
+                    continue;
+                }
+                if found.len() == limit {
+                    return (found, ((shard_index as u64) << 32 | local as u64) + 1);
+                }
+                found.push(ObjectInfo {
+                    handle: HandleParts {
+                        epoch: self.epoch,
+                        generation: slot.generation,
+                        slot: ((local as u32) << self.shard_bits) | shard_index as u32,
+                    }
+                    .encode(),
+                    size: slot.value.len() as u64,
+                    owner: slot.owner,
+                    refs: slot.refs,
+                    flags: u32::from(slot.flags),
+                });
+            }
+        }
+        (found, 0)
+    }
+
     fn kill(&self, shard: &mut Shard, local: u32) {
-        if let Some(value) = shard.kill(local) {
-            self.objects.fetch_sub(1, Ordering::Relaxed);
-            self.value_bytes
-                .fetch_sub(value.len() as u64, Ordering::Relaxed);
+        let owner = shard.slot(local).map(|slot| slot.owner);
+        if let (Some(value), Some(owner)) = (shard.kill(local), owner) {
+            shard.live -= 1;
+            let bytes = value.len() as u64;
+            self.total.give_back(1, bytes);
+            self.uid_counters(owner).give_back(1, bytes);
         }
     }
 
-    /// Reserves room for `objects` more objects and `bytes` more value bytes;
-    /// the reservation is returned when the guard drops (forget it to keep it).
-    fn charge(&self, objects: u64, bytes: u64) -> Result<Charge<'_>, Status> {
-        let charge = Charge {
-            registry: self,
-            objects,
-            bytes,
-        };
-        let total_objects = self.objects.fetch_add(objects, Ordering::Relaxed) + objects;
-        let total_bytes = self.value_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total_objects > self.limits.max_objects || total_bytes > self.limits.max_bytes {
+    /// Reserves room for `objects` more objects and `bytes` more value bytes
+    /// against the global limits and `owner`'s; the reservation is returned
+    /// when the guard drops unless it is kept.
+    fn charge<'a>(
+        &'a self,
+        owner: &'a Counters,
+        objects: u64,
+        bytes: u64,
+    ) -> Result<Charge<'a>, Status> {
+        let limits = self.limits.get();
+        if !self
+            .total
+            .reserve(objects, bytes, limits.max_objects, limits.max_bytes)
+        {
             return Err(Status::Quota);
         }
-        Ok(charge)
+        if !owner.reserve(objects, bytes, limits.uid_max_objects, limits.uid_max_bytes) {
+            self.total.give_back(objects, bytes);
+            return Err(Status::Quota);
+        }
+        Ok(Charge {
+            counters: [&self.total, owner],
+            objects,
+            bytes,
+        })
     }
 
     /// The shard and local slot a handle names, or STALE when it cannot name
@@ -400,21 +627,25 @@ impl Registry {
     }
 }
 
-/// A reservation against the global limits, undone on drop.
+/// A reservation against the global and one uid's limits, undone on drop
+/// unless kept.
 struct Charge<'a> {
-    registry: &'a Registry,
+    counters: [&'a Counters; 2],
     objects: u64,
     bytes: u64,
 }
 
+impl Charge<'_> {
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Charge<'_> {
     fn drop(&mut self) {
-        self.registry
-            .objects
-            .fetch_sub(self.objects, Ordering::Relaxed);
-        self.registry
-            .value_bytes
-            .fetch_sub(self.bytes, Ordering::Relaxed);
+        for counters in self.counters {
+            counters.give_back(self.objects, self.bytes);
+        }
     }
 }
 

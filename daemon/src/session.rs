@@ -50,7 +50,7 @@ impl Session {
             id,
             peer,
             name,
-            holder: Holder::new(peer.uid),
+            holder: registry.holder(peer.uid),
             memory,
             registry,
             open_rings: Mutex::new(vec![false; rings]),

@@ -9,6 +9,8 @@ const LIMITS: Limits = Limits {
     max_value_size: 64,
     max_objects: 40,
     max_bytes: 1200,
+    uid_max_objects: 30,
+    uid_max_bytes: 1000,
 };
 
 #[derive(Clone, Debug)]
@@ -26,6 +28,14 @@ struct Model {
 }
 
 impl Model {
+    /// Objects and bytes `uid` owns.
+    fn owned(&self, uid: u32) -> (u64, u64) {
+        self.live
+            .values()
+            .filter(|o| o.owner == uid)
+            .fold((0, 0), |(n, b), o| (n + 1, b + o.value.len() as u64))
+    }
+
     fn readable(o: &ModelObject, uid: u32) -> bool {
         uid == 0 || uid == o.owner || o.flags & flags::SHARED != 0
     }
@@ -85,7 +95,7 @@ proptest! {
     fn registry_matches_model(actions in proptest::collection::vec(action(), 1..300)) {
         // Two shards so slots are reused often.
         let registry = Registry::with_epoch(2, LIMITS, 5, 77);
-        let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| Holder::new(uid)).collect();
+        let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| registry.holder(uid)).collect();
         let mut model = Model::default();
         // Every handle issued, plus a few that never were.
         let mut known: Vec<u64> = vec![0, 1, HandleParts { epoch: 6, generation: 1, slot: 0 }.encode()];
@@ -101,7 +111,9 @@ proptest! {
                     } else if len > LIMITS.max_value_size {
                         Err(Status::TooBig)
                     } else if model.live.len() as u64 >= LIMITS.max_objects
-                        || model.bytes + len as u64 > LIMITS.max_bytes {
+                        || model.bytes + len as u64 > LIMITS.max_bytes
+                        || model.owned(UIDS[who]).0 >= LIMITS.uid_max_objects
+                        || model.owned(UIDS[who]).1 + len as u64 > LIMITS.uid_max_bytes {
                         Err(Status::Quota)
                     } else {
                         Ok(())
@@ -141,8 +153,10 @@ proptest! {
                         _ if len > LIMITS.max_value_size => Err(Status::TooBig),
                         None => Err(Status::Stale),
                         Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
-                        Some(o) if model.bytes - o.value.len() as u64 + len as u64 > LIMITS.max_bytes
-                            && len > o.value.len() => Err(Status::Quota),
+                        Some(o) if len > o.value.len()
+                            && (model.bytes - o.value.len() as u64 + len as u64 > LIMITS.max_bytes
+                                || model.owned(o.owner).1 - o.value.len() as u64 + len as u64
+                                    > LIMITS.uid_max_bytes) => Err(Status::Quota),
                         Some(_) => Ok(()),
                     };
                     if expected.is_ok() {
@@ -199,7 +213,7 @@ proptest! {
                 }
                 Action::EndSession { who } => {
                     registry.release_all(&holders[who]);
-                    holders[who] = Holder::new(UIDS[who]);
+                    holders[who] = registry.holder(UIDS[who]);
                     let handles: Vec<u64> = model.live.keys().copied().collect();
                     for h in handles {
                         model.live.get_mut(&h).unwrap().refs.remove(&who);
@@ -210,6 +224,12 @@ proptest! {
             let usage = registry.usage();
             prop_assert_eq!(usage.objects, model.live.len() as u64);
             prop_assert_eq!(usage.value_bytes, model.bytes);
+            for (uid, usage) in registry.usage_by_uid() {
+                prop_assert_eq!((usage.objects, usage.value_bytes), model.owned(uid));
+            }
+            prop_assert_eq!(registry.shard_occupancy().iter().sum::<u64>(), model.live.len() as u64);
+            let (listed, _) = registry.list(0, usize::MAX, ListFilter::default());
+            prop_assert_eq!(listed.len(), model.live.len());
         }
     }
 }
@@ -217,7 +237,7 @@ proptest! {
 #[test]
 fn reused_slot_gets_a_new_generation() {
     let registry = Registry::with_epoch(1, LIMITS, 3, 1);
-    let holder = Holder::new(1000);
+    let holder = registry.holder(1000);
     let first = registry.insert(&holder, b"a", 0, 0).unwrap();
     registry.release(&holder, first).unwrap();
     let second = registry.insert(&holder, b"b", 0, 0).unwrap();
@@ -239,7 +259,7 @@ fn reused_slot_gets_a_new_generation() {
 #[test]
 fn slot_is_retired_before_its_generation_wraps() {
     let registry = Registry::with_epoch(1, LIMITS, 3, 1);
-    let holder = Holder::new(1000);
+    let holder = registry.holder(1000);
     let first = registry.insert(&holder, b"a", 0, 0).unwrap();
     // Push the slot to its last generation directly; walking there takes 2^23 inserts.
     {
@@ -262,8 +282,95 @@ fn slot_is_retired_before_its_generation_wraps() {
 fn handles_of_another_epoch_are_stale() {
     let a = Registry::with_epoch(4, LIMITS, 1, 9);
     let b = Registry::with_epoch(4, LIMITS, 2, 9);
-    let holder = Holder::new(0);
+    let holder = a.holder(0);
     let h = a.insert(&holder, b"x", flags::DETACHED, 0).unwrap();
     b.insert(&holder, b"y", flags::DETACHED, 0).unwrap();
     assert_eq!(b.get_with(&holder, h, |v| v.to_vec()), Err(Status::Stale));
+}
+
+#[test]
+fn listing_pages_through_every_object_once() {
+    let limits = Limits {
+        max_objects: 1000,
+        max_bytes: 1 << 20,
+        uid_max_objects: 1000,
+        uid_max_bytes: 1 << 20,
+        ..LIMITS
+    };
+    let registry = Registry::with_epoch(4, limits, 3, 1);
+    let alice = registry.holder(1000);
+    let bob = registry.holder(1001);
+    let mut expected = HashSet::new();
+    for i in 0..100u32 {
+        let who = if i % 3 == 0 { &bob } else { &alice };
+        let flags = if i % 2 == 0 { flags::DETACHED } else { 0 };
+        expected.insert(
+            registry
+                .insert(who, &i.to_le_bytes(), flags, i as usize)
+                .unwrap(),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut cursor = 0;
+    loop {
+        let (page, next) = registry.list(cursor, 7, ListFilter::default());
+        assert!(page.len() <= 7);
+        for info in page {
+            assert!(seen.insert(info.handle), "listed twice");
+            assert_eq!(info.size, 4);
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen, expected);
+    let (bobs, _) = registry.list(
+        0,
+        1000,
+        ListFilter {
+            detached_only: true,
+            owner: Some(1001),
+        },
+    );
+    assert_eq!(bobs.len(), 17);
+    assert!(bobs
+        .iter()
+        .all(|o| o.owner == 1001 && o.flags == flags::DETACHED));
+}
+
+#[test]
+fn per_uid_caps_and_new_limits_apply() {
+    let registry = Registry::with_epoch(2, LIMITS, 3, 1);
+    let alice = registry.holder(1000);
+    let bob = registry.holder(1001);
+    for i in 0..LIMITS.uid_max_objects {
+        registry.insert(&alice, &[i as u8], 0, 0).unwrap();
+    }
+    assert_eq!(registry.insert(&alice, b"x", 0, 0), Err(Status::Quota));
+    registry.insert(&bob, b"x", 0, 0).unwrap();
+    registry.set_limits(Limits {
+        max_value_size: 2,
+        ..LIMITS
+    });
+    assert_eq!(registry.insert(&bob, b"xyz", 0, 0), Err(Status::TooBig));
+    assert_eq!(
+        registry.usage_by_uid(),
+        vec![
+            (
+                1000,
+                Usage {
+                    objects: 30,
+                    value_bytes: 30
+                }
+            ),
+            (
+                1001,
+                Usage {
+                    objects: 1,
+                    value_bytes: 1
+                }
+            ),
+        ]
+    );
 }
