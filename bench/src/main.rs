@@ -22,7 +22,7 @@ use outproc::{Case, Kind, Timing};
 use procs::WorkDir;
 use report::{Other, Report, Row, Target};
 use stats::{Measured, Summary};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,6 +44,16 @@ struct Args {
     /// The redis-server binary [default: `redis-server` on $PATH; skipped if absent].
     #[arg(long, value_name = "PATH", default_value = "redis-server")]
     redis_server: String,
+    /// Run only these sections (1 in-process, 2 floor, 3 rings, 4 redis,
+    /// 5 scale, 6 idle), e.g. `--only 2,3`; targets need their sections.
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    only: Vec<u8>,
+}
+
+impl Args {
+    fn runs(&self, section: u8) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
 }
 
 /// Sizes of one run.
@@ -101,8 +111,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let Some(hregd) = procs::find_hregd(args.hregd.as_deref()) else {
         eprintln!(
-            "hreg-bench: no hregd binary next to this executable; build it first:\n    \
-             cargo build --release -p hregd\n(or pass --hregd PATH)"
+            "hreg-bench: no hregd binary next to this executable; build it first:\n    {}\n\
+             (or pass --hregd PATH)",
+            procs::hregd_build_command()
         );
         return ExitCode::from(2);
     };
@@ -127,8 +138,13 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     };
     eprintln!("hreg-bench ({} run) on {}", sizes.mode, report.hardware);
 
-    eprintln!("[1/6] in process");
-    for outcome in inproc::run(sizes.inproc) {
+    let inproc = if args.runs(1) {
+        eprintln!("[1/6] in process");
+        inproc::run(sizes.inproc)
+    } else {
+        Vec::new()
+    };
+    for outcome in inproc {
         for (threads, measured) in outcome.by_threads {
             report.rows.push(Row {
                 section: "1 in-process",
@@ -140,20 +156,55 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("[2/6] floor");
-    let floor = floor::run(sizes.floor_trips, sizes.reps)?;
-    report.rows.push(Row {
-        section: "2 floor",
-        case: "shm ping-pong round trip".into(),
-        key: "floor".into(),
-        measured: Measured::from_reps(&floor),
-        other: None,
-    });
+    if args.runs(2) {
+        eprintln!("[2/6] floor");
+        let floor = floor::run(sizes.floor_trips, sizes.reps)?;
+        report.rows.push(Row {
+            section: "2 floor",
+            case: "shm ping-pong round trip".into(),
+            key: "floor".into(),
+            measured: Measured::from_reps(&floor),
+            other: None,
+        });
+    }
 
     let dir = WorkDir::create()?;
-    {
-        eprintln!("[3/6] hreg through the rings (hregd {})", hregd.display());
-        let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
+    if args.runs(3) || args.runs(6) {
+        rings_and_idle(args, &sizes, &hregd, &dir, &mut report)?;
+    }
+    if args.runs(4) {
+        redis_section(args, &sizes, &dir, &mut report)?;
+    }
+    if args.runs(5) {
+        scale_section(&sizes, &hregd, &dir, &mut report)?;
+    }
+    drop(dir);
+
+    report.targets = targets(&report, &sizes);
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Sections 3 and 6 on one daemon: the ring cases, then the idle check
+/// with fresh sessions.
+fn rings_and_idle(
+    args: &Args,
+    sizes: &Sizes,
+    hregd: &Path,
+    dir: &WorkDir,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (daemon, socket) = procs::start_hregd(hregd, dir.path())?;
+    if args.runs(3) {
+        eprintln!("[3/6] hreg through the rings ({})", hregd.display());
         let client = hreg::Client::connect(&socket).context("connecting to hregd")?;
         for size in [16, 4096] {
             let keys = outproc::hreg_keys(&client, size)?;
@@ -165,7 +216,8 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
             }
             outproc::remove_all(&client, &mut keys.clone())?;
         }
-        drop(client);
+    }
+    if args.runs(6) {
         eprintln!("[6/6] idle ({:?})", sizes.idle_window);
         let share = scale::idle(&daemon, &socket, 2, sizes.idle_window)?;
         report.rows.push(Row {
@@ -179,64 +231,67 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
             }),
         });
     }
+    Ok(())
+}
 
-    eprintln!("[4/6] redis");
-    match procs::which(&args.redis_server) {
-        None => report.notes.push(format!(
+/// Section 4, skipped with a note when redis-server is not installed.
+fn redis_section(
+    args: &Args,
+    sizes: &Sizes,
+    dir: &WorkDir,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(binary) = procs::which(&args.redis_server) else {
+        report.notes.push(format!(
             "section 4 skipped: `{}` not found (install redis-server to compare)",
             args.redis_server
-        )),
-        Some(binary) => {
-            let (_redis, socket) = procs::start_redis(&binary, dir.path())?;
-            let mut conn = redis::Redis::connect(&socket)?;
-            for size in [16, 4096] {
-                let keys = outproc::redis_keys(&mut conn, size)?;
-                for case in outproc::redis_cases()
-                    .into_iter()
-                    .filter(|c| c.size == size)
-                {
-                    let reps = outproc::redis_case(&mut conn, &keys, case, sizes.timing)?;
-                    report.rows.push(case_row("4 redis", "redis", case, &reps));
-                }
-            }
+        ));
+        return Ok(());
+    };
+    eprintln!("[4/6] redis ({})", binary.display());
+    let (_redis, socket) = procs::start_redis(&binary, dir.path())?;
+    let mut conn = redis::Redis::connect(&socket)?;
+    for size in [16, 4096] {
+        let keys = outproc::redis_keys(&mut conn, size)?;
+        for case in outproc::redis_cases()
+            .into_iter()
+            .filter(|c| c.size == size)
+        {
+            let reps = outproc::redis_case(&mut conn, &keys, case, sizes.timing)?;
+            report.rows.push(case_row("4 redis", "redis", case, &reps));
         }
     }
+    Ok(())
+}
 
-    {
-        eprintln!("[5/6] scale {:?}", sizes.scale_levels);
-        let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
-        let client = hreg::Client::connect(&socket)?;
-        let levels = scale::run(
-            &daemon,
-            &client,
-            &sizes.scale_levels,
-            sizes.timing.per_rep,
-            sizes.timing.reps,
-        )?;
-        for level in levels {
-            report.rows.push(Row {
-                section: "5 scale",
-                case: format!("get 16 B, {} live objects", level.objects),
-                key: format!("scale/{}", level.objects),
-                measured: level.get,
-                other: Some(Other {
-                    label: "daemon bytes/object beyond value",
-                    value: single(level.bytes_per_object),
-                }),
-            });
-        }
-    }
-    drop(dir);
-
-    report.targets = targets(&report, &sizes);
-    print!("{}", report.markdown());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, report.svg())
-            .with_context(|| format!("writing {}", path.display()))?;
+/// Section 5 on a fresh daemon, so its memory growth is the objects' alone.
+fn scale_section(
+    sizes: &Sizes,
+    hregd: &Path,
+    dir: &WorkDir,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    eprintln!("[5/6] scale {:?}", sizes.scale_levels);
+    let (daemon, socket) = procs::start_hregd(hregd, dir.path())?;
+    let client = hreg::Client::connect(&socket)?;
+    let levels = scale::run(
+        &daemon,
+        &client,
+        &sizes.scale_levels,
+        sizes.timing.per_rep,
+        sizes.timing.reps,
+    )?;
+    for level in levels {
+        report.rows.push(Row {
+            section: "5 scale",
+            case: format!("get 16 B, {} live objects", level.objects),
+            key: format!("scale/{}", level.objects),
+            measured: level.get,
+            other: Some(Other {
+                label: "daemon bytes/object beyond value",
+                value: single(level.bytes_per_object),
+            }),
+        });
     }
     Ok(())
 }

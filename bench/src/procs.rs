@@ -173,14 +173,40 @@ pub fn default_config() -> hregd::config::Config {
     hregd::config::Config::from_args(&args).expect("hregd defaults are valid")
 }
 
-/// The hregd binary: `explicit`, else the one built next to this executable.
+/// The hregd binary: `explicit`, else the one next to this executable.
+/// Under `cargo run` (which sets `$CARGO`) it is first brought up to date
+/// with `cargo build -p hregd` in this executable's profile, since cargo
+/// does not build a dependency's binaries by itself.
 pub fn find_hregd(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return Some(path.to_path_buf());
     }
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.join("hregd");
+    let path = std::env::current_exe().ok()?.parent()?.join("hregd");
+    if let (Some(cargo), Some(manifest)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) {
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "hregd", "--manifest-path"])
+            .arg(Path::new(&manifest).join("../Cargo.toml"));
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        if !build.status().is_ok_and(|s| s.success()) {
+            eprintln!("hreg-bench: building hregd failed");
+        }
+    }
     path.is_file().then_some(path)
+}
+
+/// The command that builds the hregd this executable looks for.
+pub fn hregd_build_command() -> &'static str {
+    if cfg!(debug_assertions) {
+        "cargo build -p hregd"
+    } else {
+        "cargo build --release -p hregd"
+    }
 }
 
 /// Starts hregd with default flags (only the socket path is given) and

@@ -318,8 +318,7 @@ unsafe fn run(client: &Client, ops: &mut [hreg_op]) -> c_int {
     let max_value = client.max_value_size();
     let mut batch = Vec::new();
     let mut index = Vec::new();
-    if batch.try_reserve_exact(ops.len()).is_err() || index.try_reserve_exact(ops.len()).is_err()
-    {
+    if batch.try_reserve_exact(ops.len()).is_err() || index.try_reserve_exact(ops.len()).is_err() {
         ops.iter_mut().for_each(|op| op.status = IO);
         return IO;
     }
@@ -375,7 +374,10 @@ fn complete(op: &mut hreg_op, result: hreg_rs::Result<Completion>) {
 }
 
 fn first_failure(ops: &[hreg_op]) -> c_int {
-    ops.iter().map(|op| op.status).find(|&s| s != OK).unwrap_or(OK)
+    ops.iter()
+        .map(|op| op.status)
+        .find(|&s| s != OK)
+        .unwrap_or(OK)
 }
 
 /// One op through the batch path, so single calls and batches behave alike.
@@ -740,12 +742,11 @@ pub extern "C" fn hreg_strerror(status: c_int) -> *const c_char {
 /// caller must not free. Does not block.
 #[no_mangle]
 pub extern "C" fn hreg_version() -> *const c_char {
-    const VERSION: &CStr = match CStr::from_bytes_with_nul(
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
-    ) {
-        Ok(v) => v,
-        Err(_) => panic!("the package version contains a NUL byte"),
-    };
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the package version contains a NUL byte"),
+        };
     VERSION.as_ptr()
 }
 
@@ -772,7 +773,10 @@ mod tests {
         assert!(buffers_overlap(&[op(insert, 100, 10), op(get, 105, 1)]));
         assert!(buffers_overlap(&[op(get, 100, 100), op(insert, 150, 1)]));
         // Values only read may share memory; ops without buffers don't count.
-        assert!(!buffers_overlap(&[op(insert, 100, 10), op(insert, 100, 10)]));
+        assert!(!buffers_overlap(&[
+            op(insert, 100, 10),
+            op(insert, 100, 10)
+        ]));
         assert!(!buffers_overlap(&[op(get, 100, 10), op(4, 100, 10)]));
         assert!(buffers_overlap(&[
             op(get, 100, 50),

@@ -113,7 +113,14 @@ fn compile(dir: &Path, std: &str) {
     std::fs::write(&src, CONTRACT_C).expect("write contract.c");
     let output = Command::new("cc")
         .arg(format!("-std={std}"))
-        .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+            "-I",
+        ])
         .arg(crate_dir().join("include"))
         .arg(&src)
         .output()

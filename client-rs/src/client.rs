@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::shm::{self, Mapping};
 use crate::{Completion, Op, Stats};
-use hreg_proto::control::{Reply, Request, Welcome};
+use hreg_proto::control::{ObjectInfo, Reply, Request, SessionInfo, UsageReply, Welcome};
 use hreg_proto::ring::Layout;
 use hreg_proto::{Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::{BorrowedFd, OwnedFd};
@@ -572,19 +572,93 @@ impl Client {
 
     /// The registry's figures.
     pub fn stats(&self) -> Result<Stats> {
-        match self.inner.call(&Request::Stats)? {
-            (Reply::Stats(s), _) => Ok(Stats {
+        self.control(&Request::Stats, "STATS", |reply| match reply {
+            Reply::Stats(s) => Some(Stats {
                 objects: s.objects,
                 value_bytes: s.value_bytes,
                 sessions: s.sessions,
                 ops: s.ops,
             }),
-            (Reply::Error { status, message }, _) => Err(control_error(status, message)),
-            (other, _) => Err(Error::Protocol(format!(
-                "unexpected reply to STATS: {other:?}"
-            ))),
+            _ => None,
+        })
+    }
+
+    /// Every attached session this client may see (all for root, its own
+    /// uid's otherwise).
+    pub fn sessions(&self) -> Result<Vec<SessionInfo>> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = self.control(
+                &Request::Sessions { cursor },
+                "SESSIONS",
+                |reply| match reply {
+                    Reply::Sessions { sessions, next } => Some((sessions, next)),
+                    _ => None,
+                },
+            )?;
+            all.extend(page);
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
         }
     }
+
+    /// One page of live objects from `cursor` (0 for the first page), at
+    /// most `limit` of them, and the cursor of the next page (0: no more).
+    /// Only root may list other users' objects.
+    pub fn list(
+        &self,
+        cursor: u64,
+        limit: u32,
+        filter: ListFilter,
+    ) -> Result<(Vec<ObjectInfo>, u64)> {
+        let request = Request::List {
+            cursor,
+            limit,
+            detached_only: filter.detached_only,
+            owner: filter.owner,
+        };
+        self.control(&request, "LIST", |reply| match reply {
+            Reply::Objects { objects, next } => Some((objects, next)),
+            _ => None,
+        })
+    }
+
+    /// Shard occupancy, usage per uid against its caps, and requests per
+    /// second.
+    pub fn usage(&self) -> Result<UsageReply> {
+        self.control(&Request::Usage, "USAGE", |reply| match reply {
+            Reply::Usage(usage) => Some(usage),
+            _ => None,
+        })
+    }
+
+    /// Sends a control request and picks the expected reply out; ERROR
+    /// becomes its status, anything else a protocol error.
+    fn control<T>(
+        &self,
+        request: &Request,
+        what: &str,
+        pick: impl FnOnce(Reply) -> Option<T>,
+    ) -> Result<T> {
+        let (reply, _) = self.inner.call(request)?;
+        if let Reply::Error { status, message } = reply {
+            return Err(control_error(status, message));
+        }
+        let text = format!("{reply:?}");
+        pick(reply).ok_or_else(|| Error::Protocol(format!("unexpected reply to {what}: {text}")))
+    }
+}
+
+/// Which objects [`Client::list`] shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only DETACHED objects (to find orphans).
+    pub detached_only: bool,
+    /// Only objects of this uid.
+    pub owner: Option<u32>,
 }
 
 impl std::fmt::Debug for Client {

@@ -6,12 +6,15 @@
 //! the accept loop.
 
 use crate::config::Config;
-use crate::registry::Registry;
+use crate::registry::{ListFilter, Registry};
 use crate::session::{Doorbell, Peer, Session};
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::{bail, Context};
-use hreg_proto::control::{Reply, Request, StatsReply, Welcome, MAX_MESSAGE};
+use hreg_proto::control::{
+    ObjectInfo, Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome,
+    MAX_MESSAGE, MAX_PAGE,
+};
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -39,6 +42,31 @@ const BELL_KEY: u64 = 1;
 const STOP_KEY: u64 = 2;
 const FIRST_CONN_KEY: u64 = 16;
 
+/// The uid allowed to see everything.
+const ROOT: u32 = 0;
+
+/// Requests per second, measured over the last whole second or more.
+#[derive(Default)]
+struct OpsRate {
+    since: Option<(Instant, u64)>,
+    per_sec: u64,
+}
+
+impl OpsRate {
+    fn sample(&mut self, ops: u64) {
+        let now = Instant::now();
+        match self.since {
+            Some((at, before)) if now.duration_since(at) >= Duration::from_secs(1) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                self.per_sec = (ops.saturating_sub(before) as f64 / secs) as u64;
+                self.since = Some((now, ops));
+            }
+            Some(_) => {}
+            None => self.since = Some((now, ops)),
+        }
+    }
+}
+
 /// A connection, before and after HELLO.
 struct Conn {
     fd: OwnedFd,
@@ -55,6 +83,8 @@ pub struct Daemon {
     conns: HashMap<u64, Conn>,
     next_key: u64,
     next_session: u64,
+    started: Instant,
+    ops_rate: OpsRate,
     poll: OwnedFd,
     listener: OwnedFd,
     /// The socket file we created, removed at shutdown.
@@ -122,6 +152,8 @@ impl Daemon {
                 conns: HashMap::new(),
                 next_key: FIRST_CONN_KEY,
                 next_session: 1,
+                started: Instant::now(),
+                ops_rate: OpsRate::default(),
                 poll,
                 listener,
             },
@@ -166,6 +198,8 @@ impl Daemon {
                 }
             }
             self.drop_silent_connections();
+            let ops = self.ops();
+            self.ops_rate.sample(ops);
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
@@ -325,7 +359,7 @@ impl Daemon {
                     objects: usage.objects,
                     value_bytes: usage.value_bytes,
                     sessions: self.attached() as u64,
-                    ops: self.workers.iter().map(|w| w.ops()).sum(),
+                    ops: self.ops(),
                 };
                 self.reply(key, &Reply::Stats(stats), None)
             }
@@ -333,7 +367,125 @@ impl Daemon {
                 self.close(key, "goodbye");
                 false
             }
+            (Request::Sessions { cursor }, Some(caller)) => {
+                let reply = self.sessions_page(cursor, caller.peer.uid);
+                self.reply(key, &reply, None)
+            }
+            (
+                Request::List {
+                    cursor,
+                    limit,
+                    detached_only,
+                    owner,
+                },
+                Some(caller),
+            ) => {
+                let reply = self.objects_page(cursor, limit, detached_only, owner, caller.peer.uid);
+                self.reply(key, &reply, None)
+            }
+            (Request::Usage, Some(caller)) => {
+                let reply = Reply::Usage(self.usage(caller.peer.uid));
+                self.reply(key, &reply, None)
+            }
         }
+    }
+
+    /// Attached sessions with ids from `cursor` on; all of them for root,
+    /// the caller's own uid's otherwise.
+    fn sessions_page(&self, cursor: u64, caller_uid: u32) -> Reply {
+        let mut visible: Vec<&Arc<Session>> = self
+            .conns
+            .values()
+            .filter_map(|c| c.session.as_ref())
+            .filter(|s| s.id >= cursor && (caller_uid == ROOT || s.peer.uid == caller_uid))
+            .collect();
+        visible.sort_by_key(|s| s.id);
+        let page = MAX_PAGE as usize;
+        let next = visible.get(page).map_or(0, |s| s.id);
+        let sessions = visible
+            .into_iter()
+            .take(page)
+            .map(|s| SessionInfo {
+                id: s.id,
+                pid: s.peer.pid as u32,
+                uid: s.peer.uid,
+                gid: s.peer.gid,
+                rings: s.open_ring_count() as u32,
+                references: s.holder.reference_count(),
+                name: s.name.clone(),
+            })
+            .collect();
+        Reply::Sessions { sessions, next }
+    }
+
+    /// A page of objects; only root may look at other users' objects.
+    fn objects_page(
+        &self,
+        cursor: u64,
+        limit: u32,
+        detached_only: bool,
+        owner: Option<u32>,
+        caller_uid: u32,
+    ) -> Reply {
+        let owner = match owner {
+            Some(uid) if caller_uid != ROOT && uid != caller_uid => {
+                return Reply::Error {
+                    status: Status::Denied as u32,
+                    message: "only root may list other users' objects".into(),
+                };
+            }
+            None if caller_uid != ROOT => Some(caller_uid),
+            owner => owner,
+        };
+        let limit = if limit == 0 {
+            MAX_PAGE
+        } else {
+            limit.min(MAX_PAGE)
+        };
+        let filter = ListFilter {
+            detached_only,
+            owner,
+        };
+        let (found, next) = self.registry.list(cursor, limit as usize, filter);
+        let objects = found
+            .into_iter()
+            .map(|o| ObjectInfo {
+                handle: o.handle,
+                size: o.size,
+                owner: o.owner,
+                refs: o.refs,
+                flags: o.flags,
+            })
+            .collect();
+        Reply::Objects { objects, next }
+    }
+
+    fn usage(&self, caller_uid: u32) -> UsageReply {
+        let limits = self.registry.limits();
+        UsageReply {
+            uptime_secs: self.started.elapsed().as_secs(),
+            ops_per_sec: self.ops_rate.per_sec,
+            max_objects: limits.max_objects,
+            max_bytes: limits.max_bytes,
+            uid_max_objects: limits.uid_max_objects,
+            uid_max_bytes: limits.uid_max_bytes,
+            shards: self.registry.shard_occupancy(),
+            uids: self
+                .registry
+                .usage_by_uid()
+                .into_iter()
+                .filter(|&(uid, _)| caller_uid == ROOT || uid == caller_uid)
+                .map(|(uid, usage)| UidUsage {
+                    uid,
+                    objects: usage.objects,
+                    value_bytes: usage.value_bytes,
+                })
+                .collect(),
+        }
+    }
+
+    fn ops(&self) -> u64 {
+        self.workers.iter().map(|w| w.ops()).sum()
     }
 
     fn hello(&mut self, key: u64, version: u32, name: String) -> bool {

@@ -5,7 +5,10 @@
 use thiserror::Error;
 
 /// Largest control packet either side sends or accepts, in bytes.
-pub const MAX_MESSAGE: usize = 4096;
+pub const MAX_MESSAGE: usize = 65536;
+
+/// Most entries in one page of SESSIONS or LIST.
+pub const MAX_PAGE: u32 = 512;
 
 /// Bytes that open every HELLO, so a stray connection is told apart from a
 /// client of another protocol version.
@@ -23,6 +26,8 @@ pub enum DecodeError {
     BadMagic,
     #[error("text field is not UTF-8 or longer than {0} bytes")]
     BadText(usize),
+    #[error("bad value in {0}")]
+    BadField(&'static str),
 }
 
 /// Messages a client sends.
@@ -38,6 +43,63 @@ pub enum Request {
     Stats,
     /// End the session.
     Goodbye,
+    /// A page of attached sessions, from `cursor` (0 first).
+    Sessions { cursor: u64 },
+    /// A page of live objects, from `cursor` (0 first).
+    List {
+        cursor: u64,
+        limit: u32,
+        detached_only: bool,
+        owner: Option<u32>,
+    },
+    /// Occupancy, usage per uid and limits.
+    Usage,
+}
+
+/// One attached session, as SESSIONS lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rings: u32,
+    pub references: u64,
+    pub name: String,
+}
+
+/// One live object, as LIST shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub handle: u64,
+    pub size: u64,
+    pub owner: u32,
+    pub refs: u32,
+    pub flags: u32,
+}
+
+/// What one uid owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UidUsage {
+    pub uid: u32,
+    pub objects: u64,
+    pub value_bytes: u64,
+}
+
+/// The operator's view of the registry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageReply {
+    pub uptime_secs: u64,
+    /// Requests per second over the last second.
+    pub ops_per_sec: u64,
+    pub max_objects: u64,
+    pub max_bytes: u64,
+    pub uid_max_objects: u64,
+    pub uid_max_bytes: u64,
+    /// Live objects per shard.
+    pub shards: Vec<u64>,
+    /// Usage per uid (only the caller's own unless the caller is root).
+    pub uids: Vec<UidUsage>,
 }
 
 /// Figures of a running daemon.
@@ -91,6 +153,17 @@ pub enum Reply {
     },
     /// The daemon is shutting down; the session ends.
     Shutdown,
+    /// A page of sessions; `next` is the cursor of the next page (0: none).
+    Sessions {
+        sessions: Vec<SessionInfo>,
+        next: u64,
+    },
+    /// A page of objects; `next` is the cursor of the next page (0: none).
+    Objects {
+        objects: Vec<ObjectInfo>,
+        next: u64,
+    },
+    Usage(UsageReply),
 }
 
 mod kind {
@@ -99,6 +172,9 @@ mod kind {
     pub const RING_CLOSE: u32 = 3;
     pub const STATS: u32 = 4;
     pub const GOODBYE: u32 = 5;
+    pub const SESSIONS: u32 = 6;
+    pub const LIST: u32 = 7;
+    pub const USAGE: u32 = 8;
 
     pub const WELCOME: u32 = 101;
     pub const REFUSED: u32 = 102;
@@ -107,6 +183,9 @@ mod kind {
     pub const STATS_REPLY: u32 = 105;
     pub const ERROR: u32 = 106;
     pub const SHUTDOWN: u32 = 107;
+    pub const SESSIONS_REPLY: u32 = 108;
+    pub const OBJECTS_REPLY: u32 = 109;
+    pub const USAGE_REPLY: u32 = 110;
 }
 
 /// Longest message text carried in REFUSED and ERROR.
@@ -129,6 +208,23 @@ impl Request {
             }
             Request::Stats => w.u32(kind::STATS),
             Request::Goodbye => w.u32(kind::GOODBYE),
+            Request::Sessions { cursor } => {
+                w.u32(kind::SESSIONS);
+                w.u64(*cursor);
+            }
+            Request::List {
+                cursor,
+                limit,
+                detached_only,
+                owner,
+            } => {
+                w.u32(kind::LIST);
+                w.u64(*cursor);
+                w.u32(*limit);
+                w.u32(u32::from(*detached_only) | (u32::from(owner.is_some()) << 1));
+                w.u32(owner.unwrap_or(0));
+            }
+            Request::Usage => w.u32(kind::USAGE),
         }
         w.0
     }
@@ -148,6 +244,23 @@ impl Request {
             kind::RING_CLOSE => Request::RingClose { index: r.u32()? },
             kind::STATS => Request::Stats,
             kind::GOODBYE => Request::Goodbye,
+            kind::SESSIONS => Request::Sessions { cursor: r.u64()? },
+            kind::LIST => {
+                let cursor = r.u64()?;
+                let limit = r.u32()?;
+                let bits = r.u32()?;
+                let owner = r.u32()?;
+                if bits & !3 != 0 {
+                    return Err(DecodeError::BadField("LIST filter bits"));
+                }
+                Request::List {
+                    cursor,
+                    limit,
+                    detached_only: bits & 1 != 0,
+                    owner: (bits & 2 != 0).then_some(owner),
+                }
+            }
+            kind::USAGE => Request::Usage,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -194,6 +307,55 @@ impl Reply {
                 w.text(message);
             }
             Reply::Shutdown => w.u32(kind::SHUTDOWN),
+            Reply::Sessions { sessions, next } => {
+                w.u32(kind::SESSIONS_REPLY);
+                w.u64(*next);
+                w.u32(sessions.len() as u32);
+                for s in sessions {
+                    w.u64(s.id);
+                    w.u32(s.pid);
+                    w.u32(s.uid);
+                    w.u32(s.gid);
+                    w.u32(s.rings);
+                    w.u64(s.references);
+                    w.text(&s.name);
+                }
+            }
+            Reply::Objects { objects, next } => {
+                w.u32(kind::OBJECTS_REPLY);
+                w.u64(*next);
+                w.u32(objects.len() as u32);
+                for o in objects {
+                    w.u64(o.handle);
+                    w.u64(o.size);
+                    w.u32(o.owner);
+                    w.u32(o.refs);
+                    w.u32(o.flags);
+                }
+            }
+            Reply::Usage(u) => {
+                w.u32(kind::USAGE_REPLY);
+                for v in [
+                    u.uptime_secs,
+                    u.ops_per_sec,
+                    u.max_objects,
+                    u.max_bytes,
+                    u.uid_max_objects,
+                    u.uid_max_bytes,
+                ] {
+                    w.u64(v);
+                }
+                w.u32(u.shards.len() as u32);
+                for &n in &u.shards {
+                    w.u64(n);
+                }
+                w.u32(u.uids.len() as u32);
+                for uid in &u.uids {
+                    w.u32(uid.uid);
+                    w.u64(uid.objects);
+                    w.u64(uid.value_bytes);
+                }
+            }
         }
         w.0
     }
@@ -229,6 +391,60 @@ impl Reply {
                 message: r.text(MAX_TEXT)?,
             },
             kind::SHUTDOWN => Reply::Shutdown,
+            kind::SESSIONS_REPLY => {
+                let next = r.u64()?;
+                let count = r.count(34)?;
+                let mut sessions = Vec::with_capacity(count);
+                for _ in 0..count {
+                    sessions.push(SessionInfo {
+                        id: r.u64()?,
+                        pid: r.u32()?,
+                        uid: r.u32()?,
+                        gid: r.u32()?,
+                        rings: r.u32()?,
+                        references: r.u64()?,
+                        name: r.text(crate::MAX_CLIENT_NAME)?,
+                    });
+                }
+                Reply::Sessions { sessions, next }
+            }
+            kind::OBJECTS_REPLY => {
+                let next = r.u64()?;
+                let count = r.count(28)?;
+                let mut objects = Vec::with_capacity(count);
+                for _ in 0..count {
+                    objects.push(ObjectInfo {
+                        handle: r.u64()?,
+                        size: r.u64()?,
+                        owner: r.u32()?,
+                        refs: r.u32()?,
+                        flags: r.u32()?,
+                    });
+                }
+                Reply::Objects { objects, next }
+            }
+            kind::USAGE_REPLY => {
+                let mut usage = UsageReply {
+                    uptime_secs: r.u64()?,
+                    ops_per_sec: r.u64()?,
+                    max_objects: r.u64()?,
+                    max_bytes: r.u64()?,
+                    uid_max_objects: r.u64()?,
+                    uid_max_bytes: r.u64()?,
+                    ..UsageReply::default()
+                };
+                let shards = r.count(8)?;
+                usage.shards = (0..shards).map(|_| r.u64()).collect::<Result<_, _>>()?;
+                let uids = r.count(20)?;
+                for _ in 0..uids {
+                    usage.uids.push(UidUsage {
+                        uid: r.u32()?,
+                        objects: r.u64()?,
+                        value_bytes: r.u64()?,
+                    });
+                }
+                Reply::Usage(usage)
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -289,6 +505,16 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadText(max))
     }
+    /// A `u32` element count, refused when the rest of the message cannot
+    /// hold that many elements of at least `min_size` bytes (so a lying count
+    /// allocates nothing).
+    fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
+        let count = self.u32()? as usize;
+        if count.saturating_mul(min_size) > self.0.len() {
+            return Err(DecodeError::Short);
+        }
+        Ok(count)
+    }
     fn finish(self) -> Result<(), DecodeError> {
         match self.0.len() {
             0 => Ok(()),
@@ -313,6 +539,20 @@ mod tests {
             Request::RingClose { index: 7 },
             Request::Stats,
             Request::Goodbye,
+            Request::Sessions { cursor: 3 },
+            Request::List {
+                cursor: 9,
+                limit: 50,
+                detached_only: true,
+                owner: Some(1000),
+            },
+            Request::List {
+                cursor: 0,
+                limit: 1,
+                detached_only: false,
+                owner: None,
+            },
+            Request::Usage,
         ] {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
@@ -349,6 +589,42 @@ mod tests {
                 message: "quota".into(),
             },
             Reply::Shutdown,
+            Reply::Sessions {
+                sessions: vec![SessionInfo {
+                    id: 1,
+                    pid: 2,
+                    uid: 3,
+                    gid: 4,
+                    rings: 5,
+                    references: 6,
+                    name: "n".into(),
+                }],
+                next: 7,
+            },
+            Reply::Objects {
+                objects: vec![ObjectInfo {
+                    handle: 1,
+                    size: 2,
+                    owner: 3,
+                    refs: 4,
+                    flags: 2,
+                }],
+                next: 0,
+            },
+            Reply::Usage(UsageReply {
+                uptime_secs: 1,
+                ops_per_sec: 2,
+                max_objects: 3,
+                max_bytes: 4,
+                uid_max_objects: 5,
+                uid_max_bytes: 6,
+                shards: vec![1, 2, 3],
+                uids: vec![UidUsage {
+                    uid: 1000,
+                    objects: 2,
+                    value_bytes: 3,
+                }],
+            }),
         ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
         }

@@ -60,8 +60,12 @@ static hreg_client *connect_ok(const char *path)
 }
 
 /* The child: another user, with its own session. */
-static void denied_child(const char *path, hreg_handle mine, hreg_handle shared, int out)
+static void denied_child(hreg_client *parents, const char *path, hreg_handle mine,
+                         hreg_handle shared, int out)
 {
+    /* The parent's client is not for the child: free our copy of it
+       (the parent's session must not notice). */
+    hreg_disconnect(parents);
     CHECK(setgid(NOBODY) == 0 && setuid(NOBODY) == 0);
     hreg_client *c = connect_ok(path);
     char buf[32];
@@ -122,7 +126,7 @@ static int denied(const char *path)
     CHECK(pid >= 0);
     if (pid == 0) {
         close(pipefd[0]);
-        denied_child(path, mine, shared, pipefd[1]);
+        denied_child(c, path, mine, shared, pipefd[1]);
     }
     close(pipefd[1]);
     hreg_handle theirs = 0;
@@ -141,6 +145,9 @@ static int denied(const char *path)
     EXPECT(hreg_remove(c, theirs), HREG_OK);
     EXPECT(hreg_get(c, shared, buf, sizeof buf, &len), HREG_OK);
     CHECK(len == 6 && memcmp(buf, "shared", 6) == 0); /* untouched */
+    hreg_stats st;
+    EXPECT(hreg_stats_get(c, &st), HREG_OK);
+    CHECK(st.objects == 2 && st.sessions >= 1);
     EXPECT(hreg_release(c, mine), HREG_OK);
     EXPECT(hreg_release(c, shared), HREG_OK);
     hreg_disconnect(c);

@@ -57,8 +57,38 @@ enum Command {
         /// Handle, decimal or 0x hex.
         handle: Handle,
     },
-    /// Print the registry's figures.
+    /// Print the registry's figures: objects, bytes, sessions, ops/s,
+    /// usage per uid against its caps, and per-shard occupancy.
     Stats,
+    /// List attached sessions: id, pid, uid, name, rings, references held
+    /// (all sessions for root, your own otherwise).
+    Sessions,
+    /// List live objects: handle, size, owner uid, references, flags. Pages
+    /// through the registry; only root may list other users' objects.
+    Ls {
+        /// Only DETACHED objects (to find orphans: remove them with `rm`).
+        #[arg(long)]
+        detached: bool,
+        /// Only objects owned by this uid.
+        #[arg(long, value_name = "UID")]
+        owner: Option<u32>,
+        /// Print at most this many objects, then the cursor to continue
+        /// from on standard error.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Start from this cursor (as printed by an earlier --limit).
+        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        cursor: u64,
+    },
+    /// Show the figures of `stats`, refreshed in place every second.
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+        /// Stop after this many refreshes [default: never].
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,29 +175,235 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Stats => {
             let client = connect(cli)?;
-            let s = client.stats().context("stats")?;
+            print_stats(&client, cli.json, &mut out)?;
+        }
+        Command::Sessions => {
+            let client = connect(cli)?;
+            let sessions = client.sessions().context("sessions")?;
             if cli.json {
-                let doc = serde_json::json!({
-                    "objects": s.objects,
-                    "value_bytes": s.value_bytes,
-                    "sessions": s.sessions,
-                    "ops": s.ops,
-                });
-                writeln!(out, "{doc}")?;
+                let list: Vec<_> = sessions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
+                            "name": s.name, "rings": s.rings, "references": s.references,
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
             } else {
-                for (name, value) in [
-                    ("objects", s.objects),
-                    ("value bytes", s.value_bytes),
-                    ("sessions", s.sessions),
-                    ("ops", s.ops),
-                ] {
-                    writeln!(out, "{name:<12} {value:>14}")?;
+                let rows = sessions
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.to_string(),
+                            s.pid.to_string(),
+                            s.uid.to_string(),
+                            s.name.clone(),
+                            s.rings.to_string(),
+                            s.references.to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(
+                    &mut out,
+                    &["ID", "PID", "UID", "NAME", "RINGS", "REFS"],
+                    &rows,
+                )?;
+            }
+        }
+        Command::Ls {
+            detached,
+            owner,
+            limit,
+            cursor,
+        } => {
+            let client = connect(cli)?;
+            let filter = hreg::ListFilter {
+                detached_only: *detached,
+                owner: *owner,
+            };
+            let mut objects = Vec::new();
+            let mut cursor = *cursor;
+            let wanted = limit.unwrap_or(u64::MAX);
+            while (objects.len() as u64) < wanted {
+                let page = (wanted - objects.len() as u64)
+                    .min(u64::from(hreg_proto::control::MAX_PAGE))
+                    as u32;
+                let (found, next) = client.list(cursor, page, filter).context("ls")?;
+                objects.extend(found);
+                cursor = next;
+                if next == 0 {
+                    break;
                 }
+            }
+            if cli.json {
+                let list: Vec<_> = objects
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "handle": o.handle, "size": o.size, "owner": o.owner,
+                            "refs": o.refs, "flags": flag_names(o.flags),
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({ "objects": list, "next_cursor": cursor });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            } else {
+                let rows = objects
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.handle.to_string(),
+                            o.size.to_string(),
+                            o.owner.to_string(),
+                            o.refs.to_string(),
+                            flag_names(o.flags),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(
+                    &mut out,
+                    &["HANDLE", "SIZE", "OWNER", "REFS", "FLAGS"],
+                    &rows,
+                )?;
+                if cursor != 0 {
+                    eprintln!("more objects: continue with --cursor {cursor}");
+                }
+            }
+        }
+        Command::Watch { interval, count } => {
+            let client = connect(cli)?;
+            let pause = std::time::Duration::try_from_secs_f64(*interval)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--interval must be a positive number of seconds")?;
+            let mut shown = 0u64;
+            loop {
+                let mut frame = Vec::new();
+                print_stats(&client, cli.json, &mut frame)?;
+                if !cli.json {
+                    // Home the cursor and clear the screen: refresh in place.
+                    out.write_all(b"\x1b[H\x1b[2J")?;
+                }
+                out.write_all(&frame)?;
+                out.flush()?;
+                shown += 1;
+                if count.is_some_and(|n| shown >= n) {
+                    break;
+                }
+                std::thread::sleep(pause);
             }
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// The registry's figures, as `stats` and `watch` print them.
+fn print_stats(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let s = client.stats().context("stats")?;
+    let u = client.usage().context("usage")?;
+    if json {
+        let uids: Vec<_> = u
+            .uids
+            .iter()
+            .map(|x| serde_json::json!({ "uid": x.uid, "objects": x.objects, "value_bytes": x.value_bytes }))
+            .collect();
+        let doc = serde_json::json!({
+            "objects": s.objects,
+            "value_bytes": s.value_bytes,
+            "sessions": s.sessions,
+            "ops": s.ops,
+            "ops_per_sec": u.ops_per_sec,
+            "uptime_secs": u.uptime_secs,
+            "limits": {
+                "max_objects": u.max_objects, "max_bytes": u.max_bytes,
+                "uid_max_objects": u.uid_max_objects, "uid_max_bytes": u.uid_max_bytes,
+            },
+            "uids": uids,
+            "shards": u.shards,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    for (name, value) in [
+        ("objects", format!("{} of {}", s.objects, u.max_objects)),
+        (
+            "value bytes",
+            format!("{} of {}", s.value_bytes, u.max_bytes),
+        ),
+        ("sessions", s.sessions.to_string()),
+        ("ops", s.ops.to_string()),
+        ("ops/s", u.ops_per_sec.to_string()),
+        ("uptime", format!("{}s", u.uptime_secs)),
+    ] {
+        writeln!(out, "{name:<12} {value}")?;
+    }
+    let (min, max) = (
+        u.shards.iter().min().copied().unwrap_or(0),
+        u.shards.iter().max().copied().unwrap_or(0),
+    );
+    writeln!(
+        out,
+        "{:<12} {} shards, {min} to {max} objects each",
+        "shards",
+        u.shards.len()
+    )?;
+    writeln!(out)?;
+    let rows = u
+        .uids
+        .iter()
+        .map(|x| {
+            vec![
+                x.uid.to_string(),
+                format!("{} / {}", x.objects, u.uid_max_objects),
+                format!("{} / {}", x.value_bytes, u.uid_max_bytes),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(out, &["UID", "OBJECTS / CAP", "BYTES / CAP"], &rows)?;
+    Ok(())
+}
+
+/// A table with a header row, columns padded to their widest cell.
+fn print_table(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// Object flags as words.
+fn flag_names(flags: u32) -> String {
+    let mut names = Vec::new();
+    if flags & hreg::SHARED != 0 {
+        names.push("shared");
+    }
+    if flags & hreg::DETACHED != 0 {
+        names.push("detached");
+    }
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        names.join(",")
+    }
 }
 
 #[cfg(test)]
