@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Command-line flags. Each one, when given, overrides the config file.
-#[derive(Debug, Default, Parser)]
+#[derive(Clone, Debug, Default, Parser)]
 #[command(
     name = "hregd",
     version,
@@ -28,6 +28,9 @@ pub struct Args {
     /// Socket file mode, octal [default: 600, 660 under /run/hreg].
     #[arg(long, value_parser = parse_octal)]
     pub socket_mode: Option<u32>,
+    /// Group that owns the socket file (name or gid) [default: the daemon's].
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Ring worker threads [default: one per core, at most 4].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -79,6 +82,7 @@ fn parse_octal(text: &str) -> Result<u32, String> {
 pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
     pub workers: Option<usize>,
     pub shards: Option<usize>,
     pub max_value_size: Option<u64>,
@@ -98,6 +102,8 @@ pub struct FileConfig {
 pub struct Config {
     pub socket: PathBuf,
     pub socket_mode: u32,
+    /// The socket file's group, resolved to a gid.
+    pub socket_group: Option<u32>,
     pub workers: usize,
     pub shards: usize,
     pub max_value_size: u64,
@@ -173,7 +179,20 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_objects = args.max_objects.or(file.max_objects).unwrap_or(1 << 24);
         let max_bytes = args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32);
+        let socket_group = args
+            .socket_group
+            .clone()
+            .or(file.socket_group)
+            .map(|group| {
+                resolve_group(&group).ok_or(ConfigError::Range {
+                    key: "socket_group",
+                    value: group,
+                    expected: "a group name from /etc/group or a numeric gid",
+                })
+            })
+            .transpose()?;
         let config = Config {
+            socket_group,
             socket_mode: args.socket_mode.or(file_mode).unwrap_or(default_mode),
             workers: args.workers.or(file.workers).unwrap_or(cores.min(4)),
             shards: args.shards.or(file.shards).unwrap_or(64),
@@ -287,6 +306,19 @@ impl Config {
             max_rings: self.max_rings,
         }
     }
+}
+
+/// A group name (looked up in /etc/group) or a numeric gid.
+fn resolve_group(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let table = std::fs::read_to_string("/etc/group").ok()?;
+    table.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == group).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
 }
 
 /// `$HREG_SOCKET`, else `/run/hreg/hreg.sock` for root, else

@@ -5,7 +5,8 @@
 //! slow, silent or hostile can only lose its own connection, never hold up
 //! the accept loop.
 
-use crate::config::Config;
+use crate::config::{Args, Config};
+use crate::ratelimit::warn_limited;
 use crate::registry::{ListFilter, Registry};
 use crate::session::{Doorbell, Peer, Session};
 use crate::shm::SessionMemory;
@@ -40,6 +41,18 @@ const MAX_PENDING: usize = 256;
 const LISTENER_KEY: u64 = 0;
 const BELL_KEY: u64 = 1;
 const STOP_KEY: u64 = 2;
+const RELOAD_KEY: u64 = 3;
+
+/// Where the daemon learns of signals: each descriptor becomes readable when
+/// its signal arrives (signal-hook's self-pipe).
+pub struct Signals<'a> {
+    /// SIGTERM, SIGINT: shut down.
+    pub stop: BorrowedFd<'a>,
+    /// SIGHUP: re-read the limits from the config file.
+    pub reload: BorrowedFd<'a>,
+    /// The command line the daemon was started with.
+    pub args: &'a Args,
+}
 const FIRST_CONN_KEY: u64 = 16;
 
 /// The uid allowed to see everything.
@@ -83,6 +96,9 @@ pub struct Daemon {
     conns: HashMap<u64, Conn>,
     next_key: u64,
     next_session: u64,
+    /// The command line, to re-read the config file on SIGHUP.
+    args: Args,
+    reload_fd: OwnedFd,
     started: Instant,
     ops_rate: OpsRate,
     poll: OwnedFd,
@@ -96,12 +112,12 @@ impl Daemon {
     /// the daemon must shut down.
     pub fn start(
         config: Config,
-        stop: BorrowedFd<'_>,
+        signals: Signals<'_>,
     ) -> anyhow::Result<(Daemon, Vec<std::thread::JoinHandle<()>>)> {
         let (listener, socket_file) = match activated_listener()? {
             Some(listener) => (listener, None),
             None => (
-                bind_listener(&config.socket, config.socket_mode)?,
+                bind_listener(&config.socket, config.socket_mode, config.socket_group)?,
                 Some(config.socket.clone()),
             ),
         };
@@ -138,14 +154,22 @@ impl Daemon {
         )?;
         epoll::add(
             &poll,
-            stop,
+            signals.stop,
             epoll::EventData::new_u64(STOP_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        epoll::add(
+            &poll,
+            signals.reload,
+            epoll::EventData::new_u64(RELOAD_KEY),
             epoll::EventFlags::IN,
         )?;
         Ok((
             Daemon {
                 socket_file,
                 config,
+                args: signals.args.clone(),
+                reload_fd: signals.reload.try_clone_to_owned()?,
                 registry,
                 workers,
                 bell,
@@ -194,6 +218,7 @@ impl Daemon {
                         self.drop_closed_sessions();
                     }
                     STOP_KEY => break 'serve,
+                    RELOAD_KEY => self.reload(),
                     key => self.readable(key),
                 }
             }
@@ -235,6 +260,44 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: re-reads the config file (flags still win) and applies what
+    /// can change while serving: the limits on values, objects, bytes and
+    /// sessions. The rest needs a restart, and the log says so.
+    fn reload(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(rustix::io::read(&self.reload_fd, &mut buf), Ok(n) if n > 0) {}
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match Config::from_args(&self.args) {
+            Ok(new) => {
+                let fixed = Config {
+                    max_value_size: self.config.max_value_size,
+                    max_objects: self.config.max_objects,
+                    max_bytes: self.config.max_bytes,
+                    uid_max_objects: self.config.uid_max_objects,
+                    uid_max_bytes: self.config.uid_max_bytes,
+                    max_sessions: self.config.max_sessions,
+                    log_level: self.config.log_level.clone(),
+                    ..new.clone()
+                };
+                if fixed != self.config {
+                    tracing::warn!(
+                        "config changes other than limits take effect at the next start"
+                    );
+                }
+                self.registry.set_limits(new.limits());
+                self.config.max_value_size = new.max_value_size;
+                self.config.max_objects = new.max_objects;
+                self.config.max_bytes = new.max_bytes;
+                self.config.uid_max_objects = new.uid_max_objects;
+                self.config.uid_max_bytes = new.uid_max_bytes;
+                self.config.max_sessions = new.max_sessions;
+                tracing::info!(limits = ?new.limits(), max_sessions = new.max_sessions, "reloaded limits");
+            }
+            Err(e) => tracing::error!("reload refused, keeping the old limits: {e}"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
     /// The one-line summary systemd shows as the service's status.
     fn status_line(&self) -> String {
         let usage = self.registry.usage();
@@ -259,7 +322,9 @@ impl Daemon {
                 Ok(fd) => {
                     let pending = self.conns.len() - self.attached();
                     if pending >= MAX_PENDING {
-                        tracing::warn!("too many connections without HELLO; refusing one");
+                        warn_limited(|| {
+                            tracing::warn!("too many connections without HELLO; refusing one")
+                        });
                         continue;
                     }
                     let key = self.next_key;
@@ -285,7 +350,7 @@ impl Daemon {
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR | Errno::CONNABORTED) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    warn_limited(|| tracing::warn!(error = %e, "accept failed"));
                     return;
                 }
             }
@@ -492,7 +557,7 @@ impl Daemon {
         if version != PROTOCOL_VERSION {
             let message =
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
-            tracing::warn!(version, "refused attach: {message}");
+            warn_limited(|| tracing::warn!(version, "refused attach: {message}"));
             let _ = self.reply(
                 key,
                 &Reply::Refused {
@@ -506,7 +571,7 @@ impl Daemon {
         }
         if self.attached() >= self.config.max_sessions {
             let message = format!("session cap ({}) reached", self.config.max_sessions);
-            tracing::warn!("refused attach: {message}");
+            warn_limited(|| tracing::warn!("refused attach: {message}"));
             let _ = self.reply(
                 key,
                 &Reply::Refused {
@@ -535,7 +600,7 @@ impl Daemon {
         let memory = match SessionMemory::create(self.config.layout()) {
             Ok(memory) => memory,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot create session memory");
+                warn_limited(|| tracing::warn!(error = %e, "cannot create session memory"));
                 let message = format!("cannot create session memory: {e}");
                 let _ = self.reply(
                     key,
@@ -656,7 +721,7 @@ impl Daemon {
                 None,
             );
         }
-        tracing::warn!(reason = why, "protocol error");
+        warn_limited(|| tracing::warn!(reason = why, "protocol error"));
         self.close(key, why);
     }
 
@@ -751,7 +816,7 @@ fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
 
 /// Creates the listening socket at `path`: replaces a stale socket file of a
 /// dead daemon, refuses to steal a live one or to touch anything else.
-fn bind_listener(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
+fn bind_listener(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<OwnedFd> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             let dir_mode = if mode & 0o070 != 0 { 0o755 } else { 0o700 };
@@ -805,6 +870,10 @@ fn bind_listener(path: &Path, mode: u32) -> anyhow::Result<OwnedFd> {
     let bound = rustix::net::bind(&listener, &address);
     rustix::process::umask(old_umask);
     bound.with_context(|| format!("cannot bind {}", path.display()))?;
+    if let Some(gid) = group {
+        rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(gid)))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
     rustix::net::listen(&listener, 128)?;
     Ok(listener)
 }

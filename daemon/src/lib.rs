@@ -4,11 +4,12 @@
 //! It owns the registry of objects ([`registry`], values in [`store`]), the
 //! sessions of attached clients ([`session`], their shared memory in [`shm`]),
 //! the control socket ([`control`]), the ring workers ([`worker`]) and the
-//! settings ([`config`]). `unsafe` is confined to [`shm`] (the mapping) and
+//! settings ([`config`]) and rate-limited warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
 //! `hreg_proto::ring` (access to ring memory).
 
 pub mod config;
 pub mod control;
+pub mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod shm;

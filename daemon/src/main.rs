@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use hregd::config::{Args, Config};
-use hregd::control::Daemon;
+use hregd::control::{Daemon, Signals};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_level.as_deref());
-    match run(config) {
+    match run(&args, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -45,21 +45,33 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(args: &Args, config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    let (stop_read, stop_write) = UnixStream::pair().context("signal pipe")?;
-    stop_read.set_nonblocking(true)?;
-    stop_write.set_nonblocking(true)?;
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::low_level::pipe::register(signal, stop_write.try_clone()?)?;
-    }
+    let stop = signal_pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let reload = signal_pipe(&[signal_hook::consts::SIGHUP])?;
     let socket = config.socket.clone();
-    let (daemon, threads) = Daemon::start(config, stop_read.as_fd())?;
+    let signals = Signals {
+        stop: stop.as_fd(),
+        reload: reload.as_fd(),
+        args,
+    };
+    let (daemon, threads) = Daemon::start(config, signals)?;
     tracing::info!(socket = %socket.display(), "hregd serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let result = daemon.run(threads);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     result
+}
+
+/// A socket that becomes readable when one of `signals` arrives.
+fn signal_pipe(signals: &[i32]) -> anyhow::Result<UnixStream> {
+    let (read, write) = UnixStream::pair().context("signal pipe")?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    for &signal in signals {
+        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+    }
+    Ok(read)
 }
 
 /// Every session and ring holds descriptors; take the hard limit.

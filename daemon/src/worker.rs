@@ -6,6 +6,7 @@
 //! queue is full is skipped, so one slow client cannot stall the others; a
 //! ring whose counters make no sense closes its session.
 
+use crate::ratelimit::warn_limited;
 use crate::registry::{lock, Holder, Registry};
 use crate::session::{Doorbell, Session};
 use crossbeam_utils::CachePadded;
@@ -210,13 +211,17 @@ impl WorkerState {
                     served.1 += public;
                 }
                 Err(reason) => {
-                    tracing::warn!(
-                        session = ring.session.id,
-                        pid = ring.session.peer.pid,
-                        reason,
-                        "closing hostile session"
-                    );
-                    ring.session.close();
+                    let session = &ring.session;
+                    warn_limited(|| {
+                        tracing::warn!(
+                            session = session.id,
+                            pid = session.peer.pid,
+                            uid = session.peer.uid,
+                            reason,
+                            "closing hostile session"
+                        )
+                    });
+                    session.close();
                 }
             }
         }
@@ -330,6 +335,17 @@ impl ServedRing {
         let inline = &raw[ENTRY_SIZE - INLINE_CAPACITY..];
         let result =
             request.and_then(|request| self.run(request, inline, &mut cqe, worker, scratch));
+        if result == Err(Status::Quota) {
+            let session = &self.session;
+            warn_limited(|| {
+                tracing::warn!(
+                    session = session.id,
+                    pid = session.peer.pid,
+                    uid = session.peer.uid,
+                    "quota hit"
+                )
+            });
+        }
         cqe.status = match result {
             Ok(()) => Status::Ok,
             Err(status) => status,

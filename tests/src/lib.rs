@@ -62,7 +62,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn hregd");
@@ -97,6 +97,39 @@ impl Daemon {
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.pid()).expect("pid");
         rustix::process::kill_process(pid, signal).expect("signal hregd");
+    }
+
+    /// Open descriptors of the daemon (entries of `/proc/PID/fd`).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// Memory mappings of the daemon (lines of `/proc/PID/maps`).
+    pub fn maps_count(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .expect("read /proc/PID/maps")
+            .lines()
+            .count()
+    }
+
+    /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in bytes.
+    pub fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 
     /// Whether the process is still running.

@@ -5,7 +5,7 @@
 use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
 use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
 use hreg_proto::ring::{Layout, RingView, Word};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -56,6 +56,64 @@ impl RawConn {
 
     pub fn send(&self, request: &Request) {
         self.send_bytes(&request.encode());
+    }
+
+    /// Sends raw bytes as one packet with `fds` attached by `SCM_RIGHTS`;
+    /// errors (a daemon that closed the connection) are returned, not
+    /// panicked on.
+    pub fn try_send_with_fds(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> rustix::io::Result<usize> {
+        let mut space =
+            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+        }
+        rustix::net::sendmsg(
+            &self.fd,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+    }
+
+    /// Like [`RawConn::recv`] but never panics: `Ok(None)` at EOF, an error
+    /// for a receive error or timeout, `Ok(Some(None, ..))` for a reply that
+    /// does not decode.
+    #[allow(clippy::type_complexity)]
+    pub fn try_recv(&self) -> rustix::io::Result<Option<(Option<Reply>, Option<OwnedFd>)>> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+        let msg = rustix::net::recvmsg(
+            &self.fd,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        if msg.bytes == 0 {
+            return Ok(None);
+        }
+        let mut fd = None;
+        for message in ancillary.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                fd = fds.into_iter().next();
+            }
+        }
+        Ok(Some((Reply::decode(&buf[..msg.bytes]).ok(), fd)))
+    }
+
+    /// Sets how long a receive waits before failing with `EAGAIN`.
+    pub fn set_recv_timeout(&self, timeout: std::time::Duration) {
+        rustix::net::sockopt::set_socket_timeout(
+            &self.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(timeout),
+        )
+        .expect("SO_RCVTIMEO");
     }
 
     /// The next reply and the descriptor attached to it, if any; `None` at
@@ -148,6 +206,47 @@ impl RawSession {
         // for the duration of a test.
         let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
         (view, doorbell)
+    }
+
+    /// Opens a ring, or `None` when the daemon answers otherwise (QUOTA at
+    /// the ring cap) or the connection is gone.
+    pub fn try_open_ring(&self) -> Option<(RingView, OwnedFd)> {
+        self.conn
+            .try_send_with_fds(&Request::RingOpen.encode(), &[])
+            .ok()?;
+        let Ok(Some((Some(Reply::RingOpened { index }), Some(doorbell)))) = self.conn.try_recv()
+        else {
+            return None;
+        };
+        if index >= self.welcome.max_rings {
+            return None;
+        }
+        let offset = index as usize * self.welcome.ring_stride as usize;
+        // SAFETY: the index is below max_rings, so the ring lies inside the
+        // mapping, which stays mapped while the session lives; callers drop
+        // their views before the session.
+        let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
+        Some((view, doorbell))
+    }
+
+    /// Bytes of the session mapping.
+    pub fn mapping_len(&self) -> usize {
+        self.len
+    }
+
+    /// Random bytes over `[offset, offset + len)` of the mapping (clipped
+    /// to it, rounded to 8-byte words).
+    pub fn scribble_range(&self, seed: u64, offset: usize, len: usize) {
+        let mut state = seed | 1;
+        let end = offset.saturating_add(len).min(self.len);
+        for at in (offset & !7..end & !7).step_by(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // SAFETY: inside our own mapping; 8-byte aligned offsets below
+            // its length.
+            unsafe { (self.base.add(at) as *mut u64).write_volatile(state) };
+        }
     }
 
     /// Every byte of the mapping, for scribbling.

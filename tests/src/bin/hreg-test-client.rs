@@ -10,6 +10,10 @@
 //!   batches; print `ready`.
 //! - `mixed THREADS OPS SEED`: THREADS threads do OPS mixed operations each on
 //!   checksummed values; print `wrong=W errors=E live=L`.
+//! - `storm BATCHES SEED`: print `ready`, then two threads (two rings) each
+//!   loop BATCHES times (0: forever, until killed) over a batch of 64
+//!   inserts (one of them DETACHED in thread 0), a batch of gets and a batch
+//!   of releases; print `done`. Made to be SIGKILLed or SIGSTOPped mid-batch.
 
 use hreg::{Client, Handle, Op};
 use hreg_tests::{checked_value, value_is_intact};
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
             number(ops),
             number(seed) as u64,
         )),
+        ["storm", batches, seed] => storm(&client, number(batches), number(seed) as u64),
         _ => {
             eprintln!("hreg-test-client: unknown mode {words:?}");
             return ExitCode::from(2);
@@ -147,4 +152,61 @@ fn mixed_thread(client: &Client, ops: usize, seed: u64) -> (u64, u64, usize) {
         }
     }
     (wrong, errors, live.len())
+}
+
+/// Batches of inserts, gets and releases from two threads, forever when
+/// `batches` is 0. Only the DETACHED objects outlive the process.
+fn storm(client: &Client, batches: usize, seed: u64) -> hreg::Result<String> {
+    use std::io::Write;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| scope.spawn(move || storm_thread(client, batches, seed * 2 + t, t == 0)))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("storm thread"))
+    })?;
+    Ok("done".to_string())
+}
+
+fn storm_thread(client: &Client, batches: usize, seed: u64, detach_one: bool) -> hreg::Result<()> {
+    let values: Vec<Vec<u8>> = (0..64u64)
+        .map(|i| checked_value(seed * 64 + i, [16usize, 40, 300, 3000][(i % 4) as usize]))
+        .collect();
+    let mut round = 0usize;
+    while batches == 0 || round < batches {
+        round += 1;
+        let mut inserts: Vec<Op<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Op::Insert {
+                value,
+                flags: if detach_one && i == 0 { hreg::DETACHED } else { 0 },
+            })
+            .collect();
+        let mut handles = Vec::with_capacity(64);
+        for (i, result) in client.submit(&mut inserts)?.into_iter().enumerate() {
+            if let hreg::Completion::Inserted(h) = result? {
+                if !(detach_one && i == 0) {
+                    handles.push(h);
+                }
+            }
+        }
+        let mut gets: Vec<Op<'_>> = handles.iter().map(|&handle| Op::GetOwned { handle }).collect();
+        for result in client.submit(&mut gets)? {
+            match result? {
+                hreg::Completion::Value(v) if value_is_intact(&v) => {}
+                other => {
+                    return Err(hreg::Error::Protocol(format!("bad value {other:?}")));
+                }
+            }
+        }
+        let mut releases: Vec<Op<'_>> = handles.iter().map(|&h| Op::Release(h)).collect();
+        for result in client.submit(&mut releases)? {
+            result?;
+        }
+    }
+    Ok(())
 }
