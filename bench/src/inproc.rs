@@ -161,32 +161,66 @@ pub struct Outcome {
     pub by_threads: Vec<(usize, Measured)>,
 }
 
-/// Runs the experiment for every contender.
-pub fn run(plan: Plan) -> Vec<Outcome> {
-    vec![
-        contender::<BigMap>("big old map (RwLock<HashMap>)", plan),
-        contender::<ShardedMap>("64-shard map", plan),
-        contender::<Dash>("dashmap", plan),
-        contender::<Hreg>("hreg Registry", plan),
-    ]
+/// A populated contender and the live keys it has handed out.
+struct Entrant<C> {
+    name: &'static str,
+    map: C,
+    keys: Vec<u64>,
 }
 
-fn contender<C: Contender + Default>(name: &'static str, plan: Plan) -> Outcome {
+/// What the driver needs from an entrant; the per-operation loop inside
+/// stays monomorphic, only whole repetitions go through this trait.
+trait Run {
+    fn name(&self) -> &'static str;
+    fn rep(&mut self, threads: usize, ops: usize, rep: u64) -> Rep;
+}
+
+impl<C: Contender> Run for Entrant<C> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn rep(&mut self, threads: usize, ops: usize, rep: u64) -> Rep {
+        mixed(&self.map, &mut self.keys, threads, ops, rep)
+    }
+}
+
+fn entrant<C: Contender + Default + 'static>(name: &'static str, live: usize) -> Box<dyn Run> {
     let map = C::default();
-    let mut keys: Vec<u64> = (0..plan.live_keys)
-        .map(|i| map.insert(val(i as u64), i))
-        .collect();
-    let by_threads = [1, 2]
-        .into_iter()
-        .map(|threads| {
-            let reps: Vec<Rep> = (0..plan.reps)
-                .map(|rep| mixed(&map, &mut keys, threads, plan.ops_per_thread, rep as u64))
-                .collect();
-            (threads, Measured::from_reps(&reps))
+    let keys = (0..live).map(|i| map.insert(val(i as u64), i)).collect();
+    Box::new(Entrant { name, map, keys })
+}
+
+/// Runs the experiment for every contender. Repetitions are interleaved
+/// (every contender's first, then every contender's second, …) so that a
+/// noisy stretch of a shared machine hits all of them alike.
+pub fn run(plan: Plan) -> Vec<Outcome> {
+    let mut entrants = [
+        entrant::<BigMap>("big old map (RwLock<HashMap>)", plan.live_keys),
+        entrant::<ShardedMap>("64-shard map", plan.live_keys),
+        entrant::<Dash>("dashmap", plan.live_keys),
+        entrant::<Hreg>("hreg Registry", plan.live_keys),
+    ];
+    let mut outcomes: Vec<Outcome> = entrants
+        .iter()
+        .map(|e| Outcome {
+            name: e.name(),
+            by_threads: Vec::new(),
         })
         .collect();
-    drop(map);
-    Outcome { name, by_threads }
+    for threads in [1, 2] {
+        let mut reps: Vec<Vec<Rep>> = vec![Vec::new(); entrants.len()];
+        for rep in 0..plan.reps {
+            for (entrant, reps) in entrants.iter_mut().zip(&mut reps) {
+                reps.push(entrant.rep(threads, plan.ops_per_thread, rep as u64));
+            }
+        }
+        for (outcome, reps) in outcomes.iter_mut().zip(&reps) {
+            outcome
+                .by_threads
+                .push((threads, Measured::from_reps(reps)));
+        }
+    }
+    outcomes
 }
 
 fn val(salt: u64) -> Val {

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 /// How long a waiter polls the CQ tail before it sleeps on the futex.
 const SPIN_TIME: Duration = Duration::from_micros(50);
+/// Checks of the CQ tail between yields while spinning.
+const YIELD_EVERY: u32 = 256;
+/// Checks of the CQ tail between reads of the clock while spinning.
+const CLOCK_EVERY: u32 = 64;
 /// How long one futex sleep lasts before the control socket is checked.
 const SLEEP_TIME: Duration = Duration::from_millis(100);
 /// How long a ring that breaks the protocol waits for the control socket to
@@ -225,21 +229,22 @@ impl RingIo<'_> {
         let head = self.st.cq_head;
         let words = self.view.words();
         let deadline = Instant::now() + SPIN_TIME;
-        let mut round = 0u32;
+        // One pause per check so a completion is seen as soon as it lands;
+        // a yield now and then for a worker sharing this core; the clock
+        // read sparingly.
+        let mut checks = 0u32;
         loop {
             let tail = handoff::completions_ready(words);
             if tail != head {
                 return Ok(tail);
             }
-            if round < 8 {
-                for _ in 0..(4u32 << round) {
-                    std::hint::spin_loop();
-                }
-            } else {
+            checks = checks.wrapping_add(1);
+            if checks % YIELD_EVERY == 0 {
                 std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
             }
-            round = round.saturating_add(1);
-            if Instant::now() >= deadline {
+            if checks % CLOCK_EVERY == 0 && Instant::now() >= deadline {
                 break;
             }
         }

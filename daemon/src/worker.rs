@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// How long a worker keeps polling after its last piece of work.
 const SPIN: Duration = Duration::from_micros(50);
 
+/// Empty polls between yields while spinning.
+const YIELD_EVERY: u32 = 256;
+
 /// epoll key of the worker's own command doorbell.
 const COMMAND_KEY: u64 = u64::MAX;
 
@@ -115,6 +118,7 @@ impl Worker {
             scratch: Vec::new(),
         };
         let mut last_work = Instant::now();
+        let mut idle_polls = 0u32;
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
             self.take_commands(&poll, &mut state);
@@ -125,7 +129,15 @@ impl Worker {
                 continue;
             }
             if last_work.elapsed() < SPIN {
-                std::thread::yield_now();
+                // Mostly a CPU pause (a syscall per empty poll would delay
+                // noticing work); a yield now and then lets a client that
+                // shares this core run.
+                idle_polls = idle_polls.wrapping_add(1);
+                if idle_polls % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             // Announce sleep, then look once more: a client that published

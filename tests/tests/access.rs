@@ -40,7 +40,10 @@ fn child_checks(socket: &std::path::Path, private: Handle, shared: Handle) -> St
     };
     // Another user's unshared object: no access at all.
     note("private.get", name(&client.get(private)));
-    note("private.replace", name(&client.replace(private, b"mine now")));
+    note(
+        "private.replace",
+        name(&client.replace(private, b"mine now")),
+    );
     note("private.remove", name(&client.remove(private)));
     note("private.retain", name(&client.retain(private)));
     note("private.release", name(&client.release(private)));
@@ -123,7 +126,11 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
         &["--socket-mode", "666", "--uid-max-objects", &uid_cap],
     );
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root (CI does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs as root (CI does)"
+    );
 
     let root = daemon.client();
     let private = root.insert(b"root's secret", 0).unwrap();
@@ -227,7 +234,11 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
             },
         )
         .unwrap();
-    assert_eq!(listed.len(), 1, "only the DETACHED object outlives the child");
+    assert_eq!(
+        listed.len(),
+        1,
+        "only the DETACHED object outlives the child"
+    );
     assert_eq!(listed[0].handle, kept.get());
     assert_eq!(listed[0].owner, NOBODY);
     assert_eq!(root.get(kept).unwrap(), b"left for root");

@@ -183,7 +183,11 @@ fn storm_thread(client: &Client, batches: usize, seed: u64, detach_one: bool) ->
             .enumerate()
             .map(|(i, value)| Op::Insert {
                 value,
-                flags: if detach_one && i == 0 { hreg::DETACHED } else { 0 },
+                flags: if detach_one && i == 0 {
+                    hreg::DETACHED
+                } else {
+                    0
+                },
             })
             .collect();
         let mut handles = Vec::with_capacity(64);
@@ -194,7 +198,10 @@ fn storm_thread(client: &Client, batches: usize, seed: u64, detach_one: bool) ->
                 }
             }
         }
-        let mut gets: Vec<Op<'_>> = handles.iter().map(|&handle| Op::GetOwned { handle }).collect();
+        let mut gets: Vec<Op<'_>> = handles
+            .iter()
+            .map(|&handle| Op::GetOwned { handle })
+            .collect();
         for result in client.submit(&mut gets)? {
             match result? {
                 hreg::Completion::Value(v) if value_is_intact(&v) => {}

@@ -1,0 +1,101 @@
+//! The properties both fuzz targets check, shared (by `#[path]`) between the
+//! nightly fuzz targets in `fuzz_targets/` and the stable corpus replay in
+//! `proto/tests/fuzz_corpus.rs`. Each function takes arbitrary bytes and
+//! panics only when a property fails.
+
+use hreg_proto::control::{Reply, Request};
+use hreg_proto::entry::{self, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
+
+/// Splits a `ring_entry` input: the first 4 bytes are the data-area size
+/// (little-endian, zero-padded), the next 64 the entry (zero-padded).
+pub fn split_ring_input(data: &[u8]) -> (u32, [u8; ENTRY_SIZE]) {
+    let mut size = [0u8; 4];
+    let head = data.len().min(4);
+    size[..head].copy_from_slice(&data[..head]);
+    let mut raw = [0u8; ENTRY_SIZE];
+    let rest = &data[head..];
+    let n = rest.len().min(ENTRY_SIZE);
+    raw[..n].copy_from_slice(&rest[..n]);
+    (u32::from_le_bytes(size), raw)
+}
+
+/// Decodes `data` both as a request and as a reply; whatever decodes must
+/// encode back to as many bytes, which decode to the same value.
+pub fn control_decode(data: &[u8]) {
+    if let Ok(request) = Request::decode(data) {
+        let again = request.encode();
+        assert_eq!(Request::decode(&again), Ok(request.clone()), "{request:?}");
+        assert_eq!(again.len(), data.len(), "{request:?}");
+    }
+    if let Ok(reply) = Reply::decode(data) {
+        let again = reply.encode();
+        assert_eq!(Reply::decode(&again), Ok(reply.clone()), "{reply:?}");
+        assert_eq!(again.len(), data.len(), "{reply:?}");
+    }
+}
+
+/// Parses an entry for a data area of the given size; whatever parses must
+/// name only ranges inside the data area, a non-zero handle where one is
+/// needed, known flags, and must have come from zero reserved bytes.
+pub fn ring_entry(data: &[u8]) {
+    let (data_size, raw) = split_ring_input(data);
+    let parsed = entry::Request::parse(&raw, data_size);
+    assert_eq!(
+        parsed,
+        entry::Request::parse(&raw, data_size),
+        "parse is pure"
+    );
+    let Ok(request) = parsed else {
+        return;
+    };
+    assert!(entry::Sqe::reserved_is_zero(&raw));
+    let inside = |off: u32, len: usize| {
+        (off as usize)
+            .checked_add(len)
+            .is_some_and(|end| end <= data_size as usize)
+    };
+    let value_ok = |value: ValueSource| match value {
+        ValueSource::Inline { len } => len <= INLINE_CAPACITY,
+        ValueSource::Data { off, len } => inside(off, len),
+        ValueSource::Staged { .. } => true,
+    };
+    let sqe = entry::Sqe::decode(&raw);
+    match request {
+        entry::Request::Insert { flags, value } => {
+            assert_eq!(flags & !hreg_proto::flags::ALL, 0, "{request:?}");
+            assert!(value_ok(value), "{request:?} with data size {data_size}");
+        }
+        entry::Request::Replace { handle, value } => {
+            assert_ne!(handle, 0);
+            assert_eq!(sqe.obj_flags, 0);
+            assert!(value_ok(value), "{request:?} with data size {data_size}");
+        }
+        entry::Request::Get {
+            handle,
+            region_off,
+            region_len,
+            ..
+        } => {
+            assert_ne!(handle, 0);
+            assert_eq!(sqe.obj_flags, 0);
+            assert!(
+                inside(region_off, region_len),
+                "{request:?} with data size {data_size}"
+            );
+        }
+        entry::Request::Retain { handle }
+        | entry::Request::Release { handle }
+        | entry::Request::Remove { handle } => {
+            assert_ne!(handle, 0);
+            assert_eq!(sqe.obj_flags, 0);
+        }
+        entry::Request::StageWrite { data_off, len, .. }
+        | entry::Request::StageRead { data_off, len, .. } => {
+            assert_eq!(sqe.obj_flags, 0);
+            assert!(
+                inside(data_off, len),
+                "{request:?} with data size {data_size}"
+            );
+        }
+    }
+}
