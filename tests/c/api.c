@@ -13,6 +13,7 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include "check.h"
 #include <hreg.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -23,24 +24,6 @@
 #include <unistd.h>
 
 #define MAX_VALUE (1u << 20)
-
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
-
-#define EXPECT(call, want)                                                         \
-    do {                                                                           \
-        int s_ = (call);                                                           \
-        if (s_ != (want)) {                                                        \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n", __FILE__, \
-                    __LINE__, #call, s_, hreg_strerror(s_), #want);                \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
 
 static const char *socket_path;
 

@@ -11,22 +11,13 @@
  *                                   "ready", then waits to be killed with
  *                                   SIGKILL (its references must go with it)
  */
+#include "check.h"
 #include <hreg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define EXPECT(call, want)                                                         \
-    do {                                                                           \
-        int s_ = (call);                                                           \
-        if (s_ != (want)) {                                                        \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n", __FILE__, \
-                    __LINE__, #call, s_, hreg_strerror(s_), #want);                \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
 
 int main(int argc, char **argv)
 {

@@ -16,6 +16,7 @@
  *                                 then DISCONNECTED everywhere, and no
  *                                 SIGPIPE
  */
+#include "check.h"
 #include <hreg.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,24 +25,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
-
-#define EXPECT(call, want)                                                         \
-    do {                                                                           \
-        int s_ = (call);                                                           \
-        if (s_ != (want)) {                                                        \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n", __FILE__, \
-                    __LINE__, #call, s_, hreg_strerror(s_), #want);                \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
 
 #define NOBODY 65534
 
