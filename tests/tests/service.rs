@@ -85,16 +85,22 @@ fn socket_activation_serves_a_real_client() {
     let _ = activator.wait();
 }
 
-/// Reads notify datagrams until one contains `wanted`.
-fn expect_notify(listener: &UnixDatagram, wanted: &str) -> String {
+/// Reads notify datagrams until one has the line `wanted`.
+fn expect_notify(listener: &UnixDatagram, wanted: &str) {
+    let line = expect_notify_prefix(listener, wanted);
+    assert_eq!(line, wanted);
+}
+
+/// Reads notify datagrams until a line starts with `prefix`; returns it.
+fn expect_notify_prefix(listener: &UnixDatagram, prefix: &str) -> String {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     loop {
-        assert!(start.elapsed() < PATIENCE, "no {wanted} on NOTIFY_SOCKET");
+        assert!(start.elapsed() < PATIENCE, "no {prefix}… on NOTIFY_SOCKET");
         if let Ok(n) = listener.recv(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            if text.lines().any(|l| l == wanted) {
-                return text;
+            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                return line.to_string();
             }
         }
     }
@@ -113,10 +119,17 @@ fn notify_socket_hears_ready_then_stopping_and_sigterm_is_clean() {
         .arg("--socket")
         .arg(&socket)
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
     expect_notify(&listener, "READY=1");
+    let status = expect_notify_prefix(&listener, "STATUS=");
+    assert!(
+        status.contains("sessions") && status.contains("objects"),
+        "{status}"
+    );
+    expect_notify(&listener, "WATCHDOG=1");
     let client = hreg::Client::connect(&socket).unwrap();
     let h = client.insert(b"x", 0).unwrap();
 
