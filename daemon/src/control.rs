@@ -29,6 +29,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ pub struct Daemon {
     reload_fd: OwnedFd,
     started: Instant,
     ops_rate: OpsRate,
+    /// Sessions attached or still releasing their references (what STATS
+    /// reports: once a session stops counting, its references are gone).
+    live_sessions: Arc<AtomicUsize>,
     poll: OwnedFd,
     listener: OwnedFd,
     /// The socket file we created, removed at shutdown.
@@ -178,6 +182,7 @@ impl Daemon {
                 next_session: 1,
                 started: Instant::now(),
                 ops_rate: OpsRate::default(),
+                live_sessions: Arc::default(),
                 poll,
                 listener,
             },
@@ -423,7 +428,7 @@ impl Daemon {
                 let stats = StatsReply {
                     objects: usage.objects,
                     value_bytes: usage.value_bytes,
-                    sessions: self.attached() as u64,
+                    sessions: self.live_sessions.load(Ordering::Acquire) as u64,
                     ops: self.ops(),
                 };
                 self.reply(key, &Reply::Stats(stats), None)
@@ -635,6 +640,7 @@ impl Daemon {
             memory,
             Arc::clone(&self.registry),
             Arc::clone(&self.bell),
+            Arc::clone(&self.live_sessions),
         ));
         if !self.reply(key, &Reply::Welcome(welcome), Some(session.memory.fd())) {
             return false;

@@ -11,7 +11,7 @@ use crate::shm::SessionMemory;
 use rustix::event::EventfdFlags;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Who is on the other end of the socket, from `SO_PEERCRED`.
@@ -34,6 +34,9 @@ pub struct Session {
     /// Rung when a worker closes the session, so the control thread drops
     /// the connection.
     control_bell: Arc<Doorbell>,
+    /// Sessions whose references are not yet released, this one included
+    /// until it drops.
+    live: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -44,9 +47,12 @@ impl Session {
         memory: SessionMemory,
         registry: Arc<Registry>,
         control_bell: Arc<Doorbell>,
+        live: Arc<AtomicUsize>,
     ) -> Session {
         let rings = memory.layout().max_rings as usize;
+        live.fetch_add(1, Ordering::AcqRel);
         Session {
+            live,
             id,
             peer,
             name,
@@ -103,6 +109,9 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.registry.release_all(&self.holder);
+        // Counted out only now, so a session that no longer counts has
+        // released everything it held.
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -460,7 +460,7 @@ fn chaos_from_one_session_costs_the_others_nothing() {
         .map(|i| {
             Helper::spawn(
                 &daemon.socket,
-                &["mixed", "2", "15000", &(100 + i).to_string()],
+                &["mixed", "2", "30000", &(100 + i).to_string()],
             )
         })
         .collect();

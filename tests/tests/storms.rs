@@ -259,11 +259,18 @@ fn the_session_cap_refuses_with_quota() {
 fn threads_beyond_the_ring_cap_share_rings() {
     let daemon = Daemon::start(&["--max-rings", "2"]);
     let client = daemon.client();
-    std::thread::scope(|scope| {
+    let all_busy = std::sync::Barrier::new(9);
+    let counted = std::sync::Barrier::new(9);
+    let rings_while_busy = std::thread::scope(|scope| {
         for t in 0..8u64 {
-            let client = &client;
+            let (client, all_busy, counted) = (&client, &all_busy, &counted);
             scope.spawn(move || {
                 for i in 0..200u64 {
+                    if i == 100 {
+                        // Every thread has done requests and is still alive.
+                        all_busy.wait();
+                        counted.wait();
+                    }
                     let value = checked_value(t * 1000 + i, 40);
                     let h = client.insert(&value, 0).unwrap();
                     assert_eq!(client.get(h).unwrap(), value);
@@ -271,17 +278,19 @@ fn threads_beyond_the_ring_cap_share_rings() {
                 }
             });
         }
+        all_busy.wait();
+        let sessions = client.sessions().unwrap();
+        counted.wait();
+        sessions
+            .iter()
+            .find(|s| s.id == client.session_id())
+            .unwrap()
+            .rings
     });
-    let sessions = client.sessions().unwrap();
-    let mine = sessions
-        .iter()
-        .find(|s| s.id == client.session_id())
-        .unwrap();
     println!(
-        "rings cap: 8 threads on a session with --max-rings 2 used {} rings",
-        mine.rings
+        "rings cap: 8 live threads on a session with --max-rings 2 held {rings_while_busy} rings"
     );
-    assert!(mine.rings >= 1 && mine.rings <= 2, "{mine:?}");
+    assert_eq!(rings_while_busy, 2, "8 busy threads, a cap of 2");
     assert_eq!(client.welcome().max_rings, 2);
     assert_eq!(client.stats().unwrap().objects, 0);
 }

@@ -159,6 +159,15 @@ fn stuck_clients_do_not_stall_the_others() {
         tail.wrapping_sub(entries)
     );
     assert!(unread > 100, "the mute session should have queued requests");
+    // The daemon does not buffer replies without end for a peer that does
+    // not read: once the peer's socket is full, that session is closed.
+    mute.conn.set_recv_timeout(Duration::from_secs(5));
+    let mut replies = 0u32;
+    while let Ok(Some(_)) = mute.conn.try_recv() {
+        replies += 1;
+    }
+    println!("stuck clients: the mute session got {replies} replies, then EOF");
+    assert!(replies < unread, "{replies} replies for {unread} requests");
 
     // Once the stuck ones go, their sessions end and their objects go too.
     for helper in &stopped {
