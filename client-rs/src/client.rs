@@ -69,9 +69,17 @@ pub(crate) struct RingCell {
     state: Mutex<RingState>,
 }
 
-/// The counters the client owns for one ring.
+/// What the client keeps for one ring: its counters, and the buffers its
+/// batches reuse so that a call allocates nothing once they have grown.
 #[derive(Debug, Default)]
 pub(crate) struct RingState {
+    pub counters: RingCounters,
+    pub scratch: engine::Scratch,
+}
+
+/// The counters the client owns for one ring.
+#[derive(Debug, Default)]
+pub(crate) struct RingCounters {
     pub sq_tail: u32,
     pub cq_head: u32,
     pub next_user_data: u64,
@@ -516,11 +524,13 @@ impl Client {
         engine::run(&self.inner, &ring, ops)
     }
 
+    /// One operation through the same engine as [`Client::submit`], without
+    /// the result vector: nothing is allocated unless the op returns a value
+    /// (GET owned) or fails.
     fn one(&self, op: Op<'_>) -> Result<Completion> {
-        let mut ops = [op];
-        self.submit(&mut ops)?
-            .pop()
-            .unwrap_or_else(|| Err(Error::Protocol("no result for the operation".into())))
+        self.inner.check_usable()?;
+        let ring = self.inner.ring()?;
+        engine::run_one(&self.inner, &ring, op)
     }
 
     /// Creates an object holding `value`. `flags`: [`crate::SHARED`],

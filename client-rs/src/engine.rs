@@ -5,7 +5,7 @@
 //! checks the control socket), and turns completions into results, fetching
 //! STAGED values piece by piece.
 
-use crate::client::{Inner, RingCell, RingState};
+use crate::client::{Inner, RingCell, RingCounters, RingState};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::plan::{self, Shape, Step, StepKind};
@@ -26,6 +26,9 @@ const SPIN_TIME: Duration = Duration::from_micros(50);
 const YIELD_EVERY: u32 = 256;
 /// Checks of the CQ tail between reads of the clock while spinning.
 const CLOCK_EVERY: u32 = 64;
+/// Entries published at a time within a long round, so the daemon starts on
+/// the first ones while the rest are written.
+const PUBLISH_EVERY: usize = 16;
 /// How long one futex sleep lasts before the control socket is checked.
 const SLEEP_TIME: Duration = Duration::from_millis(100);
 /// How long a ring that breaks the protocol waits for the control socket to
@@ -92,6 +95,31 @@ impl Op<'_> {
     }
 }
 
+/// Buffers a ring's batches reuse (kept in its [`RingState`], cleared before
+/// each use), so a call allocates nothing once they have grown.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Per op: `None` until answered.
+    results: Vec<Option<Result<Completion>>>,
+    shapes: Vec<Option<Shape>>,
+    plan: plan::Plan,
+    sqes: Vec<Sqe>,
+    sent: Vec<Step>,
+    staged: Vec<(usize, u32)>,
+}
+
+/// Ops' worth of capacity a ring keeps between calls; a larger batch's
+/// buffers are freed after it, so one huge batch does not pin memory.
+const SCRATCH_KEEP: usize = 1024;
+
+impl Scratch {
+    fn trim(&mut self) {
+        if self.results.capacity() > SCRATCH_KEEP || self.plan.steps.capacity() > SCRATCH_KEEP {
+            *self = Scratch::default();
+        }
+    }
+}
+
 /// Runs `ops` in order on `cell`'s ring. Per-op failures land in the
 /// returned vector; an `Err` means the batch as a whole stopped.
 pub(crate) fn run(
@@ -99,18 +127,48 @@ pub(crate) fn run(
     cell: &RingCell,
     ops: &mut [Op<'_>],
 ) -> Result<Vec<Result<Completion>>> {
+    let mut state = cell.lock()?;
+    let outcome = run_locked(inner, cell, ops, &mut state)
+        .and_then(|()| state.scratch.results.drain(..).map(answered).collect());
+    state.scratch.trim();
+    outcome
+}
+
+/// Runs one op on `cell`'s ring: [`run`] without the result vector.
+pub(crate) fn run_one(inner: &Inner, cell: &RingCell, op: Op<'_>) -> Result<Completion> {
+    let mut ops = [op];
+    let mut state = cell.lock()?;
+    run_locked(inner, cell, &mut ops, &mut state)?;
+    let result = state.scratch.results.pop().and_then(|r| r);
+    answered(result)?
+}
+
+/// An op's result, or the protocol error of an op left unanswered.
+fn answered(result: Option<Result<Completion>>) -> Result<Result<Completion>> {
+    result.ok_or_else(|| Error::Protocol("an operation got no completion".into()))
+}
+
+/// The body of [`run`] with the ring's state locked; leaves one result per
+/// op in `state.scratch.results`.
+fn run_locked(
+    inner: &Inner,
+    cell: &RingCell,
+    ops: &mut [Op<'_>],
+    state: &mut RingState,
+) -> Result<()> {
     let max_value_size = inner.welcome().max_value_size;
-    let mut results: Vec<Option<Result<Completion>>> = Vec::with_capacity(ops.len());
-    let mut shapes = Vec::with_capacity(ops.len());
+    let RingState { counters, scratch } = state;
+    scratch.results.clear();
+    scratch.shapes.clear();
     for op in ops.iter() {
         match op.shape(max_value_size) {
             Ok(shape) => {
-                shapes.push(Some(shape));
-                results.push(None);
+                scratch.shapes.push(Some(shape));
+                scratch.results.push(None);
             }
             Err(e) => {
-                shapes.push(None);
-                results.push(Some(Err(e)));
+                scratch.shapes.push(None);
+                scratch.results.push(Some(Err(e)));
             }
         }
     }
@@ -119,39 +177,46 @@ pub(crate) fn run(
         .ring(cell.index())
         .ok_or_else(|| Error::Protocol(format!("ring index {} out of range", cell.index())))?;
     let layout = view.layout();
-    let plan = plan::plan(&shapes, layout.entries, layout.data_size);
-    if !plan.steps.is_empty() {
-        let mut state = cell.lock()?;
-        if state.broken {
-            return Err(Error::Protocol(
-                "ring unusable after an earlier protocol error".into(),
-            ));
-        }
-        let mut io = RingIo {
-            inner,
-            doorbell: cell.doorbell(),
-            view,
-            st: &mut state,
-        };
-        let mut batch = Batch {
-            ops,
-            results: &mut results,
-            max_value_size,
-        };
-        if let Err(e) = batch.run(&mut io, &plan) {
-            if let Error::Protocol(_) = e {
-                // A daemon that is going away may scribble on (or discard)
-                // the ring before its socket says so: prefer DISCONNECTED.
-                inner.check_alive_within(PROTOCOL_GRACE)?;
-                io.st.broken = true;
-            }
-            return Err(e);
-        }
+    plan::plan_into(
+        &mut scratch.plan,
+        &scratch.shapes,
+        layout.entries,
+        layout.data_size,
+    );
+    if scratch.plan.steps.is_empty() {
+        return Ok(());
     }
-    results
-        .into_iter()
-        .map(|r| r.ok_or_else(|| Error::Protocol("an operation got no completion".into())))
-        .collect()
+    if counters.broken {
+        return Err(Error::Protocol(
+            "ring unusable after an earlier protocol error".into(),
+        ));
+    }
+    let mut io = RingIo {
+        inner,
+        doorbell: cell.doorbell(),
+        view,
+        st: counters,
+    };
+    let mut batch = Batch {
+        ops,
+        results: &mut scratch.results,
+        max_value_size,
+    };
+    let bufs = RoundBufs {
+        sqes: &mut scratch.sqes,
+        sent: &mut scratch.sent,
+        staged: &mut scratch.staged,
+    };
+    if let Err(e) = batch.run(&mut io, &scratch.plan, bufs) {
+        if let Error::Protocol(_) = e {
+            // A daemon that is going away may scribble on (or discard)
+            // the ring before its socket says so: prefer DISCONNECTED.
+            inner.check_alive_within(PROTOCOL_GRACE)?;
+            io.st.broken = true;
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The ring side of a batch: entries out, completions in, waiting.
@@ -159,7 +224,7 @@ struct RingIo<'a> {
     inner: &'a Inner,
     doorbell: rustix::fd::BorrowedFd<'a>,
     view: RingView,
-    st: &'a mut RingState,
+    st: &'a mut RingCounters,
 }
 
 impl RingIo<'_> {
@@ -173,15 +238,21 @@ impl RingIo<'_> {
         let n = sqes.len();
         debug_assert!(n <= self.view.entries() as usize);
         let base = self.st.next_user_data;
+        // A doorbell failure is reported once every entry is published.
+        let mut bell = Ok(());
         for (k, sqe) in sqes.iter_mut().enumerate() {
             sqe.user_data = base.wrapping_add(k as u64);
             self.view.write_sqe(self.st.sq_tail, &sqe.encode());
             self.st.sq_tail = self.st.sq_tail.wrapping_add(1);
+            if ((k + 1).is_multiple_of(PUBLISH_EVERY) || k + 1 == n)
+                && handoff::publish_submissions(self.view.words(), self.st.sq_tail)
+                && bell.is_ok()
+            {
+                bell = self.ring_doorbell();
+            }
         }
         self.st.next_user_data = base.wrapping_add(n as u64);
-        if handoff::publish_submissions(self.view.words(), self.st.sq_tail) {
-            self.ring_doorbell()?;
-        }
+        bell?;
 
         let mut done = 0;
         while done < n {
@@ -228,10 +299,12 @@ impl RingIo<'_> {
     fn wait(&mut self) -> Result<u32> {
         let head = self.st.cq_head;
         let words = self.view.words();
-        let deadline = Instant::now() + SPIN_TIME;
         // One pause per check so a completion is seen as soon as it lands;
         // a yield now and then for a worker sharing this core; the clock
-        // read sparingly.
+        // read sparingly, and not at all when the answer comes within the
+        // first CLOCK_EVERY checks (the spin window starts at the first
+        // read, a few hundred nanoseconds late).
+        let mut deadline: Option<Instant> = None;
         let mut checks = 0u32;
         loop {
             let tail = handoff::completions_ready(words);
@@ -239,13 +312,18 @@ impl RingIo<'_> {
                 return Ok(tail);
             }
             checks = checks.wrapping_add(1);
-            if checks % YIELD_EVERY == 0 {
+            if checks.is_multiple_of(YIELD_EVERY) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
-            if checks % CLOCK_EVERY == 0 && Instant::now() >= deadline {
-                break;
+            if checks.is_multiple_of(CLOCK_EVERY) {
+                let now = Instant::now();
+                match deadline {
+                    None => deadline = Some(now + SPIN_TIME),
+                    Some(d) if now >= d => break,
+                    Some(_) => {}
+                }
             }
         }
 
@@ -271,15 +349,20 @@ impl RingIo<'_> {
 /// The caller's side of a batch: the ops and their results.
 struct Batch<'b, 'o> {
     ops: &'b mut [Op<'o>],
-    results: &'b mut Vec<Option<Result<Completion>>>,
+    results: &'b mut [Option<Result<Completion>>],
     max_value_size: u64,
 }
 
+/// The per-round buffers of [`Batch::run`], from the ring's [`Scratch`].
+struct RoundBufs<'s> {
+    sqes: &'s mut Vec<Sqe>,
+    sent: &'s mut Vec<Step>,
+    staged: &'s mut Vec<(usize, u32)>,
+}
+
 impl Batch<'_, '_> {
-    fn run(&mut self, io: &mut RingIo<'_>, plan: &plan::Plan) -> Result<()> {
-        let mut sqes = Vec::new();
-        let mut sent: Vec<Step> = Vec::new();
-        let mut staged: Vec<(usize, u32)> = Vec::new();
+    fn run(&mut self, io: &mut RingIo<'_>, plan: &plan::Plan, bufs: RoundBufs<'_>) -> Result<()> {
+        let RoundBufs { sqes, sent, staged } = bufs;
         for round in &plan.rounds {
             sqes.clear();
             sent.clear();
@@ -296,10 +379,8 @@ impl Batch<'_, '_> {
             }
             staged.clear();
             let view = io.view;
-            io.exchange(&mut sqes, |k, cqe| {
-                self.complete(&view, &sent[k], cqe, &mut staged)
-            })?;
-            for &(op, total) in &staged {
+            io.exchange(sqes, |k, cqe| self.complete(&view, &sent[k], cqe, staged))?;
+            for &(op, total) in staged.iter() {
                 self.fetch_staged(io, op, total)?;
             }
         }

@@ -122,11 +122,22 @@ impl Builder {
 /// area of `data_size` bytes. `None` marks an operation that is not sent
 /// (it failed a local check); it gets no step. Requires `entries ≥ 1` and
 /// `data_size ≥ 8`.
+#[cfg(test)]
 pub(crate) fn plan(shapes: &[Option<Shape>], entries: u32, data_size: u32) -> Plan {
+    let mut plan = Plan::default();
+    plan_into(&mut plan, shapes, entries, data_size);
+    plan
+}
+
+/// [`plan`] into `out`, reusing its vectors' capacity.
+pub(crate) fn plan_into(out: &mut Plan, shapes: &[Option<Shape>], entries: u32, data_size: u32) {
+    let mut reused = std::mem::take(out);
+    reused.steps.clear();
+    reused.rounds.clear();
     let mut b = Builder {
         entries: entries.max(1) as usize,
         data_size: data_size.max(ALIGN) / ALIGN * ALIGN,
-        plan: Plan::default(),
+        plan: reused,
         round_start: 0,
         used: 0,
         staging_claimed: false,
@@ -169,7 +180,7 @@ pub(crate) fn plan(shapes: &[Option<Shape>], entries: u32, data_size: u32) -> Pl
         }
     }
     b.close_round();
-    b.plan
+    *out = b.plan;
 }
 
 #[cfg(test)]

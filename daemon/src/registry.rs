@@ -13,7 +13,7 @@ use hreg_proto::handle::{HandleParts, GENERATION_MASK, SLOT_BITS};
 use hreg_proto::{flags, Status};
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -149,7 +149,45 @@ pub struct Holder {
     usage: Arc<Counters>,
     /// References this holder owns, by full handle (never by slot, so a reused
     /// slot can't inherit them).
-    refs: Mutex<HashMap<u64, u32>>,
+    refs: Mutex<RefTable>,
+}
+
+/// A session's references by handle. Hashed with [`HandleHasher`], not
+/// SipHash: this table is touched by every non-DETACHED INSERT, RETAIN and
+/// RELEASE.
+type RefTable = HashMap<u64, u32, BuildHasherDefault<HandleHasher>>;
+
+/// An FxHash-style hasher (one multiply, then the high bits folded down) for
+/// handles. A keyed hash is not needed here: a key only enters a table
+/// after the registry found a live object under it (RETAIN) or made it
+/// (INSERT), so every key is a handle the daemon issued, built from a slot
+/// index, a generation the daemon chose at random and the daemon's random
+/// epoch. A client cannot pick keys that collide; at worst it fills its own
+/// table, bounded by its object quota, and slows only its own session.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct HandleHasher(u64);
+
+impl Hasher for HandleHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // hashbrown takes its control byte from the top 7 bits and its
+        // bucket from the low bits: fold the well-mixed high half down so
+        // both see the handle's slot and generation bits.
+        self.0 ^ (self.0 >> 32)
+    }
 }
 
 impl Holder {

@@ -27,12 +27,23 @@ const SPIN: Duration = Duration::from_micros(50);
 /// Empty polls between yields while spinning.
 const YIELD_EVERY: u32 = 256;
 
+/// Empty polls between reads of the clock while spinning (a clock read
+/// costs more than a poll of an idle ring).
+const CLOCK_EVERY: u32 = 32;
+
+/// Completions published at a time within a long batch, so the client reads
+/// the first ones while the worker runs the rest.
+const PUBLISH_EVERY: u32 = 16;
+
 /// epoll key of the worker's own command doorbell.
 const COMMAND_KEY: u64 = u64::MAX;
 
 /// The side of a worker that other threads see.
 pub struct Worker {
     commands: Mutex<Vec<Command>>,
+    /// Set after a command is queued, so the polling loop only takes the
+    /// lock when there is something to take.
+    has_commands: AtomicBool,
     bell: Doorbell,
     rings: AtomicUsize,
     ops: CachePadded<AtomicU64>,
@@ -48,6 +59,7 @@ impl Worker {
     pub fn new() -> io::Result<Worker> {
         Ok(Worker {
             commands: Mutex::default(),
+            has_commands: AtomicBool::new(false),
             bell: Doorbell::new()?,
             rings: AtomicUsize::new(0),
             ops: CachePadded::new(AtomicU64::new(0)),
@@ -100,6 +112,8 @@ impl Worker {
 
     fn send(&self, command: Command) {
         lock(&self.commands).push(command);
+        // After the push: a worker that sees the flag finds the command.
+        self.has_commands.store(true, Ordering::Release);
         self.bell.ring();
     }
 
@@ -128,12 +142,12 @@ impl Worker {
                 last_work = Instant::now();
                 continue;
             }
-            if last_work.elapsed() < SPIN {
+            idle_polls = idle_polls.wrapping_add(1);
+            if !idle_polls.is_multiple_of(CLOCK_EVERY) || last_work.elapsed() < SPIN {
                 // Mostly a CPU pause (a syscall per empty poll would delay
                 // noticing work); a yield now and then lets a client that
                 // shares this core run.
-                idle_polls = idle_polls.wrapping_add(1);
-                if idle_polls % YIELD_EVERY == 0 {
+                if idle_polls.is_multiple_of(YIELD_EVERY) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -166,6 +180,11 @@ impl Worker {
     }
 
     fn take_commands(&self, poll: &OwnedFd, state: &mut WorkerState) {
+        // Cleared before the take: a command queued meanwhile sets it again.
+        if !self.has_commands.swap(false, Ordering::Acquire) {
+            self.count_rings(state);
+            return;
+        }
         let commands = std::mem::take(&mut *lock(&self.commands));
         for command in commands {
             match command {
@@ -190,9 +209,14 @@ impl Worker {
                 }
             }
         }
+        self.count_rings(state);
+    }
+
+    /// Stops serving closed sessions' rings (dropping a ServedRing frees its
+    /// index) and publishes how many are left.
+    fn count_rings(&self, state: &mut WorkerState) {
         let before = state.rings.len();
         state.rings.retain(|r| !r.session.is_closed());
-        // Dropping a ServedRing frees its index; count what is left.
         if state.rings.len() != before || !state.rings.is_empty() {
             self.rings.store(state.rings.len(), Ordering::Relaxed);
         }
@@ -305,17 +329,27 @@ impl ServedRing {
         let room = entries - unread;
         let batch = pending.min(room);
         let mut served = 0;
-        for _ in 0..batch {
+        // One reference for the whole batch (the entries borrow `self`
+        // mutably, so they cannot borrow the session through it).
+        let session = Arc::clone(&self.session);
+        for k in 1..=batch {
             let raw = self.view.read_sqe(self.sq_head);
-            let (cqe, public) = self.execute(&raw, worker, scratch);
+            let (cqe, public) = self.execute(&raw, &session, worker, scratch);
             self.view.write_cqe(self.cq_tail, &cqe.encode());
             self.sq_head = self.sq_head.wrapping_add(1);
             self.cq_tail = self.cq_tail.wrapping_add(1);
             served += u64::from(public);
+            if k.is_multiple_of(PUBLISH_EVERY) || k == batch {
+                self.publish();
+            }
         }
-        if batch == 0 {
-            return Ok((0, 0));
-        }
+        Ok((u64::from(batch), served))
+    }
+
+    /// Hands the completions written so far to the client, waking it if it
+    /// sleeps.
+    fn publish(&self) {
+        let words = self.view.words();
         if handoff::publish_completions(words, self.sq_head, self.cq_tail) {
             // A shared (not private) futex: the waiter is another process.
             let _ = rustix::thread::futex::wake(
@@ -324,7 +358,6 @@ impl ServedRing {
                 u32::MAX,
             );
         }
-        Ok((u64::from(batch), served))
     }
 
     /// Runs one entry (a copy, already out of shared memory). Returns the
@@ -332,6 +365,7 @@ impl ServedRing {
     fn execute(
         &mut self,
         raw: &[u8; ENTRY_SIZE],
+        session: &Session,
         worker: usize,
         scratch: &mut Vec<u8>,
     ) -> (Cqe, bool) {
@@ -345,10 +379,9 @@ impl ServedRing {
             Ok(Request::StageWrite { .. } | Request::StageRead { .. })
         );
         let inline = &raw[ENTRY_SIZE - INLINE_CAPACITY..];
-        let result =
-            request.and_then(|request| self.run(request, inline, &mut cqe, worker, scratch));
+        let result = request
+            .and_then(|request| self.run(request, inline, session, &mut cqe, worker, scratch));
         if result == Err(Status::Quota) {
-            let session = &self.session;
             warn_limited(|| {
                 tracing::warn!(
                     session = session.id,
@@ -365,15 +398,16 @@ impl ServedRing {
         (cqe, public)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         request: Request,
         inline: &[u8],
+        session: &Session,
         cqe: &mut Cqe,
         worker: usize,
         scratch: &mut Vec<u8>,
     ) -> Result<(), Status> {
-        let session = Arc::clone(&self.session);
         let registry: &Registry = session.registry();
         let holder = &session.holder;
         match request {

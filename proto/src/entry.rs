@@ -76,6 +76,7 @@ impl Default for Sqe {
 }
 
 impl Sqe {
+    #[inline]
     pub fn encode(&self) -> [u8; ENTRY_SIZE] {
         let mut b = [0u8; ENTRY_SIZE];
         b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
@@ -89,6 +90,7 @@ impl Sqe {
         b
     }
 
+    #[inline]
     pub fn decode(b: &[u8; ENTRY_SIZE]) -> Sqe {
         Sqe {
             user_data: le_u64(b, 0),
@@ -103,16 +105,19 @@ impl Sqe {
     }
 
     /// The reserved bytes 10..12 of the encoded entry; must be zero.
+    #[inline]
     pub fn reserved_is_zero(b: &[u8; ENTRY_SIZE]) -> bool {
         b[10] == 0 && b[11] == 0
     }
 
     /// The u64 argument carried in the inline area (GET capacity, staging
     /// offset).
+    #[inline]
     pub fn inline_u64(&self) -> u64 {
         u64::from_le_bytes(self.inline[..8].try_into().expect("8 bytes"))
     }
 
+    #[inline]
     pub fn set_inline_u64(&mut self, value: u64) {
         self.inline[..8].copy_from_slice(&value.to_le_bytes());
     }
@@ -155,6 +160,7 @@ impl Default for Cqe {
 }
 
 impl Cqe {
+    #[inline]
     pub fn encode(&self) -> [u8; ENTRY_SIZE] {
         let mut b = [0u8; ENTRY_SIZE];
         b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
@@ -167,6 +173,7 @@ impl Cqe {
         b
     }
 
+    #[inline]
     pub fn decode(b: &[u8; ENTRY_SIZE]) -> Cqe {
         Cqe {
             user_data: le_u64(b, 0),
@@ -180,10 +187,12 @@ impl Cqe {
     }
 }
 
+#[inline]
 fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+#[inline]
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -279,6 +288,7 @@ impl Request {
     /// Parses the bytes of a submission entry for a ring whose data area
     /// holds `data_size` bytes. Fails with [`Status::Invalid`] for anything
     /// malformed. Never panics, whatever the bytes.
+    #[inline]
     pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<Request, crate::Status> {
         use crate::{flags, Opcode, Status};
         let sqe = Sqe::decode(raw);

@@ -34,12 +34,14 @@ pub struct HandleParts {
 impl HandleParts {
     /// Packs the parts; `epoch` must be non-zero for the result to be a valid
     /// handle. Bits beyond each field's width are dropped.
+    #[inline]
     pub fn encode(self) -> u64 {
         (u64::from(self.epoch & EPOCH_MASK) << (SLOT_BITS + GENERATION_BITS))
             | (u64::from(self.generation & GENERATION_MASK) << SLOT_BITS)
             | (u64::from(self.slot) & SLOT_MASK)
     }
 
+    #[inline]
     pub fn decode(handle: u64) -> HandleParts {
         HandleParts {
             epoch: (handle >> (SLOT_BITS + GENERATION_BITS)) as u16 & EPOCH_MASK,

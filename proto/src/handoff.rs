@@ -37,6 +37,7 @@ pub struct Words<'a> {
 
 /// Publishes submissions up to `tail` (entries already written). Returns
 /// whether the daemon must be woken through the doorbell.
+#[inline]
 pub fn publish_submissions(words: Words<'_>, tail: u32) -> bool {
     words.sq_tail.store(tail, Ordering::Release);
     fence(Ordering::SeqCst);
@@ -44,16 +45,19 @@ pub fn publish_submissions(words: Words<'_>, tail: u32) -> bool {
 }
 
 /// How far the daemon has consumed submissions (for free SQ space).
+#[inline]
 pub fn submissions_consumed(words: Words<'_>) -> u32 {
     words.sq_head.load(Ordering::Acquire)
 }
 
 /// The CQ tail: completions up to it may be read.
+#[inline]
 pub fn completions_ready(words: Words<'_>) -> u32 {
     words.cq_tail.load(Ordering::Acquire)
 }
 
 /// Hands completion slots up to `head` back to the daemon.
+#[inline]
 pub fn release_completions(words: Words<'_>, head: u32) {
     words.cq_head.store(head, Ordering::Release);
 }
@@ -61,12 +65,14 @@ pub fn release_completions(words: Words<'_>, head: u32) {
 /// Announces that the client will sleep until the CQ tail moves from `seen`.
 /// Returns false when it already moved (don't sleep). Call
 /// [`end_completion_wait`] when done waiting either way.
+#[inline]
 pub fn begin_completion_wait(words: Words<'_>, seen: u32) -> bool {
     words.cq_flags.store(CQ_WAITING, Ordering::Relaxed);
     fence(Ordering::SeqCst);
     words.cq_tail.load(Ordering::Acquire) == seen
 }
 
+#[inline]
 pub fn end_completion_wait(words: Words<'_>) {
     words.cq_flags.store(0, Ordering::Relaxed);
 }
@@ -74,17 +80,20 @@ pub fn end_completion_wait(words: Words<'_>) {
 // Daemon side: consumer of submissions, producer of completions.
 
 /// The SQ tail the client published.
+#[inline]
 pub fn submissions_ready(words: Words<'_>) -> u32 {
     words.sq_tail.load(Ordering::Acquire)
 }
 
 /// How far the client has read completions (for free CQ space).
+#[inline]
 pub fn completions_consumed(words: Words<'_>) -> u32 {
     words.cq_head.load(Ordering::Acquire)
 }
 
 /// Publishes the daemon's SQ head and CQ tail (completions already written).
 /// Returns whether the client sleeps and must be woken on the CQ tail futex.
+#[inline]
 pub fn publish_completions(words: Words<'_>, sq_head: u32, cq_tail: u32) -> bool {
     words.sq_head.store(sq_head, Ordering::Release);
     words.cq_tail.store(cq_tail, Ordering::Release);
@@ -95,12 +104,14 @@ pub fn publish_completions(words: Words<'_>, sq_head: u32, cq_tail: u32) -> bool
 /// Announces that the worker will sleep; returns false when the client has
 /// published past `sq_head` meanwhile (don't sleep). Call
 /// [`end_submission_wait`] when done waiting either way.
+#[inline]
 pub fn begin_submission_wait(words: Words<'_>, sq_head: u32) -> bool {
     words.sq_flags.store(SQ_NEED_WAKEUP, Ordering::Relaxed);
     fence(Ordering::SeqCst);
     words.sq_tail.load(Ordering::Acquire) == sq_head
 }
 
+#[inline]
 pub fn end_submission_wait(words: Words<'_>) {
     words.sq_flags.store(0, Ordering::Relaxed);
 }

@@ -53,6 +53,7 @@ pub enum Word {
 }
 
 impl Word {
+    #[inline]
     fn offset(self) -> usize {
         match self {
             Word::SqHead => SQ_HEAD,
@@ -101,14 +102,17 @@ impl Layout {
         Ok(())
     }
 
+    #[inline]
     fn sq_offset(&self) -> usize {
         HEADER_SIZE
     }
 
+    #[inline]
     fn cq_offset(&self) -> usize {
         HEADER_SIZE + self.entries as usize * ENTRY_SIZE
     }
 
+    #[inline]
     fn data_offset(&self) -> usize {
         HEADER_SIZE + 2 * self.entries as usize * ENTRY_SIZE
     }
@@ -153,19 +157,23 @@ impl RingView {
         RingView { base, layout }
     }
 
+    #[inline]
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
+    #[inline]
     pub fn entries(&self) -> u32 {
         self.layout.entries
     }
 
+    #[inline]
     pub fn data_size(&self) -> u32 {
         self.layout.data_size
     }
 
     /// One of the ring's counter or flag words.
+    #[inline]
     pub fn word(&self, which: Word) -> &AtomicU32 {
         // SAFETY: the offset is inside the header page, 4-byte aligned, and
         // the memory stays mapped for the view's lifetime (type invariant).
@@ -175,6 +183,7 @@ impl RingView {
     }
 
     /// The six shared words, for the ordering protocol in [`crate::handoff`].
+    #[inline]
     pub fn words(&self) -> crate::handoff::Words<'_> {
         crate::handoff::Words {
             sq_head: self.word(Word::SqHead),
@@ -186,12 +195,14 @@ impl RingView {
         }
     }
 
+    #[inline]
     fn entry_words(&self, offset: usize) -> &[AtomicU64; ENTRY_SIZE / 8] {
         // SAFETY: callers pass the offset of an entry inside the SQ or CQ
         // array, which is 64-byte aligned within the mapping (type invariant).
         unsafe { &*(self.base.add(offset) as *const [AtomicU64; ENTRY_SIZE / 8]) }
     }
 
+    #[inline]
     fn read_entry(&self, offset: usize) -> [u8; ENTRY_SIZE] {
         let mut out = [0u8; ENTRY_SIZE];
         for (chunk, word) in out.chunks_exact_mut(8).zip(self.entry_words(offset)) {
@@ -200,6 +211,7 @@ impl RingView {
         out
     }
 
+    #[inline]
     fn write_entry(&self, offset: usize, bytes: &[u8; ENTRY_SIZE]) {
         for (chunk, word) in bytes.chunks_exact(8).zip(self.entry_words(offset)) {
             word.store(
@@ -209,28 +221,34 @@ impl RingView {
         }
     }
 
+    #[inline]
     fn slot(&self, counter: u32) -> usize {
         (counter & (self.layout.entries - 1)) as usize * ENTRY_SIZE
     }
 
     /// A copy of the SQ entry at free-running position `counter`.
+    #[inline]
     pub fn read_sqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
         self.read_entry(self.layout.sq_offset() + self.slot(counter))
     }
 
+    #[inline]
     pub fn write_sqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
         self.write_entry(self.layout.sq_offset() + self.slot(counter), bytes)
     }
 
+    #[inline]
     pub fn read_cqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
         self.read_entry(self.layout.cq_offset() + self.slot(counter))
     }
 
+    #[inline]
     pub fn write_cqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
         self.write_entry(self.layout.cq_offset() + self.slot(counter), bytes)
     }
 
     /// Whether `[off, off + len)` lies inside the data area.
+    #[inline]
     pub fn data_range_ok(&self, off: u32, len: usize) -> bool {
         (off as usize)
             .checked_add(len)
@@ -239,6 +257,7 @@ impl RingView {
 
     /// Copies `out.len()` bytes from the data area at `off`. Returns false,
     /// copying nothing, when the range is outside the data area.
+    #[inline]
     pub fn copy_from_data(&self, off: u32, out: &mut [u8]) -> bool {
         if !self.data_range_ok(off, out.len()) {
             return false;
@@ -256,6 +275,7 @@ impl RingView {
 
     /// Copies `bytes` into the data area at `off`. Returns false, copying
     /// nothing, when the range is outside the data area.
+    #[inline]
     pub fn copy_to_data(&self, off: u32, bytes: &[u8]) -> bool {
         if !self.data_range_ok(off, bytes.len()) {
             return false;
