@@ -128,9 +128,9 @@ impl Default for Hreg {
 }
 
 impl Contender for Hreg {
-    fn insert(&self, value: Val, thread: usize) -> u64 {
+    fn insert(&self, value: Val, _: usize) -> u64 {
         self.registry
-            .insert(&self.holder, &value, flags::DETACHED, thread)
+            .insert(&self.holder, &value, flags::DETACHED)
             .expect("registry insert")
     }
     fn get(&self, key: u64) -> Option<Val> {

@@ -135,7 +135,7 @@ impl Daemon {
                 std::thread::Builder::new()
                     .name(format!("hreg-worker-{id}"))
                     .spawn(move || {
-                        if let Err(e) = runner.run(id) {
+                        if let Err(e) = runner.run() {
                             tracing::error!(worker = id, error = %e, "worker failed");
                         }
                     })?,

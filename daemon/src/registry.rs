@@ -214,10 +214,12 @@ struct Slot {
 }
 
 impl Slot {
+    #[inline]
     fn readable_by(&self, uid: u32) -> bool {
         uid == ROOT || uid == self.owner || u32::from(self.flags) & flags::SHARED != 0
     }
 
+    #[inline]
     fn writable_by(&self, uid: u32) -> bool {
         uid == ROOT || uid == self.owner
     }
@@ -236,11 +238,13 @@ struct Shard {
 }
 
 impl Shard {
+    #[inline]
     fn slot(&self, local: u32) -> Option<&Slot> {
         let local = local as usize;
         self.chunks.get(local / CHUNK)?.get(local % CHUNK)
     }
 
+    #[inline]
     fn slot_mut(&mut self, local: u32) -> Option<&mut Slot> {
         let local = local as usize;
         self.chunks.get_mut(local / CHUNK)?.get_mut(local % CHUNK)
@@ -408,15 +412,10 @@ impl Registry {
             .collect()
     }
 
-    /// Creates an object. `shard_hint` spreads inserts over shards (callers
-    /// pass something that differs between threads).
-    pub fn insert(
-        &self,
-        holder: &Holder,
-        value: &[u8],
-        obj_flags: u32,
-        shard_hint: usize,
-    ) -> Result<u64, Status> {
+    /// Creates an object, in the next shard of the calling thread's round:
+    /// each thread spreads its inserts over every shard, and threads start
+    /// at different shards, with no shared counter.
+    pub fn insert(&self, holder: &Holder, value: &[u8], obj_flags: u32) -> Result<u64, Status> {
         if obj_flags & !flags::ALL != 0 {
             return Err(Status::Invalid);
         }
@@ -427,8 +426,9 @@ impl Registry {
         let stored = Value::new(value).map_err(|_| Status::Quota)?;
         let detached = obj_flags & flags::DETACHED != 0;
         let max_local = 1usize << (SLOT_BITS - self.shard_bits);
+        let first = next_insert_shard();
         for step in 0..self.shards.len() {
-            let shard_index = (shard_hint + step) & (self.shards.len() - 1);
+            let shard_index = first.wrapping_add(step) & (self.shards.len() - 1);
             let mut shard = write(&self.shards[shard_index]);
             let Some(local) = shard.vacant(max_local) else {
                 continue;
@@ -457,6 +457,7 @@ impl Registry {
 
     /// Calls `read` with the value, under the shard's read lock: the value is
     /// whole (a concurrent replace waits).
+    #[inline]
     pub fn get_with<R>(
         &self,
         holder: &Holder,
@@ -535,7 +536,7 @@ impl Registry {
         }
         slot.refs = slot.refs.saturating_sub(1);
         if slot.refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-            self.kill(&mut shard, local);
+            self.kill(&mut shard, local, holder);
         }
         Ok(())
     }
@@ -548,7 +549,7 @@ impl Registry {
         if !slot.writable_by(holder.uid) {
             return Err(Status::Denied);
         }
-        self.kill(&mut shard, local);
+        self.kill(&mut shard, local, holder);
         Ok(())
     }
 
@@ -565,7 +566,7 @@ impl Registry {
             };
             slot.refs = slot.refs.saturating_sub(count);
             if slot.refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-                self.kill(&mut shard, local);
+                self.kill(&mut shard, local, holder);
             }
         }
     }
@@ -613,13 +614,19 @@ impl Registry {
         (found, 0)
     }
 
-    fn kill(&self, shard: &mut Shard, local: u32) {
+    /// Ends an object; `by` is who ends it, whose uid is most often the
+    /// owner's (then the owner's counters are at hand, no lookup needed).
+    fn kill(&self, shard: &mut Shard, local: u32, by: &Holder) {
         let owner = shard.slot(local).map(|slot| slot.owner);
         if let (Some(value), Some(owner)) = (shard.kill(local), owner) {
             shard.live -= 1;
             let bytes = value.len() as u64;
             self.total.give_back(1, bytes);
-            self.uid_counters(owner).give_back(1, bytes);
+            if owner == by.uid {
+                by.usage.give_back(1, bytes);
+            } else {
+                self.uid_counters(owner).give_back(1, bytes);
+            }
         }
     }
 
@@ -652,6 +659,7 @@ impl Registry {
 
     /// The shard and local slot a handle names, or STALE when it cannot name
     /// anything of this registry.
+    #[inline]
     fn locate(&self, handle: u64) -> Result<(usize, u32), Status> {
         if handle == 0 {
             return Err(Status::Invalid);
@@ -663,6 +671,22 @@ impl Registry {
         let shard_index = (parts.slot as usize) & (self.shards.len() - 1);
         Ok((shard_index, parts.slot >> self.shard_bits))
     }
+}
+
+/// The shard where this thread's next insert starts looking.
+fn next_insert_shard() -> usize {
+    thread_local! {
+        // Seeded from the thread-local's address, so threads start apart.
+        static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+    NEXT.with(|next| {
+        let mut shard = next.get();
+        if shard == usize::MAX {
+            shard = (next as *const _ as usize >> 6).wrapping_mul(0x9E37_79B9);
+        }
+        next.set(shard.wrapping_add(1));
+        shard
+    })
 }
 
 /// A reservation against the global and one uid's limits, undone on drop
@@ -687,6 +711,7 @@ impl Drop for Charge<'_> {
     }
 }
 
+#[inline]
 fn live_slot(shard: &Shard, local: u32, handle: u64) -> Result<&Slot, Status> {
     let generation = HandleParts::decode(handle).generation;
     match shard.slot(local) {
@@ -695,6 +720,7 @@ fn live_slot(shard: &Shard, local: u32, handle: u64) -> Result<&Slot, Status> {
     }
 }
 
+#[inline]
 fn live_slot_mut(shard: &mut Shard, local: u32, handle: u64) -> Result<&mut Slot, Status> {
     let generation = HandleParts::decode(handle).generation;
     match shard.slot_mut(local) {

@@ -45,6 +45,7 @@ impl Value {
         Ok(Value::Heap(heap.into_boxed_slice()))
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Inline { len, bytes } => &bytes[..usize::from(*len)],
@@ -52,6 +53,7 @@ impl Value {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.as_bytes().len()
     }

@@ -118,7 +118,7 @@ impl Worker {
     }
 
     /// The worker thread's body; returns when [`Worker::stop`] is called.
-    pub fn run(&self, id: usize) -> io::Result<()> {
+    pub fn run(&self) -> io::Result<()> {
         let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &poll,
@@ -127,7 +127,6 @@ impl Worker {
             epoll::EventFlags::IN,
         )?;
         let mut state = WorkerState {
-            id,
             rings: Vec::new(),
             scratch: Vec::new(),
         };
@@ -229,7 +228,6 @@ fn drain(fd: &OwnedFd) {
 }
 
 struct WorkerState {
-    id: usize,
     rings: Vec<ServedRing>,
     /// Where a value from a client's data area is copied before use.
     scratch: Vec<u8>,
@@ -241,7 +239,7 @@ impl WorkerState {
     fn serve_all(&mut self) -> (u64, u64) {
         let mut served = (0, 0);
         for ring in &mut self.rings {
-            match ring.serve(self.id, &mut self.scratch) {
+            match ring.serve(&mut self.scratch) {
                 Ok((entries, public)) => {
                     served.0 += entries;
                     served.1 += public;
@@ -309,7 +307,7 @@ impl ServedRing {
 
     /// Serves what the ring holds, as far as the CQ has room. Returns the
     /// entries and the public requests served, or why the session must close.
-    fn serve(&mut self, worker: usize, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
+    fn serve(&mut self, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
         let entries = self.view.entries();
         let view = self.view;
         let words = view.words();
@@ -334,7 +332,7 @@ impl ServedRing {
         let session = Arc::clone(&self.session);
         for k in 1..=batch {
             let raw = self.view.read_sqe(self.sq_head);
-            let (cqe, public) = self.execute(&raw, &session, worker, scratch);
+            let (cqe, public) = self.execute(&raw, &session, scratch);
             self.view.write_cqe(self.cq_tail, &cqe.encode());
             self.sq_head = self.sq_head.wrapping_add(1);
             self.cq_tail = self.cq_tail.wrapping_add(1);
@@ -366,7 +364,6 @@ impl ServedRing {
         &mut self,
         raw: &[u8; ENTRY_SIZE],
         session: &Session,
-        worker: usize,
         scratch: &mut Vec<u8>,
     ) -> (Cqe, bool) {
         let mut cqe = Cqe {
@@ -379,8 +376,8 @@ impl ServedRing {
             Ok(Request::StageWrite { .. } | Request::StageRead { .. })
         );
         let inline = &raw[ENTRY_SIZE - INLINE_CAPACITY..];
-        let result = request
-            .and_then(|request| self.run(request, inline, session, &mut cqe, worker, scratch));
+        let result =
+            request.and_then(|request| self.run(request, inline, session, &mut cqe, scratch));
         if result == Err(Status::Quota) {
             warn_limited(|| {
                 tracing::warn!(
@@ -405,7 +402,6 @@ impl ServedRing {
         inline: &[u8],
         session: &Session,
         cqe: &mut Cqe,
-        worker: usize,
         scratch: &mut Vec<u8>,
     ) -> Result<(), Status> {
         let registry: &Registry = session.registry();
@@ -416,8 +412,7 @@ impl ServedRing {
                     return Err(Status::Invalid);
                 }
                 let bytes = self.value_in(inline, value, registry, scratch)?;
-                let hint = worker.wrapping_mul(7).wrapping_add(self.cq_tail as usize);
-                cqe.handle = registry.insert(holder, bytes, flags, hint)?;
+                cqe.handle = registry.insert(holder, bytes, flags)?;
                 self.release_staging(value);
                 Ok(())
             }

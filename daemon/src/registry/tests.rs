@@ -105,7 +105,7 @@ proptest! {
             match action {
                 Action::Insert { who, len, flags: f } => {
                     let value = value_of(len, step as u64);
-                    let got = registry.insert(&holders[who], &value, f, step);
+                    let got = registry.insert(&holders[who], &value, f);
                     let expected = if f & !flags::ALL != 0 {
                         Err(Status::Invalid)
                     } else if len > LIMITS.max_value_size {
@@ -238,9 +238,9 @@ proptest! {
 fn reused_slot_gets_a_new_generation() {
     let registry = Registry::with_epoch(1, LIMITS, 3, 1);
     let holder = registry.holder(1000);
-    let first = registry.insert(&holder, b"a", 0, 0).unwrap();
+    let first = registry.insert(&holder, b"a", 0).unwrap();
     registry.release(&holder, first).unwrap();
-    let second = registry.insert(&holder, b"b", 0, 0).unwrap();
+    let second = registry.insert(&holder, b"b", 0).unwrap();
     assert_eq!(
         HandleParts::decode(first).slot,
         HandleParts::decode(second).slot
@@ -260,7 +260,7 @@ fn reused_slot_gets_a_new_generation() {
 fn slot_is_retired_before_its_generation_wraps() {
     let registry = Registry::with_epoch(1, LIMITS, 3, 1);
     let holder = registry.holder(1000);
-    let first = registry.insert(&holder, b"a", 0, 0).unwrap();
+    let first = registry.insert(&holder, b"a", 0).unwrap();
     // Push the slot to its last generation directly; walking there takes 2^23 inserts.
     {
         let mut shard = write(&registry.shards[0]);
@@ -274,7 +274,7 @@ fn slot_is_retired_before_its_generation_wraps() {
     registry.release(&holder, last).unwrap_err();
     lock(&holder.refs).insert(last, 1);
     registry.release(&holder, last).unwrap();
-    let next = registry.insert(&holder, b"b", 0, 0).unwrap();
+    let next = registry.insert(&holder, b"b", 0).unwrap();
     assert_ne!(HandleParts::decode(next).slot, 0, "retired slot was reused");
 }
 
@@ -283,8 +283,8 @@ fn handles_of_another_epoch_are_stale() {
     let a = Registry::with_epoch(4, LIMITS, 1, 9);
     let b = Registry::with_epoch(4, LIMITS, 2, 9);
     let holder = a.holder(0);
-    let h = a.insert(&holder, b"x", flags::DETACHED, 0).unwrap();
-    b.insert(&holder, b"y", flags::DETACHED, 0).unwrap();
+    let h = a.insert(&holder, b"x", flags::DETACHED).unwrap();
+    b.insert(&holder, b"y", flags::DETACHED).unwrap();
     assert_eq!(b.get_with(&holder, h, |v| v.to_vec()), Err(Status::Stale));
 }
 
@@ -304,11 +304,7 @@ fn listing_pages_through_every_object_once() {
     for i in 0..100u32 {
         let who = if i % 3 == 0 { &bob } else { &alice };
         let flags = if i % 2 == 0 { flags::DETACHED } else { 0 };
-        expected.insert(
-            registry
-                .insert(who, &i.to_le_bytes(), flags, i as usize)
-                .unwrap(),
-        );
+        expected.insert(registry.insert(who, &i.to_le_bytes(), flags).unwrap());
     }
     let mut seen = HashSet::new();
     let mut cursor = 0;
@@ -345,15 +341,15 @@ fn per_uid_caps_and_new_limits_apply() {
     let alice = registry.holder(1000);
     let bob = registry.holder(1001);
     for i in 0..LIMITS.uid_max_objects {
-        registry.insert(&alice, &[i as u8], 0, 0).unwrap();
+        registry.insert(&alice, &[i as u8], 0).unwrap();
     }
-    assert_eq!(registry.insert(&alice, b"x", 0, 0), Err(Status::Quota));
-    registry.insert(&bob, b"x", 0, 0).unwrap();
+    assert_eq!(registry.insert(&alice, b"x", 0), Err(Status::Quota));
+    registry.insert(&bob, b"x", 0).unwrap();
     registry.set_limits(Limits {
         max_value_size: 2,
         ..LIMITS
     });
-    assert_eq!(registry.insert(&bob, b"xyz", 0, 0), Err(Status::TooBig));
+    assert_eq!(registry.insert(&bob, b"xyz", 0), Err(Status::TooBig));
     assert_eq!(
         registry.usage_by_uid(),
         vec![
