@@ -46,7 +46,7 @@ fn build_dir() -> &'static Path {
 /// next to this test's binary (a test build does not copy them up).
 fn built_dir() -> PathBuf {
     let deps = bin_dir().join("deps");
-    if deps.join("libhreg.so").exists() && deps.join("libhreg.a").exists() {
+    if deps.join("libhreg_c.so").exists() && deps.join("libhreg_c.a").exists() {
         deps
     } else {
         bin_dir()
@@ -56,7 +56,7 @@ fn built_dir() -> PathBuf {
 /// The library cargo just built, under its SONAME too, as the dynamic
 /// linker looks for it.
 fn lib_dir() -> PathBuf {
-    let built = built_dir().join("libhreg.so");
+    let built = built_dir().join("libhreg_c.so");
     assert!(built.exists(), "{} not built", built.display());
     let dir = build_dir().join("lib");
     if !dir.exists() {
