@@ -13,8 +13,7 @@ use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::{bail, Context};
 use hreg_proto::control::{
-    ObjectInfo, Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome,
-    MAX_MESSAGE, MAX_PAGE,
+    Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, MAX_MESSAGE, MAX_PAGE,
 };
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use rustix::event::epoll;
@@ -516,17 +515,7 @@ impl Daemon {
             detached_only,
             owner,
         };
-        let (found, next) = self.registry.list(cursor, limit as usize, filter);
-        let objects = found
-            .into_iter()
-            .map(|o| ObjectInfo {
-                handle: o.handle,
-                size: o.size,
-                owner: o.owner,
-                refs: o.refs,
-                flags: o.flags,
-            })
-            .collect();
+        let (objects, next) = self.registry.list(cursor, limit as usize, filter);
         Reply::Objects { objects, next }
     }
 

@@ -9,6 +9,7 @@
 
 use crate::store::Value;
 use crossbeam_utils::CachePadded;
+use hreg_proto::control::ObjectInfo;
 use hreg_proto::handle::{HandleParts, GENERATION_MASK, SLOT_BITS};
 use hreg_proto::{flags, Status};
 use std::collections::hash_map::{Entry, RandomState};
@@ -300,16 +301,6 @@ impl Shard {
 pub struct Usage {
     pub objects: u64,
     pub value_bytes: u64,
-}
-
-/// What one object looks like to an operator (`hregctl ls`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ObjectInfo {
-    pub handle: u64,
-    pub size: u64,
-    pub owner: u32,
-    pub refs: u32,
-    pub flags: u32,
 }
 
 /// Which objects a listing shows.
