@@ -349,3 +349,51 @@ fn stats_count_sessions_and_ops() {
     assert_eq!(stats.value_bytes, 5);
     assert!(stats.ops >= 2);
 }
+
+#[test]
+fn every_size_works_whatever_the_data_area() {
+    // A tiny ring: 2 entries and a 64-byte data area. Values travel inline,
+    // through the data area, or in pieces; batches split into many rounds.
+    let daemon = Daemon::start(&[
+        "--ring-entries",
+        "2",
+        "--data-size",
+        "64",
+        "--max-value-size",
+        "200000",
+    ]);
+    let client = daemon.client();
+    let sizes = [0usize, 1, 32, 33, 64, 65, 1000, 199_999, 200_000];
+    let values: Vec<Vec<u8>> = sizes
+        .iter()
+        .map(|&n| hreg_tests::checked_value(n as u64 + 1, n))
+        .collect();
+    let mut ops: Vec<Op<'_>> = values
+        .iter()
+        .map(|value| Op::Insert { value, flags: 0 })
+        .collect();
+    let handles: Vec<Handle> = client
+        .submit(&mut ops)
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            Ok(Completion::Inserted(h)) => h,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (h, value) in handles.iter().zip(&values) {
+        assert_eq!(&client.get(*h).unwrap(), value);
+        let mut buf = vec![0u8; value.len()];
+        assert_eq!(client.get_into(*h, &mut buf).unwrap(), value.len());
+        assert_eq!(&buf, value);
+    }
+    let mut gets: Vec<Op<'_>> = handles
+        .iter()
+        .map(|&handle| Op::GetOwned { handle })
+        .collect();
+    for (result, value) in client.submit(&mut gets).unwrap().into_iter().zip(&values) {
+        assert!(matches!(result, Ok(Completion::Value(ref v)) if v == value));
+    }
+    let too_big = vec![0u8; 200_001];
+    assert!(matches!(client.insert(&too_big, 0), Err(Error::TooBig)));
+}
