@@ -245,7 +245,7 @@ impl RingIo<'_> {
             self.view.write_sqe(self.st.sq_tail, &sqe.encode());
             self.st.sq_tail = self.st.sq_tail.wrapping_add(1);
             if ((k + 1).is_multiple_of(PUBLISH_EVERY) || k + 1 == n)
-                && handoff::publish_submissions(self.view.words(), self.st.sq_tail)
+                && handoff::after_submissions(self.view.words(), self.st.sq_tail)
                 && bell.is_ok()
             {
                 bell = self.ring_doorbell();
@@ -256,15 +256,8 @@ impl RingIo<'_> {
 
         let mut done = 0;
         while done < n {
-            let tail = self.wait()?;
-            let avail = tail.wrapping_sub(self.st.cq_head) as usize;
-            if avail > n - done {
-                return Err(Error::Protocol(format!(
-                    "CQ tail moved {avail} entries with {} in flight",
-                    n - done
-                )));
-            }
-            for _ in 0..avail {
+            self.wait()?;
+            while done < n && self.view.cqe_published(self.st.cq_head) {
                 let cqe = Cqe::decode(&self.view.read_cqe(self.st.cq_head));
                 self.st.cq_head = self.st.cq_head.wrapping_add(1);
                 let expected = base.wrapping_add(done as u64);
@@ -294,22 +287,44 @@ impl RingIo<'_> {
         }
     }
 
-    /// Waits until the CQ tail differs from our head and returns it. Slow is
-    /// not dead: only the control socket says the daemon is gone.
-    fn wait(&mut self) -> Result<u32> {
+    /// Waits until the completion at our CQ head is published. Slow is not
+    /// dead: only the control socket says the daemon is gone.
+    fn wait(&mut self) -> Result<()> {
         let head = self.st.cq_head;
-        let words = self.view.words();
-        // One pause per check so a completion is seen as soon as it lands;
-        // a yield now and then for a worker sharing this core; the clock
-        // read sparingly, and not at all when the answer comes within the
-        // first CLOCK_EVERY checks (the spin window starts at the first
-        // read, a few hundred nanoseconds late).
+        loop {
+            if self.spin(head) {
+                return Ok(());
+            }
+            let words = self.view.words();
+            let seen = handoff::completion_tail(words);
+            let slept = if handoff::begin_completion_wait(words, || !self.view.cqe_published(head))
+            {
+                shm::futex_wait(words.cq_tail, seen, SLEEP_TIME)
+            } else {
+                Ok(Wake::Changed)
+            };
+            handoff::end_completion_wait(words);
+            if matches!(slept?, Wake::TimedOut) {
+                self.inner.check_alive()?;
+            }
+            if self.view.cqe_published(head) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Polls the completion at `head` for a while; true once it is
+    /// published. One pause per check so it is seen as soon as it lands; a
+    /// yield now and then for a worker sharing this core; the clock read
+    /// sparingly, and not at all when the answer comes within the first
+    /// CLOCK_EVERY checks (the spin window starts at the first read, a few
+    /// hundred nanoseconds late).
+    fn spin(&self, head: u32) -> bool {
         let mut deadline: Option<Instant> = None;
         let mut checks = 0u32;
         loop {
-            let tail = handoff::completions_ready(words);
-            if tail != head {
-                return Ok(tail);
+            if self.view.cqe_published(head) {
+                return true;
             }
             checks = checks.wrapping_add(1);
             if checks.is_multiple_of(YIELD_EVERY) {
@@ -321,28 +336,11 @@ impl RingIo<'_> {
                 let now = Instant::now();
                 match deadline {
                     None => deadline = Some(now + SPIN_TIME),
-                    Some(d) if now >= d => break,
+                    Some(d) if now >= d => return false,
                     Some(_) => {}
                 }
             }
         }
-
-        let outcome = loop {
-            if !handoff::begin_completion_wait(words, head) {
-                break Ok(handoff::completions_ready(words));
-            }
-            match shm::futex_wait(words.cq_tail, head, SLEEP_TIME) {
-                Ok(Wake::Changed) => {}
-                Ok(Wake::TimedOut) => {
-                    if let Err(e) = self.inner.check_alive() {
-                        break Err(e);
-                    }
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        handoff::end_completion_wait(words);
-        outcome
     }
 }
 

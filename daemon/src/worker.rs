@@ -91,6 +91,7 @@ impl Worker {
             doorbell,
             sq_head: 0,
             cq_tail: 0,
+            cq_head_seen: 0,
             staging: Vec::new(),
         })));
     }
@@ -268,7 +269,9 @@ impl WorkerState {
     fn begin_sleep(&self) -> bool {
         let mut idle = true;
         for ring in &self.rings {
-            idle &= handoff::begin_submission_wait(ring.view.words(), ring.sq_head);
+            idle &= handoff::begin_submission_wait(ring.view.words(), || {
+                !ring.view.sqe_published(ring.sq_head)
+            });
         }
         idle
     }
@@ -280,15 +283,20 @@ impl WorkerState {
     }
 }
 
-/// One ring as its worker sees it. The daemon's own SQ head and CQ tail live
-/// here; the copies in shared memory are written, never read back.
+/// One ring as its worker sees it. The daemon's own positions live here;
+/// the CQ tail in shared memory is written, never read back.
 struct ServedRing {
     session: Arc<Session>,
     index: u32,
     view: RingView,
     doorbell: OwnedFd,
+    /// The next submission to serve.
     sq_head: u32,
+    /// The next completion to write.
     cq_tail: u32,
+    /// The client's CQ head as last read (re-read only when the CQ looks
+    /// full).
+    cq_head_seen: u32,
     /// A large value in pieces: built by STAGE_WRITE, or a GET snapshot read
     /// back by STAGE_READ.
     staging: Vec<u8>,
@@ -308,38 +316,39 @@ impl ServedRing {
     /// Serves what the ring holds, as far as the CQ has room. Returns the
     /// entries and the public requests served, or why the session must close.
     fn serve(&mut self, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
-        let entries = self.view.entries();
-        let view = self.view;
-        let words = view.words();
-        let sq_tail = handoff::submissions_ready(words);
-        let pending = sq_tail.wrapping_sub(self.sq_head);
-        if pending == 0 {
+        if !self.view.sqe_published(self.sq_head) {
             return Ok((0, 0));
         }
-        if pending > entries {
-            return Err("SQ tail more than a ring ahead of the head");
+        let entries = self.view.entries();
+        // The client's CQ head is read only when the copy we have says the
+        // CQ is full: its cache line stays with the client meanwhile.
+        if self.cq_tail.wrapping_sub(self.cq_head_seen) >= entries {
+            let cq_head = handoff::completions_consumed(self.view.words());
+            if self.cq_tail.wrapping_sub(cq_head) > entries {
+                return Err("CQ head outside the ring");
+            }
+            self.cq_head_seen = cq_head;
         }
-        let cq_head = handoff::completions_consumed(words);
-        let unread = self.cq_tail.wrapping_sub(cq_head);
-        if unread > entries {
-            return Err("CQ head outside the ring");
-        }
-        let room = entries - unread;
-        let batch = pending.min(room);
+        let room = entries - self.cq_tail.wrapping_sub(self.cq_head_seen);
+        let mut batch = 0;
         let mut served = 0;
         // One reference for the whole batch (the entries borrow `self`
         // mutably, so they cannot borrow the session through it).
         let session = Arc::clone(&self.session);
-        for k in 1..=batch {
+        while batch < room && self.view.sqe_published(self.sq_head) {
             let raw = self.view.read_sqe(self.sq_head);
             let (cqe, public) = self.execute(&raw, &session, scratch);
             self.view.write_cqe(self.cq_tail, &cqe.encode());
             self.sq_head = self.sq_head.wrapping_add(1);
             self.cq_tail = self.cq_tail.wrapping_add(1);
             served += u64::from(public);
-            if k.is_multiple_of(PUBLISH_EVERY) || k == batch {
+            batch += 1;
+            if batch.is_multiple_of(PUBLISH_EVERY) {
                 self.publish();
             }
+        }
+        if !batch.is_multiple_of(PUBLISH_EVERY) {
+            self.publish();
         }
         Ok((u64::from(batch), served))
     }

@@ -27,12 +27,12 @@ pub mod sqe_flags {
 /// Completion-entry flags (`Cqe::entry_flags`).
 pub mod cqe_flags {
     /// The value is inline in the completion.
-    pub const INLINE: u32 = 0x1;
+    pub const INLINE: u16 = 0x1;
     /// The value was written to the data area at `data_off`.
-    pub const IN_DATA: u32 = 0x2;
+    pub const IN_DATA: u16 = 0x2;
     /// The value was too large for the region given and waits in the ring's
     /// staging buffer; fetch it with STAGE_READ.
-    pub const STAGED: u32 = 0x4;
+    pub const STAGED: u16 = 0x4;
 }
 
 /// A submission entry.
@@ -42,7 +42,7 @@ pub mod cqe_flags {
 /// | 0..8   | `user_data`   | echoed in the completion |
 /// | 8      | `opcode`      | [`crate::Opcode`] |
 /// | 9      | `entry_flags` | [`sqe_flags`] |
-/// | 10..12 | reserved      | zero |
+/// | 10..12 | `stamp`       | set by the ring when the entry is published (see [`crate::ring`]) |
 /// | 12..16 | `obj_flags`   | INSERT's object flags; zero otherwise |
 /// | 16..24 | `handle`      | target handle |
 /// | 24..28 | `data_off`    | offset in the ring's data area |
@@ -53,6 +53,8 @@ pub struct Sqe {
     pub user_data: u64,
     pub opcode: u8,
     pub entry_flags: u8,
+    /// The lap stamp that publishes the entry; written by [`crate::ring`].
+    pub stamp: u16,
     pub obj_flags: u32,
     pub handle: u64,
     pub data_off: u32,
@@ -66,6 +68,7 @@ impl Default for Sqe {
             user_data: 0,
             opcode: 0,
             entry_flags: 0,
+            stamp: 0,
             obj_flags: 0,
             handle: 0,
             data_off: 0,
@@ -82,6 +85,7 @@ impl Sqe {
         b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
         b[8] = self.opcode;
         b[9] = self.entry_flags;
+        b[10..12].copy_from_slice(&self.stamp.to_le_bytes());
         b[12..16].copy_from_slice(&self.obj_flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.handle.to_le_bytes());
         b[24..28].copy_from_slice(&self.data_off.to_le_bytes());
@@ -96,18 +100,13 @@ impl Sqe {
             user_data: le_u64(b, 0),
             opcode: b[8],
             entry_flags: b[9],
+            stamp: u16::from_le_bytes([b[10], b[11]]),
             obj_flags: le_u32(b, 12),
             handle: le_u64(b, 16),
             data_off: le_u32(b, 24),
             data_len: le_u32(b, 28),
             inline: b[INLINE_OFFSET..].try_into().expect("32 bytes"),
         }
-    }
-
-    /// The reserved bytes 10..12 of the encoded entry; must be zero.
-    #[inline]
-    pub fn reserved_is_zero(b: &[u8; ENTRY_SIZE]) -> bool {
-        b[10] == 0 && b[11] == 0
     }
 
     /// The u64 argument carried in the inline area (GET capacity, staging
@@ -129,7 +128,8 @@ impl Sqe {
 /// |--------|---------------|---------|
 /// | 0..8   | `user_data`   | from the submission |
 /// | 8..12  | `status`      | [`crate::Status`] |
-/// | 12..16 | `entry_flags` | [`cqe_flags`] |
+/// | 12..14 | `entry_flags` | [`cqe_flags`] |
+/// | 14..16 | `stamp`       | set by the ring when the completion is published |
 /// | 16..24 | `handle`      | INSERT: the new handle |
 /// | 24..28 | `value_len`   | GET: the value's length (also on BUFFER) |
 /// | 28..32 | `data_off`    | where in the data area the value was written |
@@ -138,7 +138,9 @@ impl Sqe {
 pub struct Cqe {
     pub user_data: u64,
     pub status: u32,
-    pub entry_flags: u32,
+    pub entry_flags: u16,
+    /// The lap stamp that publishes the completion; written by [`crate::ring`].
+    pub stamp: u16,
     pub handle: u64,
     pub value_len: u32,
     pub data_off: u32,
@@ -151,6 +153,7 @@ impl Default for Cqe {
             user_data: 0,
             status: 0,
             entry_flags: 0,
+            stamp: 0,
             handle: 0,
             value_len: 0,
             data_off: 0,
@@ -165,7 +168,8 @@ impl Cqe {
         let mut b = [0u8; ENTRY_SIZE];
         b[0..8].copy_from_slice(&self.user_data.to_le_bytes());
         b[8..12].copy_from_slice(&self.status.to_le_bytes());
-        b[12..16].copy_from_slice(&self.entry_flags.to_le_bytes());
+        b[12..14].copy_from_slice(&self.entry_flags.to_le_bytes());
+        b[14..16].copy_from_slice(&self.stamp.to_le_bytes());
         b[16..24].copy_from_slice(&self.handle.to_le_bytes());
         b[24..28].copy_from_slice(&self.value_len.to_le_bytes());
         b[28..32].copy_from_slice(&self.data_off.to_le_bytes());
@@ -178,7 +182,8 @@ impl Cqe {
         Cqe {
             user_data: le_u64(b, 0),
             status: le_u32(b, 8),
-            entry_flags: le_u32(b, 12),
+            entry_flags: u16::from_le_bytes([b[12], b[13]]),
+            stamp: u16::from_le_bytes([b[14], b[15]]),
             handle: le_u64(b, 16),
             value_len: le_u32(b, 24),
             data_off: le_u32(b, 28),
@@ -204,16 +209,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn sqe_round_trips(user_data: u64, opcode: u8, entry_flags: u8, obj_flags: u32,
+        fn sqe_round_trips(user_data: u64, opcode: u8, entry_flags: u8, stamp: u16, obj_flags: u32,
                            handle: u64, data_off: u32, data_len: u32, inline: [u8; 32]) {
-            let sqe = Sqe { user_data, opcode, entry_flags, obj_flags, handle, data_off, data_len, inline };
+            let sqe = Sqe { user_data, opcode, entry_flags, stamp, obj_flags, handle, data_off, data_len, inline };
             prop_assert_eq!(Sqe::decode(&sqe.encode()), sqe);
         }
 
         #[test]
-        fn cqe_round_trips(user_data: u64, status: u32, entry_flags: u32, handle: u64,
+        fn cqe_round_trips(user_data: u64, status: u32, entry_flags: u16, stamp: u16, handle: u64,
                            value_len: u32, data_off: u32, inline: [u8; 32]) {
-            let cqe = Cqe { user_data, status, entry_flags, handle, value_len, data_off, inline };
+            let cqe = Cqe { user_data, status, entry_flags, stamp, handle, value_len, data_off, inline };
             prop_assert_eq!(Cqe::decode(&cqe.encode()), cqe);
         }
     }
@@ -245,7 +250,7 @@ impl ValueSource {
 }
 
 /// A submission entry that passed every check that needs no registry: known
-/// opcode and flags, zero reserved bytes, non-zero handle where one is
+/// opcode and flags, non-zero handle where one is
 /// needed, and data ranges inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -293,7 +298,7 @@ impl Request {
         use crate::{flags, Opcode, Status};
         let sqe = Sqe::decode(raw);
         let invalid = Err(Status::Invalid);
-        if !Sqe::reserved_is_zero(raw) || sqe.entry_flags & !sqe_flags::ALL != 0 {
+        if sqe.entry_flags & !sqe_flags::ALL != 0 {
             return invalid;
         }
         let Some(opcode) = Opcode::from_u8(sqe.opcode) else {
@@ -395,7 +400,7 @@ mod request_tests {
     #[test]
     fn malformed_entries_are_invalid() {
         let data = 1024;
-        let mut cases = vec![
+        let cases = vec![
             Sqe {
                 handle: 0,
                 ..entry(Opcode::Get)
@@ -452,9 +457,6 @@ mod request_tests {
         .into_iter()
         .map(|sqe| sqe.encode())
         .collect::<Vec<_>>();
-        let mut reserved = entry(Opcode::Retain).encode();
-        reserved[11] = 1;
-        cases.push(reserved);
         for raw in cases {
             assert_eq!(
                 Request::parse(&raw, data),

@@ -5,11 +5,14 @@
 //! move counters and flags, so the `loom` model in `tests/loom.rs` checks the
 //! code that runs. Under `--cfg hreg_loom` the atomics are loom's.
 //!
+//! Entries are published by their stamps (see [`crate::ring`]); the CQ tail
+//! is published after the completions it covers, for the sleeping client.
 //! The rule for sleeping is a Dekker handshake: the side that wants to sleep
-//! stores its flag, issues a `SeqCst` fence, then re-reads the counter it
-//! waits on; the side that publishes stores its counter, issues a `SeqCst`
-//! fence, then reads the flag. At least one of the two sees the other's
-//! store, so either the sleeper does not sleep or the publisher wakes it.
+//! stores its flag, issues a `SeqCst` fence, then re-reads what it waits on
+//! (the next entry's stamp, or the CQ tail); the side that publishes stores
+//! it, issues a `SeqCst` fence, then reads the flag. At least one of the two
+//! sees the other's store, so either the sleeper does not sleep or the
+//! publisher wakes it.
 
 #[cfg(hreg_loom)]
 use loom::sync::atomic::{fence, AtomicU32, Ordering};
@@ -22,7 +25,7 @@ pub const SQ_NEED_WAKEUP: u32 = 0x1;
 /// publishing completions.
 pub const CQ_WAITING: u32 = 0x1;
 
-/// The six shared words of one ring.
+/// The shared words of one ring besides its entries.
 #[derive(Clone, Copy)]
 pub struct Words<'a> {
     pub sq_head: &'a AtomicU32,
@@ -33,27 +36,25 @@ pub struct Words<'a> {
     pub cq_flags: &'a AtomicU32,
 }
 
+/// The stamp that publishes the entry at free-running position `counter` in
+/// a ring of `entries` (a power of two): its lap plus one, so that zeroed
+/// memory does not look published and the previous lap's stamp always
+/// differs.
+#[inline]
+pub fn stamp(counter: u32, entries: u32) -> u16 {
+    ((counter >> entries.trailing_zeros()) as u16).wrapping_add(1)
+}
+
 // Client side: producer of submissions, consumer of completions.
 
-/// Publishes submissions up to `tail` (entries already written). Returns
+/// Called after the submissions before `tail` were published (each by its
+/// stamp, with release ordering): stores the SQ tail, then fences. Returns
 /// whether the daemon must be woken through the doorbell.
 #[inline]
-pub fn publish_submissions(words: Words<'_>, tail: u32) -> bool {
+pub fn after_submissions(words: Words<'_>, tail: u32) -> bool {
     words.sq_tail.store(tail, Ordering::Release);
     fence(Ordering::SeqCst);
     words.sq_flags.load(Ordering::Relaxed) & SQ_NEED_WAKEUP != 0
-}
-
-/// How far the daemon has consumed submissions (for free SQ space).
-#[inline]
-pub fn submissions_consumed(words: Words<'_>) -> u32 {
-    words.sq_head.load(Ordering::Acquire)
-}
-
-/// The CQ tail: completions up to it may be read.
-#[inline]
-pub fn completions_ready(words: Words<'_>) -> u32 {
-    words.cq_tail.load(Ordering::Acquire)
 }
 
 /// Hands completion slots up to `head` back to the daemon.
@@ -62,14 +63,22 @@ pub fn release_completions(words: Words<'_>, head: u32) {
     words.cq_head.store(head, Ordering::Release);
 }
 
-/// Announces that the client will sleep until the CQ tail moves from `seen`.
-/// Returns false when it already moved (don't sleep). Call
-/// [`end_completion_wait`] when done waiting either way.
+/// The CQ tail now: the value to sleep on (the futex word) once
+/// [`begin_completion_wait`] says to sleep. Read it first.
 #[inline]
-pub fn begin_completion_wait(words: Words<'_>, seen: u32) -> bool {
+pub fn completion_tail(words: Words<'_>) -> u32 {
+    words.cq_tail.load(Ordering::Acquire)
+}
+
+/// Announces that the client will sleep until the CQ tail moves; `empty`
+/// then re-checks (after a fence) that the next completion is still
+/// unpublished. Returns false when it is published after all (don't sleep).
+/// Call [`end_completion_wait`] when done waiting either way.
+#[inline]
+pub fn begin_completion_wait(words: Words<'_>, empty: impl FnOnce() -> bool) -> bool {
     words.cq_flags.store(CQ_WAITING, Ordering::Relaxed);
     fence(Ordering::SeqCst);
-    words.cq_tail.load(Ordering::Acquire) == seen
+    empty()
 }
 
 #[inline]
@@ -79,20 +88,15 @@ pub fn end_completion_wait(words: Words<'_>) {
 
 // Daemon side: consumer of submissions, producer of completions.
 
-/// The SQ tail the client published.
-#[inline]
-pub fn submissions_ready(words: Words<'_>) -> u32 {
-    words.sq_tail.load(Ordering::Acquire)
-}
-
 /// How far the client has read completions (for free CQ space).
 #[inline]
 pub fn completions_consumed(words: Words<'_>) -> u32 {
     words.cq_head.load(Ordering::Acquire)
 }
 
-/// Publishes the daemon's SQ head and CQ tail (completions already written).
-/// Returns whether the client sleeps and must be woken on the CQ tail futex.
+/// Publishes the SQ head and the CQ tail after completions were published by
+/// their stamps. Returns whether the client sleeps and must be woken on the
+/// CQ tail futex.
 #[inline]
 pub fn publish_completions(words: Words<'_>, sq_head: u32, cq_tail: u32) -> bool {
     words.sq_head.store(sq_head, Ordering::Release);
@@ -101,14 +105,15 @@ pub fn publish_completions(words: Words<'_>, sq_head: u32, cq_tail: u32) -> bool
     words.cq_flags.load(Ordering::Relaxed) & CQ_WAITING != 0
 }
 
-/// Announces that the worker will sleep; returns false when the client has
-/// published past `sq_head` meanwhile (don't sleep). Call
-/// [`end_submission_wait`] when done waiting either way.
+/// Announces that the worker will sleep; `idle` then re-checks (after a
+/// fence) that the next submission is still unpublished. Returns false when
+/// it is published after all (don't sleep). Call [`end_submission_wait`]
+/// when done waiting either way.
 #[inline]
-pub fn begin_submission_wait(words: Words<'_>, sq_head: u32) -> bool {
+pub fn begin_submission_wait(words: Words<'_>, idle: impl FnOnce() -> bool) -> bool {
     words.sq_flags.store(SQ_NEED_WAKEUP, Ordering::Relaxed);
     fence(Ordering::SeqCst);
-    words.sq_tail.load(Ordering::Acquire) == sq_head
+    idle()
 }
 
 #[inline]

@@ -15,11 +15,18 @@
 //!         ...    data area: data_size bytes
 //! ```
 //!
-//! Heads and tails are free-running `u32` counters, each on its own cache
-//! line; an entry lives at `counter % entries`. Producers publish with release
-//! stores, consumers read with acquire loads; the wake-up flags are ordered
-//! against the counters with `SeqCst` fences on both sides (a Dekker pattern:
-//! whoever goes to sleep first announces it, fences, then re-checks).
+//! Positions are free-running `u32` counters; an entry lives at
+//! `counter % entries`. An entry is published by its *stamp* (the lap
+//! `counter / entries`, plus one, as a `u16`), stored last with release
+//! ordering in the entry's own second word; the consumer polls that word with
+//! acquire loads. So a request or a completion crosses between the processes
+//! in the one cache line that carries it, with no separate tail to fetch on
+//! the way. Heads and tails are still kept, io_uring style, each on its own
+//! cache line and owned by one side (the client: SQ tail, CQ head; the
+//! daemon: SQ head, CQ tail), published with release stores: the daemon reads
+//! the CQ head when its copy says the CQ is full, and the client sleeps on the
+//! CQ tail futex. The wake-up flags are ordered against the entries with `SeqCst`
+//! fences on both sides (a Dekker pattern, see [`crate::handoff`]).
 //!
 //! This module is the only place where ring memory is touched. Everything read
 //! from it may have been written by a hostile process at any moment, so it is
@@ -37,6 +44,10 @@ const CQ_HEAD: usize = 128;
 const CQ_TAIL: usize = 192;
 const SQ_FLAGS: usize = 256;
 const CQ_FLAGS: usize = 320;
+/// Byte of an SQ entry where its stamp lies (`u16`, little-endian).
+const SQE_STAMP_AT: usize = 10;
+/// Byte of a CQ entry where its stamp lies.
+const CQE_STAMP_AT: usize = 14;
 /// Bytes before the SQ entries: one page, so the entries are page-aligned.
 pub const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;
@@ -202,23 +213,48 @@ impl RingView {
         unsafe { &*(self.base.add(offset) as *const [AtomicU64; ENTRY_SIZE / 8]) }
     }
 
+    /// A copy of the entry at `offset`; its second word (which carries the
+    /// stamp) is read first, with acquire ordering, so the rest is at least
+    /// as new as the stamp seen.
     #[inline]
     fn read_entry(&self, offset: usize) -> [u8; ENTRY_SIZE] {
+        let words = self.entry_words(offset);
         let mut out = [0u8; ENTRY_SIZE];
-        for (chunk, word) in out.chunks_exact_mut(8).zip(self.entry_words(offset)) {
-            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        out[8..16].copy_from_slice(&words[1].load(Ordering::Acquire).to_ne_bytes());
+        for (i, word) in words.iter().enumerate().filter(|&(i, _)| i != 1) {
+            out[i * 8..i * 8 + 8].copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
         }
         out
     }
 
+    /// Writes the entry at `offset` with `stamp` at byte `stamp_at`, the
+    /// second word (which holds it) last, with release ordering: the entry
+    /// is published whole.
     #[inline]
-    fn write_entry(&self, offset: usize, bytes: &[u8; ENTRY_SIZE]) {
-        for (chunk, word) in bytes.chunks_exact(8).zip(self.entry_words(offset)) {
+    fn publish_entry(&self, offset: usize, bytes: &[u8; ENTRY_SIZE], stamp_at: usize, stamp: u16) {
+        let mut bytes = *bytes;
+        bytes[stamp_at..stamp_at + 2].copy_from_slice(&stamp.to_le_bytes());
+        let words = self.entry_words(offset);
+        for (i, word) in words.iter().enumerate().filter(|&(i, _)| i != 1) {
             word.store(
-                u64::from_ne_bytes(chunk.try_into().expect("8")),
+                u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8")),
                 Ordering::Relaxed,
             );
         }
+        words[1].store(
+            u64::from_ne_bytes(bytes[8..16].try_into().expect("8")),
+            Ordering::Release,
+        );
+    }
+
+    /// Whether the entry at `offset` carries `stamp` at byte `stamp_at`
+    /// (acquire: if so, everything written before it is visible).
+    #[inline]
+    fn is_published(&self, offset: usize, stamp_at: usize, stamp: u16) -> bool {
+        let word = self.entry_words(offset)[1]
+            .load(Ordering::Acquire)
+            .to_ne_bytes();
+        u16::from_le_bytes([word[stamp_at - 8], word[stamp_at - 7]]) == stamp
     }
 
     #[inline]
@@ -226,25 +262,66 @@ impl RingView {
         (counter & (self.layout.entries - 1)) as usize * ENTRY_SIZE
     }
 
-    /// A copy of the SQ entry at free-running position `counter`.
     #[inline]
-    pub fn read_sqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
-        self.read_entry(self.layout.sq_offset() + self.slot(counter))
+    fn sq_at(&self, counter: u32) -> usize {
+        self.layout.sq_offset() + self.slot(counter)
     }
 
     #[inline]
+    fn cq_at(&self, counter: u32) -> usize {
+        self.layout.cq_offset() + self.slot(counter)
+    }
+
+    /// The stamp that publishes the entry at `counter`.
+    #[inline]
+    pub fn stamp(&self, counter: u32) -> u16 {
+        crate::handoff::stamp(counter, self.layout.entries)
+    }
+
+    /// Whether the client has published the SQ entry at `counter`.
+    #[inline]
+    pub fn sqe_published(&self, counter: u32) -> bool {
+        self.is_published(self.sq_at(counter), SQE_STAMP_AT, self.stamp(counter))
+    }
+
+    /// A copy of the SQ entry at free-running position `counter`.
+    #[inline]
+    pub fn read_sqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
+        self.read_entry(self.sq_at(counter))
+    }
+
+    /// Writes and publishes the SQ entry at `counter` (its stamp bytes are
+    /// set here, whatever `bytes` holds there).
+    #[inline]
     pub fn write_sqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
-        self.write_entry(self.layout.sq_offset() + self.slot(counter), bytes)
+        self.publish_entry(
+            self.sq_at(counter),
+            bytes,
+            SQE_STAMP_AT,
+            self.stamp(counter),
+        )
+    }
+
+    /// Whether the daemon has published the CQ entry at `counter`.
+    #[inline]
+    pub fn cqe_published(&self, counter: u32) -> bool {
+        self.is_published(self.cq_at(counter), CQE_STAMP_AT, self.stamp(counter))
     }
 
     #[inline]
     pub fn read_cqe(&self, counter: u32) -> [u8; ENTRY_SIZE] {
-        self.read_entry(self.layout.cq_offset() + self.slot(counter))
+        self.read_entry(self.cq_at(counter))
     }
 
+    /// Writes and publishes the CQ entry at `counter`.
     #[inline]
     pub fn write_cqe(&self, counter: u32, bytes: &[u8; ENTRY_SIZE]) {
-        self.write_entry(self.layout.cq_offset() + self.slot(counter), bytes)
+        self.publish_entry(
+            self.cq_at(counter),
+            bytes,
+            CQE_STAMP_AT,
+            self.stamp(counter),
+        )
     }
 
     /// Whether `[off, off + len)` lies inside the data area.
@@ -289,8 +366,9 @@ impl RingView {
         true
     }
 
-    /// Resets every counter and flag to zero (the daemon does this before it
-    /// hands a ring out).
+    /// Resets every counter, flag and entry to zero (the daemon does this
+    /// before it hands a ring out, so no stamp of an earlier user of the ring
+    /// looks published).
     pub fn reset(&self) {
         for word in [
             Word::SqHead,
@@ -301,6 +379,13 @@ impl RingView {
             Word::CqFlags,
         ] {
             self.word(word).store(0, Ordering::Relaxed);
+        }
+        for counter in 0..self.layout.entries {
+            for offset in [self.sq_at(counter), self.cq_at(counter)] {
+                for word in self.entry_words(offset) {
+                    word.store(0, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -357,8 +442,18 @@ mod tests {
         // suffices for the atomics used.
         let view = unsafe { RingView::new(memory.as_mut_ptr().cast(), layout) };
         let entry = [7u8; ENTRY_SIZE];
+        // Position 5 is slot 1 on the second lap: stamp 2.
+        assert!(!view.sqe_published(5));
         view.write_sqe(5, &entry);
-        assert_eq!(view.read_sqe(1), entry);
+        assert!(view.sqe_published(5));
+        assert!(!view.sqe_published(1), "the first lap's stamp differs");
+        let mut stamped = entry;
+        stamped[10..12].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(view.read_sqe(1), stamped);
+        view.write_cqe(0, &entry);
+        assert!(view.cqe_published(0) && !view.cqe_published(4));
+        view.reset();
+        assert!(!view.sqe_published(5) && !view.cqe_published(0));
         assert!(view.copy_to_data(60, &[1, 2, 3, 4]));
         assert!(!view.copy_to_data(61, &[1, 2, 3, 4]));
         let mut out = [0u8; 4];

@@ -422,9 +422,11 @@ fn ring_seeds() -> Vec<(String, Vec<u8>)> {
         .drain(..)
         .map(|(name, size, sqe)| (name.to_string(), ring_input(size, sqe.encode())))
         .collect();
-    let mut reserved = base(Opcode::Retain).encode();
-    reserved[10] = 1;
-    seeds.push(("reserved-byte".into(), ring_input(DATA, reserved)));
+    // The stamp bytes belong to the ring; parsing ignores them.
+    let mut stamped = base(Opcode::Retain).encode();
+    stamped[10] = 0xab;
+    stamped[11] = 0xcd;
+    seeds.push(("stamp-bytes".into(), ring_input(DATA, stamped)));
     seeds.push(("all-ff".into(), vec![0xff; 4 + ENTRY_SIZE]));
     seeds.push(("empty".into(), vec![]));
     seeds.push(("size-only".into(), DATA.to_le_bytes().to_vec()));
@@ -522,6 +524,7 @@ fn ring_entry_corpus_replays_cleanly() {
         "stage-write",
         "stage-read",
         "data-size-max-range",
+        "stamp-bytes",
     ];
     for (name, bytes) in &seeds {
         let (size, raw) = checks::split_ring_input(bytes);

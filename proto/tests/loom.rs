@@ -71,6 +71,9 @@ impl Sleeper for Doorbell {
     }
 }
 
+/// Each entry is one word: its stamp above, the message below, published
+/// with release and polled with acquire, as `hreg_proto::ring` does with an
+/// entry's second word.
 #[derive(Default)]
 struct Ring {
     sq_head: AtomicU32,
@@ -102,6 +105,17 @@ fn slot(counter: u32) -> usize {
     (counter % ENTRIES) as usize
 }
 
+fn publish(entry: &AtomicU64, counter: u32, message: u64) {
+    let stamp = u64::from(handoff::stamp(counter, ENTRIES));
+    entry.store((stamp << 48) | message, Ordering::Release);
+}
+
+/// The message at `counter` if its entry is published.
+fn published(entry: &AtomicU64, counter: u32) -> Option<u64> {
+    let word = entry.load(Ordering::Acquire);
+    ((word >> 48) as u16 == handoff::stamp(counter, ENTRIES)).then_some(word & ((1 << 48) - 1))
+}
+
 /// The client: submits at most ENTRIES at a time, then waits for all of
 /// their completions. Returns what it received, in order.
 fn client(ring: &Ring) -> Vec<u64> {
@@ -112,25 +126,26 @@ fn client(ring: &Ring) -> Vec<u64> {
     while next <= MESSAGES {
         let batch_end = (next + u64::from(ENTRIES) - 1).min(MESSAGES);
         for message in next..=batch_end {
-            ring.sq[slot(tail)].store(message, Ordering::Relaxed);
+            publish(&ring.sq[slot(tail)], tail, message);
             tail = tail.wrapping_add(1);
         }
         next = batch_end + 1;
-        if handoff::publish_submissions(words, tail) {
+        if handoff::after_submissions(words, tail) {
             ring.doorbell.wake();
         }
         while head != tail {
-            let ready = handoff::completions_ready(words);
-            if ready != head {
-                while head != ready {
-                    received.push(ring.cq[slot(head)].load(Ordering::Relaxed));
-                    head = head.wrapping_add(1);
-                }
+            if let Some(message) = published(&ring.cq[slot(head)], head) {
+                received.push(message);
+                head = head.wrapping_add(1);
                 handoff::release_completions(words, head);
                 continue;
             }
-            if handoff::begin_completion_wait(words, ready) {
-                ring.futex.wait(&ring.cq_tail, ready);
+            let seen = handoff::completion_tail(words);
+            let next = head;
+            if handoff::begin_completion_wait(words, || {
+                published(&ring.cq[slot(next)], next).is_none()
+            }) {
+                ring.futex.wait(&ring.cq_tail, seen);
             }
             handoff::end_completion_wait(words);
         }
@@ -144,24 +159,28 @@ fn worker(ring: &Ring) {
     let (mut sq_head, mut cq_tail) = (0u32, 0u32);
     let mut served = 0;
     while served < MESSAGES {
-        let ready = handoff::submissions_ready(words);
         let room = ENTRIES - cq_tail.wrapping_sub(handoff::completions_consumed(words));
-        let batch = ready.wrapping_sub(sq_head).min(room);
+        let mut batch = 0;
+        while batch < room {
+            let Some(message) = published(&ring.sq[slot(sq_head)], sq_head) else {
+                break;
+            };
+            publish(&ring.cq[slot(cq_tail)], cq_tail, message * 10);
+            sq_head = sq_head.wrapping_add(1);
+            cq_tail = cq_tail.wrapping_add(1);
+            served += 1;
+            batch += 1;
+        }
         if batch > 0 {
-            for _ in 0..batch {
-                let message = ring.sq[slot(sq_head)].load(Ordering::Relaxed);
-                ring.cq[slot(cq_tail)].store(message * 10, Ordering::Relaxed);
-                sq_head = sq_head.wrapping_add(1);
-                cq_tail = cq_tail.wrapping_add(1);
-                served += 1;
-            }
             if handoff::publish_completions(words, sq_head, cq_tail) {
                 ring.futex.wake();
             }
             continue;
         }
-        if handoff::begin_submission_wait(words, sq_head) {
-            ring.doorbell.wait(&ring.sq_tail, sq_head);
+        let next = sq_head;
+        if handoff::begin_submission_wait(words, || published(&ring.sq[slot(next)], next).is_none())
+        {
+            ring.doorbell.wait(&ring.cq_tail, 0);
         }
         handoff::end_submission_wait(words);
     }

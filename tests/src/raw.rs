@@ -284,6 +284,7 @@ pub fn submit_raw(
         view.write_sqe(*tail, entry);
         *tail = tail.wrapping_add(1);
     }
+    // Each entry is published by its stamp as it is written; the tail too.
     view.word(Word::SqTail).store(*tail, Ordering::Release);
     fence(Ordering::SeqCst);
     let _ = rustix::io::write(doorbell.as_fd(), &1u64.to_ne_bytes());

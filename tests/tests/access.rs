@@ -9,7 +9,7 @@
 //! test process, and fewer threads around a fork means fewer surprises.
 
 use hreg::{Client, Error, Handle, ListFilter, SHARED};
-use hreg_tests::Daemon;
+use hreg_tests::{wait_until, Daemon};
 use std::io::Read;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -224,21 +224,18 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
     assert_eq!(root.get(shared).unwrap(), b"shared by root");
     // Root can do everything to the child's DETACHED object.
     let kept = Handle::new(outcome("kept.handle").parse().unwrap()).unwrap();
-    let (listed, _) = root
-        .list(
-            0,
-            100,
-            ListFilter {
-                owner: Some(NOBODY),
-                ..ListFilter::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        listed.len(),
-        1,
-        "only the DETACHED object outlives the child"
-    );
+    let nobodys = || {
+        let filter = ListFilter {
+            owner: Some(NOBODY),
+            ..ListFilter::default()
+        };
+        root.list(0, 100, filter).unwrap().0
+    };
+    // The child's session ends a moment after the child does.
+    wait_until("only the DETACHED object to outlive the child", || {
+        nobodys().len() == 1
+    });
+    let listed = nobodys();
     assert_eq!(listed[0].handle, kept.get());
     assert_eq!(listed[0].owner, NOBODY);
     assert_eq!(root.get(kept).unwrap(), b"left for root");

@@ -225,6 +225,8 @@ fn hostile_entry(rng: &mut Rng, own: &[u64]) -> [u8; ENTRY_SIZE] {
         user_data: rng.next(),
         opcode: opcodes[rng.below(opcodes.len() as u64) as usize],
         entry_flags: [0, sqe_flags::INLINE, sqe_flags::STAGED, 3, 0x80][rng.below(5) as usize],
+        // The ring overwrites it when publishing.
+        stamp: rng.next() as u16,
         obj_flags: [0, 1, 2, 3, 4, rng.next() as u32][rng.below(6) as usize],
         handle,
         data_off: [0, 8, rng.next() as u32, u32::MAX, rng.below(70000) as u32]
@@ -271,12 +273,13 @@ fn hostile_batch(
         let off = rng.below((len - noise.len()) as u64 + 1) as u32;
         view.copy_to_data(off, &noise);
     }
-    view.word(Word::SqTail).store(*tail, Ordering::Release);
     fence(Ordering::SeqCst);
     let _ = rustix::io::write(doorbell, &1u64.to_ne_bytes());
     hostility.entries += u64::from(count);
     let began = Instant::now();
-    while view.word(Word::CqTail).load(Ordering::Acquire) != *tail {
+    // Wait for the last completion's stamp, as a real client does (the CQ
+    // tail word may be scribbled by this very session).
+    while !view.cqe_published(tail.wrapping_sub(1)) {
         if began.elapsed() > Duration::from_millis(200) {
             return false;
         }
@@ -374,17 +377,14 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
                     drain(&session.conn, hostility)
                 }
                 14 | 15 => {
-                    // Scribble over the entries and data, then publish a
-                    // plausible tail.
+                    // Scribble over the entries (random stamps among them)
+                    // and data, then ring.
                     hostility.scribbles += 1;
                     let stride = session.welcome.ring_stride as usize;
                     let base = which * stride;
                     let sq = hreg_proto::ring::HEADER_SIZE;
                     session.scribble_range(rng.next(), base + sq, stride - sq);
-                    let count = 1 + rng.below(u64::from(view.entries())) as u32;
-                    *tail = tail.wrapping_add(count);
-                    hostility.entries += u64::from(count);
-                    view.word(Word::SqTail).store(*tail, Ordering::Release);
+                    hostility.entries += u64::from(view.entries());
                     let _ = rustix::io::write(&*doorbell, &1u64.to_ne_bytes());
                     std::thread::sleep(Duration::from_millis(1));
                     let cq_tail = view.word(Word::CqTail).load(Ordering::Acquire);
@@ -402,13 +402,9 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
                     drain(&session.conn, hostility)
                 }
                 17 => {
-                    // A tail far ahead, or a CQ head out of range.
-                    let word = if rng.below(2) == 0 {
-                        Word::SqTail
-                    } else {
-                        Word::CqHead
-                    };
-                    view.word(word).store(rng.next() as u32, Ordering::Release);
+                    // A CQ head out of range.
+                    view.word(Word::CqHead)
+                        .store(rng.next() as u32, Ordering::Release);
                     let _ = rustix::io::write(&*doorbell, &1u64.to_ne_bytes());
                     std::thread::sleep(Duration::from_millis(2));
                     drain(&session.conn, hostility)

@@ -44,9 +44,6 @@ fn handle_zero_and_bad_entries_are_invalid() {
     unknown_flags.obj_flags = 0;
     unknown_flags.entry_flags = 0x80;
     bad.push(unknown_flags.encode());
-    let mut reserved = sqe(Opcode::Insert as u8, 0);
-    reserved[10] = 1;
-    bad.push(reserved);
     // Flags on anything but INSERT.
     bad.push(
         Sqe {
@@ -143,9 +140,18 @@ fn corrupt_ring_counters_close_only_that_session() {
     let session = RawSession::attach(&daemon.socket);
     let (view, doorbell) = session.open_ring();
     let entries = view.entries();
-    // A tail far ahead of the head.
-    view.word(Word::SqTail)
+    // Fill the CQ and never read it, then claim a CQ head beyond the tail
+    // and submit once more: the daemon, out of room, reads the head.
+    for i in 0..entries {
+        view.write_sqe(i, &sqe(Opcode::Retain as u8, 1));
+    }
+    let _ = rustix::io::write(&doorbell, &1u64.to_ne_bytes());
+    wait_until("the CQ to fill", || {
+        view.word(Word::CqTail).load(Ordering::Acquire) == entries
+    });
+    view.word(Word::CqHead)
         .store(entries * 3, Ordering::Release);
+    view.write_sqe(entries, &sqe(Opcode::Retain as u8, 1));
     let _ = rustix::io::write(&doorbell, &1u64.to_ne_bytes());
     wait_until("the hostile session to be closed", || {
         session.conn.recv().is_none()
