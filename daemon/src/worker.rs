@@ -375,16 +375,18 @@ impl ServedRing {
         session: &Session,
         scratch: &mut Vec<u8>,
     ) -> (Cqe, bool) {
+        // Decoded once: the parse and the inline value both read this copy.
+        let sqe = Sqe::decode(raw);
         let mut cqe = Cqe {
-            user_data: Sqe::decode(raw).user_data,
+            user_data: sqe.user_data,
             ..Cqe::default()
         };
-        let request = Request::parse(raw, self.view.data_size());
+        let request = Request::from_sqe(&sqe, self.view.data_size());
         let public = !matches!(
             request,
             Ok(Request::StageWrite { .. } | Request::StageRead { .. })
         );
-        let inline = &raw[ENTRY_SIZE - INLINE_CAPACITY..];
+        let inline = &sqe.inline[..];
         let result =
             request.and_then(|request| self.run(request, inline, session, &mut cqe, scratch));
         if result == Err(Status::Quota) {

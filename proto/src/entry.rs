@@ -295,8 +295,13 @@ impl Request {
     /// malformed. Never panics, whatever the bytes.
     #[inline]
     pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<Request, crate::Status> {
+        Request::from_sqe(&Sqe::decode(raw), data_size)
+    }
+
+    /// [`Request::parse`] for an entry already decoded.
+    #[inline]
+    pub fn from_sqe(sqe: &Sqe, data_size: u32) -> Result<Request, crate::Status> {
         use crate::{flags, Opcode, Status};
-        let sqe = Sqe::decode(raw);
         let invalid = Err(Status::Invalid);
         if sqe.entry_flags & !sqe_flags::ALL != 0 {
             return invalid;

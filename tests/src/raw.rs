@@ -117,31 +117,10 @@ impl RawConn {
     }
 
     /// The next reply and the descriptor attached to it, if any; `None` at
-    /// EOF.
+    /// EOF. Panics on a receive error or a reply that does not decode.
     pub fn recv(&self) -> Option<(Reply, Option<OwnedFd>)> {
-        let mut buf = [0u8; MAX_MESSAGE];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
-        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-        let msg = rustix::net::recvmsg(
-            &self.fd,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-        .expect("recv");
-        if msg.bytes == 0 {
-            return None;
-        }
-        let mut fd = None;
-        for message in ancillary.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                fd = fds.into_iter().next();
-            }
-        }
-        Some((
-            Reply::decode(&buf[..msg.bytes]).expect("decodable reply"),
-            fd,
-        ))
+        let (reply, fd) = self.try_recv().expect("recv")?;
+        Some((reply.expect("decodable reply"), fd))
     }
 }
 
