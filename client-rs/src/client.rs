@@ -155,11 +155,19 @@ impl Inner {
         self.check_usable()?;
         let _guard = self.lock_control();
         self.check_usable()?;
-        let result = control::call(&self.sock, request);
-        if matches!(result, Err(Error::Disconnected)) {
-            self.disconnected.store(true, Ordering::Relaxed);
+        match control::call(&self.sock, request) {
+            Err(Error::Disconnected) => {
+                self.disconnected.store(true, Ordering::Relaxed);
+                Err(Error::Disconnected)
+            }
+            // A reply may still come, out of step with the next request:
+            // this session's control socket is unusable from now on.
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.disconnected.store(true, Ordering::Relaxed);
+                Err(Error::Disconnected)
+            }
+            other => other,
         }
-        result
     }
 
     /// Called while waiting for completions: is the daemon still there?
@@ -842,12 +850,7 @@ mod tests {
             max_rings: 2,
         };
         let stride = layout.ring_stride() as u64;
-        let memfd = || {
-            let fd =
-                rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-            rustix::fs::ftruncate(&fd, stride * 2).unwrap();
-            fd
-        };
+        let memfd = || crate::shm::tests::sealed_memfd(stride * 2);
 
         // No memfd attached.
         let (path, thread) = fake_daemon(

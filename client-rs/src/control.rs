@@ -51,17 +51,54 @@ pub(crate) fn send(sock: impl AsFd, request: &Request) -> Result<()> {
     }
 }
 
+/// How long a control request waits for its reply. Long: a busy daemon may
+/// be slow and a burst of attaches waits its turn, but a daemon that never
+/// answers must not hang a caller (or a thread-exit destructor) for ever.
+pub(crate) const REPLY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Receives one reply, waiting at most `deadline` for it, with the
+/// descriptors that came with it. EOF and SHUTDOWN give
+/// [`Error::Disconnected`]; no reply in time gives an [`Error::Io`] of kind
+/// `TimedOut`.
+pub(crate) fn recv_within(sock: impl AsFd, deadline: Duration) -> Result<(Reply, Vec<OwnedFd>)> {
+    let started = std::time::Instant::now();
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        let timeout = rustix::time::Timespec::try_from(left)
+            .map_err(|_| Error::Io(std::io::Error::other("reply deadline out of range")))?;
+        let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) if left.is_zero() => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("hregd did not answer within {} s", deadline.as_secs()),
+                )))
+            }
+            Ok(0) | Err(Errno::INTR) => continue,
+            Ok(_) => return recv(sock),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Receives one reply, blocking, with the descriptors that came with it.
 /// EOF and SHUTDOWN give [`Error::Disconnected`].
 pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
     let msg = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match rustix::net::recvmsg(sock.as_fd(), &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(sock.as_fd(), &mut iov, &mut cmsg, flags) {
             Err(Errno::INTR) => continue,
-            Err(Errno::CONNRESET) => return Err(Error::Disconnected),
+            // A peer that closed with our request unread resets the
+            // connection, and the error comes before what it sent us (a
+            // REFUSED saying why): look once more, without waiting.
+            Err(Errno::CONNRESET) if !flags.contains(RecvFlags::DONTWAIT) => {
+                flags |= RecvFlags::DONTWAIT;
+            }
+            Err(Errno::CONNRESET | Errno::AGAIN) => return Err(Error::Disconnected),
             other => break other?,
         }
     };
@@ -77,9 +114,9 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
         return Err(Error::Disconnected);
     }
     if msg.flags.contains(ReturnFlags::TRUNC) {
-        return Err(Error::Protocol(
-            "control packet longer than 4096 bytes".into(),
-        ));
+        return Err(Error::Protocol(format!(
+            "control packet longer than {MAX_MESSAGE} bytes"
+        )));
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
         return Err(Error::Protocol(
@@ -94,10 +131,11 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
     Ok((reply, fds))
 }
 
-/// Sends `request` and receives its reply. The caller serializes requests.
+/// Sends `request` and receives its reply (within [`REPLY_DEADLINE`]). The
+/// caller serializes requests.
 pub(crate) fn call(sock: impl AsFd, request: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
     send(sock.as_fd(), request)?;
-    recv(sock)
+    recv_within(sock, REPLY_DEADLINE)
 }
 
 /// Takes exactly one descriptor out of `fds`; the rest are closed.
@@ -225,6 +263,17 @@ mod tests {
             send(&a, &Request::Stats),
             Err(Error::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_silent_peer_times_out() {
+        let (a, _b) = pair();
+        let started = std::time::Instant::now();
+        match recv_within(&a, Duration::from_millis(100)) {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]

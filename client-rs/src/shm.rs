@@ -49,6 +49,15 @@ impl Mapping {
         let len = stride
             .checked_mul(layout.max_rings as usize)
             .ok_or_else(|| Error::Protocol("session memory size overflows".into()))?;
+        // Without these seals the daemon (or whatever answered at the
+        // socket) could shrink the memfd under our mapping: SIGBUS.
+        let seals = rustix::fs::fcntl_get_seals(memfd)
+            .map_err(|e| Error::Protocol(format!("session memory cannot be sealed: {e}")))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
+            return Err(Error::Protocol(
+                "session memory is not sealed against shrinking and growing".into(),
+            ));
+        }
         let stat = rustix::fs::fstat(memfd)?;
         if u64::try_from(stat.st_size).ok() != Some(len as u64) {
             return Err(Error::Protocol(format!(
@@ -170,7 +179,7 @@ pub(crate) fn current_pid() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -189,8 +198,7 @@ mod tests {
             max_rings: 2,
         };
         let stride = layout.ring_stride() as u64;
-        let fd = rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, stride * 2).unwrap();
+        let fd = sealed_memfd(stride * 2);
         let map = Mapping::new(&fd, layout, stride).unwrap();
         let ring = map.ring(1).unwrap();
         assert!(map.ring(2).is_none());
@@ -200,15 +208,34 @@ mod tests {
         assert_eq!(&out, b"hello");
         drop(map);
 
-        rustix::fs::ftruncate(&fd, stride).unwrap();
         assert!(matches!(
-            Mapping::new(&fd, layout, stride),
+            Mapping::new(&sealed_memfd(stride), layout, stride),
             Err(Error::Protocol(_))
         ));
         assert!(matches!(
             Mapping::new(&fd, layout, 100),
             Err(Error::Protocol(_))
         ));
+        // Right size, but it could be shrunk under the mapping.
+        let unsealed =
+            rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, stride * 2).unwrap();
+        assert!(matches!(
+            Mapping::new(&unsealed, layout, stride),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    /// A memfd of `len` bytes, sealed as the daemon seals session memory.
+    pub(crate) fn sealed_memfd(len: u64) -> OwnedFd {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd =
+            rustix::fs::memfd_create("hreg-test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .unwrap();
+        fd
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct Args {
     /// Most attached sessions.
     #[arg(long)]
     pub max_sessions: Option<usize>,
+    /// Most sessions one uid may have attached (root is exempt) [default:
+    /// half of max-sessions].
+    #[arg(long)]
+    pub uid_max_sessions: Option<usize>,
     /// Rings per session (threads beyond share rings).
     #[arg(long)]
     pub max_rings: Option<u32>,
@@ -91,6 +95,7 @@ pub struct FileConfig {
     pub uid_max_objects: Option<u64>,
     pub uid_max_bytes: Option<u64>,
     pub max_sessions: Option<usize>,
+    pub uid_max_sessions: Option<usize>,
     pub max_rings: Option<u32>,
     pub ring_entries: Option<u32>,
     pub data_size: Option<u32>,
@@ -112,6 +117,7 @@ pub struct Config {
     pub uid_max_objects: u64,
     pub uid_max_bytes: u64,
     pub max_sessions: usize,
+    pub uid_max_sessions: usize,
     pub max_rings: u32,
     pub ring_entries: u32,
     pub data_size: u32,
@@ -179,6 +185,7 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_objects = args.max_objects.or(file.max_objects).unwrap_or(1 << 24);
         let max_bytes = args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32);
+        let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(1024);
         let socket_group = args
             .socket_group
             .clone()
@@ -210,7 +217,11 @@ impl Config {
                 .uid_max_bytes
                 .or(file.uid_max_bytes)
                 .unwrap_or(max_bytes),
-            max_sessions: args.max_sessions.or(file.max_sessions).unwrap_or(1024),
+            max_sessions,
+            uid_max_sessions: args
+                .uid_max_sessions
+                .or(file.uid_max_sessions)
+                .unwrap_or((max_sessions / 2).max(1)),
             max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
             ring_entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
             data_size: args.data_size.or(file.data_size).unwrap_or(256 * 1024),
@@ -266,6 +277,12 @@ impl Config {
             "max_sessions",
             self.max_sessions,
             self.max_sessions >= 1,
+            "at least 1",
+        )?;
+        range(
+            "uid_max_sessions",
+            self.uid_max_sessions,
+            self.uid_max_sessions >= 1,
             "at least 1",
         )?;
         range(

@@ -1,309 +1,230 @@
-//! The control thread: the listening socket, HELLO/WELCOME, the slow requests
-//! (rings, stats, goodbye), end of sessions on EOF, and shutdown on signals.
+//! The control thread's connections: accepting them (with fair shares per
+//! uid, see [`crate::admission`]), HELLO and WELCOME, the slow requests
+//! (rings, admin requests, goodbye), end of sessions on EOF, and telling
+//! clients at shutdown.
 //!
-//! Everything here is non-blocking and driven by one `epoll`: a peer that is
-//! slow, silent or hostile can only lose its own connection, never hold up
-//! the accept loop.
+//! Everything here is non-blocking and driven by one `epoll` (the event
+//! loop is [`crate::daemon`]'s): a peer that is slow, silent or hostile can
+//! only lose its own connection, never hold up the accept loop. Work per
+//! wakeup is bounded (accepts, messages per connection, slots a LIST looks
+//! at), so one busy client cannot starve the others, the watchdog or the
+//! cleanup of closed sessions.
 
-use crate::config::{Args, Config};
+use crate::admin::{self, OpsRate};
+use crate::admission::{Admission, Arrival, PARKED_CAP, WAITING_SHARE};
+use crate::config::Config;
+use crate::doorbell::Doorbell;
+use crate::listener::{Accepted, Listener};
+use crate::peer::Peer;
 use crate::ratelimit::warn_limited;
 use crate::registry::{ListFilter, Registry};
-use crate::session::{Doorbell, Peer, Session};
+use crate::session::Session;
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
-use anyhow::{bail, Context};
-use hreg_proto::control::{
-    Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, MAX_MESSAGE, MAX_PAGE,
-};
+use anyhow::Context;
+use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A connection must say HELLO within this time or it is dropped.
+/// A connection must say HELLO within this time of being read, or it is
+/// refused.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections waiting for HELLO at most; more are refused at accept.
-const MAX_PENDING: usize = 256;
+/// Connections accepted per wakeup; more wait for the next one (the
+/// listener stays readable), so a flood of connects cannot starve the rest.
+const ACCEPT_BATCH: usize = 64;
 
-const LISTENER_KEY: u64 = 0;
-const BELL_KEY: u64 = 1;
-const STOP_KEY: u64 = 2;
-const RELOAD_KEY: u64 = 3;
+/// Messages read from one connection per wakeup; the rest wait for the
+/// next one (epoll is level-triggered).
+const MESSAGES_PER_WAKEUP: usize = 8;
 
-/// Where the daemon learns of signals: each descriptor becomes readable when
-/// its signal arrives (signal-hook's self-pipe).
-pub struct Signals<'a> {
-    /// SIGTERM, SIGINT: shut down.
-    pub stop: BorrowedFd<'a>,
-    /// SIGHUP: re-read the limits from the config file.
-    pub reload: BorrowedFd<'a>,
-    /// The command line the daemon was started with.
-    pub args: &'a Args,
-}
-const FIRST_CONN_KEY: u64 = 16;
+/// epoll keys below this are the daemon's own (listener, signals, bell).
+pub const FIRST_CONN_KEY: u64 = 16;
+pub const LISTENER_KEY: u64 = 0;
+pub const BELL_KEY: u64 = 1;
 
-/// The uid allowed to see everything.
-const ROOT: u32 = 0;
-
-/// Requests per second, measured over the last whole second or more.
-#[derive(Default)]
-struct OpsRate {
-    since: Option<(Instant, u64)>,
-    per_sec: u64,
+/// A connection and where it stands.
+struct Conn {
+    fd: OwnedFd,
+    peer: Peer,
+    state: ConnState,
 }
 
-impl OpsRate {
-    fn sample(&mut self, ops: u64) {
-        let now = Instant::now();
-        match self.since {
-            Some((at, before)) if now.duration_since(at) >= Duration::from_secs(1) => {
-                let secs = now.duration_since(at).as_secs_f64();
-                self.per_sec = (ops.saturating_sub(before) as f64 / secs) as u64;
-                self.since = Some((now, ops));
-            }
-            Some(_) => {}
-            None => self.since = Some((now, ops)),
+enum ConnState {
+    /// Accepted, not read yet (its uid has its share waiting already).
+    Parked,
+    /// Read, waiting for HELLO since then.
+    Waiting {
+        since: Instant,
+    },
+    Attached(Arc<Session>),
+}
+
+/// How many descriptors the daemon may hold, and how many it keeps back.
+///
+/// Every connection holds one descriptor and every ring one (its
+/// doorbell). When few are left, new rings are refused (the client's
+/// thread shares one of its session's rings) and new connections are
+/// refused with a reply that names the limit, so a newcomer always hears
+/// an answer and the daemon keeps room to work.
+struct FdBudget {
+    limit: usize,
+    /// Descriptors the daemon holds for itself (measured at start).
+    base: usize,
+    reserve: usize,
+}
+
+impl FdBudget {
+    fn measure() -> FdBudget {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or(usize::MAX, |n| n as usize);
+        let base = std::fs::read_dir("/proc/self/fd").map_or(64, |dir| dir.count());
+        FdBudget {
+            limit,
+            base,
+            reserve: (limit / 8).clamp(4, 64),
         }
+    }
+
+    /// Whether `held` more descriptors leave the reserve intact.
+    fn allows(&self, held: usize, reserve_share: usize) -> bool {
+        self.base + held + self.reserve / reserve_share < self.limit
     }
 }
 
-/// A connection, before and after HELLO.
-struct Conn {
-    fd: OwnedFd,
-    accepted: Instant,
-    session: Option<Arc<Session>>,
-}
-
-/// The running daemon as the control thread sees it.
-pub struct Daemon {
+/// What the control thread owns: the listener, every connection, and the
+/// handles it needs to open sessions and rings.
+pub struct Control {
     config: Config,
     registry: Arc<Registry>,
     workers: Vec<Arc<Worker>>,
     bell: Arc<Doorbell>,
+    poll: OwnedFd,
+    listener: Listener,
+    /// Whether the listener is in the epoll set (it leaves it while no
+    /// descriptor is left even to refuse a connection).
+    listening: bool,
     conns: HashMap<u64, Conn>,
+    admission: Admission,
     next_key: u64,
     next_session: u64,
-    /// The command line, to re-read the config file on SIGHUP.
-    args: Args,
-    reload_fd: OwnedFd,
-    started: Instant,
-    ops_rate: OpsRate,
     /// Sessions attached or still releasing their references (what STATS
     /// reports: once a session stops counting, its references are gone).
     live_sessions: Arc<AtomicUsize>,
-    poll: OwnedFd,
-    listener: OwnedFd,
-    /// The socket file we created, removed at shutdown.
-    socket_file: Option<PathBuf>,
+    started: Instant,
+    ops_rate: OpsRate,
+    fds: FdBudget,
 }
 
-impl Daemon {
-    /// Binds the socket and starts the workers. `stop` becomes readable when
-    /// the daemon must shut down.
-    pub fn start(
+impl Control {
+    pub fn new(
         config: Config,
-        signals: Signals<'_>,
-    ) -> anyhow::Result<(Daemon, Vec<std::thread::JoinHandle<()>>)> {
-        let (listener, socket_file) = match activated_listener()? {
-            Some(listener) => (listener, None),
-            None => (
-                bind_listener(&config.socket, config.socket_mode, config.socket_group)?,
-                Some(config.socket.clone()),
-            ),
-        };
-        let registry = Arc::new(Registry::new(config.shards, config.limits()));
-        let mut workers = Vec::new();
-        let mut threads = Vec::new();
-        for id in 0..config.workers {
-            let worker = Arc::new(Worker::new()?);
-            let runner = Arc::clone(&worker);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("hreg-worker-{id}"))
-                    .spawn(move || {
-                        if let Err(e) = runner.run() {
-                            tracing::error!(worker = id, error = %e, "worker failed");
-                        }
-                    })?,
-            );
-            workers.push(worker);
-        }
+        registry: Arc<Registry>,
+        workers: Vec<Arc<Worker>>,
+        listener: Listener,
+    ) -> anyhow::Result<Control> {
         let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let bell = Arc::new(Doorbell::new()?);
-        epoll::add(
-            &poll,
-            &listener,
-            epoll::EventData::new_u64(LISTENER_KEY),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &poll,
-            bell.fd(),
-            epoll::EventData::new_u64(BELL_KEY),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &poll,
-            signals.stop,
-            epoll::EventData::new_u64(STOP_KEY),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &poll,
-            signals.reload,
-            epoll::EventData::new_u64(RELOAD_KEY),
-            epoll::EventFlags::IN,
-        )?;
-        Ok((
-            Daemon {
-                socket_file,
-                config,
-                args: signals.args.clone(),
-                reload_fd: signals.reload.try_clone_to_owned()?,
-                registry,
-                workers,
-                bell,
-                conns: HashMap::new(),
-                next_key: FIRST_CONN_KEY,
-                next_session: 1,
-                started: Instant::now(),
-                ops_rate: OpsRate::default(),
-                live_sessions: Arc::default(),
-                poll,
-                listener,
-            },
-            threads,
-        ))
+        watch(&poll, &listener.fd, LISTENER_KEY)?;
+        watch(&poll, bell.fd(), BELL_KEY)?;
+        Ok(Control {
+            config,
+            registry,
+            workers,
+            bell,
+            poll,
+            listener,
+            listening: true,
+            conns: HashMap::new(),
+            admission: Admission::default(),
+            next_key: FIRST_CONN_KEY,
+            next_session: 1,
+            live_sessions: Arc::default(),
+            started: Instant::now(),
+            ops_rate: OpsRate::default(),
+            fds: FdBudget::measure(),
+        })
     }
 
-    /// Serves until `stop` is readable, then tells every client and stops the
-    /// workers.
-    pub fn run(mut self, threads: Vec<std::thread::JoinHandle<()>>) -> anyhow::Result<()> {
+    /// Adds a descriptor of the daemon's own (a signal pipe) to the epoll
+    /// set under `key` (below [`FIRST_CONN_KEY`]).
+    pub fn watch(&self, fd: BorrowedFd<'_>, key: u64) -> anyhow::Result<()> {
+        Ok(watch(&self.poll, fd, key)?)
+    }
+
+    /// Waits up to `timeout` for events; returns their keys.
+    pub fn wait(&self, timeout: Duration, keys: &mut Vec<u64>) -> anyhow::Result<()> {
         let mut events = Vec::with_capacity(256);
-        // Pet the watchdog twice per period; look at the world at least once
-        // a second.
-        let watchdog = sd_notify::watchdog_enabled();
-        let period = watchdog.map_or(Duration::from_secs(1), |w| {
-            (w / 2).min(Duration::from_secs(1))
+        let tick = rustix::time::Timespec::try_from(timeout).unwrap_or(rustix::time::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
         });
-        let tick = rustix::time::Timespec {
-            tv_sec: period.as_secs() as i64,
-            tv_nsec: i64::from(period.subsec_nanos()),
-        };
-        let mut last_status = String::new();
-        'serve: loop {
-            events.clear();
-            match epoll::wait(
-                &self.poll,
-                rustix::buffer::spare_capacity(&mut events),
-                Some(&tick),
-            ) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(e).context("epoll_wait"),
-            }
-            for event in &events {
-                match event.data.u64() {
-                    LISTENER_KEY => self.accept_all(),
-                    BELL_KEY => {
-                        self.bell.drain();
-                        self.drop_closed_sessions();
-                    }
-                    STOP_KEY => break 'serve,
-                    RELOAD_KEY => self.reload(),
-                    key => self.readable(key),
-                }
-            }
-            self.drop_silent_connections();
-            let ops = self.ops();
-            self.ops_rate.sample(ops);
-            if watchdog.is_some() {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-            let status = self.status_line();
-            if status != last_status {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
-                last_status = status;
-            }
+        match epoll::wait(
+            &self.poll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&tick),
+        ) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e).context("epoll_wait"),
         }
-        self.shutdown(threads);
+        keys.clear();
+        keys.extend(events.iter().map(|e| e.data.u64()));
         Ok(())
     }
 
-    fn shutdown(mut self, threads: Vec<std::thread::JoinHandle<()>>) {
-        tracing::info!(sessions = self.attached(), "shutting down");
-        let keys: Vec<u64> = self.conns.keys().copied().collect();
-        for key in keys {
-            if let Some(conn) = self.conns.get(&key) {
-                if conn.session.is_some() {
-                    let _ = send(conn.fd.as_fd(), &Reply::Shutdown, None);
-                }
+    /// Handles an event of the listener, the bell or a connection.
+    pub fn dispatch(&mut self, key: u64) {
+        match key {
+            LISTENER_KEY => self.accept_some(),
+            BELL_KEY => {
+                self.bell.drain();
+                self.drop_closed_sessions();
             }
-            self.close(key, "daemon stopping");
-        }
-        for worker in &self.workers {
-            worker.stop();
-        }
-        for thread in threads {
-            let _ = thread.join();
-        }
-        if let Some(path) = self.socket_file.take() {
-            let _ = std::fs::remove_file(path);
+            key if key >= FIRST_CONN_KEY => self.readable(key),
+            _ => {}
         }
     }
 
-    /// SIGHUP: re-reads the config file (flags still win) and applies what
-    /// can change while serving: the limits on values, objects, bytes and
-    /// sessions. The rest needs a restart, and the log says so.
-    fn reload(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!(rustix::io::read(&self.reload_fd, &mut buf), Ok(n) if n > 0) {}
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-        match Config::from_args(&self.args) {
-            Ok(new) => {
-                let fixed = Config {
-                    max_value_size: self.config.max_value_size,
-                    max_objects: self.config.max_objects,
-                    max_bytes: self.config.max_bytes,
-                    uid_max_objects: self.config.uid_max_objects,
-                    uid_max_bytes: self.config.uid_max_bytes,
-                    max_sessions: self.config.max_sessions,
-                    log_level: self.config.log_level.clone(),
-                    ..new.clone()
-                };
-                if fixed != self.config {
-                    tracing::warn!(
-                        "config changes other than limits take effect at the next start"
-                    );
-                }
-                self.registry.set_limits(new.limits());
-                self.config.max_value_size = new.max_value_size;
-                self.config.max_objects = new.max_objects;
-                self.config.max_bytes = new.max_bytes;
-                self.config.uid_max_objects = new.uid_max_objects;
-                self.config.uid_max_bytes = new.uid_max_bytes;
-                self.config.max_sessions = new.max_sessions;
-                tracing::info!(limits = ?new.limits(), max_sessions = new.max_sessions, "reloaded limits");
-            }
-            Err(e) => tracing::error!("reload refused, keeping the old limits: {e}"),
-        }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    /// Once per loop: expire silent connections, resume listening, sample
+    /// the ops rate.
+    pub fn tick(&mut self) {
+        self.drop_silent_connections();
+        self.resume_listening();
+        let ops = self.ops();
+        self.ops_rate.sample(ops);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies the limits of `new` (SIGHUP); the rest of it waits for a
+    /// restart.
+    pub fn apply_limits(&mut self, new: &Config) {
+        self.registry.set_limits(new.limits());
+        self.config.max_value_size = new.max_value_size;
+        self.config.max_objects = new.max_objects;
+        self.config.max_bytes = new.max_bytes;
+        self.config.uid_max_objects = new.uid_max_objects;
+        self.config.uid_max_bytes = new.uid_max_bytes;
+        self.config.max_sessions = new.max_sessions;
+        self.config.uid_max_sessions = new.uid_max_sessions;
     }
 
     /// The one-line summary systemd shows as the service's status.
-    fn status_line(&self) -> String {
+    pub fn status_line(&self) -> String {
         let usage = self.registry.usage();
         format!(
             "{} sessions, {} objects, {} value bytes",
@@ -313,58 +234,155 @@ impl Daemon {
         )
     }
 
-    fn attached(&self) -> usize {
-        self.conns.values().filter(|c| c.session.is_some()).count()
+    /// Tells every attached client that the daemon stops, and closes every
+    /// connection; then stops the workers.
+    pub fn shutdown(&mut self) {
+        tracing::info!(sessions = self.attached(), "shutting down");
+        let keys: Vec<u64> = self.conns.keys().copied().collect();
+        for key in keys {
+            if let Some(Conn {
+                fd,
+                state: ConnState::Attached(_),
+                ..
+            }) = self.conns.get(&key)
+            {
+                let _ = send(fd.as_fd(), &Reply::Shutdown, None);
+            }
+            self.close(key, "daemon stopping");
+        }
+        for worker in &self.workers {
+            worker.stop();
+        }
+        self.listener.remove_socket_file();
     }
 
-    fn accept_all(&mut self) {
-        loop {
-            match rustix::net::accept_with(
-                &self.listener,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            ) {
-                Ok(fd) => {
-                    let pending = self.conns.len() - self.attached();
-                    if pending >= MAX_PENDING {
-                        warn_limited(|| {
-                            tracing::warn!("too many connections without HELLO; refusing one")
-                        });
-                        continue;
-                    }
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    if epoll::add(
-                        &self.poll,
-                        &fd,
-                        epoll::EventData::new_u64(key),
-                        epoll::EventFlags::IN,
-                    )
-                    .is_ok()
-                    {
-                        self.conns.insert(
-                            key,
-                            Conn {
-                                fd,
-                                accepted: Instant::now(),
-                                session: None,
-                            },
-                        );
-                    }
-                }
-                Err(Errno::AGAIN) => return,
-                Err(Errno::INTR | Errno::CONNABORTED) => continue,
-                Err(e) => {
-                    warn_limited(|| tracing::warn!(error = %e, "accept failed"));
+    fn attached(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c.state, ConnState::Attached(_)))
+            .count()
+    }
+
+    fn ring_fds(&self) -> usize {
+        self.workers.iter().map(|w| w.load()).sum()
+    }
+
+    fn ops(&self) -> u64 {
+        self.workers.iter().map(|w| w.ops()).sum()
+    }
+
+    fn accept_some(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Accepted::None => return,
+                Accepted::Exhausted => {
+                    // Not even the reserve: stop listening until a
+                    // descriptor frees (see resume_listening).
+                    self.pause_listening();
                     return;
+                }
+                Accepted::OutOfDescriptors(fd) => {
+                    refuse(&fd, Status::Quota, &self.fd_limit_message());
+                    drop(fd);
+                    self.listener.take_spare();
+                }
+                Accepted::Conn(fd, peer) => self.arrive(fd, peer),
+            }
+        }
+    }
+
+    fn fd_limit_message(&self) -> String {
+        format!(
+            "hregd is at its file descriptor limit ({}); try again later",
+            self.fds.limit
+        )
+    }
+
+    /// A connection just accepted: read it now, park it, or refuse it.
+    fn arrive(&mut self, fd: OwnedFd, peer: Peer) {
+        if !self.fds.allows(self.conns.len() + self.ring_fds() + 1, 2) {
+            warn_limited(|| {
+                tracing::warn!(
+                    uid = peer.uid,
+                    "refused a connection: descriptor reserve reached"
+                )
+            });
+            refuse(&fd, Status::Quota, &self.fd_limit_message());
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let arrival = self.admission.arrive(key, peer.uid);
+        self.conns.insert(
+            key,
+            Conn {
+                fd,
+                peer,
+                state: ConnState::Parked,
+            },
+        );
+        match arrival {
+            Arrival::Wait => self.start_waiting(key),
+            Arrival::Park => {}
+            Arrival::ParkEvicting(oldest) => {
+                if let Some(conn) = self.conns.remove(&oldest) {
+                    warn_limited(|| {
+                        tracing::warn!(
+                            uid = peer.uid,
+                            "refused the oldest of too many waiting connections"
+                        )
+                    });
+                    refuse(
+                        &conn.fd,
+                        Status::Quota,
+                        &format!(
+                            "uid {} has more than {} connections waiting to attach ({} read at once)",
+                            peer.uid,
+                            PARKED_CAP,
+                            WAITING_SHARE
+                        ),
+                    );
                 }
             }
         }
     }
 
-    /// Reads every message waiting on a connection.
+    /// Starts reading a parked connection; its HELLO deadline starts now.
+    fn start_waiting(&mut self, key: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.state = ConnState::Waiting {
+            since: Instant::now(),
+        };
+        if watch(&self.poll, conn.fd.as_fd(), key).is_err() {
+            self.close(key, "cannot watch the connection");
+        }
+    }
+
+    fn pause_listening(&mut self) {
+        if self.listening {
+            let _ = epoll::delete(&self.poll, &self.listener.fd);
+            self.listening = false;
+            warn_limited(|| tracing::warn!("out of file descriptors; accepting paused"));
+        }
+    }
+
+    fn resume_listening(&mut self) {
+        if !self.listening {
+            self.listener.take_spare();
+            if self.listener.has_spare()
+                && watch(&self.poll, &self.listener.fd, LISTENER_KEY).is_ok()
+            {
+                self.listening = true;
+            }
+        }
+    }
+
+    /// Reads up to [`MESSAGES_PER_WAKEUP`] messages waiting on a connection.
     fn readable(&mut self, key: u64) {
-        let mut buf = [0u8; MAX_MESSAGE];
-        loop {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        for _ in 0..MESSAGES_PER_WAKEUP {
             let Some(conn) = self.conns.get(&key) else {
                 return;
             };
@@ -397,7 +415,11 @@ impl Daemon {
 
     /// Handles one request; returns false when the connection is gone.
     fn request(&mut self, key: u64, bytes: &[u8]) -> bool {
-        let attached = self.conns.get(&key).and_then(|c| c.session.clone());
+        let attached = match self.conns.get(&key).map(|c| &c.state) {
+            Some(ConnState::Attached(session)) => Some(Arc::clone(session)),
+            Some(_) => None,
+            None => return false,
+        };
         let request = match Request::decode(bytes) {
             Ok(request) => request,
             Err(e) => {
@@ -423,13 +445,11 @@ impl Daemon {
                 self.reply(key, &Reply::Ack, None)
             }
             (Request::Stats, Some(_)) => {
-                let usage = self.registry.usage();
-                let stats = StatsReply {
-                    objects: usage.objects,
-                    value_bytes: usage.value_bytes,
-                    sessions: self.live_sessions.load(Ordering::Acquire) as u64,
-                    ops: self.ops(),
-                };
+                let stats = admin::stats(
+                    &self.registry,
+                    self.live_sessions.load(Ordering::Acquire) as u64,
+                    self.ops(),
+                );
                 self.reply(key, &Reply::Stats(stats), None)
             }
             (Request::Goodbye, Some(_)) => {
@@ -437,7 +457,11 @@ impl Daemon {
                 false
             }
             (Request::Sessions { cursor }, Some(caller)) => {
-                let reply = self.sessions_page(cursor, caller.peer.uid);
+                let sessions = self.conns.values().filter_map(|c| match &c.state {
+                    ConnState::Attached(s) => Some(&**s),
+                    _ => None,
+                });
+                let reply = admin::sessions_page(sessions, cursor, caller.peer.uid);
                 self.reply(key, &reply, None)
             }
             (
@@ -449,163 +473,76 @@ impl Daemon {
                 },
                 Some(caller),
             ) => {
-                let reply = self.objects_page(cursor, limit, detached_only, owner, caller.peer.uid);
+                let filter = ListFilter {
+                    detached_only,
+                    owner,
+                };
+                let reply =
+                    admin::objects_page(&self.registry, cursor, limit, filter, caller.peer.uid);
                 self.reply(key, &reply, None)
             }
             (Request::Usage, Some(caller)) => {
-                let reply = Reply::Usage(self.usage(caller.peer.uid));
-                self.reply(key, &reply, None)
+                let usage = admin::usage(
+                    &self.registry,
+                    self.started.elapsed(),
+                    self.ops_rate.per_sec(),
+                    caller.peer.uid,
+                );
+                self.reply(key, &Reply::Usage(usage), None)
             }
         }
     }
 
-    /// Attached sessions with ids from `cursor` on; all of them for root,
-    /// the caller's own uid's otherwise.
-    fn sessions_page(&self, cursor: u64, caller_uid: u32) -> Reply {
-        let mut visible: Vec<&Arc<Session>> = self
-            .conns
-            .values()
-            .filter_map(|c| c.session.as_ref())
-            .filter(|s| s.id >= cursor && (caller_uid == ROOT || s.peer.uid == caller_uid))
-            .collect();
-        visible.sort_by_key(|s| s.id);
-        let page = MAX_PAGE as usize;
-        let next = visible.get(page).map_or(0, |s| s.id);
-        let sessions = visible
-            .into_iter()
-            .take(page)
-            .map(|s| SessionInfo {
-                id: s.id,
-                pid: s.peer.pid as u32,
-                uid: s.peer.uid,
-                gid: s.peer.gid,
-                rings: s.open_ring_count() as u32,
-                references: s.holder.reference_count(),
-                name: s.name.clone(),
-            })
-            .collect();
-        Reply::Sessions { sessions, next }
-    }
-
-    /// A page of objects; only root may look at other users' objects.
-    fn objects_page(
-        &self,
-        cursor: u64,
-        limit: u32,
-        detached_only: bool,
-        owner: Option<u32>,
-        caller_uid: u32,
-    ) -> Reply {
-        let owner = match owner {
-            Some(uid) if caller_uid != ROOT && uid != caller_uid => {
-                return Reply::Error {
-                    status: Status::Denied as u32,
-                    message: "only root may list other users' objects".into(),
-                };
-            }
-            None if caller_uid != ROOT => Some(caller_uid),
-            owner => owner,
-        };
-        let limit = if limit == 0 {
-            MAX_PAGE
-        } else {
-            limit.min(MAX_PAGE)
-        };
-        let filter = ListFilter {
-            detached_only,
-            owner,
-        };
-        let (objects, next) = self.registry.list(cursor, limit as usize, filter);
-        Reply::Objects { objects, next }
-    }
-
-    fn usage(&self, caller_uid: u32) -> UsageReply {
-        let limits = self.registry.limits();
-        UsageReply {
-            uptime_secs: self.started.elapsed().as_secs(),
-            ops_per_sec: self.ops_rate.per_sec,
-            max_objects: limits.max_objects,
-            max_bytes: limits.max_bytes,
-            uid_max_objects: limits.uid_max_objects,
-            uid_max_bytes: limits.uid_max_bytes,
-            shards: self.registry.shard_occupancy(),
-            uids: self
-                .registry
-                .usage_by_uid()
-                .into_iter()
-                .filter(|&(uid, _)| caller_uid == ROOT || uid == caller_uid)
-                .map(|(uid, usage)| UidUsage {
-                    uid,
-                    objects: usage.objects,
-                    value_bytes: usage.value_bytes,
-                })
-                .collect(),
-        }
-    }
-
-    fn ops(&self) -> u64 {
-        self.workers.iter().map(|w| w.ops()).sum()
+    /// Refuses HELLO with `status` and a message naming the limit.
+    fn refuse_hello(&mut self, key: u64, status: Status, message: String, why: &str) -> bool {
+        warn_limited(|| tracing::warn!(reason = why, "refused attach: {message}"));
+        let _ = self.reply(
+            key,
+            &Reply::Refused {
+                status: status as u32,
+                message,
+            },
+            None,
+        );
+        self.close(key, why);
+        false
     }
 
     fn hello(&mut self, key: u64, version: u32, name: String) -> bool {
+        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
+            return false;
+        };
         if version != PROTOCOL_VERSION {
             let message =
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
-            warn_limited(|| tracing::warn!(version, "refused attach: {message}"));
-            let _ = self.reply(
-                key,
-                &Reply::Refused {
-                    status: Status::Version as u32,
-                    message,
-                },
-                None,
-            );
-            self.close(key, "version mismatch");
-            return false;
+            return self.refuse_hello(key, Status::Version, message, "version mismatch");
         }
         if self.attached() >= self.config.max_sessions {
-            let message = format!("session cap ({}) reached", self.config.max_sessions);
-            warn_limited(|| tracing::warn!("refused attach: {message}"));
-            let _ = self.reply(
-                key,
-                &Reply::Refused {
-                    status: Status::Quota as u32,
-                    message,
-                },
-                None,
+            let message = format!(
+                "session cap reached: max_sessions = {}",
+                self.config.max_sessions
             );
-            self.close(key, "session cap");
-            return false;
+            return self.refuse_hello(key, Status::Quota, message, "session cap");
         }
-        let Some(conn) = self.conns.get(&key) else {
-            return false;
-        };
-        let peer = match rustix::net::sockopt::socket_peercred(&conn.fd) {
-            Ok(cred) => Peer {
-                pid: cred.pid.as_raw_nonzero().get(),
-                uid: cred.uid.as_raw(),
-                gid: cred.gid.as_raw(),
-            },
-            Err(_) => {
-                self.close(key, "no peer credentials");
-                return false;
-            }
-        };
-        let memory = match SessionMemory::create(self.config.layout()) {
-            Ok(memory) => memory,
+        if peer.uid != 0 && self.admission.sessions(peer.uid) >= self.config.uid_max_sessions {
+            let message = format!(
+                "uid {} has {} sessions: uid_max_sessions = {}",
+                peer.uid,
+                self.admission.sessions(peer.uid),
+                self.config.uid_max_sessions
+            );
+            return self.refuse_hello(key, Status::Quota, message, "uid session cap");
+        }
+        let (memory, memfd) = match SessionMemory::create(self.config.layout()) {
+            Ok(made) => made,
             Err(e) => {
-                warn_limited(|| tracing::warn!(error = %e, "cannot create session memory"));
+                let status = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    Status::Quota
+                } else {
+                    Status::Io
+                };
                 let message = format!("cannot create session memory: {e}");
-                let _ = self.reply(
-                    key,
-                    &Reply::Refused {
-                        status: Status::Io as u32,
-                        message,
-                    },
-                    None,
-                );
-                self.close(key, "no memory");
-                return false;
+                return self.refuse_hello(key, status, message, "no memory");
             }
         };
         let id = self.next_session;
@@ -631,50 +568,53 @@ impl Daemon {
             Arc::clone(&self.bell),
             Arc::clone(&self.live_sessions),
         ));
-        if !self.reply(key, &Reply::Welcome(welcome), Some(session.memory.fd())) {
+        if !self.reply(key, &Reply::Welcome(welcome), Some(memfd.as_fd())) {
             return false;
         }
+        drop(memfd);
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.session = Some(session);
+            conn.state = ConnState::Attached(session);
+        }
+        if let Some(next) = self.admission.done_waiting(peer.uid, true) {
+            self.start_waiting(next);
         }
         true
     }
 
     fn ring_open(&mut self, key: u64, session: &Arc<Session>) -> bool {
+        let error = |status: Status, message: String| Reply::Error {
+            status: status as u32,
+            message,
+        };
+        if !self.fds.allows(self.conns.len() + self.ring_fds() + 1, 1) {
+            let message = format!(
+                "descriptor reserve reached (limit {}); share a ring",
+                self.fds.limit
+            );
+            return self.reply(key, &error(Status::Quota, message), None);
+        }
         let Some(index) = session.claim_ring() else {
             let message = format!("ring cap ({}) reached", session.memory.layout().max_rings);
-            return self.reply(
-                key,
-                &Reply::Error {
-                    status: Status::Quota as u32,
-                    message,
-                },
-                None,
-            );
+            return self.reply(key, &error(Status::Quota, message), None);
         };
-        let doorbell = match rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        ) {
-            Ok(fd) => fd,
+        let doorbell = match Doorbell::new() {
+            Ok(doorbell) => doorbell,
             Err(e) => {
                 session.free_ring(index);
+                let status = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    Status::Quota
+                } else {
+                    Status::Io
+                };
                 let message = format!("cannot create doorbell: {e}");
-                return self.reply(
-                    key,
-                    &Reply::Error {
-                        status: Status::Io as u32,
-                        message,
-                    },
-                    None,
-                );
+                return self.reply(key, &error(status, message), None);
             }
         };
         if let Some(view) = session.memory.ring(index) {
             view.reset();
         }
-        if !self.reply(key, &Reply::RingOpened { index }, Some(doorbell.as_fd())) {
+        if !self.reply(key, &Reply::RingOpened { index }, Some(doorbell.fd())) {
             session.free_ring(index);
             return false;
         }
@@ -704,17 +644,13 @@ impl Daemon {
     /// Refuses a connection that has not said HELLO yet, or closes an
     /// attached one.
     fn refuse_or_close(&mut self, key: u64, why: &str) {
-        let attached = self.conns.get(&key).is_some_and(|c| c.session.is_some());
-        if !attached {
-            let message = why.to_string();
-            let _ = self.reply(
-                key,
-                &Reply::Refused {
-                    status: Status::Protocol as u32,
-                    message,
-                },
-                None,
-            );
+        if let Some(Conn {
+            fd,
+            state: ConnState::Waiting { .. },
+            ..
+        }) = self.conns.get(&key)
+        {
+            refuse(fd, Status::Protocol, why);
         }
         warn_limited(|| tracing::warn!(reason = why, "protocol error"));
         self.close(key, why);
@@ -724,28 +660,41 @@ impl Daemon {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
-        if let Some(session) = conn.session {
-            tracing::info!(
-                session = session.id,
-                pid = session.peer.pid,
-                uid = session.peer.uid,
-                name = %session.name,
-                reason = why,
-                "session detached"
-            );
-            session.close();
-            for worker in &self.workers {
-                worker.nudge();
+        if !matches!(conn.state, ConnState::Parked) {
+            let _ = epoll::delete(&self.poll, &conn.fd);
+        }
+        match conn.state {
+            ConnState::Parked => {
+                self.admission.unpark(key, conn.peer.uid);
+            }
+            ConnState::Waiting { .. } => {
+                if let Some(next) = self.admission.done_waiting(conn.peer.uid, false) {
+                    self.start_waiting(next);
+                }
+            }
+            ConnState::Attached(session) => {
+                self.admission.detached(conn.peer.uid);
+                tracing::info!(
+                    session = session.id,
+                    pid = session.peer.pid,
+                    uid = session.peer.uid,
+                    name = %session.name,
+                    reason = why,
+                    "session detached"
+                );
+                session.close();
+                for worker in &self.workers {
+                    worker.nudge();
+                }
             }
         }
-        // Dropping the fd removes it from the epoll set.
     }
 
     fn drop_closed_sessions(&mut self) {
         let closed: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.session.as_ref().is_some_and(|s| s.is_closed()))
+            .filter(|(_, c)| matches!(&c.state, ConnState::Attached(s) if s.is_closed()))
             .map(|(k, _)| *k)
             .collect();
         for key in closed {
@@ -757,13 +706,42 @@ impl Daemon {
         let silent: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.session.is_none() && c.accepted.elapsed() > HELLO_TIMEOUT)
+            .filter(|(_, c)| matches!(c.state, ConnState::Waiting { since } if since.elapsed() > HELLO_TIMEOUT))
             .map(|(k, _)| *k)
             .collect();
         for key in silent {
+            if let Some(conn) = self.conns.get(&key) {
+                refuse(&conn.fd, Status::Protocol, "no HELLO within 5 seconds");
+            }
             self.close(key, "no HELLO in time");
         }
     }
+}
+
+fn watch(poll: &OwnedFd, fd: impl AsFd, key: u64) -> rustix::io::Result<()> {
+    epoll::add(
+        poll,
+        fd,
+        epoll::EventData::new_u64(key),
+        epoll::EventFlags::IN,
+    )
+}
+
+/// Sends REFUSED on a connection that is about to be closed (best effort).
+/// What the peer sent is read away first: closing a socket with unread
+/// data resets the connection, and the peer then sees the reset before our
+/// reply.
+fn refuse(fd: &OwnedFd, status: Status, message: &str) {
+    let mut sink = [0u8; 256];
+    while matches!(
+        rustix::net::recv(fd, &mut sink, RecvFlags::DONTWAIT),
+        Ok((_, n)) if n > 0
+    ) {}
+    let reply = Reply::Refused {
+        status: status as u32,
+        message: message.to_string(),
+    };
+    let _ = send(fd.as_fd(), &reply, None);
 }
 
 /// Sends one message, with at most one descriptor, never blocking and never
@@ -784,91 +762,4 @@ fn send(socket: BorrowedFd<'_>, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> st
         SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     )?;
     Ok(())
-}
-
-/// The listening socket systemd passed (socket activation), if any.
-fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
-    let mut fds = sd_notify::listen_fds().context("bad LISTEN_FDS from the service manager")?;
-    let Some(raw) = fds.next() else {
-        return Ok(None);
-    };
-    if fds.len() > 0 {
-        bail!("socket activation passed more than one socket; hregd listens on one");
-    }
-    // SAFETY: LISTEN_FDS/LISTEN_PID name this process, so descriptor `raw`
-    // was opened for us by the service manager and nothing else owns it; we
-    // take ownership exactly once.
-    let listener = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let kind = rustix::net::sockopt::socket_type(&listener)
-        .context("activated descriptor is not a socket")?;
-    if kind != SocketType::SEQPACKET {
-        bail!("the activated socket must be SOCK_SEQPACKET (ListenSequentialPacket=)");
-    }
-    rustix::fs::fcntl_setfl(&listener, rustix::fs::OFlags::NONBLOCK)?;
-    tracing::info!("listening on the socket passed by the service manager");
-    Ok(Some(listener))
-}
-
-/// Creates the listening socket at `path`: replaces a stale socket file of a
-/// dead daemon, refuses to steal a live one or to touch anything else.
-fn bind_listener(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<OwnedFd> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            let dir_mode = if mode & 0o070 != 0 { 0o755 } else { 0o700 };
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(dir_mode)
-                .create(dir)
-                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-        }
-    }
-    let address =
-        SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            let probe = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )?;
-            match rustix::net::connect(&probe, &address) {
-                Ok(()) => bail!(
-                    "another hregd is serving at {}; not taking its socket",
-                    path.display()
-                ),
-                Err(Errno::CONNREFUSED) => {
-                    tracing::info!(path = %path.display(), "replacing stale socket of a dead daemon");
-                    std::fs::remove_file(path).with_context(|| {
-                        format!("cannot remove stale socket {}", path.display())
-                    })?;
-                }
-                Err(e) => bail!("cannot tell whether {} is in use: {e}", path.display()),
-            }
-        }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
-    }
-    let listener = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    // The socket file is created with the umask applied, so it is never
-    // reachable by more users than `mode` allows, even for an instant.
-    let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(!mode & 0o777));
-    let bound = rustix::net::bind(&listener, &address);
-    rustix::process::umask(old_umask);
-    bound.with_context(|| format!("cannot bind {}", path.display()))?;
-    if let Some(gid) = group {
-        rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(gid)))
-            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
-    }
-    rustix::net::listen(&listener, 128)?;
-    Ok(listener)
 }

@@ -7,11 +7,18 @@
 //! settings ([`config`]) and rate-limited warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
 //! `hreg_proto::ring` (access to ring memory).
 
+pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod control;
+pub mod daemon;
+pub mod doorbell;
+pub mod listener;
+pub mod peer;
 pub mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod shm;
 pub mod store;
+pub mod sync;
 pub mod worker;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use hregd::config::{Args, Config};
-use hregd::control::{Daemon, Signals};
+use hregd::daemon::{Daemon, Signals};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -55,10 +55,10 @@ fn run(args: &Args, config: Config) -> anyhow::Result<()> {
         reload: reload.as_fd(),
         args,
     };
-    let (daemon, threads) = Daemon::start(config, signals)?;
+    let daemon = Daemon::start(config, signals)?;
     tracing::info!(socket = %socket.display(), "hregd serving");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let result = daemon.run(threads);
+    let result = daemon.run();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     result
 }

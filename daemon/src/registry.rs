@@ -29,6 +29,16 @@ const LAST_GENERATION: u32 = GENERATION_MASK - 1;
 /// The uid allowed everything.
 const ROOT: u32 = 0;
 
+/// Slots one LIST request looks at, at most.
+pub const LIST_SCAN_BUDGET: usize = 65_536;
+
+/// Bytes of ring staging one session may hold at once: four values of the
+/// largest size (several threads may move large values at the same time),
+/// and never less than 4 MiB.
+pub fn session_staging_cap(max_value_size: usize) -> u64 {
+    (max_value_size as u64).saturating_mul(4).max(4 << 20)
+}
+
 /// Limits on what the registry holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -103,15 +113,19 @@ impl LimitCell {
     }
 }
 
-/// Objects and value bytes counted against a limit.
+/// Objects and bytes counted against a limit: the bytes of live values, and
+/// the bytes of large values in transit (ring staging buffers), which count
+/// against the same byte limit so that staging cannot pass it.
 #[derive(Debug, Default)]
 pub struct Counters {
     objects: AtomicU64,
     bytes: AtomicU64,
+    staged: AtomicU64,
 }
 
 impl Counters {
-    /// Adds to both counts unless either would pass its maximum.
+    /// Adds to the counts unless one would pass its maximum (value and
+    /// staged bytes together against `max_bytes`).
     fn reserve(&self, objects: u64, bytes: u64, max_objects: u64, max_bytes: u64) -> bool {
         let total_objects = self
             .objects
@@ -120,7 +134,8 @@ impl Counters {
         let total_bytes = self
             .bytes
             .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes);
+            .saturating_add(bytes)
+            .saturating_add(self.staged.load(Ordering::Relaxed));
         if total_objects > max_objects || total_bytes > max_bytes {
             self.give_back(objects, bytes);
             return false;
@@ -131,6 +146,24 @@ impl Counters {
     fn give_back(&self, objects: u64, bytes: u64) {
         self.objects.fetch_sub(objects, Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds `bytes` of staging unless values and staging together would
+    /// pass `max_bytes`.
+    fn reserve_staged(&self, bytes: u64, max_bytes: u64) -> bool {
+        let staged = self
+            .staged
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        if staged.saturating_add(self.bytes.load(Ordering::Relaxed)) > max_bytes {
+            self.staged.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back_staged(&self, bytes: u64) {
+        self.staged.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn usage(&self) -> Usage {
@@ -151,12 +184,74 @@ pub struct Holder {
     /// References this holder owns, by full handle (never by slot, so a reused
     /// slot can't inherit them).
     refs: Mutex<RefTable>,
+    /// Bytes of this session's ring staging buffers.
+    staged: AtomicU64,
 }
 
-/// A session's references by handle. Hashed with [`HandleHasher`], not
-/// SipHash: this table is touched by every non-DETACHED INSERT, RETAIN and
-/// RELEASE.
-type RefTable = HashMap<u64, u32, BuildHasherDefault<HandleHasher>>;
+/// A session's references by handle.
+///
+/// Entries of objects that died while referenced (removed by someone, or a
+/// session's reference left behind by REMOVE) are dropped by a purge that
+/// runs whenever the table has doubled since the last one, so the table
+/// stays within twice the live objects it references plus
+/// [`PURGE_FLOOR`], however a client loops.
+#[derive(Debug)]
+struct RefTable {
+    counts: HashMap<u64, u32, BuildHasherDefault<HandleHasher>>,
+    /// The sum of `counts`.
+    total: u64,
+    /// The table size that triggers the next purge.
+    purge_at: usize,
+}
+
+/// Smallest table size at which a purge runs.
+const PURGE_FLOOR: usize = 1024;
+
+impl Default for RefTable {
+    fn default() -> RefTable {
+        RefTable {
+            counts: HashMap::default(),
+            total: 0,
+            purge_at: PURGE_FLOOR,
+        }
+    }
+}
+
+impl RefTable {
+    fn held(&self, handle: u64) -> u32 {
+        self.counts.get(&handle).copied().unwrap_or(0)
+    }
+
+    /// One more reference; the caller checked that it fits in a `u32`.
+    fn add(&mut self, handle: u64) {
+        *self.counts.entry(handle).or_insert(0) += 1;
+        self.total += 1;
+    }
+
+    /// One reference fewer; false when none is held.
+    fn take(&mut self, handle: u64) -> bool {
+        let Entry::Occupied(mut held) = self.counts.entry(handle) else {
+            return false;
+        };
+        *held.get_mut() -= 1;
+        if *held.get() == 0 {
+            held.remove();
+        }
+        self.total -= 1;
+        true
+    }
+
+    /// Drops every reference to `handle` (its object is dead).
+    fn forget(&mut self, handle: u64) {
+        if let Some(count) = self.counts.remove(&handle) {
+            self.total -= u64::from(count);
+        }
+    }
+
+    fn wants_purge(&self) -> bool {
+        self.counts.len() >= self.purge_at
+    }
+}
 
 /// An FxHash-style hasher (one multiply, then the high bits folded down) for
 /// handles. A keyed hash is not needed here: a key only enters a table
@@ -164,7 +259,8 @@ type RefTable = HashMap<u64, u32, BuildHasherDefault<HandleHasher>>;
 /// (INSERT), so every key is a handle the daemon issued, built from a slot
 /// index, a generation the daemon chose at random and the daemon's random
 /// epoch. A client cannot pick keys that collide; at worst it fills its own
-/// table, bounded by its object quota, and slows only its own session.
+/// table (bounded by the purge, see [`RefTable`]) and slows only its own
+/// session.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct HandleHasher(u64);
 
@@ -192,14 +288,21 @@ impl Hasher for HandleHasher {
 }
 
 impl Holder {
-    /// Handles this holder has references to, with how many.
-    pub fn references(&self) -> Vec<(u64, u32)> {
-        lock(&self.refs).iter().map(|(&h, &n)| (h, n)).collect()
+    /// Total references this holder owns (references to objects removed
+    /// meanwhile included, until the next purge drops them).
+    pub fn reference_count(&self) -> u64 {
+        lock(&self.refs).total
     }
 
-    /// Total references this holder owns.
-    pub fn reference_count(&self) -> u64 {
-        lock(&self.refs).values().map(|&n| u64::from(n)).sum()
+    /// Entries in the reference table (distinct handles, live or not yet
+    /// purged).
+    pub fn reference_entries(&self) -> usize {
+        lock(&self.refs).counts.len()
+    }
+
+    /// Bytes of this session's staging buffers.
+    pub fn staged_bytes(&self) -> u64 {
+        self.staged.load(Ordering::Relaxed)
     }
 }
 
@@ -357,6 +460,7 @@ impl Registry {
             uid,
             usage: self.uid_counters(uid),
             refs: Mutex::default(),
+            staged: AtomicU64::new(0),
         }
     }
 
@@ -374,10 +478,6 @@ impl Registry {
     /// New limits for what comes next; what exists already stays.
     pub fn set_limits(&self, limits: Limits) {
         self.limits.set(limits);
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
     }
 
     pub fn usage(&self) -> Usage {
@@ -437,10 +537,16 @@ impl Registry {
                 slot: (local << self.shard_bits) | shard_index as u32,
             }
             .encode();
-            if !detached {
-                *lock(&holder.refs).entry(handle).or_insert(0) += 1;
-            }
+            let purge = !detached && {
+                let mut refs = lock(&holder.refs);
+                refs.add(handle);
+                refs.wants_purge()
+            };
             charge.keep();
+            drop(shard);
+            if purge {
+                self.purge_dead_references(holder);
+            }
             return Ok(handle);
         }
         Err(Status::Quota)
@@ -501,29 +607,37 @@ impl Registry {
         if !slot.readable_by(holder.uid) {
             return Err(Status::Denied);
         }
-        let mut refs = lock(&holder.refs);
-        let held = refs.entry(handle).or_insert(0);
-        if *held == u32::MAX || slot.refs == u32::MAX {
-            return Err(Status::Quota);
+        let purge = {
+            let mut refs = lock(&holder.refs);
+            // Checked before the table is touched: a refused RETAIN leaves
+            // no entry behind.
+            if refs.held(handle) == u32::MAX || slot.refs == u32::MAX {
+                return Err(Status::Quota);
+            }
+            refs.add(handle);
+            slot.refs += 1;
+            refs.wants_purge()
+        };
+        drop(shard);
+        if purge {
+            self.purge_dead_references(holder);
         }
-        *held += 1;
-        slot.refs += 1;
         Ok(())
     }
 
     pub fn release(&self, holder: &Holder, handle: u64) -> Result<(), Status> {
         let (shard_index, local) = self.locate(handle)?;
         let mut shard = write(&self.shards[shard_index]);
-        let slot = live_slot_mut(&mut shard, local, handle)?;
-        {
-            let mut refs = lock(&holder.refs);
-            let Entry::Occupied(mut held) = refs.entry(handle) else {
-                return Err(Status::NotHeld);
-            };
-            *held.get_mut() -= 1;
-            if *held.get() == 0 {
-                held.remove();
+        let slot = match live_slot_mut(&mut shard, local, handle) {
+            Ok(slot) => slot,
+            Err(status) => {
+                // The object died under this reference: the entry goes too.
+                lock(&holder.refs).forget(handle);
+                return Err(status);
             }
+        };
+        if !lock(&holder.refs).take(handle) {
+            return Err(Status::NotHeld);
         }
         slot.refs = slot.refs.saturating_sub(1);
         if slot.refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
@@ -532,7 +646,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Kills the object now, whoever holds references to it.
+    /// Kills the object now, whoever holds references to it. The remover's
+    /// own references go with it; other holders' are purged lazily.
     pub fn remove(&self, holder: &Holder, handle: u64) -> Result<(), Status> {
         let (shard_index, local) = self.locate(handle)?;
         let mut shard = write(&self.shards[shard_index]);
@@ -541,13 +656,72 @@ impl Registry {
             return Err(Status::Denied);
         }
         self.kill(&mut shard, local, holder);
+        lock(&holder.refs).forget(handle);
         Ok(())
+    }
+
+    /// Drops `holder`'s entries for objects that have died, and sets the
+    /// size of its table that triggers the next purge. Takes no shard lock
+    /// while it holds the table, nor the table while it holds a shard lock.
+    fn purge_dead_references(&self, holder: &Holder) {
+        let handles: Vec<u64> = lock(&holder.refs).counts.keys().copied().collect();
+        let dead: Vec<u64> = handles
+            .into_iter()
+            .filter(|&handle| !self.is_live(handle))
+            .collect();
+        let mut refs = lock(&holder.refs);
+        // A dead handle never lives again, so forgetting it now is right
+        // whatever happened to the table meanwhile.
+        for handle in dead {
+            refs.forget(handle);
+        }
+        refs.purge_at = (refs.counts.len() * 2).max(PURGE_FLOOR);
+    }
+
+    /// Whether `handle` names a live object.
+    fn is_live(&self, handle: u64) -> bool {
+        let Ok((shard_index, local)) = self.locate(handle) else {
+            return false;
+        };
+        live_slot(&read_lock(&self.shards[shard_index]), local, handle).is_ok()
+    }
+
+    /// Reserves `bytes` more of ring staging for `holder`'s session,
+    /// against its session cap ([`session_staging_cap`]) and
+    /// the byte limits of its uid and of the registry.
+    pub fn charge_staging(&self, holder: &Holder, bytes: u64) -> Result<(), Status> {
+        let limits = self.limits.get();
+        let staged = holder
+            .staged
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        if staged > session_staging_cap(limits.max_value_size) {
+            holder.staged.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Status::Quota);
+        }
+        if !self.total.reserve_staged(bytes, limits.max_bytes) {
+            holder.staged.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Status::Quota);
+        }
+        if !holder.usage.reserve_staged(bytes, limits.uid_max_bytes) {
+            self.total.give_back_staged(bytes);
+            holder.staged.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(Status::Quota);
+        }
+        Ok(())
+    }
+
+    /// Gives back staging reserved by [`Registry::charge_staging`].
+    pub fn release_staging(&self, holder: &Holder, bytes: u64) {
+        holder.staged.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.give_back_staged(bytes);
+        holder.usage.give_back_staged(bytes);
     }
 
     /// Drops every reference `holder` owns (its session ended).
     pub fn release_all(&self, holder: &Holder) {
         let refs = std::mem::take(&mut *lock(&holder.refs));
-        for (handle, count) in refs {
+        for (handle, count) in refs.counts {
             let Ok((shard_index, local)) = self.locate(handle) else {
                 continue;
             };
@@ -563,9 +737,14 @@ impl Registry {
     }
 
     /// Up to `limit` live objects after position `cursor` (0 to start) that
-    /// pass `filter`, and the cursor to continue from (0 when done).
+    /// pass `filter`, and the cursor to continue from (0 when done). At most
+    /// [`LIST_SCAN_BUDGET`] slots are looked at per call, matching or not,
+    /// so a page may hold fewer than `limit` objects (even none) with a
+    /// non-zero cursor: a listing costs the control thread bounded work per
+    /// request, whatever the filter.
     pub fn list(&self, cursor: u64, limit: usize, filter: ListFilter) -> (Vec<ObjectInfo>, u64) {
         let mut found = Vec::new();
+        let mut budget = LIST_SCAN_BUDGET;
         // A cursor is 1 + the position of the next slot to look at, where a
         // position is (shard << 32) | local slot; 0 means the beginning.
         let start = cursor.saturating_sub(1);
@@ -578,15 +757,16 @@ impl Registry {
                 0
             };
             for local in first_local as usize..shard.len() {
+                if found.len() == limit || budget == 0 {
+                    return (found, ((shard_index as u64) << 32 | local as u64) + 1);
+                }
+                budget -= 1;
                 let slot = shard.slot(local as u32).expect("local < len");
                 let wanted = slot.live
                     && (!filter.detached_only || u32::from(slot.flags) & flags::DETACHED != 0)
                     && filter.owner.is_none_or(|uid| uid == slot.owner);
                 if !wanted {
                     continue;
-                }
-                if found.len() == limit {
-                    return (found, ((shard_index as u64) << 32 | local as u64) + 1);
                 }
                 found.push(ObjectInfo {
                     handle: HandleParts {
@@ -730,7 +910,7 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -6,21 +6,13 @@
 //! all of its references, so a session's references outlive every request it
 //! can still make, and no help from the client is needed.
 
-use crate::registry::{lock, Holder, Registry};
+use crate::doorbell::Doorbell;
+use crate::peer::Peer;
+use crate::registry::{Holder, Registry};
 use crate::shm::SessionMemory;
-use rustix::event::EventfdFlags;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::io;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// Who is on the other end of the socket, from `SO_PEERCRED`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-}
 
 pub struct Session {
     pub id: u64,
@@ -112,32 +104,5 @@ impl Drop for Session {
         // Counted out only now, so a session that no longer counts has
         // released everything it held.
         self.live.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// An eventfd used as a doorbell: ring it from anywhere, drain it where it is
-/// waited on.
-pub struct Doorbell(OwnedFd);
-
-impl Doorbell {
-    pub fn new() -> io::Result<Doorbell> {
-        Ok(Doorbell(rustix::event::eventfd(
-            0,
-            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
-        )?))
-    }
-
-    pub fn ring(&self) {
-        // EAGAIN means the counter is saturated: it is rung already.
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
-    }
-
-    pub fn drain(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.0, &mut buf);
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
     }
 }

@@ -3,22 +3,22 @@
 //! This module owns the mapping's lifetime, which is what makes the
 //! [`RingView`]s handed out over it valid. The memfd is sealed against growing
 //! and shrinking before any client sees it, so a client cannot `ftruncate` it
-//! and kill the daemon with SIGBUS.
+//! and kill the daemon with SIGBUS. The daemon keeps no descriptor of it:
+//! the mapping is enough, and a session costs one descriptor fewer.
 
 use hreg_proto::ring::{Layout, RingView};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use rustix::fd::OwnedFd;
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
 /// The mapped memory of one session.
 ///
 /// Invariant: `base` is a live `MAP_SHARED` read/write mapping of `len` bytes
-/// of `fd`, unmapped only in `Drop`. Views handed out by [`Self::ring`] must
-/// not outlive this value; the session keeps it alive for as long as any
-/// worker serves one of its rings.
+/// of a sealed memfd, unmapped only in `Drop`. Views handed out by
+/// [`Self::ring`] must not outlive this value; the session keeps it alive
+/// for as long as any worker serves one of its rings.
 pub struct SessionMemory {
-    fd: OwnedFd,
     base: *mut u8,
     len: usize,
     layout: Layout,
@@ -31,7 +31,9 @@ unsafe impl Send for SessionMemory {}
 unsafe impl Sync for SessionMemory {}
 
 impl SessionMemory {
-    pub fn create(layout: Layout) -> io::Result<SessionMemory> {
+    /// New session memory, and the memfd to send the client (the daemon
+    /// needs no descriptor of its own once it is mapped).
+    pub fn create(layout: Layout) -> io::Result<(SessionMemory, OwnedFd)> {
         let len = layout.total_size();
         let fd = rustix::fs::memfd_create(
             "hreg-session",
@@ -51,16 +53,14 @@ impl SessionMemory {
                 0,
             )?
         };
-        Ok(SessionMemory {
+        Ok((
+            SessionMemory {
+                base: base.cast(),
+                len,
+                layout,
+            },
             fd,
-            base: base.cast(),
-            len,
-            layout,
-        })
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        ))
     }
 
     pub fn layout(&self) -> Layout {
@@ -86,13 +86,17 @@ impl SessionMemory {
         if index >= self.layout.max_rings {
             return;
         }
-        let stride = self.layout.ring_stride() as u64;
-        let _ = rustix::fs::fallocate(
-            &self.fd,
-            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            u64::from(index) * stride,
-            stride,
-        );
+        let stride = self.layout.ring_stride();
+        // SAFETY: the range is one whole ring inside the mapping (index <
+        // max_rings); MADV_REMOVE frees the memfd's pages behind it, which
+        // then read as zeroes. No Rust reference points into ring memory.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                self.base.add(index as usize * stride).cast(),
+                stride,
+                rustix::mm::Advice::LinuxRemove,
+            )
+        };
     }
 }
 

@@ -6,9 +6,11 @@
 //! queue is full is skipped, so one slow client cannot stall the others; a
 //! ring whose counters make no sense closes its session.
 
+use crate::doorbell::Doorbell;
 use crate::ratelimit::warn_limited;
-use crate::registry::{lock, Holder, Registry};
-use crate::session::{Doorbell, Session};
+use crate::registry::{Holder, Registry};
+use crate::session::Session;
+use crate::sync::lock;
 use crossbeam_utils::CachePadded;
 use hreg_proto::entry::{cqe_flags, Cqe, Request, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
 use hreg_proto::handoff;
@@ -79,7 +81,7 @@ impl Worker {
 
     /// Starts serving ring `index` of `session` (reset by the caller before
     /// the client learnt of it), woken by `doorbell`.
-    pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: OwnedFd) {
+    pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: Doorbell) {
         let Some(view) = session.memory.ring(index) else {
             return;
         };
@@ -128,6 +130,7 @@ impl Worker {
             epoll::EventFlags::IN,
         )?;
         let mut state = WorkerState {
+            poll,
             rings: Vec::new(),
             scratch: Vec::new(),
         };
@@ -135,7 +138,7 @@ impl Worker {
         let mut idle_polls = 0u32;
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
-            self.take_commands(&poll, &mut state);
+            self.take_commands(&mut state);
             let (entries, public) = state.serve_all();
             if entries > 0 {
                 self.ops.fetch_add(public, Ordering::Relaxed);
@@ -161,7 +164,11 @@ impl Worker {
                 continue;
             }
             events.clear();
-            match epoll::wait(&poll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &state.poll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -170,7 +177,7 @@ impl Worker {
                 if key == COMMAND_KEY {
                     self.bell.drain();
                 } else if let Some(ring) = state.rings.iter().find(|r| r.key() == key) {
-                    drain(&ring.doorbell);
+                    ring.doorbell.drain();
                 }
             }
             state.end_sleep();
@@ -179,7 +186,7 @@ impl Worker {
         Ok(())
     }
 
-    fn take_commands(&self, poll: &OwnedFd, state: &mut WorkerState) {
+    fn take_commands(&self, state: &mut WorkerState) {
         // Cleared before the take: a command queued meanwhile sets it again.
         if !self.has_commands.swap(false, Ordering::Acquire) {
             self.count_rings(state);
@@ -188,24 +195,9 @@ impl Worker {
         let commands = std::mem::take(&mut *lock(&self.commands));
         for command in commands {
             match command {
-                Command::Serve(ring) => {
-                    let key = ring.key();
-                    if epoll::add(
-                        poll,
-                        &ring.doorbell,
-                        epoll::EventData::new_u64(key),
-                        epoll::EventFlags::IN,
-                    )
-                    .is_err()
-                    {
-                        ring.session.close();
-                    }
-                    state.rings.push(*ring);
-                }
+                Command::Serve(ring) => state.add(*ring),
                 Command::Close { session, index } => {
-                    state
-                        .rings
-                        .retain(|r| !(r.session.id == session && r.index == index));
+                    state.remove(|r| r.session.id == session && r.index == index);
                 }
             }
         }
@@ -216,25 +208,57 @@ impl Worker {
     /// index) and publishes how many are left.
     fn count_rings(&self, state: &mut WorkerState) {
         let before = state.rings.len();
-        state.rings.retain(|r| !r.session.is_closed());
+        state.remove(|r| r.session.is_closed());
         if state.rings.len() != before || !state.rings.is_empty() {
             self.rings.store(state.rings.len(), Ordering::Relaxed);
         }
     }
 }
 
-fn drain(fd: &OwnedFd) {
-    let mut buf = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut buf);
-}
-
 struct WorkerState {
+    /// The epoll set of the worker's doorbell and its rings' doorbells.
+    /// Every ring in `rings` is in it, and no other: a ring leaves it before
+    /// it is dropped (see [`WorkerState::remove`]), because the client
+    /// keeps a copy of the doorbell and epoll forgets a file only when every
+    /// copy is closed.
+    poll: OwnedFd,
     rings: Vec<ServedRing>,
     /// Where a value from a client's data area is copied before use.
     scratch: Vec<u8>,
 }
 
 impl WorkerState {
+    /// Starts serving `ring`; a ring whose doorbell cannot be watched
+    /// closes its session.
+    fn add(&mut self, ring: ServedRing) {
+        if epoll::add(
+            &self.poll,
+            &ring.doorbell,
+            epoll::EventData::new_u64(ring.key()),
+            epoll::EventFlags::IN,
+        )
+        .is_err()
+        {
+            ring.session.close();
+            return;
+        }
+        self.rings.push(ring);
+    }
+
+    /// Stops serving the rings that match `gone`: out of the epoll set,
+    /// then dropped.
+    fn remove(&mut self, gone: impl Fn(&ServedRing) -> bool) {
+        let poll = &self.poll;
+        self.rings.retain(|ring| {
+            if gone(ring) {
+                let _ = epoll::delete(poll, &ring.doorbell);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Serves every ring once; returns the entries and the public requests
     /// served.
     fn serve_all(&mut self) -> (u64, u64) {
@@ -260,17 +284,20 @@ impl WorkerState {
                 }
             }
         }
-        self.rings.retain(|r| !r.session.is_closed());
+        self.remove(|r| r.session.is_closed());
         served
     }
 
     /// Sets NEED_WAKEUP on every ring; returns false when one of them has
-    /// work after all.
+    /// work after all. A ring whose CQ is full has none: it cannot be
+    /// served until its client frees completions, and a client that wants
+    /// service rings the doorbell (a well-behaved one never has more
+    /// entries in flight than its CQ holds, so it never gets here).
     fn begin_sleep(&self) -> bool {
         let mut idle = true;
         for ring in &self.rings {
             idle &= handoff::begin_submission_wait(ring.view.words(), || {
-                !ring.view.sqe_published(ring.sq_head)
+                !ring.view.sqe_published(ring.sq_head) || ring.cq_full_now()
             });
         }
         idle
@@ -289,7 +316,7 @@ struct ServedRing {
     session: Arc<Session>,
     index: u32,
     view: RingView,
-    doorbell: OwnedFd,
+    doorbell: Doorbell,
     /// The next submission to serve.
     sq_head: u32,
     /// The next completion to write.
@@ -298,12 +325,14 @@ struct ServedRing {
     /// full).
     cq_head_seen: u32,
     /// A large value in pieces: built by STAGE_WRITE, or a GET snapshot read
-    /// back by STAGE_READ.
+    /// back by STAGE_READ. Its length is charged to the session's uid
+    /// ([`Registry::charge_staging`]) for as long as it is held.
     staging: Vec<u8>,
 }
 
 impl Drop for ServedRing {
     fn drop(&mut self) {
+        self.free_staging();
         self.session.free_ring(self.index);
     }
 }
@@ -311,6 +340,46 @@ impl Drop for ServedRing {
 impl ServedRing {
     fn key(&self) -> u64 {
         (self.session.id << 16) | u64::from(self.index)
+    }
+
+    /// Whether the CQ has no room, by a fresh read of the client's CQ head.
+    fn cq_full_now(&self) -> bool {
+        let cq_head = handoff::completions_consumed(self.view.words());
+        self.cq_tail.wrapping_sub(cq_head) >= self.view.entries()
+    }
+
+    /// Makes the staging buffer `len` bytes long (new bytes zero), charging
+    /// growth to the session's uid first; QUOTA when that would pass a
+    /// limit, and the buffer is left as it was.
+    fn resize_staging(&mut self, len: usize) -> Result<(), Status> {
+        let old = self.staging.len();
+        if len > old {
+            let grow = (len - old) as u64;
+            self.session
+                .registry()
+                .charge_staging(&self.session.holder, grow)?;
+            if self.staging.try_reserve(len - old).is_err() {
+                self.session
+                    .registry()
+                    .release_staging(&self.session.holder, grow);
+                return Err(Status::Quota);
+            }
+        } else {
+            self.session
+                .registry()
+                .release_staging(&self.session.holder, (old - len) as u64);
+        }
+        self.staging.resize(len, 0);
+        Ok(())
+    }
+
+    /// Frees the staging buffer and gives its charge back.
+    fn free_staging(&mut self) {
+        let held = self.staging.len() as u64;
+        self.staging = Vec::new();
+        self.session
+            .registry()
+            .release_staging(&self.session.holder, held);
     }
 
     /// Serves what the ring holds, as far as the CQ has room. Returns the
@@ -485,7 +554,7 @@ impl ServedRing {
 
     fn release_staging(&mut self, source: ValueSource) {
         if matches!(source, ValueSource::Staged { .. }) {
-            self.staging = Vec::new();
+            self.free_staging();
         }
     }
 
@@ -516,11 +585,15 @@ impl ServedRing {
                 cqe.data_off = region_off;
             } else {
                 // Too large for the region: keep a snapshot for STAGE_READ,
-                // so the pieces all come from one version of the value.
-                staging.clear();
-                staging
-                    .try_reserve(value.len())
-                    .map_err(|_| Status::Quota)?;
+                // so the pieces all come from one version of the value. It
+                // replaces whatever the buffer held, charge included.
+                registry.release_staging(holder, staging.len() as u64);
+                *staging = Vec::new();
+                registry.charge_staging(holder, value.len() as u64)?;
+                if staging.try_reserve(value.len()).is_err() {
+                    registry.release_staging(holder, value.len() as u64);
+                    return Err(Status::Quota);
+                }
                 staging.extend_from_slice(value);
                 cqe.entry_flags = cqe_flags::STAGED;
             }
@@ -543,9 +616,8 @@ impl ServedRing {
         if end > registry.limits().max_value_size {
             return Err(Status::TooBig);
         }
-        self.staging.truncate(offset);
-        self.staging.try_reserve(len).map_err(|_| Status::Quota)?;
-        self.staging.resize(end, 0);
+        self.resize_staging(offset)?;
+        self.resize_staging(end)?;
         self.view
             .copy_from_data(data_off, &mut self.staging[offset..]);
         Ok(())
@@ -569,7 +641,7 @@ impl ServedRing {
         cqe.data_off = data_off;
         cqe.entry_flags = cqe_flags::IN_DATA;
         if offset + n == self.staging.len() {
-            self.staging = Vec::new();
+            self.free_staging();
         }
         Ok(())
     }

@@ -9,6 +9,8 @@
 //! clients written in other languages.
 
 #[cfg(not(hreg_loom))]
+pub mod atomic_copy;
+#[cfg(not(hreg_loom))]
 pub mod control;
 #[cfg(not(hreg_loom))]
 pub mod entry;

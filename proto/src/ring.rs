@@ -345,7 +345,7 @@ impl RingView {
         // reference into shared memory.
         unsafe {
             let src = self.base.add(self.layout.data_offset() + off as usize);
-            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
+            crate::atomic_copy::load(src, out);
         }
         true
     }
@@ -361,7 +361,7 @@ impl RingView {
         // no Rust reference points into.
         unsafe {
             let dst = self.base.add(self.layout.data_offset() + off as usize);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            crate::atomic_copy::store(dst, bytes);
         }
         true
     }

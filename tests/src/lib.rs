@@ -6,6 +6,7 @@
 //! through the real client library.
 
 use std::path::{Path, PathBuf};
+pub mod attacks;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -58,14 +59,48 @@ impl Daemon {
     }
 
     pub fn start_at(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Daemon {
-        let child = Command::new(binary("hregd"))
+        Daemon::launch(dir, socket, &[], args, |_| {})
+    }
+
+    /// Starts `hregd` with `args`, letting `setup` adjust the command first
+    /// (limits set in `pre_exec`, environment).
+    pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("hreg.sock");
+        Daemon::launch(dir, socket, &[], args, setup)
+    }
+
+    /// Starts `WRAPPER... hregd --socket S ARGS...` (e.g. under `unshare`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("hreg.sock");
+        Daemon::launch(dir, socket, wrapper, args, |_| {})
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        wrapper: &[&str],
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let hregd = binary("hregd");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&hregd);
+                command
+            }
+            None => Command::new(&hregd),
+        };
+        command
             .arg("--socket")
             .arg(&socket)
             .args(args)
             .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn hregd");
+            .stdin(Stdio::null());
+        setup(&mut command);
+        let child = command.spawn().expect("spawn hregd");
         let daemon = Daemon {
             child,
             socket,
@@ -132,6 +167,39 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 
+    /// CPU time the daemon has used so far (user and system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: utime and stime are the 12th and 13th of them.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_sec)
+    }
+
+    /// The share of one core the daemon used over the next `window`.
+    pub fn cpu_share(&self, window: Duration) -> f64 {
+        let before = self.cpu_time();
+        std::thread::sleep(window);
+        (self.cpu_time() - before).as_secs_f64() / window.as_secs_f64()
+    }
+
+    /// Descriptors watched by all of the daemon's epoll sets (`tfd:` lines
+    /// of `/proc/PID/fdinfo`).
+    pub fn epoll_watches(&self) -> usize {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        std::fs::read_dir(&dir)
+            .expect("read fdinfo")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .map(|info| info.lines().filter(|l| l.starts_with("tfd:")).count())
+            .sum()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
@@ -194,13 +262,34 @@ pub struct Helper {
 
 impl Helper {
     pub fn spawn(socket: &Path, args: &[&str]) -> Helper {
-        let mut child = Command::new(binary("hreg-test-client"))
+        Helper::spawn_program("hreg-test-client", socket, args, None)
+    }
+
+    /// Starts `hreg-attack SOCKET ATTACK` (as `uid`, when given, with the
+    /// same gid) and waits for its `ready` line, which it returns.
+    pub fn attack(socket: &Path, attack: &str, uid: Option<u32>) -> (Helper, String) {
+        let mut helper = Helper::spawn_program("hreg-attack", socket, &[attack], uid);
+        let ready = helper.line();
+        assert!(ready.starts_with("ready"), "{attack}: {ready:?}");
+        (helper, ready)
+    }
+
+    /// Starts a workspace binary `program SOCKET ARGS...`, as `uid` (and
+    /// that gid, with no supplementary groups) when given.
+    pub fn spawn_program(program: &str, socket: &Path, args: &[&str], uid: Option<u32>) -> Helper {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(binary(program));
+        command
             .arg(socket)
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(uid) = uid {
+            command.gid(uid).uid(uid);
+        }
+        let mut child = command
             .spawn()
-            .expect("spawn hreg-test-client");
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
         let out = BufReader::new(child.stdout.take().expect("piped stdout"));
         Helper { child, out }
     }
@@ -230,5 +319,29 @@ impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How long a fresh client took to attach, insert and get a value back, or
+/// `None` if that took longer than `limit` (the attempt is left to finish
+/// in the background).
+pub fn serve_time(socket: &Path, limit: Duration) -> Option<Duration> {
+    let socket = socket.to_path_buf();
+    let (done, outcome) = std::sync::mpsc::channel();
+    let began = Instant::now();
+    std::thread::spawn(move || {
+        let served = hreg::Client::connect(&socket).and_then(|client| {
+            let h = client.insert(b"still served", 0)?;
+            client.get(h)
+        });
+        let _ = done.send(served);
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(Ok(value)) => {
+            assert_eq!(value, b"still served");
+            Some(began.elapsed())
+        }
+        Ok(Err(e)) => panic!("the honest client failed: {e}"),
+        Err(_) => None,
     }
 }

@@ -135,13 +135,24 @@ pub struct RawSession {
 
 impl RawSession {
     pub fn attach(socket: &Path) -> RawSession {
+        match RawSession::try_attach(socket) {
+            Ok(session) => session,
+            Err(reply) => panic!("no WELCOME: {reply:?}"),
+        }
+    }
+
+    /// Attaches, or returns what the daemon answered instead of WELCOME
+    /// (`None`: nothing, the connection closed).
+    pub fn try_attach(socket: &Path) -> Result<RawSession, Option<Reply>> {
         let conn = RawConn::connect(socket);
         conn.send(&Request::Hello {
             version: hreg_proto::PROTOCOL_VERSION,
             name: "raw".into(),
         });
-        let Some((Reply::Welcome(welcome), Some(memfd))) = conn.recv() else {
-            panic!("no WELCOME");
+        let (welcome, memfd) = match conn.try_recv() {
+            Ok(Some((Some(Reply::Welcome(welcome)), Some(memfd)))) => (welcome, memfd),
+            Ok(Some((reply, _))) => return Err(reply),
+            _ => return Err(None),
         };
         let len = (welcome.ring_stride * u64::from(welcome.max_rings)) as usize;
         // SAFETY: mapping the session memfd the daemon sent, of the size it
@@ -157,13 +168,13 @@ impl RawSession {
             )
             .expect("mmap")
         };
-        RawSession {
+        Ok(RawSession {
             conn,
             welcome,
             base: base.cast(),
             len,
             _memfd: memfd,
-        }
+        })
     }
 
     pub fn layout(&self) -> Layout {
@@ -176,20 +187,19 @@ impl RawSession {
 
     /// Opens a ring; returns its view and doorbell.
     pub fn open_ring(&self) -> (RingView, OwnedFd) {
-        self.conn.send(&Request::RingOpen);
-        let Some((Reply::RingOpened { index }, Some(doorbell))) = self.conn.recv() else {
-            panic!("no RING_OPENED");
-        };
-        let offset = index as usize * self.welcome.ring_stride as usize;
-        // SAFETY: the ring lies inside the mapping, which outlives the view
-        // for the duration of a test.
-        let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
+        let (_, view, doorbell) = self.try_open_ring_at().expect("RING_OPENED");
         (view, doorbell)
     }
 
     /// Opens a ring, or `None` when the daemon answers otherwise (QUOTA at
     /// the ring cap) or the connection is gone.
     pub fn try_open_ring(&self) -> Option<(RingView, OwnedFd)> {
+        self.try_open_ring_at()
+            .map(|(_, view, doorbell)| (view, doorbell))
+    }
+
+    /// [`RawSession::try_open_ring`], with the ring's index.
+    pub fn try_open_ring_at(&self) -> Option<(u32, RingView, OwnedFd)> {
         self.conn
             .try_send_with_fds(&Request::RingOpen.encode(), &[])
             .ok()?;
@@ -205,7 +215,7 @@ impl RawSession {
         // mapping, which stays mapped while the session lives; callers drop
         // their views before the session.
         let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
-        Some((view, doorbell))
+        Some((index, view, doorbell))
     }
 
     /// Bytes of the session mapping.

@@ -272,7 +272,7 @@ fn slot_is_retired_before_its_generation_wraps() {
     }
     .encode();
     registry.release(&holder, last).unwrap_err();
-    lock(&holder.refs).insert(last, 1);
+    lock(&holder.refs).add(last);
     registry.release(&holder, last).unwrap();
     let next = registry.insert(&holder, b"b", 0).unwrap();
     assert_ne!(HandleParts::decode(next).slot, 0, "retired slot was reused");
@@ -369,4 +369,85 @@ fn per_uid_caps_and_new_limits_apply() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_refused_retain_leaves_no_entry_and_release_never_wraps() {
+    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let owner = registry.holder(1000);
+    let other = registry.holder(1000);
+    let h = registry.insert(&owner, b"kept", 0).unwrap();
+    // The slot's count at its ceiling (walking there takes 2^32 retains).
+    write(&registry.shards[0]).slot_mut(0).unwrap().refs = u32::MAX;
+    assert_eq!(registry.retain(&other, h), Err(Status::Quota));
+    assert_eq!(
+        other.reference_entries(),
+        0,
+        "a refused retain left an entry"
+    );
+    // The refused holder holds nothing, so it cannot release anything, and
+    // its session's end takes nothing away.
+    assert_eq!(registry.release(&other, h), Err(Status::NotHeld));
+    registry.release_all(&other);
+    assert_eq!(
+        registry.get_with(&owner, h, |v| v.to_vec()),
+        Ok(b"kept".to_vec())
+    );
+    assert_eq!(owner.reference_count(), 1);
+}
+
+#[test]
+fn removed_objects_leave_no_references_behind() {
+    let limits = Limits {
+        max_objects: 1 << 20,
+        max_bytes: 1 << 30,
+        uid_max_objects: 64,
+        uid_max_bytes: 1 << 30,
+        ..LIMITS
+    };
+    let registry = Registry::with_epoch(4, limits, 3, 1);
+    let owner = registry.holder(1000);
+    let reader = registry.holder(2000);
+    for _ in 0..20_000 {
+        // The remover's own reference goes with the object.
+        let h = registry.insert(&owner, b"x", flags::SHARED).unwrap();
+        // Another session's reference is purged lazily.
+        registry.retain(&reader, h).unwrap();
+        registry.remove(&owner, h).unwrap();
+    }
+    assert_eq!(owner.reference_entries(), 0);
+    assert!(
+        reader.reference_entries() <= PURGE_FLOOR,
+        "{} entries left for 0 live objects",
+        reader.reference_entries()
+    );
+    // Releasing a dead object's reference drops the entry too.
+    let h = registry.insert(&owner, b"y", flags::SHARED).unwrap();
+    registry.retain(&reader, h).unwrap();
+    registry.remove(&owner, h).unwrap();
+    assert_eq!(registry.release(&reader, h), Err(Status::Stale));
+    assert!(!lock(&reader.refs).counts.contains_key(&h));
+    // Live references survive every purge.
+    let kept: Vec<u64> = (0..50)
+        .map(|_| registry.insert(&owner, b"z", flags::SHARED).unwrap())
+        .collect();
+    for &h in &kept {
+        registry.retain(&reader, h).unwrap();
+    }
+    for _ in 0..5_000 {
+        let h = registry.insert(&owner, b"w", flags::SHARED).unwrap();
+        registry.retain(&reader, h).unwrap();
+        registry.remove(&owner, h).unwrap();
+    }
+    for &h in &kept {
+        registry.release(&reader, h).unwrap();
+    }
+    assert!(reader.reference_entries() <= PURGE_FLOOR);
+    // The owner's own references keep them alive.
+    for &h in &kept {
+        assert_eq!(
+            registry.get_with(&reader, h, |v| v.to_vec()),
+            Ok(b"z".to_vec())
+        );
+    }
 }

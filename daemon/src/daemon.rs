@@ -1,0 +1,142 @@
+//! The running daemon: the registry, the ring worker threads it owns, the
+//! control thread's connections ([`Control`]), and the event loop that ties
+//! them to the signals (stop, reload) and to systemd (watchdog, status).
+
+use crate::config::{Args, Config};
+use crate::control::{Control, FIRST_CONN_KEY};
+use crate::listener::Listener;
+use crate::registry::Registry;
+use crate::worker::Worker;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const STOP_KEY: u64 = 2;
+const RELOAD_KEY: u64 = 3;
+const _: () = assert!(STOP_KEY < FIRST_CONN_KEY && RELOAD_KEY < FIRST_CONN_KEY);
+
+/// Where the daemon learns of signals: each descriptor becomes readable when
+/// its signal arrives (signal-hook's self-pipe).
+pub struct Signals<'a> {
+    /// SIGTERM, SIGINT: shut down.
+    pub stop: BorrowedFd<'a>,
+    /// SIGHUP: re-read the limits from the config file.
+    pub reload: BorrowedFd<'a>,
+    /// The command line the daemon was started with.
+    pub args: &'a Args,
+}
+
+/// hregd, started: its threads run until [`Daemon::run`] returns.
+pub struct Daemon {
+    control: Control,
+    workers: Vec<JoinHandle<()>>,
+    /// The command line, to re-read the config file on SIGHUP.
+    args: Args,
+    reload: OwnedFd,
+}
+
+impl Daemon {
+    /// Binds the socket (or takes systemd's), makes the registry and starts
+    /// the workers.
+    pub fn start(config: Config, signals: Signals<'_>) -> anyhow::Result<Daemon> {
+        let listener = Listener::open(&config.socket, config.socket_mode, config.socket_group)?;
+        let registry = Arc::new(Registry::new(config.shards, config.limits()));
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for id in 0..config.workers {
+            let worker = Arc::new(Worker::new()?);
+            let runner = Arc::clone(&worker);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("hreg-worker-{id}"))
+                    .spawn(move || {
+                        if let Err(e) = runner.run() {
+                            tracing::error!(worker = id, error = %e, "worker failed");
+                        }
+                    })?,
+            );
+            workers.push(worker);
+        }
+        let control = Control::new(config, registry, workers, listener)?;
+        control.watch(signals.stop, STOP_KEY)?;
+        control.watch(signals.reload, RELOAD_KEY)?;
+        Ok(Daemon {
+            control,
+            workers: threads,
+            args: signals.args.clone(),
+            reload: signals.reload.try_clone_to_owned()?,
+        })
+    }
+
+    /// Serves until a stop signal, then tells every client, stops the
+    /// workers and waits for them.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        // Pet the watchdog twice per period; look at the world at least once
+        // a second.
+        let watchdog = sd_notify::watchdog_enabled();
+        let period = watchdog.map_or(Duration::from_secs(1), |w| {
+            (w / 2).min(Duration::from_secs(1))
+        });
+        let mut keys = Vec::new();
+        let mut last_status = String::new();
+        'serve: loop {
+            self.control.wait(period, &mut keys)?;
+            for &key in &keys {
+                match key {
+                    STOP_KEY => break 'serve,
+                    RELOAD_KEY => self.reload(),
+                    key => self.control.dispatch(key),
+                }
+            }
+            self.control.tick();
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            let status = self.control.status_line();
+            if status != last_status {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+                last_status = status;
+            }
+        }
+        self.control.shutdown();
+        for thread in self.workers {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: re-reads the config file (flags still win) and applies what
+    /// can change while serving: the limits on values, objects, bytes and
+    /// sessions. The rest needs a restart, and the log says so.
+    fn reload(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(rustix::io::read(self.reload.as_fd(), &mut buf), Ok(n) if n > 0) {}
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match Config::from_args(&self.args) {
+            Ok(new) => {
+                let old = self.control.config();
+                let unchanged_rest = Config {
+                    max_value_size: old.max_value_size,
+                    max_objects: old.max_objects,
+                    max_bytes: old.max_bytes,
+                    uid_max_objects: old.uid_max_objects,
+                    uid_max_bytes: old.uid_max_bytes,
+                    max_sessions: old.max_sessions,
+                    uid_max_sessions: old.uid_max_sessions,
+                    log_level: old.log_level.clone(),
+                    ..new.clone()
+                };
+                if &unchanged_rest != old {
+                    tracing::warn!(
+                        "config changes other than limits take effect at the next start"
+                    );
+                }
+                self.control.apply_limits(&new);
+                tracing::info!(limits = ?new.limits(), max_sessions = new.max_sessions, uid_max_sessions = new.uid_max_sessions, "reloaded limits");
+            }
+            Err(e) => tracing::error!("reload refused, keeping the old limits: {e}"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}

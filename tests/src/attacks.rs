@@ -1,0 +1,337 @@
+//! The attacks of the hostile-client suite, each a loop a process runs until
+//! told to stop. The tests run one at a time in the `hreg-attack` process
+//! (under another uid where that matters) and assert the daemon's bounds
+//! while it runs; the bench runs them all at once and measures an honest
+//! client meanwhile. Each attack reproduces one hole of the "nine holes"
+//! review; none needs anything but the wire protocol.
+
+use crate::raw::{submit_raw, RawConn, RawSession};
+use hreg_proto::control::Request;
+use hreg_proto::entry::{Sqe, ENTRY_SIZE};
+use hreg_proto::ring::Word;
+use hreg_proto::{Opcode, Status};
+use rustix::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::time::Duration;
+
+/// One attack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// Hole 1: rings closed (RING_CLOSE, then the session's end) while the
+    /// client keeps their doorbells, which it then rings forever.
+    Doorbell,
+    /// Hole 2: INSERT then REMOVE in a loop, growing the session's
+    /// reference table.
+    RemoveLoop,
+    /// Hole 3: staging buffers filled on every ring of several sessions and
+    /// never used.
+    Staging,
+    /// Hole 5: LIST requests pipelined without pause, each scanning every
+    /// slot for an object that is not there.
+    ListFlood,
+    /// Hole 6: connections, sessions and rings until the daemon has no
+    /// descriptor left.
+    Descriptors,
+    /// Hole 7: a ring whose CQ is full, with a published submission behind
+    /// it, never read.
+    DeafRing,
+    /// Hole 9: as many sessions as the daemon lets one uid attach, then
+    /// thousands of silent connections.
+    Hog,
+}
+
+/// Rings a session may open in the attacks that open many.
+const RINGS: usize = 64;
+
+/// Silent connections [`Attack::Hog`] holds.
+pub const HOG_SILENT: usize = 2000;
+
+impl Attack {
+    pub const ALL: [Attack; 7] = [
+        Attack::Doorbell,
+        Attack::RemoveLoop,
+        Attack::Staging,
+        Attack::ListFlood,
+        Attack::Descriptors,
+        Attack::DeafRing,
+        Attack::Hog,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::Doorbell => "doorbell",
+            Attack::RemoveLoop => "remove-loop",
+            Attack::Staging => "staging",
+            Attack::ListFlood => "list-flood",
+            Attack::Descriptors => "descriptors",
+            Attack::DeafRing => "deaf-ring",
+            Attack::Hog => "hog",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Attack> {
+        Attack::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Sets the attack up, calls `ready` with a one-line report of what it
+    /// holds, then keeps it going until `stop` is set.
+    pub fn run(self, socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+        match self {
+            Attack::Doorbell => doorbell(socket, ready, stop),
+            Attack::RemoveLoop => remove_loop(socket, ready, stop),
+            Attack::Staging => staging(socket, ready, stop),
+            Attack::ListFlood => list_flood(socket, ready, stop),
+            Attack::Descriptors => descriptors(socket, ready, stop),
+            Attack::DeafRing => deaf_ring(socket, ready, stop),
+            Attack::Hog => hog(socket, ready, stop),
+        }
+    }
+}
+
+fn pause() {
+    std::thread::sleep(Duration::from_millis(1));
+}
+
+fn ring_bell(bell: &OwnedFd) {
+    let _ = rustix::io::write(bell.as_fd(), &1u64.to_ne_bytes());
+}
+
+fn doorbell(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let mut kept = Vec::new();
+    let session = RawSession::attach(socket);
+    for _ in 0..4 * RINGS {
+        let Some((index, _, bell)) = session.try_open_ring_at() else {
+            break;
+        };
+        session.conn.send(&Request::RingClose { index });
+        let _ = session.conn.recv();
+        kept.push(bell);
+    }
+    // And rings that go with their session's end.
+    let (_, _, bell) = session.try_open_ring_at().expect("RING_OPENED");
+    kept.push(bell);
+    drop(session);
+    ready(format!("ready bells={}", kept.len()));
+    while !stop.load(Ordering::Relaxed) {
+        kept.iter().for_each(ring_bell);
+        pause();
+    }
+}
+
+fn remove_loop(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let client = hreg::Client::connect(socket).expect("connect");
+    ready("ready".into());
+    let value = [7u8; 8];
+    while !stop.load(Ordering::Relaxed) {
+        let mut inserts: Vec<hreg::Op<'_>> = (0..32)
+            .map(|_| hreg::Op::Insert {
+                value: &value,
+                flags: 0,
+            })
+            .collect();
+        let Ok(results) = client.submit(&mut inserts) else {
+            return;
+        };
+        let mut removes: Vec<hreg::Op<'_>> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(hreg::Completion::Inserted(h)) => Some(hreg::Op::Remove(h)),
+                _ => None,
+            })
+            .collect();
+        if client.submit(&mut removes).is_err() {
+            return;
+        }
+    }
+}
+
+fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let (mut ok, mut quota) = (0usize, 0usize);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let session = RawSession::attach(socket);
+        let data_size = session.welcome.data_size;
+        let value_size = session.welcome.max_value_size;
+        let mut rings = Vec::new();
+        for _ in 0..RINGS {
+            let Some((view, bell)) = session.try_open_ring() else {
+                break;
+            };
+            let mut tail = 0;
+            let mut offset = 0u64;
+            while offset < value_size {
+                let piece = (value_size - offset).min(u64::from(data_size)) as u32;
+                let mut sqe = Sqe {
+                    opcode: Opcode::StageWrite as u8,
+                    data_len: piece,
+                    ..Sqe::default()
+                };
+                sqe.set_inline_u64(offset);
+                let cqe = submit_raw(&view, &bell, &mut tail, &[sqe.encode()])[0];
+                if cqe.status == Status::Ok as u32 {
+                    ok += 1;
+                } else {
+                    quota += usize::from(cqe.status == Status::Quota as u32);
+                    break;
+                }
+                offset += u64::from(piece);
+            }
+            rings.push((view, bell));
+        }
+        held.push((session, rings));
+    }
+    ready(format!("ready pieces={ok} quota={quota}"));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Views go before their sessions.
+    for (session, rings) in held {
+        drop(rings);
+        drop(session);
+    }
+}
+
+fn list_flood(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let session = RawSession::attach(socket);
+    let list = Request::List {
+        cursor: 0,
+        limit: 512,
+        detached_only: true,
+        owner: None,
+    }
+    .encode();
+    ready("ready".into());
+    while !stop.load(Ordering::Relaxed) {
+        let mut sent = 0;
+        for _ in 0..32 {
+            if session.conn.try_send_with_fds(&list, &[]).is_err() {
+                return;
+            }
+            sent += 1;
+        }
+        for _ in 0..sent {
+            if !matches!(session.conn.try_recv(), Ok(Some(_))) {
+                return;
+            }
+        }
+    }
+}
+
+/// Raises this process's descriptor limit to its hard limit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
+fn descriptors(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    raise_fd_limit();
+    let mut sessions = Vec::new();
+    let mut rings = 0usize;
+    let mut silent = Vec::new();
+    'sessions: for _ in 0..10_000 {
+        let Ok(session) = RawSession::try_attach(socket) else {
+            break;
+        };
+        let mut views = Vec::new();
+        for _ in 0..RINGS {
+            match session.try_open_ring() {
+                Some(ring) => views.push(ring),
+                None => {
+                    rings += views.len();
+                    sessions.push((session, views));
+                    break 'sessions;
+                }
+            }
+        }
+        rings += views.len();
+        sessions.push((session, views));
+    }
+    for _ in 0..10_000 {
+        match std::panic::catch_unwind(|| RawConn::connect(socket)) {
+            Ok(conn) => silent.push(conn),
+            Err(_) => break,
+        }
+    }
+    ready(format!(
+        "ready sessions={} rings={rings} silent={}",
+        sessions.len(),
+        silent.len()
+    ));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (session, views) in sessions {
+        drop(views);
+        drop(session);
+    }
+}
+
+fn deaf_ring(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let session = RawSession::attach(socket);
+    let (view, bell) = session.open_ring();
+    let entries = view.entries();
+    let get = |counter: u32| -> [u8; ENTRY_SIZE] {
+        Sqe {
+            user_data: u64::from(counter),
+            opcode: Opcode::Get as u8,
+            handle: 1,
+            ..Sqe::default()
+        }
+        .encode()
+    };
+    // A full SQ, answered into the CQ, which then stays full...
+    for counter in 0..entries {
+        view.write_sqe(counter, &get(counter));
+    }
+    view.word(Word::SqTail).store(entries, Ordering::Release);
+    fence(Ordering::SeqCst);
+    ring_bell(&bell);
+    while view.word(Word::CqTail).load(Ordering::Acquire) != entries {
+        pause();
+    }
+    // ...and more published behind it, never to be served.
+    for counter in entries..2 * entries {
+        view.write_sqe(counter, &get(counter));
+    }
+    view.word(Word::SqTail)
+        .store(2 * entries, Ordering::Release);
+    fence(Ordering::SeqCst);
+    ring_bell(&bell);
+    ready("ready".into());
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hog(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    raise_fd_limit();
+    let mut sessions = Vec::new();
+    let refused = loop {
+        match RawSession::try_attach(socket) {
+            Ok(session) => sessions.push(session),
+            Err(reply) => break format!("{reply:?}"),
+        }
+        if sessions.len() >= 100_000 {
+            break "none".into();
+        }
+    };
+    let silent: Vec<RawConn> = (0..HOG_SILENT)
+        .map_while(|_| std::panic::catch_unwind(|| RawConn::connect(socket)).ok())
+        .collect();
+    ready(format!(
+        "ready sessions={} silent={} refused={refused}",
+        sessions.len(),
+        silent.len()
+    ));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
