@@ -13,7 +13,8 @@ use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::{bail, Context};
 use hreg_proto::control::{
-    Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, MAX_MESSAGE, MAX_PAGE,
+    Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, WorkerUsage,
+    MAX_MESSAGE, MAX_PAGE,
 };
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use rustix::event::epoll;
@@ -538,6 +539,14 @@ impl Daemon {
                     uid,
                     objects: usage.objects,
                     value_bytes: usage.value_bytes,
+                })
+                .collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerUsage {
+                    rings: u32::try_from(w.load()).unwrap_or(u32::MAX),
+                    ops: w.ops(),
                 })
                 .collect(),
         }

@@ -3,12 +3,14 @@
 //!
 //! It owns the registry of objects ([`registry`], values in [`store`]), the
 //! sessions of attached clients ([`session`], their shared memory in [`shm`]),
-//! the control socket ([`control`]), the ring workers ([`worker`]) and the
-//! settings ([`config`]) and rate-limited warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
+//! the control socket ([`control`]), the ring workers ([`worker`]), the
+//! settings ([`config`]), where logs go ([`logging`]) and rate-limited
+//! warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
 //! `hreg_proto::ring` (access to ring memory).
 
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod ratelimit;
 pub mod registry;
 pub mod session;

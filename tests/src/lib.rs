@@ -1,11 +1,13 @@
 //! Test harness for hreg's multi-process tests: starts real `hregd`
 //! processes on sockets in temporary directories, finds the built binaries,
-//! and offers small helpers (waiting with a deadline, checksummed values).
+//! and offers small helpers (waiting with a deadline, checksummed values, a
+//! strict parser of the Prometheus text format in [`prometheus`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
 
 use std::path::{Path, PathBuf};
+pub mod prometheus;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
