@@ -147,6 +147,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether a test's outside requirement (`what`: a tool, a privilege) is
+/// `met`; when it is not, the test should return early, which is allowed
+/// outside CI only (CI installs and runs as root).
+pub fn required_in_ci(what: &str, met: bool) -> bool {
+    if !met {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is required in CI (.ci/run installs it and runs as root)"
+        );
+        eprintln!("skipping: {what} is not available here");
+    }
+    met
+}
+
 /// Polls `done` until it is true; panics after [`PATIENCE`].
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -47,6 +47,11 @@ impl Exposition {
             .map(|s| s.value)
     }
 
+    /// The sum of the values of every series of `name`.
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        Some(self.family(name)?.samples.iter().map(|s| s.value).sum())
+    }
+
     /// Every series as `name{k="v",...}` (labels sorted).
     pub fn series(&self) -> BTreeSet<String> {
         self.families

@@ -19,10 +19,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-/// Runs hregd with stderr on `stderr` until a client has attached and
-/// detached, then stops it with SIGTERM. `journal_dir`: run it in a private
-/// mount namespace with that directory as `/run`.
-fn run_hregd(stderr: Stdio, env: &[(&str, String)], journal_dir: Option<&Path>) {
+/// Runs hregd (with `flags`, `$RUST_LOG=info`) with stderr on `stderr`
+/// until a client has attached and detached, then stops it with SIGTERM.
+/// `journal_dir`: run it in a private mount namespace with that directory
+/// as `/run`.
+fn run_hregd(stderr: Stdio, flags: &[&str], env: &[(&str, String)], journal_dir: Option<&Path>) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hreg.sock");
     let mut command = match journal_dir {
@@ -43,6 +44,7 @@ fn run_hregd(stderr: Stdio, env: &[(&str, String)], journal_dir: Option<&Path>) 
     command
         .arg("--socket")
         .arg(&socket)
+        .args(flags)
         .env("RUST_LOG", "info")
         .env_remove("JOURNAL_STREAM")
         .env_remove("NO_COLOR")
@@ -87,7 +89,7 @@ fn logs_to_a_file_are_plain_lines_without_escapes() {
     // Without JOURNAL_STREAM, and with one that names another file (what a
     // child of a service inherits after redirecting its stderr).
     for env in [vec![], vec![("JOURNAL_STREAM", stream_id(&other))]] {
-        run_hregd(Stdio::from(File::create(&log).unwrap()), &env, None);
+        run_hregd(Stdio::from(File::create(&log).unwrap()), &[], &env, None);
         let text = std::fs::read(&log).unwrap();
         let lines = String::from_utf8_lossy(&text);
         assert!(!text.contains(&0x1b), "escape bytes in a file:\n{lines}");
@@ -95,12 +97,21 @@ fn logs_to_a_file_are_plain_lines_without_escapes() {
         assert!(lines.contains("name=log-probe"), "{lines}");
         assert!(lines.contains("reason=\"goodbye\""), "{lines}");
     }
+    // --log-level still filters, over $RUST_LOG.
+    run_hregd(
+        Stdio::from(File::create(&log).unwrap()),
+        &["--log-level", "warn"],
+        &[],
+        None,
+    );
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(!lines.contains("session attached"), "{lines}");
 }
 
 #[test]
 fn logs_on_a_terminal_are_coloured() {
     let (master, slave) = open_pty();
-    run_hregd(Stdio::from(slave), &[], None);
+    run_hregd(Stdio::from(slave), &[], &[], None);
     let text = read_pty(master);
     assert!(
         String::from_utf8_lossy(&text).contains("session attached"),
@@ -157,14 +168,7 @@ fn can_unshare() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`unshare --mount` must work in CI (root)"
-        );
-        eprintln!("skipping: `unshare --mount` does not work here (not root?)");
-    }
-    ok
+    hreg_tests::required_in_ci("`unshare --mount` (root)", ok)
 }
 
 /// One journal entry: field name to value.
@@ -206,7 +210,7 @@ fn under_journal_stream_entries_go_to_the_journal_with_fields() {
     let log = run.path().join("stderr");
     let stderr = File::create(&log).unwrap();
     let env = [("JOURNAL_STREAM", stream_id(&log))];
-    run_hregd(Stdio::from(stderr), &env, Some(run.path()));
+    run_hregd(Stdio::from(stderr), &[], &env, Some(run.path()));
 
     let mut entries = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -257,7 +261,7 @@ fn without_a_journal_socket_it_falls_back_to_plain_lines() {
     let log = run.path().join("stderr");
     let stderr = File::create(&log).unwrap();
     let env = [("JOURNAL_STREAM", stream_id(&log))];
-    run_hregd(Stdio::from(stderr), &env, Some(run.path()));
+    run_hregd(Stdio::from(stderr), &[], &env, Some(run.path()));
     let text = std::fs::read(&log).unwrap();
     let lines = String::from_utf8_lossy(&text);
     assert!(!text.contains(&0x1b), "escape bytes:\n{lines}");
