@@ -2,7 +2,8 @@
 //! experiment in process, the shared-memory floor, hreg through its rings,
 //! Redis on the same operations, the scale and idle checks, all in one run,
 //! then prints a Markdown table and the targets with their verdicts, and
-//! writes JSON and an SVG plot on request.
+//! writes JSON and an SVG plot on request. `--soak SECONDS` runs the soak
+//! ([`soak`]) instead.
 //!
 //! This file owns the command line, the order of the sections, their sizes
 //! (quick or full) and the targets; each section lives in its own module.
@@ -14,6 +15,8 @@ mod procs;
 mod redis;
 mod report;
 mod scale;
+mod soak;
+mod soak_worker;
 mod stats;
 
 use anyhow::Context;
@@ -48,6 +51,21 @@ struct Args {
     /// 5 scale, 6 idle), e.g. `--only 2,3`; targets need their sections.
     #[arg(long, value_delimiter = ',', value_name = "N,..")]
     only: Vec<u8>,
+    /// Soak instead: for SECONDS, client processes attach, run checked mixed
+    /// operations, detach or get SIGKILLed, over and over, while the daemon
+    /// is sampled every second. Exits non-zero on a wrong value, an
+    /// unexpected error, a warning or error in the daemon's log, a leak, or
+    /// the daemon's death.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    soak: Option<u64>,
+    /// Soak client processes running at a time.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "soak",
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    soak_clients: u64,
+    /// (internal) Run as one soak client with this plan (JSON).
+    #[arg(long, hide = true, value_name = "PLAN")]
+    soak_worker: Option<String>,
 }
 
 impl Args {
@@ -109,6 +127,9 @@ impl Sizes {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(plan) = &args.soak_worker {
+        return soak_client(plan);
+    }
     let Some(hregd) = procs::find_hregd(args.hregd.as_deref()) else {
         eprintln!(
             "hreg-bench: no hregd binary next to this executable; build it first:\n    {}\n\
@@ -117,13 +138,79 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    match run(&args, hregd) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match args.soak {
+        Some(seconds) => run_soak(&args, hregd, seconds),
+        None => run(&args, hregd).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("hreg-bench: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The hidden worker mode: one soak client process.
+fn soak_client(plan: &str) -> ExitCode {
+    let plan: soak_worker::Plan = match serde_json::from_str(plan) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("hreg-bench: bad soak plan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match soak_worker::run(&plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hreg-bench soak client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--soak SECONDS`: prints the summary, writes the JSON and the plot;
+/// whether the soak passed.
+fn run_soak(args: &Args, hregd: PathBuf, seconds: u64) -> anyhow::Result<bool> {
+    procs::install_signal_cleanup()?;
+    let mut dir = WorkDir::create()?;
+    eprintln!(
+        "hreg-bench: soak for {seconds} s, {} clients at a time ({})",
+        args.soak_clients,
+        hregd.display()
+    );
+    let report = soak::run(
+        &hregd,
+        dir.path(),
+        Duration::from_secs(seconds),
+        args.soak_clients as usize,
+    )
+    .inspect_err(|_| dir.keep())
+    .with_context(|| format!("soak (logs kept in {})", dir.path().display()))?;
+    print!("{}", report.markdown());
+    write_outputs(args, &serde_json::to_string_pretty(&report)?, || {
+        report.svg()
+    })?;
+    if !report.passed() {
+        dir.keep();
+        eprintln!(
+            "hreg-bench: the soak failed; hregd.log and soak-clients.log are in {}",
+            dir.path().display()
+        );
+    }
+    Ok(report.passed())
+}
+
+/// Writes `--json` and `--plot` when asked.
+fn write_outputs(args: &Args, json: &str, svg: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, svg()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
@@ -182,15 +269,9 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
 
     report.targets = targets(&report, &sizes);
     print!("{}", report.markdown());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, report.svg())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_outputs(args, &serde_json::to_string_pretty(&report)?, || {
+        report.svg()
+    })
 }
 
 /// Sections 3 and 6 on one daemon: the ring cases, then the idle check

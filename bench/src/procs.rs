@@ -1,14 +1,14 @@
 //! The processes the bench starts and how they end: its temporary
-//! directory, `hregd` and `redis-server` children (which die with the bench,
-//! by `PR_SET_PDEATHSIG`), cleanup on SIGINT/SIGTERM, and what `/proc` says
-//! about a child (resident memory, CPU time).
+//! directory, `hregd`, `redis-server` and soak client children (which die
+//! with the bench, by `PR_SET_PDEATHSIG`), cleanup on SIGINT/SIGTERM, and
+//! what `/proc` says about a child (resident memory, descriptors, CPU time).
 
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,8 +54,12 @@ pub fn install_signal_cleanup() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench's temporary directory; removed on drop (and on a signal).
-pub struct WorkDir(PathBuf);
+/// The bench's temporary directory; removed on drop (and on a signal)
+/// unless kept.
+pub struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl WorkDir {
     pub fn create() -> anyhow::Result<WorkDir> {
@@ -63,18 +67,25 @@ impl WorkDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         live().dir = Some(path.clone());
-        Ok(WorkDir(path))
+        Ok(WorkDir { path, keep: false })
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    /// Leaves the directory (its logs) in place when dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
         live().dir = None;
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -82,6 +93,8 @@ impl Drop for WorkDir {
 pub struct Proc {
     child: Child,
     name: &'static str,
+    /// Set once reaped: its pid may then belong to another process.
+    exited: Option<ExitStatus>,
 }
 
 impl Proc {
@@ -93,6 +106,12 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        Proc::start(name, command)
+    }
+
+    /// Starts `command` with the standard streams it was given; it gets
+    /// SIGKILL if the bench dies. Call from the main thread.
+    pub fn start(name: &'static str, mut command: Command) -> anyhow::Result<Proc> {
         // SAFETY: the closure runs in the forked child before exec and only
         // calls prctl(2), which is async-signal-safe.
         unsafe {
@@ -107,16 +126,53 @@ impl Proc {
             .spawn()
             .with_context(|| format!("starting {name} ({command:?})"))?;
         live().children.push(child.id() as i32);
-        Ok(Proc { child, name })
+        Ok(Proc {
+            child,
+            name,
+            exited: None,
+        })
     }
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
+    /// The child's standard output, if it was piped and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// How the child ended, if it has (reaping it).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            if let Some(status) = self.child.try_wait()? {
+                self.reaped(status);
+            }
+        }
+        Ok(self.exited)
+    }
+
+    /// SIGKILL now, and reap.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.exited {
+            return Ok(status);
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait()?;
+        self.reaped(status);
+        Ok(status)
+    }
+
+    /// Records the exit; the pid is no longer ours to signal.
+    fn reaped(&mut self, status: ExitStatus) {
+        self.exited = Some(status);
+        let pid = self.pid();
+        live().children.retain(|&p| p != pid);
+    }
+
     /// Fails if the child has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        if let Some(status) = self.try_wait()? {
             bail!("{} exited early: {status}", self.name);
         }
         Ok(())
@@ -131,6 +187,11 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .context("no VmRSS")?;
         Ok(kib * 1024)
+    }
+
+    /// Open descriptors (entries of `/proc/PID/fd`).
+    pub fn fd_count(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
     }
 
     /// User plus system CPU time so far.
@@ -149,18 +210,21 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let pid = self.pid();
+        live().children.retain(|&p| p != pid);
+        if self.exited.is_some() {
+            return;
+        }
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        live().children.retain(|&p| p != pid);
     }
 }
 
@@ -212,9 +276,19 @@ pub fn hregd_build_command() -> &'static str {
 /// Starts hregd with default flags (only the socket path is given) and
 /// waits until it accepts connections.
 pub fn start_hregd(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, PathBuf)> {
+    start_hregd_with(binary, dir, &[])
+}
+
+/// Starts hregd with `flags` besides the socket path (its log is
+/// `DIR/hregd.log`) and waits until it accepts connections.
+pub fn start_hregd_with(
+    binary: &Path,
+    dir: &Path,
+    flags: &[&str],
+) -> anyhow::Result<(Proc, PathBuf)> {
     let socket = dir.join("hregd.sock");
     let mut command = Command::new(binary);
-    command.arg("--socket").arg(&socket);
+    command.arg("--socket").arg(&socket).args(flags);
     let mut proc = Proc::spawn("hregd", command, &dir.join("hregd.log"))?;
     wait_for(&mut proc, || hreg::Client::connect(&socket).is_ok())?;
     Ok((proc, socket))

@@ -223,7 +223,8 @@ fn colour_of(label: &str) -> &'static str {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe for SVG.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

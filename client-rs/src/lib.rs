@@ -28,7 +28,9 @@ mod shm;
 pub use client::{default_socket_paths, Client, ListFilter};
 pub use error::{Error, Result};
 pub use handle::{Handle, ParseHandleError};
-pub use hreg_proto::control::{ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome};
+pub use hreg_proto::control::{
+    ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
+};
 pub use hreg_proto::{Status, PROTOCOL_VERSION};
 
 /// INSERT flag: other users may read the object.

@@ -42,3 +42,18 @@ fn usage_errors_exit_2_and_hreg_errors_exit_1() {
     assert!(nowhere.stdout.is_empty());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("/nonexistent/dir/hreg.sock"));
 }
+
+#[test]
+fn prometheus_and_json_together_are_a_usage_error() {
+    for args in [
+        ["stats", "--prometheus", "--json"],
+        ["--json", "stats", "--prometheus"],
+    ] {
+        let out = hregctl(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--prometheus"));
+    }
+    let help = hregctl(&["stats", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--prometheus"));
+}

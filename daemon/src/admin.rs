@@ -5,7 +5,9 @@
 
 use crate::registry::{ListFilter, Registry};
 use crate::session::Session;
-use hreg_proto::control::{Reply, SessionInfo, StatsReply, UidUsage, UsageReply, MAX_PAGE};
+use hreg_proto::control::{
+    Reply, SessionInfo, StatsReply, UidUsage, UsageReply, WorkerUsage, MAX_PAGE,
+};
 use hreg_proto::Status;
 use std::time::{Duration, Instant};
 
@@ -107,12 +109,13 @@ pub fn objects_page(
     Reply::Objects { objects, next }
 }
 
-/// Occupancy, usage per uid (only the caller's own unless root) and the
-/// limits in force.
+/// Occupancy, usage per uid (only the caller's own unless root), the
+/// workers' loads and the limits in force.
 pub fn usage(
     registry: &Registry,
     uptime: Duration,
     ops_per_sec: u64,
+    workers: Vec<WorkerUsage>,
     caller_uid: u32,
 ) -> UsageReply {
     let limits = registry.limits();
@@ -134,5 +137,6 @@ pub fn usage(
                 value_bytes: usage.value_bytes,
             })
             .collect(),
+        workers,
     }
 }

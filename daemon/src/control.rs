@@ -22,7 +22,7 @@ use crate::session::Session;
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
-use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
+use hreg_proto::control::{Reply, Request, Welcome, WorkerUsage, MAX_MESSAGE};
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -482,10 +482,19 @@ impl Control {
                 self.reply(key, &reply, None)
             }
             (Request::Usage, Some(caller)) => {
+                let workers = self
+                    .workers
+                    .iter()
+                    .map(|w| WorkerUsage {
+                        rings: u32::try_from(w.load()).unwrap_or(u32::MAX),
+                        ops: w.ops(),
+                    })
+                    .collect();
                 let usage = admin::usage(
                     &self.registry,
                     self.started.elapsed(),
                     self.ops_rate.per_sec(),
+                    workers,
                     caller.peer.uid,
                 );
                 self.reply(key, &Reply::Usage(usage), None)

@@ -3,8 +3,9 @@
 //!
 //! It owns the registry of objects ([`registry`], values in [`store`]), the
 //! sessions of attached clients ([`session`], their shared memory in [`shm`]),
-//! the control socket ([`control`]), the ring workers ([`worker`]) and the
-//! settings ([`config`]) and rate-limited warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
+//! the control socket ([`control`]), the ring workers ([`worker`]), the
+//! settings ([`config`]), where logs go ([`logging`]) and rate-limited
+//! warnings ([`ratelimit`]). `unsafe` is confined to [`shm`] (the mapping) and
 //! `hreg_proto::ring` (access to ring memory).
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod doorbell;
 pub mod listener;
+pub mod logging;
 pub mod peer;
 pub mod ratelimit;
 pub mod registry;

@@ -1,5 +1,6 @@
-//! hregd's entry point: settings, logging, signals, systemd notification,
-//! then the control loop until SIGTERM or SIGINT.
+//! hregd's entry point: settings, logging (set up by [`hregd::logging`]),
+//! signals, systemd notification, then the control loop until SIGTERM or
+//! SIGINT.
 
 use anyhow::Context;
 use clap::Parser;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_level.as_deref());
+    hregd::logging::init(config.log_level.as_deref());
     match run(&args, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,18 +32,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(level) => tracing_subscriber::EnvFilter::new(level),
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(args: &Args, config: Config) -> anyhow::Result<()> {

@@ -86,6 +86,15 @@ pub struct UidUsage {
     pub value_bytes: u64,
 }
 
+/// What one worker thread serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerUsage {
+    /// Rings it serves now.
+    pub rings: u32,
+    /// Data-path requests it has served since the daemon started.
+    pub ops: u64,
+}
+
 /// The operator's view of the registry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageReply {
@@ -100,6 +109,8 @@ pub struct UsageReply {
     pub shards: Vec<u64>,
     /// Usage per uid (only the caller's own unless the caller is root).
     pub uids: Vec<UidUsage>,
+    /// Per worker thread, in worker order.
+    pub workers: Vec<WorkerUsage>,
 }
 
 /// Figures of a running daemon.
@@ -355,6 +366,11 @@ impl Reply {
                     w.u64(uid.objects);
                     w.u64(uid.value_bytes);
                 }
+                w.u32(u.workers.len() as u32);
+                for worker in &u.workers {
+                    w.u32(worker.rings);
+                    w.u64(worker.ops);
+                }
             }
         }
         w.0
@@ -441,6 +457,13 @@ impl Reply {
                         uid: r.u32()?,
                         objects: r.u64()?,
                         value_bytes: r.u64()?,
+                    });
+                }
+                let workers = r.count(12)?;
+                for _ in 0..workers {
+                    usage.workers.push(WorkerUsage {
+                        rings: r.u32()?,
+                        ops: r.u64()?,
                     });
                 }
                 Reply::Usage(usage)
@@ -624,6 +647,13 @@ mod tests {
                     objects: 2,
                     value_bytes: 3,
                 }],
+                workers: vec![
+                    WorkerUsage { rings: 2, ops: 7 },
+                    WorkerUsage {
+                        rings: 0,
+                        ops: u64::MAX,
+                    },
+                ],
             }),
         ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));

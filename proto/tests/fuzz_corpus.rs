@@ -15,7 +15,7 @@
 mod checks;
 
 use hreg_proto::control::{
-    ObjectInfo, Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome,
+    ObjectInfo, Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
 use hreg_proto::{flags, Opcode, PROTOCOL_VERSION};
@@ -133,6 +133,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
                 objects: 6,
                 value_bytes: 60,
             }],
+            workers: vec![WorkerUsage { rings: 3, ops: 99 }],
         }),
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
@@ -176,6 +177,10 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         (
             "usage-reply-lying-shards",
             cat(&[&le(110), &[0; 48], &le(u32::MAX), &le(0)]),
+        ),
+        (
+            "usage-reply-lying-workers",
+            cat(&[&le(110), &[0; 48], &le(0), &le(0), &le(1 << 20), &[0; 12]]),
         ),
         (
             "error-text-too-long",

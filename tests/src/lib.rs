@@ -1,12 +1,14 @@
 //! Test harness for hreg's multi-process tests: starts real `hregd`
 //! processes on sockets in temporary directories, finds the built binaries,
-//! and offers small helpers (waiting with a deadline, checksummed values).
+//! and offers small helpers (waiting with a deadline, checksummed values, a
+//! strict parser of the Prometheus text format in [`prometheus`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
 
 use std::path::{Path, PathBuf};
 pub mod attacks;
+pub mod prometheus;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -211,6 +213,20 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a test's outside requirement (`what`: a tool, a privilege) is
+/// `met`; when it is not, the test should return early, which is allowed
+/// outside CI only (CI installs and runs as root).
+pub fn required_in_ci(what: &str, met: bool) -> bool {
+    if !met {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is required in CI (.ci/run installs it and runs as root)"
+        );
+        eprintln!("skipping: {what} is not available here");
+    }
+    met
 }
 
 /// Polls `done` until it is true; panics after [`PATIENCE`].

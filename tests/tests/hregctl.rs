@@ -1,6 +1,7 @@
 //! hregctl against a real daemon: two processes sharing a handle through the
 //! command line, handles in decimal and hex, flags before or after the
-//! command, errors on stderr with a non-zero exit.
+//! command, errors on stderr with a non-zero exit, and the figures of
+//! `stats` in every format (table, JSON, Prometheus) agreeing.
 
 use hreg_tests::{binary, Daemon};
 use std::io::Write;
@@ -92,4 +93,185 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
         "{}",
         text(&nowhere.stderr)
     );
+}
+
+/// `stats --json` parsed.
+fn stats_json(socket: &str) -> serde_json::Value {
+    let out = hregctl(&["--socket", socket, "stats", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
+}
+
+/// A series: metric name, labels, value.
+type Series = (String, Vec<(&'static str, String)>, f64);
+
+/// Every series `stats --prometheus` must print, with its value, as the
+/// JSON figures give it.
+fn expected_series(json: &serde_json::Value) -> Vec<Series> {
+    let num = |v: &serde_json::Value| v.as_f64().expect("a number");
+    let mut series = vec![];
+    let mut single = |name: &str, v: &serde_json::Value| {
+        series.push((name.to_string(), vec![], num(v)));
+    };
+    single("hreg_objects", &json["objects"]);
+    single("hreg_value_bytes", &json["value_bytes"]);
+    single("hreg_sessions", &json["sessions"]);
+    single("hreg_ops_total", &json["ops"]);
+    single("hreg_ops_per_second", &json["ops_per_sec"]);
+    single("hreg_uptime_seconds", &json["uptime_secs"]);
+    single("hreg_max_objects", &json["limits"]["max_objects"]);
+    single("hreg_max_value_bytes", &json["limits"]["max_bytes"]);
+    for uid in json["uids"].as_array().unwrap() {
+        let label = vec![("uid", uid["uid"].to_string())];
+        for (name, v) in [
+            ("hreg_uid_objects", &uid["objects"]),
+            ("hreg_uid_value_bytes", &uid["value_bytes"]),
+            ("hreg_uid_max_objects", &json["limits"]["uid_max_objects"]),
+            ("hreg_uid_max_value_bytes", &json["limits"]["uid_max_bytes"]),
+        ] {
+            series.push((name.to_string(), label.clone(), num(v)));
+        }
+    }
+    for (i, n) in json["shards"].as_array().unwrap().iter().enumerate() {
+        series.push((
+            "hreg_shard_objects".into(),
+            vec![("shard", i.to_string())],
+            num(n),
+        ));
+    }
+    for worker in json["workers"].as_array().unwrap() {
+        let label = vec![("worker", worker["worker"].to_string())];
+        series.push((
+            "hreg_worker_rings".into(),
+            label.clone(),
+            num(&worker["rings"]),
+        ));
+        series.push(("hreg_worker_ops_total".into(), label, num(&worker["ops"])));
+    }
+    series
+}
+
+#[test]
+fn stats_prometheus_is_well_formed_and_says_what_json_says() {
+    let daemon = Daemon::start(&[
+        "--workers",
+        "2",
+        "--max-objects",
+        "1000",
+        "--max-bytes",
+        "1000000",
+        "--uid-max-objects",
+        "500",
+        "--uid-max-bytes",
+        "400000",
+    ]);
+    let socket = daemon.socket.to_str().unwrap();
+    // Two sessions, a ring each, three objects.
+    let a = daemon.client();
+    let b = daemon.client();
+    a.insert(b"one", 0).unwrap();
+    a.insert(b"two22", hreg::SHARED).unwrap();
+    b.insert(&[7u8; 100], 0).unwrap();
+    // Quiet, so the rate reads the same in both snapshots.
+    hreg_tests::wait_until("ops/s to settle at 0", || {
+        stats_json(socket)["ops_per_sec"] == 0
+    });
+
+    let mut compared = false;
+    for _ in 0..5 {
+        let before = stats_json(socket);
+        let out = hregctl(&["--socket", socket, "stats", "--prometheus"], None);
+        let after = stats_json(socket);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let exposition = String::from_utf8(out.stdout).unwrap();
+        let parsed = hreg_tests::prometheus::parse(&exposition)
+            .unwrap_or_else(|e| panic!("{e}\n{exposition}"));
+        for family in &parsed.families {
+            assert!(family.name.starts_with("hreg_"), "{}", family.name);
+            assert!(!family.help.is_empty(), "{} has no help", family.name);
+        }
+        // The daemon's own figures, as the test made them.
+        assert_eq!(parsed.value("hreg_objects", &[]), Some(3.0));
+        assert_eq!(parsed.value("hreg_value_bytes", &[]), Some(108.0));
+        assert_eq!(parsed.value("hreg_max_objects", &[]), Some(1000.0));
+        assert_eq!(parsed.value("hreg_max_value_bytes", &[]), Some(1e6));
+        let uid = rustix::process::getuid().as_raw().to_string();
+        assert_eq!(
+            parsed.value("hreg_uid_objects", &[("uid", &uid)]),
+            Some(3.0)
+        );
+        assert_eq!(
+            parsed.value("hreg_uid_max_objects", &[("uid", &uid)]),
+            Some(500.0)
+        );
+        assert_eq!(
+            parsed.value("hreg_uid_max_value_bytes", &[("uid", &uid)]),
+            Some(400000.0)
+        );
+        assert_eq!(parsed.family("hreg_worker_rings").unwrap().samples.len(), 2);
+        assert_eq!(parsed.sum("hreg_worker_rings"), Some(2.0));
+        assert_eq!(
+            parsed.sum("hreg_worker_ops_total"),
+            parsed.value("hreg_ops_total", &[])
+        );
+        assert_eq!(parsed.sum("hreg_shard_objects"), Some(3.0));
+
+        // Everything JSON says, Prometheus says, and nothing else; the
+        // uptime may tick between the two. Retried when the daemon changed
+        // between the snapshots (a session ending late).
+        let strip = |mut v: serde_json::Value| {
+            v["uptime_secs"] = serde_json::Value::Null;
+            v
+        };
+        if strip(before.clone()) != strip(after) {
+            continue;
+        }
+        let expected = expected_series(&before);
+        assert_eq!(parsed.series().len(), expected.len(), "{exposition}");
+        for (name, labels, value) in expected {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let got = parsed
+                .value(&name, &labels)
+                .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{exposition}"));
+            if name == "hreg_uptime_seconds" {
+                assert!((got - value).abs() <= 2.0, "{name}: {got} vs {value}");
+            } else {
+                assert_eq!(got, value, "{name}{labels:?}");
+            }
+        }
+        compared = true;
+        break;
+    }
+    assert!(compared, "the daemon's figures never held still");
+}
+
+#[test]
+fn stats_shows_workers_in_the_table_and_json() {
+    let daemon = Daemon::start(&["--workers", "3"]);
+    let socket = daemon.socket.to_str().unwrap();
+    let client = daemon.client();
+    client.insert(b"x", 0).unwrap();
+    let json = stats_json(socket);
+    let workers = json["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let rings: u64 = workers.iter().map(|w| w["rings"].as_u64().unwrap()).sum();
+    let ops: u64 = workers.iter().map(|w| w["ops"].as_u64().unwrap()).sum();
+    assert_eq!(rings, 1);
+    assert_eq!(ops, json["ops"].as_u64().unwrap());
+    let plain = hregctl(&["--socket", socket, "stats"], None);
+    let table = text(&plain.stdout);
+    let header = table
+        .lines()
+        .position(|l| l.split_whitespace().eq(["WORKER", "RINGS", "OPS"]))
+        .unwrap_or_else(|| panic!("no worker table in\n{table}"));
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(header + 1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], i.to_string());
+        assert_eq!(row[1], workers[i]["rings"].to_string());
+    }
 }

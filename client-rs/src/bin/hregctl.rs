@@ -2,11 +2,14 @@
 //! objects and prints the registry's figures, through the `hreg` crate.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hreg::{Client, Handle};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[path = "hregctl/metrics.rs"]
+mod metrics;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -58,8 +61,15 @@ enum Command {
         handle: Handle,
     },
     /// Print the registry's figures: objects, bytes, sessions, ops/s,
-    /// usage per uid against its caps, and per-shard occupancy.
-    Stats,
+    /// usage per uid against its caps, per-shard occupancy and per-worker
+    /// rings and requests.
+    Stats {
+        /// Print them in the Prometheus text format instead (every name
+        /// starts with `hreg_`), for the node exporter's textfile collector
+        /// or any scraper.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// List attached sessions: id, pid, uid, name, rings, references held
     /// (all sessions for root, your own otherwise).
     Sessions,
@@ -94,6 +104,15 @@ enum Command {
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors (and 0 for --help/--version).
     let cli = Cli::parse();
+    if cli.json && matches!(cli.command, Command::Stats { prometheus: true }) {
+        // `--json` is global, so clap cannot see the clash in every order.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--prometheus and --json ask for different formats; give one",
+            )
+            .exit();
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -101,6 +120,44 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs the chosen subcommand, writing its result to standard output.
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match &cli.command {
+        Command::Put {
+            value,
+            shared,
+            attached,
+        } => put(cli, value.as_deref(), *shared, *attached, &mut out)?,
+        Command::Get { handle } => get(cli, *handle, &mut out)?,
+        Command::Rm { handle } => rm(cli, *handle, &mut out)?,
+        Command::Stats { prometheus } => {
+            let format = if *prometheus {
+                StatsFormat::Prometheus
+            } else {
+                StatsFormat::plain_or_json(cli.json)
+            };
+            stats(cli, format, &mut out)?
+        }
+        Command::Sessions => sessions(cli, &mut out)?,
+        Command::Ls {
+            detached,
+            owner,
+            limit,
+            cursor,
+        } => {
+            let filter = hreg::ListFilter {
+                detached_only: *detached,
+                owner: *owner,
+            };
+            ls(cli, filter, *limit, *cursor, &mut out)?
+        }
+        Command::Watch { interval, count } => watch(cli, *interval, *count, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
@@ -111,206 +168,260 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(client?)
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match &cli.command {
-        Command::Put {
-            value,
-            shared,
-            attached,
-        } => {
-            let value = match value {
-                Some(v) => v.as_encoded_bytes().to_vec(),
-                None => {
-                    let mut v = Vec::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_to_end(&mut v)
-                        .context("reading the value from standard input")?;
-                    v
-                }
-            };
-            let mut flags = 0;
-            if *shared {
-                flags |= hreg::SHARED;
-            }
-            if !*attached {
-                flags |= hreg::DETACHED;
-            }
-            let client = connect(cli)?;
-            let handle = client.insert(&value, flags).context("put")?;
-            if cli.json {
-                writeln!(out, "{}", serde_json::json!({ "handle": handle.get() }))?;
-            } else {
-                writeln!(out, "{handle}")?;
-            }
+/// `put`: the value from the argument or standard input, DETACHED unless
+/// `attached`; prints the handle.
+fn put(
+    cli: &Cli,
+    value: Option<&std::ffi::OsStr>,
+    shared: bool,
+    attached: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let value = match value {
+        Some(v) => v.as_encoded_bytes().to_vec(),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut v)
+                .context("reading the value from standard input")?;
+            v
         }
-        Command::Get { handle } => {
-            let client = connect(cli)?;
-            let value = client
-                .get(*handle)
-                .with_context(|| format!("get {handle}"))?;
-            if cli.json {
-                let text = std::str::from_utf8(&value).ok();
-                let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-                let doc = serde_json::json!({
-                    "handle": handle.get(),
-                    "length": value.len(),
-                    "value": text,
-                    "hex": hex,
-                });
-                writeln!(out, "{doc}")?;
-            } else {
-                out.write_all(&value)?;
-            }
-        }
-        Command::Rm { handle } => {
-            let client = connect(cli)?;
-            client
-                .remove(*handle)
-                .with_context(|| format!("rm {handle}"))?;
-            if cli.json {
-                writeln!(out, "{}", serde_json::json!({ "removed": handle.get() }))?;
-            }
-        }
-        Command::Stats => {
-            let client = connect(cli)?;
-            print_stats(&client, cli.json, &mut out)?;
-        }
-        Command::Sessions => {
-            let client = connect(cli)?;
-            let sessions = client.sessions().context("sessions")?;
-            if cli.json {
-                let list: Vec<_> = sessions
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "id": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
-                            "name": s.name, "rings": s.rings, "references": s.references,
-                        })
-                    })
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
-            } else {
-                let rows = sessions
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id.to_string(),
-                            s.pid.to_string(),
-                            s.uid.to_string(),
-                            s.name.clone(),
-                            s.rings.to_string(),
-                            s.references.to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print_table(
-                    &mut out,
-                    &["ID", "PID", "UID", "NAME", "RINGS", "REFS"],
-                    &rows,
-                )?;
-            }
-        }
-        Command::Ls {
-            detached,
-            owner,
-            limit,
-            cursor,
-        } => {
-            let client = connect(cli)?;
-            let filter = hreg::ListFilter {
-                detached_only: *detached,
-                owner: *owner,
-            };
-            let mut objects = Vec::new();
-            let mut cursor = *cursor;
-            let wanted = limit.unwrap_or(u64::MAX);
-            while (objects.len() as u64) < wanted {
-                let page = (wanted - objects.len() as u64)
-                    .min(u64::from(hreg_proto::control::MAX_PAGE))
-                    as u32;
-                let (found, next) = client.list(cursor, page, filter).context("ls")?;
-                objects.extend(found);
-                cursor = next;
-                if next == 0 {
-                    break;
-                }
-            }
-            if cli.json {
-                let list: Vec<_> = objects
-                    .iter()
-                    .map(|o| {
-                        serde_json::json!({
-                            "handle": o.handle, "size": o.size, "owner": o.owner,
-                            "refs": o.refs, "flags": flag_names(o.flags),
-                        })
-                    })
-                    .collect();
-                let doc = serde_json::json!({ "objects": list, "next_cursor": cursor });
-                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
-            } else {
-                let rows = objects
-                    .iter()
-                    .map(|o| {
-                        vec![
-                            o.handle.to_string(),
-                            o.size.to_string(),
-                            o.owner.to_string(),
-                            o.refs.to_string(),
-                            flag_names(o.flags),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print_table(
-                    &mut out,
-                    &["HANDLE", "SIZE", "OWNER", "REFS", "FLAGS"],
-                    &rows,
-                )?;
-                if cursor != 0 {
-                    eprintln!("more objects: continue with --cursor {cursor}");
-                }
-            }
-        }
-        Command::Watch { interval, count } => {
-            let client = connect(cli)?;
-            let pause = std::time::Duration::try_from_secs_f64(*interval)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .context("--interval must be a positive number of seconds")?;
-            let mut shown = 0u64;
-            loop {
-                let mut frame = Vec::new();
-                print_stats(&client, cli.json, &mut frame)?;
-                if !cli.json {
-                    // Home the cursor and clear the screen: refresh in place.
-                    out.write_all(b"\x1b[H\x1b[2J")?;
-                }
-                out.write_all(&frame)?;
-                out.flush()?;
-                shown += 1;
-                if count.is_some_and(|n| shown >= n) {
-                    break;
-                }
-                std::thread::sleep(pause);
-            }
-        }
+    };
+    let mut flags = 0;
+    if shared {
+        flags |= hreg::SHARED;
     }
-    out.flush()?;
+    if !attached {
+        flags |= hreg::DETACHED;
+    }
+    let client = connect(cli)?;
+    let handle = client.insert(&value, flags).context("put")?;
+    if cli.json {
+        print_json_line(out, &serde_json::json!({ "handle": handle.get() }))
+    } else {
+        writeln!(out, "{handle}")?;
+        Ok(())
+    }
+}
+
+/// `get`: the value, raw (or as JSON with text and hex forms).
+fn get(cli: &Cli, handle: Handle, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    let value = client
+        .get(handle)
+        .with_context(|| format!("get {handle}"))?;
+    if cli.json {
+        let text = std::str::from_utf8(&value).ok();
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        print_json_line(
+            out,
+            &serde_json::json!({
+                "handle": handle.get(),
+                "length": value.len(),
+                "value": text,
+                "hex": hex,
+            }),
+        )
+    } else {
+        out.write_all(&value)?;
+        Ok(())
+    }
+}
+
+/// `rm`: removes the object; prints nothing unless `--json`.
+fn rm(cli: &Cli, handle: Handle, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    client
+        .remove(handle)
+        .with_context(|| format!("rm {handle}"))?;
+    if cli.json {
+        print_json_line(out, &serde_json::json!({ "removed": handle.get() }))?;
+    }
     Ok(())
 }
 
+/// `stats`: the registry's figures, once.
+fn stats(cli: &Cli, format: StatsFormat, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    print_stats(&client, format, out)
+}
+
+/// `sessions`: the attached sessions the caller may see.
+fn sessions(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    let sessions = client.sessions().context("sessions")?;
+    if cli.json {
+        let list: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
+                    "name": s.name, "rings": s.rings, "references": s.references,
+                })
+            })
+            .collect();
+        return print_json(out, &serde_json::Value::from(list));
+    }
+    let rows = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                s.pid.to_string(),
+                s.uid.to_string(),
+                s.name.clone(),
+                s.rings.to_string(),
+                s.references.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(out, &["ID", "PID", "UID", "NAME", "RINGS", "REFS"], &rows)?;
+    Ok(())
+}
+
+/// `ls`: live objects matching `filter`, paged through from `cursor`, at
+/// most `limit` of them; the cursor to continue from goes to stderr.
+fn ls(
+    cli: &Cli,
+    filter: hreg::ListFilter,
+    limit: Option<u64>,
+    cursor: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    let mut objects = Vec::new();
+    let mut cursor = cursor;
+    let wanted = limit.unwrap_or(u64::MAX);
+    while (objects.len() as u64) < wanted {
+        let page =
+            (wanted - objects.len() as u64).min(u64::from(hreg_proto::control::MAX_PAGE)) as u32;
+        let (found, next) = client.list(cursor, page, filter).context("ls")?;
+        objects.extend(found);
+        cursor = next;
+        if next == 0 {
+            break;
+        }
+    }
+    if cli.json {
+        let list: Vec<_> = objects
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "handle": o.handle, "size": o.size, "owner": o.owner,
+                    "refs": o.refs, "flags": flag_names(o.flags),
+                })
+            })
+            .collect();
+        return print_json(
+            out,
+            &serde_json::json!({ "objects": list, "next_cursor": cursor }),
+        );
+    }
+    let rows = objects
+        .iter()
+        .map(|o| {
+            vec![
+                o.handle.to_string(),
+                o.size.to_string(),
+                o.owner.to_string(),
+                o.refs.to_string(),
+                flag_names(o.flags),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(out, &["HANDLE", "SIZE", "OWNER", "REFS", "FLAGS"], &rows)?;
+    if cursor != 0 {
+        eprintln!("more objects: continue with --cursor {cursor}");
+    }
+    Ok(())
+}
+
+/// `watch`: the figures of `stats`, every `interval` seconds, `count` times
+/// (forever when `None`), redrawn in place unless `--json`.
+fn watch(cli: &Cli, interval: f64, count: Option<u64>, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = connect(cli)?;
+    let pause = std::time::Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--interval must be a positive number of seconds")?;
+    let format = StatsFormat::plain_or_json(cli.json);
+    let mut shown = 0u64;
+    loop {
+        let mut frame = Vec::new();
+        print_stats(&client, format, &mut frame)?;
+        if format == StatsFormat::Plain {
+            // Home the cursor and clear the screen: refresh in place.
+            out.write_all(b"\x1b[H\x1b[2J")?;
+        }
+        out.write_all(&frame)?;
+        out.flush()?;
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+/// How `stats` and `watch` print the figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatsFormat {
+    Plain,
+    Json,
+    Prometheus,
+}
+
+impl StatsFormat {
+    fn plain_or_json(json: bool) -> StatsFormat {
+        if json {
+            StatsFormat::Json
+        } else {
+            StatsFormat::Plain
+        }
+    }
+}
+
 /// The registry's figures, as `stats` and `watch` print them.
-fn print_stats(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let s = client.stats().context("stats")?;
-    let u = client.usage().context("usage")?;
-    if json {
+fn print_stats(client: &Client, format: StatsFormat, out: &mut impl Write) -> anyhow::Result<()> {
+    let figures = Figures {
+        stats: client.stats().context("stats")?,
+        usage: client.usage().context("usage")?,
+    };
+    match format {
+        StatsFormat::Json => print_json(out, &figures.json()),
+        StatsFormat::Prometheus => {
+            out.write_all(metrics::exposition(&figures.stats, &figures.usage).as_bytes())?;
+            Ok(())
+        }
+        StatsFormat::Plain => {
+            figures.print_plain(out)?;
+            Ok(())
+        }
+    }
+}
+
+/// What STATS and USAGE say, together.
+struct Figures {
+    stats: hreg::Stats,
+    usage: hreg::UsageReply,
+}
+
+impl Figures {
+    fn json(&self) -> serde_json::Value {
+        let (s, u) = (&self.stats, &self.usage);
         let uids: Vec<_> = u
             .uids
             .iter()
             .map(|x| serde_json::json!({ "uid": x.uid, "objects": x.objects, "value_bytes": x.value_bytes }))
             .collect();
-        let doc = serde_json::json!({
+        let workers: Vec<_> = u
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| serde_json::json!({ "worker": i, "rings": w.rings, "ops": w.ops }))
+            .collect();
+        serde_json::json!({
             "objects": s.objects,
             "value_bytes": s.value_bytes,
             "sessions": s.sessions,
@@ -323,46 +434,68 @@ fn print_stats(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Res
             },
             "uids": uids,
             "shards": u.shards,
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
-        return Ok(());
-    }
-    for (name, value) in [
-        ("objects", format!("{} of {}", s.objects, u.max_objects)),
-        (
-            "value bytes",
-            format!("{} of {}", s.value_bytes, u.max_bytes),
-        ),
-        ("sessions", s.sessions.to_string()),
-        ("ops", s.ops.to_string()),
-        ("ops/s", u.ops_per_sec.to_string()),
-        ("uptime", format!("{}s", u.uptime_secs)),
-    ] {
-        writeln!(out, "{name:<12} {value}")?;
-    }
-    let (min, max) = (
-        u.shards.iter().min().copied().unwrap_or(0),
-        u.shards.iter().max().copied().unwrap_or(0),
-    );
-    writeln!(
-        out,
-        "{:<12} {} shards, {min} to {max} objects each",
-        "shards",
-        u.shards.len()
-    )?;
-    writeln!(out)?;
-    let rows = u
-        .uids
-        .iter()
-        .map(|x| {
-            vec![
-                x.uid.to_string(),
-                format!("{} / {}", x.objects, u.uid_max_objects),
-                format!("{} / {}", x.value_bytes, u.uid_max_bytes),
-            ]
+            "workers": workers,
         })
-        .collect::<Vec<_>>();
-    print_table(out, &["UID", "OBJECTS / CAP", "BYTES / CAP"], &rows)?;
+    }
+
+    fn print_plain(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let (s, u) = (&self.stats, &self.usage);
+        for (name, value) in [
+            ("objects", format!("{} of {}", s.objects, u.max_objects)),
+            (
+                "value bytes",
+                format!("{} of {}", s.value_bytes, u.max_bytes),
+            ),
+            ("sessions", s.sessions.to_string()),
+            ("ops", s.ops.to_string()),
+            ("ops/s", u.ops_per_sec.to_string()),
+            ("uptime", format!("{}s", u.uptime_secs)),
+        ] {
+            writeln!(out, "{name:<12} {value}")?;
+        }
+        let (min, max) = (
+            u.shards.iter().min().copied().unwrap_or(0),
+            u.shards.iter().max().copied().unwrap_or(0),
+        );
+        writeln!(
+            out,
+            "{:<12} {} shards, {min} to {max} objects each",
+            "shards",
+            u.shards.len()
+        )?;
+        writeln!(out)?;
+        let rows = u
+            .uids
+            .iter()
+            .map(|x| {
+                vec![
+                    x.uid.to_string(),
+                    format!("{} / {}", x.objects, u.uid_max_objects),
+                    format!("{} / {}", x.value_bytes, u.uid_max_bytes),
+                ]
+            })
+            .collect::<Vec<_>>();
+        print_table(out, &["UID", "OBJECTS / CAP", "BYTES / CAP"], &rows)?;
+        writeln!(out)?;
+        let rows = u
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| vec![i.to_string(), w.rings.to_string(), w.ops.to_string()])
+            .collect::<Vec<_>>();
+        print_table(out, &["WORKER", "RINGS", "OPS"], &rows)
+    }
+}
+
+/// A JSON document, pretty-printed (the read commands' `--json`).
+fn print_json(out: &mut impl Write, doc: &serde_json::Value) -> anyhow::Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(doc)?)?;
+    Ok(())
+}
+
+/// A JSON document on one line (the write commands' `--json`).
+fn print_json_line(out: &mut impl Write, doc: &serde_json::Value) -> anyhow::Result<()> {
+    writeln!(out, "{doc}")?;
     Ok(())
 }
 
@@ -409,7 +542,6 @@ fn flag_names(flags: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
