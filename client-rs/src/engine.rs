@@ -4,8 +4,11 @@
 //! round's completions (spin briefly, then futex with a 100 ms timeout that
 //! checks the control socket), and turns completions into results, fetching
 //! STAGED values piece by piece.
+//!
+//! The engine sees only what a batch needs ([`Context`]): the client's side
+//! of one ring, its doorbell, the limits, and a way to ask whether the
+//! daemon is still there ([`Liveness`]).
 
-use crate::client::{Inner, RingCell, RingCounters, RingState};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::plan::{self, Shape, Step, StepKind};
@@ -13,10 +16,10 @@ use crate::shm::{self, Wake};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
 use hreg_proto::flags;
-use hreg_proto::handoff;
-use hreg_proto::ring::RingView;
+use hreg_proto::ring::{ClientCounters, ClientRing, Park};
+use hreg_proto::sync::AtomicU32;
 use hreg_proto::Opcode;
-use rustix::fd::AsFd;
+use rustix::fd::{AsFd, BorrowedFd};
 use rustix::io::Errno;
 use std::time::{Duration, Instant};
 
@@ -120,25 +123,51 @@ impl Scratch {
     }
 }
 
-/// Runs `ops` in order on `cell`'s ring. Per-op failures land in the
+/// Whether the daemon is still there, asked of the control socket (never
+/// of a timeout on completions: slow is not dead).
+pub(crate) trait Liveness {
+    /// Waits up to `grace` for the socket to say the daemon is gone (zero:
+    /// just a look); DISCONNECTED if it is.
+    fn check_alive_within(&self, grace: Duration) -> Result<()>;
+}
+
+/// What the engine needs for one batch.
+pub(crate) struct Context<'a> {
+    pub ring: ClientRing<'a>,
+    pub doorbell: BorrowedFd<'a>,
+    pub liveness: &'a dyn Liveness,
+    pub max_value_size: u64,
+}
+
+/// What the client keeps for one ring between batches: its positions, and
+/// the buffers its batches reuse so that a call allocates nothing once they
+/// have grown.
+#[derive(Debug, Default)]
+pub(crate) struct RingState {
+    counters: ClientCounters,
+    next_user_data: u64,
+    /// Set after a protocol error left the ring in an unknown state.
+    broken: bool,
+    scratch: Scratch,
+}
+
+/// Runs `ops` in order on the context's ring. Per-op failures land in the
 /// returned vector; an `Err` means the batch as a whole stopped.
 pub(crate) fn run(
-    inner: &Inner,
-    cell: &RingCell,
+    cx: &Context<'_>,
+    state: &mut RingState,
     ops: &mut [Op<'_>],
 ) -> Result<Vec<Result<Completion>>> {
-    let mut state = cell.lock()?;
-    let outcome = run_locked(inner, cell, ops, &mut state)
+    let outcome = run_locked(cx, ops, state)
         .and_then(|()| state.scratch.results.drain(..).map(answered).collect());
     state.scratch.trim();
     outcome
 }
 
-/// Runs one op on `cell`'s ring: [`run`] without the result vector.
-pub(crate) fn run_one(inner: &Inner, cell: &RingCell, op: Op<'_>) -> Result<Completion> {
+/// Runs one op: [`run`] without the result vector.
+pub(crate) fn run_one(cx: &Context<'_>, state: &mut RingState, op: Op<'_>) -> Result<Completion> {
     let mut ops = [op];
-    let mut state = cell.lock()?;
-    run_locked(inner, cell, &mut ops, &mut state)?;
+    run_locked(cx, &mut ops, state)?;
     let result = state.scratch.results.pop().and_then(|r| r);
     answered(result)?
 }
@@ -148,16 +177,16 @@ fn answered(result: Option<Result<Completion>>) -> Result<Result<Completion>> {
     result.ok_or_else(|| Error::Protocol("an operation got no completion".into()))
 }
 
-/// The body of [`run`] with the ring's state locked; leaves one result per
-/// op in `state.scratch.results`.
-fn run_locked(
-    inner: &Inner,
-    cell: &RingCell,
-    ops: &mut [Op<'_>],
-    state: &mut RingState,
-) -> Result<()> {
-    let max_value_size = inner.welcome().max_value_size;
-    let RingState { counters, scratch } = state;
+/// The body of [`run`]; leaves one result per op in
+/// `state.scratch.results`.
+fn run_locked(cx: &Context<'_>, ops: &mut [Op<'_>], state: &mut RingState) -> Result<()> {
+    let max_value_size = cx.max_value_size;
+    let RingState {
+        counters,
+        next_user_data,
+        broken,
+        scratch,
+    } = state;
     scratch.results.clear();
     scratch.shapes.clear();
     for op in ops.iter() {
@@ -172,11 +201,7 @@ fn run_locked(
             }
         }
     }
-    let view = inner
-        .map()
-        .ring(cell.index())
-        .ok_or_else(|| Error::Protocol(format!("ring index {} out of range", cell.index())))?;
-    let layout = view.layout();
+    let layout = cx.ring.layout();
     plan::plan_into(
         &mut scratch.plan,
         &scratch.shapes,
@@ -186,16 +211,15 @@ fn run_locked(
     if scratch.plan.steps.is_empty() {
         return Ok(());
     }
-    if counters.broken {
+    if *broken {
         return Err(Error::Protocol(
             "ring unusable after an earlier protocol error".into(),
         ));
     }
     let mut io = RingIo {
-        inner,
-        doorbell: cell.doorbell(),
-        view,
-        st: counters,
+        cx,
+        counters,
+        next_user_data,
     };
     let mut batch = Batch {
         ops,
@@ -211,8 +235,8 @@ fn run_locked(
         if let Error::Protocol(_) = e {
             // A daemon that is going away may scribble on (or discard)
             // the ring before its socket says so: prefer DISCONNECTED.
-            inner.check_alive_within(PROTOCOL_GRACE)?;
-            io.st.broken = true;
+            cx.liveness.check_alive_within(PROTOCOL_GRACE)?;
+            *broken = true;
         }
         return Err(e);
     }
@@ -220,14 +244,13 @@ fn run_locked(
 }
 
 /// The ring side of a batch: entries out, completions in, waiting.
-struct RingIo<'a> {
-    inner: &'a Inner,
-    doorbell: rustix::fd::BorrowedFd<'a>,
-    view: RingView,
-    st: &'a mut RingCounters,
+struct RingIo<'a, 'c> {
+    cx: &'a Context<'c>,
+    counters: &'a mut ClientCounters,
+    next_user_data: &'a mut u64,
 }
 
-impl RingIo<'_> {
+impl RingIo<'_, '_> {
     /// Writes `sqes` (at most `entries`), publishes them, and hands each
     /// completion, in order, to `on_cqe` with its position.
     fn exchange(
@@ -235,31 +258,34 @@ impl RingIo<'_> {
         sqes: &mut [Sqe],
         mut on_cqe: impl FnMut(usize, &Cqe) -> Result<()>,
     ) -> Result<()> {
+        let ring = self.cx.ring;
         let n = sqes.len();
-        debug_assert!(n <= self.view.entries() as usize);
-        let base = self.st.next_user_data;
+        debug_assert!(n <= ring.entries() as usize);
+        let base = *self.next_user_data;
         // A doorbell failure is reported once every entry is published.
         let mut bell = Ok(());
         for (k, sqe) in sqes.iter_mut().enumerate() {
             sqe.user_data = base.wrapping_add(k as u64);
-            self.view.write_sqe(self.st.sq_tail, &sqe.encode());
-            self.st.sq_tail = self.st.sq_tail.wrapping_add(1);
+            ring.push(self.counters, &sqe.encode());
             if ((k + 1).is_multiple_of(PUBLISH_EVERY) || k + 1 == n)
-                && handoff::after_submissions(self.view.words(), self.st.sq_tail)
+                && ring.flush(self.counters)
                 && bell.is_ok()
             {
                 bell = self.ring_doorbell();
             }
         }
-        self.st.next_user_data = base.wrapping_add(n as u64);
+        *self.next_user_data = base.wrapping_add(n as u64);
         bell?;
 
+        let mut park = Waiting::new(self.cx.liveness);
         let mut done = 0;
         while done < n {
-            self.wait()?;
-            while done < n && self.view.cqe_published(self.st.cq_head) {
-                let cqe = Cqe::decode(&self.view.read_cqe(self.st.cq_head));
-                self.st.cq_head = self.st.cq_head.wrapping_add(1);
+            ring.wait(self.counters, &mut park)?;
+            while done < n {
+                let Some(raw) = ring.pop(self.counters) else {
+                    break;
+                };
+                let cqe = Cqe::decode(&raw);
                 let expected = base.wrapping_add(done as u64);
                 if cqe.user_data != expected {
                     return Err(Error::Protocol(format!(
@@ -270,14 +296,14 @@ impl RingIo<'_> {
                 on_cqe(done, &cqe)?;
                 done += 1;
             }
-            handoff::release_completions(self.view.words(), self.st.cq_head);
+            ring.release(self.counters);
         }
         Ok(())
     }
 
     fn ring_doorbell(&self) -> Result<()> {
         loop {
-            match rustix::io::write(self.doorbell.as_fd(), &1u64.to_ne_bytes()) {
+            match rustix::io::write(self.cx.doorbell.as_fd(), &1u64.to_ne_bytes()) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
                 // The counter is already huge: the daemon will wake anyway.
@@ -286,61 +312,63 @@ impl RingIo<'_> {
             }
         }
     }
+}
 
-    /// Waits until the completion at our CQ head is published. Slow is not
-    /// dead: only the control socket says the daemon is gone.
-    fn wait(&mut self) -> Result<()> {
-        let head = self.st.cq_head;
-        loop {
-            if self.spin(head) {
-                return Ok(());
+/// How the client waits for a completion: polls for [`SPIN_TIME`] (one
+/// pause per check so it is seen as soon as it lands; a yield now and then
+/// for a worker sharing this core; the clock read sparingly, and not at all
+/// when the answer comes within the first [`CLOCK_EVERY`] checks), then
+/// sleeps on the CQ tail futex in slices of [`SLEEP_TIME`], asking the
+/// control socket after each whether the daemon is still there.
+struct Waiting<'a> {
+    liveness: &'a dyn Liveness,
+    checks: u32,
+    deadline: Option<Instant>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(liveness: &'a dyn Liveness) -> Waiting<'a> {
+        Waiting {
+            liveness,
+            checks: 0,
+            deadline: None,
+        }
+    }
+}
+
+impl Park for Waiting<'_> {
+    type Error = Error;
+
+    fn spin(&mut self) -> bool {
+        self.checks = self.checks.wrapping_add(1);
+        if self.checks.is_multiple_of(YIELD_EVERY) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        if !self.checks.is_multiple_of(CLOCK_EVERY) {
+            return false;
+        }
+        let now = Instant::now();
+        match self.deadline {
+            None => {
+                self.deadline = Some(now + SPIN_TIME);
+                false
             }
-            let words = self.view.words();
-            let seen = handoff::completion_tail(words);
-            let slept = if handoff::begin_completion_wait(words, || !self.view.cqe_published(head))
-            {
-                shm::futex_wait(words.cq_tail, seen, SLEEP_TIME)
-            } else {
-                Ok(Wake::Changed)
-            };
-            handoff::end_completion_wait(words);
-            if matches!(slept?, Wake::TimedOut) {
-                self.inner.check_alive()?;
+            Some(d) if now >= d => {
+                // Spin again after the sleep.
+                self.deadline = None;
+                true
             }
-            if self.view.cqe_published(head) {
-                return Ok(());
-            }
+            Some(_) => false,
         }
     }
 
-    /// Polls the completion at `head` for a while; true once it is
-    /// published. One pause per check so it is seen as soon as it lands; a
-    /// yield now and then for a worker sharing this core; the clock read
-    /// sparingly, and not at all when the answer comes within the first
-    /// CLOCK_EVERY checks (the spin window starts at the first read, a few
-    /// hundred nanoseconds late).
-    fn spin(&self, head: u32) -> bool {
-        let mut deadline: Option<Instant> = None;
-        let mut checks = 0u32;
-        loop {
-            if self.view.cqe_published(head) {
-                return true;
-            }
-            checks = checks.wrapping_add(1);
-            if checks.is_multiple_of(YIELD_EVERY) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-            if checks.is_multiple_of(CLOCK_EVERY) {
-                let now = Instant::now();
-                match deadline {
-                    None => deadline = Some(now + SPIN_TIME),
-                    Some(d) if now >= d => return false,
-                    Some(_) => {}
-                }
-            }
+    fn sleep(&mut self, word: &AtomicU32, seen: u32) -> Result<()> {
+        if matches!(shm::futex_wait(word, seen, SLEEP_TIME)?, Wake::TimedOut) {
+            self.liveness.check_alive_within(Duration::ZERO)?;
         }
+        Ok(())
     }
 }
 
@@ -359,7 +387,12 @@ struct RoundBufs<'s> {
 }
 
 impl Batch<'_, '_> {
-    fn run(&mut self, io: &mut RingIo<'_>, plan: &plan::Plan, bufs: RoundBufs<'_>) -> Result<()> {
+    fn run(
+        &mut self,
+        io: &mut RingIo<'_, '_>,
+        plan: &plan::Plan,
+        bufs: RoundBufs<'_>,
+    ) -> Result<()> {
         let RoundBufs { sqes, sent, staged } = bufs;
         for round in &plan.rounds {
             sqes.clear();
@@ -376,8 +409,8 @@ impl Batch<'_, '_> {
                 continue;
             }
             staged.clear();
-            let view = io.view;
-            io.exchange(sqes, |k, cqe| self.complete(&view, &sent[k], cqe, staged))?;
+            let ring = io.cx.ring;
+            io.exchange(sqes, |k, cqe| self.complete(&ring, &sent[k], cqe, staged))?;
             for &(op, total) in staged.iter() {
                 self.fetch_staged(io, op, total)?;
             }
@@ -386,7 +419,7 @@ impl Batch<'_, '_> {
     }
 
     /// The entry for `step`, with its value copied into the data area.
-    fn build(&self, io: &RingIo<'_>, step: &Step) -> Result<Sqe> {
+    fn build(&self, io: &RingIo<'_, '_>, step: &Step) -> Result<Sqe> {
         let op = &self.ops[step.op];
         let mut sqe = Sqe {
             opcode: op.opcode() as u8,
@@ -403,7 +436,7 @@ impl Batch<'_, '_> {
                 sqe.inline[..value.len()].copy_from_slice(value);
             }
             StepKind::WriteData => {
-                put_data(&io.view, step.off, value)?;
+                put_data(&io.cx.ring, step.off, value)?;
                 sqe.data_off = step.off;
                 sqe.data_len = step.len;
             }
@@ -412,7 +445,7 @@ impl Batch<'_, '_> {
                 let piece = value
                     .get(start..start + step.len as usize)
                     .ok_or_else(|| Error::Protocol("staging piece outside the value".into()))?;
-                put_data(&io.view, step.off, piece)?;
+                put_data(&io.cx.ring, step.off, piece)?;
                 sqe.opcode = Opcode::StageWrite as u8;
                 sqe.obj_flags = 0;
                 sqe.handle = 0;
@@ -444,7 +477,7 @@ impl Batch<'_, '_> {
     /// STAGED value to fetch once the round is over.
     fn complete(
         &mut self,
-        view: &RingView,
+        ring: &ClientRing<'_>,
         step: &Step,
         cqe: &Cqe,
         staged: &mut Vec<(usize, u32)>,
@@ -496,7 +529,7 @@ impl Batch<'_, '_> {
                                 "GET wrote outside the region it was given".into(),
                             ));
                         }
-                        self.deliver_len(op, len, |out| get_data(view, cqe.data_off, out))?
+                        self.deliver_len(op, len, |out| get_data(ring, cqe.data_off, out))?
                     }
                     cqe_flags::STAGED if may_stage => {
                         staged.push((op, len));
@@ -542,12 +575,12 @@ impl Batch<'_, '_> {
 
     /// Copies a STAGED value of `total` bytes out of the staging buffer with
     /// STAGE_READ pieces through the data area, into the op's output.
-    fn fetch_staged(&mut self, io: &mut RingIo<'_>, op: usize, total: u32) -> Result<()> {
+    fn fetch_staged(&mut self, io: &mut RingIo<'_, '_>, op: usize, total: u32) -> Result<()> {
         let mut owned = match self.ops[op] {
             Op::Get { .. } => None,
             _ => Some(alloc_value(total as usize)?),
         };
-        let data_size = io.view.data_size();
+        let data_size = io.cx.ring.data_size();
         let mut at = 0u32;
         while at < total {
             let want = (total - at).min(data_size);
@@ -582,7 +615,7 @@ impl Batch<'_, '_> {
                 (None, _) => None,
             }
             .ok_or_else(|| Error::Protocol("staged value longer than the buffer".into()))?;
-            get_data(&io.view, 0, out)?;
+            get_data(&io.cx.ring, 0, out)?;
             at += got;
         }
         self.results[op] = Some(Ok(match owned {
@@ -593,16 +626,16 @@ impl Batch<'_, '_> {
     }
 }
 
-fn put_data(view: &RingView, off: u32, bytes: &[u8]) -> Result<()> {
-    if view.copy_to_data(off, bytes) {
+fn put_data(ring: &ClientRing<'_>, off: u32, bytes: &[u8]) -> Result<()> {
+    if ring.copy_to_data(off, bytes) {
         Ok(())
     } else {
         Err(Error::Protocol("value outside the data area".into()))
     }
 }
 
-fn get_data(view: &RingView, off: u32, out: &mut [u8]) -> Result<()> {
-    if view.copy_from_data(off, out) {
+fn get_data(ring: &ClientRing<'_>, off: u32, out: &mut [u8]) -> Result<()> {
+    if ring.copy_from_data(off, out) {
         Ok(())
     } else {
         Err(Error::Protocol("value outside the data area".into()))

@@ -23,15 +23,18 @@ mod engine;
 mod error;
 mod handle;
 mod plan;
+mod rings;
+mod session;
 mod shm;
 
-pub use client::{default_socket_paths, Client, ListFilter};
+pub use client::{Client, ListFilter};
 pub use error::{Error, Result};
 pub use handle::{Handle, ParseHandleError};
 pub use hreg_proto::control::{
     ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
 pub use hreg_proto::{Status, PROTOCOL_VERSION};
+pub use session::default_socket_paths;
 
 /// INSERT flag: other users may read the object.
 pub const SHARED: u32 = hreg_proto::flags::SHARED;

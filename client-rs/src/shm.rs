@@ -1,54 +1,45 @@
-//! Everything `unsafe` in the client: mapping the session memfd, handing out
-//! [`RingView`]s into that mapping, waiting on the CQ-tail futex, and the
-//! fork hook that keeps a cheap "which process am I" answer correct.
+//! The client's side of shared memory: the session's mapping (left alone
+//! in a forked child), waiting on a ring's CQ-tail futex, and the fork hook
+//! that keeps a cheap "which process am I" answer correct. The only
+//! `unsafe` of the client is here: registering the fork hook.
 
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
-use hreg_proto::ring::{Layout, RingView};
+use hreg_proto::ring::{ClientRing, Layout};
+use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::sync::AtomicU32;
 use rustix::fd::OwnedFd;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::atomic::Ordering;
 use std::sync::Once;
 use std::time::Duration;
 
 /// The session's shared memory, mapped read/write and `MAP_SHARED`.
 #[derive(Debug)]
-pub(crate) struct Mapping {
-    base: *mut u8,
-    len: usize,
-    stride: usize,
+pub(crate) struct SessionMapping {
+    map: ManuallyDrop<Mapping>,
     layout: Layout,
     /// The process that mapped it; a forked child leaves it mapped.
     owner: u32,
 }
 
-// SAFETY: the mapping is plain shared memory that is only touched through
-// RingView (atomics and raw copies); the pointer may move between threads.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out RingViews and never forms
-// references to the bytes.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `memfd`, which must be exactly `layout.max_rings × stride` bytes;
-    /// `stride` must be page-aligned and hold a whole ring of `layout`.
-    pub(crate) fn new(memfd: &OwnedFd, layout: Layout, stride: u64) -> Result<Mapping> {
+impl SessionMapping {
+    /// Maps `memfd`, which must be sealed against shrinking and growing and
+    /// exactly `layout.max_rings × stride` bytes long, where `stride` is the
+    /// layout's own.
+    pub(crate) fn new(memfd: &OwnedFd, layout: Layout, stride: u64) -> Result<SessionMapping> {
         layout
             .validate()
             .map_err(|e| Error::Protocol(format!("unusable ring layout: {e}")))?;
-        let stride = usize::try_from(stride)
-            .map_err(|_| Error::Protocol("ring stride does not fit in memory".into()))?;
-        if stride < layout.ring_stride() || stride % 4096 != 0 {
+        if stride != layout.ring_stride() as u64 {
             return Err(Error::Protocol(format!(
-                "ring stride {stride} cannot hold a ring of {} bytes",
+                "ring stride {stride}, expected {} for this layout",
                 layout.ring_stride()
             )));
         }
-        let len = stride
-            .checked_mul(layout.max_rings as usize)
-            .ok_or_else(|| Error::Protocol("session memory size overflows".into()))?;
+        let len = layout.total_size();
         // Without these seals the daemon (or whatever answered at the
         // socket) could shrink the memfd under our mapping: SIGBUS.
         let seals = rustix::fs::fcntl_get_seals(memfd)
@@ -65,56 +56,28 @@ impl Mapping {
                 stat.st_size
             )));
         }
-        // SAFETY: a fresh mapping chosen by the kernel (null hint), of a
-        // memfd whose size was just checked and which is sealed against
-        // shrinking, so every byte of the mapping stays backed.
-        let base = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                memfd,
-                0,
-            )?
-        };
-        Ok(Mapping {
-            base: base.cast(),
-            len,
-            stride,
+        Ok(SessionMapping {
+            map: ManuallyDrop::new(Mapping::map(memfd, len, Access::ReadWrite)?),
             layout,
             owner: current_pid(),
         })
     }
 
-    /// A view of ring `index`, or `None` when there is no such ring.
-    ///
-    /// The view points into this mapping: use it only while the mapping is
-    /// alive (the client holds its `Arc<Inner>` whenever it touches a ring).
-    pub(crate) fn ring(&self, index: u32) -> Option<RingView> {
-        if index >= self.layout.max_rings {
-            return None;
-        }
-        let offset = index as usize * self.stride;
-        // SAFETY: index < max_rings, so [offset, offset + stride) lies inside
-        // the mapping; stride is a multiple of the page size and the mapping
-        // is page-aligned, so the ring start is too; stride ≥ the layout's
-        // ring size (checked in `new`). The caller keeps the mapping alive
-        // while it uses the view.
-        Some(unsafe { RingView::new(self.base.add(offset), self.layout) })
+    /// The client's side of ring `index`, or `None` when there is no such
+    /// ring.
+    pub(crate) fn ring(&self, index: u32) -> Option<ClientRing<'_>> {
+        self.map.client_ring(self.layout, index)
     }
 }
 
-impl Drop for Mapping {
+impl Drop for SessionMapping {
     fn drop(&mut self) {
-        if self.owner != current_pid() {
-            // A forked child: leave the inherited mapping alone (leak it).
-            return;
+        if self.owner == current_pid() {
+            // SAFETY: dropped once, here; nothing uses the mapping after
+            // its owner is dropped (every view borrows it).
+            unsafe { ManuallyDrop::drop(&mut self.map) };
         }
-        // SAFETY: `base`/`len` are exactly what mmap returned; every RingView
-        // into it is only used while the owning client's Inner is alive, and
-        // this runs when that Inner is dropped.
-        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
+        // A forked child leaves the inherited mapping alone (leaks it).
     }
 }
 
@@ -128,10 +91,8 @@ pub(crate) enum Wake {
 /// Sleeps while the ring's CQ tail word (`word`) still equals `seen`, at most
 /// `timeout`. A shared futex: the daemon wakes it from another process.
 pub(crate) fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) -> Result<Wake> {
-    let ts = rustix::time::Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
+    let ts = rustix::time::Timespec::try_from(timeout)
+        .map_err(|_| Error::Io(std::io::Error::other("futex timeout out of range")))?;
     match futex::wait(word, futex::Flags::empty(), seen, Some(&ts)) {
         Ok(()) => Ok(Wake::Changed),
         Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(Wake::Changed),
@@ -191,7 +152,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn maps_a_memfd_of_the_right_size_only() {
+    fn maps_a_sealed_memfd_of_the_right_size_only() {
         let layout = Layout {
             entries: 4,
             data_size: 64,
@@ -199,7 +160,7 @@ pub(crate) mod tests {
         };
         let stride = layout.ring_stride() as u64;
         let fd = sealed_memfd(stride * 2);
-        let map = Mapping::new(&fd, layout, stride).unwrap();
+        let map = SessionMapping::new(&fd, layout, stride).unwrap();
         let ring = map.ring(1).unwrap();
         assert!(map.ring(2).is_none());
         assert!(ring.copy_to_data(0, b"hello"));
@@ -209,11 +170,11 @@ pub(crate) mod tests {
         drop(map);
 
         assert!(matches!(
-            Mapping::new(&sealed_memfd(stride), layout, stride),
+            SessionMapping::new(&sealed_memfd(stride), layout, stride),
             Err(Error::Protocol(_))
         ));
         assert!(matches!(
-            Mapping::new(&fd, layout, 100),
+            SessionMapping::new(&fd, layout, 100),
             Err(Error::Protocol(_))
         ));
         // Right size, but it could be shrunk under the mapping.
@@ -221,7 +182,7 @@ pub(crate) mod tests {
             rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, stride * 2).unwrap();
         assert!(matches!(
-            Mapping::new(&unsealed, layout, stride),
+            SessionMapping::new(&unsealed, layout, stride),
             Err(Error::Protocol(_))
         ));
     }

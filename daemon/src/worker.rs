@@ -13,8 +13,8 @@ use crate::session::Session;
 use crate::sync::lock;
 use crossbeam_utils::CachePadded;
 use hreg_proto::entry::{cqe_flags, Cqe, Request, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
-use hreg_proto::handoff;
-use hreg_proto::ring::RingView;
+use hreg_proto::ring::{ServerRing, SharedRing, Wake};
+use hreg_proto::sync::AtomicU32;
 use hreg_proto::Status;
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
@@ -32,10 +32,6 @@ const YIELD_EVERY: u32 = 256;
 /// Empty polls between reads of the clock while spinning (a clock read
 /// costs more than a poll of an idle ring).
 const CLOCK_EVERY: u32 = 32;
-
-/// Completions published at a time within a long batch, so the client reads
-/// the first ones while the worker runs the rest.
-const PUBLISH_EVERY: u32 = 16;
 
 /// epoll key of the worker's own command doorbell.
 const COMMAND_KEY: u64 = u64::MAX;
@@ -82,20 +78,11 @@ impl Worker {
     /// Starts serving ring `index` of `session` (reset by the caller before
     /// the client learnt of it), woken by `doorbell`.
     pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: Doorbell) {
-        let Some(view) = session.memory.ring(index) else {
+        let Some(ring) = ServedRing::new(session, index, doorbell) else {
             return;
         };
         self.rings.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Serve(Box::new(ServedRing {
-            session,
-            index,
-            view,
-            doorbell,
-            sq_head: 0,
-            cq_tail: 0,
-            cq_head_seen: 0,
-            staging: Vec::new(),
-        })));
+        self.send(Command::Serve(Box::new(ring)));
     }
 
     /// Stops serving a ring; its index is freed once the worker lets go.
@@ -197,7 +184,7 @@ impl Worker {
             match command {
                 Command::Serve(ring) => state.add(*ring),
                 Command::Close { session, index } => {
-                    state.remove(|r| r.session.id == session && r.index == index);
+                    state.remove(|r| r.session.id == session && r.ring.index() == index);
                 }
             }
         }
@@ -296,210 +283,206 @@ impl WorkerState {
     fn begin_sleep(&self) -> bool {
         let mut idle = true;
         for ring in &self.rings {
-            idle &= handoff::begin_submission_wait(ring.view.words(), || {
-                !ring.view.sqe_published(ring.sq_head) || ring.cq_full_now()
-            });
+            idle &= ring.ring.view().prepare_sleep(ring.ring.counters());
         }
         idle
     }
 
     fn end_sleep(&self) {
         for ring in &self.rings {
-            handoff::end_submission_wait(ring.view.words());
+            ring.ring.view().end_sleep();
         }
     }
 }
 
-/// One ring as its worker sees it. The daemon's own positions live here;
-/// the CQ tail in shared memory is written, never read back.
+/// One ring as its worker sees it: the ring (its mapping held alive, the
+/// daemon's own positions), its doorbell, and what its requests leave
+/// behind between entries (a large value in pieces).
 struct ServedRing {
     session: Arc<Session>,
-    index: u32,
-    view: RingView,
+    ring: SharedRing,
     doorbell: Doorbell,
-    /// The next submission to serve.
-    sq_head: u32,
-    /// The next completion to write.
-    cq_tail: u32,
-    /// The client's CQ head as last read (re-read only when the CQ looks
-    /// full).
-    cq_head_seen: u32,
-    /// A large value in pieces: built by STAGE_WRITE, or a GET snapshot read
-    /// back by STAGE_READ. Its length is charged to the session's uid
-    /// ([`Registry::charge_staging`]) for as long as it is held.
-    staging: Vec<u8>,
+    staging: Staging,
 }
 
 impl Drop for ServedRing {
     fn drop(&mut self) {
-        self.free_staging();
-        self.session.free_ring(self.index);
+        self.staging.free(&self.session);
+        self.session.free_ring(self.ring.index());
+    }
+}
+
+/// Wakes a client sleeping on its ring's CQ tail: a shared (not private)
+/// futex, since the waiter is another process.
+struct FutexWake;
+
+impl Wake for FutexWake {
+    fn wake(&self, word: &AtomicU32) {
+        let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), u32::MAX);
     }
 }
 
 impl ServedRing {
+    fn new(session: Arc<Session>, index: u32, doorbell: Doorbell) -> Option<ServedRing> {
+        let ring = session.memory.shared_ring(index)?;
+        Some(ServedRing {
+            session,
+            ring,
+            doorbell,
+            staging: Staging::default(),
+        })
+    }
+
     fn key(&self) -> u64 {
-        (self.session.id << 16) | u64::from(self.index)
-    }
-
-    /// Whether the CQ has no room, by a fresh read of the client's CQ head.
-    fn cq_full_now(&self) -> bool {
-        let cq_head = handoff::completions_consumed(self.view.words());
-        self.cq_tail.wrapping_sub(cq_head) >= self.view.entries()
-    }
-
-    /// Makes the staging buffer `len` bytes long (new bytes zero), charging
-    /// growth to the session's uid first; QUOTA when that would pass a
-    /// limit, and the buffer is left as it was.
-    fn resize_staging(&mut self, len: usize) -> Result<(), Status> {
-        let old = self.staging.len();
-        if len > old {
-            let grow = (len - old) as u64;
-            self.session
-                .registry()
-                .charge_staging(&self.session.holder, grow)?;
-            if self.staging.try_reserve(len - old).is_err() {
-                self.session
-                    .registry()
-                    .release_staging(&self.session.holder, grow);
-                return Err(Status::Quota);
-            }
-        } else {
-            self.session
-                .registry()
-                .release_staging(&self.session.holder, (old - len) as u64);
-        }
-        self.staging.resize(len, 0);
-        Ok(())
-    }
-
-    /// Frees the staging buffer and gives its charge back.
-    fn free_staging(&mut self) {
-        let held = self.staging.len() as u64;
-        self.staging = Vec::new();
-        self.session
-            .registry()
-            .release_staging(&self.session.holder, held);
+        (self.session.id << 16) | u64::from(self.ring.index())
     }
 
     /// Serves what the ring holds, as far as the CQ has room. Returns the
     /// entries and the public requests served, or why the session must close.
     fn serve(&mut self, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
-        if !self.view.sqe_published(self.sq_head) {
-            return Ok((0, 0));
-        }
-        let entries = self.view.entries();
-        // The client's CQ head is read only when the copy we have says the
-        // CQ is full: its cache line stays with the client meanwhile.
-        if self.cq_tail.wrapping_sub(self.cq_head_seen) >= entries {
-            let cq_head = handoff::completions_consumed(self.view.words());
-            if self.cq_tail.wrapping_sub(cq_head) > entries {
-                return Err("CQ head outside the ring");
+        let (view, counters) = self.ring.get();
+        let session = &*self.session;
+        let staging = &mut self.staging;
+        let mut public = 0;
+        let served = view
+            .serve(counters, &FutexWake, |raw| {
+                let (cqe, is_public) = execute(raw, view, session, staging, scratch);
+                public += u64::from(is_public);
+                cqe.encode()
+            })
+            .map_err(|_| "CQ head outside the ring")?;
+        Ok((u64::from(served), public))
+    }
+}
+
+/// Runs one entry (a copy, already out of shared memory). Returns the
+/// completion and whether it was a public request.
+fn execute(
+    raw: &[u8; ENTRY_SIZE],
+    view: ServerRing<'_>,
+    session: &Session,
+    staging: &mut Staging,
+    scratch: &mut Vec<u8>,
+) -> (Cqe, bool) {
+    // Decoded once: the parse and the inline value both read this copy.
+    let sqe = Sqe::decode(raw);
+    let mut cqe = Cqe {
+        user_data: sqe.user_data,
+        ..Cqe::default()
+    };
+    let request = Request::from_sqe(&sqe, view.data_size());
+    let public = !matches!(
+        request,
+        Ok(Request::StageWrite { .. } | Request::StageRead { .. })
+    );
+    let mut run = Run {
+        view,
+        session,
+        staging,
+        inline: &sqe.inline,
+        cqe: &mut cqe,
+    };
+    let result = request.and_then(|request| run.request(request, scratch));
+    if result == Err(Status::Quota) {
+        warn_limited(|| {
+            tracing::warn!(
+                session = session.id,
+                pid = session.peer.pid,
+                uid = session.peer.uid,
+                "quota hit"
+            )
+        });
+    }
+    cqe.status = match result {
+        Ok(()) => Status::Ok,
+        Err(status) => status,
+    } as u32;
+    (cqe, public)
+}
+
+/// The staging buffer of one ring: a large value in pieces, built by
+/// STAGE_WRITE, or a GET snapshot read back by STAGE_READ. Its length is
+/// charged to the session's uid ([`Registry::charge_staging`]) for as long
+/// as it is held.
+#[derive(Default)]
+struct Staging {
+    bytes: Vec<u8>,
+}
+
+impl Staging {
+    /// Makes the buffer `len` bytes long (new bytes zero), charging growth to
+    /// the session's uid first; QUOTA when that would pass a limit, and the
+    /// buffer is left as it was.
+    fn resize(&mut self, session: &Session, len: usize) -> Result<(), Status> {
+        let registry = session.registry();
+        let old = self.bytes.len();
+        if len > old {
+            let grow = (len - old) as u64;
+            registry.charge_staging(&session.holder, grow)?;
+            if self.bytes.try_reserve(len - old).is_err() {
+                registry.release_staging(&session.holder, grow);
+                return Err(Status::Quota);
             }
-            self.cq_head_seen = cq_head;
+        } else {
+            registry.release_staging(&session.holder, (old - len) as u64);
         }
-        let room = entries - self.cq_tail.wrapping_sub(self.cq_head_seen);
-        let mut batch = 0;
-        let mut served = 0;
-        // One reference for the whole batch (the entries borrow `self`
-        // mutably, so they cannot borrow the session through it).
-        let session = Arc::clone(&self.session);
-        while batch < room && self.view.sqe_published(self.sq_head) {
-            let raw = self.view.read_sqe(self.sq_head);
-            let (cqe, public) = self.execute(&raw, &session, scratch);
-            self.view.write_cqe(self.cq_tail, &cqe.encode());
-            self.sq_head = self.sq_head.wrapping_add(1);
-            self.cq_tail = self.cq_tail.wrapping_add(1);
-            served += u64::from(public);
-            batch += 1;
-            if batch.is_multiple_of(PUBLISH_EVERY) {
-                self.publish();
-            }
-        }
-        if !batch.is_multiple_of(PUBLISH_EVERY) {
-            self.publish();
-        }
-        Ok((u64::from(batch), served))
+        self.bytes.resize(len, 0);
+        Ok(())
     }
 
-    /// Hands the completions written so far to the client, waking it if it
-    /// sleeps.
-    fn publish(&self) {
-        let words = self.view.words();
-        if handoff::publish_completions(words, self.sq_head, self.cq_tail) {
-            // A shared (not private) futex: the waiter is another process.
-            let _ = rustix::thread::futex::wake(
-                words.cq_tail,
-                rustix::thread::futex::Flags::empty(),
-                u32::MAX,
-            );
-        }
+    /// Frees the buffer and gives its charge back.
+    fn free(&mut self, session: &Session) {
+        let held = self.bytes.len() as u64;
+        self.bytes = Vec::new();
+        session.registry().release_staging(&session.holder, held);
     }
 
-    /// Runs one entry (a copy, already out of shared memory). Returns the
-    /// completion and whether it was a public request.
-    fn execute(
+    /// Replaces the buffer with a copy of `value` (a GET snapshot), charge
+    /// included.
+    fn snapshot(
         &mut self,
-        raw: &[u8; ENTRY_SIZE],
-        session: &Session,
-        scratch: &mut Vec<u8>,
-    ) -> (Cqe, bool) {
-        // Decoded once: the parse and the inline value both read this copy.
-        let sqe = Sqe::decode(raw);
-        let mut cqe = Cqe {
-            user_data: sqe.user_data,
-            ..Cqe::default()
-        };
-        let request = Request::from_sqe(&sqe, self.view.data_size());
-        let public = !matches!(
-            request,
-            Ok(Request::StageWrite { .. } | Request::StageRead { .. })
-        );
-        let inline = &sqe.inline[..];
-        let result =
-            request.and_then(|request| self.run(request, inline, session, &mut cqe, scratch));
-        if result == Err(Status::Quota) {
-            warn_limited(|| {
-                tracing::warn!(
-                    session = session.id,
-                    pid = session.peer.pid,
-                    uid = session.peer.uid,
-                    "quota hit"
-                )
-            });
-        }
-        cqe.status = match result {
-            Ok(()) => Status::Ok,
-            Err(status) => status,
-        } as u32;
-        (cqe, public)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &mut self,
-        request: Request,
-        inline: &[u8],
-        session: &Session,
-        cqe: &mut Cqe,
-        scratch: &mut Vec<u8>,
+        registry: &Registry,
+        holder: &Holder,
+        value: &[u8],
     ) -> Result<(), Status> {
+        registry.release_staging(holder, self.bytes.len() as u64);
+        self.bytes = Vec::new();
+        registry.charge_staging(holder, value.len() as u64)?;
+        if self.bytes.try_reserve(value.len()).is_err() {
+            registry.release_staging(holder, value.len() as u64);
+            return Err(Status::Quota);
+        }
+        self.bytes.extend_from_slice(value);
+        Ok(())
+    }
+}
+
+/// One request being run: where its bytes come from and go to.
+struct Run<'r, 'a> {
+    view: ServerRing<'a>,
+    session: &'r Session,
+    staging: &'r mut Staging,
+    /// The entry's inline bytes (a copy).
+    inline: &'r [u8],
+    cqe: &'r mut Cqe,
+}
+
+impl Run<'_, '_> {
+    fn request(&mut self, request: Request, scratch: &mut Vec<u8>) -> Result<(), Status> {
+        let session = self.session;
         let registry: &Registry = session.registry();
         let holder = &session.holder;
         match request {
             Request::Insert { flags, value } => {
-                if flags & !hreg_proto::flags::ALL != 0 {
-                    return Err(Status::Invalid);
-                }
-                let bytes = self.value_in(inline, value, registry, scratch)?;
-                cqe.handle = registry.insert(holder, bytes, flags)?;
-                self.release_staging(value);
+                let bytes = self.value_in(value, registry, scratch)?;
+                self.cqe.handle = registry.insert(holder, bytes, flags)?;
+                self.consumed(value);
                 Ok(())
             }
             Request::Replace { handle, value } => {
-                let bytes = self.value_in(inline, value, registry, scratch)?;
+                let bytes = self.value_in(value, registry, scratch)?;
                 registry.replace(holder, handle, bytes)?;
-                self.release_staging(value);
+                self.consumed(value);
                 Ok(())
             }
             Request::Get {
@@ -507,9 +490,7 @@ impl ServedRing {
                 region_off,
                 region_len,
                 capacity,
-            } => self.get(
-                handle, region_off, region_len, capacity, cqe, registry, holder,
-            ),
+            } => self.get(handle, region_off, region_len, capacity),
             Request::Retain { handle } => registry.retain(holder, handle),
             Request::Release { handle } => registry.release(holder, handle),
             Request::Remove { handle } => registry.remove(holder, handle),
@@ -517,27 +498,28 @@ impl ServedRing {
                 offset,
                 data_off,
                 len,
-            } => self.stage_write(offset, data_off, len, registry),
+            } => self.stage_write(offset, data_off, len),
             Request::StageRead {
                 offset,
                 data_off,
                 len,
-            } => self.stage_read(offset, data_off, len, cqe),
+            } => self.stage_read(offset, data_off, len),
         }
     }
 
     /// The bytes of an INSERT's or REPLACE's value, copied out of shared
     /// memory once (inline bytes are already part of the entry's copy).
-    fn value_in<'a>(
-        &'a self,
-        inline: &'a [u8],
+    fn value_in<'v>(
+        &'v self,
         source: ValueSource,
         registry: &Registry,
-        scratch: &'a mut Vec<u8>,
-    ) -> Result<&'a [u8], Status> {
+        scratch: &'v mut Vec<u8>,
+    ) -> Result<&'v [u8], Status> {
         match source {
-            ValueSource::Inline { len } => Ok(&inline[..len]),
-            ValueSource::Staged { len } if len == self.staging.len() => Ok(&self.staging),
+            ValueSource::Inline { len } => Ok(&self.inline[..len]),
+            ValueSource::Staged { len } if len == self.staging.bytes.len() => {
+                Ok(&self.staging.bytes)
+            }
             ValueSource::Staged { .. } => Err(Status::Invalid),
             ValueSource::Data { off, len } => {
                 if len > registry.limits().max_value_size {
@@ -552,25 +534,29 @@ impl ServedRing {
         }
     }
 
-    fn release_staging(&mut self, source: ValueSource) {
+    /// A staged value was used up by its INSERT or REPLACE.
+    fn consumed(&mut self, source: ValueSource) {
         if matches!(source, ValueSource::Staged { .. }) {
-            self.free_staging();
+            self.staging.free(self.session);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn get(
         &mut self,
         handle: u64,
         region_off: u32,
         region_len: usize,
         capacity: u64,
-        cqe: &mut Cqe,
-        registry: &Registry,
-        holder: &Holder,
     ) -> Result<(), Status> {
-        let view = self.view;
-        let staging = &mut self.staging;
+        let Run {
+            view,
+            session,
+            staging,
+            cqe,
+            ..
+        } = self;
+        let registry = session.registry();
+        let holder = &session.holder;
         registry.get_with(holder, handle, |value| {
             cqe.value_len = value.len() as u32;
             if value.len() as u64 > capacity {
@@ -585,63 +571,44 @@ impl ServedRing {
                 cqe.data_off = region_off;
             } else {
                 // Too large for the region: keep a snapshot for STAGE_READ,
-                // so the pieces all come from one version of the value. It
-                // replaces whatever the buffer held, charge included.
-                registry.release_staging(holder, staging.len() as u64);
-                *staging = Vec::new();
-                registry.charge_staging(holder, value.len() as u64)?;
-                if staging.try_reserve(value.len()).is_err() {
-                    registry.release_staging(holder, value.len() as u64);
-                    return Err(Status::Quota);
-                }
-                staging.extend_from_slice(value);
+                // so the pieces all come from one version of the value.
+                staging.snapshot(registry, holder, value)?;
                 cqe.entry_flags = cqe_flags::STAGED;
             }
             Ok(())
         })?
     }
 
-    fn stage_write(
-        &mut self,
-        offset: u64,
-        data_off: u32,
-        len: usize,
-        registry: &Registry,
-    ) -> Result<(), Status> {
-        if offset > self.staging.len() as u64 {
+    fn stage_write(&mut self, offset: u64, data_off: u32, len: usize) -> Result<(), Status> {
+        if offset > self.staging.bytes.len() as u64 {
             return Err(Status::Invalid);
         }
         let offset = offset as usize;
         let end = offset + len;
-        if end > registry.limits().max_value_size {
+        if end > self.session.registry().limits().max_value_size {
             return Err(Status::TooBig);
         }
-        self.resize_staging(offset)?;
-        self.resize_staging(end)?;
+        self.staging.resize(self.session, offset)?;
+        self.staging.resize(self.session, end)?;
         self.view
-            .copy_from_data(data_off, &mut self.staging[offset..]);
+            .copy_from_data(data_off, &mut self.staging.bytes[offset..]);
         Ok(())
     }
 
-    fn stage_read(
-        &mut self,
-        offset: u64,
-        data_off: u32,
-        len: usize,
-        cqe: &mut Cqe,
-    ) -> Result<(), Status> {
-        if offset > self.staging.len() as u64 {
+    fn stage_read(&mut self, offset: u64, data_off: u32, len: usize) -> Result<(), Status> {
+        let staged = self.staging.bytes.len();
+        if offset > staged as u64 {
             return Err(Status::Invalid);
         }
         let offset = offset as usize;
-        let n = (self.staging.len() - offset).min(len);
+        let n = (staged - offset).min(len);
         self.view
-            .copy_to_data(data_off, &self.staging[offset..offset + n]);
-        cqe.value_len = n as u32;
-        cqe.data_off = data_off;
-        cqe.entry_flags = cqe_flags::IN_DATA;
-        if offset + n == self.staging.len() {
-            self.free_staging();
+            .copy_to_data(data_off, &self.staging.bytes[offset..offset + n]);
+        self.cqe.value_len = n as u32;
+        self.cqe.data_off = data_off;
+        self.cqe.entry_flags = cqe_flags::IN_DATA;
+        if offset + n == staged {
+            self.staging.free(self.session);
         }
         Ok(())
     }

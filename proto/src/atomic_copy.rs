@@ -8,6 +8,8 @@
 //! may be torn across words (the caller validates them, e.g. by a sequence
 //! number), but the copy itself is defined behaviour.
 
+#![allow(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 const WORD: usize = 8;

@@ -491,13 +491,19 @@ impl Writer {
     /// A `u16` length and the UTF-8 bytes, cut at a character boundary so the
     /// packet stays within [`MAX_MESSAGE`].
     fn text(&mut self, s: &str) {
-        let mut end = s.len().min(MAX_TEXT);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.0.extend_from_slice(&(end as u16).to_le_bytes());
-        self.0.extend_from_slice(&s.as_bytes()[..end]);
+        let s = clip(s, MAX_TEXT);
+        self.0.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
     }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -1,7 +1,7 @@
 //! The memory-ordering protocol of a ring: how each side publishes entries and
 //! how it goes to sleep without missing a wake-up.
 //!
-//! Both the daemon and the clients call these functions and nothing else to
+//! The two sides of [`crate::ring`] call these functions and nothing else to
 //! move counters and flags, so the `loom` model in `tests/loom.rs` checks the
 //! code that runs. Under `--cfg hreg_loom` the atomics are loom's.
 //!
@@ -14,10 +14,7 @@
 //! sees the other's store, so either the sleeper does not sleep or the
 //! publisher wakes it.
 
-#[cfg(hreg_loom)]
-use loom::sync::atomic::{fence, AtomicU32, Ordering};
-#[cfg(not(hreg_loom))]
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 
 /// `sq_flags`: the daemon's worker sleeps; ring the doorbell after publishing.
 pub const SQ_NEED_WAKEUP: u32 = 0x1;

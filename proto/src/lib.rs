@@ -3,22 +3,23 @@
 //! This crate owns the wire format and nothing else: status codes, object flags
 //! and opcodes (with the numeric values of the C API), the handle encoding, the
 //! 64-byte ring entries, the control-socket messages and the layout of a
-//! session's shared memory. It does no I/O and starts no threads; the only
-//! `unsafe` is in [`ring`], which reads and writes ring memory that another
-//! process shares. `PROTOCOL.md` beside this crate describes the same bytes for
-//! clients written in other languages.
+//! session's shared memory, and the two sides of the ring protocol over it.
+//! It does no I/O and starts no threads. `unsafe` lives in two modules:
+//! [`shm`], which maps shared memory and hands out atomics over it, and
+//! [`atomic_copy`], which copies bytes another process may be writing.
+//! `PROTOCOL.md` beside this crate describes the same bytes for clients
+//! written in other languages.
 
-#[cfg(not(hreg_loom))]
+#![deny(unsafe_code)]
+
 pub mod atomic_copy;
-#[cfg(not(hreg_loom))]
 pub mod control;
-#[cfg(not(hreg_loom))]
 pub mod entry;
-#[cfg(not(hreg_loom))]
 pub mod handle;
 pub mod handoff;
-#[cfg(not(hreg_loom))]
 pub mod ring;
+pub mod shm;
+pub mod sync;
 
 /// Version of the protocol spoken over the control socket and the rings.
 /// HELLO carries it; the daemon refuses any other.

@@ -5,14 +5,14 @@
 //! client meanwhile. Each attack reproduces one hole of the "nine holes"
 //! review; none needs anything but the wire protocol.
 
-use crate::raw::{submit_raw, RawConn, RawSession};
+use crate::raw::{completed, submit_raw, RawConn, RawSession};
 use hreg_proto::control::Request;
 use hreg_proto::entry::{Sqe, ENTRY_SIZE};
-use hreg_proto::ring::Word;
+use hreg_proto::ring::ClientCounters;
 use hreg_proto::{Opcode, Status};
 use rustix::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One attack.
@@ -153,12 +153,12 @@ fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
         let session = RawSession::attach(socket);
         let data_size = session.welcome.data_size;
         let value_size = session.welcome.max_value_size;
-        let mut rings = Vec::new();
+        let mut bells = Vec::new();
         for _ in 0..RINGS {
             let Some((view, bell)) = session.try_open_ring() else {
                 break;
             };
-            let mut tail = 0;
+            let mut counters = ClientCounters::default();
             let mut offset = 0u64;
             while offset < value_size {
                 let piece = (value_size - offset).min(u64::from(data_size)) as u32;
@@ -168,7 +168,7 @@ fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
                     ..Sqe::default()
                 };
                 sqe.set_inline_u64(offset);
-                let cqe = submit_raw(&view, &bell, &mut tail, &[sqe.encode()])[0];
+                let cqe = submit_raw(&view, &bell, &mut counters, &[sqe.encode()])[0];
                 if cqe.status == Status::Ok as u32 {
                     ok += 1;
                 } else {
@@ -177,18 +177,13 @@ fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
                 }
                 offset += u64::from(piece);
             }
-            rings.push((view, bell));
+            bells.push(bell);
         }
-        held.push((session, rings));
+        held.push((session, bells));
     }
     ready(format!("ready pieces={ok} quota={quota}"));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
-    }
-    // Views go before their sessions.
-    for (session, rings) in held {
-        drop(rings);
-        drop(session);
     }
 }
 
@@ -240,19 +235,19 @@ fn descriptors(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) 
         let Ok(session) = RawSession::try_attach(socket) else {
             break;
         };
-        let mut views = Vec::new();
+        let mut bells = Vec::new();
         for _ in 0..RINGS {
             match session.try_open_ring() {
-                Some(ring) => views.push(ring),
+                Some((_, bell)) => bells.push(bell),
                 None => {
-                    rings += views.len();
-                    sessions.push((session, views));
+                    rings += bells.len();
+                    sessions.push((session, bells));
                     break 'sessions;
                 }
             }
         }
-        rings += views.len();
-        sessions.push((session, views));
+        rings += bells.len();
+        sessions.push((session, bells));
     }
     for _ in 0..10_000 {
         match std::panic::catch_unwind(|| RawConn::connect(socket)) {
@@ -267,10 +262,6 @@ fn descriptors(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) 
     ));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
-    }
-    for (session, views) in sessions {
-        drop(views);
-        drop(session);
     }
 }
 
@@ -287,23 +278,21 @@ fn deaf_ring(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
         }
         .encode()
     };
+    let mut counters = ClientCounters::default();
     // A full SQ, answered into the CQ, which then stays full...
     for counter in 0..entries {
-        view.write_sqe(counter, &get(counter));
+        view.push(&mut counters, &get(counter));
     }
-    view.word(Word::SqTail).store(entries, Ordering::Release);
-    fence(Ordering::SeqCst);
+    view.flush(&counters);
     ring_bell(&bell);
-    while view.word(Word::CqTail).load(Ordering::Acquire) != entries {
+    while !completed(&view, entries) {
         pause();
     }
     // ...and more published behind it, never to be served.
     for counter in entries..2 * entries {
-        view.write_sqe(counter, &get(counter));
+        view.push(&mut counters, &get(counter));
     }
-    view.word(Word::SqTail)
-        .store(2 * entries, Ordering::Release);
-    fence(Ordering::SeqCst);
+    view.flush(&counters);
     ring_bell(&bell);
     ready("ready".into());
     while !stop.load(Ordering::Relaxed) {

@@ -4,9 +4,9 @@
 
 use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
 use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
-use hreg_proto::ring::{Layout, RingView, Word};
+use hreg_proto::ring::{ClientCounters, ClientRing, Layout};
+use hreg_proto::shm::{Access, Mapping};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendFlags, SocketAddrUnix, SocketFlags, SocketType,
@@ -14,7 +14,6 @@ use rustix::net::{
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
 use std::time::Instant;
 
 /// A raw control connection.
@@ -124,12 +123,12 @@ impl RawConn {
     }
 }
 
-/// An attached raw session with its memory mapped.
+/// An attached raw session with its memory mapped. It keeps the
+/// memfd too, as a client in another language might.
 pub struct RawSession {
     pub conn: RawConn,
     pub welcome: Welcome,
-    base: *mut u8,
-    len: usize,
+    map: Mapping,
     _memfd: OwnedFd,
 }
 
@@ -155,24 +154,11 @@ impl RawSession {
             _ => return Err(None),
         };
         let len = (welcome.ring_stride * u64::from(welcome.max_rings)) as usize;
-        // SAFETY: mapping the session memfd the daemon sent, of the size it
-        // announced; unmapped in Drop, and only accessed through RingView.
-        let base = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &memfd,
-                0,
-            )
-            .expect("mmap")
-        };
+        let map = Mapping::map(&memfd, len, Access::ReadWrite).expect("mmap");
         Ok(RawSession {
             conn,
             welcome,
-            base: base.cast(),
-            len,
+            map,
             _memfd: memfd,
         })
     }
@@ -185,21 +171,21 @@ impl RawSession {
         }
     }
 
-    /// Opens a ring; returns its view and doorbell.
-    pub fn open_ring(&self) -> (RingView, OwnedFd) {
-        let (_, view, doorbell) = self.try_open_ring_at().expect("RING_OPENED");
-        (view, doorbell)
+    /// Opens a ring; returns the client's side of it and its doorbell.
+    pub fn open_ring(&self) -> (ClientRing<'_>, OwnedFd) {
+        let (_, ring, doorbell) = self.try_open_ring_at().expect("RING_OPENED");
+        (ring, doorbell)
     }
 
     /// Opens a ring, or `None` when the daemon answers otherwise (QUOTA at
     /// the ring cap) or the connection is gone.
-    pub fn try_open_ring(&self) -> Option<(RingView, OwnedFd)> {
+    pub fn try_open_ring(&self) -> Option<(ClientRing<'_>, OwnedFd)> {
         self.try_open_ring_at()
-            .map(|(_, view, doorbell)| (view, doorbell))
+            .map(|(_, ring, doorbell)| (ring, doorbell))
     }
 
     /// [`RawSession::try_open_ring`], with the ring's index.
-    pub fn try_open_ring_at(&self) -> Option<(u32, RingView, OwnedFd)> {
+    pub fn try_open_ring_at(&self) -> Option<(u32, ClientRing<'_>, OwnedFd)> {
         self.conn
             .try_send_with_fds(&Request::RingOpen.encode(), &[])
             .ok()?;
@@ -207,86 +193,82 @@ impl RawSession {
         else {
             return None;
         };
-        if index >= self.welcome.max_rings {
-            return None;
-        }
-        let offset = index as usize * self.welcome.ring_stride as usize;
-        // SAFETY: the index is below max_rings, so the ring lies inside the
-        // mapping, which stays mapped while the session lives; callers drop
-        // their views before the session.
-        let view = unsafe { RingView::new(self.base.add(offset), self.layout()) };
-        Some((index, view, doorbell))
+        let ring = self.map.client_ring(self.layout(), index)?;
+        Some((index, ring, doorbell))
     }
 
     /// Bytes of the session mapping.
     pub fn mapping_len(&self) -> usize {
-        self.len
+        self.map.len()
+    }
+
+    /// The CQ tail word of ring `index`, read by its offset (PROTOCOL.md
+    /// §2), as a client in another language would.
+    pub fn cq_tail(&self, index: u32) -> u32 {
+        const CQ_TAIL_AT: usize = 192;
+        let mut word = [0u8; 4];
+        let at = index as usize * self.welcome.ring_stride as usize + CQ_TAIL_AT;
+        assert!(
+            self.map.load(at, &mut word),
+            "ring {index} outside the mapping"
+        );
+        u32::from_le_bytes(word)
     }
 
     /// Random bytes over `[offset, offset + len)` of the mapping (clipped
-    /// to it, rounded to 8-byte words).
+    /// to it).
     pub fn scribble_range(&self, seed: u64, offset: usize, len: usize) {
         let mut state = seed | 1;
-        let end = offset.saturating_add(len).min(self.len);
-        for at in (offset & !7..end & !7).step_by(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // SAFETY: inside our own mapping; 8-byte aligned offsets below
-            // its length.
-            unsafe { (self.base.add(at) as *mut u64).write_volatile(state) };
-        }
+        let end = offset.saturating_add(len).min(self.map.len());
+        let noise: Vec<u8> = (offset..end)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        self.map.store(offset, &noise);
     }
 
     /// Every byte of the mapping, for scribbling.
     pub fn scribble(&self, seed: u64) {
-        let mut state = seed | 1;
-        for offset in (0..self.len).step_by(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // SAFETY: inside our own mapping; 8-byte aligned offsets.
-            unsafe { (self.base.add(offset) as *mut u64).write_volatile(state) };
-        }
+        self.scribble_range(seed, 0, self.map.len());
     }
 }
 
-impl Drop for RawSession {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in attach, unmapped once.
-        unsafe {
-            let _ = rustix::mm::munmap(self.base.cast(), self.len);
-        }
-    }
-}
-
-/// Submits raw entry bytes at the ring's current tail and waits for their
-/// completions. `tail` is the client's SQ tail, updated.
+/// Submits raw entry bytes at the ring's current tail, rings the doorbell
+/// and waits for their completions, which it reads and releases.
 pub fn submit_raw(
-    view: &RingView,
+    ring: &ClientRing<'_>,
     doorbell: &OwnedFd,
-    tail: &mut u32,
+    counters: &mut ClientCounters,
     entries: &[[u8; ENTRY_SIZE]],
 ) -> Vec<Cqe> {
-    let start = *tail;
     for entry in entries {
-        view.write_sqe(*tail, entry);
-        *tail = tail.wrapping_add(1);
+        ring.push(counters, entry);
     }
-    // Each entry is published by its stamp as it is written; the tail too.
-    view.word(Word::SqTail).store(*tail, Ordering::Release);
-    fence(Ordering::SeqCst);
+    ring.flush(counters);
     let _ = rustix::io::write(doorbell.as_fd(), &1u64.to_ne_bytes());
     let began = Instant::now();
-    while view.word(Word::CqTail).load(Ordering::Acquire) != *tail {
-        assert!(began.elapsed() < crate::PATIENCE, "no completion");
-        std::thread::yield_now();
+    let mut completions = Vec::new();
+    while completions.len() < entries.len() {
+        match ring.pop(counters) {
+            Some(raw) => completions.push(Cqe::decode(&raw)),
+            None => {
+                assert!(began.elapsed() < crate::PATIENCE, "no completion");
+                std::thread::yield_now();
+            }
+        }
     }
-    let completions = (0..entries.len() as u32)
-        .map(|i| Cqe::decode(&view.read_cqe(start.wrapping_add(i))))
-        .collect();
-    view.word(Word::CqHead).store(*tail, Ordering::Release);
+    ring.release(counters);
     completions
+}
+
+/// Whether the daemon has published `n` completions on `ring` (the `n`th
+/// carries its stamp), whatever the client read of them.
+pub fn completed(ring: &ClientRing<'_>, n: u32) -> bool {
+    n == 0 || ring.ready(&ClientCounters::at(n, n - 1))
 }
 
 /// A submission entry for `opcode` on `handle`, otherwise zero.

@@ -8,13 +8,13 @@
 
 use hreg_proto::control::{Reply, Request};
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
-use hreg_proto::ring::{RingView, Word};
+use hreg_proto::ring::{ClientCounters, ClientRing};
 use hreg_proto::Status;
-use hreg_tests::raw::{RawConn, RawSession};
+use hreg_tests::raw::{completed, RawConn, RawSession};
 use hreg_tests::{wait_until, Daemon, Helper};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn still_serves(daemon: &Daemon) {
@@ -254,18 +254,18 @@ fn hostile_entry(rng: &mut Rng, own: &[u64]) -> [u8; ENTRY_SIZE] {
 /// while. Returns false if the completions stopped coming.
 fn hostile_batch(
     rng: &mut Rng,
-    view: &RingView,
+    view: &ClientRing<'_>,
     doorbell: &OwnedFd,
-    tail: &mut u32,
+    counters: &mut ClientCounters,
     own: &mut Vec<u64>,
     hostility: &mut Hostility,
 ) -> bool {
     let count = 1 + rng.below(u64::from(view.entries())) as u32;
-    let start = *tail;
+    let start = counters.sq_tail();
     for _ in 0..count {
-        view.write_sqe(*tail, &hostile_entry(rng, own));
-        *tail = tail.wrapping_add(1);
+        view.push(counters, &hostile_entry(rng, own));
     }
+    let tail = counters.sq_tail();
     if rng.below(3) == 0 {
         // Noise in the data area too.
         let len = view.data_size() as usize;
@@ -273,20 +273,24 @@ fn hostile_batch(
         let off = rng.below((len - noise.len()) as u64 + 1) as u32;
         view.copy_to_data(off, &noise);
     }
-    fence(Ordering::SeqCst);
+    view.flush(counters);
     let _ = rustix::io::write(doorbell, &1u64.to_ne_bytes());
     hostility.entries += u64::from(count);
     let began = Instant::now();
     // Wait for the last completion's stamp, as a real client does (the CQ
     // tail word may be scribbled by this very session).
-    while !view.cqe_published(tail.wrapping_sub(1)) {
+    while !completed(view, tail) {
         if began.elapsed() > Duration::from_millis(200) {
             return false;
         }
         std::thread::yield_now();
     }
-    for i in 0..count {
-        let cqe = hreg_proto::entry::Cqe::decode(&view.read_cqe(start.wrapping_add(i)));
+    let mut at = ClientCounters::at(tail, start);
+    for _ in 0..count {
+        let Some(raw) = view.pop(&mut at) else {
+            break;
+        };
+        let cqe = hreg_proto::entry::Cqe::decode(&raw);
         if cqe.status == Status::Ok as u32 {
             hostility.ok_completions += 1;
             if cqe.handle != 0 && own.len() < 256 {
@@ -296,7 +300,8 @@ fn hostile_batch(
             hostility.error_completions += 1;
         }
     }
-    view.word(Word::CqHead).store(*tail, Ordering::Release);
+    *counters = ClientCounters::at(tail, tail);
+    view.release(counters);
     true
 }
 
@@ -349,12 +354,12 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
     let session = RawSession::attach(socket);
     hostility.sessions += 1;
     session.conn.set_recv_timeout(Duration::from_micros(200));
-    let mut rings: Vec<(RingView, OwnedFd, u32)> = Vec::new();
+    let mut rings: Vec<(u32, ClientRing<'_>, OwnedFd, ClientCounters)> = Vec::new();
     let mut own = Vec::new();
     for _ in 0..1 + rng.below(3) {
         hostility.messages += 1;
-        if let Some((view, doorbell)) = session.try_open_ring() {
-            rings.push((view, doorbell, 0));
+        if let Some((index, view, doorbell)) = session.try_open_ring_at() {
+            rings.push((index, view, doorbell, ClientCounters::default()));
         }
     }
     for _ in 0..200 {
@@ -367,10 +372,10 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
                 || drain(&session.conn, hostility)
         } else {
             let which = rng.below(rings.len() as u64) as usize;
-            let (view, doorbell, tail) = &mut rings[which];
+            let (index, view, doorbell, counters) = &mut rings[which];
             match action {
                 4..=13 => {
-                    if !hostile_batch(rng, view, doorbell, tail, &mut own, hostility) {
+                    if !hostile_batch(rng, view, doorbell, counters, &mut own, hostility) {
                         // No completions: find out whether we were closed.
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -381,21 +386,22 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
                     // and data, then ring.
                     hostility.scribbles += 1;
                     let stride = session.welcome.ring_stride as usize;
-                    let base = which * stride;
+                    let base = *index as usize * stride;
                     let sq = hreg_proto::ring::HEADER_SIZE;
                     session.scribble_range(rng.next(), base + sq, stride - sq);
                     hostility.entries += u64::from(view.entries());
                     let _ = rustix::io::write(&*doorbell, &1u64.to_ne_bytes());
                     std::thread::sleep(Duration::from_millis(1));
-                    let cq_tail = view.word(Word::CqTail).load(Ordering::Acquire);
-                    view.word(Word::CqHead).store(cq_tail, Ordering::Release);
+                    let cq_tail = session.cq_tail(*index);
+                    *counters = ClientCounters::at(counters.sq_tail(), cq_tail);
+                    view.release(counters);
                     drain(&session.conn, hostility)
                 }
                 16 => {
                     // Every byte of the session memory, counters included.
                     hostility.scribbles += 1;
                     session.scribble(rng.next());
-                    for (_, doorbell, _) in &rings {
+                    for (_, _, doorbell, _) in &rings {
                         let _ = rustix::io::write(doorbell, &1u64.to_ne_bytes());
                     }
                     std::thread::sleep(Duration::from_millis(2));
@@ -403,8 +409,7 @@ fn hostile_session(socket: &std::path::Path, rng: &mut Rng, hostility: &mut Host
                 }
                 17 => {
                     // A CQ head out of range.
-                    view.word(Word::CqHead)
-                        .store(rng.next() as u32, Ordering::Release);
+                    view.release(&ClientCounters::at(0, rng.next() as u32));
                     let _ = rustix::io::write(&*doorbell, &1u64.to_ne_bytes());
                     std::thread::sleep(Duration::from_millis(2));
                     drain(&session.conn, hostility)

@@ -5,11 +5,10 @@
 
 use hreg_proto::control::{Reply, Request};
 use hreg_proto::entry::{sqe_flags, Sqe};
-use hreg_proto::ring::Word;
+use hreg_proto::ring::ClientCounters;
 use hreg_proto::{Opcode, Status};
-use hreg_tests::raw::{sqe, submit_raw, RawConn, RawSession};
+use hreg_tests::raw::{completed, sqe, submit_raw, RawConn, RawSession};
 use hreg_tests::{wait_until, Daemon};
-use std::sync::atomic::Ordering;
 
 fn still_serves(daemon: &Daemon) {
     let client = daemon.client();
@@ -22,7 +21,7 @@ fn handle_zero_and_bad_entries_are_invalid() {
     let daemon = Daemon::start(&[]);
     let session = RawSession::attach(&daemon.socket);
     let (view, doorbell) = session.open_ring();
-    let mut tail = 0;
+    let mut counters = ClientCounters::default();
     let public = [
         Opcode::Get,
         Opcode::Replace,
@@ -31,7 +30,7 @@ fn handle_zero_and_bad_entries_are_invalid() {
         Opcode::Remove,
     ];
     let entries: Vec<_> = public.iter().map(|&op| sqe(op as u8, 0)).collect();
-    for cqe in submit_raw(&view, &doorbell, &mut tail, &entries) {
+    for cqe in submit_raw(&view, &doorbell, &mut counters, &entries) {
         assert_eq!(cqe.status, Status::Invalid as u32);
         assert_eq!(cqe.user_data, 99);
     }
@@ -74,7 +73,7 @@ fn handle_zero_and_bad_entries_are_invalid() {
         }
         .encode(),
     );
-    for cqe in submit_raw(&view, &doorbell, &mut tail, &bad) {
+    for cqe in submit_raw(&view, &doorbell, &mut counters, &bad) {
         assert_eq!(cqe.status, Status::Invalid as u32);
     }
     // The ring still works.
@@ -85,7 +84,7 @@ fn handle_zero_and_bad_entries_are_invalid() {
         ..Sqe::default()
     };
     insert.inline[..3].copy_from_slice(b"abc");
-    let done = submit_raw(&view, &doorbell, &mut tail, &[insert.encode()]);
+    let done = submit_raw(&view, &doorbell, &mut counters, &[insert.encode()]);
     assert_eq!(done[0].status, Status::Ok as u32);
     assert_ne!(done[0].handle, 0);
     still_serves(&daemon);
@@ -142,16 +141,14 @@ fn corrupt_ring_counters_close_only_that_session() {
     let entries = view.entries();
     // Fill the CQ and never read it, then claim a CQ head beyond the tail
     // and submit once more: the daemon, out of room, reads the head.
-    for i in 0..entries {
-        view.write_sqe(i, &sqe(Opcode::Retain as u8, 1));
+    let mut counters = ClientCounters::default();
+    for _ in 0..entries {
+        view.push(&mut counters, &sqe(Opcode::Retain as u8, 1));
     }
     let _ = rustix::io::write(&doorbell, &1u64.to_ne_bytes());
-    wait_until("the CQ to fill", || {
-        view.word(Word::CqTail).load(Ordering::Acquire) == entries
-    });
-    view.word(Word::CqHead)
-        .store(entries * 3, Ordering::Release);
-    view.write_sqe(entries, &sqe(Opcode::Retain as u8, 1));
+    wait_until("the CQ to fill", || completed(&view, entries));
+    view.release(&ClientCounters::at(entries, entries * 3));
+    view.push(&mut counters, &sqe(Opcode::Retain as u8, 1));
     let _ = rustix::io::write(&doorbell, &1u64.to_ne_bytes());
     wait_until("the hostile session to be closed", || {
         session.conn.recv().is_none()

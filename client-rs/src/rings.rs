@@ -1,0 +1,203 @@
+//! Which ring a thread uses: each OS thread gets its own ring of a client's
+//! session on its first request, kept in a thread-local list keyed by the
+//! session and closed (RING_CLOSE) when the thread exits; past the daemon's
+//! ring cap (or while a thread is exiting), threads share one ring under
+//! its lock.
+
+use crate::control;
+use crate::engine::RingState;
+use crate::error::{Error, Result};
+use crate::session::{refusal, Session};
+use crate::shm;
+use hreg_proto::control::{Reply, Request};
+use hreg_proto::Status;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+/// A client's rings: those its threads opened that may still be alive, and
+/// the one threads share once the daemon has no more rings for it.
+#[derive(Default)]
+pub(crate) struct Rings {
+    table: Mutex<RingTable>,
+}
+
+#[derive(Default)]
+struct RingTable {
+    open: Vec<Weak<RingCell>>,
+    overflow: Option<Arc<RingCell>>,
+}
+
+/// One open ring: its index, its doorbell, and the client's state for it
+/// behind a lock that only its own thread takes (or the sharing threads,
+/// past the cap).
+pub(crate) struct RingCell {
+    session: Weak<Session>,
+    pid: u32,
+    index: u32,
+    doorbell: OwnedFd,
+    state: Mutex<RingState>,
+}
+
+impl RingCell {
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
+        self.doorbell.as_fd()
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, RingState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::Protocol("ring state poisoned by a panic".into()))
+    }
+}
+
+impl Drop for RingCell {
+    fn drop(&mut self) {
+        // Only the process that opened the ring closes it, and only while
+        // the session lives (otherwise the daemon frees it with the session).
+        if self.pid != shm::current_pid() {
+            return;
+        }
+        if let Some(session) = self.session.upgrade() {
+            let _ = session.call(&Request::RingClose { index: self.index });
+        }
+    }
+}
+
+/// This thread's rings, one per session it has used.
+struct LocalRing {
+    session_key: u64,
+    session: Weak<Session>,
+    ring: Arc<RingCell>,
+}
+
+thread_local! {
+    static LOCAL_RINGS: RefCell<Vec<LocalRing>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Rings {
+    fn lock(&self) -> MutexGuard<'_, RingTable> {
+        // The table holds only weak and strong pointers; a panic while it
+        // was locked leaves it consistent.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This thread's ring for `session`, opening one on first use.
+    pub(crate) fn for_this_thread(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+        let key = session.key();
+        let found = LOCAL_RINGS.try_with(|rings| {
+            rings
+                .borrow()
+                .iter()
+                .find(|r| r.session_key == key)
+                .map(|r| r.ring.clone())
+        });
+        match found {
+            Ok(Some(ring)) => Ok(ring),
+            Ok(None) => {
+                let ring = self.open(session)?;
+                let stale = LOCAL_RINGS.try_with(|rings| {
+                    let mut rings = rings.borrow_mut();
+                    // Forget rings of sessions that are gone; drop them
+                    // after the borrow ends.
+                    let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut *rings)
+                        .into_iter()
+                        .partition(|r| r.session.strong_count() > 0);
+                    *rings = keep;
+                    rings.push(LocalRing {
+                        session_key: key,
+                        session: Arc::downgrade(session),
+                        ring: ring.clone(),
+                    });
+                    stale
+                });
+                drop(stale);
+                Ok(ring)
+            }
+            // The thread is exiting and its locals are gone: share.
+            Err(_) => self.shared(session),
+        }
+    }
+
+    /// Asks the daemon for a ring; past the cap, shares one we already have.
+    fn open(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+        match session.call(&Request::RingOpen)? {
+            (Reply::RingOpened { index }, fds) => {
+                let doorbell = control::one_fd(fds, "RING_OPENED")?;
+                session.ring(index)?;
+                let cell = Arc::new(RingCell {
+                    session: Arc::downgrade(session),
+                    pid: session.pid(),
+                    index,
+                    doorbell,
+                    state: Mutex::new(RingState::default()),
+                });
+                let mut table = self.lock();
+                table.open.retain(|r| r.strong_count() > 0);
+                table.open.push(Arc::downgrade(&cell));
+                Ok(cell)
+            }
+            (Reply::Error { status, .. }, _) if status == Status::Quota as u32 => {
+                let mut table = self.lock();
+                if let Some(ring) = &table.overflow {
+                    return Ok(ring.clone());
+                }
+                let ring = table
+                    .open
+                    .iter()
+                    .find_map(Weak::upgrade)
+                    .ok_or(Error::Quota)?;
+                table.overflow = Some(ring.clone());
+                Ok(ring)
+            }
+            (Reply::Error { status, message }, _) => Err(refusal(status, message)),
+            (other, _) => Err(Error::Protocol(format!(
+                "unexpected reply to RING_OPEN: {other:?}"
+            ))),
+        }
+    }
+
+    /// A ring for a thread that cannot keep one of its own.
+    fn shared(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+        {
+            let mut table = self.lock();
+            if let Some(ring) = &table.overflow {
+                return Ok(ring.clone());
+            }
+            if let Some(ring) = table.open.iter().find_map(Weak::upgrade) {
+                table.overflow = Some(ring.clone());
+                return Ok(ring);
+            }
+        }
+        // No ring at all yet: open one (without holding the table, which
+        // `open` locks after the control socket) and make it the shared
+        // one. A ring opened meanwhile by another thread is dropped, and so
+        // closed, outside the lock.
+        let ring = self.open(session)?;
+        let mut table = self.lock();
+        let shared = table.overflow.get_or_insert_with(|| ring.clone()).clone();
+        drop(table);
+        drop(ring);
+        Ok(shared)
+    }
+
+    /// Forgets this thread's ring of `session` now (other threads do it
+    /// lazily): the client is gone, and the session's end frees the ring in
+    /// the daemon, so no RING_CLOSE is sent.
+    pub(crate) fn forget_local(session_key: u64) {
+        let mine = LOCAL_RINGS.try_with(|rings| {
+            rings.try_borrow_mut().ok().map(|mut rings| {
+                let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *rings)
+                    .into_iter()
+                    .partition(|r| r.session_key == session_key);
+                *rings = keep;
+                gone
+            })
+        });
+        drop(mine);
+    }
+}

@@ -1,0 +1,258 @@
+//! A mapping of shared memory: the one place where a memfd (or anonymous
+//! shared memory) is mapped and unmapped, for the daemon and the clients
+//! alike.
+//!
+//! A [`Mapping`] owns its address range for its whole life, and everything
+//! that reads or writes the memory borrows the mapping ([`crate::ring`]'s
+//! views), so safe code cannot touch memory that was unmapped. The bytes
+//! are shared with another process that may write them at any moment, so
+//! they are only ever accessed through atomics or
+//! [`crate::atomic_copy`]; no Rust reference to plain bytes points into a
+//! mapping.
+//!
+//! Under `--cfg hreg_loom` a mapping is a set of loom atomics made for one
+//! ring ([`Mapping::for_ring`]), so the ring protocol runs unchanged in
+//! the model.
+
+#![allow(unsafe_code)]
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// Whether this process may write the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+#[cfg(hreg_loom)]
+pub use model::Mapping;
+#[cfg(not(hreg_loom))]
+pub use real::Mapping;
+
+#[cfg(not(hreg_loom))]
+mod real {
+    use super::*;
+    use rustix::fd::AsFd;
+    use rustix::mm::{MapFlags, ProtFlags};
+    use std::io;
+
+    /// A `MAP_SHARED` mapping of `len` bytes.
+    ///
+    /// Invariant: `base .. base + len` is mapped (readable; writable when
+    /// `access` is [`Access::ReadWrite`]) from creation until `Drop`, and
+    /// page-aligned. Whoever made it keeps the memory backed for that long
+    /// (a memfd sealed against shrinking, or anonymous memory).
+    #[derive(Debug)]
+    pub struct Mapping {
+        base: *mut u8,
+        len: usize,
+        access: Access,
+    }
+
+    // SAFETY: the mapping is plain shared memory, only accessed through
+    // atomics and atomic copies; the pointer may move between threads and be
+    // shared by them.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mapping {}
+
+    impl Mapping {
+        /// Maps `len` bytes of `fd` from offset 0, `MAP_SHARED`. The caller
+        /// has checked that the file holds `len` bytes and cannot shrink
+        /// (sealed), or pages past its end would raise SIGBUS.
+        pub fn map(fd: impl AsFd, len: usize, access: Access) -> io::Result<Mapping> {
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+            }
+            let prot = match access {
+                Access::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
+                Access::ReadOnly => ProtFlags::READ,
+            };
+            // SAFETY: a fresh mapping placed by the kernel (null hint); no
+            // Rust reference points into it.
+            let base = unsafe {
+                rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)?
+            };
+            Ok(Mapping {
+                base: base.cast(),
+                len,
+                access,
+            })
+        }
+
+        /// `len` bytes of zeroed anonymous shared memory (tests, and rings
+        /// served in process).
+        pub fn anonymous(len: usize) -> io::Result<Mapping> {
+            // SAFETY: a fresh anonymous mapping placed by the kernel.
+            let base = unsafe {
+                rustix::mm::mmap_anonymous(
+                    std::ptr::null_mut(),
+                    len.max(1),
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::SHARED,
+                )?
+            };
+            Ok(Mapping {
+                base: base.cast(),
+                len: len.max(1),
+                access: Access::ReadWrite,
+            })
+        }
+
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        pub fn access(&self) -> Access {
+            self.access
+        }
+
+        /// Gives the pages of `offset .. offset + len` back to the system
+        /// (they read as zeroes afterwards). False when the range is not
+        /// page-aligned and inside the mapping, or the mapping is read-only.
+        pub fn discard(&self, offset: usize, len: usize) -> bool {
+            let inside = offset.checked_add(len).is_some_and(|end| end <= self.len);
+            if !inside || !offset.is_multiple_of(4096) || self.access != Access::ReadWrite {
+                return false;
+            }
+            // SAFETY: the range is inside the mapping (checked); MADV_REMOVE
+            // frees the file's pages behind it; no Rust reference points into
+            // shared memory.
+            unsafe {
+                rustix::mm::madvise(
+                    self.base.add(offset).cast(),
+                    len,
+                    rustix::mm::Advice::LinuxRemove,
+                )
+                .is_ok()
+            }
+        }
+
+        /// Whether `offset .. offset + len` lies inside the mapping.
+        #[inline]
+        pub(crate) fn holds(&self, offset: usize, len: usize) -> bool {
+            offset.checked_add(len).is_some_and(|end| end <= self.len)
+        }
+
+        /// The `u32` at `offset` (inside the mapping, 4-byte aligned:
+        /// checked).
+        #[inline]
+        pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+            assert!(self.holds(offset, 4) && offset.is_multiple_of(4));
+            // SAFETY: inside the mapping and aligned (asserted), which stays
+            // mapped while `self` is borrowed; AtomicU32 has the layout of a
+            // u32 and tolerates writers in other processes.
+            unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
+        }
+
+        /// The eight words of the 64-byte entry at `offset` (inside the
+        /// mapping, 64-byte aligned: checked).
+        #[inline]
+        pub(crate) fn entry_at(&self, offset: usize) -> &[AtomicU64; 8] {
+            assert!(self.holds(offset, 64) && offset.is_multiple_of(64));
+            // SAFETY: inside the mapping and aligned (asserted), mapped while
+            // `self` is borrowed; [AtomicU64; 8] has the layout of [u64; 8].
+            unsafe { &*self.base.add(offset).cast::<[AtomicU64; 8]>() }
+        }
+
+        /// Copies `out.len()` bytes from `offset`; false (nothing copied)
+        /// when the range is not inside the mapping.
+        #[inline]
+        pub fn load(&self, offset: usize, out: &mut [u8]) -> bool {
+            if !self.holds(offset, out.len()) {
+                return false;
+            }
+            // SAFETY: inside the mapping (checked), mapped while borrowed.
+            unsafe { crate::atomic_copy::load(self.base.add(offset), out) };
+            true
+        }
+
+        /// Copies `bytes` to `offset`; false (nothing copied) when the
+        /// range is not inside the mapping or the mapping is read-only.
+        #[inline]
+        pub fn store(&self, offset: usize, bytes: &[u8]) -> bool {
+            if !self.holds(offset, bytes.len()) || self.access != Access::ReadWrite {
+                return false;
+            }
+            // SAFETY: inside a writable mapping (checked); no Rust reference
+            // points into it.
+            unsafe { crate::atomic_copy::store(self.base.add(offset), bytes) };
+            true
+        }
+
+        /// The address of `offset`, for zero-copy readers that hand out a
+        /// pointer (the C API's borrowed values).
+        #[inline]
+        pub fn address_of(&self, offset: usize) -> Option<*const u8> {
+            // SAFETY: in bounds (checked), so the add stays in the mapping.
+            self.holds(offset, 0)
+                .then(|| unsafe { self.base.add(offset).cast_const() })
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: `base`/`len` are exactly what mmap returned, unmapped
+            // once; every view borrows `self`, so none outlives this.
+            let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
+        }
+    }
+}
+
+#[cfg(hreg_loom)]
+mod model {
+    use super::*;
+    use crate::ring::Layout;
+
+    /// The words of one ring, as loom atomics: the six header words and the
+    /// entries (no data area).
+    pub struct Mapping {
+        header: Vec<AtomicU32>,
+        entries: Vec<AtomicU64>,
+        entries_at: usize,
+        len: usize,
+    }
+
+    impl Mapping {
+        pub fn for_ring(layout: Layout) -> Mapping {
+            let header = (0..crate::ring::HEADER_WORDS)
+                .map(|_| AtomicU32::new(0))
+                .collect();
+            let words = 2 * layout.entries as usize * crate::entry::ENTRY_SIZE / 8;
+            Mapping {
+                header,
+                entries: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                entries_at: crate::ring::HEADER_SIZE,
+                len: layout.ring_stride(),
+            }
+        }
+
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn access(&self) -> Access {
+            Access::ReadWrite
+        }
+
+        pub(crate) fn holds(&self, offset: usize, len: usize) -> bool {
+            offset.checked_add(len).is_some_and(|end| end <= self.len)
+        }
+
+        pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+            &self.header[offset / 64]
+        }
+
+        pub(crate) fn entry_at(&self, offset: usize) -> &[AtomicU64; 8] {
+            let first = (offset - self.entries_at) / 8;
+            self.entries[first..first + 8]
+                .try_into()
+                .expect("eight words")
+        }
+    }
+}
