@@ -216,7 +216,10 @@ fn every_function_from_c() {
 fn conformance_cases_from_c() {
     let cases = client_c_dir().join("../tests/conformance/cases.txt");
     let out = run_c(&c_test("conformance"), &[s(&binary("hregd")), s(&cases)]);
-    assert!(out.contains(" passed, 0 failed,"), "no summary line:\n{out}");
+    assert!(
+        out.contains(" passed, 0 failed,"),
+        "no summary line:\n{out}"
+    );
 }
 
 #[test]

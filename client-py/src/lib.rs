@@ -232,7 +232,9 @@ impl Client {
             Op::Insert { value, flags } => client.insert(value, flags).map(Completion::Inserted),
             Op::GetOwned { handle } => client.get(handle).map(Completion::Value),
             Op::Get { handle, buf } => client.get_into(handle, buf).map(Completion::Length),
-            Op::Replace { handle, value } => client.replace(handle, value).map(|_| Completion::Done),
+            Op::Replace { handle, value } => {
+                client.replace(handle, value).map(|_| Completion::Done)
+            }
             Op::Retain(h) => client.retain(h).map(|_| Completion::Done),
             Op::Release(h) => client.release(h).map(|_| Completion::Done),
             Op::Remove(h) => client.remove(h).map(|_| Completion::Done),
@@ -251,7 +253,14 @@ impl Client {
     ) -> PyResult<(Vec<u8>, usize)> {
         let max = self.client(py, call)?.max_value_size();
         let mut scratch = vec![0u8; cap.min(max)];
-        match self.run(py, call, Op::Get { handle, buf: &mut scratch })? {
+        match self.run(
+            py,
+            call,
+            Op::Get {
+                handle,
+                buf: &mut scratch,
+            },
+        )? {
             Completion::Length(n) => Ok((scratch, n)),
             other => Err(unexpected(other)),
         }
@@ -259,9 +268,7 @@ impl Client {
 }
 
 fn unexpected(completion: Completion) -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(format!(
-        "hreg: unexpected completion {completion:?}"
-    ))
+    pyo3::exceptions::PyRuntimeError::new_err(format!("hreg: unexpected completion {completion:?}"))
 }
 
 fn flags(shared: bool, detached: bool) -> u32 {
@@ -377,20 +384,23 @@ impl Client {
     /// Takes one more reference to ``handle`` for this session.
     fn retain(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         let h = handle_arg(handle, "retain")?;
-        self.run(py, Call::new("retain", h), Op::Retain(h)).map(drop)
+        self.run(py, Call::new("retain", h), Op::Retain(h))
+            .map(drop)
     }
 
     /// Drops one of this session's references to ``handle`` (NotHeld if it
     /// holds none); the object dies with its last reference.
     fn release(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         let h = handle_arg(handle, "release")?;
-        self.run(py, Call::new("release", h), Op::Release(h)).map(drop)
+        self.run(py, Call::new("release", h), Op::Release(h))
+            .map(drop)
     }
 
     /// Kills the object now, whoever references it.
     fn remove(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         let h = handle_arg(handle, "remove")?;
-        self.run(py, Call::new("remove", h), Op::Remove(h)).map(drop)
+        self.run(py, Call::new("remove", h), Op::Remove(h))
+            .map(drop)
     }
 
     /// Runs a batch of ops (``Insert``, ``Get``, ``Replace``, ``Retain``,
@@ -418,7 +428,13 @@ impl Client {
             .enumerate()
             .map(|(i, item)| BatchOp::from_py(item, i))
             .collect::<PyResult<Vec<_>>>()?;
-        let client = self.client(py, Call { name: "submit", handle: None })?;
+        let client = self.client(
+            py,
+            Call {
+                name: "submit",
+                handle: None,
+            },
+        )?;
 
         // Ops with a handle that can never be valid fail here, as libhreg
         // fails them; the rest go to the daemon as one batch.
@@ -468,7 +484,13 @@ impl Client {
     /// ``value_bytes`` (bytes of live values), ``sessions`` (attached
     /// sessions) and ``ops`` (data-path requests served since start).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let client = self.client(py, Call { name: "stats", handle: None })?;
+        let client = self.client(
+            py,
+            Call {
+                name: "stats",
+                handle: None,
+            },
+        )?;
         let stats = py
             .allow_threads(|| client.stats())
             .map_err(|e| raise(py, &e, "stats"))?;
@@ -505,13 +527,29 @@ impl Client {
     /// The session's id, as the daemon numbers sessions.
     #[getter]
     fn session_id(&self, py: Python<'_>) -> PyResult<u64> {
-        Ok(self.client(py, Call { name: "session_id", handle: None })?.session_id())
+        Ok(self
+            .client(
+                py,
+                Call {
+                    name: "session_id",
+                    handle: None,
+                },
+            )?
+            .session_id())
     }
 
     /// The largest value the daemon accepts, in bytes.
     #[getter]
     fn max_value_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.client(py, Call { name: "max_value_size", handle: None })?.max_value_size())
+        Ok(self
+            .client(
+                py,
+                Call {
+                    name: "max_value_size",
+                    handle: None,
+                },
+            )?
+            .max_value_size())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -654,15 +692,24 @@ macro_rules! handle_op {
             }
 
             fn __repr__(&self) -> String {
-                format!(concat!("hreg.", stringify!($name), "({})"), self.handle.given)
+                format!(
+                    concat!("hreg.", stringify!($name), "({})"),
+                    self.handle.given
+                )
             }
         }
     };
 }
 
-handle_op!(Get, "Batch op: ``Get(handle)``; its result is the value (bytes).");
+handle_op!(
+    Get,
+    "Batch op: ``Get(handle)``; its result is the value (bytes)."
+);
 handle_op!(Retain, "Batch op: ``Retain(handle)``; its result is None.");
-handle_op!(Release, "Batch op: ``Release(handle)``; its result is None.");
+handle_op!(
+    Release,
+    "Batch op: ``Release(handle)``; its result is None."
+);
 handle_op!(Remove, "Batch op: ``Remove(handle)``; its result is None.");
 
 /// One item of a batch, borrowed from its Python object for the call.

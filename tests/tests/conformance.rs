@@ -57,9 +57,21 @@ struct OpLine {
 #[derive(Debug)]
 enum Step {
     Session(String),
-    Process { name: String, nobody: bool },
-    Op { actor: String, eventually: bool, op: OpLine },
-    Batch { actor: String, line: usize, ops: Vec<OpLine>, result: String },
+    Process {
+        name: String,
+        nobody: bool,
+    },
+    Op {
+        actor: String,
+        eventually: bool,
+        op: OpLine,
+    },
+    Batch {
+        actor: String,
+        line: usize,
+        ops: Vec<OpLine>,
+        result: String,
+    },
     Close(String),
     Kill(String),
 }
@@ -108,7 +120,9 @@ fn parse(text: &str) -> Result<(Vec<String>, Vec<Case>), String> {
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let tokens: Vec<&str> = raw.split_whitespace().collect();
-        let Some(&first) = tokens.first() else { continue };
+        let Some(&first) = tokens.first() else {
+            continue;
+        };
         if first.starts_with('#') {
             continue;
         }
@@ -137,7 +151,11 @@ fn parse(text: &str) -> Result<(Vec<String>, Vec<Case>), String> {
                         ..Case::default()
                     })
                 }
-                _ => return Err(format!("line {line}: unknown statement outside a case: {raw}")),
+                _ => {
+                    return Err(format!(
+                        "line {line}: unknown statement outside a case: {raw}"
+                    ))
+                }
             }
             continue;
         };
@@ -154,7 +172,9 @@ fn parse(text: &str) -> Result<(Vec<String>, Vec<Case>), String> {
                 let nobody = match tokens.get(2) {
                     None => false,
                     Some(&"nobody") => true,
-                    Some(other) => return Err(format!("line {line}: unknown process kind {other}")),
+                    Some(other) => {
+                        return Err(format!("line {line}: unknown process kind {other}"))
+                    }
                 };
                 current.steps.push(Step::Process {
                     name: tokens[1].to_string(),
@@ -254,7 +274,10 @@ impl Outcome {
     fn to_line(&self) -> String {
         let hex = match &self.bytes {
             None => "-".to_string(),
-            Some(b) => format!("x{}", b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            Some(b) => format!(
+                "x{}",
+                b.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
         };
         format!("{} {} {hex}", self.status, self.number)
     }
@@ -276,7 +299,9 @@ impl Outcome {
         };
         Ok(Outcome {
             status: status.to_string(),
-            number: number.parse().map_err(|_| format!("bad number: {line:?}"))?,
+            number: number
+                .parse()
+                .map_err(|_| format!("bad number: {line:?}"))?,
             bytes,
         })
     }
@@ -370,13 +395,21 @@ fn execute(client: &Client, op: &str, args: &[String]) -> Result<Outcome, String
             expect_args(0)?;
             Outcome::of(client.stats(), |s| Outcome::ok(s.objects, None))
         }
-        other => return Err(format!("the {LANGUAGE} runner does not know the op `{other}`")),
+        other => {
+            return Err(format!(
+                "the {LANGUAGE} runner does not know the op `{other}`"
+            ))
+        }
     })
 }
 
 /// An op of a batch, owning what the Rust op borrows.
 enum Planned {
-    Run { value: Vec<u8>, buf: Option<Vec<u8>>, kind: PlannedKind },
+    Run {
+        value: Vec<u8>,
+        buf: Option<Vec<u8>>,
+        kind: PlannedKind,
+    },
     Fail(Error),
 }
 
@@ -436,13 +469,19 @@ fn execute_batch(client: &Client, ops: &[(String, Vec<String>)]) -> Result<Vec<O
     for p in planned.iter_mut() {
         if let Planned::Run { value, buf, kind } = p {
             batch.push(match kind {
-                PlannedKind::Insert(flags) => Op::Insert { value, flags: *flags },
+                PlannedKind::Insert(flags) => Op::Insert {
+                    value,
+                    flags: *flags,
+                },
                 PlannedKind::Get(handle) => Op::GetOwned { handle: *handle },
                 PlannedKind::GetInto(handle) => Op::Get {
                     handle: *handle,
                     buf: buf.as_mut().unwrap(),
                 },
-                PlannedKind::Replace(handle) => Op::Replace { handle: *handle, value },
+                PlannedKind::Replace(handle) => Op::Replace {
+                    handle: *handle,
+                    value,
+                },
                 PlannedKind::Retain(h) => Op::Retain(*h),
                 PlannedKind::Release(h) => Op::Release(*h),
                 PlannedKind::Remove(h) => Op::Remove(*h),
@@ -480,7 +519,11 @@ fn execute_batch(client: &Client, ops: &[(String, Vec<String>)]) -> Result<Vec<O
 fn check(op: &OpLine, got: &Outcome, vars: &mut HashMap<String, u64>) -> Result<(), String> {
     let want = &op.expect[0];
     if *want != got.status {
-        return Err(format!("expected {}, got {} ({got:?})", op.expect.join(" "), got.status));
+        return Err(format!(
+            "expected {}, got {} ({got:?})",
+            op.expect.join(" "),
+            got.status
+        ));
     }
     let Some(extra) = op.expect.get(1) else {
         return Ok(());
@@ -505,7 +548,9 @@ fn check(op: &OpLine, got: &Outcome, vars: &mut HashMap<String, u64>) -> Result<
         Some(b) if *b == expected => Ok(()),
         other => Err(format!(
             "expected the value {extra}, got {:?}",
-            other.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+            other
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
         )),
     }
 }
@@ -691,7 +736,9 @@ fn child_main(socket: &Path, nobody: bool, input: i32, output: i32) -> ! {
 const OPS: &[&str] = &[
     "insert", "get", "get_into", "replace", "retain", "release", "remove", "objects",
 ];
-const BATCH_OPS: &[&str] = &["insert", "get", "get_into", "replace", "retain", "release", "remove"];
+const BATCH_OPS: &[&str] = &[
+    "insert", "get", "get_into", "replace", "retain", "release", "remove",
+];
 
 fn runs_here(case: &Case) -> bool {
     case.languages
@@ -741,7 +788,8 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
     for step in &case.steps {
         match step {
             Step::Session(name) => {
-                let client = Client::connect(&daemon.socket).map_err(|e| format!("connect: {e}"))?;
+                let client =
+                    Client::connect(&daemon.socket).map_err(|e| format!("connect: {e}"))?;
                 actors.insert(name.clone(), Actor::Session(client));
             }
             Step::Process { name, nobody } => {
@@ -757,7 +805,11 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
                 Some(Actor::Process(child)) => child.kill(),
                 _ => return Err(format!("kill: {name} is not a process")),
             },
-            Step::Op { actor, eventually, op } => {
+            Step::Op {
+                actor,
+                eventually,
+                op,
+            } => {
                 let actor = actors
                     .get_mut(actor)
                     .ok_or_else(|| format!("line {}: no session or process {actor}", op.line))?;
@@ -772,13 +824,23 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
                     match check(op, &got, &mut vars) {
                         Ok(()) => break,
                         Err(e) if !*eventually || start.elapsed() > EVENTUALLY => {
-                            return Err(format!("line {}: {} {}: {e}", op.line, op.op, op.args.join(" ")))
+                            return Err(format!(
+                                "line {}: {} {}: {e}",
+                                op.line,
+                                op.op,
+                                op.args.join(" ")
+                            ))
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
             }
-            Step::Batch { actor, line, ops, result } => {
+            Step::Batch {
+                actor,
+                line,
+                ops,
+                result,
+            } => {
                 let Some(Actor::Session(client)) = actors.get(actor) else {
                     return Err(format!("line {line}: a batch needs a session, not {actor}"));
                 };
@@ -790,7 +852,12 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
                     execute_batch(client, &resolved).map_err(|e| format!("line {line}: {e}"))?;
                 for (op, got) in ops.iter().zip(&outcomes) {
                     check(op, got, &mut vars).map_err(|e| {
-                        format!("line {} (in the batch): {} {}: {e}", op.line, op.op, op.args.join(" "))
+                        format!(
+                            "line {} (in the batch): {} {}: {e}",
+                            op.line,
+                            op.op,
+                            op.args.join(" ")
+                        )
                     })?;
                 }
                 let first = outcomes
@@ -799,7 +866,9 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
                     .find(|s| *s != "OK")
                     .unwrap_or("OK");
                 if first != result {
-                    return Err(format!("line {line}: the batch's status is {first}, expected {result}"));
+                    return Err(format!(
+                        "line {line}: the batch's status is {first}, expected {result}"
+                    ));
                 }
             }
         }
@@ -811,7 +880,11 @@ fn run_case(case: &Case, global: &[String]) -> Result<(), String> {
 fn every_conformance_case() {
     let text = std::fs::read_to_string(cases_file()).expect("read cases.txt");
     let (global, cases) = parse(&text).unwrap_or_else(|e| panic!("cases.txt: {e}"));
-    assert!(cases.len() >= 20, "cases.txt has only {} cases", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "cases.txt has only {} cases",
+        cases.len()
+    );
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let (mut passed, mut other, mut not_run) = (0, 0, 0);
@@ -820,7 +893,10 @@ fn every_conformance_case() {
     for case in &cases {
         if !runs_here(case) {
             let langs = case.languages.as_deref().unwrap_or_default().join(" ");
-            println!("conformance {LANGUAGE}: {} ... n/a (languages: {langs})", case.name);
+            println!(
+                "conformance {LANGUAGE}: {} ... n/a (languages: {langs})",
+                case.name
+            );
             other += 1;
             continue;
         }
@@ -832,7 +908,10 @@ fn every_conformance_case() {
             not_run += 1;
             continue;
         }
-        assert!(Instant::now() < deadline, "the conformance cases took too long");
+        assert!(
+            Instant::now() < deadline,
+            "the conformance cases took too long"
+        );
         match run_case(case, &global) {
             Ok(()) => {
                 println!("conformance {LANGUAGE}: {} ... ok", case.name);
@@ -848,7 +927,11 @@ fn every_conformance_case() {
         "conformance {LANGUAGE}: {passed} passed, {} failed, {other} for other languages, {not_run} not run (need root)",
         failures.len()
     );
-    assert!(failures.is_empty(), "failed cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
