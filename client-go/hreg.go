@@ -248,35 +248,30 @@ func (c *Client) Replace(h Handle, value []byte) error {
 // Retain takes one more reference to h for this session (needs read
 // access). Errors: ErrInvalid, ErrStale, ErrDenied, ErrQuota, ErrDisconnected.
 func (c *Client) Retain(h Handle) error {
-	cc, err := c.acquire("retain", h)
-	if err != nil {
-		return err
-	}
-	defer c.mu.RUnlock()
-	return statusError(C.hreg_retain(cc, C.hreg_handle(h)), "retain", h)
+	return c.onHandle("retain", h, func(cc *C.hreg_client) C.int { return C.hreg_retain(cc, C.hreg_handle(h)) })
 }
 
 // Release drops one of this session's references to h; the object dies
 // with its last reference (unless Detached). Errors: ErrInvalid, ErrStale,
 // ErrNotHeld, ErrDisconnected.
 func (c *Client) Release(h Handle) error {
-	cc, err := c.acquire("release", h)
-	if err != nil {
-		return err
-	}
-	defer c.mu.RUnlock()
-	return statusError(C.hreg_release(cc, C.hreg_handle(h)), "release", h)
+	return c.onHandle("release", h, func(cc *C.hreg_client) C.int { return C.hreg_release(cc, C.hreg_handle(h)) })
 }
 
 // Remove kills the object now, whoever references it (its creator's uid,
 // or root). Errors: ErrInvalid, ErrStale, ErrDenied, ErrDisconnected.
 func (c *Client) Remove(h Handle) error {
-	cc, err := c.acquire("remove", h)
+	return c.onHandle("remove", h, func(cc *C.hreg_client) C.int { return C.hreg_remove(cc, C.hreg_handle(h)) })
+}
+
+// onHandle runs one call that takes only a handle and returns a status.
+func (c *Client) onHandle(op string, h Handle, call func(*C.hreg_client) C.int) error {
+	cc, err := c.acquire(op, h)
 	if err != nil {
 		return err
 	}
 	defer c.mu.RUnlock()
-	return statusError(C.hreg_remove(cc, C.hreg_handle(h)), "remove", h)
+	return statusError(call(cc), op, h)
 }
 
 // Stats returns the registry's figures.

@@ -13,6 +13,7 @@ Errors are exceptions, one subclass of :class:`Error` per C status.
     b'hello'
 """
 
+from . import _errors
 from ._errors import (
     BufferTooSmall,
     ConnectError,
@@ -51,18 +52,6 @@ __all__ = [
     "Retain",
     "Release",
     "Remove",
-    "Error",
-    "InvalidArgument",
-    "StaleHandle",
-    "Denied",
-    "TooBig",
-    "BufferTooSmall",
-    "QuotaExceeded",
-    "NotHeld",
-    "ConnectError",
-    "Disconnected",
-    "VersionMismatch",
-    "ProtocolError",
-    "IoError",
     "__version__",
+    *_errors.__all__,
 ]
