@@ -11,7 +11,7 @@
 //! `make`, `pkg-config`; valgrind too when `CI` is set.
 
 use hreg_rs::{Error, Handle, DETACHED, SHARED};
-use hreg_tests::{bin_dir, wait_until, Daemon, PATIENCE};
+use hreg_tests::{bin_dir, binary, wait_until, Daemon, PATIENCE};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -208,6 +208,18 @@ fn every_function_from_c() {
         &["all", s(&daemon.socket), env!("CARGO_PKG_VERSION")],
     );
     assert_eq!(daemon.objects(), 0);
+}
+
+/// The conformance suite's C runner (tests/c/conformance.c) over every case
+/// of tests/conformance/cases.txt; it starts its own daemons.
+#[test]
+fn conformance_cases_from_c() {
+    let cases = client_c_dir().join("../tests/conformance/cases.txt");
+    let out = run_c(&c_test("conformance"), &[s(&binary("hregd")), s(&cases)]);
+    assert!(
+        out.contains(" passed, 0 failed,"),
+        "no summary line:\n{out}"
+    );
 }
 
 #[test]

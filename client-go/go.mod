@@ -1,0 +1,3 @@
+module hreg
+
+go 1.19

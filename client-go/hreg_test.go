@@ -1,0 +1,281 @@
+// The Go client against a real hregd: every call, its errors (sentinels for
+// errors.Is, messages with the operation and handle), batches, Close, and
+// many goroutines sharing one client.
+
+package hreg
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+func TestEveryCall(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	h, err := c.Insert([]byte("hello"), Shared)
+	if err != nil || h == 0 {
+		t.Fatalf("Insert: %v %v", h, err)
+	}
+	if v, err := c.Get(h); err != nil || string(v) != "hello" {
+		t.Fatalf("Get: %q %v", v, err)
+	}
+	buf := make([]byte, 16)
+	if n, err := c.GetInto(h, buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("GetInto: %d %v", n, err)
+	}
+	if err := c.Replace(h, []byte("replaced")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Retain(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(h); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Stats()
+	if err != nil || s.Objects != 1 || s.ValueBytes != 8 || s.Sessions < 1 || s.Ops == 0 {
+		t.Fatalf("Stats: %+v %v", s, err)
+	}
+	if err := c.Release(h); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Get(h)
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("Get after the last Release: %v", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "get") || !strings.Contains(msg, fmt.Sprint(uint64(h))) {
+		t.Fatalf("the message names neither the op nor the handle: %q", msg)
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Status != 2 || e.Handle != h || e.Op != "get" {
+		t.Fatalf("not an *Error with status 2: %#v", err)
+	}
+}
+
+func TestValuesOfEverySize(t *testing.T) {
+	d := startDaemon(t, "--max-value-size", "100000")
+	c := d.client(t)
+	for _, n := range []int{0, 1, 511, 512, 513, 4096, 4097, 100000} {
+		v := bytes.Repeat([]byte{byte(n)}, n)
+		h, err := c.Insert(v, 0)
+		if err != nil {
+			t.Fatalf("Insert %d bytes: %v", n, err)
+		}
+		got, err := c.Get(h)
+		if err != nil || !bytes.Equal(got, v) || got == nil {
+			t.Fatalf("Get %d bytes: %d bytes, %v", n, len(got), err)
+		}
+		ops := []Op{{Kind: OpGet, Handle: h}, {Kind: OpGet, Handle: h, Value: make([]byte, 0, n)}}
+		if err := c.Submit(ops); err != nil || !bytes.Equal(ops[0].Value, v) || !bytes.Equal(ops[1].Value, v) {
+			t.Fatalf("Submit GET %d bytes: %v", n, err)
+		}
+		if err := c.Remove(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Insert(make([]byte, 100001), 0); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("too big: %v", err)
+	}
+}
+
+func TestGetIntoSaysWhatItNeeds(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	h, _ := c.Insert([]byte("12345678"), 0)
+	n, err := c.GetInto(h, make([]byte, 3))
+	if !errors.Is(err, ErrBuffer) || n != 8 || !strings.Contains(err.Error(), "8 bytes needed") {
+		t.Fatalf("GetInto a short buffer: %d %v", n, err)
+	}
+	if n, err := c.GetInto(h, nil); !errors.Is(err, ErrBuffer) || n != 8 {
+		t.Fatalf("size probe: %d %v", n, err)
+	}
+	empty, _ := c.Insert(nil, 0)
+	if n, err := c.GetInto(empty, nil); err != nil || n != 0 {
+		t.Fatalf("probe of an empty value: %d %v", n, err)
+	}
+	if v, err := c.Get(empty); err != nil || v == nil || len(v) != 0 {
+		t.Fatalf("Get of an empty value: %v %v", v, err)
+	}
+}
+
+func TestErrorsAreSentinels(t *testing.T) {
+	d := startDaemon(t, "--max-objects", "1")
+	c := d.client(t)
+	for name, check := range map[string]struct {
+		err  error
+		want error
+	}{
+		"handle 0":      {c.Retain(0), ErrInvalid},
+		"unknown flags": {func() error { _, err := c.Insert(nil, 0x80); return err }(), ErrInvalid},
+		"made up":       {c.Remove(123456), ErrStale},
+	} {
+		if !errors.Is(check.err, check.want) {
+			t.Errorf("%s: %v, want %v", name, check.err, check.want)
+		}
+	}
+	h, _ := c.Insert([]byte("x"), Detached)
+	if err := c.Release(h); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Release of a DETACHED object: %v", err)
+	}
+	if _, err := c.Insert([]byte("y"), 0); !errors.Is(err, ErrQuota) {
+		t.Errorf("past --max-objects: %v", err)
+	}
+	if _, err := Connect(d.dir + "/nothing.sock"); !errors.Is(err, ErrConnect) || !strings.Contains(err.Error(), "nothing.sock") {
+		t.Errorf("Connect to nothing: %v", err)
+	}
+	sentinels := []error{ErrInvalid, ErrStale, ErrDenied, ErrTooBig, ErrBuffer, ErrQuota,
+		ErrNotHeld, ErrConnect, ErrDisconnected, ErrVersion, ErrProtocol, ErrIO}
+	for i, s := range sentinels {
+		if !errors.Is(&Error{Op: "x", Status: i + 1}, s) {
+			t.Errorf("status %d does not wrap %v", i+1, s)
+		}
+	}
+}
+
+func TestSubmitGivesEachOpItsResult(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	h, _ := c.Insert([]byte("one"), 0)
+	ops := []Op{
+		{Kind: OpInsert, Value: []byte("x"), Flags: Shared},
+		{Kind: OpGet, Handle: h},
+		{Kind: OpReplace, Handle: h, Value: []byte("two")},
+		{Kind: OpGet, Handle: h},
+		{Kind: OpGet, Handle: 0},
+		{Kind: OpRetain, Handle: h, Flags: Shared},
+		{Kind: OpRelease, Handle: 777},
+		{Kind: OpKind(42), Handle: h},
+		{Kind: OpRemove, Handle: h},
+	}
+	err := c.Submit(ops)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "submit op 4") {
+		t.Fatalf("Submit: %v", err)
+	}
+	if ops[0].Err != nil || ops[0].Handle == 0 {
+		t.Fatalf("insert: %+v", ops[0])
+	}
+	if string(ops[1].Value) != "one" || ops[2].Err != nil || string(ops[3].Value) != "two" {
+		t.Fatalf("get/replace/get: %+v", ops[1:4])
+	}
+	for i, want := range map[int]error{4: ErrInvalid, 5: ErrInvalid, 6: ErrStale, 7: ErrInvalid} {
+		if !errors.Is(ops[i].Err, want) {
+			t.Errorf("op %d: %v, want %v", i, ops[i].Err, want)
+		}
+	}
+	if ops[8].Err != nil {
+		t.Fatalf("remove: %v", ops[8].Err)
+	}
+	if err := c.Submit(nil); err != nil {
+		t.Fatalf("an empty batch: %v", err)
+	}
+}
+
+func TestSubmitRereadsLongValuesOnlyWhenItMay(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	long := bytes.Repeat([]byte("L"), 10000)
+	h, _ := c.Insert(long, 0)
+	ops := []Op{{Kind: OpGet, Handle: h}, {Kind: OpGet, Handle: h}, {Kind: OpReplace, Handle: h, Value: []byte("s")}}
+	err := c.Submit(ops[:2])
+	if err != nil || !bytes.Equal(ops[0].Value, long) || !bytes.Equal(ops[1].Value, long) {
+		t.Fatalf("long values in a batch: %v", err)
+	}
+	ops[0].Value, ops[1].Value = nil, nil
+	err = c.Submit(ops)
+	if !errors.Is(err, ErrBuffer) || !errors.Is(ops[1].Err, ErrBuffer) || ops[2].Err != nil {
+		t.Fatalf("a GET a later op changes must not be read again: %v", err)
+	}
+	if v, _ := c.Get(h); string(v) != "s" {
+		t.Fatalf("the replace did not run: %q", v)
+	}
+}
+
+func TestClose(t *testing.T) {
+	d := startDaemon(t)
+	c, err := Connect(d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := c.Insert([]byte("held"), 0)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	checks := []error{
+		func() error { _, err := c.Get(h); return err }(),
+		func() error { _, err := c.Insert(nil, 0); return err }(),
+		c.Retain(h), c.Release(h), c.Remove(h), c.Replace(h, nil),
+		func() error { _, err := c.Stats(); return err }(),
+		c.Submit([]Op{{Kind: OpGet, Handle: h}}),
+	}
+	for i, err := range checks {
+		if !errors.Is(err, ErrDisconnected) {
+			t.Errorf("call %d after Close: %v", i, err)
+		}
+	}
+	other := d.client(t)
+	waitUntil(t, "the closed session's reference to drop", func() bool {
+		_, err := other.Get(h)
+		return errors.Is(err, ErrStale)
+	})
+}
+
+func TestDisconnectedWhenTheDaemonDies(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	h, _ := c.Insert([]byte("x"), 0)
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	_ = d.cmd.Wait()
+	waitUntil(t, "ErrDisconnected", func() bool {
+		_, err := c.Get(h)
+		return errors.Is(err, ErrDisconnected)
+	})
+}
+
+func TestGoroutinesShareOneClient(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				v := []byte(fmt.Sprintf("%d:%d", g, i))
+				h, err := c.Insert(v, 0)
+				if err == nil {
+					var got []byte
+					if got, err = c.Get(h); err == nil && !bytes.Equal(got, v) {
+						err = fmt.Errorf("got %q, want %q", got, v)
+					}
+				}
+				if err == nil {
+					ops := []Op{{Kind: OpReplace, Handle: h, Value: append(v, '!')}, {Kind: OpGet, Handle: h}, {Kind: OpRelease, Handle: h}}
+					if err = c.Submit(ops); err == nil && string(ops[1].Value) != string(v)+"!" {
+						err = fmt.Errorf("batch got %q", ops[1].Value)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if s, _ := c.Stats(); s.Objects != 0 {
+		t.Fatalf("%d objects left", s.Objects)
+	}
+}
