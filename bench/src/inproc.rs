@@ -11,7 +11,8 @@
 use crate::stats::{Measured, Rep, Rng};
 use dashmap::DashMap;
 use hreg_proto::flags;
-use hregd::registry::{Holder, Registry};
+use hreg_proto::handle::Handle;
+use hreg_registry::{Holder, Limits, Registry, DEFAULT_SHARDS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, RwLock};
@@ -120,8 +121,7 @@ pub struct Hreg {
 
 impl Default for Hreg {
     fn default() -> Self {
-        let defaults = crate::procs::default_config();
-        let registry = Registry::new(defaults.shards, defaults.limits());
+        let registry = Registry::new(DEFAULT_SHARDS, Limits::default());
         let holder = registry.holder(1000);
         Hreg { registry, holder }
     }
@@ -132,10 +132,11 @@ impl Contender for Hreg {
         self.registry
             .insert(&self.holder, &value, flags::DETACHED)
             .expect("registry insert")
+            .get()
     }
     fn get(&self, key: u64) -> Option<Val> {
         self.registry
-            .get_with(&self.holder, key, |v| {
+            .get_with(&self.holder, Handle::new(key)?, |v| {
                 let mut out = [0; 16];
                 out.copy_from_slice(v);
                 out
@@ -143,7 +144,7 @@ impl Contender for Hreg {
             .ok()
     }
     fn remove(&self, key: u64) -> bool {
-        self.registry.remove(&self.holder, key).is_ok()
+        Handle::new(key).is_some_and(|h| self.registry.remove(&self.holder, h).is_ok())
     }
 }
 

@@ -228,15 +228,6 @@ impl Drop for Proc {
     }
 }
 
-/// hregd's default settings, as it computes them itself.
-pub fn default_config() -> hregd::config::Config {
-    let args = hregd::config::Args {
-        socket: Some(PathBuf::from("/unused")),
-        ..Default::default()
-    };
-    hregd::config::Config::from_args(&args).expect("hregd defaults are valid")
-}
-
 /// The hregd binary: `explicit`, else the one next to this executable.
 /// Under `cargo run` (which sets `$CARGO`) it is first brought up to date
 /// with `cargo build -p hregd` in this executable's profile, since cargo

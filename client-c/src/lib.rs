@@ -236,12 +236,7 @@ fn handle(h: hreg_handle) -> Result<Handle, c_int> {
 /// `op.buf` is as `value` (INSERT, REPLACE) or `buffer` (GET) require.
 unsafe fn prepare<'a>(op: &hreg_op, max_value: usize) -> Result<Op<'a>, c_int> {
     let code = hreg_proto::Opcode::from_public(op.opcode).ok_or(INVALID)?;
-    if code != hreg_proto::Opcode::Insert && op.flags != 0 {
-        return Err(INVALID);
-    }
-    if op.flags & !hreg_proto::flags::ALL != 0 {
-        return Err(INVALID);
-    }
+    code.check_flags(op.flags).map_err(|_| INVALID)?;
     use hreg_proto::Opcode as O;
     Ok(match code {
         O::Insert => Op::Insert {

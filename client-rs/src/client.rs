@@ -5,11 +5,13 @@
 
 use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
-use crate::handle::Handle;
 use crate::rings::Rings;
 use crate::session::Session;
 use crate::{Completion, Op, Stats};
-use hreg_proto::control::{ObjectInfo, Reply, Request, SessionInfo, UsageReply, Welcome};
+use hreg_proto::control::{
+    ControlRequest, ListFilter, ObjectInfo, Reply, SessionInfo, UsageReply, Welcome,
+};
+use hreg_proto::handle::Handle;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -183,7 +185,7 @@ impl Client {
     pub fn stats(&self) -> Result<Stats> {
         self.inner
             .session
-            .request(&Request::Stats, "STATS", |reply| match reply {
+            .request(&ControlRequest::Stats, "STATS", |reply| match reply {
                 Reply::Stats(s) => Some(Stats {
                     objects: s.objects,
                     value_bytes: s.value_bytes,
@@ -200,17 +202,14 @@ impl Client {
         let mut all = Vec::new();
         let mut cursor = 0;
         loop {
-            let (page, next) =
-                self.inner
-                    .session
-                    .request(
-                        &Request::Sessions { cursor },
-                        "SESSIONS",
-                        |reply| match reply {
-                            Reply::Sessions { sessions, next } => Some((sessions, next)),
-                            _ => None,
-                        },
-                    )?;
+            let (page, next) = self.inner.session.request(
+                &ControlRequest::Sessions { cursor },
+                "SESSIONS",
+                |reply| match reply {
+                    Reply::Sessions { sessions, next } => Some((sessions, next)),
+                    _ => None,
+                },
+            )?;
             all.extend(page);
             if next == 0 {
                 return Ok(all);
@@ -228,11 +227,10 @@ impl Client {
         limit: u32,
         filter: ListFilter,
     ) -> Result<(Vec<ObjectInfo>, u64)> {
-        let request = Request::List {
+        let request = ControlRequest::List {
             cursor,
             limit,
-            detached_only: filter.detached_only,
-            owner: filter.owner,
+            filter,
         };
         self.inner
             .session
@@ -247,20 +245,11 @@ impl Client {
     pub fn usage(&self) -> Result<UsageReply> {
         self.inner
             .session
-            .request(&Request::Usage, "USAGE", |reply| match reply {
+            .request(&ControlRequest::Usage, "USAGE", |reply| match reply {
                 Reply::Usage(usage) => Some(usage),
                 _ => None,
             })
     }
-}
-
-/// Which objects [`Client::list`] shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListFilter {
-    /// Only DETACHED objects (to find orphans).
-    pub detached_only: bool,
-    /// Only objects of this uid.
-    pub owner: Option<u32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -302,7 +291,7 @@ mod tests {
         tag: &str,
         reply: Reply,
         fd: Option<OwnedFd>,
-    ) -> (PathBuf, std::thread::JoinHandle<Request>) {
+    ) -> (PathBuf, std::thread::JoinHandle<ControlRequest>) {
         use rustix::net::{
             AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
             SocketAddrUnix, SocketFlags, SocketType,
@@ -325,7 +314,7 @@ mod tests {
             let _ = std::fs::remove_file(bound);
             let mut buf = [0u8; 4096];
             let (_, n) = rustix::net::recv(&conn, &mut buf, RecvFlags::empty()).unwrap();
-            let hello = Request::decode(&buf[..n]).unwrap();
+            let hello = ControlRequest::decode(&buf[..n]).unwrap();
             let bytes = reply.encode();
             let fds: Vec<_> = fd.iter().map(rustix::fd::AsFd::as_fd).collect();
             let mut space =
@@ -373,7 +362,7 @@ mod tests {
             let hello = thread.join().unwrap();
             assert_eq!(
                 hello,
-                Request::Hello {
+                ControlRequest::Hello {
                     version: PROTOCOL_VERSION,
                     name: "fake-test".into()
                 }

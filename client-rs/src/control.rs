@@ -4,7 +4,7 @@
 //! non-blocking look for EOF or SHUTDOWN.
 
 use crate::error::{Error, Result};
-use hreg_proto::control::{Reply, Request, MAX_MESSAGE};
+use hreg_proto::control::{ControlRequest, Reply, MAX_MESSAGE};
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
@@ -31,7 +31,7 @@ pub(crate) fn connect(path: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Sends one request. A peer that is gone gives [`Error::Disconnected`].
-pub(crate) fn send(sock: impl AsFd, request: &Request) -> Result<()> {
+pub(crate) fn send(sock: impl AsFd, request: &ControlRequest) -> Result<()> {
     let bytes = request.encode();
     loop {
         match rustix::net::send(sock.as_fd(), &bytes, SendFlags::NOSIGNAL) {
@@ -133,7 +133,7 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
 
 /// Sends `request` and receives its reply (within [`REPLY_DEADLINE`]). The
 /// caller serializes requests.
-pub(crate) fn call(sock: impl AsFd, request: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+pub(crate) fn call(sock: impl AsFd, request: &ControlRequest) -> Result<(Reply, Vec<OwnedFd>)> {
     send(sock.as_fd(), request)?;
     recv_within(sock, REPLY_DEADLINE)
 }
@@ -169,10 +169,8 @@ pub(crate) enum Peek {
 /// is consumed and dropped.
 pub(crate) fn peek(sock: impl AsFd, may_read: bool, timeout: Duration) -> Result<Peek> {
     let sock = sock.as_fd();
-    let timeout = rustix::time::Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
+    let timeout = rustix::time::Timespec::try_from(timeout)
+        .map_err(|_| Error::Io(std::io::Error::other("timeout out of range")))?;
     let revents = {
         let mut fds = [PollFd::new(&sock, PollFlags::IN | PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timeout)) {
@@ -228,10 +226,10 @@ mod tests {
     #[test]
     fn request_and_reply_travel() {
         let (a, b) = pair();
-        send(&a, &Request::Stats).unwrap();
+        send(&a, &ControlRequest::Stats).unwrap();
         let mut buf = [0u8; 64];
         let (_, n) = rustix::net::recv(&b, &mut buf, RecvFlags::empty()).unwrap();
-        assert_eq!(Request::decode(&buf[..n]), Ok(Request::Stats));
+        assert_eq!(ControlRequest::decode(&buf[..n]), Ok(ControlRequest::Stats));
         let stats = Reply::Stats(StatsReply {
             objects: 1,
             value_bytes: 2,
@@ -260,7 +258,7 @@ mod tests {
         assert_eq!(peek(&a, false, Duration::ZERO).unwrap(), Peek::Gone);
         assert!(matches!(recv(&a), Err(Error::Disconnected)));
         assert!(matches!(
-            send(&a, &Request::Stats),
+            send(&a, &ControlRequest::Stats),
             Err(Error::Disconnected)
         ));
     }

@@ -10,12 +10,11 @@
 //! daemon is still there ([`Liveness`]).
 
 use crate::error::{Error, Result};
-use crate::handle::Handle;
 use crate::plan::{self, Shape, Step, StepKind};
 use crate::shm::{self, Wake};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
-use hreg_proto::flags;
+use hreg_proto::handle::Handle;
 use hreg_proto::ring::{ClientCounters, ClientRing, Park};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::Opcode;
@@ -78,7 +77,9 @@ impl Op<'_> {
     /// INVALID is checked before TOO_BIG, as the daemon orders them.
     fn shape(&self, max_value_size: u64) -> std::result::Result<Shape, Error> {
         match self {
-            Op::Insert { flags: f, .. } if f & !flags::ALL != 0 => Err(Error::Invalid),
+            Op::Insert { flags: f, .. } if Opcode::Insert.check_flags(*f).is_err() => {
+                Err(Error::Invalid)
+            }
             Op::Insert { value, .. } | Op::Replace { value, .. } => {
                 let len = value.len() as u64;
                 if len > max_value_size {
@@ -666,7 +667,7 @@ mod tests {
         assert!(matches!(op.shape(4), Err(Error::Invalid)));
         let op = Op::Insert {
             value: &big,
-            flags: flags::SHARED | flags::DETACHED,
+            flags: hreg_proto::flags::SHARED | hreg_proto::flags::DETACHED,
         };
         assert!(matches!(op.shape(4), Err(Error::TooBig)));
         assert_eq!(op.shape(10).unwrap(), Shape::Write { len: 10 });

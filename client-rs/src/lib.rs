@@ -21,18 +21,17 @@ mod client;
 mod control;
 mod engine;
 mod error;
-mod handle;
 mod plan;
 mod rings;
 mod session;
 mod shm;
 
-pub use client::{Client, ListFilter};
+pub use client::Client;
 pub use error::{Error, Result};
-pub use handle::{Handle, ParseHandleError};
 pub use hreg_proto::control::{
-    ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
+    ListFilter, ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
+pub use hreg_proto::handle::{Handle, ParseHandleError};
 pub use hreg_proto::{Status, PROTOCOL_VERSION};
 pub use session::default_socket_paths;
 

@@ -9,7 +9,7 @@ use crate::engine::RingState;
 use crate::error::{Error, Result};
 use crate::session::{refusal, Session};
 use crate::shm;
-use hreg_proto::control::{Reply, Request};
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::Status;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::cell::RefCell;
@@ -63,7 +63,7 @@ impl Drop for RingCell {
             return;
         }
         if let Some(session) = self.session.upgrade() {
-            let _ = session.call(&Request::RingClose { index: self.index });
+            let _ = session.call(&ControlRequest::RingClose { index: self.index });
         }
     }
 }
@@ -125,7 +125,7 @@ impl Rings {
 
     /// Asks the daemon for a ring; past the cap, shares one we already have.
     fn open(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
-        match session.call(&Request::RingOpen)? {
+        match session.call(&ControlRequest::RingOpen)? {
             (Reply::RingOpened { index }, fds) => {
                 let doorbell = control::one_fd(fds, "RING_OPENED")?;
                 session.ring(index)?;

@@ -8,7 +8,7 @@ use crate::control::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
 use crate::shm::{self, SessionMapping};
-use hreg_proto::control::{clip, Reply, Request, Welcome};
+use hreg_proto::control::{clip, ControlRequest, Reply, Welcome};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::{Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::OwnedFd;
@@ -58,7 +58,7 @@ impl Session {
     }
 
     fn handshake(sock: OwnedFd, name: &str) -> Result<Session> {
-        let hello = Request::Hello {
+        let hello = ControlRequest::Hello {
             version: PROTOCOL_VERSION,
             name: name.to_owned(),
         };
@@ -148,7 +148,7 @@ impl Session {
     }
 
     /// One control request and its reply.
-    pub(crate) fn call(&self, request: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    pub(crate) fn call(&self, request: &ControlRequest) -> Result<(Reply, Vec<OwnedFd>)> {
         self.check_usable()?;
         let _guard = self.lock_control();
         self.check_usable()?;
@@ -171,7 +171,7 @@ impl Session {
     /// its status, anything else a protocol error.
     pub(crate) fn request<T>(
         &self,
-        request: &Request,
+        request: &ControlRequest,
         what: &str,
         pick: impl FnOnce(Reply) -> Option<T>,
     ) -> Result<T> {
@@ -214,7 +214,7 @@ impl Drop for Session {
         }
         if !self.disconnected.load(Ordering::Relaxed) {
             let _guard = self.lock_control();
-            let _ = control::send(&self.sock, &Request::Goodbye);
+            let _ = control::send(&self.sock, &ControlRequest::Goodbye);
         }
     }
 }

@@ -3,16 +3,13 @@
 //! they are tested without a socket. Who may see what: root sees every
 //! session and object; any other uid only its own.
 
-use crate::registry::{ListFilter, Registry};
 use crate::session::Session;
 use hreg_proto::control::{
     Reply, SessionInfo, StatsReply, UidUsage, UsageReply, WorkerUsage, MAX_PAGE,
 };
 use hreg_proto::Status;
+use hreg_registry::{ListFilter, Registry, ROOT};
 use std::time::{Duration, Instant};
-
-/// The uid allowed to see everything.
-const ROOT: u32 = 0;
 
 /// Requests per second, measured over the last whole second or more.
 #[derive(Default)]

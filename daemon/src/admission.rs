@@ -13,6 +13,7 @@
 //! This module keeps only the bookkeeping (keys and counts); the control
 //! thread owns the sockets and does what the answers say.
 
+use hreg_registry::ROOT;
 use std::collections::{HashMap, VecDeque};
 
 /// Connections of one uid read at once before they say HELLO.
@@ -20,9 +21,6 @@ pub const WAITING_SHARE: usize = 32;
 
 /// Connections of one uid kept parked, at most.
 pub const PARKED_CAP: usize = 4096;
-
-/// The uid the shares do not apply to.
-const ROOT: u32 = 0;
 
 /// What to do with a connection just accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,6 @@
 //! hregd's settings: defaults, the TOML file and the command line, merged in
 //! that order (flags win), then checked as a whole.
 
-use crate::registry::Limits;
 use clap::Parser;
 use hreg_proto::ring::Layout;
 use serde::Deserialize;
@@ -111,17 +110,22 @@ pub struct Config {
     pub socket_group: Option<u32>,
     pub workers: usize,
     pub shards: usize,
-    pub max_value_size: u64,
-    pub max_objects: u64,
-    pub max_bytes: u64,
-    pub uid_max_objects: u64,
-    pub uid_max_bytes: u64,
-    pub max_sessions: usize,
-    pub uid_max_sessions: usize,
-    pub max_rings: u32,
-    pub ring_entries: u32,
-    pub data_size: u32,
+    /// What SIGHUP may change, taken whole on reload.
+    pub limits: Limits,
+    /// The geometry of every session's rings.
+    pub layout: Layout,
     pub log_level: Option<String>,
+}
+
+/// The limits a running daemon can take anew (SIGHUP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Values, objects and bytes, in all and per uid.
+    pub registry: hreg_registry::Limits,
+    /// Attached sessions in all.
+    pub max_sessions: usize,
+    /// Attached sessions of one uid (root is exempt).
+    pub uid_max_sessions: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +141,7 @@ pub enum ConfigError {
     Range {
         key: &'static str,
         value: String,
-        expected: &'static str,
+        expected: String,
     },
     #[error("no socket path: pass --socket, set HREG_SOCKET, or set XDG_RUNTIME_DIR")]
     NoSocket,
@@ -173,7 +177,7 @@ impl Config {
                 parse_octal(text).map_err(|_| ConfigError::Range {
                     key: "socket_mode",
                     value: text.to_string(),
-                    expected: "an octal file mode from 000 to 777",
+                    expected: "an octal file mode from 000 to 777".into(),
                 })
             })
             .transpose()?;
@@ -183,9 +187,27 @@ impl Config {
             0o600
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let max_objects = args.max_objects.or(file.max_objects).unwrap_or(1 << 24);
-        let max_bytes = args.max_bytes.or(file.max_bytes).unwrap_or(1 << 32);
+        let defaults = hreg_registry::Limits::default();
+        let max_objects = args
+            .max_objects
+            .or(file.max_objects)
+            .unwrap_or(defaults.max_objects);
+        let max_bytes = args
+            .max_bytes
+            .or(file.max_bytes)
+            .unwrap_or(defaults.max_bytes);
         let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(1024);
+        let max_value_size = args
+            .max_value_size
+            .or(file.max_value_size)
+            .unwrap_or(defaults.max_value_size as u64);
+        if max_value_size > hreg_proto::MAX_VALUE_SIZE_LIMIT {
+            return Err(ConfigError::Range {
+                key: "max_value_size",
+                value: max_value_size.to_string(),
+                expected: "0 to 1073741824".into(),
+            });
+        }
         let socket_group = args
             .socket_group
             .clone()
@@ -194,7 +216,7 @@ impl Config {
                 resolve_group(&group).ok_or(ConfigError::Range {
                     key: "socket_group",
                     value: group,
-                    expected: "a group name from /etc/group or a numeric gid",
+                    expected: "a group name from /etc/group or a numeric gid".into(),
                 })
             })
             .transpose()?;
@@ -202,29 +224,35 @@ impl Config {
             socket_group,
             socket_mode: args.socket_mode.or(file_mode).unwrap_or(default_mode),
             workers: args.workers.or(file.workers).unwrap_or(cores.min(4)),
-            shards: args.shards.or(file.shards).unwrap_or(64),
-            max_value_size: args
-                .max_value_size
-                .or(file.max_value_size)
-                .unwrap_or(1 << 20),
-            max_objects,
-            max_bytes,
-            uid_max_objects: args
-                .uid_max_objects
-                .or(file.uid_max_objects)
-                .unwrap_or(max_objects),
-            uid_max_bytes: args
-                .uid_max_bytes
-                .or(file.uid_max_bytes)
-                .unwrap_or(max_bytes),
-            max_sessions,
-            uid_max_sessions: args
-                .uid_max_sessions
-                .or(file.uid_max_sessions)
-                .unwrap_or((max_sessions / 2).max(1)),
-            max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
-            ring_entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
-            data_size: args.data_size.or(file.data_size).unwrap_or(256 * 1024),
+            shards: args
+                .shards
+                .or(file.shards)
+                .unwrap_or(hreg_registry::DEFAULT_SHARDS),
+            limits: Limits {
+                registry: hreg_registry::Limits {
+                    max_value_size: max_value_size as usize,
+                    max_objects,
+                    max_bytes,
+                    uid_max_objects: args
+                        .uid_max_objects
+                        .or(file.uid_max_objects)
+                        .unwrap_or(max_objects),
+                    uid_max_bytes: args
+                        .uid_max_bytes
+                        .or(file.uid_max_bytes)
+                        .unwrap_or(max_bytes),
+                },
+                max_sessions,
+                uid_max_sessions: args
+                    .uid_max_sessions
+                    .or(file.uid_max_sessions)
+                    .unwrap_or((max_sessions / 2).max(1)),
+            },
+            layout: Layout {
+                entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
+                data_size: args.data_size.or(file.data_size).unwrap_or(256 * 1024),
+                max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
+            },
             log_level: args.log_level.clone().or(file.log_level),
             socket,
         };
@@ -233,11 +261,11 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        fn range<T: PartialOrd + std::fmt::Display>(
+        fn range<T: std::fmt::Display>(
             key: &'static str,
             value: T,
             ok: bool,
-            expected: &'static str,
+            expected: &str,
         ) -> Result<(), ConfigError> {
             if ok {
                 Ok(())
@@ -245,7 +273,7 @@ impl Config {
                 Err(ConfigError::Range {
                     key,
                     value: value.to_string(),
-                    expected,
+                    expected: expected.to_string(),
                 })
             }
         }
@@ -261,67 +289,38 @@ impl Config {
             self.shards.is_power_of_two() && self.shards <= 1024,
             "a power of two from 1 to 1024",
         )?;
-        range(
-            "max_value_size",
-            self.max_value_size,
-            self.max_value_size <= hreg_proto::MAX_VALUE_SIZE_LIMIT,
-            "0 to 1073741824",
-        )?;
+        let limits = &self.limits;
         range(
             "max_objects",
-            self.max_objects,
-            self.max_objects >= 1,
+            limits.registry.max_objects,
+            limits.registry.max_objects >= 1,
             "at least 1",
         )?;
         range(
             "max_sessions",
-            self.max_sessions,
-            self.max_sessions >= 1,
+            limits.max_sessions,
+            limits.max_sessions >= 1,
             "at least 1",
         )?;
         range(
             "uid_max_sessions",
-            self.uid_max_sessions,
-            self.uid_max_sessions >= 1,
+            limits.uid_max_sessions,
+            limits.uid_max_sessions >= 1,
             "at least 1",
         )?;
-        range(
-            "max_rings",
-            self.max_rings,
-            (1..=4096).contains(&self.max_rings),
-            "1 to 4096",
-        )?;
-        range(
-            "ring_entries",
-            self.ring_entries,
-            self.ring_entries.is_power_of_two() && (2..=32768).contains(&self.ring_entries),
-            "a power of two from 2 to 32768",
-        )?;
-        range(
-            "data_size",
-            self.data_size,
-            self.data_size.is_multiple_of(8) && (64..=1 << 30).contains(&self.data_size),
-            "a multiple of 8 from 64 to 1073741824",
-        )?;
-        Ok(())
-    }
-
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_value_size: self.max_value_size as usize,
-            max_objects: self.max_objects,
-            max_bytes: self.max_bytes,
-            uid_max_objects: self.uid_max_objects,
-            uid_max_bytes: self.uid_max_bytes,
-        }
-    }
-
-    pub fn layout(&self) -> Layout {
-        Layout {
-            entries: self.ring_entries,
-            data_size: self.data_size,
-            max_rings: self.max_rings,
-        }
+        // The ring geometry's ranges are the protocol's own.
+        self.layout.validate().map_err(|e| {
+            let value = match e.key() {
+                "ring_entries" => self.layout.entries,
+                "data_size" => self.layout.data_size,
+                _ => self.layout.max_rings,
+            };
+            ConfigError::Range {
+                key: e.key(),
+                value: value.to_string(),
+                expected: e.to_string(),
+            }
+        })
     }
 }
 
@@ -364,7 +363,7 @@ mod tests {
     fn defaults_are_valid() {
         let config =
             Config::merge(&args(&["--socket", "/tmp/x.sock"]), FileConfig::default()).unwrap();
-        assert_eq!(config.max_value_size, 1 << 20);
+        assert_eq!(config.limits.registry.max_value_size, 1 << 20);
         assert_eq!(config.socket_mode, 0o600);
         assert!((1..=4).contains(&config.workers));
     }
@@ -373,7 +372,7 @@ mod tests {
     fn flags_override_file_and_bad_values_name_the_key() {
         let file: FileConfig = toml::from_str("shards = 8\nmax_objects = 5").unwrap();
         let config = Config::merge(&args(&["--socket", "/s", "--shards", "16"]), file).unwrap();
-        assert_eq!((config.shards, config.max_objects), (16, 5));
+        assert_eq!((config.shards, config.limits.registry.max_objects), (16, 5));
         let err = Config::merge(
             &args(&["--socket", "/s", "--shards", "3"]),
             FileConfig::default(),

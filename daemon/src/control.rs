@@ -12,18 +12,18 @@
 
 use crate::admin::{self, OpsRate};
 use crate::admission::{Admission, Arrival, PARKED_CAP, WAITING_SHARE};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::doorbell::Doorbell;
 use crate::listener::{Accepted, Listener};
 use crate::peer::Peer;
 use crate::ratelimit::warn_limited;
-use crate::registry::{ListFilter, Registry};
 use crate::session::Session;
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
-use hreg_proto::control::{Reply, Request, Welcome, WorkerUsage, MAX_MESSAGE};
+use hreg_proto::control::{ControlRequest, Reply, Welcome, WorkerUsage, MAX_MESSAGE};
 use hreg_proto::{Status, PROTOCOL_VERSION};
+use hreg_registry::{Registry, ROOT};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -210,17 +210,11 @@ impl Control {
         &self.config
     }
 
-    /// Applies the limits of `new` (SIGHUP); the rest of it waits for a
+    /// Applies new limits (SIGHUP); the rest of a new config waits for a
     /// restart.
-    pub fn apply_limits(&mut self, new: &Config) {
-        self.registry.set_limits(new.limits());
-        self.config.max_value_size = new.max_value_size;
-        self.config.max_objects = new.max_objects;
-        self.config.max_bytes = new.max_bytes;
-        self.config.uid_max_objects = new.uid_max_objects;
-        self.config.uid_max_bytes = new.uid_max_bytes;
-        self.config.max_sessions = new.max_sessions;
-        self.config.uid_max_sessions = new.uid_max_sessions;
+    pub fn apply_limits(&mut self, limits: Limits) {
+        self.registry.set_limits(limits.registry);
+        self.config.limits = limits;
     }
 
     /// The one-line summary systemd shows as the service's status.
@@ -420,7 +414,7 @@ impl Control {
             Some(_) => None,
             None => return false,
         };
-        let request = match Request::decode(bytes) {
+        let request = match ControlRequest::decode(bytes) {
             Ok(request) => request,
             Err(e) => {
                 self.refuse_or_close(key, &format!("bad message: {e}"));
@@ -428,8 +422,8 @@ impl Control {
             }
         };
         match (request, attached) {
-            (Request::Hello { version, name }, None) => self.hello(key, version, name),
-            (Request::Hello { .. }, Some(_)) => {
+            (ControlRequest::Hello { version, name }, None) => self.hello(key, version, name),
+            (ControlRequest::Hello { .. }, Some(_)) => {
                 self.close(key, "second HELLO");
                 false
             }
@@ -437,14 +431,14 @@ impl Control {
                 self.refuse_or_close(key, "first message must be HELLO");
                 false
             }
-            (Request::RingOpen, Some(session)) => self.ring_open(key, &session),
-            (Request::RingClose { index }, Some(session)) => {
+            (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
+            (ControlRequest::RingClose { index }, Some(session)) => {
                 for worker in &self.workers {
                     worker.close_ring(session.id, index);
                 }
                 self.reply(key, &Reply::Ack, None)
             }
-            (Request::Stats, Some(_)) => {
+            (ControlRequest::Stats, Some(_)) => {
                 let stats = admin::stats(
                     &self.registry,
                     self.live_sessions.load(Ordering::Acquire) as u64,
@@ -452,11 +446,11 @@ impl Control {
                 );
                 self.reply(key, &Reply::Stats(stats), None)
             }
-            (Request::Goodbye, Some(_)) => {
+            (ControlRequest::Goodbye, Some(_)) => {
                 self.close(key, "goodbye");
                 false
             }
-            (Request::Sessions { cursor }, Some(caller)) => {
+            (ControlRequest::Sessions { cursor }, Some(caller)) => {
                 let sessions = self.conns.values().filter_map(|c| match &c.state {
                     ConnState::Attached(s) => Some(&**s),
                     _ => None,
@@ -465,23 +459,18 @@ impl Control {
                 self.reply(key, &reply, None)
             }
             (
-                Request::List {
+                ControlRequest::List {
                     cursor,
                     limit,
-                    detached_only,
-                    owner,
+                    filter,
                 },
                 Some(caller),
             ) => {
-                let filter = ListFilter {
-                    detached_only,
-                    owner,
-                };
                 let reply =
                     admin::objects_page(&self.registry, cursor, limit, filter, caller.peer.uid);
                 self.reply(key, &reply, None)
             }
-            (Request::Usage, Some(caller)) => {
+            (ControlRequest::Usage, Some(caller)) => {
                 let workers = self
                     .workers
                     .iter()
@@ -526,23 +515,24 @@ impl Control {
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
             return self.refuse_hello(key, Status::Version, message, "version mismatch");
         }
-        if self.attached() >= self.config.max_sessions {
+        let limits = self.config.limits;
+        if self.attached() >= limits.max_sessions {
             let message = format!(
                 "session cap reached: max_sessions = {}",
-                self.config.max_sessions
+                limits.max_sessions
             );
             return self.refuse_hello(key, Status::Quota, message, "session cap");
         }
-        if peer.uid != 0 && self.admission.sessions(peer.uid) >= self.config.uid_max_sessions {
+        if peer.uid != ROOT && self.admission.sessions(peer.uid) >= limits.uid_max_sessions {
             let message = format!(
                 "uid {} has {} sessions: uid_max_sessions = {}",
                 peer.uid,
                 self.admission.sessions(peer.uid),
-                self.config.uid_max_sessions
+                limits.uid_max_sessions
             );
             return self.refuse_hello(key, Status::Quota, message, "uid session cap");
         }
-        let (memory, memfd) = match SessionMemory::create(self.config.layout()) {
+        let (memory, memfd) = match SessionMemory::create(self.config.layout) {
             Ok(made) => made,
             Err(e) => {
                 let status = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
@@ -556,13 +546,13 @@ impl Control {
         };
         let id = self.next_session;
         self.next_session += 1;
-        let layout = self.config.layout();
+        let layout = self.config.layout;
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             session_id: id,
-            max_value_size: self.config.max_value_size,
-            max_objects: self.config.max_objects,
-            max_bytes: self.config.max_bytes,
+            max_value_size: limits.registry.max_value_size as u64,
+            max_objects: limits.registry.max_objects,
+            max_bytes: limits.registry.max_bytes,
             ring_entries: layout.entries,
             data_size: layout.data_size,
             max_rings: layout.max_rings,

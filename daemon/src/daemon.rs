@@ -5,8 +5,8 @@
 use crate::config::{Args, Config};
 use crate::control::{Control, FIRST_CONN_KEY};
 use crate::listener::Listener;
-use crate::registry::Registry;
 use crate::worker::Worker;
+use hreg_registry::Registry;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,7 +41,7 @@ impl Daemon {
     /// the workers.
     pub fn start(config: Config, signals: Signals<'_>) -> anyhow::Result<Daemon> {
         let listener = Listener::open(&config.socket, config.socket_mode, config.socket_group)?;
-        let registry = Arc::new(Registry::new(config.shards, config.limits()));
+        let registry = Arc::new(Registry::new(config.shards, config.limits.registry));
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {
@@ -116,24 +116,18 @@ impl Daemon {
         match Config::from_args(&self.args) {
             Ok(new) => {
                 let old = self.control.config();
-                let unchanged_rest = Config {
-                    max_value_size: old.max_value_size,
-                    max_objects: old.max_objects,
-                    max_bytes: old.max_bytes,
-                    uid_max_objects: old.uid_max_objects,
-                    uid_max_bytes: old.uid_max_bytes,
-                    max_sessions: old.max_sessions,
-                    uid_max_sessions: old.uid_max_sessions,
+                let rest_unchanged = Config {
+                    limits: old.limits,
                     log_level: old.log_level.clone(),
                     ..new.clone()
                 };
-                if &unchanged_rest != old {
+                if &rest_unchanged != old {
                     tracing::warn!(
                         "config changes other than limits take effect at the next start"
                     );
                 }
-                self.control.apply_limits(&new);
-                tracing::info!(limits = ?new.limits(), max_sessions = new.max_sessions, uid_max_sessions = new.uid_max_sessions, "reloaded limits");
+                self.control.apply_limits(new.limits);
+                tracing::info!(limits = ?new.limits, "reloaded limits");
             }
             Err(e) => tracing::error!("reload refused, keeping the old limits: {e}"),
         }

@@ -8,9 +8,9 @@
 
 use crate::doorbell::Doorbell;
 use crate::peer::Peer;
-use crate::registry::{Holder, Registry};
 use crate::shm::SessionMemory;
 use crate::sync::lock;
+use hreg_registry::{Holder, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

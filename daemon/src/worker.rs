@@ -8,14 +8,17 @@
 
 use crate::doorbell::Doorbell;
 use crate::ratelimit::warn_limited;
-use crate::registry::{Holder, Registry};
 use crate::session::Session;
 use crate::sync::lock;
 use crossbeam_utils::CachePadded;
-use hreg_proto::entry::{cqe_flags, Cqe, Request, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
+use hreg_proto::entry::{
+    cqe_flags, Cqe, RingRequest, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY,
+};
+use hreg_proto::handle::Handle;
 use hreg_proto::ring::{ServerRing, SharedRing, Wake};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::Status;
+use hreg_registry::{Holder, Registry};
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::io;
@@ -370,10 +373,10 @@ fn execute(
         user_data: sqe.user_data,
         ..Cqe::default()
     };
-    let request = Request::from_sqe(&sqe, view.data_size());
+    let request = RingRequest::from_sqe(&sqe, view.data_size());
     let public = !matches!(
         request,
-        Ok(Request::StageWrite { .. } | Request::StageRead { .. })
+        Ok(RingRequest::StageWrite { .. } | RingRequest::StageRead { .. })
     );
     let mut run = Run {
         view,
@@ -468,38 +471,38 @@ struct Run<'r, 'a> {
 }
 
 impl Run<'_, '_> {
-    fn request(&mut self, request: Request, scratch: &mut Vec<u8>) -> Result<(), Status> {
+    fn request(&mut self, request: RingRequest, scratch: &mut Vec<u8>) -> Result<(), Status> {
         let session = self.session;
         let registry: &Registry = session.registry();
         let holder = &session.holder;
         match request {
-            Request::Insert { flags, value } => {
+            RingRequest::Insert { flags, value } => {
                 let bytes = self.value_in(value, registry, scratch)?;
-                self.cqe.handle = registry.insert(holder, bytes, flags)?;
+                self.cqe.handle = registry.insert(holder, bytes, flags)?.get();
                 self.consumed(value);
                 Ok(())
             }
-            Request::Replace { handle, value } => {
+            RingRequest::Replace { handle, value } => {
                 let bytes = self.value_in(value, registry, scratch)?;
                 registry.replace(holder, handle, bytes)?;
                 self.consumed(value);
                 Ok(())
             }
-            Request::Get {
+            RingRequest::Get {
                 handle,
                 region_off,
                 region_len,
                 capacity,
             } => self.get(handle, region_off, region_len, capacity),
-            Request::Retain { handle } => registry.retain(holder, handle),
-            Request::Release { handle } => registry.release(holder, handle),
-            Request::Remove { handle } => registry.remove(holder, handle),
-            Request::StageWrite {
+            RingRequest::Retain { handle } => registry.retain(holder, handle),
+            RingRequest::Release { handle } => registry.release(holder, handle),
+            RingRequest::Remove { handle } => registry.remove(holder, handle),
+            RingRequest::StageWrite {
                 offset,
                 data_off,
                 len,
             } => self.stage_write(offset, data_off, len),
-            Request::StageRead {
+            RingRequest::StageRead {
                 offset,
                 data_off,
                 len,
@@ -543,7 +546,7 @@ impl Run<'_, '_> {
 
     fn get(
         &mut self,
-        handle: u64,
+        handle: Handle,
         region_off: u32,
         region_len: usize,
         capacity: u64,

@@ -64,13 +64,16 @@ fn defaults_in_the_table_are_the_real_ones() {
     .unwrap();
     for (key, value) in [
         ("shards", defaults.shards as u64),
-        ("max_value_size", defaults.max_value_size),
-        ("max_objects", defaults.max_objects),
-        ("max_bytes", defaults.max_bytes),
-        ("max_sessions", defaults.max_sessions as u64),
-        ("max_rings", u64::from(defaults.max_rings)),
-        ("ring_entries", u64::from(defaults.ring_entries)),
-        ("data_size", u64::from(defaults.data_size)),
+        (
+            "max_value_size",
+            defaults.limits.registry.max_value_size as u64,
+        ),
+        ("max_objects", defaults.limits.registry.max_objects),
+        ("max_bytes", defaults.limits.registry.max_bytes),
+        ("max_sessions", defaults.limits.max_sessions as u64),
+        ("max_rings", u64::from(defaults.layout.max_rings)),
+        ("ring_entries", u64::from(defaults.layout.entries)),
+        ("data_size", u64::from(defaults.layout.data_size)),
     ] {
         let row = reference
             .lines()

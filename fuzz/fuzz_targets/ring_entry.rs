@@ -1,4 +1,4 @@
-//! Fuzz target: ring-entry validation (`entry::Request::parse`) on an
+//! Fuzz target: ring-entry validation (`entry::RingRequest::parse`) on an
 //! arbitrary 64-byte entry and an arbitrary data-area size (the input's
 //! first 4 bytes). The checks live in `src/checks.rs`, shared with the
 //! stable corpus replay in `proto/tests/fuzz_corpus.rs`.

@@ -3,7 +3,7 @@
 //! `proto/tests/fuzz_corpus.rs`. Each function takes arbitrary bytes and
 //! panics only when a property fails.
 
-use hreg_proto::control::{Reply, Request};
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::entry::{self, ValueSource, ENTRY_SIZE, INLINE_CAPACITY};
 
 /// Splits a `ring_entry` input: the first 4 bytes are the data-area size
@@ -22,9 +22,13 @@ pub fn split_ring_input(data: &[u8]) -> (u32, [u8; ENTRY_SIZE]) {
 /// Decodes `data` both as a request and as a reply; whatever decodes must
 /// encode back to as many bytes, which decode to the same value.
 pub fn control_decode(data: &[u8]) {
-    if let Ok(request) = Request::decode(data) {
+    if let Ok(request) = ControlRequest::decode(data) {
         let again = request.encode();
-        assert_eq!(Request::decode(&again), Ok(request.clone()), "{request:?}");
+        assert_eq!(
+            ControlRequest::decode(&again),
+            Ok(request.clone()),
+            "{request:?}"
+        );
         assert_eq!(again.len(), data.len(), "{request:?}");
     }
     if let Ok(reply) = Reply::decode(data) {
@@ -39,10 +43,10 @@ pub fn control_decode(data: &[u8]) {
 /// needed and known flags.
 pub fn ring_entry(data: &[u8]) {
     let (data_size, raw) = split_ring_input(data);
-    let parsed = entry::Request::parse(&raw, data_size);
+    let parsed = entry::RingRequest::parse(&raw, data_size);
     assert_eq!(
         parsed,
-        entry::Request::parse(&raw, data_size),
+        entry::RingRequest::parse(&raw, data_size),
         "parse is pure"
     );
     let Ok(request) = parsed else {
@@ -60,36 +64,36 @@ pub fn ring_entry(data: &[u8]) {
     };
     let sqe = entry::Sqe::decode(&raw);
     match request {
-        entry::Request::Insert { flags, value } => {
+        entry::RingRequest::Insert { flags, value } => {
             assert_eq!(flags & !hreg_proto::flags::ALL, 0, "{request:?}");
             assert!(value_ok(value), "{request:?} with data size {data_size}");
         }
-        entry::Request::Replace { handle, value } => {
-            assert_ne!(handle, 0);
+        entry::RingRequest::Replace { handle, value } => {
+            assert_eq!(handle.get(), sqe.handle);
             assert_eq!(sqe.obj_flags, 0);
             assert!(value_ok(value), "{request:?} with data size {data_size}");
         }
-        entry::Request::Get {
+        entry::RingRequest::Get {
             handle,
             region_off,
             region_len,
             ..
         } => {
-            assert_ne!(handle, 0);
+            assert_eq!(handle.get(), sqe.handle);
             assert_eq!(sqe.obj_flags, 0);
             assert!(
                 inside(region_off, region_len),
                 "{request:?} with data size {data_size}"
             );
         }
-        entry::Request::Retain { handle }
-        | entry::Request::Release { handle }
-        | entry::Request::Remove { handle } => {
-            assert_ne!(handle, 0);
+        entry::RingRequest::Retain { handle }
+        | entry::RingRequest::Release { handle }
+        | entry::RingRequest::Remove { handle } => {
+            assert_eq!(handle.get(), sqe.handle);
             assert_eq!(sqe.obj_flags, 0);
         }
-        entry::Request::StageWrite { data_off, len, .. }
-        | entry::Request::StageRead { data_off, len, .. } => {
+        entry::RingRequest::StageWrite { data_off, len, .. }
+        | entry::RingRequest::StageRead { data_off, len, .. } => {
             assert_eq!(sqe.obj_flags, 0);
             assert!(
                 inside(data_off, len),

@@ -32,7 +32,7 @@ pub enum DecodeError {
 
 /// Messages a client sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
+pub enum ControlRequest {
     /// First message on a connection.
     Hello { version: u32, name: String },
     /// Ask for a ring for one more client thread.
@@ -49,11 +49,19 @@ pub enum Request {
     List {
         cursor: u64,
         limit: u32,
-        detached_only: bool,
-        owner: Option<u32>,
+        filter: ListFilter,
     },
     /// Occupancy, usage per uid and limits.
     Usage,
+}
+
+/// Which objects LIST shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only DETACHED objects (to find orphans).
+    pub detached_only: bool,
+    /// Only objects of this uid.
+    pub owner: Option<u32>,
 }
 
 /// One attached session, as SESSIONS lists it.
@@ -202,45 +210,44 @@ mod kind {
 /// Longest message text carried in REFUSED and ERROR.
 pub const MAX_TEXT: usize = 1024;
 
-impl Request {
+impl ControlRequest {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match self {
-            Request::Hello { version, name } => {
+            ControlRequest::Hello { version, name } => {
                 w.u32(kind::HELLO);
                 w.bytes(&HELLO_MAGIC);
                 w.u32(*version);
                 w.text(name);
             }
-            Request::RingOpen => w.u32(kind::RING_OPEN),
-            Request::RingClose { index } => {
+            ControlRequest::RingOpen => w.u32(kind::RING_OPEN),
+            ControlRequest::RingClose { index } => {
                 w.u32(kind::RING_CLOSE);
                 w.u32(*index);
             }
-            Request::Stats => w.u32(kind::STATS),
-            Request::Goodbye => w.u32(kind::GOODBYE),
-            Request::Sessions { cursor } => {
+            ControlRequest::Stats => w.u32(kind::STATS),
+            ControlRequest::Goodbye => w.u32(kind::GOODBYE),
+            ControlRequest::Sessions { cursor } => {
                 w.u32(kind::SESSIONS);
                 w.u64(*cursor);
             }
-            Request::List {
+            ControlRequest::List {
                 cursor,
                 limit,
-                detached_only,
-                owner,
+                filter,
             } => {
                 w.u32(kind::LIST);
                 w.u64(*cursor);
                 w.u32(*limit);
-                w.u32(u32::from(*detached_only) | (u32::from(owner.is_some()) << 1));
-                w.u32(owner.unwrap_or(0));
+                w.u32(u32::from(filter.detached_only) | (u32::from(filter.owner.is_some()) << 1));
+                w.u32(filter.owner.unwrap_or(0));
             }
-            Request::Usage => w.u32(kind::USAGE),
+            ControlRequest::Usage => w.u32(kind::USAGE),
         }
         w.0
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+    pub fn decode(bytes: &[u8]) -> Result<ControlRequest, DecodeError> {
         let mut r = Reader(bytes);
         let request = match r.u32()? {
             kind::HELLO => {
@@ -249,13 +256,13 @@ impl Request {
                 }
                 let version = r.u32()?;
                 let name = r.text(crate::MAX_CLIENT_NAME)?;
-                Request::Hello { version, name }
+                ControlRequest::Hello { version, name }
             }
-            kind::RING_OPEN => Request::RingOpen,
-            kind::RING_CLOSE => Request::RingClose { index: r.u32()? },
-            kind::STATS => Request::Stats,
-            kind::GOODBYE => Request::Goodbye,
-            kind::SESSIONS => Request::Sessions { cursor: r.u64()? },
+            kind::RING_OPEN => ControlRequest::RingOpen,
+            kind::RING_CLOSE => ControlRequest::RingClose { index: r.u32()? },
+            kind::STATS => ControlRequest::Stats,
+            kind::GOODBYE => ControlRequest::Goodbye,
+            kind::SESSIONS => ControlRequest::Sessions { cursor: r.u64()? },
             kind::LIST => {
                 let cursor = r.u64()?;
                 let limit = r.u32()?;
@@ -264,14 +271,16 @@ impl Request {
                 if bits & !3 != 0 {
                     return Err(DecodeError::BadField("LIST filter bits"));
                 }
-                Request::List {
+                ControlRequest::List {
                     cursor,
                     limit,
-                    detached_only: bits & 1 != 0,
-                    owner: (bits & 2 != 0).then_some(owner),
+                    filter: ListFilter {
+                        detached_only: bits & 1 != 0,
+                        owner: (bits & 2 != 0).then_some(owner),
+                    },
                 }
             }
-            kind::USAGE => Request::Usage,
+            kind::USAGE => ControlRequest::Usage,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -560,30 +569,34 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for request in [
-            Request::Hello {
+            ControlRequest::Hello {
                 version: 1,
                 name: "tést".into(),
             },
-            Request::RingOpen,
-            Request::RingClose { index: 7 },
-            Request::Stats,
-            Request::Goodbye,
-            Request::Sessions { cursor: 3 },
-            Request::List {
+            ControlRequest::RingOpen,
+            ControlRequest::RingClose { index: 7 },
+            ControlRequest::Stats,
+            ControlRequest::Goodbye,
+            ControlRequest::Sessions { cursor: 3 },
+            ControlRequest::List {
                 cursor: 9,
                 limit: 50,
-                detached_only: true,
-                owner: Some(1000),
+                filter: ListFilter {
+                    detached_only: true,
+                    owner: Some(1000),
+                },
             },
-            Request::List {
+            ControlRequest::List {
                 cursor: 0,
                 limit: 1,
-                detached_only: false,
-                owner: None,
+                filter: ListFilter {
+                    detached_only: false,
+                    owner: None,
+                },
             },
-            Request::Usage,
+            ControlRequest::Usage,
         ] {
-            assert_eq!(Request::decode(&request.encode()), Ok(request));
+            assert_eq!(ControlRequest::decode(&request.encode()), Ok(request));
         }
     }
 
@@ -668,20 +681,20 @@ mod tests {
 
     #[test]
     fn hello_needs_magic_and_short_name() {
-        let mut bytes = Request::Hello {
+        let mut bytes = ControlRequest::Hello {
             version: 1,
             name: "x".into(),
         }
         .encode();
         bytes[4] = b'X';
-        assert_eq!(Request::decode(&bytes), Err(DecodeError::BadMagic));
-        let long = Request::Hello {
+        assert_eq!(ControlRequest::decode(&bytes), Err(DecodeError::BadMagic));
+        let long = ControlRequest::Hello {
             version: 1,
             name: "n".repeat(100),
         }
         .encode();
         assert_eq!(
-            Request::decode(&long),
+            ControlRequest::decode(&long),
             Err(DecodeError::BadText(crate::MAX_CLIENT_NAME))
         );
     }
@@ -689,7 +702,7 @@ mod tests {
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = Request::decode(&bytes);
+            let _ = ControlRequest::decode(&bytes);
             let _ = Reply::decode(&bytes);
         }
     }

@@ -5,6 +5,8 @@
 //! took out of shared memory, so decoding never fails: checking what the
 //! fields mean is the daemon's job ([`Sqe::opcode`] is a raw byte on purpose).
 
+use crate::handle::Handle;
+
 /// Size of every ring entry in bytes.
 pub const ENTRY_SIZE: usize = 64;
 
@@ -253,29 +255,29 @@ impl ValueSource {
 /// opcode and flags, non-zero handle where one is
 /// needed, and data ranges inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Request {
+pub enum RingRequest {
     Insert {
         flags: u32,
         value: ValueSource,
     },
     Get {
-        handle: u64,
+        handle: Handle,
         region_off: u32,
         region_len: usize,
         capacity: u64,
     },
     Replace {
-        handle: u64,
+        handle: Handle,
         value: ValueSource,
     },
     Retain {
-        handle: u64,
+        handle: Handle,
     },
     Release {
-        handle: u64,
+        handle: Handle,
     },
     Remove {
-        handle: u64,
+        handle: Handle,
     },
     StageWrite {
         offset: u64,
@@ -289,19 +291,19 @@ pub enum Request {
     },
 }
 
-impl Request {
+impl RingRequest {
     /// Parses the bytes of a submission entry for a ring whose data area
     /// holds `data_size` bytes. Fails with [`Status::Invalid`] for anything
     /// malformed. Never panics, whatever the bytes.
     #[inline]
-    pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<Request, crate::Status> {
-        Request::from_sqe(&Sqe::decode(raw), data_size)
+    pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<RingRequest, crate::Status> {
+        RingRequest::from_sqe(&Sqe::decode(raw), data_size)
     }
 
-    /// [`Request::parse`] for an entry already decoded.
+    /// [`RingRequest::parse`] for an entry already decoded.
     #[inline]
-    pub fn from_sqe(sqe: &Sqe, data_size: u32) -> Result<Request, crate::Status> {
-        use crate::{flags, Opcode, Status};
+    pub fn from_sqe(sqe: &Sqe, data_size: u32) -> Result<RingRequest, crate::Status> {
+        use crate::{Opcode, Status};
         let invalid = Err(Status::Invalid);
         if sqe.entry_flags & !sqe_flags::ALL != 0 {
             return invalid;
@@ -309,14 +311,7 @@ impl Request {
         let Some(opcode) = Opcode::from_u8(sqe.opcode) else {
             return invalid;
         };
-        let allowed_flags = if opcode == Opcode::Insert {
-            flags::ALL
-        } else {
-            0
-        };
-        if sqe.obj_flags & !allowed_flags != 0 {
-            return invalid;
-        }
+        opcode.check_flags(sqe.obj_flags)?;
         let in_data = |off: u32, len: usize| {
             (off as usize)
                 .checked_add(len)
@@ -332,13 +327,7 @@ impl Request {
             }),
             _ => Err(Status::Invalid),
         };
-        let handle = || {
-            if sqe.handle == 0 {
-                Err(Status::Invalid)
-            } else {
-                Ok(sqe.handle)
-            }
-        };
+        let handle = || Handle::new(sqe.handle).ok_or(Status::Invalid);
         let plain_range = || {
             if sqe.entry_flags == 0 && in_data(sqe.data_off, len) {
                 Ok(())
@@ -347,30 +336,30 @@ impl Request {
             }
         };
         Ok(match opcode {
-            Opcode::Insert => Request::Insert {
+            Opcode::Insert => RingRequest::Insert {
                 flags: sqe.obj_flags,
                 value: value()?,
             },
-            Opcode::Replace => Request::Replace {
+            Opcode::Replace => RingRequest::Replace {
                 handle: handle()?,
                 value: value()?,
             },
             Opcode::Get => {
                 let handle = handle()?;
                 plain_range()?;
-                Request::Get {
+                RingRequest::Get {
                     handle,
                     region_off: sqe.data_off,
                     region_len: len,
                     capacity: sqe.inline_u64(),
                 }
             }
-            Opcode::Retain => Request::Retain { handle: handle()? },
-            Opcode::Release => Request::Release { handle: handle()? },
-            Opcode::Remove => Request::Remove { handle: handle()? },
+            Opcode::Retain => RingRequest::Retain { handle: handle()? },
+            Opcode::Release => RingRequest::Release { handle: handle()? },
+            Opcode::Remove => RingRequest::Remove { handle: handle()? },
             Opcode::StageWrite => {
                 plain_range()?;
-                Request::StageWrite {
+                RingRequest::StageWrite {
                     offset: sqe.inline_u64(),
                     data_off: sqe.data_off,
                     len,
@@ -378,7 +367,7 @@ impl Request {
             }
             Opcode::StageRead => {
                 plain_range()?;
-                Request::StageRead {
+                RingRequest::StageRead {
                     offset: sqe.inline_u64(),
                     data_off: sqe.data_off,
                     len,
@@ -464,7 +453,7 @@ mod request_tests {
         .collect::<Vec<_>>();
         for raw in cases {
             assert_eq!(
-                Request::parse(&raw, data),
+                RingRequest::parse(&raw, data),
                 Err(Status::Invalid),
                 "{:?}",
                 Sqe::decode(&raw)
@@ -481,8 +470,8 @@ mod request_tests {
             ..entry(Opcode::Insert)
         };
         assert_eq!(
-            Request::parse(&raw.encode(), 64),
-            Ok(Request::Insert {
+            RingRequest::parse(&raw.encode(), 64),
+            Ok(RingRequest::Insert {
                 flags: 3,
                 value: ValueSource::Inline { len: 32 }
             })
@@ -493,9 +482,9 @@ mod request_tests {
             ..entry(Opcode::Replace)
         };
         assert_eq!(
-            Request::parse(&raw.encode(), 64),
-            Ok(Request::Replace {
-                handle: 7,
+            RingRequest::parse(&raw.encode(), 64),
+            Ok(RingRequest::Replace {
+                handle: Handle::new(7).unwrap(),
                 value: ValueSource::Data { off: 32, len: 32 }
             })
         );
@@ -504,7 +493,7 @@ mod request_tests {
     proptest! {
         #[test]
         fn any_bytes_parse_without_panic(raw: [u8; 64], data_size: u32) {
-            if let Ok(Request::Insert { value: ValueSource::Data { off, len }, .. }) = Request::parse(&raw, data_size) {
+            if let Ok(RingRequest::Insert { value: ValueSource::Data { off, len }, .. }) = RingRequest::parse(&raw, data_size) {
                 prop_assert!(off as usize + len <= data_size as usize);
             }
         }

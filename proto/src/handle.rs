@@ -10,7 +10,89 @@
 //!
 //! The epoch is drawn at each daemon start and is never 0, so no handle is 0
 //! and a handle of an earlier instance does not match. Clients treat handles
-//! as opaque; only the daemon takes them apart.
+//! as opaque ([`Handle`]: non-zero by type, printed in decimal, parsed from
+//! decimal or `0x` hex); only the daemon takes them apart.
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::str::FromStr;
+
+/// A handle to an object in the registry. Never 0; otherwise opaque.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Handle(NonZeroU64);
+
+impl Handle {
+    /// The handle with this number; `None` for 0.
+    pub const fn new(raw: u64) -> Option<Handle> {
+        match NonZeroU64::new(raw) {
+            Some(n) => Some(Handle(n)),
+            None => None,
+        }
+    }
+
+    /// The handle's number.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl From<Handle> for u64 {
+    fn from(h: Handle) -> u64 {
+        h.get()
+    }
+}
+
+impl From<NonZeroU64> for Handle {
+    fn from(n: NonZeroU64) -> Handle {
+        Handle(n)
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::LowerHex for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// Why a string is not a handle.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseHandleError {
+    #[error("empty handle")]
+    Empty,
+    #[error("handle 0 is never valid")]
+    Zero,
+    #[error("not a decimal or 0x-hex 64-bit number")]
+    Malformed,
+}
+
+impl FromStr for Handle {
+    type Err = ParseHandleError;
+
+    /// Accepts decimal (`12345`) or hex with a `0x`/`0X` prefix
+    /// (`0x3039`), with no sign and no surrounding spaces.
+    fn from_str(s: &str) -> Result<Handle, ParseHandleError> {
+        if s.is_empty() {
+            return Err(ParseHandleError::Empty);
+        }
+        let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => (hex, 16),
+            None => (s, 10),
+        };
+        // from_str_radix accepts a leading '+'; a handle does not.
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return Err(ParseHandleError::Malformed);
+        }
+        let raw = u64::from_str_radix(digits, radix).map_err(|_| ParseHandleError::Malformed)?;
+        Handle::new(raw).ok_or(ParseHandleError::Zero)
+    }
+}
 
 pub const SLOT_BITS: u32 = 28;
 pub const GENERATION_BITS: u32 = 24;
@@ -55,8 +137,65 @@ impl HandleParts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    #[test]
+    fn parses_decimal_and_hex() {
+        assert_eq!("1".parse::<Handle>().map(Handle::get), Ok(1));
+        assert_eq!("0x10".parse::<Handle>().map(Handle::get), Ok(16));
+        assert_eq!("0XfF".parse::<Handle>().map(Handle::get), Ok(255));
+        assert_eq!(
+            "18446744073709551615".parse::<Handle>().map(Handle::get),
+            Ok(u64::MAX)
+        );
+        assert_eq!(
+            "0xffffffffffffffff".parse::<Handle>().map(Handle::get),
+            Ok(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!("".parse::<Handle>(), Err(ParseHandleError::Empty));
+        assert_eq!("0".parse::<Handle>(), Err(ParseHandleError::Zero));
+        assert_eq!("0x0".parse::<Handle>(), Err(ParseHandleError::Zero));
+        for bad in [
+            "0x",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "12a",
+            "0x1g",
+            "18446744073709551616",
+            "0x10000000000000000",
+            "0b101",
+        ] {
+            assert_eq!(
+                bad.parse::<Handle>(),
+                Err(ParseHandleError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_is_never_a_handle() {
+        assert!(Handle::new(0).is_none());
+        assert_eq!(std::mem::size_of::<Option<Handle>>(), 8);
+    }
 
     proptest! {
+        #[test]
+        fn display_round_trips(raw in 1u64..) {
+            let h = Handle::new(raw).unwrap();
+            prop_assert_eq!(h.to_string().parse::<Handle>(), Ok(h));
+            prop_assert_eq!(format!("{h:#x}").parse::<Handle>(), Ok(h));
+        }
+
+        #[test]
+        fn garbage_never_panics(s in ".{0,24}") {
+            let _ = s.parse::<Handle>();
+        }
+
         #[test]
         fn round_trips(epoch in 1u16..=EPOCH_MASK, generation in 0u32..=GENERATION_MASK, slot in 0u32..(1 << SLOT_BITS)) {
             let parts = HandleParts { epoch, generation, slot };

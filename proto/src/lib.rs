@@ -137,6 +137,22 @@ impl Opcode {
         })
     }
 
+    /// Checks the object flags an entry of this opcode carries: INSERT may
+    /// carry [`flags::ALL`], every other opcode none (INVALID otherwise).
+    #[inline]
+    pub fn check_flags(self, obj_flags: u32) -> Result<(), Status> {
+        let allowed = if self == Opcode::Insert {
+            flags::ALL
+        } else {
+            0
+        };
+        if obj_flags & !allowed == 0 {
+            Ok(())
+        } else {
+            Err(Status::Invalid)
+        }
+    }
+
     /// The opcode as the public API numbers it (1 to 6), if it is public.
     pub fn from_public(code: u32) -> Option<Opcode> {
         match code {

@@ -15,7 +15,8 @@
 mod checks;
 
 use hreg_proto::control::{
-    ObjectInfo, Reply, Request, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome, WorkerUsage,
+    ControlRequest, ObjectInfo, Reply, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome,
+    WorkerUsage,
 };
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
 use hreg_proto::{flags, Opcode, PROTOCOL_VERSION};
@@ -31,37 +32,41 @@ fn corpus_dir(target: &str) -> PathBuf {
 /// encoders, then edge cases.
 fn control_seeds() -> Vec<(String, Vec<u8>)> {
     let requests = [
-        Request::Hello {
+        ControlRequest::Hello {
             version: PROTOCOL_VERSION,
             name: "seed".into(),
         },
-        Request::Hello {
+        ControlRequest::Hello {
             version: 999,
             name: "n".repeat(hreg_proto::MAX_CLIENT_NAME),
         },
-        Request::Hello {
+        ControlRequest::Hello {
             version: 1,
             name: String::new(),
         },
-        Request::RingOpen,
-        Request::RingClose { index: 3 },
-        Request::RingClose { index: u32::MAX },
-        Request::Stats,
-        Request::Goodbye,
-        Request::Sessions { cursor: 0 },
-        Request::List {
+        ControlRequest::RingOpen,
+        ControlRequest::RingClose { index: 3 },
+        ControlRequest::RingClose { index: u32::MAX },
+        ControlRequest::Stats,
+        ControlRequest::Goodbye,
+        ControlRequest::Sessions { cursor: 0 },
+        ControlRequest::List {
             cursor: 5,
             limit: 512,
-            detached_only: true,
-            owner: Some(1000),
+            filter: hreg_proto::control::ListFilter {
+                detached_only: true,
+                owner: Some(1000),
+            },
         },
-        Request::List {
+        ControlRequest::List {
             cursor: 0,
             limit: u32::MAX,
-            detached_only: false,
-            owner: None,
+            filter: hreg_proto::control::ListFilter {
+                detached_only: false,
+                owner: None,
+            },
         },
-        Request::Usage,
+        ControlRequest::Usage,
     ];
     let replies = [
         Reply::Welcome(Welcome {
@@ -499,7 +504,7 @@ fn control_decode_corpus_replays_cleanly() {
     assert!(replayed >= seeds.len(), "{replayed} files");
     // The seeds made by the encoders decode to what made them.
     for (name, bytes) in seeds.iter().filter(|(n, _)| n.starts_with("request-")) {
-        let request = Request::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let request = ControlRequest::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(request.encode(), *bytes, "{name}");
     }
     for (name, bytes) in seeds.iter().filter(|(n, _)| n.starts_with("reply-")) {
@@ -533,7 +538,7 @@ fn ring_entry_corpus_replays_cleanly() {
     ];
     for (name, bytes) in &seeds {
         let (size, raw) = checks::split_ring_input(bytes);
-        let parsed = hreg_proto::entry::Request::parse(&raw, size);
+        let parsed = hreg_proto::entry::RingRequest::parse(&raw, size);
         assert_eq!(
             parsed.is_ok(),
             valid.contains(&name.as_str()),

@@ -6,7 +6,7 @@
 //! review; none needs anything but the wire protocol.
 
 use crate::raw::{completed, submit_raw, RawConn, RawSession};
-use hreg_proto::control::Request;
+use hreg_proto::control::ControlRequest;
 use hreg_proto::entry::{Sqe, ENTRY_SIZE};
 use hreg_proto::ring::ClientCounters;
 use hreg_proto::{Opcode, Status};
@@ -104,7 +104,7 @@ fn doorbell(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
         let Some((index, _, bell)) = session.try_open_ring_at() else {
             break;
         };
-        session.conn.send(&Request::RingClose { index });
+        session.conn.send(&ControlRequest::RingClose { index });
         let _ = session.conn.recv();
         kept.push(bell);
     }
@@ -189,11 +189,13 @@ fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
 
 fn list_flood(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
     let session = RawSession::attach(socket);
-    let list = Request::List {
+    let list = ControlRequest::List {
         cursor: 0,
         limit: 512,
-        detached_only: true,
-        owner: None,
+        filter: hreg_proto::control::ListFilter {
+            detached_only: true,
+            owner: None,
+        },
     }
     .encode();
     ready("ready".into());

@@ -2,7 +2,7 @@
 //! tests can send what the real client library never would: handle 0,
 //! unknown opcodes, garbage HELLOs, corrupt ring counters.
 
-use hreg_proto::control::{Reply, Request, Welcome, MAX_MESSAGE};
+use hreg_proto::control::{ControlRequest, Reply, Welcome, MAX_MESSAGE};
 use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
 use hreg_proto::ring::{ClientCounters, ClientRing, Layout};
 use hreg_proto::shm::{Access, Mapping};
@@ -53,7 +53,7 @@ impl RawConn {
         .expect("send");
     }
 
-    pub fn send(&self, request: &Request) {
+    pub fn send(&self, request: &ControlRequest) {
         self.send_bytes(&request.encode());
     }
 
@@ -144,7 +144,7 @@ impl RawSession {
     /// (`None`: nothing, the connection closed).
     pub fn try_attach(socket: &Path) -> Result<RawSession, Option<Reply>> {
         let conn = RawConn::connect(socket);
-        conn.send(&Request::Hello {
+        conn.send(&ControlRequest::Hello {
             version: hreg_proto::PROTOCOL_VERSION,
             name: "raw".into(),
         });
@@ -187,7 +187,7 @@ impl RawSession {
     /// [`RawSession::try_open_ring`], with the ring's index.
     pub fn try_open_ring_at(&self) -> Option<(u32, ClientRing<'_>, OwnedFd)> {
         self.conn
-            .try_send_with_fds(&Request::RingOpen.encode(), &[])
+            .try_send_with_fds(&ControlRequest::RingOpen.encode(), &[])
             .ok()?;
         let Ok(Some((Some(Reply::RingOpened { index }), Some(doorbell)))) = self.conn.try_recv()
         else {

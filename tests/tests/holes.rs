@@ -14,7 +14,7 @@
 //! The tests that drop to another uid need root; they say so and return
 //! when not run as root.
 
-use hreg_proto::control::{Reply, Request};
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::Status;
 use hreg_tests::raw::RawConn;
 use hreg_tests::{serve_time, wait_until, Daemon, Helper};
@@ -202,7 +202,7 @@ fn out_of_descriptors_the_daemon_answers_and_stays_idle() {
     conn.set_recv_timeout(SERVED_WITHIN);
     // The daemon may refuse and close before HELLO is sent: the REFUSED
     // waits in the socket all the same.
-    let hello = Request::Hello {
+    let hello = ControlRequest::Hello {
         version: hreg_proto::PROTOCOL_VERSION,
         name: "newcomer".into(),
     };

@@ -6,7 +6,7 @@
 //! daemon stays up), and a symlink planted at the socket path (hregd refuses
 //! to start and leaves the target alone).
 
-use hreg_proto::control::{Reply, Request};
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
 use hreg_proto::ring::{ClientCounters, ClientRing};
 use hreg_proto::Status;
@@ -83,7 +83,7 @@ fn descriptors_sent_unasked_are_closed() {
     // end tells us when the daemon has closed its copy.
     let (hello_r, hello_w) = pipe();
     let conn = RawConn::connect(&daemon.socket);
-    let hello = Request::Hello {
+    let hello = ControlRequest::Hello {
         version: hreg_proto::PROTOCOL_VERSION,
         name: "fd-pusher".into(),
     }
@@ -104,7 +104,7 @@ fn descriptors_sent_unasked_are_closed() {
     for count in [1usize, 8, 9, 20, 253] {
         let (r, w) = pipe();
         let fds: Vec<BorrowedFd<'_>> = std::iter::repeat_n(w.as_fd(), count).collect();
-        conn.try_send_with_fds(&Request::Stats.encode(), &fds)
+        conn.try_send_with_fds(&ControlRequest::Stats.encode(), &fds)
             .unwrap();
         sent += count;
         drop(fds);
@@ -118,7 +118,7 @@ fn descriptors_sent_unasked_are_closed() {
     // A RING_OPEN with descriptors still opens a ring (the daemon's own
     // eventfd comes back, ours do not stay).
     let (r, w) = pipe();
-    conn.try_send_with_fds(&Request::RingOpen.encode(), &[w.as_fd(), w.as_fd()])
+    conn.try_send_with_fds(&ControlRequest::RingOpen.encode(), &[w.as_fd(), w.as_fd()])
         .unwrap();
     sent += 2;
     drop(w);
@@ -155,15 +155,15 @@ fn descriptors_sent_unasked_are_closed() {
         let fds = [devnull.as_fd(), eventfd.as_fd(), devnull.as_fd()];
         conn.try_send_with_fds(&hello, &fds).unwrap();
         let _welcome = conn.recv().expect("WELCOME");
-        conn.try_send_with_fds(&Request::RingOpen.encode(), &fds)
+        conn.try_send_with_fds(&ControlRequest::RingOpen.encode(), &fds)
             .unwrap();
         let _ring = conn.recv().expect("RING_OPENED");
-        conn.try_send_with_fds(&Request::Stats.encode(), &fds)
+        conn.try_send_with_fds(&ControlRequest::Stats.encode(), &fds)
             .unwrap();
         let _stats = conn.recv().expect("STATS_REPLY");
         sent += 9;
         if round % 2 == 0 {
-            conn.try_send_with_fds(&Request::Goodbye.encode(), &fds)
+            conn.try_send_with_fds(&ControlRequest::Goodbye.encode(), &fds)
                 .unwrap();
             sent += 3;
         }
@@ -316,26 +316,28 @@ fn hostile_message(rng: &mut Rng, fatal: bool) -> Vec<u8> {
     };
     match pick {
         0 => rng.bytes_upto(200),
-        1 => Request::RingClose {
+        1 => ControlRequest::RingClose {
             index: rng.next() as u32,
         }
         .encode(),
-        2 => Request::RingOpen.encode(),
+        2 => ControlRequest::RingOpen.encode(),
         3 => {
             // A known kind with bytes after it.
-            let mut bytes = Request::Stats.encode();
+            let mut bytes = ControlRequest::Stats.encode();
             bytes.extend(rng.bytes_upto(8));
             bytes
         }
-        4 => Request::List {
+        4 => ControlRequest::List {
             cursor: rng.next(),
             limit: rng.next() as u32,
-            detached_only: rng.below(2) == 0,
-            owner: None,
+            filter: hreg_proto::control::ListFilter {
+                detached_only: rng.below(2) == 0,
+                owner: None,
+            },
         }
         .encode(),
-        5 => Request::Sessions { cursor: rng.next() }.encode(),
-        6 => Request::Hello {
+        5 => ControlRequest::Sessions { cursor: rng.next() }.encode(),
+        6 => ControlRequest::Hello {
             version: 1,
             name: "again".into(),
         }

@@ -6,7 +6,7 @@
 //! SIGSTOPped in the middle of their batches. Meanwhile a well-behaved client's
 //! get latency stays bounded (a stall detector, not a benchmark).
 
-use hreg_proto::control::Request;
+use hreg_proto::control::ControlRequest;
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
 use hreg_proto::ring::ClientCounters;
 use hreg_proto::Opcode;
@@ -83,7 +83,7 @@ fn stuck_clients_do_not_stall_the_others() {
     //    pile up until its socket buffers are full.
     let mute = RawSession::attach(&daemon.socket);
     mute.conn.set_recv_timeout(Duration::from_millis(1));
-    let stats = Request::Stats.encode();
+    let stats = ControlRequest::Stats.encode();
     // Sending stops succeeding once the buffers are full (the send blocks:
     // SO_SNDTIMEO bounds it) or the daemon gives up on the session.
     rustix::net::sockopt::set_socket_timeout(

@@ -3,7 +3,7 @@
 //! ring counters. Each gets its clear error and the daemon keeps serving
 //! everyone else.
 
-use hreg_proto::control::{Reply, Request};
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::entry::{sqe_flags, Sqe};
 use hreg_proto::ring::ClientCounters;
 use hreg_proto::{Opcode, Status};
@@ -94,7 +94,7 @@ fn handle_zero_and_bad_entries_are_invalid() {
 fn garbage_and_wrong_versions_in_hello_are_refused() {
     let daemon = Daemon::start(&[]);
     let wrong = RawConn::connect(&daemon.socket);
-    wrong.send(&Request::Hello {
+    wrong.send(&ControlRequest::Hello {
         version: 999,
         name: "future".into(),
     });
@@ -126,7 +126,7 @@ fn garbage_and_wrong_versions_in_hello_are_refused() {
     }
     // A request before HELLO.
     let early = RawConn::connect(&daemon.socket);
-    early.send(&Request::Stats);
+    early.send(&ControlRequest::Stats);
     assert!(matches!(early.recv(), Some((Reply::Refused { .. }, None))));
     still_serves(&daemon);
 }

@@ -102,14 +102,14 @@ pub struct Layout {
     pub max_rings: u32,
 }
 
-/// Why a layout is unusable.
+/// Why a layout is unusable (its `Display` says what the field must be).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
-    #[error("ring entries must be a power of two from 2 to 32768")]
+    #[error("a power of two from 2 to 32768")]
     Entries,
-    #[error("the data area must be a multiple of 8 bytes from 64 to 1073741824")]
+    #[error("a multiple of 8 from 64 to 1073741824")]
     DataSize,
-    #[error("rings per session must be from 1 to 4096")]
+    #[error("1 to 4096")]
     Rings,
 }
 

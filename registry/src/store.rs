@@ -57,10 +57,6 @@ impl Value {
     pub fn len(&self) -> usize {
         self.as_bytes().len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -98,10 +98,11 @@ proptest! {
         let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| registry.holder(uid)).collect();
         let mut model = Model::default();
         // Every handle issued, plus a few that never were.
-        let mut known: Vec<u64> = vec![0, 1, HandleParts { epoch: 6, generation: 1, slot: 0 }.encode()];
+        let mut known: Vec<u64> = vec![1, HandleParts { epoch: 6, generation: 1, slot: 0 }.encode()];
         let mut issued = HashSet::new();
         for (step, action) in actions.into_iter().enumerate() {
             let pick = |p: usize| known[p % known.len()];
+            let handle = |h: u64| Handle::new(h).expect("never 0");
             match action {
                 Action::Insert { who, len, flags: f } => {
                     let value = value_of(len, step as u64);
@@ -120,7 +121,7 @@ proptest! {
                     };
                     match (got, expected) {
                         (Ok(h), Ok(())) => {
-                            prop_assert!(h != 0);
+                            let h = h.get();
                             prop_assert!(issued.insert(h), "handle {h:#x} issued twice");
                             let mut refs = HashMap::new();
                             if f & flags::DETACHED == 0 {
@@ -135,9 +136,8 @@ proptest! {
                 }
                 Action::Get { who, pick: p } => {
                     let h = pick(p);
-                    let got = registry.get_with(&holders[who], h, |v| v.to_vec());
+                    let got = registry.get_with(&holders[who], handle(h), |v| v.to_vec());
                     let expected = match model.live.get(&h) {
-                        _ if h == 0 => Err(Status::Invalid),
                         None => Err(Status::Stale),
                         Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied),
                         Some(o) => Ok(o.value.clone()),
@@ -147,9 +147,8 @@ proptest! {
                 Action::Replace { who, pick: p, len } => {
                     let h = pick(p);
                     let value = value_of(len, step as u64);
-                    let got = registry.replace(&holders[who], h, &value);
+                    let got = registry.replace(&holders[who], handle(h), &value);
                     let expected = match model.live.get(&h) {
-                        _ if h == 0 => Err(Status::Invalid),
                         _ if len > LIMITS.max_value_size => Err(Status::TooBig),
                         None => Err(Status::Stale),
                         Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
@@ -168,9 +167,8 @@ proptest! {
                 }
                 Action::Retain { who, pick: p } => {
                     let h = pick(p);
-                    let got = registry.retain(&holders[who], h);
+                    let got = registry.retain(&holders[who], handle(h));
                     let expected = match model.live.get_mut(&h) {
-                        _ if h == 0 => Err(Status::Invalid),
                         None => Err(Status::Stale),
                         Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied),
                         Some(o) => {
@@ -182,9 +180,8 @@ proptest! {
                 }
                 Action::Release { who, pick: p } => {
                     let h = pick(p);
-                    let got = registry.release(&holders[who], h);
+                    let got = registry.release(&holders[who], handle(h));
                     let expected = match model.live.get_mut(&h) {
-                        _ if h == 0 => Err(Status::Invalid),
                         None => Err(Status::Stale),
                         Some(o) => match o.refs.get_mut(&who) {
                             Some(n) if *n > 0 => {
@@ -199,9 +196,8 @@ proptest! {
                 }
                 Action::Remove { who, pick: p } => {
                     let h = pick(p);
-                    let got = registry.remove(&holders[who], h);
+                    let got = registry.remove(&holders[who], handle(h));
                     let expected = match model.live.get(&h) {
-                        _ if h == 0 => Err(Status::Invalid),
                         None => Err(Status::Stale),
                         Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
                         Some(_) => {
@@ -242,8 +238,8 @@ fn reused_slot_gets_a_new_generation() {
     registry.release(&holder, first).unwrap();
     let second = registry.insert(&holder, b"b", 0).unwrap();
     assert_eq!(
-        HandleParts::decode(first).slot,
-        HandleParts::decode(second).slot
+        HandleParts::decode(first.get()).slot,
+        HandleParts::decode(second.get()).slot
     );
     assert_ne!(first, second);
     assert_eq!(
@@ -268,14 +264,19 @@ fn slot_is_retired_before_its_generation_wraps() {
     }
     let last = HandleParts {
         generation: LAST_GENERATION,
-        ..HandleParts::decode(first)
+        ..HandleParts::decode(first.get())
     }
     .encode();
-    registry.release(&holder, last).unwrap_err();
+    let last_handle = Handle::new(last).unwrap();
+    registry.release(&holder, last_handle).unwrap_err();
     lock(&holder.refs).add(last);
-    registry.release(&holder, last).unwrap();
+    registry.release(&holder, last_handle).unwrap();
     let next = registry.insert(&holder, b"b", 0).unwrap();
-    assert_ne!(HandleParts::decode(next).slot, 0, "retired slot was reused");
+    assert_ne!(
+        HandleParts::decode(next.get()).slot,
+        0,
+        "retired slot was reused"
+    );
 }
 
 #[test]
@@ -304,7 +305,7 @@ fn listing_pages_through_every_object_once() {
     for i in 0..100u32 {
         let who = if i % 3 == 0 { &bob } else { &alice };
         let flags = if i % 2 == 0 { flags::DETACHED } else { 0 };
-        expected.insert(registry.insert(who, &i.to_le_bytes(), flags).unwrap());
+        expected.insert(registry.insert(who, &i.to_le_bytes(), flags).unwrap().get());
     }
     let mut seen = HashSet::new();
     let mut cursor = 0;
@@ -426,9 +427,9 @@ fn removed_objects_leave_no_references_behind() {
     registry.retain(&reader, h).unwrap();
     registry.remove(&owner, h).unwrap();
     assert_eq!(registry.release(&reader, h), Err(Status::Stale));
-    assert!(!lock(&reader.refs).counts.contains_key(&h));
+    assert!(!lock(&reader.refs).counts.contains_key(&h.get()));
     // Live references survive every purge.
-    let kept: Vec<u64> = (0..50)
+    let kept: Vec<Handle> = (0..50)
         .map(|_| registry.insert(&owner, b"z", flags::SHARED).unwrap())
         .collect();
     for &h in &kept {

@@ -1,5 +1,8 @@
-//! The sharded registry: objects addressed by generational handles, the object
-//! model (references, DETACHED, access by uid) and the global limits.
+//! hreg-registry: the objects of hreg and everything about them — the
+//! object model (references per session, DETACHED, access by uid),
+//! generational handles, the limits (global and per uid) and the value
+//! storage ([`store`]). No sockets, threads or signals: the daemon serves it,
+//! and the bench measures it alone.
 //!
 //! Each shard is a slab of slots behind its own `RwLock`; a handle names its
 //! shard and slot directly, so a lookup hashes nothing and takes one shard
@@ -7,11 +10,14 @@
 //! nested lock is a session's reference table inside a shard's lock (always
 //! in that order).
 
+mod store;
+
 use crate::store::Value;
 use crossbeam_utils::CachePadded;
+pub use hreg_proto::control::ListFilter;
 use hreg_proto::control::ObjectInfo;
-use hreg_proto::handle::{HandleParts, GENERATION_MASK, SLOT_BITS};
-use hreg_proto::{flags, Status};
+use hreg_proto::handle::{Handle, HandleParts, GENERATION_MASK, SLOT_BITS};
+use hreg_proto::{flags, Opcode, Status};
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -27,7 +33,10 @@ const CHUNK: usize = 1024;
 const LAST_GENERATION: u32 = GENERATION_MASK - 1;
 
 /// The uid allowed everything.
-const ROOT: u32 = 0;
+pub const ROOT: u32 = 0;
+
+/// Shards a registry has unless told otherwise (a power of two).
+pub const DEFAULT_SHARDS: usize = 64;
 
 /// Slots one LIST request looks at, at most.
 pub const LIST_SCAN_BUDGET: usize = 65_536;
@@ -51,14 +60,16 @@ pub struct Limits {
     pub uid_max_bytes: u64,
 }
 
+/// The daemon's defaults: 1 MiB values, 2^24 objects and 4 GiB of values
+/// in all, and no tighter cap per uid.
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_value_size: 1 << 20,
-            max_objects: u64::MAX,
-            max_bytes: u64::MAX,
-            uid_max_objects: u64::MAX,
-            uid_max_bytes: u64::MAX,
+            max_objects: 1 << 24,
+            max_bytes: 1 << 32,
+            uid_max_objects: 1 << 24,
+            uid_max_bytes: 1 << 32,
         }
     }
 }
@@ -406,13 +417,6 @@ pub struct Usage {
     pub value_bytes: u64,
 }
 
-/// Which objects a listing shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListFilter {
-    pub detached_only: bool,
-    pub owner: Option<u32>,
-}
-
 pub struct Registry {
     shards: Box<[CachePadded<RwLock<Shard>>]>,
     shard_bits: u32,
@@ -506,10 +510,8 @@ impl Registry {
     /// Creates an object, in the next shard of the calling thread's round:
     /// each thread spreads its inserts over every shard, and threads start
     /// at different shards, with no shared counter.
-    pub fn insert(&self, holder: &Holder, value: &[u8], obj_flags: u32) -> Result<u64, Status> {
-        if obj_flags & !flags::ALL != 0 {
-            return Err(Status::Invalid);
-        }
+    pub fn insert(&self, holder: &Holder, value: &[u8], obj_flags: u32) -> Result<Handle, Status> {
+        Opcode::Insert.check_flags(obj_flags)?;
         if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig);
         }
@@ -547,7 +549,7 @@ impl Registry {
             if purge {
                 self.purge_dead_references(holder);
             }
-            return Ok(handle);
+            return Ok(Handle::new(handle).expect("the epoch is never 0"));
         }
         Err(Status::Quota)
     }
@@ -558,9 +560,10 @@ impl Registry {
     pub fn get_with<R>(
         &self,
         holder: &Holder,
-        handle: u64,
+        handle: Handle,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Status> {
+        let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;
         let shard = read_lock(&self.shards[shard_index]);
         let slot = live_slot(&shard, local, handle)?;
@@ -570,10 +573,8 @@ impl Registry {
         Ok(read(slot.value.as_bytes()))
     }
 
-    pub fn replace(&self, holder: &Holder, handle: u64, value: &[u8]) -> Result<(), Status> {
-        if handle == 0 {
-            return Err(Status::Invalid);
-        }
+    pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Status> {
+        let handle = handle.get();
         if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig);
         }
@@ -600,7 +601,8 @@ impl Registry {
         Ok(())
     }
 
-    pub fn retain(&self, holder: &Holder, handle: u64) -> Result<(), Status> {
+    pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
+        let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;
         let mut shard = write(&self.shards[shard_index]);
         let slot = live_slot_mut(&mut shard, local, handle)?;
@@ -625,7 +627,8 @@ impl Registry {
         Ok(())
     }
 
-    pub fn release(&self, holder: &Holder, handle: u64) -> Result<(), Status> {
+    pub fn release(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
+        let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;
         let mut shard = write(&self.shards[shard_index]);
         let slot = match live_slot_mut(&mut shard, local, handle) {
@@ -648,7 +651,8 @@ impl Registry {
 
     /// Kills the object now, whoever holds references to it. The remover's
     /// own references go with it; other holders' are purged lazily.
-    pub fn remove(&self, holder: &Holder, handle: u64) -> Result<(), Status> {
+    pub fn remove(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
+        let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;
         let mut shard = write(&self.shards[shard_index]);
         let slot = live_slot_mut(&mut shard, local, handle)?;
@@ -832,9 +836,6 @@ impl Registry {
     /// anything of this registry.
     #[inline]
     fn locate(&self, handle: u64) -> Result<(usize, u32), Status> {
-        if handle == 0 {
-            return Err(Status::Invalid);
-        }
         let parts = HandleParts::decode(handle);
         if parts.epoch != self.epoch {
             return Err(Status::Stale);
