@@ -8,6 +8,8 @@
 //! warnings ([`ratelimit`]). `unsafe` is confined to [`peer`] (reading
 //! `SO_PEERCRED`) and [`listener`] (taking the socket systemd passed).
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod admission;
 pub mod config;

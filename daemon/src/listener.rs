@@ -9,6 +9,8 @@
 //! wakeup consumes a waiting connection, so a full descriptor table never
 //! makes the loop spin.
 
+#![allow(unsafe_code)]
+
 use crate::peer::{peer_credentials, Peer};
 use anyhow::{bail, Context};
 use rustix::fd::OwnedFd;

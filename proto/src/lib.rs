@@ -11,6 +11,7 @@
 //! written in other languages.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod atomic_copy;
 pub mod control;

@@ -10,6 +10,9 @@
 //! nested lock is a session's reference table inside a shard's lock (always
 //! in that order).
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 mod store;
 
 use crate::store::Value;
