@@ -1,7 +1,7 @@
 /*
  * hreg.h: libhreg, the C client of hregd (a cross-process handle registry).
  *
- * Generated from client-c/src/lib.rs by cbindgen (client-c/cbindgen.toml);
+ * Generated from client-c/src/ffi.rs by cbindgen (client-c/cbindgen.toml);
  * do not edit. Every function returns a status (enum hreg_status), never
  * aborts the process, and is safe to call from many threads on one
  * hreg_client.

@@ -1,5 +1,5 @@
 //! The committed `include/hreg.h`: it must be exactly what cbindgen makes
-//! from `src/lib.rs` now (run with `HREG_BLESS=1` to rewrite it), and it
+//! from `src/ffi.rs` now (run with `HREG_BLESS=1` to rewrite it), and it
 //! must carry the C API contract's numbers and layouts, checked by a C
 //! compiler with static assertions.
 
@@ -15,7 +15,7 @@ fn generate() -> String {
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let bindings = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(dir.join("src/lib.rs"))
+        .with_src(dir.join("src/ffi.rs"))
         .generate()
         .expect("cbindgen generates the header");
     let mut out = Vec::new();
@@ -33,7 +33,7 @@ fn committed_header_matches_the_source() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == fresh,
-        "{} is out of date with src/lib.rs; regenerate it with \
+        "{} is out of date with src/ffi.rs; regenerate it with \
          `HREG_BLESS=1 cargo test -p hreg-c --test header` and commit it",
         path.display()
     );

@@ -762,3 +762,241 @@ fn send(socket: BorrowedFd<'_>, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> st
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The control thread's decisions with socket pairs for connections
+    //! (so a test can claim any uid) and workers that are never started.
+
+    use super::*;
+    use crate::config::Args;
+    use hreg_proto::control::{ListFilter, StatsReply};
+    use rustix::net::{AddressFamily, SocketType};
+
+    struct Harness {
+        control: Control,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A peer's end of a connection the control thread holds.
+    struct TestPeer {
+        fd: OwnedFd,
+        key: u64,
+    }
+
+    impl Harness {
+        fn new(flags: &[&str]) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("hreg.sock");
+            let mut argv = vec!["hregd", "--socket", socket.to_str().unwrap()];
+            argv.extend_from_slice(flags);
+            let config = Config::from_args(&<Args as clap::Parser>::parse_from(argv)).unwrap();
+            let listener =
+                Listener::open(&config.socket, config.socket_mode, config.socket_group).unwrap();
+            let registry = Arc::new(Registry::new(config.shards, config.limits.registry));
+            let workers = vec![Arc::new(Worker::new().unwrap())];
+            Harness {
+                control: Control::new(config, registry, workers, listener).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        /// A new connection from `uid`, as if just accepted.
+        fn connect(&mut self, uid: u32) -> TestPeer {
+            let (ours, theirs) = rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let key = self.control.next_key;
+            self.control.arrive(
+                ours,
+                Peer {
+                    pid: 42,
+                    uid,
+                    gid: uid,
+                },
+            );
+            TestPeer { fd: theirs, key }
+        }
+
+        /// Sends `request` from `peer` and lets the control thread read it;
+        /// returns the reply, if one came.
+        fn ask(&mut self, peer: &TestPeer, request: &ControlRequest) -> Option<Reply> {
+            rustix::net::send(&peer.fd, &request.encode(), SendFlags::empty()).unwrap();
+            self.control.dispatch(peer.key);
+            reply(peer)
+        }
+
+        fn hello(&mut self, peer: &TestPeer, version: u32) -> Option<Reply> {
+            self.ask(
+                peer,
+                &ControlRequest::Hello {
+                    version,
+                    name: "test".into(),
+                },
+            )
+        }
+    }
+
+    fn reply(peer: &TestPeer) -> Option<Reply> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        match rustix::net::recv(&peer.fd, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((_, n)) if n > 0 => Some(Reply::decode(&buf[..n]).unwrap()),
+            _ => None,
+        }
+    }
+
+    fn refused(reply: Option<Reply>) -> (u32, String) {
+        match reply {
+            Some(Reply::Refused { status, message }) => (status, message),
+            other => panic!("expected REFUSED, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_is_checked() {
+        let mut h = Harness::new(&[]);
+        let peer = h.connect(1000);
+        let (status, message) = refused(h.hello(&peer, PROTOCOL_VERSION + 1));
+        assert_eq!(status, Status::Version as u32);
+        assert!(message.contains("protocol"), "{message}");
+        let peer = h.connect(1000);
+        let (status, _) = refused(h.ask(&peer, &ControlRequest::Stats));
+        assert_eq!(status, Status::Protocol as u32);
+        let peer = h.connect(1000);
+        rustix::net::send(&peer.fd, b"garbage", SendFlags::empty()).unwrap();
+        h.control.dispatch(peer.key);
+        assert_eq!(refused(reply(&peer)).0, Status::Protocol as u32);
+        let peer = h.connect(1000);
+        assert!(matches!(
+            h.hello(&peer, PROTOCOL_VERSION),
+            Some(Reply::Welcome(_))
+        ));
+        // A second HELLO ends the session.
+        assert_eq!(h.hello(&peer, PROTOCOL_VERSION), None);
+        assert!(!h.control.conns.contains_key(&peer.key));
+    }
+
+    #[test]
+    fn session_caps_name_their_limit_and_spare_root() {
+        let mut h = Harness::new(&["--max-sessions", "3", "--uid-max-sessions", "1"]);
+        let first = h.connect(1000);
+        assert!(matches!(
+            h.hello(&first, PROTOCOL_VERSION),
+            Some(Reply::Welcome(_))
+        ));
+        let second = h.connect(1000);
+        let (status, message) = refused(h.hello(&second, PROTOCOL_VERSION));
+        assert_eq!(status, Status::Quota as u32);
+        assert!(message.contains("uid_max_sessions"), "{message}");
+        let root = [h.connect(0), h.connect(0)];
+        for peer in &root {
+            assert!(matches!(
+                h.hello(peer, PROTOCOL_VERSION),
+                Some(Reply::Welcome(_))
+            ));
+        }
+        let fourth = h.connect(0);
+        let (status, message) = refused(h.hello(&fourth, PROTOCOL_VERSION));
+        assert_eq!(status, Status::Quota as u32);
+        assert!(message.contains("max_sessions = 3"), "{message}");
+    }
+
+    #[test]
+    fn a_uid_past_its_share_waits_its_turn() {
+        let mut h = Harness::new(&[]);
+        let waiting: Vec<TestPeer> = (0..WAITING_SHARE).map(|_| h.connect(1000)).collect();
+        let parked = h.connect(1000);
+        let other = h.connect(1001);
+        assert!(matches!(
+            h.control.conns[&parked.key].state,
+            ConnState::Parked
+        ));
+        // Its HELLO is not read while it is parked...
+        rustix::net::send(
+            &parked.fd,
+            &ControlRequest::Hello {
+                version: PROTOCOL_VERSION,
+                name: "parked".into(),
+            }
+            .encode(),
+            SendFlags::empty(),
+        )
+        .unwrap();
+        // ...another uid is not held up...
+        assert!(matches!(
+            h.hello(&other, PROTOCOL_VERSION),
+            Some(Reply::Welcome(_))
+        ));
+        // ...and its turn comes when one of its uid's is done.
+        assert!(matches!(
+            h.hello(&waiting[0], PROTOCOL_VERSION),
+            Some(Reply::Welcome(_))
+        ));
+        assert!(matches!(
+            h.control.conns[&parked.key].state,
+            ConnState::Waiting { .. }
+        ));
+        h.control.dispatch(parked.key);
+        assert!(matches!(reply(&parked), Some(Reply::Welcome(_))));
+    }
+
+    #[test]
+    fn admin_replies_show_each_uid_its_own() {
+        let mut h = Harness::new(&[]);
+        let alice = h.connect(1000);
+        let bob = h.connect(1001);
+        let root = h.connect(0);
+        for peer in [&alice, &bob, &root] {
+            assert!(matches!(
+                h.hello(peer, PROTOCOL_VERSION),
+                Some(Reply::Welcome(_))
+            ));
+        }
+        assert_eq!(
+            h.ask(&alice, &ControlRequest::Stats),
+            Some(Reply::Stats(StatsReply {
+                objects: 0,
+                value_bytes: 0,
+                sessions: 3,
+                ops: 0,
+            }))
+        );
+        let Some(Reply::Sessions { sessions, next }) =
+            h.ask(&alice, &ControlRequest::Sessions { cursor: 0 })
+        else {
+            panic!("no SESSIONS reply");
+        };
+        assert_eq!((sessions.len(), sessions[0].uid, next), (1, 1000, 0));
+        let Some(Reply::Sessions { sessions, .. }) =
+            h.ask(&root, &ControlRequest::Sessions { cursor: 0 })
+        else {
+            panic!("no SESSIONS reply");
+        };
+        assert_eq!(sessions.len(), 3);
+        let list_bobs = ControlRequest::List {
+            cursor: 0,
+            limit: 0,
+            filter: ListFilter {
+                detached_only: false,
+                owner: Some(1001),
+            },
+        };
+        assert!(matches!(
+            h.ask(&alice, &list_bobs),
+            Some(Reply::Error { status, .. }) if status == Status::Denied as u32
+        ));
+        assert!(matches!(
+            h.ask(&root, &list_bobs),
+            Some(Reply::Objects { .. })
+        ));
+        let Some(Reply::Usage(usage)) = h.ask(&bob, &ControlRequest::Usage) else {
+            panic!("no USAGE reply");
+        };
+        assert_eq!(usage.workers.len(), 1);
+        assert!(usage.uids.iter().all(|u| u.uid == 1001));
+    }
+}

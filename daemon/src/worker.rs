@@ -616,3 +616,242 @@ impl Run<'_, '_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The serve step against a ring in anonymous shared memory (the test
+    //! plays the client's side over the same mapping) and a real registry.
+
+    use super::*;
+    use crate::peer::Peer;
+    use crate::shm::SessionMemory;
+    use hreg_proto::entry::{sqe_flags, Cqe};
+    use hreg_proto::ring::{ClientCounters, Layout};
+    use hreg_proto::{flags, Opcode};
+    use hreg_registry::Limits;
+    use std::sync::atomic::AtomicUsize;
+
+    const LAYOUT: Layout = Layout {
+        entries: 8,
+        data_size: 64,
+        max_rings: 2,
+    };
+
+    struct Bench {
+        ring: ServedRing,
+        counters: ClientCounters,
+        scratch: Vec<u8>,
+    }
+
+    impl Bench {
+        fn new(limits: Limits) -> Bench {
+            let registry = Arc::new(Registry::new(4, limits));
+            let session = Arc::new(Session::new(
+                1,
+                Peer {
+                    pid: 1,
+                    uid: 1000,
+                    gid: 1000,
+                },
+                "test".into(),
+                SessionMemory::anonymous(LAYOUT).unwrap(),
+                registry,
+                Arc::new(Doorbell::new().unwrap()),
+                Arc::new(AtomicUsize::new(0)),
+            ));
+            let index = session.claim_ring().unwrap();
+            let ring = ServedRing::new(session, index, Doorbell::new().unwrap()).unwrap();
+            Bench {
+                ring,
+                counters: ClientCounters::default(),
+                scratch: Vec::new(),
+            }
+        }
+
+        fn session(&self) -> &Session {
+            &self.ring.session
+        }
+
+        /// Submits `sqes` (data bytes placed first by `data`) and serves
+        /// them; returns their completions.
+        fn run(&mut self, data: &[u8], sqes: &[Sqe]) -> Vec<Cqe> {
+            let session = Arc::clone(&self.ring.session);
+            let client = session
+                .memory
+                .mapping()
+                .client_ring(LAYOUT, self.ring.ring.index())
+                .unwrap();
+            assert!(client.copy_to_data(0, data));
+            for sqe in sqes {
+                client.push(&mut self.counters, &sqe.encode());
+            }
+            let (served, _) = self.ring.serve(&mut self.scratch).unwrap();
+            assert_eq!(served as usize, sqes.len());
+            let cqes = (0..sqes.len())
+                .map(|_| Cqe::decode(&client.pop(&mut self.counters).unwrap()))
+                .collect();
+            client.release(&self.counters);
+            cqes
+        }
+
+        fn data(&self, off: u32, len: usize) -> Vec<u8> {
+            let client = self
+                .session()
+                .memory
+                .mapping()
+                .client_ring(LAYOUT, self.ring.ring.index())
+                .unwrap();
+            let mut out = vec![0; len];
+            assert!(client.copy_from_data(off, &mut out));
+            out
+        }
+    }
+
+    fn inline_insert(value: &[u8], obj_flags: u32) -> Sqe {
+        let mut sqe = Sqe {
+            opcode: Opcode::Insert as u8,
+            entry_flags: sqe_flags::INLINE,
+            obj_flags,
+            data_len: value.len() as u32,
+            ..Sqe::default()
+        };
+        sqe.inline[..value.len()].copy_from_slice(value);
+        sqe
+    }
+
+    fn on(opcode: Opcode, handle: u64) -> Sqe {
+        Sqe {
+            opcode: opcode as u8,
+            handle,
+            ..Sqe::default()
+        }
+    }
+
+    fn get(handle: u64, region: u32, capacity: u64) -> Sqe {
+        let mut sqe = Sqe {
+            data_len: region,
+            ..on(Opcode::Get, handle)
+        };
+        sqe.set_inline_u64(capacity);
+        sqe
+    }
+
+    fn stage(opcode: Opcode, offset: u64, len: u32) -> Sqe {
+        let mut sqe = Sqe {
+            opcode: opcode as u8,
+            data_len: len,
+            ..Sqe::default()
+        };
+        sqe.set_inline_u64(offset);
+        sqe
+    }
+
+    const OK: u32 = Status::Ok as u32;
+
+    #[test]
+    fn inline_values_travel_both_ways_in_one_batch() {
+        let mut bench = Bench::new(Limits::default());
+        let done = bench.run(&[], &[inline_insert(b"hello", 0)]);
+        assert_eq!(done[0].status, OK);
+        let h = done[0].handle;
+        let done = bench.run(
+            &[],
+            &[get(h, 0, 64), on(Opcode::Retain, h), on(Opcode::Release, h)],
+        );
+        assert!(done.iter().all(|c| c.status == OK));
+        assert_eq!(done[0].entry_flags, cqe_flags::INLINE);
+        assert_eq!(&done[0].inline[..done[0].value_len as usize], b"hello");
+        assert_eq!(bench.session().holder.reference_count(), 1);
+        // Bad entries are answered, each on its own, and the ring goes on.
+        let done = bench.run(
+            &[],
+            &[
+                on(Opcode::Get, 0),
+                Sqe {
+                    opcode: 99,
+                    ..Sqe::default()
+                },
+                inline_insert(b"x", 0x80),
+                get(h, 0, 2),
+            ],
+        );
+        let statuses: Vec<u32> = done.iter().map(|c| c.status).collect();
+        let invalid = Status::Invalid as u32;
+        assert_eq!(statuses, [invalid, invalid, invalid, Status::Buffer as u32]);
+        assert_eq!(done[3].value_len, 5, "BUFFER says how much is needed");
+        assert_eq!(bench.ring.serve(&mut Vec::new()).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn values_in_the_data_area_and_in_pieces() {
+        let mut bench = Bench::new(Limits::default());
+        // 48 bytes through the data area.
+        let value: Vec<u8> = (0..48).collect();
+        let insert = Sqe {
+            opcode: Opcode::Insert as u8,
+            data_len: 48,
+            ..Sqe::default()
+        };
+        let h = bench.run(&value, &[insert])[0].handle;
+        let done = bench.run(&[], &[get(h, 64, 64)]);
+        assert_eq!(done[0].entry_flags, cqe_flags::IN_DATA);
+        assert_eq!(bench.data(done[0].data_off, 48), value);
+        // 100 bytes in pieces: staged in, then a GET whose region is too
+        // small is answered STAGED and read back in pieces.
+        let big: Vec<u8> = (0..100).map(|i| i as u8 ^ 0x5a).collect();
+        bench.run(&big[..64], &[stage(Opcode::StageWrite, 0, 64)]);
+        bench.run(&big[64..], &[stage(Opcode::StageWrite, 64, 36)]);
+        assert_eq!(bench.session().holder.staged_bytes(), 100);
+        let insert = Sqe {
+            entry_flags: sqe_flags::STAGED,
+            data_len: 100,
+            ..inline_insert(b"", flags::SHARED)
+        };
+        let done = bench.run(&[], &[insert]);
+        assert_eq!(done[0].status, OK);
+        assert_eq!(bench.session().holder.staged_bytes(), 0, "used up");
+        let big_h = done[0].handle;
+        let done = bench.run(&[], &[get(big_h, 32, 1000)]);
+        assert_eq!(done[0].entry_flags, cqe_flags::STAGED);
+        assert_eq!(done[0].value_len, 100);
+        assert_eq!(bench.session().holder.staged_bytes(), 100, "a snapshot");
+        let mut read = Vec::new();
+        while read.len() < 100 {
+            let done = bench.run(&[], &[stage(Opcode::StageRead, read.len() as u64, 64)]);
+            read.extend(bench.data(0, done[0].value_len as usize));
+        }
+        assert_eq!(read, big);
+        assert_eq!(bench.session().holder.staged_bytes(), 0, "read back");
+        // A STAGED insert whose length is not the staged one is INVALID.
+        let insert = Sqe {
+            entry_flags: sqe_flags::STAGED,
+            data_len: 7,
+            ..inline_insert(b"", 0)
+        };
+        assert_eq!(bench.run(&[], &[insert])[0].status, Status::Invalid as u32);
+    }
+
+    #[test]
+    fn staging_is_charged_and_given_back() {
+        let limits = Limits {
+            max_value_size: 1000,
+            uid_max_bytes: 100,
+            ..Limits::default()
+        };
+        let mut bench = Bench::new(limits);
+        let chunk = [1u8; 64];
+        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 0, 64)]);
+        assert_eq!(done[0].status, OK);
+        // 128 staged bytes would pass the uid's 100.
+        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64)]);
+        assert_eq!(done[0].status, Status::Quota as u32);
+        assert_eq!(bench.session().holder.staged_bytes(), 64);
+        // Past the value size: TOO_BIG, and nothing more is charged.
+        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64 * 16)]);
+        assert_ne!(done[0].status, OK);
+        // The ring's end gives the charge back.
+        let session = Arc::clone(&bench.ring.session);
+        drop(bench);
+        assert_eq!(session.holder.staged_bytes(), 0);
+    }
+}

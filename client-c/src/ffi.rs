@@ -1,0 +1,795 @@
+//! The C ABI itself: the types and `extern "C"` entry points of
+//! `include/hreg.h`, which cbindgen generates from this file (see
+//! `cbindgen.toml`; `tests/header.rs` fails when the two drift apart).
+//! Every `unsafe` of libhreg is here: C hands us raw pointers.
+
+#![allow(unsafe_code)]
+#![allow(non_camel_case_types)]
+
+use hreg_proto::Status;
+use hreg_rs::{Client, Completion, Error, Handle, Op};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// A connection to `hregd`: one session, usable from many threads at once
+/// (each thread gets its own ring). Made by `hreg_connect`, freed by
+/// `hreg_disconnect`.
+pub struct hreg_client {
+    client: Client,
+}
+
+/// The name of an object in the registry. 0 is never a valid handle.
+pub type hreg_handle = u64;
+
+/// The status every function returns (as an `int`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hreg_status {
+    /// Success.
+    HREG_OK = 0,
+    /// A bad argument: NULL, handle 0, an unknown flag or opcode.
+    HREG_ERR_INVALID = 1,
+    /// The object behind the handle is gone.
+    HREG_ERR_STALE = 2,
+    /// Not yours and not shared, or not yours to change.
+    HREG_ERR_DENIED = 3,
+    /// The value is longer than the daemon's maximum.
+    HREG_ERR_TOO_BIG = 4,
+    /// The buffer is too small; `*len` says how much is needed.
+    HREG_ERR_BUFFER = 5,
+    /// A limit on objects, bytes or sessions would be passed.
+    HREG_ERR_QUOTA = 6,
+    /// Release without a reference held.
+    HREG_ERR_NOT_HELD = 7,
+    /// No daemon at the socket path.
+    HREG_ERR_CONNECT = 8,
+    /// The daemon went away (sticky for the client).
+    HREG_ERR_DISCONNECTED = 9,
+    /// Protocol versions differ.
+    HREG_ERR_VERSION = 10,
+    /// The peer broke the protocol.
+    HREG_ERR_PROTOCOL = 11,
+    /// An operating-system error (also: out of memory).
+    HREG_ERR_IO = 12,
+}
+
+/// INSERT flag: other users may read the object.
+pub const HREG_SHARED: u32 = 0x1_u32;
+/// INSERT flag: the object lives until `hreg_remove`, not tied to a session;
+/// the inserting session gets no reference.
+pub const HREG_DETACHED: u32 = 0x2_u32;
+
+/// The operation of an `hreg_op`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum hreg_opcode {
+    /// Create an object from `buf`/`len` with `flags`; the new handle is
+    /// written to `handle`.
+    HREG_OP_INSERT = 1,
+    /// Read the value of `handle` into `buf` (capacity `len`); `len` becomes
+    /// the value's length (also on HREG_ERR_BUFFER).
+    HREG_OP_GET = 2,
+    /// Replace the value of `handle` with `buf`/`len`.
+    HREG_OP_REPLACE = 3,
+    /// One more reference to `handle` for this session.
+    HREG_OP_RETAIN = 4,
+    /// Drop one of this session's references to `handle`.
+    HREG_OP_RELEASE = 5,
+    /// Kill the object now, whoever references it.
+    HREG_OP_REMOVE = 6,
+}
+
+/// One operation of a batch (`hreg_submit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct hreg_op {
+    /// An `hreg_opcode` value.
+    pub opcode: u32,
+    /// INSERT only (HREG_SHARED, HREG_DETACHED); must be 0 on other ops.
+    pub flags: u32,
+    /// Target; for INSERT, the new handle on return.
+    pub handle: hreg_handle,
+    /// Value in (INSERT, REPLACE) or buffer out (GET); the caller owns it.
+    pub buf: *mut c_void,
+    /// Value length, or buffer capacity; on return from GET, the value's
+    /// length.
+    pub len: usize,
+    /// On return: this op's status.
+    pub status: c_int,
+}
+
+/// The registry's figures (`hreg_stats_get`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct hreg_stats {
+    /// Live objects.
+    pub objects: u64,
+    /// Bytes of live values.
+    pub value_bytes: u64,
+    /// Attached sessions (past HELLO).
+    pub sessions: u64,
+    /// Data-path requests served since the daemon started.
+    pub ops: u64,
+    /// Zero; room to grow.
+    pub reserved: [u64; 4],
+}
+
+// The C numbering is the protocol's numbering: one table, checked here.
+const _: () = {
+    let c = [
+        hreg_status::HREG_OK,
+        hreg_status::HREG_ERR_INVALID,
+        hreg_status::HREG_ERR_STALE,
+        hreg_status::HREG_ERR_DENIED,
+        hreg_status::HREG_ERR_TOO_BIG,
+        hreg_status::HREG_ERR_BUFFER,
+        hreg_status::HREG_ERR_QUOTA,
+        hreg_status::HREG_ERR_NOT_HELD,
+        hreg_status::HREG_ERR_CONNECT,
+        hreg_status::HREG_ERR_DISCONNECTED,
+        hreg_status::HREG_ERR_VERSION,
+        hreg_status::HREG_ERR_PROTOCOL,
+        hreg_status::HREG_ERR_IO,
+    ];
+    assert!(c.len() == Status::ALL.len());
+    let mut i = 0;
+    while i < c.len() {
+        assert!(c[i] as u32 == Status::ALL[i] as u32);
+        i += 1;
+    }
+    assert!(HREG_SHARED == hreg_proto::flags::SHARED);
+    assert!(HREG_DETACHED == hreg_proto::flags::DETACHED);
+    assert!(hreg_opcode::HREG_OP_INSERT as u8 == hreg_proto::Opcode::Insert as u8);
+    assert!(hreg_opcode::HREG_OP_GET as u8 == hreg_proto::Opcode::Get as u8);
+    assert!(hreg_opcode::HREG_OP_REPLACE as u8 == hreg_proto::Opcode::Replace as u8);
+    assert!(hreg_opcode::HREG_OP_RETAIN as u8 == hreg_proto::Opcode::Retain as u8);
+    assert!(hreg_opcode::HREG_OP_RELEASE as u8 == hreg_proto::Opcode::Release as u8);
+    assert!(hreg_opcode::HREG_OP_REMOVE as u8 == hreg_proto::Opcode::Remove as u8);
+};
+
+const OK: c_int = hreg_status::HREG_OK as c_int;
+const INVALID: c_int = hreg_status::HREG_ERR_INVALID as c_int;
+const TOO_BIG: c_int = hreg_status::HREG_ERR_TOO_BIG as c_int;
+const BUFFER: c_int = hreg_status::HREG_ERR_BUFFER as c_int;
+const IO: c_int = hreg_status::HREG_ERR_IO as c_int;
+
+/// The C status of a Rust error.
+fn status_of(error: &Error) -> c_int {
+    error.status() as c_int
+}
+
+/// Runs `body`, turning a panic (a bug in libhreg or below) into
+/// HREG_ERR_IO instead of unwinding into C.
+fn guard(body: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(IO)
+}
+
+/// The client behind a C pointer; NULL is INVALID.
+///
+/// # Safety
+/// `c` is NULL or came from `hreg_connect` and was not disconnected.
+unsafe fn client<'a>(c: *const hreg_client) -> Result<&'a Client, c_int> {
+    // SAFETY: the caller guarantees a non-NULL `c` is a live hreg_client
+    // made by hreg_connect (a Box); it is only read, and Client is Sync.
+    unsafe { c.as_ref() }.map(|c| &c.client).ok_or(INVALID)
+}
+
+/// A value given by C: `data == NULL` with `len == 0` is empty.
+///
+/// # Safety
+/// A non-NULL `data` points to `len` readable bytes that stay unchanged
+/// for `'a`.
+unsafe fn value<'a>(data: *const c_void, len: usize) -> Result<&'a [u8], c_int> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if data.is_null() {
+        return Err(INVALID);
+    }
+    if len > isize::MAX as usize {
+        // No object is that large: no buffer of C's can be described.
+        return Err(TOO_BIG);
+    }
+    // SAFETY: non-NULL, len within isize::MAX, and the caller guarantees
+    // `len` readable bytes; u8 has alignment 1.
+    Ok(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) })
+}
+
+/// A buffer given by C for a value to be written in: NULL with `cap == 0`
+/// is a size probe. At most `max` bytes of it are used (no value is longer).
+///
+/// # Safety
+/// A non-NULL `buf` points to `cap` writable bytes that nothing else uses
+/// for `'a`.
+unsafe fn buffer<'a>(buf: *mut c_void, cap: usize, max: usize) -> Result<&'a mut [u8], c_int> {
+    if cap == 0 {
+        return Ok(&mut []);
+    }
+    if buf.is_null() {
+        return Err(INVALID);
+    }
+    let cap = cap.min(max).min(isize::MAX as usize);
+    // SAFETY: non-NULL, cap within isize::MAX and within what the caller
+    // guarantees to be writable and unaliased; u8 has alignment 1.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), cap) })
+}
+
+/// A non-zero handle; 0 is INVALID.
+fn handle(h: hreg_handle) -> Result<Handle, c_int> {
+    Handle::new(h).ok_or(INVALID)
+}
+
+/// The Rust op for a C op, or the status a local check gives it.
+///
+/// # Safety
+/// `op.buf` is as `value` (INSERT, REPLACE) or `buffer` (GET) require.
+unsafe fn prepare<'a>(op: &hreg_op, max_value: usize) -> Result<Op<'a>, c_int> {
+    let code = hreg_proto::Opcode::from_public(op.opcode).ok_or(INVALID)?;
+    code.check_flags(op.flags).map_err(|_| INVALID)?;
+    use hreg_proto::Opcode as O;
+    Ok(match code {
+        O::Insert => Op::Insert {
+            // SAFETY: passed on from the caller.
+            value: unsafe { value(op.buf, op.len) }?,
+            flags: op.flags,
+        },
+        O::Get => {
+            let h = handle(op.handle)?;
+            Op::Get {
+                handle: h,
+                // SAFETY: passed on from the caller.
+                buf: unsafe { buffer(op.buf, op.len, max_value) }?,
+            }
+        }
+        O::Replace => {
+            let h = handle(op.handle)?;
+            Op::Replace {
+                handle: h,
+                // SAFETY: passed on from the caller.
+                value: unsafe { value(op.buf, op.len) }?,
+            }
+        }
+        O::Retain => Op::Retain(handle(op.handle)?),
+        O::Release => Op::Release(handle(op.handle)?),
+        O::Remove => Op::Remove(handle(op.handle)?),
+        O::StageWrite | O::StageRead => return Err(INVALID),
+    })
+}
+
+/// Whether some GET's buffer overlaps another op's buffer, so that the ops
+/// cannot be handed to Rust together (one `&mut` may not alias anything).
+fn buffers_overlap(ops: &[hreg_op]) -> bool {
+    let mut ranges: Vec<(usize, usize, bool)> = ops
+        .iter()
+        .filter(|op| op.len > 0 && !op.buf.is_null())
+        .filter(|op| matches!(op.opcode, 1..=3))
+        .map(|op| {
+            let start = op.buf as usize;
+            let write = op.opcode == hreg_opcode::HREG_OP_GET as u32;
+            (start, start.saturating_add(op.len), write)
+        })
+        .collect();
+    ranges.sort_unstable();
+    let (mut end_any, mut end_write) = (0, 0);
+    for (start, end, write) in ranges {
+        if start < end_write || (write && start < end_any) {
+            return true;
+        }
+        end_any = end_any.max(end);
+        if write {
+            end_write = end_write.max(end);
+        }
+    }
+    false
+}
+
+/// Runs `ops` in order: checks each, sends the valid ones to the Rust
+/// client as one batch, and writes every op's status and outputs back.
+/// Returns OK if all are OK, else the first failed op's status.
+///
+/// # Safety
+/// Every op's `buf` is as `prepare` requires.
+unsafe fn run(client: &Client, ops: &mut [hreg_op]) -> c_int {
+    if ops.len() > 1 && buffers_overlap(ops) {
+        // Buffers that alias cannot be borrowed at once: one op at a time,
+        // which is the same order and the same results.
+        for op in ops.iter_mut() {
+            // SAFETY: passed on from the caller.
+            unsafe { run(client, std::slice::from_mut(op)) };
+        }
+        return first_failure(ops);
+    }
+    let max_value = client.max_value_size();
+    let mut batch = Vec::new();
+    let mut index = Vec::new();
+    if batch.try_reserve_exact(ops.len()).is_err() || index.try_reserve_exact(ops.len()).is_err() {
+        ops.iter_mut().for_each(|op| op.status = IO);
+        return IO;
+    }
+    for (i, op) in ops.iter_mut().enumerate() {
+        // SAFETY: passed on from the caller; no two prepared buffers alias
+        // (checked above), and `ops` itself is only touched after the batch.
+        match unsafe { prepare(op, max_value) } {
+            Ok(rust_op) => {
+                batch.push(rust_op);
+                index.push(i);
+            }
+            Err(status) => op.status = status,
+        }
+    }
+    if !batch.is_empty() {
+        let outcome = client.submit(&mut batch);
+        drop(batch);
+        match outcome {
+            Ok(results) => {
+                for (i, result) in index.into_iter().zip(results) {
+                    complete(&mut ops[i], result);
+                }
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                index.into_iter().for_each(|i| ops[i].status = status);
+            }
+        }
+    }
+    first_failure(ops)
+}
+
+/// Writes one op's result back into its C op.
+fn complete(op: &mut hreg_op, result: hreg_rs::Result<Completion>) {
+    op.status = match result {
+        Ok(Completion::Inserted(h)) => {
+            op.handle = h.get();
+            OK
+        }
+        Ok(Completion::Length(n)) => {
+            op.len = n;
+            OK
+        }
+        Ok(Completion::Done) => OK,
+        Err(Error::Buffer { needed }) => {
+            op.len = needed;
+            BUFFER
+        }
+        Err(e) => status_of(&e),
+        // Not produced for the ops libhreg sends.
+        Ok(Completion::Value(_)) => hreg_status::HREG_ERR_PROTOCOL as c_int,
+    };
+}
+
+fn first_failure(ops: &[hreg_op]) -> c_int {
+    ops.iter()
+        .map(|op| op.status)
+        .find(|&s| s != OK)
+        .unwrap_or(OK)
+}
+
+/// One op through the batch path, so single calls and batches behave alike.
+///
+/// # Safety
+/// `c` as for `client`; `op.buf` as for `prepare`.
+unsafe fn one(c: *mut hreg_client, op: &mut hreg_op) -> c_int {
+    // SAFETY: passed on from the caller.
+    match unsafe { client(c) } {
+        // SAFETY: passed on from the caller.
+        Ok(client) => unsafe { run(client, std::slice::from_mut(op)) },
+        Err(status) => status,
+    }
+}
+
+fn new_op(opcode: hreg_opcode, handle: hreg_handle, buf: *mut c_void, len: usize) -> hreg_op {
+    hreg_op {
+        opcode: opcode as u32,
+        flags: 0,
+        handle,
+        buf,
+        len,
+        status: OK,
+    }
+}
+
+/// Connects to `hregd` and starts a session.
+///
+/// `socket_path` is a NUL-terminated path, or NULL for the default: `$HREG_SOCKET`
+/// if set, else `$XDG_RUNTIME_DIR/hreg.sock`, then `/run/hreg/hreg.sock` (the
+/// first that accepts). On success `*out` receives a client the caller owns
+/// and frees with `hreg_disconnect`; on failure `*out` is set to NULL. The
+/// path string is only read during the call.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (`out` NULL); HREG_ERR_CONNECT (no
+/// daemon there); HREG_ERR_VERSION (the daemon speaks another protocol
+/// version); HREG_ERR_QUOTA (the daemon refuses more sessions);
+/// HREG_ERR_PROTOCOL; HREG_ERR_IO.
+///
+/// Blocks for one round trip to the daemon.
+///
+/// # Safety
+/// `socket_path` is NULL or a valid NUL-terminated string; `out` is NULL or
+/// points to writable storage for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_connect(
+    socket_path: *const c_char,
+    out: *mut *mut hreg_client,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return INVALID;
+        }
+        // SAFETY: `out` is non-NULL and writable (caller's contract).
+        unsafe { out.write(std::ptr::null_mut()) };
+        let connected = if socket_path.is_null() {
+            Client::connect_default()
+        } else {
+            // SAFETY: non-NULL and NUL-terminated (caller's contract).
+            let bytes = unsafe { CStr::from_ptr(socket_path) }.to_bytes();
+            Client::connect(Path::new(std::ffi::OsStr::from_bytes(bytes)))
+        };
+        match connected {
+            Ok(client) => {
+                let c = Box::into_raw(Box::new(hreg_client { client }));
+                // SAFETY: as above.
+                unsafe { out.write(c) };
+                OK
+            }
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// Ends the session and frees the client: the daemon drops every reference
+/// the session held (DETACHED objects stay). NULL is a no-op.
+///
+/// No other thread may use `c` during or after this call. In a forked child,
+/// disconnecting a client inherited from the parent frees the child's copy
+/// and leaves the parent's session alone.
+///
+/// Does not wait for the daemon (it sends GOODBYE and closes).
+///
+/// # Safety
+/// `c` is NULL or came from `hreg_connect` and was not disconnected before.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_disconnect(c: *mut hreg_client) {
+    guard(|| {
+        if !c.is_null() {
+            // SAFETY: `c` came from Box::into_raw in hreg_connect and is
+            // given back exactly once (caller's contract).
+            drop(unsafe { Box::from_raw(c) });
+        }
+        OK
+    });
+}
+
+/// Creates an object holding a copy of `data[0..len)` and writes its handle
+/// to `*out`.
+///
+/// `flags`: 0, HREG_SHARED (other users may read it), HREG_DETACHED (it
+/// lives until `hreg_remove`; the session gets no reference). Without
+/// DETACHED the session holds one reference. `data` may be NULL when `len`
+/// is 0 (an empty value); the caller keeps ownership of `data`.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c` or `out`, NULL `data` with
+/// `len` > 0, unknown flags); HREG_ERR_TOO_BIG; HREG_ERR_QUOTA;
+/// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*out` is written
+/// only on success.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client; `data` is NULL or points to `len` readable
+/// bytes; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_insert(
+    c: *mut hreg_client,
+    data: *const c_void,
+    len: usize,
+    flags: u32,
+    out: *mut hreg_handle,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return INVALID;
+        }
+        let mut op = new_op(hreg_opcode::HREG_OP_INSERT, 0, data.cast_mut(), len);
+        op.flags = flags;
+        // SAFETY: passed on from the caller; INSERT only reads `data`.
+        let status = unsafe { one(c, &mut op) };
+        if status == OK {
+            // SAFETY: `out` is non-NULL and writable (caller's contract).
+            unsafe { out.write(op.handle) };
+        }
+        status
+    })
+}
+
+/// Copies the value of `h` into `buf` (capacity `cap` bytes) and writes its
+/// length to `*len`.
+///
+/// `buf == NULL` with `cap == 0` is a size probe: HREG_OK with `*len == 0`
+/// for an empty value, else HREG_ERR_BUFFER with `*len` = the value's length.
+/// The caller owns `buf`; only `*len` bytes of it are written.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c` or `len`, handle 0, NULL
+/// `buf` with `cap` > 0); HREG_ERR_STALE; HREG_ERR_DENIED (another user's
+/// unshared object); HREG_ERR_BUFFER (`cap` too small: `*len` says how much
+/// is needed); HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. On
+/// errors other than BUFFER `*len` is untouched.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client; `buf` is NULL or points to `cap` writable
+/// bytes; `len` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_get(
+    c: *mut hreg_client,
+    h: hreg_handle,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    guard(|| {
+        if len.is_null() {
+            return INVALID;
+        }
+        let mut op = new_op(hreg_opcode::HREG_OP_GET, h, buf, cap);
+        // SAFETY: passed on from the caller.
+        let status = unsafe { one(c, &mut op) };
+        if status == OK || status == BUFFER {
+            // SAFETY: `len` is non-NULL and writable (caller's contract).
+            unsafe { len.write(op.len) };
+        }
+        status
+    })
+}
+
+/// Replaces the value of `h` with a copy of `data[0..len)`; readers see the
+/// old value or the new one, whole. `data` may be NULL when `len` is 0. The
+/// caller keeps ownership of `data`.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, handle 0, NULL `data` with
+/// `len` > 0); HREG_ERR_TOO_BIG; HREG_ERR_STALE; HREG_ERR_DENIED (not the
+/// owner's uid, nor root); HREG_ERR_QUOTA; HREG_ERR_DISCONNECTED;
+/// HREG_ERR_PROTOCOL; HREG_ERR_IO.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client; `data` is NULL or points to `len` readable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_replace(
+    c: *mut hreg_client,
+    h: hreg_handle,
+    data: *const c_void,
+    len: usize,
+) -> c_int {
+    let mut op = new_op(hreg_opcode::HREG_OP_REPLACE, h, data.cast_mut(), len);
+    // SAFETY: passed on from the caller; REPLACE only reads `data`.
+    guard(|| unsafe { one(c, &mut op) })
+}
+
+/// Takes one more reference to `h` for this session (needs read access).
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, handle 0); HREG_ERR_STALE;
+/// HREG_ERR_DENIED (another user's unshared object); HREG_ERR_QUOTA;
+/// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_retain(c: *mut hreg_client, h: hreg_handle) -> c_int {
+    let mut op = new_op(hreg_opcode::HREG_OP_RETAIN, h, std::ptr::null_mut(), 0);
+    // SAFETY: passed on from the caller; the op has no buffer.
+    guard(|| unsafe { one(c, &mut op) })
+}
+
+/// Drops one of this session's references to `h`; the object dies when no
+/// session references it (unless DETACHED).
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, handle 0); HREG_ERR_STALE;
+/// HREG_ERR_NOT_HELD (this session holds no reference, whoever owns the
+/// object); HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_release(c: *mut hreg_client, h: hreg_handle) -> c_int {
+    let mut op = new_op(hreg_opcode::HREG_OP_RELEASE, h, std::ptr::null_mut(), 0);
+    // SAFETY: passed on from the caller; the op has no buffer.
+    guard(|| unsafe { one(c, &mut op) })
+}
+
+/// Kills the object `h` now, whoever references it (the creator's uid, or
+/// root). Afterwards every operation on `h` is HREG_ERR_STALE.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, handle 0); HREG_ERR_STALE;
+/// HREG_ERR_DENIED; HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
+///
+/// Blocks until the daemon has answered.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_remove(c: *mut hreg_client, h: hreg_handle) -> c_int {
+    let mut op = new_op(hreg_opcode::HREG_OP_REMOVE, h, std::ptr::null_mut(), 0);
+    // SAFETY: passed on from the caller; the op has no buffer.
+    guard(|| unsafe { one(c, &mut op) })
+}
+
+/// Runs `n` operations as one batch with one wait.
+///
+/// Ops run in order, not atomically; a failed op does not stop the rest.
+/// Each op gets its own `status`; INSERT writes `handle`, GET writes `len`
+/// (the value's length, also on HREG_ERR_BUFFER). `flags` must be 0 on
+/// every op but INSERT. Each op's `buf` is owned by the caller and must stay
+/// valid for the call; GET buffers that overlap other ops' buffers are
+/// allowed (such a batch runs one op at a time). `ops` itself must not
+/// overlap any op's buffer.
+///
+/// Returns HREG_OK only if every op is OK, else the first failed op's
+/// status. `n == 0`: HREG_OK. `ops == NULL` with `n > 0`, or NULL `c`:
+/// HREG_ERR_INVALID (op statuses untouched). Per op: any status of the
+/// corresponding single call; HREG_ERR_INVALID for an unknown opcode.
+///
+/// Blocks until the daemon has answered every op.
+///
+/// # Safety
+/// `c` is NULL or a live client; `ops` is NULL or points to `n` writable
+/// `hreg_op`s whose buffers are as the single calls require.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_submit(c: *mut hreg_client, ops: *mut hreg_op, n: usize) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        if n == 0 {
+            return OK;
+        }
+        if ops.is_null() {
+            return INVALID;
+        }
+        // SAFETY: non-NULL, `n` writable ops (caller's contract), not
+        // overlapping any op's buffer.
+        let ops = unsafe { std::slice::from_raw_parts_mut(ops, n) };
+        // SAFETY: passed on from the caller.
+        unsafe { run(client, ops) }
+    })
+}
+
+/// Writes the registry's figures to `*out` (live objects, value bytes,
+/// attached sessions, data-path requests served; `reserved` zeroed).
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c` or `out`);
+/// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*out` is written
+/// only on success.
+///
+/// Blocks for one round trip to the daemon over the control socket.
+///
+/// # Safety
+/// `c` is NULL or a live client; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_stats_get(c: *mut hreg_client, out: *mut hreg_stats) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        if out.is_null() {
+            return INVALID;
+        }
+        match client.stats() {
+            Ok(s) => {
+                let stats = hreg_stats {
+                    objects: s.objects,
+                    value_bytes: s.value_bytes,
+                    sessions: s.sessions,
+                    ops: s.ops,
+                    reserved: [0; 4],
+                };
+                // SAFETY: non-NULL and writable (caller's contract).
+                unsafe { out.write(stats) };
+                OK
+            }
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// A short English description of `status`: a static NUL-terminated string
+/// the caller must not free, for every status and a generic one for any
+/// other value. Never NULL. Does not block.
+#[no_mangle]
+pub extern "C" fn hreg_strerror(status: c_int) -> *const c_char {
+    static MESSAGES: OnceLock<Vec<CString>> = OnceLock::new();
+    const UNKNOWN: &CStr = c"unknown hreg status";
+    let found = catch_unwind(|| {
+        let messages = MESSAGES.get_or_init(|| {
+            Status::ALL
+                .iter()
+                .map(|s| CString::new(s.message()).unwrap_or_default())
+                .collect()
+        });
+        let index = usize::try_from(status).ok()?;
+        messages.get(index).map(|m| m.as_ptr())
+    });
+    found.ok().flatten().unwrap_or(UNKNOWN.as_ptr())
+}
+
+/// The library's version, e.g. "0.1.0": a static NUL-terminated string the
+/// caller must not free. Does not block.
+#[no_mangle]
+pub extern "C" fn hreg_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the package version contains a NUL byte"),
+        };
+    VERSION.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(opcode: u32, buf: usize, len: usize) -> hreg_op {
+        hreg_op {
+            opcode,
+            flags: 0,
+            handle: 1,
+            buf: buf as *mut c_void,
+            len,
+            status: 0,
+        }
+    }
+
+    #[test]
+    fn overlapping_buffers_are_found() {
+        let (get, insert) = (2, 1);
+        assert!(!buffers_overlap(&[op(get, 100, 10), op(get, 110, 10)]));
+        assert!(buffers_overlap(&[op(get, 100, 10), op(get, 109, 10)]));
+        assert!(buffers_overlap(&[op(insert, 100, 10), op(get, 105, 1)]));
+        assert!(buffers_overlap(&[op(get, 100, 100), op(insert, 150, 1)]));
+        // Values only read may share memory; ops without buffers don't count.
+        assert!(!buffers_overlap(&[
+            op(insert, 100, 10),
+            op(insert, 100, 10)
+        ]));
+        assert!(!buffers_overlap(&[op(get, 100, 10), op(4, 100, 10)]));
+        assert!(buffers_overlap(&[
+            op(get, 100, 50),
+            op(insert, 120, 1),
+            op(insert, 10, 500),
+        ]));
+    }
+
+    #[test]
+    fn strerror_covers_every_status() {
+        for s in Status::ALL {
+            // SAFETY: hreg_strerror returns a static NUL-terminated string.
+            let text = unsafe { CStr::from_ptr(hreg_strerror(s as c_int)) };
+            assert_eq!(text.to_str().unwrap(), s.message());
+        }
+        for odd in [-1, 13, c_int::MAX, c_int::MIN] {
+            // SAFETY: as above.
+            let text = unsafe { CStr::from_ptr(hreg_strerror(odd)) };
+            assert_eq!(text, c"unknown hreg status");
+        }
+    }
+
+    #[test]
+    fn version_is_the_crate_version() {
+        // SAFETY: hreg_version returns a static NUL-terminated string.
+        let v = unsafe { CStr::from_ptr(hreg_version()) };
+        assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
+}

@@ -1,0 +1,164 @@
+//! `PROTOCOL.md` checked against the code, so the text other-language
+//! clients are written from cannot drift: every control message the codec
+//! knows has its row in the kind table, with the number it encodes to and
+//! its name, and no row is left over; the packet limit is the code's; the
+//! opcode and status tables carry the code's numbers.
+
+use hreg_proto::control::{
+    ControlRequest, ListFilter, Reply, StatsReply, UsageReply, Welcome, MAX_MESSAGE,
+};
+use hreg_proto::{Opcode, Status};
+use std::collections::BTreeMap;
+
+fn document() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md"))
+        .expect("PROTOCOL.md")
+}
+
+/// The rows `| number | NAME | ...` of the table that follows `heading`.
+fn table(doc: &str, heading: &str) -> BTreeMap<u32, String> {
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    doc[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            Some((cells.get(1)?.parse().ok()?, cells.get(2)?.to_string()))
+        })
+        .collect()
+}
+
+/// The name of a request's kind, as the table writes it. A new variant
+/// fails to compile here until it is named (and documented).
+fn request_name(request: &ControlRequest) -> &'static str {
+    match request {
+        ControlRequest::Hello { .. } => "HELLO",
+        ControlRequest::RingOpen => "RING_OPEN",
+        ControlRequest::RingClose { .. } => "RING_CLOSE",
+        ControlRequest::Stats => "STATS",
+        ControlRequest::Goodbye => "GOODBYE",
+        ControlRequest::Sessions { .. } => "SESSIONS",
+        ControlRequest::List { .. } => "LIST",
+        ControlRequest::Usage => "USAGE",
+    }
+}
+
+fn reply_name(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Welcome(_) => "WELCOME",
+        Reply::Refused { .. } => "REFUSED",
+        Reply::RingOpened { .. } => "RING_OPENED",
+        Reply::Ack => "ACK",
+        Reply::Stats(_) => "STATS_REPLY",
+        Reply::Error { .. } => "ERROR",
+        Reply::Shutdown => "SHUTDOWN",
+        Reply::Sessions { .. } => "SESSIONS_REPLY",
+        Reply::Objects { .. } => "OBJECTS_REPLY",
+        Reply::Usage(_) => "USAGE_REPLY",
+    }
+}
+
+fn kind_of(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes[..4].try_into().unwrap())
+}
+
+#[test]
+fn the_kind_table_is_the_codec() {
+    let doc = document();
+    let rows = table(&doc, "## 1. The control socket");
+    let requests = [
+        ControlRequest::Hello {
+            version: 1,
+            name: String::new(),
+        },
+        ControlRequest::RingOpen,
+        ControlRequest::RingClose { index: 0 },
+        ControlRequest::Stats,
+        ControlRequest::Goodbye,
+        ControlRequest::Sessions { cursor: 0 },
+        ControlRequest::List {
+            cursor: 0,
+            limit: 0,
+            filter: ListFilter::default(),
+        },
+        ControlRequest::Usage,
+    ];
+    let replies = [
+        Reply::Welcome(Welcome::default()),
+        Reply::Refused {
+            status: 0,
+            message: String::new(),
+        },
+        Reply::RingOpened { index: 0 },
+        Reply::Ack,
+        Reply::Stats(StatsReply::default()),
+        Reply::Error {
+            status: 0,
+            message: String::new(),
+        },
+        Reply::Shutdown,
+        Reply::Sessions {
+            sessions: Vec::new(),
+            next: 0,
+        },
+        Reply::Objects {
+            objects: Vec::new(),
+            next: 0,
+        },
+        Reply::Usage(UsageReply::default()),
+    ];
+    let mut coded = BTreeMap::new();
+    for r in &requests {
+        coded.insert(kind_of(&r.encode()), request_name(r).to_string());
+    }
+    for r in &replies {
+        coded.insert(kind_of(&r.encode()), reply_name(r).to_string());
+    }
+    assert_eq!(
+        coded.len(),
+        requests.len() + replies.len(),
+        "two messages share a kind"
+    );
+    assert_eq!(
+        rows, coded,
+        "PROTOCOL.md's kind table differs from the codec"
+    );
+}
+
+#[test]
+fn the_packet_limit_is_the_codes() {
+    let doc = document();
+    let limit = format!("at most\n{MAX_MESSAGE} bytes");
+    let flat = doc.replace('\n', " ");
+    assert!(
+        flat.contains(&limit.replace('\n', " ")),
+        "PROTOCOL.md must say packets are at most {MAX_MESSAGE} bytes"
+    );
+}
+
+#[test]
+fn opcodes_and_statuses_carry_the_codes_numbers() {
+    let doc = document();
+    let opcodes = table(&doc, "Opcodes:");
+    for (code, name) in &opcodes {
+        let opcode = Opcode::from_u8(*code as u8).unwrap_or_else(|| panic!("opcode {code}"));
+        assert_eq!(
+            format!("{opcode:?}").to_uppercase(),
+            name.replace('_', ""),
+            "opcode {code}"
+        );
+    }
+    assert_eq!(opcodes.len(), 8, "every opcode has a row");
+    let statuses = table(&doc, "## 4. Statuses");
+    for (code, name) in &statuses {
+        let status = Status::from_u32(*code).unwrap_or_else(|| panic!("status {code}"));
+        assert_eq!(
+            format!("{status:?}").to_uppercase(),
+            name.replace('_', ""),
+            "status {code}"
+        );
+    }
+}
