@@ -18,9 +18,11 @@ pub mod control;
 pub mod entry;
 pub mod handle;
 pub mod handoff;
+pub mod pins;
 pub mod ring;
 pub mod shm;
 pub mod sync;
+pub mod table;
 
 /// Version of the protocol spoken over the control socket and the rings.
 /// HELLO carries it; the daemon refuses any other.

@@ -208,9 +208,11 @@ mod real {
 mod model {
     use super::*;
     use crate::ring::Layout;
+    use crate::sync::Ordering;
 
-    /// The words of one ring, as loom atomics: the six header words and the
-    /// entries (no data area).
+    /// Words of shared memory, as loom atomics: the six header words of a
+    /// ring and its entries ([`Mapping::for_ring`]), or plain 8-byte words
+    /// from offset 0 ([`Mapping::words`]).
     pub struct Mapping {
         header: Vec<AtomicU32>,
         entries: Vec<AtomicU64>,
@@ -219,6 +221,7 @@ mod model {
     }
 
     impl Mapping {
+        /// One ring of `layout` (no data area).
         pub fn for_ring(layout: Layout) -> Mapping {
             let header = (0..crate::ring::HEADER_WORDS)
                 .map(|_| AtomicU32::new(0))
@@ -229,6 +232,16 @@ mod model {
                 entries: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 entries_at: crate::ring::HEADER_SIZE,
                 len: layout.ring_stride(),
+            }
+        }
+
+        /// `len` bytes (a multiple of 64) of 8-byte words.
+        pub fn words(len: usize) -> Mapping {
+            Mapping {
+                header: Vec::new(),
+                entries: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+                entries_at: 0,
+                len,
             }
         }
 
@@ -253,6 +266,33 @@ mod model {
             self.entries[first..first + 8]
                 .try_into()
                 .expect("eight words")
+        }
+
+        /// Copies whole words (the model's values are multiples of 8 bytes
+        /// at 8-byte offsets).
+        pub fn load(&self, offset: usize, out: &mut [u8]) -> bool {
+            if !self.holds(offset, out.len()) {
+                return false;
+            }
+            for (i, chunk) in out.chunks_mut(8).enumerate() {
+                let word = self.entries[(offset - self.entries_at) / 8 + i].load(Ordering::Relaxed);
+                chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+            }
+            true
+        }
+
+        /// Writes whole words, as [`Mapping::load`] reads them.
+        pub fn store(&self, offset: usize, bytes: &[u8]) -> bool {
+            if !self.holds(offset, bytes.len()) {
+                return false;
+            }
+            for (i, chunk) in bytes.chunks(8).enumerate() {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.entries[(offset - self.entries_at) / 8 + i]
+                    .store(u64::from_le_bytes(word), Ordering::Relaxed);
+            }
+            true
         }
     }
 }

@@ -1,0 +1,191 @@
+//! Borrowed references and what they hold back: the pin table of a
+//! session, and the protocol by which a client pins a value block and the
+//! daemon learns which blocks it may not reuse yet (epoch-based
+//! reclamation across processes).
+//!
+//! The table lies in the session's memory (which the client writes), at the
+//! offset WELCOME names:
+//!
+//! ```text
+//! offset 0     entries in use (u64): a hint, written by the client
+//! offset 64    PIN_ENTRIES × u64: 0 free, else epoch << 16 | domain
+//! ```
+//!
+//! To pin, a client reads the registry's epoch (acquire), claims a free
+//! entry with `epoch << 16 | domain`, issues a `SeqCst` fence, and only then
+//! reads the slot (the seqlock read of [`crate::table`]): if the slot still
+//! names the block, the block stays as it is until the entry is cleared.
+//! The daemon, when a block leaves a slot (replace, remove), fences
+//! (`SeqCst`) and notes the epoch; a reclamation pass advances the epoch,
+//! fences, reads every pin table of a session that maps the block's domain
+//! and frees the block only if no entry of that domain has an epoch at or
+//! below the one noted. Either the reader's slot check sees the block gone,
+//! or the daemon's scan sees the pin: never neither. A client can only
+//! harm itself by lying in its table (its own borrowed bytes may change);
+//! the daemon clamps every entry to its own epoch and ignores domains the
+//! session cannot map.
+//!
+//! The `loom` model `tests/loom_table.rs` checks this protocol on these
+//! functions.
+
+use crate::shm::Mapping;
+use crate::sync::{fence, AtomicU64, Ordering};
+
+/// Borrowed references one session may hold at once.
+pub const PIN_ENTRIES: usize = 1024;
+
+/// Bytes of a pin table of `entries` entries.
+pub const fn pin_table_len(entries: usize) -> usize {
+    64 + entries * 8
+}
+
+const ENTRIES_AT: usize = 64;
+
+/// A session's pin table, borrowed from the session's mapping.
+#[derive(Clone, Copy)]
+pub struct PinTable<'a> {
+    map: &'a Mapping,
+    at: usize,
+    entries: usize,
+}
+
+/// One pinned entry: which entry, and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The entry's index in the table.
+    pub entry: usize,
+    /// The epoch the pin was taken in.
+    pub epoch: u64,
+}
+
+impl<'a> PinTable<'a> {
+    /// The table of `entries` entries at `at` in `map`, if the mapping
+    /// holds it (64-byte aligned). Sessions have [`PIN_ENTRIES`].
+    pub fn new(map: &'a Mapping, at: usize, entries: usize) -> Option<PinTable<'a>> {
+        (at.is_multiple_of(64) && map.holds(at, pin_table_len(entries))).then_some(PinTable {
+            map,
+            at,
+            entries,
+        })
+    }
+
+    fn in_use(&self) -> &'a AtomicU64 {
+        &self.map.entry_at(self.at)[0]
+    }
+
+    fn entry(&self, index: usize) -> &'a AtomicU64 {
+        let offset = self.at + ENTRIES_AT + index * 8;
+        &self.map.entry_at(offset / 64 * 64)[offset % 64 / 8]
+    }
+
+    // The client's side.
+
+    /// Claims a free entry for `domain` in the current epoch (read from
+    /// `epoch`, the registry header's word) and fences: read the slot after
+    /// this. `None` when every entry is taken.
+    pub fn pin(&self, domain: u16, epoch: &AtomicU64) -> Option<Pin> {
+        let now = epoch.load(Ordering::Acquire).max(1);
+        let value = (now << 16) | u64::from(domain);
+        for index in 0..self.entries {
+            let entry = self.entry(index);
+            if entry.load(Ordering::Relaxed) == 0
+                && entry
+                    .compare_exchange(0, value, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.in_use().fetch_add(1, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                return Some(Pin {
+                    entry: index,
+                    epoch: now,
+                });
+            }
+        }
+        None
+    }
+
+    /// Clears an entry this client pinned: the block may be reused from now
+    /// on.
+    pub fn unpin(&self, pin: Pin) {
+        self.entry(pin.entry).store(0, Ordering::Release);
+        self.in_use().fetch_sub(1, Ordering::Release);
+    }
+
+    // The daemon's side: everything read here is the client's word.
+
+    /// Whether the client says it holds pins (a hint: a client that lies
+    /// only makes its own borrowed bytes unsafe).
+    pub fn any(&self) -> bool {
+        self.in_use().load(Ordering::Acquire) != 0
+    }
+
+    /// Calls `each(domain, epoch)` for every entry in use, with the epoch
+    /// clamped to `now` (the caller has fenced after advancing the epoch).
+    pub fn scan(&self, now: u64, mut each: impl FnMut(u16, u64)) {
+        for index in 0..self.entries {
+            let value = self.entry(index).load(Ordering::Acquire);
+            if value != 0 {
+                each(value as u16, (value >> 16).min(now));
+            }
+        }
+    }
+}
+
+/// The daemon's side, when a block leaves its slot (after the slot's new
+/// version is written): fences, and returns the epoch to note the block
+/// under.
+pub fn retire_epoch(epoch: &AtomicU64) -> u64 {
+    fence(Ordering::SeqCst);
+    epoch.load(Ordering::SeqCst)
+}
+
+/// The daemon's side, at the start of a reclamation pass: advances the
+/// epoch and fences; returns the new epoch, to clamp entries to. Pin tables
+/// are read after this.
+pub fn begin_pass(epoch: &AtomicU64) -> u64 {
+    let now = epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    fence(Ordering::SeqCst);
+    now
+}
+
+/// Whether a block of `domain` noted in epoch `retired` may be reused,
+/// given the oldest pin of that domain found by a pass (`None`: none).
+pub fn reusable(retired: u64, oldest_pin: Option<u64>) -> bool {
+    oldest_pin.is_none_or(|pinned| pinned > retired)
+}
+
+#[cfg(all(test, not(hreg_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_claimed_scanned_and_cleared() {
+        let map = Mapping::anonymous(8192 + pin_table_len(PIN_ENTRIES)).unwrap();
+        assert!(PinTable::new(&map, 8, PIN_ENTRIES).is_none());
+        assert!(PinTable::new(&map, 8192 + 64, PIN_ENTRIES).is_none());
+        let table = PinTable::new(&map, 8192, PIN_ENTRIES).unwrap();
+        let epoch = AtomicU64::new(5);
+        assert!(!table.any());
+        let a = table.pin(3, &epoch).unwrap();
+        epoch.store(9, Ordering::Relaxed);
+        let b = table.pin(0, &epoch).unwrap();
+        assert_ne!(a.entry, b.entry);
+        assert!(table.any());
+        let mut seen = Vec::new();
+        table.scan(7, |domain, epoch| seen.push((domain, epoch)));
+        seen.sort();
+        assert_eq!(seen, [(0, 7), (3, 5)], "clamped to the daemon's epoch");
+        table.unpin(a);
+        table.unpin(b);
+        assert!(!table.any());
+        let mut none = 0;
+        table.scan(9, |_, _| none += 1);
+        assert_eq!(none, 0);
+        // A full table refuses.
+        let pins: Vec<Pin> = (0..PIN_ENTRIES).map(|_| table.pin(1, &epoch).unwrap()).collect();
+        assert!(table.pin(1, &epoch).is_none());
+        for pin in pins {
+            table.unpin(pin);
+        }
+    }
+}

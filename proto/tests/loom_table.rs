@@ -1,0 +1,155 @@
+//! loom models of the registry's read side: the slot seqlock (a reader
+//! racing two writes of a slot sees one version whole) and cross-process
+//! reclamation (a reader that pinned a value block and found it in its slot
+//! keeps reading the same bytes while the daemon replaces the value and
+//! reuses blocks it may). Both run the real functions of
+//! `hreg_proto::table` and `hreg_proto::pins` over loom atomics.
+//!
+//! Run: `RUSTFLAGS="--cfg hreg_loom" cargo test -p hreg-proto --release
+//! --test loom_table --target-dir target-loom`
+
+#![cfg(hreg_loom)]
+
+use hreg_proto::pins::{self, pin_table_len, PinTable};
+use hreg_proto::shm::Mapping;
+use hreg_proto::table::{HeapAddress, Payload, Read, Slot, SlotView, INLINE_VALUE, SLOT_SIZE};
+use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::Arc;
+
+/// A 16-byte value that shows tearing: a word and its complement.
+fn value(x: u64) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&x.to_le_bytes());
+    bytes[8..].copy_from_slice(&(!x).to_le_bytes());
+    bytes
+}
+
+fn word_of(bytes: &[u8]) -> u64 {
+    let x = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let check = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    assert_eq!(check, !x, "torn value");
+    x
+}
+
+fn inline(x: u64) -> Slot {
+    let mut bytes = [0u8; INLINE_VALUE];
+    bytes[..16].copy_from_slice(&value(x));
+    Slot {
+        generation: 1,
+        flags: 0,
+        len: 16,
+        owner: 0,
+        payload: Payload::Inline(bytes),
+    }
+}
+
+#[test]
+fn a_reader_sees_one_version_whole() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let map = Arc::new(Mapping::words(SLOT_SIZE));
+        SlotView::new(&map, 0).unwrap().write(&inline(1));
+        let writer = {
+            let map = Arc::clone(&map);
+            loom::thread::spawn(move || {
+                let slot = SlotView::new(&map, 0).unwrap();
+                slot.write(&inline(2));
+                slot.write(&inline(3));
+            })
+        };
+        let slot = SlotView::new(&map, 0).unwrap();
+        let mut out = [0u8; 16];
+        let seen = loop {
+            match slot.read(1, |n| out.get_mut(..n), |_| None) {
+                Read::Value { len: 16 } => break word_of(&out),
+                Read::Torn => loom::thread::yield_now(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!((1..=3).contains(&seen), "{seen}");
+        writer.join().unwrap();
+    });
+}
+
+const BLOCK: u64 = 64;
+/// Pin entries in the model's table (a session has 1024).
+const PINS: usize = 2;
+
+#[test]
+fn a_pinned_block_is_not_reused() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let slots = Arc::new(Mapping::words(SLOT_SIZE));
+        let heap = Arc::new(Mapping::words(2 * BLOCK as usize));
+        let session = Arc::new(Mapping::words(pin_table_len(PINS).next_multiple_of(64)));
+        let epoch = Arc::new(AtomicU64::new(1));
+        // Block 0 holds value 1 and is in the slot.
+        heap.store(0, &value(1));
+        let first = Slot {
+            payload: Payload::Heap(HeapAddress { chunk: 0, offset: 0 }),
+            ..inline(0)
+        };
+        SlotView::new(&slots, 0).unwrap().write(&first);
+
+        // The daemon: replace the value (block 1), note block 0 retired,
+        // run a pass, and reuse block 0 if nothing holds it back.
+        let daemon = {
+            let (slots, heap, session, epoch) = (
+                Arc::clone(&slots),
+                Arc::clone(&heap),
+                Arc::clone(&session),
+                Arc::clone(&epoch),
+            );
+            loom::thread::spawn(move || {
+                heap.store(BLOCK as usize, &value(2));
+                let second = Slot {
+                    payload: Payload::Heap(HeapAddress {
+                        chunk: 0,
+                        offset: BLOCK,
+                    }),
+                    ..first
+                };
+                SlotView::new(&slots, 0).unwrap().write(&second);
+                let retired = pins::retire_epoch(&epoch);
+                let now = pins::begin_pass(&epoch);
+                let table = PinTable::new(&session, 0, PINS).unwrap();
+                let mut oldest = None;
+                table.scan(now, |domain, pinned| {
+                    if domain == 0 {
+                        oldest = Some(oldest.map_or(pinned, |o: u64| o.min(pinned)));
+                    }
+                });
+                if pins::reusable(retired, oldest) {
+                    heap.store(0, &[0xee; 16]);
+                }
+            })
+        };
+
+        // A reader borrowing the value: pin, find the block in the slot,
+        // and read it twice while pinned.
+        let table = PinTable::new(&session, 0, PINS).unwrap();
+        let pin = table.pin(0, &epoch).unwrap();
+        let slot = loop {
+            if let Some(slot) = SlotView::new(&slots, 0).unwrap().snapshot() {
+                break slot;
+            }
+            loom::thread::yield_now();
+        };
+        let Payload::Heap(at) = slot.payload else {
+            panic!("not in the heap");
+        };
+        let mut first_look = [0u8; 16];
+        heap.load(at.offset as usize, &mut first_look);
+        let seen = word_of(&first_look);
+        assert!(seen == 1 || seen == 2);
+        loom::thread::yield_now();
+        let mut second_look = [0u8; 16];
+        heap.load(at.offset as usize, &mut second_look);
+        assert_eq!(first_look, second_look, "a pinned block changed");
+        table.unpin(pin);
+        daemon.join().unwrap();
+        let _ = epoch.load(Ordering::Relaxed);
+    });
+}
