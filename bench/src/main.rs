@@ -2,13 +2,19 @@
 //! experiment in process, the shared-memory floor, hreg through its rings,
 //! Redis on the same operations, the scale and idle checks, all in one run,
 //! then prints a Markdown table and the targets with their verdicts, and
-//! writes JSON and an SVG plot on request. `--soak SECONDS` runs the soak
-//! ([`soak`]) instead.
+//! writes JSON and an SVG plot on request. Instead of the sections,
+//! `--soak SECONDS` runs the soak ([`soak`]), `--attacks SECONDS` every
+//! attack of the hostile-client suite at once against an honest client
+//! ([`attacks`]), and `--burst N` N client processes attaching at once
+//! after the sequential attach probe ([`burst`]).
 //!
 //! This file owns the command line, the order of the sections, their sizes
 //! (quick or full) and the targets; each section lives in its own module.
 
+mod attacks;
+mod burst;
 mod floor;
+mod honest;
 mod inproc;
 mod outproc;
 mod procs;
@@ -18,16 +24,18 @@ mod scale;
 mod soak;
 mod soak_worker;
 mod stats;
+mod worker;
 
 use anyhow::Context;
 use clap::Parser;
 use outproc::{Case, Kind, Timing};
 use procs::WorkDir;
-use report::{Other, Report, Row, Target};
+use report::{ModeReport, Other, Report, Row, Target};
 use stats::{Measured, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use worker::Worker;
 
 #[derive(Debug, Parser)]
 #[command(name = "hreg-bench", about = "hreg benchmark harness (issue 4)")]
@@ -38,8 +46,8 @@ struct Args {
     /// Write every figure as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write an SVG plot to FILE.
-    #[arg(long, value_name = "FILE")]
+    /// Write an SVG plot to FILE (the sections and the soak).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["attacks", "burst"])]
     plot: Option<PathBuf>,
     /// The hregd binary [default: `hregd` next to this executable].
     #[arg(long, value_name = "PATH")]
@@ -63,9 +71,52 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4, requires = "soak",
           value_parser = clap::value_parser!(u64).range(1..=256))]
     soak_clients: u64,
-    /// (internal) Run as one soak client with this plan (JSON).
-    #[arg(long, hide = true, value_name = "PLAN")]
-    soak_worker: Option<String>,
+    /// All attacks at once instead: every attack of the hostile-client
+    /// suite, each in its own `hreg-attack` process, for SECONDS against one
+    /// hregd while an honest client works, after a baseline without them.
+    /// Exits non-zero if the honest client sees a wrong value or an error,
+    /// an attack does not get going, or the daemon dies.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only", "soak"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    attacks: Option<u64>,
+    /// With --attacks: run only these attacks (e.g. `--attack
+    /// list-flood,hog`, to see what one costs) [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,..", requires = "attacks",
+          value_parser = attack_name)]
+    attack: Vec<hreg_tests::attacks::Attack>,
+    /// The hreg-attack binary [default: `hreg-attack` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    hreg_attack: Option<PathBuf>,
+    /// A burst instead: the sequential attach probe, then N client processes
+    /// attach at once, each doing one insert or get. Exits non-zero if any
+    /// of them gets no session or fails its operation.
+    #[arg(long, value_name = "N", conflicts_with_all = ["quick", "only", "soak", "attacks"],
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    burst: Option<u64>,
+    /// With --burst: another uid (65534; the bench must be root) holds M
+    /// connections that never say HELLO for the whole burst.
+    #[arg(long, value_name = "M", requires = "burst",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    silent: Option<u64>,
+    /// With --burst: hregd's `--max-sessions` (its default, 1024, is too
+    /// few for a burst of 1024 or more).
+    #[arg(long, value_name = "N", requires = "burst",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_sessions: Option<u64>,
+    /// (internal) Run as a worker process of a section (JSON).
+    #[arg(long, hide = true, value_name = "JSON")]
+    worker: Option<String>,
+}
+
+/// An attack of the hostile-client suite, by name.
+fn attack_name(name: &str) -> Result<hreg_tests::attacks::Attack, String> {
+    hreg_tests::attacks::Attack::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = hreg_tests::attacks::Attack::ALL
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        format!("unknown attack `{name}` (known: {})", known.join(", "))
+    })
 }
 
 impl Args {
@@ -127,20 +178,50 @@ impl Sizes {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(plan) = &args.soak_worker {
-        return soak_client(plan);
+    if let Some(json) = &args.worker {
+        return Worker::run(json);
     }
     let Some(hregd) = procs::find_hregd(args.hregd.as_deref()) else {
         eprintln!(
             "hreg-bench: no hregd binary next to this executable; build it first:\n    {}\n\
              (or pass --hregd PATH)",
-            procs::hregd_build_command()
+            procs::build_command("hregd", "hregd")
         );
         return ExitCode::from(2);
     };
-    let result = match args.soak {
-        Some(seconds) => run_soak(&args, hregd, seconds),
-        None => run(&args, hregd).map(|()| true),
+    let attack_bin = || {
+        let found = procs::find_hreg_attack(args.hreg_attack.as_deref());
+        if found.is_none() {
+            eprintln!(
+                "hreg-bench: no hreg-attack binary next to this executable; build it first:\n    {}\n\
+                 (or pass --hreg-attack PATH)",
+                procs::build_command("hreg-tests", "hreg-attack")
+            );
+        }
+        found
+    };
+    let result = if let Some(seconds) = args.soak {
+        run_soak(&args, &hregd, seconds)
+    } else if let Some(seconds) = args.attacks {
+        let Some(attack_bin) = attack_bin() else {
+            return ExitCode::from(2);
+        };
+        run_attacks(&args, &hregd, &attack_bin, seconds)
+    } else if let Some(processes) = args.burst {
+        if args.silent.is_some() && !procs::is_root() {
+            eprintln!("hreg-bench: --silent needs root: another uid (65534) holds the connections");
+            return ExitCode::from(2);
+        }
+        let attack_bin = match args.silent {
+            Some(_) => match attack_bin() {
+                Some(path) => Some(path),
+                None => return ExitCode::from(2),
+            },
+            None => None,
+        };
+        run_burst(&args, &hregd, attack_bin.as_deref(), processes as usize)
+    } else {
+        run(&args, hregd).map(|()| true)
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -152,42 +233,74 @@ fn main() -> ExitCode {
     }
 }
 
-/// The hidden worker mode: one soak client process.
-fn soak_client(plan: &str) -> ExitCode {
-    let plan: soak_worker::Plan = match serde_json::from_str(plan) {
-        Ok(plan) => plan,
-        Err(e) => {
-            eprintln!("hreg-bench: bad soak plan: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match soak_worker::run(&plan) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hreg-bench soak client: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+/// `--attacks SECONDS`; whether the run passed.
+fn run_attacks(args: &Args, hregd: &Path, attack_bin: &Path, seconds: u64) -> anyhow::Result<bool> {
+    eprintln!(
+        "hreg-bench: every attack at once for {seconds} s ({}, {})",
+        hregd.display(),
+        attack_bin.display()
+    );
+    run_mode(args, "attacks run", |dir| {
+        hreg_tests::raise_fd_limit(procs::BENCH_NOFILE);
+        let chosen = match args.attack.as_slice() {
+            [] => hreg_tests::attacks::Attack::ALL.to_vec(),
+            some => some.to_vec(),
+        };
+        attacks::run(hregd, attack_bin, dir, seconds, &chosen)
+    })
 }
 
-/// `--soak SECONDS`: prints the summary, writes the JSON and the plot;
-/// whether the soak passed.
-fn run_soak(args: &Args, hregd: PathBuf, seconds: u64) -> anyhow::Result<bool> {
-    procs::install_signal_cleanup()?;
-    let mut dir = WorkDir::create()?;
+/// `--burst N`; whether every process was served.
+fn run_burst(
+    args: &Args,
+    hregd: &Path,
+    attack_bin: Option<&Path>,
+    processes: usize,
+) -> anyhow::Result<bool> {
+    run_mode(args, "burst", |dir| {
+        hreg_tests::raise_fd_limit(procs::BENCH_NOFILE);
+        burst::run(
+            hregd,
+            attack_bin,
+            dir,
+            processes,
+            args.silent.map(|m| m as usize),
+            args.max_sessions.map(|m| m as usize),
+        )
+    })
+}
+
+/// `--soak SECONDS`; whether the soak passed.
+fn run_soak(args: &Args, hregd: &Path, seconds: u64) -> anyhow::Result<bool> {
     eprintln!(
         "hreg-bench: soak for {seconds} s, {} clients at a time ({})",
         args.soak_clients,
         hregd.display()
     );
-    let report = soak::run(
-        &hregd,
-        dir.path(),
-        Duration::from_secs(seconds),
-        args.soak_clients as usize,
-    )
-    .inspect_err(|_| dir.keep())
-    .with_context(|| format!("soak (logs kept in {})", dir.path().display()))?;
+    run_mode(args, "soak", |dir| {
+        soak::run(
+            hregd,
+            dir.path(),
+            Duration::from_secs(seconds),
+            args.soak_clients as usize,
+        )
+    })
+}
+
+/// Runs a mode other than the sections in a fresh work directory, prints
+/// its report, writes its JSON (and plot), and keeps the directory (the
+/// daemon's and the children's logs) when the mode failed; whether it
+/// passed.
+fn run_mode<R: ModeReport>(
+    args: &Args,
+    what: &str,
+    mode: impl FnOnce(&WorkDir) -> anyhow::Result<R>,
+) -> anyhow::Result<bool> {
+    procs::install_signal_cleanup()?;
+    let mut dir = WorkDir::create()?;
+    let report = mode(&dir)
+        .inspect_err(|_| dir.keep())
+        .with_context(|| format!("{what} (logs kept in {})", dir.path().display()))?;
     print!("{}", report.markdown());
     write_outputs(args, &serde_json::to_string_pretty(&report)?, || {
         report.svg()
@@ -195,20 +308,24 @@ fn run_soak(args: &Args, hregd: PathBuf, seconds: u64) -> anyhow::Result<bool> {
     if !report.passed() {
         dir.keep();
         eprintln!(
-            "hreg-bench: the soak failed; hregd.log and soak-clients.log are in {}",
+            "hreg-bench: the {what} failed; hregd.log and the children's logs are in {}",
             dir.path().display()
         );
     }
     Ok(report.passed())
 }
 
-/// Writes `--json` and `--plot` when asked.
-fn write_outputs(args: &Args, json: &str, svg: impl FnOnce() -> String) -> anyhow::Result<()> {
+/// Writes `--json` and `--plot` when asked (the plot if there is one).
+fn write_outputs(
+    args: &Args,
+    json: &str,
+    svg: impl FnOnce() -> Option<String>,
+) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, svg()).with_context(|| format!("writing {}", path.display()))?;
+    if let (Some(path), Some(svg)) = (&args.plot, svg()) {
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -270,7 +387,7 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     report.targets = targets(&report, &sizes);
     print!("{}", report.markdown());
     write_outputs(args, &serde_json::to_string_pretty(&report)?, || {
-        report.svg()
+        Some(report.svg())
     })
 }
 

@@ -1,17 +1,40 @@
 //! The processes the bench starts and how they end: its temporary
-//! directory, `hregd`, `redis-server` and soak client children (which die
-//! with the bench, by `PR_SET_PDEATHSIG`), cleanup on SIGINT/SIGTERM, and
-//! what `/proc` says about a child (resident memory, descriptors, CPU time).
+//! directory, `hregd`, `redis-server`, `hreg-attack` and its own worker
+//! children (which die with the bench, by `PR_SET_PDEATHSIG`), cleanup on
+//! SIGINT/SIGTERM, their descriptor limits and uids, the lines they print,
+//! and what `/proc` says about a child (memory, descriptors, CPU time).
 
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The descriptor limit hregd gets: the shipped unit's `LimitNOFILE`
+/// (`dist/hregd.service`), or the bench's hard limit if that is lower.
+pub const HREGD_NOFILE: u64 = 65536;
+
+/// The descriptor limit the bench raises itself to (children inherit it):
+/// room for attackers holding tens of thousands of connections and rings.
+pub const BENCH_NOFILE: u64 = 1 << 17;
+
+/// Uids the bench runs other users' processes under when it runs as root:
+/// nobody (65534) and the ids just below it, unused on a usual system.
+pub const OTHER_UIDS: [u32; 4] = [65534, 65533, 65532, 65531];
+
+/// Whether the bench runs as root (and may start processes as other uids).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Makes `command` run as `uid` (its gid the same number, no
+/// supplementary groups).
+pub fn as_uid(command: &mut Command, uid: u32) {
+    command.uid(uid).gid(uid);
+}
 /// What a signal must clean up: the work directory and the live children.
 static LIVE: Mutex<Live> = Mutex::new(Live {
     dir: None,
@@ -72,6 +95,13 @@ impl WorkDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets other uids reach what is inside (the socket; 0755).
+    pub fn open_to_others(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod 755 {}", self.path.display()))
     }
 
     /// Leaves the directory (its logs) in place when dropped.
@@ -142,6 +172,24 @@ impl Proc {
         self.child.stdout.take()
     }
 
+    /// The child's standard input, if it was piped and not taken yet
+    /// (dropping it closes the pipe).
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Waits up to `patience` for the child to end, then kills it.
+    pub fn wait_or_kill(&mut self, patience: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill()
+    }
+
     /// How the child ended, if it has (reaping it).
     pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         if self.exited.is_none() {
@@ -180,12 +228,22 @@ impl Proc {
 
     /// Resident memory in bytes (`VmRSS`).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmRSS")
+    }
+
+    /// Peak resident memory in bytes (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmHWM")
+    }
+
+    /// A `kB` field of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let kib = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("no VmRSS")?;
+            .with_context(|| format!("no {field}"))?;
         Ok(kib * 1024)
     }
 
@@ -229,60 +287,125 @@ impl Drop for Proc {
 }
 
 /// The hregd binary: `explicit`, else the one next to this executable.
-/// Under `cargo run` (which sets `$CARGO`) it is first brought up to date
-/// with `cargo build -p hregd` in this executable's profile, since cargo
-/// does not build a dependency's binaries by itself.
 pub fn find_hregd(explicit: Option<&Path>) -> Option<PathBuf> {
+    find_binary(explicit, "hregd", "hregd")
+}
+
+/// The `hreg-attack` binary (of the `hreg-tests` package), like hregd.
+pub fn find_hreg_attack(explicit: Option<&Path>) -> Option<PathBuf> {
+    find_binary(explicit, "hreg-tests", "hreg-attack")
+}
+
+/// Binary `bin` of workspace package `package`: `explicit`, else the one
+/// next to this executable. Under `cargo run` (which sets `$CARGO`) it is
+/// first brought up to date with `cargo build -p PACKAGE --bin BIN` in
+/// this executable's profile, since cargo does not build a dependency's
+/// binaries by itself.
+fn find_binary(explicit: Option<&Path>, package: &str, bin: &str) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return Some(path.to_path_buf());
     }
-    let path = std::env::current_exe().ok()?.parent()?.join("hregd");
+    let path = std::env::current_exe().ok()?.parent()?.join(bin);
     if let (Some(cargo), Some(manifest)) = (
         std::env::var_os("CARGO"),
         std::env::var_os("CARGO_MANIFEST_DIR"),
     ) {
         let mut build = Command::new(cargo);
         build
-            .args(["build", "--quiet", "-p", "hregd", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                package,
+                "--bin",
+                bin,
+                "--manifest-path",
+            ])
             .arg(Path::new(&manifest).join("../Cargo.toml"));
         if !cfg!(debug_assertions) {
             build.arg("--release");
         }
         if !build.status().is_ok_and(|s| s.success()) {
-            eprintln!("hreg-bench: building hregd failed");
+            eprintln!("hreg-bench: building {bin} failed");
         }
     }
     path.is_file().then_some(path)
 }
 
-/// The command that builds the hregd this executable looks for.
-pub fn hregd_build_command() -> &'static str {
-    if cfg!(debug_assertions) {
-        "cargo build -p hregd"
+/// The command that builds `bin` of `package` where this executable looks
+/// for it.
+pub fn build_command(package: &str, bin: &str) -> String {
+    let profile = if cfg!(debug_assertions) {
+        ""
     } else {
-        "cargo build --release -p hregd"
-    }
+        " --release"
+    };
+    format!("cargo build{profile} -p {package} --bin {bin}")
 }
 
 /// Starts hregd with default flags (only the socket path is given) and
 /// waits until it accepts connections.
 pub fn start_hregd(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, PathBuf)> {
-    start_hregd_with(binary, dir, &[])
+    start_hregd_with(binary, dir, &[], None)
+}
+
+/// The descriptor limit a child can be given: `wanted`, or the bench's
+/// hard limit if that is lower (raising it needs `CAP_SYS_RESOURCE`).
+pub fn nofile_within_reach(wanted: u64) -> u64 {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    hard.map_or(wanted, |hard| wanted.min(hard))
 }
 
 /// Starts hregd with `flags` besides the socket path (its log is
-/// `DIR/hregd.log`) and waits until it accepts connections.
+/// `DIR/hregd.log`), with descriptor limit `nofile` when given (else the
+/// bench's; see [`nofile_within_reach`]), and waits until it accepts
+/// connections.
 pub fn start_hregd_with(
     binary: &Path,
     dir: &Path,
     flags: &[&str],
+    nofile: Option<u64>,
 ) -> anyhow::Result<(Proc, PathBuf)> {
     let socket = dir.join("hregd.sock");
     let mut command = Command::new(binary);
     command.arg("--socket").arg(&socket).args(flags);
+    if let Some(limit) = nofile {
+        let limit = nofile_within_reach(limit) as libc::rlim_t;
+        // SAFETY: setrlimit(2) is async-signal-safe and touches only the
+        // struct on this closure's stack.
+        unsafe {
+            command.pre_exec(move || {
+                let both = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &both) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut proc = Proc::spawn("hregd", command, &dir.join("hregd.log"))?;
     wait_for(&mut proc, || hreg::Client::connect(&socket).is_ok())?;
     Ok((proc, socket))
+}
+
+/// A setting of hregd with `flags`, as `hregd --check-config` prints it
+/// (`key: value,`); `None` if it cannot tell.
+pub fn hregd_setting(binary: &Path, flags: &[&str], key: &str) -> Option<u64> {
+    let output = Command::new(binary)
+        .args(["--socket", "/nonexistent/check.sock", "--check-config"])
+        .args(flags)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix(key)?.strip_prefix(':')?;
+            value.trim().trim_end_matches(',').parse().ok()
+        })
 }
 
 /// Starts `redis-server` on a Unix socket only, without persistence, and
@@ -327,4 +450,34 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// The lines a child prints, read by a thread of their own so that waiting
+/// for one can time out.
+pub struct Lines {
+    lines: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// Reads `from` (a child's stdout) line by line until it ends.
+    pub fn read(from: impl Read + Send + 'static, name: &str) -> anyhow::Result<Lines> {
+        let (tx, lines) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("lines-{name}"))
+            .spawn(move || {
+                for line in std::io::BufReader::new(from).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Lines { lines })
+    }
+
+    /// The next line, or `None` if none came within `patience` or the
+    /// output ended.
+    pub fn next(&self, patience: Duration) -> Option<String> {
+        self.lines.recv_timeout(patience).ok()
+    }
 }

@@ -1,10 +1,33 @@
 //! What the run prints and writes: the result rows, the targets of issue 4
 //! with their measured ratios, the Markdown table, the JSON file and the SVG
-//! plot (drawn by hand: log-scale bars with min–max whiskers).
+//! plot (drawn by hand: log-scale bars with min–max whiskers); and what
+//! every other mode's report offers ([`ModeReport`]).
 
 use crate::stats::{number, Measured, Summary};
 use serde::Serialize;
 use std::fmt::Write as _;
+
+/// The report of a mode other than the sections (soak, attacks, burst).
+pub trait ModeReport: Serialize {
+    /// The tables and the verdict, for the terminal.
+    fn markdown(&self) -> String;
+    /// Whether the run passed (the bench exits non-zero otherwise).
+    fn passed(&self) -> bool;
+    /// The SVG plot, for modes that draw one.
+    fn svg(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The last line of a mode's report: `MODE: PASS`, or `MODE: FAIL:` and
+/// why.
+pub fn verdict(mode: &str, failures: &[String]) -> String {
+    if failures.is_empty() {
+        format!("\n{mode}: PASS\n")
+    } else {
+        format!("\n{mode}: FAIL: {}\n", failures.join("; "))
+    }
+}
 
 /// Picks the figure a plot panel shows.
 type Pick = fn(&Measured) -> Option<Summary>;

@@ -1,6 +1,6 @@
 //! The soak (`hreg-bench --soak SECONDS`): for that long, several client
 //! processes at a time ([`crate::soak_worker`], this executable in its
-//! hidden worker mode) attach to one hregd, run checked mixed operations,
+//! hidden worker mode, [`crate::worker`]) attach to one hregd, run checked mixed operations,
 //! and detach after a random lifetime or get SIGKILLed at a random moment,
 //! over and over. DETACHED objects pass from client to client and are
 //! checked by each, those of killed clients included (they must survive
@@ -14,9 +14,10 @@
 //! error in the daemon's log, a leak, or the daemon's death.
 
 use crate::procs::{self, Proc};
-use crate::report::escape;
+use crate::report::{escape, verdict, ModeReport};
 use crate::soak_worker::{Kept, Plan, Report};
 use crate::stats::{number, Rng};
+use crate::worker::Worker;
 use anyhow::Context;
 use hreg::{Client, Handle};
 use serde::Serialize;
@@ -24,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,7 @@ pub fn run(
     duration: Duration,
     clients: usize,
 ) -> anyhow::Result<SoakReport> {
-    let (mut daemon, socket) = procs::start_hregd_with(hregd, dir, HREGD_FLAGS)?;
+    let (mut daemon, socket) = procs::start_hregd_with(hregd, dir, HREGD_FLAGS, None)?;
     let sampler = Client::connect_named(Some(&socket), "hreg-soak-stats")?;
     // One data-path round trip first, so anything the daemon sets up on
     // first use is in the idle baseline.
@@ -154,7 +155,6 @@ pub fn run(
     };
     let mut soak = Soak {
         socket,
-        exe: std::env::current_exe().context("this executable")?,
         log: std::fs::File::create(dir.join("soak-clients.log"))?,
         rng: Rng::new(0x50a6),
         running: HashMap::new(),
@@ -181,7 +181,6 @@ pub fn run(
 /// The soak's moving parts.
 struct Soak {
     socket: PathBuf,
-    exe: PathBuf,
     /// The clients' stderr (panics), shared.
     log: std::fs::File,
     rng: Rng,
@@ -275,10 +274,8 @@ impl Soak {
             inherited: self.pool.drain(..take).collect(),
         };
         let detached = plan.inherited.iter().map(|k| (k.handle, *k)).collect();
-        let mut command = Command::new(&self.exe);
+        let mut command = Worker::Soak(plan).command()?;
         command
-            .arg("--soak-worker")
-            .arg(serde_json::to_string(&plan)?)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(self.log.try_clone()?);
@@ -514,13 +511,13 @@ fn summarise(samples: &[Sample], out: &mut Outcome) {
     }
 }
 
-impl SoakReport {
-    pub fn passed(&self) -> bool {
+impl ModeReport for SoakReport {
+    fn passed(&self) -> bool {
         self.outcome.failures.is_empty()
     }
 
     /// The summary as a Markdown table, the quoted lines and the verdict.
-    pub fn markdown(&self) -> String {
+    fn markdown(&self) -> String {
         let o = &self.outcome;
         let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
         let rows = [
@@ -590,17 +587,13 @@ impl SoakReport {
         for line in &o.quoted {
             let _ = writeln!(text, "    {line}");
         }
-        if self.passed() {
-            text.push_str("\nsoak: PASS\n");
-        } else {
-            let _ = writeln!(text, "\nsoak: FAIL: {}", o.failures.join("; "));
-        }
+        text.push_str(&verdict("soak", &o.failures));
         text
     }
 
     /// One panel per figure over time (RSS, fds, objects, sessions, ops/s),
     /// the end of the warm-up marked.
-    pub fn svg(&self) -> String {
+    fn svg(&self) -> Option<String> {
         type Figure = fn(&Sample) -> f64;
         let panels: [(&str, Figure); 5] = [
             ("daemon RSS, MiB", |s| s.rss_bytes as f64 / (1 << 20) as f64),
@@ -684,7 +677,7 @@ impl SoakReport {
             number(t_max)
         );
         svg.push_str("</svg>\n");
-        svg
+        Some(svg)
     }
 }
 
@@ -766,7 +759,7 @@ mod tests {
             outcome: Outcome::default(),
             samples: vec![sample(0.0, 1 << 20, 5), sample(1.0, 2 << 20, 6)],
         };
-        let svg = report.svg();
+        let svg = report.svg().expect("the soak draws a plot");
         assert_eq!(svg.matches("<polyline").count(), 5);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }

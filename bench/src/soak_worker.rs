@@ -1,4 +1,4 @@
-//! One client process of the soak (`hreg-bench --soak-worker PLAN`, started
+//! One client process of the soak (`hreg-bench --worker '{"soak":PLAN}'`, started
 //! by [`crate::soak`]): it attaches, checks the objects earlier clients left
 //! it, then runs mixed operations on its own objects from one or two
 //! threads until its lifetime is up (unless it is SIGKILLed first), and
@@ -172,22 +172,30 @@ fn check_inherited(client: &Client, kept: &Kept, tally: &Tally) -> bool {
 /// Whether `value` is what `handle` should hold; a wrong value is counted
 /// and described (torn or foreign: another object's intact value).
 fn check_value(handle: Handle, value: &[u8], seed: u64, len: usize, tally: &Tally) -> bool {
+    match wrong_value(handle, value, seed, len) {
+        None => true,
+        Some(detail) => {
+            tally.incident(true, detail);
+            false
+        }
+    }
+}
+
+/// `None` if `value` is `checked_value(seed, len)`, else what is wrong with
+/// it in words (torn, or another object's intact value).
+pub fn wrong_value(handle: Handle, value: &[u8], seed: u64, len: usize) -> Option<String> {
     if value.len() == len && value == checked_value(seed, len) {
-        return true;
+        return None;
     }
     let what = if value.len() >= 8 && value_is_intact(value) {
         "another object's value"
     } else {
         "a torn or corrupt value"
     };
-    tally.incident(
-        true,
-        format!(
-            "{handle}: {what}: {} bytes, expected {len} bytes of seed {seed}",
-            value.len()
-        ),
-    );
-    false
+    Some(format!(
+        "{handle}: {what}: {} bytes, expected {len} bytes of seed {seed}",
+        value.len()
+    ))
 }
 
 /// Removes a DETACHED object, announced first: a kill in between leaves an

@@ -2,7 +2,7 @@
 //! percentiles, a timing helper, and the seeded generator every contender
 //! draws its keys and operations from (so all see the same sequence).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// The median of several repetitions and the range they covered.
@@ -81,6 +81,38 @@ impl Percentiles {
             p999: at(0.999),
         })
     }
+}
+
+/// Latency percentiles and maximum of one series, in nanoseconds, with
+/// its size (all zero when empty).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    pub p999_ns: f64,
+    pub max_ns: f64,
+}
+
+impl Latency {
+    /// Of `samples` (nanoseconds; reordered in place).
+    pub fn of(samples: &mut [u64]) -> Latency {
+        let Some(p) = Percentiles::of(samples) else {
+            return Latency::default();
+        };
+        Latency {
+            count: samples.len(),
+            p50_ns: p.p50,
+            p99_ns: p.p99,
+            p999_ns: p.p999,
+            max_ns: samples[samples.len() - 1] as f64,
+        }
+    }
+}
+
+/// Nanoseconds as microseconds for a table cell.
+pub fn micros(ns: f64) -> String {
+    number(ns / 1e3)
 }
 
 /// One repetition of a measured case: throughput and, when each operation
@@ -219,6 +251,14 @@ mod tests {
         let mut v: Vec<u64> = (1..=1000).rev().collect();
         let p = Percentiles::of(&mut v).unwrap();
         assert_eq!((p.p50, p.p99, p.p999), (501.0, 990.0, 999.0));
+    }
+
+    #[test]
+    fn latency_has_count_and_max() {
+        let mut v: Vec<u64> = (1..=1000).collect();
+        let l = Latency::of(&mut v);
+        assert_eq!((l.count, l.p50_ns, l.max_ns), (1000, 501.0, 1000.0));
+        assert_eq!(Latency::of(&mut []).count, 0);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! client meanwhile. Each attack reproduces one hole of the "nine holes"
 //! review; none needs anything but the wire protocol.
 
+use crate::raise_fd_limit;
 use crate::raw::{completed, submit_raw, RawConn, RawSession};
-use hreg_proto::control::ControlRequest;
+use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::entry::{Sqe, ENTRY_SIZE};
 use hreg_proto::ring::ClientCounters;
 use hreg_proto::{Opcode, Status};
@@ -215,24 +216,93 @@ fn list_flood(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
     }
 }
 
-/// Raises this process's descriptor limit to its hard limit.
-fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+/// Up to `count` connections that never say HELLO; fewer if connecting
+/// fails first (out of descriptors).
+pub fn silent_connections(socket: &Path, count: usize) -> Vec<RawConn> {
+    (0..count)
+        .map_while(|_| RawConn::try_connect(socket).ok())
+        .collect()
+}
+
+/// Holds `count` silent connections (what `hreg-attack SOCKET silent
+/// COUNT` runs): says `ready silent=N` once connected and, once `stop` is
+/// set, `held ...` with what the daemon did with them (see [`Held`]).
+pub fn hold_silent(socket: &Path, count: usize, say: &mut dyn FnMut(String), stop: &AtomicBool) {
+    raise_fd_limit(u64::MAX);
+    let silent = silent_connections(socket, count);
+    say(format!("ready silent={}", silent.len()));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(Held::tally(&silent).line());
+}
+
+/// What became of silent connections: still open and unanswered, refused
+/// with QUOTA (the message of the first quoted), refused otherwise, or
+/// closed without a word.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub open: usize,
+    pub quota: usize,
+    pub other_refusals: usize,
+    pub closed: usize,
+    pub quota_message: String,
+}
+
+impl Held {
+    fn tally(conns: &[RawConn]) -> Held {
+        let mut held = Held::default();
+        for conn in conns {
+            match conn.try_recv_now() {
+                Ok(Some((Some(Reply::Refused { status, message }), _))) => {
+                    if status == Status::Quota as u32 {
+                        held.quota += 1;
+                        if held.quota_message.is_empty() {
+                            held.quota_message = message;
+                        }
+                    } else {
+                        held.other_refusals += 1;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => held.open += 1,
+                _ => held.closed += 1,
+            }
+        }
+        held
+    }
+
+    /// `held open=.. quota=.. other=.. closed=.. message=...` (the message
+    /// last, as it has spaces).
+    pub fn line(&self) -> String {
+        format!(
+            "held open={} quota={} other={} closed={} message={}",
+            self.open, self.quota, self.other_refusals, self.closed, self.quota_message
+        )
+    }
+
+    /// Reads a [`Held::line`] back.
+    pub fn parse(line: &str) -> Option<Held> {
+        let rest = line.strip_prefix("held ")?;
+        let (counts, message) = rest.split_once(" message=")?;
+        let mut numbers = counts.split(' ').map(|field| {
+            let (_, n) = field.split_once('=')?;
+            n.parse::<usize>().ok()
+        });
+        let mut next = || numbers.next().flatten();
+        Some(Held {
+            open: next()?,
+            quota: next()?,
+            other_refusals: next()?,
+            closed: next()?,
+            quota_message: message.to_string(),
+        })
+    }
 }
 
 fn descriptors(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
-    raise_fd_limit();
+    raise_fd_limit(u64::MAX);
     let mut sessions = Vec::new();
     let mut rings = 0usize;
-    let mut silent = Vec::new();
     'sessions: for _ in 0..10_000 {
         let Ok(session) = RawSession::try_attach(socket) else {
             break;
@@ -251,12 +321,7 @@ fn descriptors(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) 
         rings += bells.len();
         sessions.push((session, bells));
     }
-    for _ in 0..10_000 {
-        match std::panic::catch_unwind(|| RawConn::connect(socket)) {
-            Ok(conn) => silent.push(conn),
-            Err(_) => break,
-        }
-    }
+    let silent = silent_connections(socket, 10_000);
     ready(format!(
         "ready sessions={} rings={rings} silent={}",
         sessions.len(),
@@ -303,7 +368,7 @@ fn deaf_ring(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
 }
 
 fn hog(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
-    raise_fd_limit();
+    raise_fd_limit(u64::MAX);
     let mut sessions = Vec::new();
     let refused = loop {
         match RawSession::try_attach(socket) {
@@ -314,9 +379,7 @@ fn hog(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
             break "none".into();
         }
     };
-    let silent: Vec<RawConn> = (0..HOG_SILENT)
-        .map_while(|_| std::panic::catch_unwind(|| RawConn::connect(socket)).ok())
-        .collect();
+    let silent = silent_connections(socket, HOG_SILENT);
     ready(format!(
         "ready sessions={} silent={} refused={refused}",
         sessions.len(),
@@ -324,5 +387,27 @@ fn hog(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
     ));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_line_reads_back() {
+        let held = Held {
+            open: 4128,
+            quota: 872,
+            other_refusals: 3,
+            closed: 1,
+            quota_message: "uid 65534 has more than 4096 connections waiting".into(),
+        };
+        assert_eq!(Held::parse(&held.line()), Some(held));
+        assert_eq!(Held::parse("ready silent=5"), None);
+        assert_eq!(
+            Held::parse("held open=x quota=1 other=0 closed=0 message="),
+            None
+        );
     }
 }

@@ -64,6 +64,19 @@ impl Daemon {
         Daemon::launch(dir, socket, &[], args, |_| {})
     }
 
+    /// Starts `hregd` with `args` on a socket every uid can reach (mode
+    /// 666 in a 0755 directory), for tests that run clients as other uids.
+    pub fn start_reachable(args: &[&str]) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 755 the socket directory");
+        let socket = dir.path().join("hreg.sock");
+        let mut all = vec!["--socket-mode", "666"];
+        all.extend_from_slice(args);
+        Daemon::start_at(dir, socket, &all)
+    }
+
     /// Starts `hregd` with `args`, letting `setup` adjust the command first
     /// (limits set in `pre_exec`, environment).
     pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
@@ -215,6 +228,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Uids tests run other users' processes under (they need root): nobody,
+/// and the id below it.
+pub const NOBODY: u32 = 65534;
+pub const OTHER_USER: u32 = 65533;
+
+/// Whether the tests run as root (and may run processes as other uids).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// Whether a test's outside requirement (`what`: a tool, a privilege) is
 /// `met`; when it is not, the test should return early, which is allowed
 /// outside CI only (CI installs and runs as root).
@@ -227,6 +250,32 @@ pub fn required_in_ci(what: &str, met: bool) -> bool {
         eprintln!("skipping: {what} is not available here");
     }
     met
+}
+
+/// Raises this process's descriptor limit to `wanted`, the hard limit too
+/// when privileged, else as far as the hard limit allows (`u64::MAX`: as
+/// far as allowed). Returns the limit now in force. Children inherit it.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if wanted > hard {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: Some(wanted),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return wanted;
+        }
+    }
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(wanted.min(hard)),
+            maximum: limit.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Polls `done` until it is true; panics after [`PATIENCE`].

@@ -16,6 +16,10 @@ use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::Instant;
 
+/// What a receive got: `None` at EOF, else the reply (`None` if it does
+/// not decode) and the descriptor that came with it.
+pub type Received = Option<(Option<Reply>, Option<OwnedFd>)>;
+
 /// A raw control connection.
 pub struct RawConn {
     pub fd: OwnedFd,
@@ -23,22 +27,25 @@ pub struct RawConn {
 
 impl RawConn {
     pub fn connect(socket: &Path) -> RawConn {
+        RawConn::try_connect(socket).expect("connect")
+    }
+
+    /// Connects, or says why not (out of descriptors, nobody listening).
+    pub fn try_connect(socket: &Path) -> rustix::io::Result<RawConn> {
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
-        )
-        .expect("socket");
-        rustix::net::connect(&fd, &SocketAddrUnix::new(socket).expect("path")).expect("connect");
+        )?;
+        rustix::net::connect(&fd, &SocketAddrUnix::new(socket)?)?;
         // A daemon that never answers fails the test instead of hanging it.
         rustix::net::sockopt::set_socket_timeout(
             &fd,
             rustix::net::sockopt::Timeout::Recv,
             Some(crate::PATIENCE),
-        )
-        .expect("SO_RCVTIMEO");
-        RawConn { fd }
+        )?;
+        Ok(RawConn { fd })
     }
 
     /// Sends raw bytes as one packet.
@@ -82,8 +89,17 @@ impl RawConn {
     /// Like [`RawConn::recv`] but never panics: `Ok(None)` at EOF, an error
     /// for a receive error or timeout, `Ok(Some(None, ..))` for a reply that
     /// does not decode.
-    #[allow(clippy::type_complexity)]
-    pub fn try_recv(&self) -> rustix::io::Result<Option<(Option<Reply>, Option<OwnedFd>)>> {
+    pub fn try_recv(&self) -> rustix::io::Result<Received> {
+        self.recv_with(RecvFlags::empty())
+    }
+
+    /// Like [`RawConn::try_recv`] without waiting: `EAGAIN` when nothing
+    /// has come.
+    pub fn try_recv_now(&self) -> rustix::io::Result<Received> {
+        self.recv_with(RecvFlags::DONTWAIT)
+    }
+
+    fn recv_with(&self, flags: RecvFlags) -> rustix::io::Result<Received> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut ancillary = RecvAncillaryBuffer::new(&mut space);
@@ -91,7 +107,7 @@ impl RawConn {
             &self.fd,
             &mut [IoSliceMut::new(&mut buf)],
             &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
+            RecvFlags::CMSG_CLOEXEC | flags,
         )?;
         if msg.bytes == 0 {
             return Ok(None);

@@ -17,21 +17,13 @@
 use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::Status;
 use hreg_tests::raw::RawConn;
-use hreg_tests::{serve_time, wait_until, Daemon, Helper};
-use std::os::unix::fs::PermissionsExt;
+use hreg_tests::{is_root, serve_time, wait_until, Daemon, Helper, NOBODY, OTHER_USER};
 use std::time::{Duration, Instant};
 
 /// The share of a core an idle daemon stays under.
 const IDLE: f64 = 0.05;
 const WINDOW: Duration = Duration::from_secs(3);
 const SERVED_WITHIN: Duration = Duration::from_secs(2);
-
-const NOBODY: u32 = 65534;
-const NOGROUP_USER: u32 = 65533;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
 
 fn assert_idle(daemon: &Daemon, during: &str) {
     let share = daemon.cpu_share(WINDOW);
@@ -48,16 +40,6 @@ fn assert_serves(daemon: &Daemon, during: &str) {
         took.is_some(),
         "{during}: an honest client was not served within {SERVED_WITHIN:?}"
     );
-}
-
-/// A daemon whose socket other uids can reach.
-fn open_daemon(args: &[&str]) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = dir.path().join("hreg.sock");
-    let mut all = vec!["--socket-mode", "666"];
-    all.extend_from_slice(args);
-    Daemon::start_at(dir, socket, &all)
 }
 
 /// Hole 1: before, the worker kept closed rings' doorbells in its epoll set;
@@ -129,7 +111,7 @@ fn staging_is_charged_to_its_uid_and_capped_per_session() {
         (vec!["--uid-max-bytes", "8388608"], 8u64 << 20),
         (vec![], 4 * (4u64 << 20)),
     ] {
-        let daemon = open_daemon(&args);
+        let daemon = Daemon::start_reachable(&args);
         let rss = daemon.status_bytes("RssAnon");
         let (attacker, ready) = Helper::attack(&daemon.socket, "staging", Some(NOBODY));
         assert!(!ready.ends_with("quota=0"), "{args:?}: {ready}");
@@ -269,7 +251,7 @@ fn one_uid_cannot_lock_the_others_out() {
         eprintln!("skipped: the attacker and the honest user need two other uids");
         return;
     }
-    let daemon = open_daemon(&["--max-sessions", "16"]);
+    let daemon = Daemon::start_reachable(&["--max-sessions", "16"]);
     let (attacker, ready) = Helper::attack(&daemon.socket, "hog", Some(NOBODY));
     assert!(ready.starts_with("ready sessions=8 "), "{ready}");
     assert!(ready.contains("uid_max_sessions"), "{ready}");
@@ -280,7 +262,7 @@ fn one_uid_cannot_lock_the_others_out() {
         "hreg-test-client",
         &daemon.socket,
         &["insert", "honest"],
-        Some(NOGROUP_USER),
+        Some(OTHER_USER),
     );
     let line = honest.line();
     assert!(line.parse::<u64>().is_ok(), "the honest user got {line:?}");
