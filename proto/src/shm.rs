@@ -11,7 +11,7 @@
 //! mapping.
 //!
 //! Under `--cfg hreg_loom` a mapping is a set of loom atomics made for one
-//! ring ([`Mapping::for_ring`]), so the ring protocol runs unchanged in
+//! ring (`Mapping::for_ring`), so the ring protocol runs unchanged in
 //! the model.
 
 #![allow(unsafe_code)]
@@ -21,7 +21,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// Whether this process may write the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Read and write: the daemon, and a client's rings.
     ReadWrite,
+    /// Read only: stores and ring views are refused.
     ReadOnly,
 }
 
@@ -100,14 +102,18 @@ mod real {
             })
         }
 
+        /// Bytes mapped.
         pub fn len(&self) -> usize {
             self.len
         }
 
+        /// Whether no bytes are mapped; never true, as a mapping is made
+        /// with at least one.
         pub fn is_empty(&self) -> bool {
             self.len == 0
         }
 
+        /// Whether this process may write the mapping.
         pub fn access(&self) -> Access {
             self.access
         }
@@ -219,6 +225,7 @@ mod model {
     }
 
     impl Mapping {
+        /// Zeroed words for one ring of `layout`, as ring 0 of a mapping.
         pub fn for_ring(layout: Layout) -> Mapping {
             let header = (0..crate::ring::HEADER_WORDS)
                 .map(|_| AtomicU32::new(0))
@@ -232,10 +239,12 @@ mod model {
             }
         }
 
+        /// Bytes the ring would take in a real mapping.
         pub fn len(&self) -> usize {
             self.len
         }
 
+        /// Always [`Access::ReadWrite`].
         pub fn access(&self) -> Access {
             Access::ReadWrite
         }

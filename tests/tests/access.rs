@@ -125,8 +125,8 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
         socket,
         &["--socket-mode", "666", "--uid-max-objects", &uid_cap],
     );
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "this test runs as root (CI does)"
