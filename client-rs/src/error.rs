@@ -24,7 +24,10 @@ pub enum Error {
     TooBig,
     /// The caller's buffer is too small; `needed` bytes would do.
     #[error("buffer too small: {needed} bytes needed")]
-    Buffer { needed: usize },
+    Buffer {
+        /// The value's length: the room it needs.
+        needed: usize,
+    },
     /// A limit on objects, bytes, sessions or rings would be passed.
     #[error("a limit on objects, bytes or sessions would be passed")]
     Quota,
@@ -45,7 +48,10 @@ pub enum Error {
     Disconnected,
     /// The daemon speaks another protocol version.
     #[error("protocol versions differ: {message}")]
-    Version { message: String },
+    Version {
+        /// What the daemon said, or which versions differ.
+        message: String,
+    },
     /// The peer broke the protocol.
     #[error("the peer broke the protocol: {0}")]
     Protocol(String),

@@ -46,14 +46,33 @@ pub const DETACHED: u32 = hreg_proto::flags::DETACHED;
 #[derive(Debug)]
 pub enum Op<'a> {
     /// Create an object; completes with [`Completion::Inserted`].
-    Insert { value: &'a [u8], flags: u32 },
+    Insert {
+        /// The value.
+        value: &'a [u8],
+        /// [`SHARED`], [`DETACHED`], both, or 0.
+        flags: u32,
+    },
     /// Read a value into `buf`; completes with [`Completion::Length`], or
     /// fails with [`Error::Buffer`] saying how much room is needed.
-    Get { handle: Handle, buf: &'a mut [u8] },
+    Get {
+        /// The object to read.
+        handle: Handle,
+        /// Where the value goes; its length is the capacity (empty: a
+        /// size probe).
+        buf: &'a mut [u8],
+    },
     /// Read a value into a new vector; completes with [`Completion::Value`].
-    GetOwned { handle: Handle },
+    GetOwned {
+        /// The object to read.
+        handle: Handle,
+    },
     /// Replace a value; completes with [`Completion::Done`].
-    Replace { handle: Handle, value: &'a [u8] },
+    Replace {
+        /// The object whose value changes.
+        handle: Handle,
+        /// The new value.
+        value: &'a [u8],
+    },
     /// One more reference for the session; [`Completion::Done`].
     Retain(Handle),
     /// Drop one of the session's references; [`Completion::Done`].

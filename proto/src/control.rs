@@ -14,18 +14,26 @@ pub const MAX_PAGE: u32 = 512;
 /// client of another protocol version.
 pub const HELLO_MAGIC: [u8; 4] = *b"HREG";
 
+/// Why a packet is not a well-formed message.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The packet ends before its fields do, or an element count promises
+    /// more elements than the rest could hold.
     #[error("message too short")]
     Short,
+    /// Bytes follow the last field; how many.
     #[error("{0} unexpected bytes after the message")]
     Trailing(usize),
+    /// The kind names no message this side accepts.
     #[error("unknown message kind {0}")]
     UnknownKind(u32),
+    /// HELLO does not start with [`HELLO_MAGIC`].
     #[error("HELLO does not start with the hreg magic")]
     BadMagic,
+    /// A text field is not UTF-8 or longer than its maximum, in bytes.
     #[error("text field is not UTF-8 or longer than {0} bytes")]
     BadText(usize),
+    /// A field holds a value it may not; which field.
     #[error("bad value in {0}")]
     BadField(&'static str),
 }
@@ -34,21 +42,38 @@ pub enum DecodeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControlRequest {
     /// First message on a connection.
-    Hello { version: u32, name: String },
+    Hello {
+        /// The protocol the client speaks ([`crate::PROTOCOL_VERSION`]).
+        version: u32,
+        /// The client's name, for operators; at most
+        /// [`crate::MAX_CLIENT_NAME`] bytes.
+        name: String,
+    },
     /// Ask for a ring for one more client thread.
     RingOpen,
     /// Give a ring back.
-    RingClose { index: u32 },
+    RingClose {
+        /// The index RING_OPENED gave.
+        index: u32,
+    },
     /// Ask for the registry's figures.
     Stats,
     /// End the session.
     Goodbye,
     /// A page of attached sessions, from `cursor` (0 first).
-    Sessions { cursor: u64 },
+    Sessions {
+        /// The lowest session id to show: 0, or the `next` of the page
+        /// before.
+        cursor: u64,
+    },
     /// A page of live objects, from `cursor` (0 first).
     List {
+        /// Where to go on: 0, or the `next` of the page before.
         cursor: u64,
+        /// Most objects wanted; the daemon sends at most [`MAX_PAGE`] (also
+        /// for 0).
         limit: u32,
+        /// Which objects; a caller other than root sees only its own.
         filter: ListFilter,
     },
     /// Occupancy, usage per uid and limits.
@@ -67,30 +92,47 @@ pub struct ListFilter {
 /// One attached session, as SESSIONS lists it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionInfo {
+    /// The session's id, as WELCOME gave it.
     pub id: u64,
+    /// The client's process id, from `SO_PEERCRED` at `connect()`.
     pub pid: u32,
+    /// The client's uid, from `SO_PEERCRED`: the owner of what it inserts.
     pub uid: u32,
+    /// The client's gid, from `SO_PEERCRED`.
     pub gid: u32,
+    /// Rings the session has open now.
     pub rings: u32,
+    /// References the session holds (to objects removed since, too, until
+    /// they are purged).
     pub references: u64,
+    /// The name the client gave in HELLO.
     pub name: String,
 }
 
 /// One live object, as LIST shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's handle.
     pub handle: u64,
+    /// Length of its value, in bytes.
     pub size: u64,
+    /// The uid that inserted it and owns it.
     pub owner: u32,
+    /// References all sessions hold together (0 for a DETACHED object
+    /// nobody retained).
     pub refs: u32,
+    /// Its object flags ([`crate::flags`]), as INSERT gave them.
     pub flags: u32,
 }
 
 /// What one uid owns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UidUsage {
+    /// The uid.
     pub uid: u32,
+    /// Live objects it owns.
     pub objects: u64,
+    /// Bytes of the values of those objects.
     pub value_bytes: u64,
 }
 
@@ -106,12 +148,17 @@ pub struct WorkerUsage {
 /// The operator's view of the registry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageReply {
+    /// Seconds since the daemon started.
     pub uptime_secs: u64,
     /// Requests per second over the last second.
     pub ops_per_sec: u64,
+    /// Limit on live objects, all uids together.
     pub max_objects: u64,
+    /// Limit on value bytes, all uids together (ring staging counts too).
     pub max_bytes: u64,
+    /// Limit on the objects one uid may own.
     pub uid_max_objects: u64,
+    /// Limit on the value bytes one uid may own.
     pub uid_max_bytes: u64,
     /// Live objects per shard.
     pub shards: Vec<u64>,
@@ -124,19 +171,29 @@ pub struct UsageReply {
 /// Figures of a running daemon.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsReply {
+    /// Live objects.
     pub objects: u64,
+    /// Bytes of live values.
     pub value_bytes: u64,
+    /// Attached sessions (past HELLO).
     pub sessions: u64,
+    /// Data-path requests served since the daemon started.
     pub ops: u64,
 }
 
 /// Limits and shared-memory geometry a session gets in WELCOME.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Welcome {
+    /// The protocol the daemon speaks ([`crate::PROTOCOL_VERSION`]).
     pub version: u32,
+    /// The session's id, as SESSIONS shows it.
     pub session_id: u64,
+    /// Longest value the daemon accepts, in bytes, when the session began
+    /// (at most [`crate::MAX_VALUE_SIZE_LIMIT`]).
     pub max_value_size: u64,
+    /// Limit on live objects, all uids together.
     pub max_objects: u64,
+    /// Limit on value bytes, all uids together.
     pub max_bytes: u64,
     /// Entries in each SQ and CQ (a power of two).
     pub ring_entries: u32,
@@ -155,33 +212,45 @@ pub enum Reply {
     Welcome(Welcome),
     /// HELLO refused: `status` says why (VERSION, QUOTA, PROTOCOL).
     Refused {
+        /// A [`crate::Status`] code.
         status: u32,
+        /// What happened, for people; at most [`MAX_TEXT`] bytes.
         message: String,
     },
     /// A ring is ready at `index`; its doorbell eventfd is attached.
     RingOpened {
+        /// The ring's index: it lies at `index × ring_stride` in the
+        /// session's memory.
         index: u32,
     },
     /// The request was done.
     Ack,
+    /// The registry's figures, for STATS.
     Stats(StatsReply),
     /// A request failed.
     Error {
+        /// A [`crate::Status`] code (QUOTA when no ring is free).
         status: u32,
+        /// What happened, for people; at most [`MAX_TEXT`] bytes.
         message: String,
     },
     /// The daemon is shutting down; the session ends.
     Shutdown,
     /// A page of sessions; `next` is the cursor of the next page (0: none).
     Sessions {
+        /// The sessions of this page, by id.
         sessions: Vec<SessionInfo>,
+        /// Cursor of the next page.
         next: u64,
     },
     /// A page of objects; `next` is the cursor of the next page (0: none).
     Objects {
+        /// The objects of this page.
         objects: Vec<ObjectInfo>,
+        /// Cursor of the next page.
         next: u64,
     },
+    /// The operator's view, for USAGE.
     Usage(UsageReply),
 }
 
@@ -211,6 +280,7 @@ mod kind {
 pub const MAX_TEXT: usize = 1024;
 
 impl ControlRequest {
+    /// The request as the bytes of one packet.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match self {
@@ -247,6 +317,7 @@ impl ControlRequest {
         w.0
     }
 
+    /// The request in one packet; an error for anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<ControlRequest, DecodeError> {
         let mut r = Reader(bytes);
         let request = match r.u32()? {
@@ -289,6 +360,7 @@ impl ControlRequest {
 }
 
 impl Reply {
+    /// The reply as the bytes of one packet.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match self {
@@ -385,6 +457,7 @@ impl Reply {
         w.0
     }
 
+    /// The reply in one packet; an error for anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
         let mut r = Reader(bytes);
         let reply = match r.u32()? {

@@ -52,15 +52,25 @@ pub mod cqe_flags {
 /// | 32..64 | `inline`      | inline value; for GET the caller's buffer capacity (u64 at 32); for STAGE_* the staging offset (u64 at 32) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sqe {
+    /// The client's tag for the request, echoed in its completion.
     pub user_data: u64,
+    /// A [`crate::Opcode`] number, kept raw: the daemon checks it.
     pub opcode: u8,
+    /// [`sqe_flags`]: where the value of INSERT or REPLACE is.
     pub entry_flags: u8,
     /// The lap stamp that publishes the entry; written by [`crate::ring`].
     pub stamp: u16,
+    /// INSERT's object flags ([`crate::flags`]); 0 for every other opcode.
     pub obj_flags: u32,
+    /// The target handle; unused by INSERT and STAGE_*.
     pub handle: u64,
+    /// Offset in the ring's data area of the value or of the output region.
     pub data_off: u32,
+    /// The value's length (INSERT, REPLACE, STAGE_WRITE) or the output
+    /// region's size (GET, STAGE_READ), in bytes.
     pub data_len: u32,
+    /// An INLINE value; for GET the caller's buffer capacity, for STAGE_*
+    /// the staging offset (a `u64` in the first 8 bytes).
     pub inline: [u8; INLINE_CAPACITY],
 }
 
@@ -81,6 +91,7 @@ impl Default for Sqe {
 }
 
 impl Sqe {
+    /// The entry's 64 bytes.
     #[inline]
     pub fn encode(&self) -> [u8; ENTRY_SIZE] {
         let mut b = [0u8; ENTRY_SIZE];
@@ -96,6 +107,7 @@ impl Sqe {
         b
     }
 
+    /// The entry in these 64 bytes, whatever they hold.
     #[inline]
     pub fn decode(b: &[u8; ENTRY_SIZE]) -> Sqe {
         Sqe {
@@ -118,6 +130,7 @@ impl Sqe {
         u64::from_le_bytes(self.inline[..8].try_into().expect("8 bytes"))
     }
 
+    /// Sets the u64 argument carried in the inline area.
     #[inline]
     pub fn set_inline_u64(&mut self, value: u64) {
         self.inline[..8].copy_from_slice(&value.to_le_bytes());
@@ -138,14 +151,22 @@ impl Sqe {
 /// | 32..64 | `inline`      | inline value |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cqe {
+    /// The `user_data` of the submission this completes.
     pub user_data: u64,
+    /// A [`crate::Status`] code: OK or a registry status (1 to 7).
     pub status: u32,
+    /// [`cqe_flags`]: where a value read by GET or STAGE_READ is.
     pub entry_flags: u16,
     /// The lap stamp that publishes the completion; written by [`crate::ring`].
     pub stamp: u16,
+    /// INSERT: the new object's handle; 0 otherwise.
     pub handle: u64,
+    /// GET: the value's length (also with BUFFER); STAGE_READ: the bytes
+    /// copied.
     pub value_len: u32,
+    /// IN_DATA: where in the data area the value was written.
     pub data_off: u32,
+    /// An INLINE value (GET of at most [`INLINE_CAPACITY`] bytes).
     pub inline: [u8; INLINE_CAPACITY],
 }
 
@@ -165,6 +186,7 @@ impl Default for Cqe {
 }
 
 impl Cqe {
+    /// The completion's 64 bytes.
     #[inline]
     pub fn encode(&self) -> [u8; ENTRY_SIZE] {
         let mut b = [0u8; ENTRY_SIZE];
@@ -179,6 +201,7 @@ impl Cqe {
         b
     }
 
+    /// The completion in these 64 bytes, whatever they hold.
     #[inline]
     pub fn decode(b: &[u8; ENTRY_SIZE]) -> Cqe {
         Cqe {
@@ -230,14 +253,26 @@ mod tests {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueSource {
     /// `len` bytes of the entry's inline area.
-    Inline { len: usize },
+    Inline {
+        /// The value's length, at most [`INLINE_CAPACITY`].
+        len: usize,
+    },
     /// `len` bytes of the data area at `off` (in bounds).
-    Data { off: u32, len: usize },
+    Data {
+        /// Offset of the value in the data area.
+        off: u32,
+        /// The value's length.
+        len: usize,
+    },
     /// The ring's staging buffer, which must hold exactly `len` bytes.
-    Staged { len: usize },
+    Staged {
+        /// The value's length, as the entry gives it.
+        len: usize,
+    },
 }
 
 impl ValueSource {
+    /// The value's length in bytes.
     pub fn len(&self) -> usize {
         match *self {
             ValueSource::Inline { len }
@@ -246,6 +281,7 @@ impl ValueSource {
         }
     }
 
+    /// Whether the value is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -256,44 +292,72 @@ impl ValueSource {
 /// needed, and data ranges inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingRequest {
+    /// Create an object.
     Insert {
+        /// Its object flags, within [`crate::flags::ALL`].
         flags: u32,
+        /// Where its value is.
         value: ValueSource,
     },
+    /// Read a value.
     Get {
+        /// The object to read.
         handle: Handle,
+        /// Offset in the data area of the region a value too large to go
+        /// inline is written to.
         region_off: u32,
+        /// Bytes in that region (inside the data area); a larger value is
+        /// staged.
         region_len: usize,
+        /// The caller's buffer capacity: a longer value gets BUFFER.
         capacity: u64,
     },
+    /// Replace a value.
     Replace {
+        /// The object whose value changes.
         handle: Handle,
+        /// Where the new value is.
         value: ValueSource,
     },
+    /// One more reference for the session.
     Retain {
+        /// The object to reference.
         handle: Handle,
     },
+    /// Drop one of the session's references.
     Release {
+        /// The object referenced.
         handle: Handle,
     },
+    /// Kill an object now.
     Remove {
+        /// The object to kill.
         handle: Handle,
     },
+    /// Copy a piece of a value into the ring's staging buffer.
     StageWrite {
+        /// Where the piece goes in the staging buffer; the daemon refuses
+        /// one past the staging length.
         offset: u64,
+        /// Where the piece is in the data area.
         data_off: u32,
+        /// The piece's length (inside the data area).
         len: usize,
     },
+    /// Copy a piece of the staging buffer out to the data area.
     StageRead {
+        /// Where in the staging buffer the piece starts.
         offset: u64,
+        /// Where in the data area it goes.
         data_off: u32,
+        /// Most bytes to copy: the size of the region at `data_off`.
         len: usize,
     },
 }
 
 impl RingRequest {
     /// Parses the bytes of a submission entry for a ring whose data area
-    /// holds `data_size` bytes. Fails with [`Status::Invalid`] for anything
+    /// holds `data_size` bytes. Fails with [`crate::Status::Invalid`] for anything
     /// malformed. Never panics, whatever the bytes.
     #[inline]
     pub fn parse(raw: &[u8; ENTRY_SIZE], data_size: u32) -> Result<RingRequest, crate::Status> {

@@ -64,10 +64,14 @@ impl fmt::LowerHex for Handle {
 /// Why a string is not a handle.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseHandleError {
+    /// The string is empty.
     #[error("empty handle")]
     Empty,
+    /// The number is 0, which no handle is.
     #[error("handle 0 is never valid")]
     Zero,
+    /// Not a decimal or `0x` hex number that fits in 64 bits (a sign, a
+    /// space or any other character makes it so).
     #[error("not a decimal or 0x-hex 64-bit number")]
     Malformed,
 }
@@ -94,12 +98,19 @@ impl FromStr for Handle {
     }
 }
 
+/// Width of the slot index, the low bits of a handle.
 pub const SLOT_BITS: u32 = 28;
+/// Width of the slot generation, above the slot index.
 pub const GENERATION_BITS: u32 = 24;
+/// Width of the instance epoch, the top bits of a handle.
 pub const EPOCH_BITS: u32 = 12;
 
+/// The bits of a slot index ([`SLOT_BITS`] ones).
 pub const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// The bits of a generation, and its largest value ([`GENERATION_BITS`]
+/// ones).
 pub const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
+/// The bits of an epoch, and its largest value ([`EPOCH_BITS`] ones).
 pub const EPOCH_MASK: u16 = (1 << EPOCH_BITS) - 1;
 
 /// Number of distinct slots a handle can name.
@@ -108,8 +119,13 @@ pub const MAX_SLOTS: u64 = 1 << SLOT_BITS;
 /// The parts of a handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HandleParts {
+    /// The daemon instance's epoch, drawn at its start; never 0 in a valid
+    /// handle.
     pub epoch: u16,
+    /// The slot's generation while the object lives; it moves on when the
+    /// object dies, so the handle goes stale.
     pub generation: u32,
+    /// The slot index (the registry keeps the shard in its low bits).
     pub slot: u32,
 }
 
@@ -123,6 +139,8 @@ impl HandleParts {
             | (u64::from(self.slot) & SLOT_MASK)
     }
 
+    /// Takes a handle apart. Any `u64` decodes; whether the parts name a
+    /// live object is the registry's question.
     #[inline]
     pub fn decode(handle: u64) -> HandleParts {
         HandleParts {

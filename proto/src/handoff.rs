@@ -25,11 +25,18 @@ pub const CQ_WAITING: u32 = 0x1;
 /// The shared words of one ring besides its entries.
 #[derive(Clone, Copy)]
 pub struct Words<'a> {
+    /// Submissions the daemon has consumed; written by the daemon.
     pub sq_head: &'a AtomicU32,
+    /// Submissions the client has published; written by the client.
     pub sq_tail: &'a AtomicU32,
+    /// Completions the client has consumed; written by the client.
     pub cq_head: &'a AtomicU32,
+    /// Completions the daemon has published; written by the daemon. The
+    /// client sleeps on it as a futex word.
     pub cq_tail: &'a AtomicU32,
+    /// [`SQ_NEED_WAKEUP`] or 0; written by the daemon.
     pub sq_flags: &'a AtomicU32,
+    /// [`CQ_WAITING`] or 0; written by the client.
     pub cq_flags: &'a AtomicU32,
 }
 
@@ -78,6 +85,7 @@ pub fn begin_completion_wait(words: Words<'_>, empty: impl FnOnce() -> bool) -> 
     empty()
 }
 
+/// Clears the client's WAITING flag: it no longer sleeps on the CQ tail.
 #[inline]
 pub fn end_completion_wait(words: Words<'_>) {
     words.cq_flags.store(0, Ordering::Relaxed);
@@ -113,6 +121,7 @@ pub fn begin_submission_wait(words: Words<'_>, idle: impl FnOnce() -> bool) -> b
     idle()
 }
 
+/// Clears NEED_WAKEUP: the worker is awake and looks at the ring again.
 #[inline]
 pub fn end_submission_wait(words: Words<'_>) {
     words.sq_flags.store(0, Ordering::Relaxed);

@@ -39,18 +39,40 @@ pub const MAX_VALUE_SIZE_LIMIT: u64 = 1 << 30;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Status {
+    /// Success.
     Ok = 0,
+    /// A bad argument, wrong on its face: handle 0, an unknown opcode or
+    /// flag, a data range outside the data area, object flags on anything
+    /// but INSERT (in the C API also NULL where a pointer is needed).
     Invalid = 1,
+    /// The handle names no live object: made up, released, removed, or
+    /// from an earlier daemon.
     Stale = 2,
+    /// Another user's object: not SHARED (to read or retain it), or not the
+    /// caller's to replace or remove.
     Denied = 3,
+    /// The value is longer than the daemon's maximum value size.
     TooBig = 4,
+    /// GET: the caller's buffer is smaller than the value; the completion's
+    /// `value_len` says how much is needed.
     Buffer = 5,
+    /// A limit on objects, bytes, sessions or rings would be passed.
     Quota = 6,
+    /// RELEASE without a reference held by the session.
     NotHeld = 7,
+    /// Client side: no daemon accepted a connection at the socket path.
     Connect = 8,
+    /// Client side: the daemon went away (EOF or SHUTDOWN on the control
+    /// socket).
     Disconnected = 9,
+    /// The client and the daemon speak different protocol versions (also in
+    /// REFUSED).
     Version = 10,
+    /// The peer broke the protocol: a malformed message or entry (also in
+    /// REFUSED and ERROR).
     Protocol = 11,
+    /// An operating-system error, on the client's side or (in ERROR) the
+    /// daemon's.
     Io = 12,
 }
 
@@ -113,11 +135,19 @@ pub mod flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Opcode {
+    /// Create an object from the value; the session gets one reference
+    /// unless the object is DETACHED.
     Insert = 1,
+    /// Read a value: inline, into the data area, or into the staging buffer
+    /// when it is too large for the region given.
     Get = 2,
+    /// Replace a value; readers see the old value or the new one, whole.
     Replace = 3,
+    /// One more reference for the session (needs read access).
     Retain = 4,
+    /// Drop one of the session's references (NOT_HELD when it has none).
     Release = 5,
+    /// Kill the object now, whoever references it (the owner's uid or root).
     Remove = 6,
     /// Copy a piece of a value into the ring's staging buffer.
     StageWrite = 16,
@@ -126,6 +156,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// The opcode with this number, public or staging, if there is one.
     pub fn from_u8(code: u8) -> Option<Opcode> {
         Some(match code {
             1 => Opcode::Insert,

@@ -182,7 +182,9 @@ mod tests {
         table.scan(9, |_, _| none += 1);
         assert_eq!(none, 0);
         // A full table refuses.
-        let pins: Vec<Pin> = (0..PIN_ENTRIES).map(|_| table.pin(1, &epoch).unwrap()).collect();
+        let pins: Vec<Pin> = (0..PIN_ENTRIES)
+            .map(|_| table.pin(1, &epoch).unwrap())
+            .collect();
         assert!(table.pin(1, &epoch).is_none());
         for pin in pins {
             table.unpin(pin);

@@ -11,7 +11,7 @@
 //! mapping.
 //!
 //! Under `--cfg hreg_loom` a mapping is a set of loom atomics made for one
-//! ring ([`Mapping::for_ring`]), so the ring protocol runs unchanged in
+//! ring (`Mapping::for_ring`), so the ring protocol runs unchanged in
 //! the model.
 
 #![allow(unsafe_code)]
@@ -21,7 +21,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// Whether this process may write the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Read and write: the daemon, and a client's rings.
     ReadWrite,
+    /// Read only: stores and ring views are refused.
     ReadOnly,
 }
 
@@ -100,14 +102,18 @@ mod real {
             })
         }
 
+        /// Bytes mapped.
         pub fn len(&self) -> usize {
             self.len
         }
 
+        /// Whether no bytes are mapped; never true, as a mapping is made
+        /// with at least one.
         pub fn is_empty(&self) -> bool {
             self.len == 0
         }
 
+        /// Whether this process may write the mapping.
         pub fn access(&self) -> Access {
             self.access
         }
@@ -221,7 +227,8 @@ mod model {
     }
 
     impl Mapping {
-        /// One ring of `layout` (no data area).
+        /// Zeroed words for one ring of `layout` (no data area), as ring 0
+        /// of a mapping.
         pub fn for_ring(layout: Layout) -> Mapping {
             let header = (0..crate::ring::HEADER_WORDS)
                 .map(|_| AtomicU32::new(0))
@@ -235,7 +242,7 @@ mod model {
             }
         }
 
-        /// `len` bytes (a multiple of 64) of 8-byte words.
+        /// `len` bytes (a multiple of 64) of zeroed 8-byte words.
         pub fn words(len: usize) -> Mapping {
             Mapping {
                 header: Vec::new(),
@@ -245,10 +252,12 @@ mod model {
             }
         }
 
+        /// Bytes the model holds, as a real mapping would.
         pub fn len(&self) -> usize {
             self.len
         }
 
+        /// Always [`Access::ReadWrite`].
         pub fn access(&self) -> Access {
             Access::ReadWrite
         }

@@ -421,7 +421,10 @@ mod tests {
             Read::Buffer { len: 5 }
         );
         // A value in the heap, then the slot freed.
-        let at = HeapAddress { chunk: 3, offset: 100 };
+        let at = HeapAddress {
+            chunk: 3,
+            offset: 100,
+        };
         view.write(&Slot {
             len: 13,
             payload: Payload::Heap(at),
@@ -489,9 +492,10 @@ pub mod header {
                 return None;
             }
             let header = Header { map };
-            header
-                .word(8)
-                .store(u64::from(VERSION) | (u64::from(instance) << 32), Ordering::Relaxed);
+            header.word(8).store(
+                u64::from(VERSION) | (u64::from(instance) << 32),
+                Ordering::Relaxed,
+            );
             header.word(EPOCH_AT).store(1, Ordering::Relaxed);
             header.word(0).store(MAGIC, Ordering::Release);
             Some(header)

@@ -88,7 +88,10 @@ fn a_pinned_block_is_not_reused() {
         // Block 0 holds value 1 and is in the slot.
         heap.store(0, &value(1));
         let first = Slot {
-            payload: Payload::Heap(HeapAddress { chunk: 0, offset: 0 }),
+            payload: Payload::Heap(HeapAddress {
+                chunk: 0,
+                offset: 0,
+            }),
             ..inline(0)
         };
         SlotView::new(&slots, 0).unwrap().write(&first);

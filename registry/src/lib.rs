@@ -1,7 +1,7 @@
 //! hreg-registry: the objects of hreg and everything about them — the
 //! object model (references per session, DETACHED, access by uid),
 //! generational handles, the limits (global and per uid) and the value
-//! storage ([`store`]). No sockets, threads or signals: the daemon serves it,
+//! storage (`store`). No sockets, threads or signals: the daemon serves it,
 //! and the bench measures it alone.
 //!
 //! Each shard is a slab of slots behind its own `RwLock`; a handle names its
@@ -54,8 +54,11 @@ pub fn session_staging_cap(max_value_size: usize) -> u64 {
 /// Limits on what the registry holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Longest value, in bytes; a longer one is TOO_BIG.
     pub max_value_size: usize,
+    /// Live objects, all uids together.
     pub max_objects: u64,
+    /// Value bytes, all uids together; ring staging counts against it too.
     pub max_bytes: u64,
     /// Objects one uid may own.
     pub uid_max_objects: u64,
@@ -192,6 +195,9 @@ impl Counters {
 /// [`Registry::holder`].
 #[derive(Debug)]
 pub struct Holder {
+    /// The uid the holder acts as (the daemon gives a session its peer's,
+    /// from `SO_PEERCRED`): it owns what it inserts, and access is judged
+    /// by it.
     pub uid: u32,
     /// What this uid owns, shared by all its sessions.
     usage: Arc<Counters>,
@@ -416,10 +422,14 @@ impl Shard {
 /// Figures about the registry's content.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Live objects.
     pub objects: u64,
+    /// Bytes of their values (ring staging not included).
     pub value_bytes: u64,
 }
 
+/// The objects, in shards, with their handles, references, owners and the
+/// limits on them. One per daemon, shared by every thread that serves.
 pub struct Registry {
     shards: Box<[CachePadded<RwLock<Shard>>]>,
     shard_bits: u32,
@@ -478,6 +488,7 @@ impl Registry {
         Arc::clone(write(&self.uids).entry(uid).or_default())
     }
 
+    /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits.get()
     }
@@ -487,6 +498,7 @@ impl Registry {
         self.limits.set(limits);
     }
 
+    /// What the registry holds now, all uids together.
     pub fn usage(&self) -> Usage {
         self.total.usage()
     }
@@ -576,6 +588,9 @@ impl Registry {
         Ok(read(slot.value.as_bytes()))
     }
 
+    /// Replaces the value of `handle` (the owner's uid or root); readers see
+    /// the old value or the new one, whole. The owner pays for a longer
+    /// value, whoever replaces it.
     pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Status> {
         let handle = handle.get();
         if value.len() > self.limits.max_value_size() {
@@ -604,6 +619,7 @@ impl Registry {
         Ok(())
     }
 
+    /// One more reference to `handle` for `holder`; needs read access.
     pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
         let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;
@@ -630,6 +646,9 @@ impl Registry {
         Ok(())
     }
 
+    /// Drops one of `holder`'s references to `handle` (NOT_HELD when it
+    /// holds none); the object dies with its last reference unless it is
+    /// DETACHED.
     pub fn release(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
         let handle = handle.get();
         let (shard_index, local) = self.locate(handle)?;

@@ -105,10 +105,13 @@ pub struct Layout {
 /// Why a layout is unusable (its `Display` says what the field must be).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
+    /// `entries` is not a power of two from 2 to 32768.
     #[error("a power of two from 2 to 32768")]
     Entries,
+    /// `data_size` is not a multiple of 8 from [`MIN_DATA_SIZE`] to 1 GiB.
     #[error("a multiple of 8 from 64 to 1073741824")]
     DataSize,
+    /// `max_rings` is not from 1 to 4096.
     #[error("1 to 4096")]
     Rings,
 }
@@ -317,6 +320,8 @@ impl Mapping {
 /// How a waiting side spins and sleeps: the caller's policy (a futex and a
 /// clock in the client, loom's primitives in the model).
 pub trait Park {
+    /// Why a sleep failed and the wait must stop (for the client: the
+    /// daemon went away, or an operating-system error).
     type Error;
     /// Called after each look that found nothing; true: stop spinning and
     /// sleep.
@@ -328,6 +333,8 @@ pub trait Park {
 
 /// How a server wakes a client that sleeps on a ring's futex word.
 pub trait Wake {
+    /// Wakes whoever sleeps on `word`, the CQ tail (a futex wake that
+    /// crosses processes).
     fn wake(&self, word: &AtomicU32);
 }
 
@@ -367,14 +374,17 @@ impl ClientCounters {
 pub struct ClientRing<'a>(RingMem<'a>);
 
 impl<'a> ClientRing<'a> {
+    /// The geometry of the session's rings.
     pub fn layout(&self) -> Layout {
         self.0.layout
     }
 
+    /// Entries in the SQ and in the CQ: the most requests in flight.
     pub fn entries(&self) -> u32 {
         self.0.layout.entries
     }
 
+    /// Bytes of the ring's data area.
     pub fn data_size(&self) -> u32 {
         self.0.layout.data_size
     }
@@ -478,6 +488,8 @@ pub struct ServerCounters {
 /// A ring whose counters make no sense: its session must close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
+    /// The client's CQ head is not within `entries` of the daemon's CQ
+    /// tail, which no well-behaved client writes.
     #[error("CQ head outside the ring")]
     CqHead,
 }
@@ -487,14 +499,17 @@ pub enum RingError {
 pub struct ServerRing<'a>(RingMem<'a>);
 
 impl<'a> ServerRing<'a> {
+    /// The geometry of the session's rings.
     pub fn layout(&self) -> Layout {
         self.0.layout
     }
 
+    /// Entries in the SQ and in the CQ.
     pub fn entries(&self) -> u32 {
         self.0.layout.entries
     }
 
+    /// Bytes of the ring's data area.
     pub fn data_size(&self) -> u32 {
         self.0.layout.data_size
     }
@@ -594,6 +609,8 @@ impl<'a> ServerRing<'a> {
         })
     }
 
+    /// Clears NEED_WAKEUP after [`ServerRing::prepare_sleep`], whether the
+    /// server slept or not.
     pub fn end_sleep(&self) {
         handoff::end_submission_wait(self.0.words());
     }
@@ -641,6 +658,7 @@ impl SharedRing {
         })
     }
 
+    /// The ring's index in its session's memory.
     pub fn index(&self) -> u32 {
         self.index
     }
@@ -661,6 +679,7 @@ impl SharedRing {
             .expect("checked in new")
     }
 
+    /// The server's positions in the ring, to look at without serving.
     pub fn counters(&self) -> &ServerCounters {
         &self.counters
     }
