@@ -307,13 +307,13 @@ impl Mapping {
     /// The client's side of ring `index`: `None` if this mapping cannot
     /// hold it (read-only, too small, bad layout).
     pub fn client_ring(&self, layout: Layout, index: u32) -> Option<ClientRing<'_>> {
-        RingMem::new(self, layout, index).map(ClientRing)
+        RingMem::new(self, layout, index).map(|mem| ClientRing(Ring(mem)))
     }
 
     /// The daemon's side of ring `index`: `None` if this mapping cannot
     /// hold it.
     pub fn server_ring(&self, layout: Layout, index: u32) -> Option<ServerRing<'_>> {
-        RingMem::new(self, layout, index).map(ServerRing)
+        RingMem::new(self, layout, index).map(|mem| ServerRing(Ring(mem)))
     }
 }
 
@@ -369,11 +369,13 @@ impl ClientCounters {
     }
 }
 
-/// The client's side of one ring.
+/// What both sides of a ring may do: know its geometry and move bytes
+/// through its data area. [`ClientRing`] and [`ServerRing`] dereference to
+/// it.
 #[derive(Clone, Copy)]
-pub struct ClientRing<'a>(RingMem<'a>);
+pub struct Ring<'a>(RingMem<'a>);
 
-impl<'a> ClientRing<'a> {
+impl Ring<'_> {
     /// The geometry of the session's rings.
     pub fn layout(&self) -> Layout {
         self.0.layout
@@ -387,72 +389,6 @@ impl<'a> ClientRing<'a> {
     /// Bytes of the ring's data area.
     pub fn data_size(&self) -> u32 {
         self.0.layout.data_size
-    }
-
-    /// Writes and publishes a submission (its stamp bytes are set here) at
-    /// the next position. The caller keeps at most `entries` in flight.
-    #[inline]
-    pub fn push(&self, counters: &mut ClientCounters, bytes: &[u8; ENTRY_SIZE]) {
-        let at = counters.sq_tail;
-        self.0
-            .publish_entry(self.0.sq_at(at), bytes, SQE_STAMP_AT, self.0.stamp(at));
-        counters.sq_tail = at.wrapping_add(1);
-    }
-
-    /// Publishes the SQ tail after the submissions pushed so far; true when
-    /// the daemon sleeps and its doorbell must be rung.
-    #[inline]
-    pub fn flush(&self, counters: &ClientCounters) -> bool {
-        handoff::after_submissions(self.0.words(), counters.sq_tail)
-    }
-
-    /// Whether the next completion is published.
-    #[inline]
-    pub fn ready(&self, counters: &ClientCounters) -> bool {
-        let at = counters.cq_head;
-        self.0
-            .is_published(self.0.cq_at(at), CQE_STAMP_AT, self.0.stamp(at))
-    }
-
-    /// The next completion, if it is published (its slot is then the
-    /// client's to release).
-    #[inline]
-    pub fn pop(&self, counters: &mut ClientCounters) -> Option<[u8; ENTRY_SIZE]> {
-        if !self.ready(counters) {
-            return None;
-        }
-        let entry = self.0.read_entry(self.0.cq_at(counters.cq_head));
-        counters.cq_head = counters.cq_head.wrapping_add(1);
-        Some(entry)
-    }
-
-    /// Hands the completion slots read so far back to the daemon.
-    #[inline]
-    pub fn release(&self, counters: &ClientCounters) {
-        handoff::release_completions(self.0.words(), counters.cq_head);
-    }
-
-    /// Waits until the next completion is published: polls while
-    /// `park.spin()` says so, then announces that it sleeps and sleeps on
-    /// the CQ tail, until it is.
-    pub fn wait<P: Park>(&self, counters: &ClientCounters, park: &mut P) -> Result<(), P::Error> {
-        loop {
-            if self.ready(counters) {
-                return Ok(());
-            }
-            if !park.spin() {
-                continue;
-            }
-            let words = self.0.words();
-            let seen = handoff::completion_tail(words);
-            let slept = if handoff::begin_completion_wait(words, || !self.ready(counters)) {
-                park.sleep(words.cq_tail, seen)
-            } else {
-                Ok(())
-            };
-            handoff::end_completion_wait(words);
-            slept?;
-        }
     }
 
     /// Whether `[off, off + len)` lies inside the data area.
@@ -472,6 +408,86 @@ impl<'a> ClientRing<'a> {
     #[cfg(not(hreg_loom))]
     pub fn copy_to_data(&self, off: u32, bytes: &[u8]) -> bool {
         self.0.copy_to_data(off, bytes)
+    }
+}
+
+/// The client's side of one ring.
+#[derive(Clone, Copy)]
+pub struct ClientRing<'a>(Ring<'a>);
+
+impl<'a> std::ops::Deref for ClientRing<'a> {
+    type Target = Ring<'a>;
+    fn deref(&self) -> &Ring<'a> {
+        &self.0
+    }
+}
+
+impl<'a> ClientRing<'a> {
+
+    /// Writes and publishes a submission (its stamp bytes are set here) at
+    /// the next position. The caller keeps at most `entries` in flight.
+    #[inline]
+    pub fn push(&self, counters: &mut ClientCounters, bytes: &[u8; ENTRY_SIZE]) {
+        let at = counters.sq_tail;
+        self.0.0
+            .publish_entry(self.0.0.sq_at(at), bytes, SQE_STAMP_AT, self.0.0.stamp(at));
+        counters.sq_tail = at.wrapping_add(1);
+    }
+
+    /// Publishes the SQ tail after the submissions pushed so far; true when
+    /// the daemon sleeps and its doorbell must be rung.
+    #[inline]
+    pub fn flush(&self, counters: &ClientCounters) -> bool {
+        handoff::after_submissions(self.0.0.words(), counters.sq_tail)
+    }
+
+    /// Whether the next completion is published.
+    #[inline]
+    pub fn ready(&self, counters: &ClientCounters) -> bool {
+        let at = counters.cq_head;
+        self.0.0
+            .is_published(self.0.0.cq_at(at), CQE_STAMP_AT, self.0.0.stamp(at))
+    }
+
+    /// The next completion, if it is published (its slot is then the
+    /// client's to release).
+    #[inline]
+    pub fn pop(&self, counters: &mut ClientCounters) -> Option<[u8; ENTRY_SIZE]> {
+        if !self.ready(counters) {
+            return None;
+        }
+        let entry = self.0.0.read_entry(self.0.0.cq_at(counters.cq_head));
+        counters.cq_head = counters.cq_head.wrapping_add(1);
+        Some(entry)
+    }
+
+    /// Hands the completion slots read so far back to the daemon.
+    #[inline]
+    pub fn release(&self, counters: &ClientCounters) {
+        handoff::release_completions(self.0.0.words(), counters.cq_head);
+    }
+
+    /// Waits until the next completion is published: polls while
+    /// `park.spin()` says so, then announces that it sleeps and sleeps on
+    /// the CQ tail, until it is.
+    pub fn wait<P: Park>(&self, counters: &ClientCounters, park: &mut P) -> Result<(), P::Error> {
+        loop {
+            if self.ready(counters) {
+                return Ok(());
+            }
+            if !park.spin() {
+                continue;
+            }
+            let words = self.0.0.words();
+            let seen = handoff::completion_tail(words);
+            let slept = if handoff::begin_completion_wait(words, || !self.ready(counters)) {
+                park.sleep(words.cq_tail, seen)
+            } else {
+                Ok(())
+            };
+            handoff::end_completion_wait(words);
+            slept?;
+        }
     }
 }
 
@@ -496,33 +512,26 @@ pub enum RingError {
 
 /// The daemon's side of one ring.
 #[derive(Clone, Copy)]
-pub struct ServerRing<'a>(RingMem<'a>);
+pub struct ServerRing<'a>(Ring<'a>);
+
+impl<'a> std::ops::Deref for ServerRing<'a> {
+    type Target = Ring<'a>;
+    fn deref(&self) -> &Ring<'a> {
+        &self.0
+    }
+}
 
 impl<'a> ServerRing<'a> {
-    /// The geometry of the session's rings.
-    pub fn layout(&self) -> Layout {
-        self.0.layout
-    }
-
-    /// Entries in the SQ and in the CQ.
-    pub fn entries(&self) -> u32 {
-        self.0.layout.entries
-    }
-
-    /// Bytes of the ring's data area.
-    pub fn data_size(&self) -> u32 {
-        self.0.layout.data_size
-    }
 
     /// Resets every counter, flag and entry to zero (before the ring is
     /// handed out, so no stamp of an earlier user looks published).
     pub fn reset(&self) {
         for offset in [SQ_HEAD, SQ_TAIL, CQ_HEAD, CQ_TAIL, SQ_FLAGS, CQ_FLAGS] {
-            self.0.word(offset).store(0, crate::sync::Ordering::Relaxed);
+            self.0.0.word(offset).store(0, crate::sync::Ordering::Relaxed);
         }
-        for counter in 0..self.0.layout.entries {
-            for offset in [self.0.sq_at(counter), self.0.cq_at(counter)] {
-                for word in self.0.map.entry_at(offset) {
+        for counter in 0..self.0.0.layout.entries {
+            for offset in [self.0.0.sq_at(counter), self.0.0.cq_at(counter)] {
+                for word in self.0.0.map.entry_at(offset) {
                     word.store(0, crate::sync::Ordering::Relaxed);
                 }
             }
@@ -533,13 +542,13 @@ impl<'a> ServerRing<'a> {
     #[inline]
     pub fn has_work(&self, counters: &ServerCounters) -> bool {
         let at = counters.sq_head;
-        self.0
-            .is_published(self.0.sq_at(at), SQE_STAMP_AT, self.0.stamp(at))
+        self.0.0
+            .is_published(self.0.0.sq_at(at), SQE_STAMP_AT, self.0.0.stamp(at))
     }
 
     /// Whether the CQ has no room, by a fresh read of the client's CQ head.
     fn cq_full_now(&self, counters: &ServerCounters) -> bool {
-        let cq_head = handoff::completions_consumed(self.0.words());
+        let cq_head = handoff::completions_consumed(self.0.0.words());
         counters.cq_tail.wrapping_sub(cq_head) >= self.entries()
     }
 
@@ -559,7 +568,7 @@ impl<'a> ServerRing<'a> {
         }
         let entries = self.entries();
         if counters.cq_tail.wrapping_sub(counters.cq_head_seen) >= entries {
-            let cq_head = handoff::completions_consumed(self.0.words());
+            let cq_head = handoff::completions_consumed(self.0.0.words());
             if counters.cq_tail.wrapping_sub(cq_head) > entries {
                 return Err(RingError::CqHead);
             }
@@ -568,14 +577,14 @@ impl<'a> ServerRing<'a> {
         let room = entries - counters.cq_tail.wrapping_sub(counters.cq_head_seen);
         let mut served = 0;
         while served < room && self.has_work(counters) {
-            let request = self.0.read_entry(self.0.sq_at(counters.sq_head));
+            let request = self.0.0.read_entry(self.0.0.sq_at(counters.sq_head));
             let completion = answer(&request);
             let at = counters.cq_tail;
-            self.0.publish_entry(
-                self.0.cq_at(at),
+            self.0.0.publish_entry(
+                self.0.0.cq_at(at),
                 &completion,
                 CQE_STAMP_AT,
-                self.0.stamp(at),
+                self.0.0.stamp(at),
             );
             counters.sq_head = counters.sq_head.wrapping_add(1);
             counters.cq_tail = at.wrapping_add(1);
@@ -591,7 +600,7 @@ impl<'a> ServerRing<'a> {
     }
 
     fn publish(&self, counters: &ServerCounters, waker: &impl Wake) {
-        let words = self.0.words();
+        let words = self.0.0.words();
         if handoff::publish_completions(words, counters.sq_head, counters.cq_tail) {
             waker.wake(words.cq_tail);
         }
@@ -604,7 +613,7 @@ impl<'a> ServerRing<'a> {
     /// well-behaved one never has more in flight than its CQ holds). Call
     /// [`ServerRing::end_sleep`] when done waiting either way.
     pub fn prepare_sleep(&self, counters: &ServerCounters) -> bool {
-        handoff::begin_submission_wait(self.0.words(), || {
+        handoff::begin_submission_wait(self.0.0.words(), || {
             !self.has_work(counters) || self.cq_full_now(counters)
         })
     }
@@ -612,26 +621,7 @@ impl<'a> ServerRing<'a> {
     /// Clears NEED_WAKEUP after [`ServerRing::prepare_sleep`], whether the
     /// server slept or not.
     pub fn end_sleep(&self) {
-        handoff::end_submission_wait(self.0.words());
-    }
-
-    /// Whether `[off, off + len)` lies inside the data area.
-    pub fn data_range_ok(&self, off: u32, len: usize) -> bool {
-        self.0.data_range_ok(off, len)
-    }
-
-    /// Copies `out.len()` bytes from the data area at `off`; false when
-    /// the range is outside it.
-    #[cfg(not(hreg_loom))]
-    pub fn copy_from_data(&self, off: u32, out: &mut [u8]) -> bool {
-        self.0.copy_from_data(off, out)
-    }
-
-    /// Copies `bytes` into the data area at `off`; false when the range is
-    /// outside it.
-    #[cfg(not(hreg_loom))]
-    pub fn copy_to_data(&self, off: u32, bytes: &[u8]) -> bool {
-        self.0.copy_to_data(off, bytes)
+        handoff::end_submission_wait(self.0.0.words());
     }
 }
 
