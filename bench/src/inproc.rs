@@ -121,7 +121,8 @@ pub struct Hreg {
 
 impl Default for Hreg {
     fn default() -> Self {
-        let registry = Registry::new(DEFAULT_SHARDS, Limits::default());
+        let registry =
+            Registry::new(DEFAULT_SHARDS, Limits::default()).expect("the registry's memory");
         let holder = registry.holder(1000);
         Hreg { registry, holder }
     }

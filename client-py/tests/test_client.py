@@ -243,8 +243,9 @@ def test_threads_share_one_client(client):
 
 
 def test_waiting_releases_the_gil(daemon, client):
-    # A get that waits for a stopped daemon must leave the GIL to other
-    # threads. A helper process resumes the daemon after 3 s whatever
+    # A call that waits for a stopped daemon must leave the GIL to other
+    # threads (a replace: a get of a readable object no longer waits for the
+    # daemon at all). A helper process resumes the daemon after 3 s whatever
     # happens, so a held GIL shows as a slow main thread, not a hang.
     h = client.insert(b"x")
     client.get(h)
@@ -252,11 +253,15 @@ def test_waiting_releases_the_gil(daemon, client):
     os.kill(daemon.process.pid, signal.SIGSTOP)
     resume = subprocess.Popen(["sh", "-c", f"sleep 3; kill -CONT {daemon.process.pid}"])
     try:
-        waiter = threading.Thread(target=lambda: done.append(client.get(h)))
+        def wait_for_daemon():
+            client.replace(h, b"y")
+            done.append(client.get(h))
+
+        waiter = threading.Thread(target=wait_for_daemon)
         start = time.monotonic()
         waiter.start()
-        time.sleep(0.2)  # the waiter is now blocked in get
-        assert not done, "get returned while the daemon was stopped"
+        time.sleep(0.2)  # the waiter is now blocked in replace
+        assert not done, "replace returned while the daemon was stopped"
         spins = sum(1 for _ in range(100_000))
         assert time.monotonic() - start < 2.0, "the main thread was starved: GIL held"
         assert spins == 100_000
@@ -265,7 +270,7 @@ def test_waiting_releases_the_gil(daemon, client):
         resume.wait()
         os.kill(daemon.process.pid, signal.SIGCONT)
     waiter.join(20)
-    assert done == [b"x"]
+    assert done == [b"y"]
 
 
 def _child_insert(socket, queue):

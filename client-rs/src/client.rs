@@ -5,6 +5,7 @@
 
 use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
+use crate::reads::{Borrowed, Output, Resolved};
 use crate::rings::Rings;
 use crate::session::Session;
 use crate::{Completion, Op, Stats};
@@ -12,6 +13,7 @@ use hreg_proto::control::{
     ControlRequest, ListFilter, ObjectInfo, Reply, SessionInfo, UsageReply, Welcome,
 };
 use hreg_proto::handle::Handle;
+use hreg_proto::pins::PinTable;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -118,12 +120,73 @@ impl Client {
     /// Runs `ops` in order, each to its own result; a failed op does not
     /// stop the rest. The outer `Err` (DISCONNECTED, IO, PROTOCOL) means the
     /// batch stopped as a whole. Results come in the order of `ops`.
+    ///
+    /// GET ops resolve in this process when they can; the other ops go
+    /// through the ring in runs, each run completed before the GETs after
+    /// it are read, so a GET always sees the writes before it.
     pub fn submit(&self, ops: &mut [Op<'_>]) -> Result<Vec<Result<Completion>>> {
-        if ops.is_empty() {
-            return self.inner.session.check_usable().map(|()| Vec::new());
+        self.inner.session.check_usable()?;
+        let mut results = Vec::with_capacity(ops.len());
+        let mut at = 0;
+        while at < ops.len() {
+            // GETs read here, until one is not readable here.
+            while let Some(op) = ops.get_mut(at) {
+                match self.local(op) {
+                    Some(result) => {
+                        results.push(result);
+                        at += 1;
+                    }
+                    None => break,
+                }
+            }
+            if at == ops.len() {
+                break;
+            }
+            // Through the ring: up to the next GET (the first of the run may
+            // be a GET not readable here).
+            let end = (at + 1..ops.len())
+                .find(|&k| matches!(ops[k], Op::Get { .. } | Op::GetOwned { .. }))
+                .unwrap_or(ops.len());
+            let run = &mut ops[at..end];
+            results.extend(
+                self.inner
+                    .with_ring(|cx, state| engine::run(cx, state, run))?,
+            );
+            at = end;
         }
-        self.inner
-            .with_ring(|cx, state| engine::run(cx, state, ops))
+        Ok(results)
+    }
+
+    /// A GET op resolved in this process, or `None` for any other op and a
+    /// GET to send through the ring.
+    fn local(&self, op: &mut Op<'_>) -> Option<Result<Completion>> {
+        let resolved = match op {
+            Op::Get { handle, buf } => {
+                let resolved = self.read_here(*handle, &mut Output::Buffer(buf))?;
+                resolved.map(Completion::Length)
+            }
+            Op::GetOwned { handle } => {
+                let mut value = Vec::new();
+                let resolved = self.read_here(*handle, &mut Output::Vec(&mut value))?;
+                resolved.map(|_| Completion::Value(value))
+            }
+            _ => return None,
+        };
+        Some(resolved)
+    }
+
+    /// Reads `handle` in this process: `None` when it must go through the
+    /// ring.
+    fn read_here(&self, handle: Handle, out: &mut Output<'_>) -> Option<Result<usize>> {
+        let session = &self.inner.session;
+        if let Err(e) = session.may_read_here() {
+            return Some(Err(e));
+        }
+        match session.reads().get(&**session, handle, out) {
+            Resolved::Value(len) => Some(Ok(len)),
+            Resolved::Failed(e) => Some(Err(e)),
+            Resolved::Ring => None,
+        }
     }
 
     /// One operation through the same engine as [`Client::submit`], without
@@ -145,16 +208,43 @@ impl Client {
 
     /// The value of `handle`.
     pub fn get(&self, handle: Handle) -> Result<Vec<u8>> {
+        let mut value = Vec::new();
+        if let Some(read) = self.read_here(handle, &mut Output::Vec(&mut value)) {
+            return read.map(|_| value);
+        }
         match self.one(Op::GetOwned { handle })? {
             Completion::Value(v) => Ok(v),
             other => Err(unexpected(other)),
         }
     }
 
+    /// Borrows the value of `handle` without copying it: the bytes are read
+    /// in place, in read-only shared memory, and stay valid and unchanged
+    /// until the [`ValueRef`] is dropped, even if the object is replaced or
+    /// removed meanwhile. A session holds at most 1024 at once
+    /// ([`Error::Quota`] past that). Short values, and values this session
+    /// cannot map, come as a copy.
+    pub fn get_ref(&self, handle: Handle) -> Result<ValueRef<'_>> {
+        let session = &self.inner.session;
+        session.may_read_here()?;
+        let pins = session.memory().pins();
+        let borrowed = match session.reads().borrow(&**session, pins, handle)? {
+            Some(borrowed) => borrowed,
+            None => match self.one(Op::GetOwned { handle })? {
+                Completion::Value(v) => Borrowed::Copied(v),
+                other => return Err(unexpected(other)),
+            },
+        };
+        Ok(ValueRef { borrowed, pins })
+    }
+
     /// Copies the value of `handle` into `buf` and returns its length.
     /// [`Error::Buffer`] says how long `buf` must be; an empty `buf` probes
     /// the size (OK with 0 for an empty value).
     pub fn get_into(&self, handle: Handle, buf: &mut [u8]) -> Result<usize> {
+        if let Some(read) = self.read_here(handle, &mut Output::Buffer(buf)) {
+            return read;
+        }
         match self.one(Op::Get { handle, buf })? {
             Completion::Length(n) => Ok(n),
             other => Err(unexpected(other)),
@@ -252,6 +342,43 @@ impl Client {
     }
 }
 
+/// A value borrowed by [`Client::get_ref`]: the bytes in place, unchanged
+/// until this is dropped.
+pub struct ValueRef<'c> {
+    borrowed: Borrowed<'c>,
+    pins: PinTable<'c>,
+}
+
+impl std::ops::Deref for ValueRef<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.borrowed {
+            Borrowed::Pinned { bytes, .. } => bytes,
+            Borrowed::Copied(bytes) => bytes,
+        }
+    }
+}
+
+impl Drop for ValueRef<'_> {
+    fn drop(&mut self) {
+        if let Borrowed::Pinned { pin, .. } = self.borrowed {
+            self.pins.unpin(pin);
+        }
+    }
+}
+
+impl std::fmt::Debug for ValueRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueRef")
+            .field("len", &self.len())
+            .field(
+                "in_place",
+                &matches!(self.borrowed, Borrowed::Pinned { .. }),
+            )
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -286,11 +413,11 @@ mod tests {
     }
 
     /// A one-shot fake daemon at a fresh path: accepts one connection,
-    /// reads HELLO, answers `reply` (with `fd` attached, if any).
+    /// reads HELLO, answers `reply` (with `fds` attached).
     fn fake_daemon(
         tag: &str,
         reply: Reply,
-        fd: Option<OwnedFd>,
+        fds: Vec<OwnedFd>,
     ) -> (PathBuf, std::thread::JoinHandle<ControlRequest>) {
         use rustix::net::{
             AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
@@ -316,9 +443,9 @@ mod tests {
             let (_, n) = rustix::net::recv(&conn, &mut buf, RecvFlags::empty()).unwrap();
             let hello = ControlRequest::decode(&buf[..n]).unwrap();
             let bytes = reply.encode();
-            let fds: Vec<_> = fd.iter().map(rustix::fd::AsFd::as_fd).collect();
+            let fds: Vec<_> = fds.iter().map(rustix::fd::AsFd::as_fd).collect();
             let mut space =
-                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
             let mut cmsg = SendAncillaryBuffer::new(&mut space);
             if !fds.is_empty() {
                 assert!(cmsg.push(SendAncillaryMessage::ScmRights(&fds)));
@@ -356,7 +483,7 @@ mod tests {
                 status: status as u32,
                 message: "no".into(),
             };
-            let (path, thread) = fake_daemon(tag, reply, None);
+            let (path, thread) = fake_daemon(tag, reply, Vec::new());
             let error = Client::connect_named(Some(&path), "fake-test").unwrap_err();
             assert!(check(&error), "{tag}: {error:?}");
             let hello = thread.join().unwrap();
@@ -372,6 +499,12 @@ mod tests {
 
     #[test]
     fn welcome_is_checked() {
+        let layout = Layout {
+            entries: 4,
+            data_size: 64,
+            max_rings: 2,
+        };
+        let stride = layout.ring_stride() as u64;
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             session_id: 3,
@@ -381,62 +514,71 @@ mod tests {
             ring_entries: 4,
             data_size: 64,
             max_rings: 2,
-            ring_stride: 0,
+            ring_stride: stride,
+            instance: 5,
+            pins_offset: hreg_proto::pins::pins_offset(&layout) as u64,
+            pin_entries: 8,
         };
-        let layout = Layout {
-            entries: 4,
-            data_size: 64,
-            max_rings: 2,
+        let memfd =
+            || crate::shm::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);
+        // A header of instance 5, as the daemon's.
+        let header = || {
+            let fd = crate::shm::tests::sealed_memfd(hreg_proto::table::header::LEN as u64);
+            let map = hreg_proto::shm::Mapping::map(
+                &fd,
+                hreg_proto::table::header::LEN,
+                hreg_proto::shm::Access::ReadWrite,
+            )
+            .unwrap();
+            hreg_proto::table::header::Header::init(&map, 5).unwrap();
+            fd
         };
-        let stride = layout.ring_stride() as u64;
-        let memfd = || crate::shm::tests::sealed_memfd(stride * 2);
+        let refused = |tag: &str, welcome: Welcome, fds: Vec<OwnedFd>| {
+            let (path, thread) = fake_daemon(tag, Reply::Welcome(welcome), fds);
+            let error = Client::connect(&path).unwrap_err();
+            thread.join().unwrap();
+            error
+        };
 
-        // No memfd attached.
-        let (path, thread) = fake_daemon(
-            "nofd",
-            Reply::Welcome(Welcome {
-                ring_stride: stride,
-                ..welcome
-            }),
-            None,
-        );
-        assert!(matches!(Client::connect(&path), Err(Error::Protocol(_))));
-        thread.join().unwrap();
-
+        // No descriptors, or only the session memory.
+        assert!(matches!(
+            refused("nofd", welcome, vec![]),
+            Error::Protocol(_)
+        ));
+        assert!(matches!(
+            refused("onefd", welcome, vec![memfd()]),
+            Error::Protocol(_)
+        ));
         // A stride that does not match the memfd.
-        let (path, thread) = fake_daemon(
-            "stride",
-            Reply::Welcome(Welcome {
-                ring_stride: stride * 2,
-                ..welcome
-            }),
-            Some(memfd()),
-        );
-        assert!(matches!(Client::connect(&path), Err(Error::Protocol(_))));
-        thread.join().unwrap();
-
+        let bad_stride = Welcome {
+            ring_stride: stride * 2,
+            ..welcome
+        };
+        assert!(matches!(
+            refused("stride", bad_stride, vec![memfd(), header()]),
+            Error::Protocol(_)
+        ));
+        // An instance the header does not carry.
+        let other = Welcome {
+            instance: 6,
+            ..welcome
+        };
+        assert!(matches!(
+            refused("instance", other, vec![memfd(), header()]),
+            Error::Protocol(_)
+        ));
         // Another version.
-        let (path, thread) = fake_daemon(
-            "ver",
-            Reply::Welcome(Welcome {
-                version: 2,
-                ring_stride: stride,
-                ..welcome
-            }),
-            Some(memfd()),
-        );
-        assert!(matches!(Client::connect(&path), Err(Error::Version { .. })));
-        thread.join().unwrap();
+        let v2 = Welcome {
+            version: 2,
+            ..welcome
+        };
+        assert!(matches!(
+            refused("ver", v2, vec![memfd(), header()]),
+            Error::Version { .. }
+        ));
 
         // A good one.
-        let (path, thread) = fake_daemon(
-            "good",
-            Reply::Welcome(Welcome {
-                ring_stride: stride,
-                ..welcome
-            }),
-            Some(memfd()),
-        );
+        let (path, thread) = fake_daemon("good", Reply::Welcome(welcome), vec![memfd(), header()]);
         let client = Client::connect(&path).unwrap();
         assert_eq!(client.session_id(), 3);
         assert_eq!(client.max_value_size(), 1 << 20);

@@ -85,7 +85,10 @@ pub(crate) fn recv_within(sock: impl AsFd, deadline: Duration) -> Result<(Reply,
 /// EOF and SHUTDOWN give [`Error::Disconnected`].
 pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut space = [MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(
+            hreg_proto::control::MAX_CHUNKS_PER_REPLY as usize
+        ))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     let msg = loop {
@@ -138,16 +141,21 @@ pub(crate) fn call(sock: impl AsFd, request: &ControlRequest) -> Result<(Reply, 
     recv_within(sock, REPLY_DEADLINE)
 }
 
+/// Takes exactly `N` descriptors out of `fds` (any other count is a
+/// protocol error, and every descriptor is closed).
+pub(crate) fn fds<const N: usize>(fds: Vec<OwnedFd>, what: &str) -> Result<[OwnedFd; N]> {
+    let count = fds.len();
+    fds.try_into().map_err(|_| {
+        Error::Protocol(format!(
+            "{what} came with {count} descriptors, expected {N}"
+        ))
+    })
+}
+
 /// Takes exactly one descriptor out of `fds`; the rest are closed.
 pub(crate) fn one_fd(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd> {
-    let count = fds.len();
-    let mut fds = fds.into_iter();
-    match (fds.next(), count) {
-        (Some(fd), 1) => Ok(fd),
-        _ => Err(Error::Protocol(format!(
-            "{what} came with {count} descriptors, expected 1"
-        ))),
-    }
+    let [fd] = self::fds::<1>(fds, what)?;
+    Ok(fd)
 }
 
 /// What a look at an idle control socket found.

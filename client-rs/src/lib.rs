@@ -23,11 +23,12 @@ mod control;
 mod engine;
 mod error;
 mod plan;
+mod reads;
 mod rings;
 mod session;
 mod shm;
 
-pub use client::Client;
+pub use client::{Client, ValueRef};
 pub use error::{Error, Result};
 pub use hreg_proto::control::{
     ListFilter, ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,

@@ -7,6 +7,7 @@
 use crate::control::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
+use crate::reads::{ChunkSource, Reads};
 use crate::shm::{self, SessionMapping};
 use hreg_proto::control::{clip, ControlRequest, Reply, Welcome};
 use hreg_proto::ring::{ClientRing, Layout};
@@ -30,6 +31,7 @@ pub(crate) struct Session {
     /// Serializes control requests: one request and its reply at a time.
     control: Mutex<()>,
     map: SessionMapping,
+    reads: Reads,
     welcome: Welcome,
     disconnected: AtomicBool,
 }
@@ -47,7 +49,7 @@ impl Session {
         let mut reason = None;
         for p in &paths {
             match control::connect(p) {
-                Ok(sock) => return Session::handshake(sock, clip(name, MAX_CLIENT_NAME)),
+                Ok(sock) => return Session::handshake(sock, p, clip(name, MAX_CLIENT_NAME)),
                 Err(e) => reason = Some(format!("{}: {e}", p.display())),
             }
         }
@@ -57,16 +59,22 @@ impl Session {
         })
     }
 
-    fn handshake(sock: OwnedFd, name: &str) -> Result<Session> {
+    fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Session> {
         let hello = ControlRequest::Hello {
             version: PROTOCOL_VERSION,
             name: name.to_owned(),
         };
         let (reply, fds) = match control::call(&sock, &hello) {
+            // A daemon that is going away (killed with connections still in
+            // its backlog) closes them unanswered: nobody is there to reach.
             Err(Error::Disconnected) => {
-                return Err(Error::Protocol(
-                    "the daemon closed the connection before answering HELLO".into(),
-                ))
+                return Err(Error::Connect {
+                    tried: vec![path.to_path_buf()],
+                    reason: Some(format!(
+                        "{}: the daemon closed the connection before answering HELLO",
+                        path.display()
+                    )),
+                })
             }
             other => other?,
         };
@@ -79,7 +87,7 @@ impl Session {
                 )))
             }
         };
-        let memfd = control::one_fd(fds, "WELCOME")?;
+        let [memfd, header] = control::fds::<2>(fds, "WELCOME")?;
         if welcome.version != PROTOCOL_VERSION {
             return Err(Error::Version {
                 message: format!(
@@ -99,13 +107,21 @@ impl Session {
             data_size: welcome.data_size,
             max_rings: welcome.max_rings,
         };
-        let map = SessionMapping::new(&memfd, layout, welcome.ring_stride)?;
+        let map = SessionMapping::new(
+            &memfd,
+            layout,
+            welcome.ring_stride,
+            welcome.pins_offset,
+            welcome.pin_entries,
+        )?;
+        let reads = Reads::new(&header, welcome.instance)?;
         Ok(Session {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             pid: shm::current_pid(),
             sock,
             control: Mutex::new(()),
             map,
+            reads,
             welcome,
             disconnected: AtomicBool::new(false),
         })
@@ -132,6 +148,40 @@ impl Session {
                 self.welcome.max_rings
             ))
         })
+    }
+
+    /// The registry's read side, as this session maps it.
+    pub(crate) fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
+    /// The session's memory (rings and pin table).
+    pub(crate) fn memory(&self) -> &SessionMapping {
+        &self.map
+    }
+
+    /// Whether a read may resolve in this process now: DISCONNECTED when the
+    /// daemon is known gone, said it stopped, or (looked at on a thread's
+    /// first read and every 1024th after) closed the control socket. A read
+    /// makes no system call otherwise.
+    pub(crate) fn may_read_here(&self) -> Result<()> {
+        self.check_usable()?;
+        if self.reads.stopped() {
+            self.disconnected.store(true, Ordering::Relaxed);
+            return Err(Error::Disconnected);
+        }
+        thread_local! {
+            static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        let n = READS.with(|reads| {
+            let n = reads.get().wrapping_add(1);
+            reads.set(n);
+            n
+        });
+        if n % 1024 == 1 {
+            self.check_alive_within(Duration::ZERO)?;
+        }
+        Ok(())
     }
 
     /// Fails when the daemon is known gone or we are a forked child.
@@ -181,6 +231,43 @@ impl Session {
         }
         let text = format!("{reply:?}");
         pick(reply).ok_or_else(|| Error::Protocol(format!("unexpected reply to {what}: {text}")))
+    }
+}
+
+impl ChunkSource for Session {
+    fn map_domain(
+        &self,
+        domain: u16,
+        slots_from: usize,
+        heap_from: usize,
+    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
+        let request = ControlRequest::MapDomain {
+            domain: u32::from(domain),
+            slots_from: slots_from as u32,
+            heap_from: heap_from as u32,
+        };
+        let (reply, mut fds) = self.call(&request)?;
+        match reply {
+            Reply::DomainChunks {
+                domain: answered,
+                slots_from: from_slots,
+                slots,
+                heap_from: from_heap,
+                heap,
+            } if answered == u32::from(domain)
+                && from_slots as usize == slots_from
+                && from_heap as usize == heap_from
+                && fds.len() == slots as usize + heap as usize =>
+            {
+                let heap_fds = fds.split_off(slots as usize);
+                Ok((fds, heap_fds))
+            }
+            Reply::Error { status, message } => Err(refusal(status, message)),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to MAP_DOMAIN: {other:?} with {} descriptors",
+                fds.len()
+            ))),
+        }
     }
 }
 

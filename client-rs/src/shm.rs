@@ -1,11 +1,14 @@
-//! The client's side of shared memory: the session's mapping (left alone
-//! in a forked child), waiting on a ring's CQ-tail futex, and the fork hook
-//! that keeps a cheap "which process am I" answer correct. The only
-//! `unsafe` of the client is here: registering the fork hook.
+//! The client's side of shared memory: mappings it owns (left alone in a
+//! forked child), the session's memory (rings and pin table), values
+//! borrowed from the registry's read-only chunks, waiting on a ring's
+//! CQ-tail futex, and the fork hook that keeps a cheap "which process am I"
+//! answer correct. The client's `unsafe` is here: registering the fork hook,
+//! unmapping, and handing out a pinned value block as a slice.
 
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
+use hreg_proto::pins::{self, PinTable};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::sync::AtomicU32;
@@ -16,20 +19,79 @@ use std::sync::atomic::Ordering;
 use std::sync::Once;
 use std::time::Duration;
 
-/// The session's shared memory, mapped read/write and `MAP_SHARED`.
+/// A mapping this process made; a forked child leaves it mapped (its
+/// parent's threads may be reading it through copies the child inherited).
 #[derive(Debug)]
-pub(crate) struct SessionMapping {
+pub(crate) struct OwnedMapping {
     map: ManuallyDrop<Mapping>,
-    layout: Layout,
-    /// The process that mapped it; a forked child leaves it mapped.
+    /// The process that mapped it.
     owner: u32,
 }
 
+impl OwnedMapping {
+    /// Maps all of `fd`, a memfd the daemon sealed against shrinking and
+    /// growing (checked: otherwise it could be shrunk under the mapping, and
+    /// SIGBUS), of `len` bytes when given.
+    pub(crate) fn sealed(fd: &OwnedFd, len: Option<usize>, access: Access) -> Result<OwnedMapping> {
+        let seals = rustix::fs::fcntl_get_seals(fd)
+            .map_err(|e| Error::Protocol(format!("shared memory cannot be sealed: {e}")))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
+            return Err(Error::Protocol(
+                "shared memory is not sealed against shrinking and growing".into(),
+            ));
+        }
+        let size = usize::try_from(rustix::fs::fstat(fd)?.st_size)
+            .map_err(|_| Error::Protocol("shared memory of a negative size".into()))?;
+        if len.is_some_and(|len| len != size) || size == 0 {
+            return Err(Error::Protocol(format!(
+                "shared memory is {size} bytes, expected {}",
+                len.unwrap_or(1)
+            )));
+        }
+        Ok(OwnedMapping {
+            map: ManuallyDrop::new(Mapping::map(fd, size, access)?),
+            owner: current_pid(),
+        })
+    }
+}
+
+impl std::ops::Deref for OwnedMapping {
+    type Target = Mapping;
+    fn deref(&self) -> &Mapping {
+        &self.map
+    }
+}
+
+impl Drop for OwnedMapping {
+    fn drop(&mut self) {
+        if self.owner == current_pid() {
+            // SAFETY: dropped once, here; nothing uses the mapping after
+            // its owner is dropped (every view borrows it).
+            unsafe { ManuallyDrop::drop(&mut self.map) };
+        }
+    }
+}
+
+/// The session's shared memory: its rings, then its pin table; mapped
+/// read/write.
+#[derive(Debug)]
+pub(crate) struct SessionMapping {
+    map: OwnedMapping,
+    layout: Layout,
+    pin_entries: usize,
+}
+
 impl SessionMapping {
-    /// Maps `memfd`, which must be sealed against shrinking and growing and
-    /// exactly `layout.max_rings × stride` bytes long, where `stride` is the
-    /// layout's own.
-    pub(crate) fn new(memfd: &OwnedFd, layout: Layout, stride: u64) -> Result<SessionMapping> {
+    /// Maps `memfd`, the session memory WELCOME sent: `layout`'s rings
+    /// `stride` bytes apart (the layout's own stride), then a pin table of
+    /// `pin_entries` entries at `pins_offset` (where the protocol puts it).
+    pub(crate) fn new(
+        memfd: &OwnedFd,
+        layout: Layout,
+        stride: u64,
+        pins_offset: u64,
+        pin_entries: u32,
+    ) -> Result<SessionMapping> {
         layout
             .validate()
             .map_err(|e| Error::Protocol(format!("unusable ring layout: {e}")))?;
@@ -39,27 +101,18 @@ impl SessionMapping {
                 layout.ring_stride()
             )));
         }
-        let len = layout.total_size();
-        // Without these seals the daemon (or whatever answered at the
-        // socket) could shrink the memfd under our mapping: SIGBUS.
-        let seals = rustix::fs::fcntl_get_seals(memfd)
-            .map_err(|e| Error::Protocol(format!("session memory cannot be sealed: {e}")))?;
-        if !seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
-            return Err(Error::Protocol(
-                "session memory is not sealed against shrinking and growing".into(),
-            ));
-        }
-        let stat = rustix::fs::fstat(memfd)?;
-        if u64::try_from(stat.st_size).ok() != Some(len as u64) {
+        let pin_entries = pin_entries as usize;
+        if pins_offset != pins::pins_offset(&layout) as u64 || !(1..=1 << 16).contains(&pin_entries)
+        {
             return Err(Error::Protocol(format!(
-                "session memory is {} bytes, expected {len}",
-                stat.st_size
+                "pin table of {pin_entries} entries at {pins_offset}, not where the protocol puts one"
             )));
         }
+        let len = pins::session_len(&layout, pin_entries);
         Ok(SessionMapping {
-            map: ManuallyDrop::new(Mapping::map(memfd, len, Access::ReadWrite)?),
+            map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
             layout,
-            owner: current_pid(),
+            pin_entries,
         })
     }
 
@@ -68,17 +121,30 @@ impl SessionMapping {
     pub(crate) fn ring(&self, index: u32) -> Option<ClientRing<'_>> {
         self.map.client_ring(self.layout, index)
     }
+
+    /// The session's pin table.
+    pub(crate) fn pins(&self) -> PinTable<'_> {
+        PinTable::new(&self.map, pins::pins_offset(&self.layout), self.pin_entries)
+            .expect("checked in new")
+    }
 }
 
-impl Drop for SessionMapping {
-    fn drop(&mut self) {
-        if self.owner == current_pid() {
-            // SAFETY: dropped once, here; nothing uses the mapping after
-            // its owner is dropped (every view borrows it).
-            unsafe { ManuallyDrop::drop(&mut self.map) };
-        }
-        // A forked child leaves the inherited mapping alone (leaks it).
-    }
+/// `len` bytes at `offset` of `map`, as a slice.
+///
+/// # Safety
+/// The range is a value block this session has pinned, found in its slot
+/// after pinning (`hreg_proto::pins`): the daemon does not write it until
+/// the pin is cleared, so it must not be cleared while the slice lives; and
+/// `map` outlives the slice (the lifetime says so).
+pub(crate) unsafe fn pinned_bytes(map: &Mapping, offset: usize, len: usize) -> Option<&[u8]> {
+    let end = offset.checked_add(len)?;
+    let start = map.address_of(offset)?;
+    map.address_of(end)?;
+    // SAFETY: `start .. start + len` lies inside the mapping (both ends
+    // checked), which lives as long as the returned borrow; the bytes do not
+    // change while the caller's pin holds (the caller's contract), and no
+    // one in this process writes a read-only mapping.
+    Some(unsafe { std::slice::from_raw_parts(start, len) })
 }
 
 /// How a futex wait ended.
@@ -159,8 +225,10 @@ pub(crate) mod tests {
             max_rings: 2,
         };
         let stride = layout.ring_stride() as u64;
-        let fd = sealed_memfd(stride * 2);
-        let map = SessionMapping::new(&fd, layout, stride).unwrap();
+        let len = pins::session_len(&layout, 8) as u64;
+        let at = pins::pins_offset(&layout) as u64;
+        let fd = sealed_memfd(len);
+        let map = SessionMapping::new(&fd, layout, stride, at, 8).unwrap();
         let ring = map.ring(1).unwrap();
         assert!(map.ring(2).is_none());
         assert!(ring.copy_to_data(0, b"hello"));
@@ -170,19 +238,23 @@ pub(crate) mod tests {
         drop(map);
 
         assert!(matches!(
-            SessionMapping::new(&sealed_memfd(stride), layout, stride),
+            SessionMapping::new(&sealed_memfd(stride), layout, stride, at, 8),
             Err(Error::Protocol(_))
         ));
         assert!(matches!(
-            SessionMapping::new(&fd, layout, 100),
+            SessionMapping::new(&fd, layout, 100, at, 8),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            SessionMapping::new(&fd, layout, stride, at + 64, 8),
             Err(Error::Protocol(_))
         ));
         // Right size, but it could be shrunk under the mapping.
         let unsealed =
             rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&unsealed, stride * 2).unwrap();
+        rustix::fs::ftruncate(&unsealed, len).unwrap();
         assert!(matches!(
-            SessionMapping::new(&unsealed, layout, stride),
+            SessionMapping::new(&unsealed, layout, stride, at, 8),
             Err(Error::Protocol(_))
         ));
     }

@@ -135,5 +135,6 @@ pub fn usage(
             })
             .collect(),
         workers,
+        reclaim_pending: registry.reclaim_pending(),
     }
 }

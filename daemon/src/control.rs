@@ -21,7 +21,10 @@ use crate::session::Session;
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
-use hreg_proto::control::{ControlRequest, Reply, Welcome, WorkerUsage, MAX_MESSAGE};
+use hreg_proto::control::{
+    ControlRequest, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+};
+use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use hreg_registry::{Registry, ROOT};
 use rustix::event::epoll;
@@ -198,12 +201,39 @@ impl Control {
     }
 
     /// Once per loop: expire silent connections, resume listening, sample
-    /// the ops rate.
+    /// the ops rate, run a reclamation pass (the workers run most of them;
+    /// this one catches blocks borrowed references held back) and close
+    /// sessions that hold back more than their uid may own.
     pub fn tick(&mut self) {
         self.drop_silent_connections();
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
+        self.registry.reclaim();
+        self.close_hoarders();
+    }
+
+    /// Closes every session whose borrowed references hold back more bytes
+    /// than its uid may own in all (`uid_max_bytes`): the daemon's memory
+    /// stays bounded by the limits, and the hoarder alone loses.
+    fn close_hoarders(&mut self) {
+        let cap = self.config.limits.registry.uid_max_bytes;
+        let hoarders: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(
+                |(_, c)| matches!(&c.state, ConnState::Attached(s) if s.reader.held_back() > cap),
+            )
+            .map(|(&key, _)| key)
+            .collect();
+        for key in hoarders {
+            warn_limited(|| {
+                tracing::warn!(
+                    "closing a session whose borrowed references hold back more than uid_max_bytes"
+                )
+            });
+            self.close(key, "borrowed references hold back too much");
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -232,6 +262,7 @@ impl Control {
     /// connection; then stops the workers.
     pub fn shutdown(&mut self) {
         tracing::info!(sessions = self.attached(), "shutting down");
+        self.registry.set_serving(false);
         let keys: Vec<u64> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(Conn {
@@ -240,7 +271,7 @@ impl Control {
                 ..
             }) = self.conns.get(&key)
             {
-                let _ = send(fd.as_fd(), &Reply::Shutdown, None);
+                let _ = send(fd.as_fd(), &Reply::Shutdown, &[]);
             }
             self.close(key, "daemon stopping");
         }
@@ -436,7 +467,7 @@ impl Control {
                 for worker in &self.workers {
                     worker.close_ring(session.id, index);
                 }
-                self.reply(key, &Reply::Ack, None)
+                self.reply(key, &Reply::Ack, &[])
             }
             (ControlRequest::Stats, Some(_)) => {
                 let stats = admin::stats(
@@ -444,7 +475,7 @@ impl Control {
                     self.live_sessions.load(Ordering::Acquire) as u64,
                     self.ops(),
                 );
-                self.reply(key, &Reply::Stats(stats), None)
+                self.reply(key, &Reply::Stats(stats), &[])
             }
             (ControlRequest::Goodbye, Some(_)) => {
                 self.close(key, "goodbye");
@@ -456,7 +487,7 @@ impl Control {
                     _ => None,
                 });
                 let reply = admin::sessions_page(sessions, cursor, caller.peer.uid);
-                self.reply(key, &reply, None)
+                self.reply(key, &reply, &[])
             }
             (
                 ControlRequest::List {
@@ -468,8 +499,16 @@ impl Control {
             ) => {
                 let reply =
                     admin::objects_page(&self.registry, cursor, limit, filter, caller.peer.uid);
-                self.reply(key, &reply, None)
+                self.reply(key, &reply, &[])
             }
+            (
+                ControlRequest::MapDomain {
+                    domain,
+                    slots_from,
+                    heap_from,
+                },
+                Some(caller),
+            ) => self.map_domain(key, &caller, domain, slots_from, heap_from),
             (ControlRequest::Usage, Some(caller)) => {
                 let workers = self
                     .workers
@@ -486,7 +525,7 @@ impl Control {
                     workers,
                     caller.peer.uid,
                 );
-                self.reply(key, &Reply::Usage(usage), None)
+                self.reply(key, &Reply::Usage(usage), &[])
             }
         }
     }
@@ -500,7 +539,7 @@ impl Control {
                 status: status as u32,
                 message,
             },
-            None,
+            &[],
         );
         self.close(key, why);
         false
@@ -546,6 +585,13 @@ impl Control {
         };
         let id = self.next_session;
         self.next_session += 1;
+        let header = match self.registry.header_for_client() {
+            Ok(header) => header,
+            Err(e) => {
+                let message = format!("cannot open the registry header: {e}");
+                return self.refuse_hello(key, Status::Quota, message, "no descriptor");
+            }
+        };
         let layout = self.config.layout;
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
@@ -557,6 +603,9 @@ impl Control {
             data_size: layout.data_size,
             max_rings: layout.max_rings,
             ring_stride: layout.ring_stride() as u64,
+            instance: u32::from(self.registry.instance()),
+            pins_offset: SessionMemory::pins_offset(layout) as u64,
+            pin_entries: PIN_ENTRIES as u32,
         };
         let session = Arc::new(Session::new(
             id,
@@ -567,10 +616,14 @@ impl Control {
             Arc::clone(&self.bell),
             Arc::clone(&self.live_sessions),
         ));
-        if !self.reply(key, &Reply::Welcome(welcome), Some(memfd.as_fd())) {
+        if !self.reply(
+            key,
+            &Reply::Welcome(welcome),
+            &[memfd.as_fd(), header.as_fd()],
+        ) {
             return false;
         }
-        drop(memfd);
+        drop((memfd, header));
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.state = ConnState::Attached(session);
@@ -579,6 +632,53 @@ impl Control {
             self.start_waiting(next);
         }
         true
+    }
+
+    /// MAP_DOMAIN: read-only descriptors of a domain's chunks the session's
+    /// uid may read (ERROR with DENIED or STALE otherwise).
+    fn map_domain(
+        &mut self,
+        key: u64,
+        session: &Session,
+        domain: u32,
+        slots_from: u32,
+        heap_from: u32,
+    ) -> bool {
+        let half = MAX_CHUNKS_PER_REPLY as usize / 2;
+        let chunks = u16::try_from(domain)
+            .map_err(|_| Status::Stale)
+            .and_then(|domain| {
+                self.registry.chunks_for(
+                    session.peer.uid,
+                    domain,
+                    slots_from as usize,
+                    heap_from as usize,
+                    half,
+                )
+            });
+        let (slots, heap) = match chunks {
+            Ok(chunks) => chunks,
+            Err(status) => {
+                let message = format!("domain {domain}: {}", status.message());
+                return self.reply(
+                    key,
+                    &Reply::Error {
+                        status: status as u32,
+                        message,
+                    },
+                    &[],
+                );
+            }
+        };
+        let reply = Reply::DomainChunks {
+            domain,
+            slots_from,
+            slots: slots.len() as u32,
+            heap_from,
+            heap: heap.len() as u32,
+        };
+        let fds: Vec<BorrowedFd<'_>> = slots.iter().chain(&heap).map(AsFd::as_fd).collect();
+        self.reply(key, &reply, &fds)
     }
 
     fn ring_open(&mut self, key: u64, session: &Arc<Session>) -> bool {
@@ -591,11 +691,11 @@ impl Control {
                 "descriptor reserve reached (limit {}); share a ring",
                 self.fds.limit
             );
-            return self.reply(key, &error(Status::Quota, message), None);
+            return self.reply(key, &error(Status::Quota, message), &[]);
         }
         let Some(index) = session.claim_ring() else {
             let message = format!("ring cap ({}) reached", session.memory.layout().max_rings);
-            return self.reply(key, &error(Status::Quota, message), None);
+            return self.reply(key, &error(Status::Quota, message), &[]);
         };
         let doorbell = match Doorbell::new() {
             Ok(doorbell) => doorbell,
@@ -607,13 +707,13 @@ impl Control {
                     Status::Io
                 };
                 let message = format!("cannot create doorbell: {e}");
-                return self.reply(key, &error(status, message), None);
+                return self.reply(key, &error(status, message), &[]);
             }
         };
         if let Some(view) = session.memory.ring(index) {
             view.reset();
         }
-        if !self.reply(key, &Reply::RingOpened { index }, Some(doorbell.fd())) {
+        if !self.reply(key, &Reply::RingOpened { index }, &[doorbell.fd()]) {
             session.free_ring(index);
             return false;
         }
@@ -627,11 +727,11 @@ impl Control {
     }
 
     /// Sends a reply; a peer that cannot take it loses its connection.
-    fn reply(&mut self, key: u64, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> bool {
+    fn reply(&mut self, key: u64, reply: &Reply, fds: &[BorrowedFd<'_>]) -> bool {
         let Some(conn) = self.conns.get(&key) else {
             return false;
         };
-        match send(conn.fd.as_fd(), reply, fd) {
+        match send(conn.fd.as_fd(), reply, fds) {
             Ok(()) => true,
             Err(_) => {
                 self.close(key, "cannot send reply");
@@ -740,19 +840,20 @@ fn refuse(fd: &OwnedFd, status: Status, message: &str) {
         status: status as u32,
         message: message.to_string(),
     };
-    let _ = send(fd.as_fd(), &reply, None);
+    let _ = send(fd.as_fd(), &reply, &[]);
 }
 
-/// Sends one message, with at most one descriptor, never blocking and never
-/// raising SIGPIPE.
-fn send(socket: BorrowedFd<'_>, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+/// Sends one message, with the descriptors `fds` (at most
+/// [`MAX_CHUNKS_PER_REPLY`]), never blocking and never raising SIGPIPE.
+fn send(socket: BorrowedFd<'_>, reply: &Reply, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     let bytes = reply.encode();
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(MAX_CHUNKS_PER_REPLY as usize))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other(
+            "too many descriptors for one message",
+        ));
     }
     rustix::net::sendmsg(
         socket,
@@ -793,8 +894,8 @@ mod tests {
             let config = Config::from_args(&<Args as clap::Parser>::parse_from(argv)).unwrap();
             let listener =
                 Listener::open(&config.socket, config.socket_mode, config.socket_group).unwrap();
-            let registry = Arc::new(Registry::new(config.shards, config.limits.registry));
-            let workers = vec![Arc::new(Worker::new().unwrap())];
+            let registry = Arc::new(Registry::new(config.shards, config.limits.registry).unwrap());
+            let workers = vec![Arc::new(Worker::new(Arc::clone(&registry)).unwrap())];
             Harness {
                 control: Control::new(config, registry, workers, listener).unwrap(),
                 _dir: dir,

@@ -6,6 +6,7 @@ use crate::config::{Args, Config};
 use crate::control::{Control, FIRST_CONN_KEY};
 use crate::listener::Listener;
 use crate::worker::Worker;
+use anyhow::Context;
 use hreg_registry::Registry;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -41,11 +42,14 @@ impl Daemon {
     /// the workers.
     pub fn start(config: Config, signals: Signals<'_>) -> anyhow::Result<Daemon> {
         let listener = Listener::open(&config.socket, config.socket_mode, config.socket_group)?;
-        let registry = Arc::new(Registry::new(config.shards, config.limits.registry));
+        let registry = Arc::new(
+            Registry::new(config.shards, config.limits.registry)
+                .context("cannot make the registry's shared memory")?,
+        );
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {
-            let worker = Arc::new(Worker::new()?);
+            let worker = Arc::new(Worker::new(Arc::clone(&registry))?);
             let runner = Arc::clone(&worker);
             threads.push(
                 std::thread::Builder::new()

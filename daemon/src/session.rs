@@ -10,7 +10,7 @@ use crate::doorbell::Doorbell;
 use crate::peer::Peer;
 use crate::shm::SessionMemory;
 use crate::sync::lock;
-use hreg_registry::{Holder, Registry};
+use hreg_registry::{Holder, Reader, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +20,8 @@ pub struct Session {
     pub name: String,
     pub holder: Holder,
     pub memory: SessionMemory,
+    /// The session as a reader whose borrowed references hold blocks back.
+    pub reader: Arc<Reader>,
     registry: Arc<Registry>,
     open_rings: Mutex<Vec<bool>>,
     closed: AtomicBool,
@@ -43,12 +45,19 @@ impl Session {
     ) -> Session {
         let rings = memory.layout().max_rings as usize;
         live.fetch_add(1, Ordering::AcqRel);
+        let holder = registry.holder(peer.uid);
+        let reader = registry.reader(
+            &holder,
+            memory.shared_mapping(),
+            SessionMemory::pins_offset(memory.layout()),
+        );
         Session {
             live,
             id,
             peer,
             name,
-            holder: registry.holder(peer.uid),
+            holder,
+            reader,
             memory,
             registry,
             open_rings: Mutex::new(vec![false; rings]),

@@ -1,5 +1,6 @@
-//! A session's shared memory: a sealed memfd holding its rings, mapped into
-//! the daemon.
+//! A session's shared memory: a sealed memfd holding its rings and its pin
+//! table (the borrowed references it holds, see `hreg_proto::pins`),
+//! mapped into the daemon.
 //!
 //! The memfd is sealed against growing and shrinking before any client sees
 //! it, so a client cannot `ftruncate` it and kill the daemon with SIGBUS.
@@ -8,6 +9,7 @@
 //! session and every worker that serves one of its rings, so a ring's view
 //! can never outlive it.
 
+use hreg_proto::pins::{self, PIN_ENTRIES};
 use hreg_proto::ring::{Layout, ServerRing, SharedRing};
 use hreg_proto::shm::{Access, Mapping};
 use rustix::fd::OwnedFd;
@@ -24,7 +26,7 @@ pub struct SessionMemory {
 impl SessionMemory {
     /// New session memory, and the memfd to send the client.
     pub fn create(layout: Layout) -> io::Result<(SessionMemory, OwnedFd)> {
-        let len = layout.total_size();
+        let len = SessionMemory::len(layout);
         let fd = rustix::fs::memfd_create(
             "hreg-session",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -45,9 +47,24 @@ impl SessionMemory {
     /// tests).
     pub fn anonymous(layout: Layout) -> io::Result<SessionMemory> {
         Ok(SessionMemory {
-            map: Arc::new(Mapping::anonymous(layout.total_size())?),
+            map: Arc::new(Mapping::anonymous(SessionMemory::len(layout))?),
             layout,
         })
+    }
+
+    /// Bytes of a session's memory: its rings, then its pin table.
+    pub fn len(layout: Layout) -> usize {
+        pins::session_len(&layout, PIN_ENTRIES)
+    }
+
+    /// Where the pin table lies: after the rings.
+    pub fn pins_offset(layout: Layout) -> usize {
+        pins::pins_offset(&layout)
+    }
+
+    /// The mapping, shared (the registry reads the pin table through it).
+    pub fn shared_mapping(&self) -> Arc<Mapping> {
+        Arc::clone(&self.map)
     }
 
     pub fn layout(&self) -> Layout {

@@ -41,6 +41,9 @@ const COMMAND_KEY: u64 = u64::MAX;
 
 /// The side of a worker that other threads see.
 pub struct Worker {
+    /// Reclamation passes run on workers, after the requests that retire
+    /// blocks.
+    registry: Arc<Registry>,
     commands: Mutex<Vec<Command>>,
     /// Set after a command is queued, so the polling loop only takes the
     /// lock when there is something to take.
@@ -57,8 +60,9 @@ enum Command {
 }
 
 impl Worker {
-    pub fn new() -> io::Result<Worker> {
+    pub fn new(registry: Arc<Registry>) -> io::Result<Worker> {
         Ok(Worker {
+            registry,
             commands: Mutex::default(),
             has_commands: AtomicBool::new(false),
             bell: Doorbell::new()?,
@@ -130,6 +134,9 @@ impl Worker {
         while !self.stop.load(Ordering::Acquire) {
             self.take_commands(&mut state);
             let (entries, public) = state.serve_all();
+            if self.registry.reclaim_due() {
+                self.registry.reclaim();
+            }
             if entries > 0 {
                 self.ops.fetch_add(public, Ordering::Relaxed);
                 last_work = Instant::now();
@@ -645,7 +652,7 @@ mod tests {
 
     impl Bench {
         fn new(limits: Limits) -> Bench {
-            let registry = Arc::new(Registry::new(4, limits));
+            let registry = Arc::new(Registry::new(4, limits).unwrap());
             let session = Arc::new(Session::new(
                 1,
                 Peer {

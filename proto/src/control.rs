@@ -78,6 +78,16 @@ pub enum ControlRequest {
     },
     /// Occupancy, usage per uid and limits.
     Usage,
+    /// Read-only descriptors of a domain's chunks, from the given ones on
+    /// (the chunks a client already has are not sent again).
+    MapDomain {
+        /// The domain, as a handle names it.
+        domain: u32,
+        /// The first slot chunk wanted.
+        slots_from: u32,
+        /// The first heap chunk wanted.
+        heap_from: u32,
+    },
 }
 
 /// Which objects LIST shows.
@@ -166,6 +176,9 @@ pub struct UsageReply {
     pub uids: Vec<UidUsage>,
     /// Per worker thread, in worker order.
     pub workers: Vec<WorkerUsage>,
+    /// Bytes of replaced or removed values whose memory waits for
+    /// reclamation (borrowed references may hold it back).
+    pub reclaim_pending: u64,
 }
 
 /// Figures of a running daemon.
@@ -203,12 +216,24 @@ pub struct Welcome {
     pub max_rings: u32,
     /// Bytes from one ring's start to the next.
     pub ring_stride: u64,
+    /// The registry's instance bits, which every handle of it carries.
+    pub instance: u32,
+    /// Where the session's pin table lies in its memory (after the rings).
+    pub pins_offset: u64,
+    /// Entries of the pin table: the borrowed references the session may
+    /// hold at once.
+    pub pin_entries: u32,
 }
+
+/// Most descriptors the daemon attaches to one DOMAIN_CHUNKS (slot and heap
+/// chunks together); a client asks again for the rest.
+pub const MAX_CHUNKS_PER_REPLY: u32 = 64;
 
 /// Messages the daemon sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// HELLO accepted; the session's memfd is attached.
+    /// HELLO accepted; the session's memfd and the registry header's
+    /// read-only memfd are attached, in that order.
     Welcome(Welcome),
     /// HELLO refused: `status` says why (VERSION, QUOTA, PROTOCOL).
     Refused {
@@ -252,6 +277,23 @@ pub enum Reply {
     },
     /// The operator's view, for USAGE.
     Usage(UsageReply),
+    /// Chunks of a domain for MAP_DOMAIN: `slots` read-only descriptors of
+    /// slot chunks from `slots_from` on, then `heap` of heap chunks from
+    /// `heap_from` on, attached in that order. Fewer than exist when there
+    /// are more than [`MAX_CHUNKS_PER_REPLY`]: ask again from where these
+    /// end.
+    DomainChunks {
+        /// The domain.
+        domain: u32,
+        /// The first slot chunk attached.
+        slots_from: u32,
+        /// Slot chunks attached.
+        slots: u32,
+        /// The first heap chunk attached.
+        heap_from: u32,
+        /// Heap chunks attached.
+        heap: u32,
+    },
 }
 
 mod kind {
@@ -263,6 +305,7 @@ mod kind {
     pub const SESSIONS: u32 = 6;
     pub const LIST: u32 = 7;
     pub const USAGE: u32 = 8;
+    pub const MAP_DOMAIN: u32 = 9;
 
     pub const WELCOME: u32 = 101;
     pub const REFUSED: u32 = 102;
@@ -274,6 +317,7 @@ mod kind {
     pub const SESSIONS_REPLY: u32 = 108;
     pub const OBJECTS_REPLY: u32 = 109;
     pub const USAGE_REPLY: u32 = 110;
+    pub const DOMAIN_CHUNKS: u32 = 111;
 }
 
 /// Longest message text carried in REFUSED and ERROR.
@@ -313,6 +357,16 @@ impl ControlRequest {
                 w.u32(filter.owner.unwrap_or(0));
             }
             ControlRequest::Usage => w.u32(kind::USAGE),
+            ControlRequest::MapDomain {
+                domain,
+                slots_from,
+                heap_from,
+            } => {
+                w.u32(kind::MAP_DOMAIN);
+                w.u32(*domain);
+                w.u32(*slots_from);
+                w.u32(*heap_from);
+            }
         }
         w.0
     }
@@ -352,6 +406,11 @@ impl ControlRequest {
                 }
             }
             kind::USAGE => ControlRequest::Usage,
+            kind::MAP_DOMAIN => ControlRequest::MapDomain {
+                domain: r.u32()?,
+                slots_from: r.u32()?,
+                heap_from: r.u32()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -375,6 +434,9 @@ impl Reply {
                 w.u32(welcome.data_size);
                 w.u32(welcome.max_rings);
                 w.u64(welcome.ring_stride);
+                w.u32(welcome.instance);
+                w.u64(welcome.pins_offset);
+                w.u32(welcome.pin_entries);
             }
             Reply::Refused { status, message } => {
                 w.u32(kind::REFUSED);
@@ -452,6 +514,19 @@ impl Reply {
                     w.u32(worker.rings);
                     w.u64(worker.ops);
                 }
+                w.u64(u.reclaim_pending);
+            }
+            Reply::DomainChunks {
+                domain,
+                slots_from,
+                slots,
+                heap_from,
+                heap,
+            } => {
+                w.u32(kind::DOMAIN_CHUNKS);
+                for v in [*domain, *slots_from, *slots, *heap_from, *heap] {
+                    w.u32(v);
+                }
             }
         }
         w.0
@@ -471,6 +546,9 @@ impl Reply {
                 data_size: r.u32()?,
                 max_rings: r.u32()?,
                 ring_stride: r.u64()?,
+                instance: r.u32()?,
+                pins_offset: r.u64()?,
+                pin_entries: r.u32()?,
             }),
             kind::REFUSED => Reply::Refused {
                 status: r.u32()?,
@@ -548,8 +626,16 @@ impl Reply {
                         ops: r.u64()?,
                     });
                 }
+                usage.reclaim_pending = r.u64()?;
                 Reply::Usage(usage)
             }
+            kind::DOMAIN_CHUNKS => Reply::DomainChunks {
+                domain: r.u32()?,
+                slots_from: r.u32()?,
+                slots: r.u32()?,
+                heap_from: r.u32()?,
+                heap: r.u32()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -668,6 +754,11 @@ mod tests {
                 },
             },
             ControlRequest::Usage,
+            ControlRequest::MapDomain {
+                domain: 3,
+                slots_from: 1,
+                heap_from: 2,
+            },
         ] {
             assert_eq!(ControlRequest::decode(&request.encode()), Ok(request));
         }
@@ -686,10 +777,20 @@ mod tests {
                 data_size: 4096,
                 max_rings: 64,
                 ring_stride: 8192,
+                instance: 3,
+                pins_offset: 524_288,
+                pin_entries: 1024,
             }),
             Reply::Refused {
                 status: 10,
                 message: "version".into(),
+            },
+            Reply::DomainChunks {
+                domain: 7,
+                slots_from: 1,
+                slots: 2,
+                heap_from: 3,
+                heap: 4,
             },
             Reply::RingOpened { index: 3 },
             Reply::Ack,
@@ -739,6 +840,7 @@ mod tests {
                     objects: 2,
                     value_bytes: 3,
                 }],
+                reclaim_pending: 12,
                 workers: vec![
                     WorkerUsage { rings: 2, ops: 7 },
                     WorkerUsage {

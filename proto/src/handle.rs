@@ -1,17 +1,22 @@
-//! Handle encoding: a non-zero `u64` made of an instance epoch, a slot
-//! generation and a slot index.
+//! Handle encoding: a non-zero `u64` made of the registry's instance bits,
+//! the object's domain, its slot's generation and the slot's index in the
+//! domain.
 //!
 //! ```text
-//!  63        52 51                    28 27                     0
-//! +------------+------------------------+------------------------+
-//! | epoch (12) |   generation (24)      |      slot (28)         |
-//! +------------+------------------------+------------------------+
+//!  63          54 53            40 39            24 23              0
+//! +--------------+----------------+----------------+----------------+
+//! | instance (10)|  domain (14)   | generation (16)|   slot (24)    |
+//! +--------------+----------------+----------------+----------------+
 //! ```
 //!
-//! The epoch is drawn at each daemon start and is never 0, so no handle is 0
-//! and a handle of an earlier instance does not match. Clients treat handles
-//! as opaque ([`Handle`]: non-zero by type, printed in decimal, parsed from
-//! decimal or `0x` hex); only the daemon takes them apart.
+//! The instance bits are drawn when a registry is made and are never 0, so
+//! no handle is 0, and a handle of a lost registry (a daemon that started
+//! afresh) does not match. The domain is where the object lives: 0 for
+//! SHARED objects, one per uid for its private ones (see
+//! [`crate::table`]); a client resolves a handle in its own process by
+//! reading that domain's slot. Clients otherwise treat handles as opaque
+//! ([`Handle`]: non-zero by type, printed in decimal, parsed from decimal
+//! or `0x` hex).
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -99,43 +104,49 @@ impl FromStr for Handle {
 }
 
 /// Width of the slot index, the low bits of a handle.
-pub const SLOT_BITS: u32 = 28;
+pub const SLOT_BITS: u32 = 24;
 /// Width of the slot generation, above the slot index.
-pub const GENERATION_BITS: u32 = 24;
-/// Width of the instance epoch, the top bits of a handle.
-pub const EPOCH_BITS: u32 = 12;
+pub const GENERATION_BITS: u32 = 16;
+/// Width of the domain, above the generation.
+pub const DOMAIN_BITS: u32 = 14;
+/// Width of the instance bits, the top bits of a handle.
+pub const INSTANCE_BITS: u32 = 10;
 
 /// The bits of a slot index ([`SLOT_BITS`] ones).
 pub const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
-/// The bits of a generation, and its largest value ([`GENERATION_BITS`]
-/// ones).
-pub const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
-/// The bits of an epoch, and its largest value ([`EPOCH_BITS`] ones).
-pub const EPOCH_MASK: u16 = (1 << EPOCH_BITS) - 1;
+/// The bits of a domain, and its largest value.
+pub const DOMAIN_MASK: u16 = (1 << DOMAIN_BITS) - 1;
+/// The bits of the instance, and their largest value.
+pub const INSTANCE_MASK: u16 = (1 << INSTANCE_BITS) - 1;
 
-/// Number of distinct slots a handle can name.
+/// Number of distinct slots a domain can have.
 pub const MAX_SLOTS: u64 = 1 << SLOT_BITS;
+/// Number of distinct domains.
+pub const MAX_DOMAINS: usize = 1 << DOMAIN_BITS;
 
 /// The parts of a handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HandleParts {
-    /// The daemon instance's epoch, drawn at its start; never 0 in a valid
-    /// handle.
-    pub epoch: u16,
+    /// The registry's instance bits; never 0 in a valid handle.
+    pub instance: u16,
+    /// The domain the object lives in.
+    pub domain: u16,
     /// The slot's generation while the object lives; it moves on when the
     /// object dies, so the handle goes stale.
-    pub generation: u32,
-    /// The slot index (the registry keeps the shard in its low bits).
+    pub generation: u16,
+    /// The slot's index in the domain (the registry keeps the shard in its
+    /// low bits).
     pub slot: u32,
 }
 
 impl HandleParts {
-    /// Packs the parts; `epoch` must be non-zero for the result to be a valid
-    /// handle. Bits beyond each field's width are dropped.
+    /// Packs the parts; `instance` must be non-zero for the result to be a
+    /// valid handle. Bits beyond each field's width are dropped.
     #[inline]
     pub fn encode(self) -> u64 {
-        (u64::from(self.epoch & EPOCH_MASK) << (SLOT_BITS + GENERATION_BITS))
-            | (u64::from(self.generation & GENERATION_MASK) << SLOT_BITS)
+        (u64::from(self.instance & INSTANCE_MASK) << (SLOT_BITS + GENERATION_BITS + DOMAIN_BITS))
+            | (u64::from(self.domain & DOMAIN_MASK) << (SLOT_BITS + GENERATION_BITS))
+            | (u64::from(self.generation) << SLOT_BITS)
             | (u64::from(self.slot) & SLOT_MASK)
     }
 
@@ -144,10 +155,18 @@ impl HandleParts {
     #[inline]
     pub fn decode(handle: u64) -> HandleParts {
         HandleParts {
-            epoch: (handle >> (SLOT_BITS + GENERATION_BITS)) as u16 & EPOCH_MASK,
-            generation: (handle >> SLOT_BITS) as u32 & GENERATION_MASK,
+            instance: (handle >> (SLOT_BITS + GENERATION_BITS + DOMAIN_BITS)) as u16
+                & INSTANCE_MASK,
+            domain: (handle >> (SLOT_BITS + GENERATION_BITS)) as u16 & DOMAIN_MASK,
+            generation: (handle >> SLOT_BITS) as u16,
             slot: (handle & SLOT_MASK) as u32,
         }
+    }
+
+    /// The handle, if the parts make one (the instance bits are not 0).
+    #[inline]
+    pub fn handle(self) -> Option<Handle> {
+        Handle::new(self.encode()).filter(|_| self.instance & INSTANCE_MASK != 0)
     }
 }
 
@@ -215,11 +234,10 @@ mod tests {
         }
 
         #[test]
-        fn round_trips(epoch in 1u16..=EPOCH_MASK, generation in 0u32..=GENERATION_MASK, slot in 0u32..(1 << SLOT_BITS)) {
-            let parts = HandleParts { epoch, generation, slot };
-            let handle = parts.encode();
-            prop_assert_ne!(handle, 0);
-            prop_assert_eq!(HandleParts::decode(handle), parts);
+        fn round_trips(instance in 1u16..=INSTANCE_MASK, domain in 0u16..=DOMAIN_MASK, generation: u16, slot in 0u32..(1 << SLOT_BITS)) {
+            let parts = HandleParts { instance, domain, generation, slot };
+            let handle = parts.handle().expect("non-zero instance");
+            prop_assert_eq!(HandleParts::decode(handle.get()), parts);
         }
     }
 }

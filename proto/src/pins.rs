@@ -39,6 +39,17 @@ pub const fn pin_table_len(entries: usize) -> usize {
     64 + entries * 8
 }
 
+/// Where a session's pin table lies in its memory: after its rings.
+pub fn pins_offset(layout: &crate::ring::Layout) -> usize {
+    layout.total_size()
+}
+
+/// Bytes of a session's memory: its rings, then a pin table of `entries`
+/// entries, padded to whole pages.
+pub fn session_len(layout: &crate::ring::Layout, entries: usize) -> usize {
+    pins_offset(layout) + pin_table_len(entries).next_multiple_of(4096)
+}
+
 const ENTRIES_AT: usize = 64;
 
 /// A session's pin table, borrowed from the session's mapping.

@@ -455,6 +455,7 @@ mod tests {
 /// offset 0    magic "HREGTBL1" (u64)
 /// offset 8    layout version (u32), instance bits (u16), 2 bytes zero
 /// offset 64   the reclamation epoch (u64), on its own line
+/// offset 128  1 once the daemon has stopped serving (u64)
 /// ```
 pub mod header {
     use crate::shm::Mapping;
@@ -467,6 +468,7 @@ pub mod header {
     /// The version of this layout (slots, heaps, header, pins).
     pub const VERSION: u32 = 1;
     const EPOCH_AT: usize = 64;
+    const STOPPED_AT: usize = 128;
 
     /// The header, borrowed from its mapping.
     #[derive(Clone, Copy)]
@@ -497,6 +499,7 @@ pub mod header {
                 Ordering::Relaxed,
             );
             header.word(EPOCH_AT).store(1, Ordering::Relaxed);
+            header.word(STOPPED_AT).store(0, Ordering::Relaxed);
             header.word(0).store(MAGIC, Ordering::Release);
             Some(header)
         }
@@ -513,6 +516,18 @@ pub mod header {
         /// The reclamation epoch word.
         pub fn epoch(&self) -> &'a AtomicU64 {
             self.word(EPOCH_AT)
+        }
+
+        /// Whether the daemon has said it stopped serving this registry.
+        pub fn stopped(&self) -> bool {
+            self.word(STOPPED_AT).load(Ordering::Acquire) != 0
+        }
+
+        /// Says the daemon stops serving (the daemon's side, at shutdown),
+        /// or serves again (a restarted daemon that keeps the registry).
+        pub fn set_stopped(&self, stopped: bool) {
+            self.word(STOPPED_AT)
+                .store(u64::from(stopped), Ordering::Release);
         }
     }
 }

@@ -67,6 +67,11 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             },
         },
         ControlRequest::Usage,
+        ControlRequest::MapDomain {
+            domain: 16383,
+            slots_from: 2,
+            heap_from: 7,
+        },
     ];
     let replies = [
         Reply::Welcome(Welcome {
@@ -79,6 +84,9 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             data_size: 65536,
             max_rings: 64,
             ring_stride: 4096 + 128 * 256 + 65536,
+            instance: 513,
+            pins_offset: 64 * (4096 + 128 * 256 + 65536),
+            pin_entries: 1024,
         }),
         Reply::Refused {
             status: 10,
@@ -139,7 +147,15 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
                 value_bytes: 60,
             }],
             workers: vec![WorkerUsage { rings: 3, ops: 99 }],
+            reclaim_pending: 4096,
         }),
+        Reply::DomainChunks {
+            domain: 1,
+            slots_from: 0,
+            slots: 3,
+            heap_from: 0,
+            heap: 2,
+        },
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, r) in requests.iter().enumerate() {

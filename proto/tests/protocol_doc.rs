@@ -43,6 +43,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::Sessions { .. } => "SESSIONS",
         ControlRequest::List { .. } => "LIST",
         ControlRequest::Usage => "USAGE",
+        ControlRequest::MapDomain { .. } => "MAP_DOMAIN",
     }
 }
 
@@ -58,6 +59,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Sessions { .. } => "SESSIONS_REPLY",
         Reply::Objects { .. } => "OBJECTS_REPLY",
         Reply::Usage(_) => "USAGE_REPLY",
+        Reply::DomainChunks { .. } => "DOMAIN_CHUNKS",
     }
 }
 
@@ -85,6 +87,11 @@ fn the_kind_table_is_the_codec() {
             filter: ListFilter::default(),
         },
         ControlRequest::Usage,
+        ControlRequest::MapDomain {
+            domain: 0,
+            slots_from: 0,
+            heap_from: 0,
+        },
     ];
     let replies = [
         Reply::Welcome(Welcome::default()),
@@ -109,6 +116,13 @@ fn the_kind_table_is_the_codec() {
             next: 0,
         },
         Reply::Usage(UsageReply::default()),
+        Reply::DomainChunks {
+            domain: 0,
+            slots_from: 0,
+            slots: 0,
+            heap_from: 0,
+            heap: 0,
+        },
     ];
     let mut coded = BTreeMap::new();
     for r in &requests {

@@ -1,39 +1,56 @@
 //! hreg-registry: the objects of hreg and everything about them — the
 //! object model (references per session, DETACHED, access by uid),
-//! generational handles, the limits (global and per uid) and the value
-//! storage (`store`). No sockets, threads or signals: the daemon serves it,
-//! and the bench measures it alone.
+//! generational handles, the limits (global and per uid), and the values,
+//! kept in shared memory that clients read without a round trip.
 //!
-//! Each shard is a slab of slots behind its own `RwLock`; a handle names its
-//! shard and slot directly, so a lookup hashes nothing and takes one shard
-//! lock. Global counters are atomics. No lock spans shards, and the only
-//! nested lock is a session's reference table inside a shard's lock (always
-//! in that order).
+//! Objects live in domains ([`hreg_proto::table`]): each uid's private
+//! objects in its own, every SHARED object in the shared one, each a slot
+//! table and a heap in memfds only the daemon writes ([`Chunk`]). A
+//! handle names its domain, slot and generation; a lookup hashes nothing.
+//! Writers take the lock of the slot's shard (one per slot-index residue,
+//! per domain); readers in other processes take none (the seqlock of
+//! [`hreg_proto::table::SlotView`]). A replaced or removed value's block
+//! is reused only once no borrowed reference can reach it (`reclaim`).
+//!
+//! No sockets, threads or signals: the daemon serves the registry and the
+//! bench measures it alone. The only nested locks are a shard's, then the
+//! session's reference table, its domain's heap or the reclamation list
+//! (always in that order).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-mod store;
+mod domain;
+mod heap;
+mod holder;
+mod limits;
+mod memory;
+mod reclaim;
 
-use crate::store::Value;
-use crossbeam_utils::CachePadded;
+pub use holder::Holder;
 pub use hreg_proto::control::ListFilter;
+pub use limits::{session_staging_cap, Counters, Limits, Usage};
+pub use memory::Chunk;
+pub use reclaim::Reader;
+
+use crate::domain::{Domain, Shard};
+use crate::holder::PURGE_FLOOR;
+use crate::limits::{Charge, LimitCell};
+use crate::reclaim::{Limbo, Retired};
+use crossbeam_utils::CachePadded;
 use hreg_proto::control::ObjectInfo;
-use hreg_proto::handle::{Handle, HandleParts, GENERATION_MASK, SLOT_BITS};
+use hreg_proto::handle::{Handle, HandleParts, INSTANCE_MASK, MAX_DOMAINS};
+use hreg_proto::pins;
+use hreg_proto::shm::Mapping;
+use hreg_proto::table::{header, Payload, Slot, SHARED_DOMAIN};
 use hreg_proto::{flags, Opcode, Status};
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-
-/// Slots per slab chunk: the slab grows a chunk at a time, so it never holds
-/// more than one partly used chunk per shard and never moves slots.
-const CHUNK: usize = 1024;
-
-/// Highest generation a slot may carry while live; a slot that reaches it is
-/// retired, so an old handle can never match again.
-const LAST_GENERATION: u32 = GENERATION_MASK - 1;
+use rustix::fd::OwnedFd;
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 /// The uid allowed everything.
 pub const ROOT: u32 = 0;
@@ -44,431 +61,106 @@ pub const DEFAULT_SHARDS: usize = 64;
 /// Slots one LIST request looks at, at most.
 pub const LIST_SCAN_BUDGET: usize = 65_536;
 
-/// Bytes of ring staging one session may hold at once: four values of the
-/// largest size (several threads may move large values at the same time),
-/// and never less than 4 MiB.
-pub fn session_staging_cap(max_value_size: usize) -> u64 {
-    (max_value_size as u64).saturating_mul(4).max(4 << 20)
-}
+/// The highest generation a slot may carry; a slot killed at it is retired,
+/// so an old handle can never match again.
+const LAST_GENERATION: u16 = u16::MAX;
 
-/// Limits on what the registry holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest value, in bytes; a longer one is TOO_BIG.
-    pub max_value_size: usize,
-    /// Live objects, all uids together.
-    pub max_objects: u64,
-    /// Value bytes, all uids together; ring staging counts against it too.
-    pub max_bytes: u64,
-    /// Objects one uid may own.
-    pub uid_max_objects: u64,
-    /// Value bytes one uid may own.
-    pub uid_max_bytes: u64,
-}
-
-/// The daemon's defaults: 1 MiB values, 2^24 objects and 4 GiB of values
-/// in all, and no tighter cap per uid.
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_value_size: 1 << 20,
-            max_objects: 1 << 24,
-            max_bytes: 1 << 32,
-            uid_max_objects: 1 << 24,
-            uid_max_bytes: 1 << 32,
-        }
-    }
-}
-
-/// The limits in force, changeable while the registry serves (SIGHUP).
-#[derive(Debug)]
-struct LimitCell {
-    max_value_size: AtomicU64,
-    max_objects: AtomicU64,
-    max_bytes: AtomicU64,
-    uid_max_objects: AtomicU64,
-    uid_max_bytes: AtomicU64,
-}
-
-impl LimitCell {
-    fn new(limits: Limits) -> LimitCell {
-        let cell = LimitCell {
-            max_value_size: AtomicU64::new(0),
-            max_objects: AtomicU64::new(0),
-            max_bytes: AtomicU64::new(0),
-            uid_max_objects: AtomicU64::new(0),
-            uid_max_bytes: AtomicU64::new(0),
-        };
-        cell.set(limits);
-        cell
-    }
-
-    fn set(&self, limits: Limits) {
-        self.max_value_size
-            .store(limits.max_value_size as u64, Ordering::Relaxed);
-        self.max_objects
-            .store(limits.max_objects, Ordering::Relaxed);
-        self.max_bytes.store(limits.max_bytes, Ordering::Relaxed);
-        self.uid_max_objects
-            .store(limits.uid_max_objects, Ordering::Relaxed);
-        self.uid_max_bytes
-            .store(limits.uid_max_bytes, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Limits {
-        Limits {
-            max_value_size: self.max_value_size.load(Ordering::Relaxed) as usize,
-            max_objects: self.max_objects.load(Ordering::Relaxed),
-            max_bytes: self.max_bytes.load(Ordering::Relaxed),
-            uid_max_objects: self.uid_max_objects.load(Ordering::Relaxed),
-            uid_max_bytes: self.uid_max_bytes.load(Ordering::Relaxed),
-        }
-    }
-
-    fn max_value_size(&self) -> usize {
-        self.max_value_size.load(Ordering::Relaxed) as usize
-    }
-}
-
-/// Objects and bytes counted against a limit: the bytes of live values, and
-/// the bytes of large values in transit (ring staging buffers), which count
-/// against the same byte limit so that staging cannot pass it.
-#[derive(Debug, Default)]
-pub struct Counters {
-    objects: AtomicU64,
-    bytes: AtomicU64,
-    staged: AtomicU64,
-}
-
-impl Counters {
-    /// Adds to the counts unless one would pass its maximum (value and
-    /// staged bytes together against `max_bytes`).
-    fn reserve(&self, objects: u64, bytes: u64, max_objects: u64, max_bytes: u64) -> bool {
-        let total_objects = self
-            .objects
-            .fetch_add(objects, Ordering::Relaxed)
-            .saturating_add(objects);
-        let total_bytes = self
-            .bytes
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes)
-            .saturating_add(self.staged.load(Ordering::Relaxed));
-        if total_objects > max_objects || total_bytes > max_bytes {
-            self.give_back(objects, bytes);
-            return false;
-        }
-        true
-    }
-
-    fn give_back(&self, objects: u64, bytes: u64) {
-        self.objects.fetch_sub(objects, Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    /// Adds `bytes` of staging unless values and staging together would
-    /// pass `max_bytes`.
-    fn reserve_staged(&self, bytes: u64, max_bytes: u64) -> bool {
-        let staged = self
-            .staged
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes);
-        if staged.saturating_add(self.bytes.load(Ordering::Relaxed)) > max_bytes {
-            self.staged.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn give_back_staged(&self, bytes: u64) {
-        self.staged.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    fn usage(&self) -> Usage {
-        Usage {
-            objects: self.objects.load(Ordering::Relaxed),
-            value_bytes: self.bytes.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Who asks, and the references they hold: one per session. Made by
-/// [`Registry::holder`].
-#[derive(Debug)]
-pub struct Holder {
-    /// The uid the holder acts as (the daemon gives a session its peer's,
-    /// from `SO_PEERCRED`): it owns what it inserts, and access is judged
-    /// by it.
-    pub uid: u32,
-    /// What this uid owns, shared by all its sessions.
-    usage: Arc<Counters>,
-    /// References this holder owns, by full handle (never by slot, so a reused
-    /// slot can't inherit them).
-    refs: Mutex<RefTable>,
-    /// Bytes of this session's ring staging buffers.
-    staged: AtomicU64,
-}
-
-/// A session's references by handle.
-///
-/// Entries of objects that died while referenced (removed by someone, or a
-/// session's reference left behind by REMOVE) are dropped by a purge that
-/// runs whenever the table has doubled since the last one, so the table
-/// stays within twice the live objects it references plus
-/// [`PURGE_FLOOR`], however a client loops.
-#[derive(Debug)]
-struct RefTable {
-    counts: HashMap<u64, u32, BuildHasherDefault<HandleHasher>>,
-    /// The sum of `counts`.
-    total: u64,
-    /// The table size that triggers the next purge.
-    purge_at: usize,
-}
-
-/// Smallest table size at which a purge runs.
-const PURGE_FLOOR: usize = 1024;
-
-impl Default for RefTable {
-    fn default() -> RefTable {
-        RefTable {
-            counts: HashMap::default(),
-            total: 0,
-            purge_at: PURGE_FLOOR,
-        }
-    }
-}
-
-impl RefTable {
-    fn held(&self, handle: u64) -> u32 {
-        self.counts.get(&handle).copied().unwrap_or(0)
-    }
-
-    /// One more reference; the caller checked that it fits in a `u32`.
-    fn add(&mut self, handle: u64) {
-        *self.counts.entry(handle).or_insert(0) += 1;
-        self.total += 1;
-    }
-
-    /// One reference fewer; false when none is held.
-    fn take(&mut self, handle: u64) -> bool {
-        let Entry::Occupied(mut held) = self.counts.entry(handle) else {
-            return false;
-        };
-        *held.get_mut() -= 1;
-        if *held.get() == 0 {
-            held.remove();
-        }
-        self.total -= 1;
-        true
-    }
-
-    /// Drops every reference to `handle` (its object is dead).
-    fn forget(&mut self, handle: u64) {
-        if let Some(count) = self.counts.remove(&handle) {
-            self.total -= u64::from(count);
-        }
-    }
-
-    fn wants_purge(&self) -> bool {
-        self.counts.len() >= self.purge_at
-    }
-}
-
-/// An FxHash-style hasher (one multiply, then the high bits folded down) for
-/// handles. A keyed hash is not needed here: a key only enters a table
-/// after the registry found a live object under it (RETAIN) or made it
-/// (INSERT), so every key is a handle the daemon issued, built from a slot
-/// index, a generation the daemon chose at random and the daemon's random
-/// epoch. A client cannot pick keys that collide; at worst it fills its own
-/// table (bounded by the purge, see [`RefTable`]) and slows only its own
-/// session.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct HandleHasher(u64);
-
-impl Hasher for HandleHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // hashbrown takes its control byte from the top 7 bits and its
-        // bucket from the low bits: fold the well-mixed high half down so
-        // both see the handle's slot and generation bits.
-        self.0 ^ (self.0 >> 32)
-    }
-}
-
-impl Holder {
-    /// Total references this holder owns (references to objects removed
-    /// meanwhile included, until the next purge drops them).
-    pub fn reference_count(&self) -> u64 {
-        lock(&self.refs).total
-    }
-
-    /// Entries in the reference table (distinct handles, live or not yet
-    /// purged).
-    pub fn reference_entries(&self) -> usize {
-        lock(&self.refs).counts.len()
-    }
-
-    /// Bytes of this session's staging buffers.
-    pub fn staged_bytes(&self) -> u64 {
-        self.staged.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    generation: u32,
-    owner: u32,
-    /// References held by all sessions together.
-    refs: u32,
-    flags: u8,
-    live: bool,
-    value: Value,
-}
-
-impl Slot {
-    #[inline]
-    fn readable_by(&self, uid: u32) -> bool {
-        uid == ROOT || uid == self.owner || u32::from(self.flags) & flags::SHARED != 0
-    }
-
-    #[inline]
-    fn writable_by(&self, uid: u32) -> bool {
-        uid == ROOT || uid == self.owner
-    }
-}
-
-#[derive(Debug)]
-struct Shard {
-    chunks: Vec<Vec<Slot>>,
-    /// Live objects in this shard.
-    live: usize,
-    /// Dead slots ready for reuse, oldest first: reusing the longest-dead slot
-    /// spreads generations over all free slots.
-    free: VecDeque<u32>,
-    /// State of the generator that picks a new slot's first generation.
-    seed: u64,
-}
-
-impl Shard {
-    #[inline]
-    fn slot(&self, local: u32) -> Option<&Slot> {
-        let local = local as usize;
-        self.chunks.get(local / CHUNK)?.get(local % CHUNK)
-    }
-
-    #[inline]
-    fn slot_mut(&mut self, local: u32) -> Option<&mut Slot> {
-        let local = local as usize;
-        self.chunks.get_mut(local / CHUNK)?.get_mut(local % CHUNK)
-    }
-
-    fn len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
-    }
-
-    /// A dead slot to fill: a reused one, or a new one with a random first
-    /// generation (so handles of an earlier daemon rarely line up).
-    fn vacant(&mut self, max_local: usize) -> Option<u32> {
-        if let Some(local) = self.free.pop_front() {
-            return Some(local);
-        }
-        let local = self.len();
-        if local >= max_local {
-            return None;
-        }
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            let mut chunk = Vec::new();
-            chunk.try_reserve_exact(CHUNK).ok()?;
-            self.chunks.push(chunk);
-        }
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let generation = (self.seed as u32 & (LAST_GENERATION >> 1)).max(1);
-        self.chunks.last_mut()?.push(Slot {
-            generation,
-            ..Slot::default()
-        });
-        Some(local as u32)
-    }
-
-    /// Ends the object in `local`: its generation moves on and the slot is
-    /// freed, or retired once its generations are used up.
-    fn kill(&mut self, local: u32) -> Option<Value> {
-        let slot = self.slot_mut(local)?;
-        slot.live = false;
-        slot.refs = 0;
-        slot.generation += 1;
-        let value = std::mem::take(&mut slot.value);
-        if slot.generation <= LAST_GENERATION {
-            self.free.push_back(local);
-        }
-        Some(value)
-    }
-}
-
-/// Figures about the registry's content.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Live objects.
-    pub objects: u64,
-    /// Bytes of their values (ring staging not included).
-    pub value_bytes: u64,
-}
-
-/// The objects, in shards, with their handles, references, owners and the
-/// limits on them. One per daemon, shared by every thread that serves.
+/// The objects of one daemon, with their handles, references, owners and
+/// the limits on them; shared by every thread that serves.
 pub struct Registry {
-    shards: Box<[CachePadded<RwLock<Shard>>]>,
+    instance: u16,
     shard_bits: u32,
-    epoch: u16,
+    header: Chunk,
+    domains: Box<[OnceLock<Arc<Domain>>]>,
+    /// Each uid's private domain, and the next domain id to give.
+    by_uid: Mutex<(HashMap<u32, u16>, u16)>,
+    seed: u64,
     limits: LimitCell,
     total: CachePadded<Counters>,
     /// What each uid owns. Written only when a uid is seen for the first time.
     uids: RwLock<HashMap<u32, Arc<Counters>>>,
+    limbo: Mutex<Limbo>,
+    /// Bytes of the blocks in limbo.
+    limbo_bytes: AtomicU64,
+    /// Set when a block enters limbo; a reclamation pass clears it.
+    limbo_pending: AtomicBool,
+    /// Live objects, by shard index over every domain.
+    live: Box<[AtomicUsize]>,
+}
+
+/// What a [`Registry::reclaim`] pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Blocks freed.
+    pub blocks: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes still waiting: borrowed references hold them back.
+    pub waiting: u64,
 }
 
 impl Registry {
     /// A registry of `shards` shards (rounded up to a power of two, at most
-    /// 1024), whose handles carry a fresh random epoch.
-    pub fn new(shards: usize, limits: Limits) -> Registry {
-        let shards = shards.clamp(1, 1024).next_power_of_two();
+    /// 1024), whose handles carry fresh random instance bits. Fails only when
+    /// its first memfds cannot be made.
+    pub fn new(shards: usize, limits: Limits) -> std::io::Result<Registry> {
         let random = RandomState::new().build_hasher().finish();
-        let epoch = ((random >> 48) as u16 & hreg_proto::handle::EPOCH_MASK).max(1);
-        Registry::with_epoch(shards, limits, epoch, random)
+        let instance = ((random >> 48) as u16 & INSTANCE_MASK).max(1);
+        Registry::with_instance(shards, limits, instance, random)
     }
 
-    fn with_epoch(shards: usize, limits: Limits, epoch: u16, seed: u64) -> Registry {
-        let shards = (0..shards)
-            .map(|i| {
-                CachePadded::new(RwLock::new(Shard {
-                    chunks: Vec::new(),
-                    free: VecDeque::new(),
-                    live: 0,
-                    seed: (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
-                }))
-            })
-            .collect::<Box<[_]>>();
-        Registry {
-            shard_bits: shards.len().trailing_zeros(),
+    /// [`Registry::new`] with given instance bits (non-zero) and seed.
+    pub fn with_instance(
+        shards: usize,
+        limits: Limits,
+        instance: u16,
+        seed: u64,
+    ) -> std::io::Result<Registry> {
+        let shards = shards.clamp(1, 1024).next_power_of_two();
+        let header = Chunk::create("hreg-header", header::LEN)?;
+        header.allocate(0, header::LEN as u64)?;
+        header::Header::init(header.mapping(), instance).expect("the header fits its chunk");
+        let domains: Box<[OnceLock<Arc<Domain>>]> =
+            (0..MAX_DOMAINS).map(|_| OnceLock::new()).collect();
+        let _ = domains[usize::from(SHARED_DOMAIN)].set(Arc::new(Domain::new(
+            SHARED_DOMAIN,
+            None,
             shards,
-            epoch,
+            seed,
+        )));
+        Ok(Registry {
+            instance,
+            shard_bits: shards.trailing_zeros(),
+            header,
+            domains,
+            by_uid: Mutex::new((HashMap::new(), SHARED_DOMAIN + 1)),
+            seed,
             limits: LimitCell::new(limits),
             total: CachePadded::new(Counters::default()),
             uids: RwLock::default(),
+            limbo: Mutex::default(),
+            limbo_bytes: AtomicU64::new(0),
+            limbo_pending: AtomicBool::new(false),
+            live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+        })
+    }
+
+    /// The instance bits every handle of this registry carries.
+    pub fn instance(&self) -> u16 {
+        self.instance
+    }
+
+    /// Tells clients whether the daemon serves this registry (readers in
+    /// other processes stop resolving handles locally when it does not).
+    pub fn set_serving(&self, serving: bool) {
+        if let Some(header) = header::Header::new(self.header.mapping()) {
+            header.set_stopped(!serving);
         }
+    }
+
+    /// A read-only descriptor of the registry's header, for a client.
+    pub fn header_for_client(&self) -> std::io::Result<OwnedFd> {
+        self.header.read_only()
     }
 
     /// A new holder (session identity) for `uid`.
@@ -478,7 +170,18 @@ impl Registry {
             usage: self.uid_counters(uid),
             refs: Mutex::default(),
             staged: AtomicU64::new(0),
+            own_domain: OnceLock::new(),
         }
+    }
+
+    /// Registers a session of `holder`'s uid whose pin table lies at
+    /// `pins_at` in `map`: reclamation honours its borrowed references for
+    /// as long as the returned reader lives.
+    pub fn reader(&self, holder: &Holder, map: Arc<Mapping>, pins_at: usize) -> Arc<Reader> {
+        let own = lock(&self.by_uid).0.get(&holder.uid).copied();
+        let reader = Arc::new(Reader::new(holder.uid, own, map, pins_at));
+        lock(&self.limbo).readers.push(Arc::downgrade(&reader));
+        reader
     }
 
     fn uid_counters(&self, uid: u32) -> Arc<Counters> {
@@ -498,7 +201,7 @@ impl Registry {
         self.limits.set(limits);
     }
 
-    /// What the registry holds now, all uids together.
+    /// Live objects and the bytes of their values.
     pub fn usage(&self) -> Usage {
         self.total.usage()
     }
@@ -514,12 +217,117 @@ impl Registry {
         list
     }
 
-    /// Live objects in each shard.
+    /// Live objects in each shard (over every domain).
     pub fn shard_occupancy(&self) -> Vec<u64> {
-        self.shards
+        self.live
             .iter()
-            .map(|shard| read_lock(shard).live as u64)
+            .map(|n| n.load(Ordering::Relaxed) as u64)
             .collect()
+    }
+
+    /// Bytes of the heap blocks values occupy now, over every domain (block
+    /// sizes: a value's length rounded up to its size class).
+    pub fn heap_in_use(&self) -> u64 {
+        self.domains
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|domain| domain.heap_in_use())
+            .sum()
+    }
+
+    /// Bytes of replaced or removed values whose blocks wait to be reused.
+    pub fn reclaim_pending(&self) -> u64 {
+        self.limbo_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The domain a new object of `uid` goes to (made on first use); QUOTA
+    /// when no domain or memory is left for it.
+    fn domain_for(&self, holder: &Holder, shared: bool) -> Result<Arc<Domain>, Status> {
+        if shared {
+            return Ok(self.domain(SHARED_DOMAIN).expect("made with the registry"));
+        }
+        if let Some(domain) = holder.own_domain.get() {
+            return Ok(Arc::clone(domain));
+        }
+        let mut by_uid = lock(&self.by_uid);
+        let id = match by_uid.0.get(&holder.uid) {
+            Some(&id) => id,
+            None => {
+                let id = by_uid.1;
+                if usize::from(id) >= MAX_DOMAINS {
+                    return Err(Status::Quota);
+                }
+                let domain = Domain::new(
+                    id,
+                    Some(holder.uid),
+                    self.live.len(),
+                    self.seed ^ u64::from(id),
+                );
+                let _ = self.domains[usize::from(id)].set(Arc::new(domain));
+                by_uid.0.insert(holder.uid, id);
+                by_uid.1 = id + 1;
+                for reader in lock(&self.limbo)
+                    .readers
+                    .iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                {
+                    if reader.uid() == holder.uid {
+                        reader.set_own_domain(id);
+                    }
+                }
+                id
+            }
+        };
+        drop(by_uid);
+        let domain = self.domain(id).expect("made above");
+        let _ = holder.own_domain.set(Arc::clone(&domain));
+        Ok(domain)
+    }
+
+    fn domain(&self, id: u16) -> Option<Arc<Domain>> {
+        self.domains.get(usize::from(id))?.get().cloned()
+    }
+
+    /// Whether a session of `uid` may map `domain`: root every one, others
+    /// the shared one and their own.
+    pub fn may_map(&self, uid: u32, domain: u16) -> bool {
+        uid == ROOT
+            || domain == SHARED_DOMAIN
+            || self.domain(domain).is_some_and(|d| d.owner == Some(uid))
+    }
+
+    /// Read-only descriptors of `domain`'s slot chunks from `slots_from` on
+    /// and heap chunks from `heap_from` on (at most `max` of each), for a
+    /// session of `uid`: DENIED when it may not map the domain, STALE when
+    /// there is no such domain.
+    pub fn chunks_for(
+        &self,
+        uid: u32,
+        domain: u16,
+        slots_from: usize,
+        heap_from: usize,
+        max: usize,
+    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), Status> {
+        let Some(found) = self.domain(domain) else {
+            return Err(Status::Stale);
+        };
+        if !self.may_map(uid, domain) {
+            return Err(Status::Denied);
+        }
+        let reopen = |chunk: &Chunk| chunk.read_only().map_err(|_| Status::Io);
+        let slots = found
+            .slot_chunks()
+            .skip(slots_from)
+            .take(max)
+            .map(reopen)
+            .collect::<Result<_, _>>()?;
+        let heap = found
+            .heap_chunks()
+            .skip(heap_from)
+            .take(max)
+            .map(reopen)
+            .collect::<Result<_, _>>()?;
+        Ok((slots, heap))
     }
 
     /// Creates an object, in the next shard of the calling thread's round:
@@ -531,32 +339,45 @@ impl Registry {
             return Err(Status::TooBig);
         }
         let charge = self.charge(&holder.usage, 1, value.len() as u64)?;
-        let stored = Value::new(value).map_err(|_| Status::Quota)?;
+        let domain = self.domain_for(holder, obj_flags & flags::SHARED != 0)?;
+        let payload = domain.place(value)?;
         let detached = obj_flags & flags::DETACHED != 0;
-        let max_local = 1usize << (SLOT_BITS - self.shard_bits);
         let first = next_insert_shard();
-        for step in 0..self.shards.len() {
-            let shard_index = first.wrapping_add(step) & (self.shards.len() - 1);
-            let mut shard = write(&self.shards[shard_index]);
-            let Some(local) = shard.vacant(max_local) else {
-                continue;
+        let shards = domain.shards.len();
+        for step in 0..shards {
+            let shard_index = first.wrapping_add(step) & (shards - 1);
+            let mut shard = lock(&domain.shards[shard_index]);
+            let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
+                Ok(Some(index)) => index,
+                Ok(None) => continue,
+                Err(status) => {
+                    release_payload(&domain, payload, value.len());
+                    return Err(status);
+                }
             };
+            let (view, meta) = domain.slot(index).expect("a vacant slot exists");
+            let generation = view.current().generation;
+            view.write(&Slot {
+                generation,
+                flags: obj_flags as u8,
+                len: value.len() as u32,
+                owner: holder.uid,
+                payload,
+            });
+            meta.refs.store(u32::from(!detached), Ordering::Relaxed);
             shard.live += 1;
-            let slot = shard.slot_mut(local).expect("vacant slot exists");
-            slot.live = true;
-            slot.owner = holder.uid;
-            slot.flags = obj_flags as u8;
-            slot.refs = u32::from(!detached);
-            slot.value = stored;
+            self.live[shard_index].fetch_add(1, Ordering::Relaxed);
             let handle = HandleParts {
-                epoch: self.epoch,
-                generation: slot.generation,
-                slot: (local << self.shard_bits) | shard_index as u32,
+                instance: self.instance,
+                domain: domain.id,
+                generation,
+                slot: index,
             }
-            .encode();
+            .handle()
+            .expect("the instance bits are never 0");
             let purge = !detached && {
                 let mut refs = lock(&holder.refs);
-                refs.add(handle);
+                refs.add(handle.get());
                 refs.wants_purge()
             };
             charge.keep();
@@ -564,79 +385,97 @@ impl Registry {
             if purge {
                 self.purge_dead_references(holder);
             }
-            return Ok(Handle::new(handle).expect("the epoch is never 0"));
+            return Ok(handle);
         }
+        release_payload(&domain, payload, value.len());
         Err(Status::Quota)
     }
 
-    /// Calls `read` with the value, under the shard's read lock: the value is
-    /// whole (a concurrent replace waits).
-    #[inline]
+    /// Calls `read` with a copy of the value, taken under its shard's lock:
+    /// the value is whole (a concurrent replace waits).
     pub fn get_with<R>(
         &self,
         holder: &Holder,
         handle: Handle,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, Status> {
-        let handle = handle.get();
-        let (shard_index, local) = self.locate(handle)?;
-        let shard = read_lock(&self.shards[shard_index]);
-        let slot = live_slot(&shard, local, handle)?;
-        if !slot.readable_by(holder.uid) {
+        thread_local! {
+            static COPY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let (domain, index, generation) = self.locate(handle)?;
+        let shard = lock(&domain.shards[self.shard_of(index)]);
+        let slot = live_slot(&domain, index, generation)?;
+        if !readable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
-        Ok(read(slot.value.as_bytes()))
+        COPY.with(|copy| {
+            let mut copy = copy.borrow_mut();
+            if !domain.copy_value(&slot, &mut copy) {
+                return Err(Status::Stale);
+            }
+            drop(shard);
+            let result = read(&copy);
+            if copy.capacity() > 1 << 20 {
+                *copy = Vec::new();
+            }
+            Ok(result)
+        })
     }
 
-    /// Replaces the value of `handle` (the owner's uid or root); readers see
-    /// the old value or the new one, whole. The owner pays for a longer
-    /// value, whoever replaces it.
+    /// Replaces the value of `handle`; readers see the old value or the new
+    /// one, whole. The owner pays for the value, whoever replaces it.
     pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Status> {
-        let handle = handle.get();
         if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig);
         }
-        let (shard_index, local) = self.locate(handle)?;
-        let mut shard = write(&self.shards[shard_index]);
-        let slot = live_slot_mut(&mut shard, local, handle)?;
-        if !slot.writable_by(holder.uid) {
+        let (domain, index, generation) = self.locate(handle)?;
+        let _shard = lock(&domain.shards[self.shard_of(index)]);
+        let old = live_slot(&domain, index, generation)?;
+        if !writable_by(&old, holder.uid) {
             return Err(Status::Denied);
         }
-        let old_len = slot.value.len() as u64;
+        let old_len = u64::from(old.len);
         let new_len = value.len() as u64;
-        // The owner pays for the value, whoever replaces it.
-        let owner = if slot.owner == holder.uid {
+        let owner = if old.owner == holder.uid {
             Arc::clone(&holder.usage)
         } else {
-            self.uid_counters(slot.owner)
+            self.uid_counters(old.owner)
         };
         let charge = self.charge(&owner, 0, new_len.saturating_sub(old_len))?;
-        slot.value = Value::new(value).map_err(|_| Status::Quota)?;
+        let payload = domain.place(value)?;
+        let (view, _) = domain.slot(index).expect("live");
+        view.write(&Slot {
+            len: value.len() as u32,
+            payload,
+            ..old
+        });
         charge.keep();
         let shrink = old_len.saturating_sub(new_len);
         self.total.give_back(0, shrink);
         owner.give_back(0, shrink);
+        self.retire(&domain, &old);
         Ok(())
     }
 
-    /// One more reference to `handle` for `holder`; needs read access.
+    /// Takes one more reference to `handle` for `holder`'s session.
     pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
-        let handle = handle.get();
-        let (shard_index, local) = self.locate(handle)?;
-        let mut shard = write(&self.shards[shard_index]);
-        let slot = live_slot_mut(&mut shard, local, handle)?;
-        if !slot.readable_by(holder.uid) {
+        let (domain, index, generation) = self.locate(handle)?;
+        let shard = lock(&domain.shards[self.shard_of(index)]);
+        let slot = live_slot(&domain, index, generation)?;
+        if !readable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
+        let (_, meta) = domain.slot(index).expect("live");
         let purge = {
             let mut refs = lock(&holder.refs);
             // Checked before the table is touched: a refused RETAIN leaves
             // no entry behind.
-            if refs.held(handle) == u32::MAX || slot.refs == u32::MAX {
+            let count = meta.refs.load(Ordering::Relaxed);
+            if refs.held(handle.get()) == u32::MAX || count == u32::MAX {
                 return Err(Status::Quota);
             }
-            refs.add(handle);
-            slot.refs += 1;
+            refs.add(handle.get());
+            meta.refs.store(count + 1, Ordering::Relaxed);
             refs.wants_purge()
         };
         drop(shard);
@@ -646,27 +485,27 @@ impl Registry {
         Ok(())
     }
 
-    /// Drops one of `holder`'s references to `handle` (NOT_HELD when it
-    /// holds none); the object dies with its last reference unless it is
-    /// DETACHED.
+    /// Drops one of `holder`'s references; the object dies with its last
+    /// reference unless DETACHED.
     pub fn release(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
-        let handle = handle.get();
-        let (shard_index, local) = self.locate(handle)?;
-        let mut shard = write(&self.shards[shard_index]);
-        let slot = match live_slot_mut(&mut shard, local, handle) {
+        let (domain, index, generation) = self.locate(handle)?;
+        let mut shard = lock(&domain.shards[self.shard_of(index)]);
+        let slot = match live_slot(&domain, index, generation) {
             Ok(slot) => slot,
             Err(status) => {
                 // The object died under this reference: the entry goes too.
-                lock(&holder.refs).forget(handle);
+                lock(&holder.refs).forget(handle.get());
                 return Err(status);
             }
         };
-        if !lock(&holder.refs).take(handle) {
+        if !lock(&holder.refs).take(handle.get()) {
             return Err(Status::NotHeld);
         }
-        slot.refs = slot.refs.saturating_sub(1);
-        if slot.refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-            self.kill(&mut shard, local, holder);
+        let (_, meta) = domain.slot(index).expect("live");
+        let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
+        meta.refs.store(refs, Ordering::Relaxed);
+        if refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
+            self.kill(&domain, &mut shard, index, &slot, holder);
         }
         Ok(())
     }
@@ -674,16 +513,38 @@ impl Registry {
     /// Kills the object now, whoever holds references to it. The remover's
     /// own references go with it; other holders' are purged lazily.
     pub fn remove(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
-        let handle = handle.get();
-        let (shard_index, local) = self.locate(handle)?;
-        let mut shard = write(&self.shards[shard_index]);
-        let slot = live_slot_mut(&mut shard, local, handle)?;
-        if !slot.writable_by(holder.uid) {
+        let (domain, index, generation) = self.locate(handle)?;
+        let mut shard = lock(&domain.shards[self.shard_of(index)]);
+        let slot = live_slot(&domain, index, generation)?;
+        if !writable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
-        self.kill(&mut shard, local, holder);
-        lock(&holder.refs).forget(handle);
+        self.kill(&domain, &mut shard, index, &slot, holder);
+        lock(&holder.refs).forget(handle.get());
         Ok(())
+    }
+
+    /// Drops every reference `holder` owns (its session ended).
+    pub fn release_all(&self, holder: &Holder) {
+        let refs = std::mem::take(&mut *lock(&holder.refs));
+        for (handle, count) in refs.counts {
+            let Some(handle) = Handle::new(handle) else {
+                continue;
+            };
+            let Ok((domain, index, generation)) = self.locate(handle) else {
+                continue;
+            };
+            let mut shard = lock(&domain.shards[self.shard_of(index)]);
+            let Ok(slot) = live_slot(&domain, index, generation) else {
+                continue;
+            };
+            let (_, meta) = domain.slot(index).expect("live");
+            let left = meta.refs.load(Ordering::Relaxed).saturating_sub(count);
+            meta.refs.store(left, Ordering::Relaxed);
+            if left == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
+                self.kill(&domain, &mut shard, index, &slot, holder);
+            }
+        }
     }
 
     /// Drops `holder`'s entries for objects that have died, and sets the
@@ -706,15 +567,19 @@ impl Registry {
 
     /// Whether `handle` names a live object.
     fn is_live(&self, handle: u64) -> bool {
-        let Ok((shard_index, local)) = self.locate(handle) else {
+        let Some(handle) = Handle::new(handle) else {
             return false;
         };
-        live_slot(&read_lock(&self.shards[shard_index]), local, handle).is_ok()
+        let Ok((domain, index, generation)) = self.locate(handle) else {
+            return false;
+        };
+        let _shard = lock(&domain.shards[self.shard_of(index)]);
+        live_slot(&domain, index, generation).is_ok()
     }
 
     /// Reserves `bytes` more of ring staging for `holder`'s session,
-    /// against its session cap ([`session_staging_cap`]) and
-    /// the byte limits of its uid and of the registry.
+    /// against its session cap ([`session_staging_cap`]) and the byte limits
+    /// of its uid and of the registry.
     pub fn charge_staging(&self, holder: &Holder, bytes: u64) -> Result<(), Status> {
         let limits = self.limits.get();
         let staged = holder
@@ -744,24 +609,6 @@ impl Registry {
         holder.usage.give_back_staged(bytes);
     }
 
-    /// Drops every reference `holder` owns (its session ended).
-    pub fn release_all(&self, holder: &Holder) {
-        let refs = std::mem::take(&mut *lock(&holder.refs));
-        for (handle, count) in refs.counts {
-            let Ok((shard_index, local)) = self.locate(handle) else {
-                continue;
-            };
-            let mut shard = write(&self.shards[shard_index]);
-            let Ok(slot) = live_slot_mut(&mut shard, local, handle) else {
-                continue;
-            };
-            slot.refs = slot.refs.saturating_sub(count);
-            if slot.refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-                self.kill(&mut shard, local, holder);
-            }
-        }
-    }
-
     /// Up to `limit` live objects after position `cursor` (0 to start) that
     /// pass `filter`, and the cursor to continue from (0 when done). At most
     /// [`LIST_SCAN_BUDGET`] slots are looked at per call, matching or not,
@@ -772,23 +619,35 @@ impl Registry {
         let mut found = Vec::new();
         let mut budget = LIST_SCAN_BUDGET;
         // A cursor is 1 + the position of the next slot to look at, where a
-        // position is (shard << 32) | local slot; 0 means the beginning.
+        // position is (domain << 32) | slot index; 0 means the beginning.
         let start = cursor.saturating_sub(1);
-        let first_shard = (start >> 32) as usize;
-        for shard_index in first_shard..self.shards.len() {
-            let shard = read_lock(&self.shards[shard_index]);
-            let first_local = if shard_index == first_shard {
-                start & 0xffff_ffff
+        for id in (start >> 32) as usize..MAX_DOMAINS {
+            let Some(domain) = self.domain(id as u16) else {
+                continue;
+            };
+            // A uid's private objects are all in its domain.
+            if let (Some(uid), Some(owner)) = (filter.owner, domain.owner) {
+                if uid != owner {
+                    continue;
+                }
+            }
+            let first = if id == (start >> 32) as usize {
+                start as u32
             } else {
                 0
             };
-            for local in first_local as usize..shard.len() {
+            for index in first..domain.slots_made() {
                 if found.len() == limit || budget == 0 {
-                    return (found, ((shard_index as u64) << 32 | local as u64) + 1);
+                    return (found, ((id as u64) << 32 | u64::from(index)) + 1);
                 }
                 budget -= 1;
-                let slot = shard.slot(local as u32).expect("local < len");
-                let wanted = slot.live
+                let Some((view, meta)) = domain.slot(index) else {
+                    continue;
+                };
+                let Some(slot) = view.snapshot() else {
+                    continue;
+                };
+                let wanted = slot.payload != Payload::Free
                     && (!filter.detached_only || u32::from(slot.flags) & flags::DETACHED != 0)
                     && filter.owner.is_none_or(|uid| uid == slot.owner);
                 if !wanted {
@@ -796,14 +655,15 @@ impl Registry {
                 }
                 found.push(ObjectInfo {
                     handle: HandleParts {
-                        epoch: self.epoch,
+                        instance: self.instance,
+                        domain: domain.id,
                         generation: slot.generation,
-                        slot: ((local as u32) << self.shard_bits) | shard_index as u32,
+                        slot: index,
                     }
                     .encode(),
-                    size: slot.value.len() as u64,
+                    size: u64::from(slot.len),
                     owner: slot.owner,
-                    refs: slot.refs,
+                    refs: meta.refs.load(Ordering::Relaxed),
                     flags: u32::from(slot.flags),
                 });
             }
@@ -811,25 +671,108 @@ impl Registry {
         (found, 0)
     }
 
-    /// Ends an object; `by` is who ends it, whose uid is most often the
-    /// owner's (then the owner's counters are at hand, no lookup needed).
-    fn kill(&self, shard: &mut Shard, local: u32, by: &Holder) {
-        let owner = shard.slot(local).map(|slot| slot.owner);
-        if let (Some(value), Some(owner)) = (shard.kill(local), owner) {
-            shard.live -= 1;
-            let bytes = value.len() as u64;
-            self.total.give_back(1, bytes);
-            if owner == by.uid {
-                by.usage.give_back(1, bytes);
-            } else {
-                self.uid_counters(owner).give_back(1, bytes);
-            }
+    /// Runs a reclamation pass if blocks wait (only one thread at a time:
+    /// another one's pass is as good); frees what no borrowed reference
+    /// holds back, and charges what is held back to the uids holding it.
+    pub fn reclaim(&self) -> Reclaimed {
+        if !self.limbo_pending.swap(false, Ordering::AcqRel)
+            && self.limbo_bytes.load(Ordering::Relaxed) == 0
+        {
+            return Reclaimed::default();
         }
+        let Ok(mut limbo) = self.limbo.try_lock() else {
+            self.limbo_pending.store(true, Ordering::Release);
+            return Reclaimed::default();
+        };
+        let free = limbo.pass(self.epoch());
+        let mut held: HashMap<u32, u64> = HashMap::new();
+        for reader in limbo.readers.iter().filter_map(std::sync::Weak::upgrade) {
+            *held.entry(reader.uid()).or_default() += reader.held_back();
+        }
+        drop(limbo);
+        for (&uid, counters) in read_lock(&self.uids).iter() {
+            counters.set_held(held.get(&uid).copied().unwrap_or(0));
+        }
+        let mut done = Reclaimed::default();
+        for block in free {
+            if let Some(domain) = self.domain(block.domain) {
+                domain.free_block(block.at, block.len);
+            }
+            self.limbo_bytes.fetch_sub(block.len, Ordering::Relaxed);
+            done.blocks += 1;
+            done.bytes += block.len;
+        }
+        done.waiting = self.limbo_bytes.load(Ordering::Relaxed);
+        done
+    }
+
+    /// Whether a reclamation pass has something to do.
+    pub fn reclaim_due(&self) -> bool {
+        self.limbo_pending.load(Ordering::Relaxed)
+    }
+
+    fn epoch(&self) -> &AtomicU64 {
+        header::Header::new(self.header.mapping())
+            .expect("made with the registry")
+            .epoch()
+    }
+
+    /// Notes the heap block of a value that left its slot: it is freed by a
+    /// later reclamation pass, once no borrowed reference can reach it.
+    fn retire(&self, domain: &Domain, old: &Slot) {
+        let Payload::Heap(at) = old.payload else {
+            return;
+        };
+        let epoch = pins::retire_epoch(self.epoch());
+        let len = u64::from(old.len);
+        let mut limbo = lock(&self.limbo);
+        limbo.retired.push(Retired {
+            domain: domain.id,
+            at,
+            len,
+            epoch,
+        });
+        // Counted before the lock is let go: a pass that frees the block
+        // subtracts its bytes only after taking that lock, so the count
+        // never dips below zero (and leaves no room for a moment).
+        self.limbo_bytes.fetch_add(len, Ordering::Relaxed);
+        drop(limbo);
+        self.limbo_pending.store(true, Ordering::Release);
+    }
+
+    /// Ends the object in slot `index`: its generation moves on and the slot
+    /// is freed, or retired once its generations are used up; its block
+    /// goes to reclamation. `by` is who ends it, most often of the owner's
+    /// uid (then the owner's counters are at hand).
+    fn kill(&self, domain: &Domain, shard: &mut Shard, index: u32, slot: &Slot, by: &Holder) {
+        let (view, meta) = domain.slot(index).expect("live");
+        view.write(&Slot {
+            generation: slot.generation.wrapping_add(1),
+            flags: 0,
+            len: 0,
+            owner: 0,
+            payload: Payload::Free,
+        });
+        meta.refs.store(0, Ordering::Relaxed);
+        if slot.generation.wrapping_add(1) != LAST_GENERATION {
+            shard.free.push_back(index);
+        }
+        shard.live -= 1;
+        self.live[self.shard_of(index)].fetch_sub(1, Ordering::Relaxed);
+        let bytes = u64::from(slot.len);
+        self.total.give_back(1, bytes);
+        if slot.owner == by.uid {
+            by.usage.give_back(1, bytes);
+        } else {
+            self.uid_counters(slot.owner).give_back(1, bytes);
+        }
+        self.retire(domain, slot);
     }
 
     /// Reserves room for `objects` more objects and `bytes` more value bytes
-    /// against the global limits and `owner`'s; the reservation is returned
-    /// when the guard drops unless it is kept.
+    /// against the global limits (blocks waiting for reclamation included)
+    /// and `owner`'s; the reservation is returned when the guard drops
+    /// unless it is kept.
     fn charge<'a>(
         &'a self,
         owner: &'a Counters,
@@ -837,10 +780,10 @@ impl Registry {
         bytes: u64,
     ) -> Result<Charge<'a>, Status> {
         let limits = self.limits.get();
-        if !self
-            .total
-            .reserve(objects, bytes, limits.max_objects, limits.max_bytes)
-        {
+        let room = limits
+            .max_bytes
+            .saturating_sub(self.limbo_bytes.load(Ordering::Relaxed));
+        if !self.total.reserve(objects, bytes, limits.max_objects, room) {
             return Err(Status::Quota);
         }
         if !owner.reserve(objects, bytes, limits.uid_max_objects, limits.uid_max_bytes) {
@@ -854,17 +797,56 @@ impl Registry {
         })
     }
 
-    /// The shard and local slot a handle names, or STALE when it cannot name
-    /// anything of this registry.
     #[inline]
-    fn locate(&self, handle: u64) -> Result<(usize, u32), Status> {
-        let parts = HandleParts::decode(handle);
-        if parts.epoch != self.epoch {
+    fn shard_of(&self, index: u32) -> usize {
+        index as usize & (self.live.len() - 1)
+    }
+
+    /// The domain, slot index and generation a handle names, or STALE when
+    /// it cannot name anything of this registry.
+    #[inline]
+    fn locate(&self, handle: Handle) -> Result<(Arc<Domain>, u32, u16), Status> {
+        let parts = HandleParts::decode(handle.get());
+        if parts.instance != self.instance {
             return Err(Status::Stale);
         }
-        let shard_index = (parts.slot as usize) & (self.shards.len() - 1);
-        Ok((shard_index, parts.slot >> self.shard_bits))
+        let domain = self.domain(parts.domain).ok_or(Status::Stale)?;
+        Ok((domain, parts.slot, parts.generation))
     }
+}
+
+/// Frees the block of a value that never reached a slot.
+fn release_payload(domain: &Domain, payload: Payload, len: usize) {
+    if let Payload::Heap(at) = payload {
+        domain.free_block(at, len as u64);
+    }
+}
+
+/// The slot, if it holds a live object of `generation`; STALE otherwise.
+/// The caller holds the slot's shard lock.
+#[inline]
+fn live_slot(domain: &Domain, index: u32, generation: u16) -> Result<Slot, Status> {
+    match domain.slot(index) {
+        Some((view, _)) => {
+            let slot = view.current();
+            if slot.generation == generation && slot.payload != Payload::Free {
+                Ok(slot)
+            } else {
+                Err(Status::Stale)
+            }
+        }
+        None => Err(Status::Stale),
+    }
+}
+
+#[inline]
+fn readable_by(slot: &Slot, uid: u32) -> bool {
+    uid == ROOT || uid == slot.owner || u32::from(slot.flags) & flags::SHARED != 0
+}
+
+#[inline]
+fn writable_by(slot: &Slot, uid: u32) -> bool {
+    uid == ROOT || uid == slot.owner
 }
 
 /// The shard where this thread's next insert starts looking.
@@ -883,48 +865,9 @@ fn next_insert_shard() -> usize {
     })
 }
 
-/// A reservation against the global and one uid's limits, undone on drop
-/// unless kept.
-struct Charge<'a> {
-    counters: [&'a Counters; 2],
-    objects: u64,
-    bytes: u64,
-}
-
-impl Charge<'_> {
-    fn keep(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Charge<'_> {
-    fn drop(&mut self) {
-        for counters in self.counters {
-            counters.give_back(self.objects, self.bytes);
-        }
-    }
-}
-
-#[inline]
-fn live_slot(shard: &Shard, local: u32, handle: u64) -> Result<&Slot, Status> {
-    let generation = HandleParts::decode(handle).generation;
-    match shard.slot(local) {
-        Some(slot) if slot.live && slot.generation == generation => Ok(slot),
-        _ => Err(Status::Stale),
-    }
-}
-
-#[inline]
-fn live_slot_mut(shard: &mut Shard, local: u32, handle: u64) -> Result<&mut Slot, Status> {
-    let generation = HandleParts::decode(handle).generation;
-    match shard.slot_mut(local) {
-        Some(slot) if slot.live && slot.generation == generation => Ok(slot),
-        _ => Err(Status::Stale),
-    }
-}
-
-// A panic while a lock is held leaves data that is still consistent at every
-// await point of this module, so poisoning is ignored rather than spread.
+// A panic while a lock is held leaves data that is consistent wherever a
+// lock can be released (each critical section completes or changes nothing),
+// so poisoning is ignored rather than spread.
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
@@ -933,7 +876,7 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 

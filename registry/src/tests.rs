@@ -1,7 +1,12 @@
 //! The registry against a plain model (a map of live objects plus the set of
-//! handles ever issued), over random operation sequences.
+//! handles ever issued) over random operation sequences; its shared memory
+//! as a client maps it (read-only, by domain); reclamation with borrowed
+//! references; the heap under churn.
 
 use super::*;
+use hreg_proto::pins::{pin_table_len, PinTable, PIN_ENTRIES};
+use hreg_proto::shm::Access;
+use hreg_proto::table::{slot_place, Read, SlotView};
 use proptest::prelude::*;
 use std::collections::HashSet;
 
@@ -94,11 +99,11 @@ proptest! {
     #[test]
     fn registry_matches_model(actions in proptest::collection::vec(action(), 1..300)) {
         // Two shards so slots are reused often.
-        let registry = Registry::with_epoch(2, LIMITS, 5, 77);
+        let registry = Registry::with_instance(2, LIMITS, 5, 77).unwrap();
         let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| registry.holder(uid)).collect();
         let mut model = Model::default();
         // Every handle issued, plus a few that never were.
-        let mut known: Vec<u64> = vec![1, HandleParts { epoch: 6, generation: 1, slot: 0 }.encode()];
+        let mut known: Vec<u64> = vec![1, HandleParts { instance: 6, domain: 0, generation: 1, slot: 0 }.encode()];
         let mut issued = HashSet::new();
         for (step, action) in actions.into_iter().enumerate() {
             let pick = |p: usize| known[p % known.len()];
@@ -217,6 +222,10 @@ proptest! {
                     }
                 }
             }
+            // The daemon runs reclamation passes often; with no borrowed
+            // reference, a pass frees every replaced or removed block.
+            registry.reclaim();
+            prop_assert_eq!(registry.reclaim_pending(), 0);
             let usage = registry.usage();
             prop_assert_eq!(usage.objects, model.live.len() as u64);
             prop_assert_eq!(usage.value_bytes, model.bytes);
@@ -232,7 +241,7 @@ proptest! {
 
 #[test]
 fn reused_slot_gets_a_new_generation() {
-    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
     let holder = registry.holder(1000);
     let first = registry.insert(&holder, b"a", 0).unwrap();
     registry.release(&holder, first).unwrap();
@@ -254,35 +263,40 @@ fn reused_slot_gets_a_new_generation() {
 
 #[test]
 fn slot_is_retired_before_its_generation_wraps() {
-    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
     let holder = registry.holder(1000);
     let first = registry.insert(&holder, b"a", 0).unwrap();
-    // Push the slot to its last generation directly; walking there takes 2^23 inserts.
-    {
-        let mut shard = write(&registry.shards[0]);
-        shard.slot_mut(0).unwrap().generation = LAST_GENERATION;
+    let parts = HandleParts::decode(first.get());
+    // Push the slot to its last live generation directly; walking there
+    // takes 2^16 inserts.
+    let domain = registry.domain(parts.domain).unwrap();
+    let (view, _) = domain.slot(parts.slot).unwrap();
+    let last = LAST_GENERATION - 1;
+    view.write(&Slot {
+        generation: last,
+        ..view.current()
+    });
+    let last_handle = HandleParts {
+        generation: last,
+        ..parts
     }
-    let last = HandleParts {
-        generation: LAST_GENERATION,
-        ..HandleParts::decode(first.get())
-    }
-    .encode();
-    let last_handle = Handle::new(last).unwrap();
+    .handle()
+    .unwrap();
     registry.release(&holder, last_handle).unwrap_err();
-    lock(&holder.refs).add(last);
+    lock(&holder.refs).add(last_handle.get());
     registry.release(&holder, last_handle).unwrap();
     let next = registry.insert(&holder, b"b", 0).unwrap();
     assert_ne!(
         HandleParts::decode(next.get()).slot,
-        0,
+        parts.slot,
         "retired slot was reused"
     );
 }
 
 #[test]
-fn handles_of_another_epoch_are_stale() {
-    let a = Registry::with_epoch(4, LIMITS, 1, 9);
-    let b = Registry::with_epoch(4, LIMITS, 2, 9);
+fn handles_of_another_instance_are_stale() {
+    let a = Registry::with_instance(4, LIMITS, 1, 9).unwrap();
+    let b = Registry::with_instance(4, LIMITS, 2, 9).unwrap();
     let holder = a.holder(0);
     let h = a.insert(&holder, b"x", flags::DETACHED).unwrap();
     b.insert(&holder, b"y", flags::DETACHED).unwrap();
@@ -298,7 +312,7 @@ fn listing_pages_through_every_object_once() {
         uid_max_bytes: 1 << 20,
         ..LIMITS
     };
-    let registry = Registry::with_epoch(4, limits, 3, 1);
+    let registry = Registry::with_instance(4, limits, 3, 1).unwrap();
     let alice = registry.holder(1000);
     let bob = registry.holder(1001);
     let mut expected = HashSet::new();
@@ -338,7 +352,7 @@ fn listing_pages_through_every_object_once() {
 
 #[test]
 fn per_uid_caps_and_new_limits_apply() {
-    let registry = Registry::with_epoch(2, LIMITS, 3, 1);
+    let registry = Registry::with_instance(2, LIMITS, 3, 1).unwrap();
     let alice = registry.holder(1000);
     let bob = registry.holder(1001);
     for i in 0..LIMITS.uid_max_objects {
@@ -374,12 +388,19 @@ fn per_uid_caps_and_new_limits_apply() {
 
 #[test]
 fn a_refused_retain_leaves_no_entry_and_release_never_wraps() {
-    let registry = Registry::with_epoch(1, LIMITS, 3, 1);
+    let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
     let owner = registry.holder(1000);
     let other = registry.holder(1000);
     let h = registry.insert(&owner, b"kept", 0).unwrap();
     // The slot's count at its ceiling (walking there takes 2^32 retains).
-    write(&registry.shards[0]).slot_mut(0).unwrap().refs = u32::MAX;
+    let parts = HandleParts::decode(h.get());
+    let domain = registry.domain(parts.domain).unwrap();
+    domain
+        .slot(parts.slot)
+        .unwrap()
+        .1
+        .refs
+        .store(u32::MAX, Ordering::Relaxed);
     assert_eq!(registry.retain(&other, h), Err(Status::Quota));
     assert_eq!(
         other.reference_entries(),
@@ -406,7 +427,7 @@ fn removed_objects_leave_no_references_behind() {
         uid_max_bytes: 1 << 30,
         ..LIMITS
     };
-    let registry = Registry::with_epoch(4, limits, 3, 1);
+    let registry = Registry::with_instance(4, limits, 3, 1).unwrap();
     let owner = registry.holder(1000);
     let reader = registry.holder(2000);
     for _ in 0..20_000 {
@@ -451,4 +472,223 @@ fn removed_objects_leave_no_references_behind() {
             Ok(b"z".to_vec())
         );
     }
+}
+
+/// A client's view of one domain: its chunks, mapped read-only from the
+/// descriptors the registry hands out.
+struct ClientView {
+    slots: Vec<Mapping>,
+    heap: Vec<Mapping>,
+}
+
+impl ClientView {
+    fn map(registry: &Registry, uid: u32, domain: u16) -> Result<ClientView, Status> {
+        let (slots, heap) = registry.chunks_for(uid, domain, 0, 0, 64)?;
+        let map = |fd: OwnedFd| {
+            let len = rustix::fs::fstat(&fd).unwrap().st_size as usize;
+            Mapping::map(&fd, len, Access::ReadOnly).unwrap()
+        };
+        Ok(ClientView {
+            slots: slots.into_iter().map(map).collect(),
+            heap: heap.into_iter().map(map).collect(),
+        })
+    }
+
+    /// What a read of `handle` found, and the bytes it copied.
+    fn read(&self, handle: Handle) -> (Read, Vec<u8>) {
+        let parts = HandleParts::decode(handle.get());
+        let (chunk, at) = slot_place(parts.slot);
+        let view = SlotView::new(&self.slots[chunk], at).unwrap();
+        let mut out = Vec::new();
+        let read = view.read(
+            parts.generation,
+            |len| {
+                out.resize(len, 0);
+                Some(&mut out[..])
+            },
+            |chunk| self.heap.get(usize::from(chunk)),
+        );
+        (read, out)
+    }
+}
+
+#[test]
+fn clients_read_their_domains_without_the_daemon() {
+    let limits = Limits {
+        max_value_size: 1 << 20,
+        ..Limits::default()
+    };
+    let registry = Registry::with_instance(4, limits, 9, 3).unwrap();
+    let alice = registry.holder(1000);
+    let bob = registry.holder(1001);
+    let small = registry.insert(&alice, b"alice's", 0).unwrap();
+    let big_value: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let big = registry.insert(&alice, &big_value, 0).unwrap();
+    let shared = registry
+        .insert(&alice, b"everyone's", flags::SHARED)
+        .unwrap();
+    let private_domain = HandleParts::decode(small.get()).domain;
+    assert_ne!(private_domain, SHARED_DOMAIN);
+    assert_eq!(HandleParts::decode(shared.get()).domain, SHARED_DOMAIN);
+    // Alice maps her domain and reads both values, inline and in the heap.
+    let view = ClientView::map(&registry, 1000, private_domain).unwrap();
+    assert_eq!(
+        view.read(small),
+        (Read::Value { len: 7 }, b"alice's".to_vec())
+    );
+    assert_eq!(view.read(big), (Read::Value { len: 100_000 }, big_value));
+    // Bob may not map it; he maps the shared one.
+    assert!(matches!(
+        ClientView::map(&registry, 1001, private_domain),
+        Err(Status::Denied)
+    ));
+    assert!(matches!(
+        ClientView::map(&registry, 1001, 77),
+        Err(Status::Stale)
+    ));
+    let view = ClientView::map(&registry, 1001, SHARED_DOMAIN).unwrap();
+    assert_eq!(view.read(shared).0, Read::Value { len: 10 });
+    // A replace is seen, whole; a remove makes the handle stale.
+    registry.replace(&alice, shared, b"replaced").unwrap();
+    assert_eq!(
+        view.read(shared),
+        (Read::Value { len: 8 }, b"replaced".to_vec())
+    );
+    registry.remove(&alice, shared).unwrap();
+    assert_eq!(view.read(shared).0, Read::Stale);
+    assert_eq!(
+        registry.get_with(&bob, shared, |v| v.len()),
+        Err(Status::Stale)
+    );
+}
+
+#[test]
+fn borrowed_blocks_wait_for_their_readers() {
+    let limits = Limits {
+        max_value_size: 1 << 20,
+        ..Limits::default()
+    };
+    let registry = Registry::with_instance(4, limits, 9, 3).unwrap();
+    let owner = registry.holder(1000);
+    let value = vec![7u8; 4096];
+    let h = registry.insert(&owner, &value, flags::SHARED).unwrap();
+    // A session of another uid, with its pin table, borrows the value.
+    let session = Arc::new(Mapping::anonymous(pin_table_len(PIN_ENTRIES)).unwrap());
+    let borrower = registry.holder(1001);
+    let reader = registry.reader(&borrower, Arc::clone(&session), 0);
+    let table = PinTable::new(&session, 0, PIN_ENTRIES).unwrap();
+    let pin = table.pin(SHARED_DOMAIN, registry.epoch()).unwrap();
+    registry.replace(&owner, h, b"small now").unwrap();
+    assert_eq!(registry.reclaim_pending(), 4096);
+    let pass = registry.reclaim();
+    assert_eq!((pass.blocks, pass.waiting), (0, 4096), "held back");
+    assert_eq!(reader.held_back(), 4096);
+    // What the borrower holds back counts against its uid's bytes.
+    registry.set_limits(Limits {
+        uid_max_bytes: 5000,
+        ..limits
+    });
+    assert_eq!(
+        registry.insert(&borrower, &[0u8; 1000], 0),
+        Err(Status::Quota)
+    );
+    table.unpin(pin);
+    let pass = registry.reclaim();
+    assert_eq!((pass.blocks, pass.bytes, pass.waiting), (1, 4096, 0));
+    assert_eq!(reader.held_back(), 0);
+    registry.insert(&borrower, &[0u8; 1000], 0).unwrap();
+    // A dead session holds nothing back.
+    let pin = table.pin(SHARED_DOMAIN, registry.epoch()).unwrap();
+    registry.replace(&owner, h, &value).unwrap();
+    registry.replace(&owner, h, b"again").unwrap();
+    assert_eq!(registry.reclaim().waiting, 4096);
+    drop(reader);
+    assert_eq!(registry.reclaim().waiting, 0);
+    table.unpin(pin);
+}
+
+#[test]
+fn the_heap_follows_the_live_values_under_churn() {
+    let limits = Limits {
+        max_value_size: 1 << 20,
+        ..Limits::default()
+    };
+    let registry = Registry::with_instance(8, limits, 9, 3).unwrap();
+    let holder = registry.holder(1000);
+    let mut live: Vec<(Handle, usize)> = Vec::new();
+    let mut state = 99u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for step in 0..20_000 {
+        let len = match next() % 10 {
+            0..=5 => (next() % 512) as usize,
+            6..=8 => (next() % 16384) as usize,
+            _ => (next() % (256 << 10)) as usize,
+        };
+        let value = vec![step as u8; len];
+        match next() % 3 {
+            0 if live.len() > 100 => {
+                let (h, _) = live.swap_remove((next() % live.len() as u64) as usize);
+                registry.remove(&holder, h).unwrap();
+            }
+            1 if !live.is_empty() => {
+                let at = (next() % live.len() as u64) as usize;
+                registry.replace(&holder, live[at].0, &value).unwrap();
+                live[at].1 = len;
+            }
+            _ => live.push((registry.insert(&holder, &value, 0).unwrap(), len)),
+        }
+        if step % 64 == 0 {
+            registry.reclaim();
+        }
+    }
+    registry.reclaim();
+    let live_bytes: u64 = live.iter().map(|&(_, len)| len as u64).sum();
+    let domain = registry
+        .domain(HandleParts::decode(live[0].0.get()).domain)
+        .unwrap();
+    let in_use = registry.heap_in_use();
+    assert_eq!(in_use, domain.heap_in_use(), "one domain");
+    assert!(
+        in_use <= live_bytes + live_bytes / 4 + live.len() as u64 * 16,
+        "{in_use} bytes of blocks for {live_bytes} bytes of values"
+    );
+    assert_eq!(registry.usage().value_bytes, live_bytes);
+    assert_eq!(registry.reclaim_pending(), 0);
+}
+
+#[test]
+fn the_bytes_waiting_never_dip_below_zero_while_a_pass_runs() {
+    // Retiring on one thread and reclaiming on another, while a third
+    // watches: the count of bytes waiting must never wrap (for as long as
+    // it did, no insert of anyone would find room).
+    let registry = Registry::with_instance(4, Limits::default(), 9, 3).unwrap();
+    let holder = registry.holder(1000);
+    let h = registry.insert(&holder, &[1u8; 200], 0).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0..200_000u32 {
+                registry.replace(&holder, h, &[round as u8; 200]).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                registry.reclaim();
+            }
+        });
+        let mut most = 0;
+        while !stop.load(Ordering::Relaxed) {
+            most = most.max(registry.reclaim_pending());
+        }
+        most
+    });
+    assert!(most <= 200_000 * 200, "{most} bytes waiting at one point");
+    registry.reclaim();
+    assert_eq!(registry.reclaim_pending(), 0);
 }

@@ -150,17 +150,33 @@ impl Daemon {
     }
 
     /// Open descriptors of the daemon (entries of `/proc/PID/fd`).
+    ///
+    /// The registry's own memfds (its slot tables and heaps, which grow with
+    /// the registry and stay for its life) are not counted: what is left is
+    /// what sessions, rings and connections hold.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                std::fs::read_link(entry.path()).map_or(true, |target| {
+                    !is_registry_memory(&target.to_string_lossy())
+                })
+            })
             .count()
     }
 
-    /// Memory mappings of the daemon (lines of `/proc/PID/maps`).
+    /// Memory mappings of files and memfds by the daemon (lines of
+    /// `/proc/PID/maps` that name one), the registry's own left out (see
+    /// [`Daemon::fd_count`]): session memory and anything else mapped per
+    /// client. Anonymous memory (the allocator's, the registry's reference
+    /// counts) is left to the RSS checks.
     pub fn maps_count(&self) -> usize {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
             .expect("read /proc/PID/maps")
             .lines()
+            .filter(|line| line.split_whitespace().nth(5).is_some())
+            .filter(|line| !is_registry_memory(line))
             .count()
     }
 
@@ -276,6 +292,14 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
         },
     );
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Whether a descriptor's target or a mapping's line names one of the
+/// registry's memfds (`hreg-uid-*`, `hreg-shared*`, `hreg-header`).
+fn is_registry_memory(name: &str) -> bool {
+    ["memfd:hreg-uid-", "memfd:hreg-shared", "memfd:hreg-header"]
+        .iter()
+        .any(|prefix| name.contains(prefix))
 }
 
 /// Polls `done` until it is true; panics after [`PATIENCE`].

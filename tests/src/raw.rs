@@ -157,8 +157,8 @@ impl RawSession {
     }
 
     /// Attaches, or returns what the daemon answered instead of WELCOME
-    /// (`None`: nothing, the connection closed).
-    pub fn try_attach(socket: &Path) -> Result<RawSession, Option<Reply>> {
+    /// (`None`: nothing, the connection closed), boxed: a reply is large.
+    pub fn try_attach(socket: &Path) -> Result<RawSession, Box<Option<Reply>>> {
         let conn = RawConn::connect(socket);
         conn.send(&ControlRequest::Hello {
             version: hreg_proto::PROTOCOL_VERSION,
@@ -166,10 +166,10 @@ impl RawSession {
         });
         let (welcome, memfd) = match conn.try_recv() {
             Ok(Some((Some(Reply::Welcome(welcome)), Some(memfd)))) => (welcome, memfd),
-            Ok(Some((reply, _))) => return Err(reply),
-            _ => return Err(None),
+            Ok(Some((reply, _))) => return Err(Box::new(reply)),
+            _ => return Err(Box::new(None)),
         };
-        let len = (welcome.ring_stride * u64::from(welcome.max_rings)) as usize;
+        let len = rustix::fs::fstat(&memfd).expect("fstat").st_size as usize;
         let map = Mapping::map(&memfd, len, Access::ReadWrite).expect("mmap");
         Ok(RawSession {
             conn,

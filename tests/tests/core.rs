@@ -342,7 +342,9 @@ fn stats_count_sessions_and_ops() {
     let a = daemon.client();
     let b = daemon.client();
     let h = a.insert(b"12345", 0).unwrap();
-    b.get(h).unwrap();
+    // Resolved in b's process: not a request the daemon serves.
+    assert_eq!(b.get(h).unwrap(), b"12345");
+    b.retain(h).unwrap();
     let stats = a.stats().unwrap();
     assert_eq!(stats.sessions, 2);
     assert_eq!(stats.objects, 1);

@@ -423,14 +423,17 @@ impl<'a> std::ops::Deref for ClientRing<'a> {
 }
 
 impl<'a> ClientRing<'a> {
-
     /// Writes and publishes a submission (its stamp bytes are set here) at
     /// the next position. The caller keeps at most `entries` in flight.
     #[inline]
     pub fn push(&self, counters: &mut ClientCounters, bytes: &[u8; ENTRY_SIZE]) {
         let at = counters.sq_tail;
-        self.0.0
-            .publish_entry(self.0.0.sq_at(at), bytes, SQE_STAMP_AT, self.0.0.stamp(at));
+        self.0 .0.publish_entry(
+            self.0 .0.sq_at(at),
+            bytes,
+            SQE_STAMP_AT,
+            self.0 .0.stamp(at),
+        );
         counters.sq_tail = at.wrapping_add(1);
     }
 
@@ -438,15 +441,16 @@ impl<'a> ClientRing<'a> {
     /// the daemon sleeps and its doorbell must be rung.
     #[inline]
     pub fn flush(&self, counters: &ClientCounters) -> bool {
-        handoff::after_submissions(self.0.0.words(), counters.sq_tail)
+        handoff::after_submissions(self.0 .0.words(), counters.sq_tail)
     }
 
     /// Whether the next completion is published.
     #[inline]
     pub fn ready(&self, counters: &ClientCounters) -> bool {
         let at = counters.cq_head;
-        self.0.0
-            .is_published(self.0.0.cq_at(at), CQE_STAMP_AT, self.0.0.stamp(at))
+        self.0
+             .0
+            .is_published(self.0 .0.cq_at(at), CQE_STAMP_AT, self.0 .0.stamp(at))
     }
 
     /// The next completion, if it is published (its slot is then the
@@ -456,7 +460,7 @@ impl<'a> ClientRing<'a> {
         if !self.ready(counters) {
             return None;
         }
-        let entry = self.0.0.read_entry(self.0.0.cq_at(counters.cq_head));
+        let entry = self.0 .0.read_entry(self.0 .0.cq_at(counters.cq_head));
         counters.cq_head = counters.cq_head.wrapping_add(1);
         Some(entry)
     }
@@ -464,7 +468,7 @@ impl<'a> ClientRing<'a> {
     /// Hands the completion slots read so far back to the daemon.
     #[inline]
     pub fn release(&self, counters: &ClientCounters) {
-        handoff::release_completions(self.0.0.words(), counters.cq_head);
+        handoff::release_completions(self.0 .0.words(), counters.cq_head);
     }
 
     /// Waits until the next completion is published: polls while
@@ -478,7 +482,7 @@ impl<'a> ClientRing<'a> {
             if !park.spin() {
                 continue;
             }
-            let words = self.0.0.words();
+            let words = self.0 .0.words();
             let seen = handoff::completion_tail(words);
             let slept = if handoff::begin_completion_wait(words, || !self.ready(counters)) {
                 park.sleep(words.cq_tail, seen)
@@ -522,16 +526,18 @@ impl<'a> std::ops::Deref for ServerRing<'a> {
 }
 
 impl<'a> ServerRing<'a> {
-
     /// Resets every counter, flag and entry to zero (before the ring is
     /// handed out, so no stamp of an earlier user looks published).
     pub fn reset(&self) {
         for offset in [SQ_HEAD, SQ_TAIL, CQ_HEAD, CQ_TAIL, SQ_FLAGS, CQ_FLAGS] {
-            self.0.0.word(offset).store(0, crate::sync::Ordering::Relaxed);
+            self.0
+                 .0
+                .word(offset)
+                .store(0, crate::sync::Ordering::Relaxed);
         }
-        for counter in 0..self.0.0.layout.entries {
-            for offset in [self.0.0.sq_at(counter), self.0.0.cq_at(counter)] {
-                for word in self.0.0.map.entry_at(offset) {
+        for counter in 0..self.0 .0.layout.entries {
+            for offset in [self.0 .0.sq_at(counter), self.0 .0.cq_at(counter)] {
+                for word in self.0 .0.map.entry_at(offset) {
                     word.store(0, crate::sync::Ordering::Relaxed);
                 }
             }
@@ -542,13 +548,14 @@ impl<'a> ServerRing<'a> {
     #[inline]
     pub fn has_work(&self, counters: &ServerCounters) -> bool {
         let at = counters.sq_head;
-        self.0.0
-            .is_published(self.0.0.sq_at(at), SQE_STAMP_AT, self.0.0.stamp(at))
+        self.0
+             .0
+            .is_published(self.0 .0.sq_at(at), SQE_STAMP_AT, self.0 .0.stamp(at))
     }
 
     /// Whether the CQ has no room, by a fresh read of the client's CQ head.
     fn cq_full_now(&self, counters: &ServerCounters) -> bool {
-        let cq_head = handoff::completions_consumed(self.0.0.words());
+        let cq_head = handoff::completions_consumed(self.0 .0.words());
         counters.cq_tail.wrapping_sub(cq_head) >= self.entries()
     }
 
@@ -568,7 +575,7 @@ impl<'a> ServerRing<'a> {
         }
         let entries = self.entries();
         if counters.cq_tail.wrapping_sub(counters.cq_head_seen) >= entries {
-            let cq_head = handoff::completions_consumed(self.0.0.words());
+            let cq_head = handoff::completions_consumed(self.0 .0.words());
             if counters.cq_tail.wrapping_sub(cq_head) > entries {
                 return Err(RingError::CqHead);
             }
@@ -577,14 +584,14 @@ impl<'a> ServerRing<'a> {
         let room = entries - counters.cq_tail.wrapping_sub(counters.cq_head_seen);
         let mut served = 0;
         while served < room && self.has_work(counters) {
-            let request = self.0.0.read_entry(self.0.0.sq_at(counters.sq_head));
+            let request = self.0 .0.read_entry(self.0 .0.sq_at(counters.sq_head));
             let completion = answer(&request);
             let at = counters.cq_tail;
-            self.0.0.publish_entry(
-                self.0.0.cq_at(at),
+            self.0 .0.publish_entry(
+                self.0 .0.cq_at(at),
                 &completion,
                 CQE_STAMP_AT,
-                self.0.0.stamp(at),
+                self.0 .0.stamp(at),
             );
             counters.sq_head = counters.sq_head.wrapping_add(1);
             counters.cq_tail = at.wrapping_add(1);
@@ -600,7 +607,7 @@ impl<'a> ServerRing<'a> {
     }
 
     fn publish(&self, counters: &ServerCounters, waker: &impl Wake) {
-        let words = self.0.0.words();
+        let words = self.0 .0.words();
         if handoff::publish_completions(words, counters.sq_head, counters.cq_tail) {
             waker.wake(words.cq_tail);
         }
@@ -613,7 +620,7 @@ impl<'a> ServerRing<'a> {
     /// well-behaved one never has more in flight than its CQ holds). Call
     /// [`ServerRing::end_sleep`] when done waiting either way.
     pub fn prepare_sleep(&self, counters: &ServerCounters) -> bool {
-        handoff::begin_submission_wait(self.0.0.words(), || {
+        handoff::begin_submission_wait(self.0 .0.words(), || {
             !self.has_work(counters) || self.cq_full_now(counters)
         })
     }
@@ -621,7 +628,7 @@ impl<'a> ServerRing<'a> {
     /// Clears NEED_WAKEUP after [`ServerRing::prepare_sleep`], whether the
     /// server slept or not.
     pub fn end_sleep(&self) {
-        handoff::end_submission_wait(self.0.0.words());
+        handoff::end_submission_wait(self.0 .0.words());
     }
 }
 

@@ -114,6 +114,13 @@ fn mixed(client: &Client, threads: usize, ops: usize, seed: u64) -> String {
 fn mixed_thread(client: &Client, ops: usize, seed: u64) -> (u64, u64, usize) {
     let mut live: Vec<(Handle, Vec<u8>)> = Vec::new();
     let (mut wrong, mut errors) = (0u64, 0u64);
+    // The first few errors go to stderr: a count alone says nothing of why.
+    let mut error = |what: &str, e: hreg::Error| {
+        errors += 1;
+        if errors <= 5 {
+            eprintln!("mixed: {what} failed: {e}");
+        }
+    };
     let mut state = seed | 1;
     let mut next = || {
         state ^= state << 13;
@@ -128,26 +135,26 @@ fn mixed_thread(client: &Client, ops: usize, seed: u64) -> (u64, u64, usize) {
             let value = checked_value(next(), len);
             match client.insert(&value, 0) {
                 Ok(h) => live.push((h, value)),
-                Err(_) => errors += 1,
+                Err(e) => error("insert", e),
             }
         } else if roll < 70 {
             let (h, expected) = &live[i % live.len()];
             match client.get(*h) {
                 Ok(got) if got == *expected && value_is_intact(&got) => {}
                 Ok(_) => wrong += 1,
-                Err(_) => errors += 1,
+                Err(e) => error("get", e),
             }
         } else if roll < 85 {
             let at = i % live.len();
             let value = checked_value(next(), len);
             match client.replace(live[at].0, &value) {
                 Ok(()) => live[at].1 = value,
-                Err(_) => errors += 1,
+                Err(e) => error("replace", e),
             }
         } else {
             let (h, _) = live.swap_remove(i % live.len());
-            if client.release(h).is_err() {
-                errors += 1;
+            if let Err(e) = client.release(h) {
+                error("release", e);
             }
         }
     }

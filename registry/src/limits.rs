@@ -1,0 +1,199 @@
+//! What the registry may hold, and what each uid holds: the limits (global
+//! and per uid, changeable while serving), the counters kept against them,
+//! and reservations that are given back unless kept.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes of ring staging one session may hold at once: four values of the
+/// largest size (several threads may move large values at the same time),
+/// and never less than 4 MiB.
+pub fn session_staging_cap(max_value_size: usize) -> u64 {
+    (max_value_size as u64).saturating_mul(4).max(4 << 20)
+}
+
+/// Limits on what the registry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest value, in bytes; a longer one is TOO_BIG.
+    pub max_value_size: usize,
+    /// Live objects, all uids together.
+    pub max_objects: u64,
+    /// Value bytes, all uids together; ring staging counts against it too.
+    pub max_bytes: u64,
+    /// Objects one uid may own.
+    pub uid_max_objects: u64,
+    /// Value bytes one uid may own.
+    pub uid_max_bytes: u64,
+}
+
+/// The daemon's defaults: 1 MiB values, 2^24 objects and 4 GiB of values
+/// in all, and no tighter cap per uid.
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value_size: 1 << 20,
+            max_objects: 1 << 24,
+            max_bytes: 1 << 32,
+            uid_max_objects: 1 << 24,
+            uid_max_bytes: 1 << 32,
+        }
+    }
+}
+
+/// The limits in force, changeable while the registry serves (SIGHUP).
+#[derive(Debug)]
+pub(crate) struct LimitCell {
+    max_value_size: AtomicU64,
+    max_objects: AtomicU64,
+    max_bytes: AtomicU64,
+    uid_max_objects: AtomicU64,
+    uid_max_bytes: AtomicU64,
+}
+
+impl LimitCell {
+    pub(crate) fn new(limits: Limits) -> LimitCell {
+        let cell = LimitCell {
+            max_value_size: AtomicU64::new(0),
+            max_objects: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(0),
+            uid_max_objects: AtomicU64::new(0),
+            uid_max_bytes: AtomicU64::new(0),
+        };
+        cell.set(limits);
+        cell
+    }
+
+    pub(crate) fn set(&self, limits: Limits) {
+        self.max_value_size
+            .store(limits.max_value_size as u64, Ordering::Relaxed);
+        self.max_objects
+            .store(limits.max_objects, Ordering::Relaxed);
+        self.max_bytes.store(limits.max_bytes, Ordering::Relaxed);
+        self.uid_max_objects
+            .store(limits.uid_max_objects, Ordering::Relaxed);
+        self.uid_max_bytes
+            .store(limits.uid_max_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Limits {
+        Limits {
+            max_value_size: self.max_value_size.load(Ordering::Relaxed) as usize,
+            max_objects: self.max_objects.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes.load(Ordering::Relaxed),
+            uid_max_objects: self.uid_max_objects.load(Ordering::Relaxed),
+            uid_max_bytes: self.uid_max_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn max_value_size(&self) -> usize {
+        self.max_value_size.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Objects and bytes counted against a limit: the bytes of live values, and
+/// two kinds of bytes that are no object's but count against the same byte
+/// limit, so that nothing passes it: large values in transit (ring staging
+/// buffers), and replaced values that borrowed references still hold back
+/// from reuse.
+#[derive(Debug, Default)]
+pub struct Counters {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+    staged: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Counters {
+    /// Adds to the counts unless one would pass its maximum (value and
+    /// staged bytes together against `max_bytes`).
+    pub(crate) fn reserve(
+        &self,
+        objects: u64,
+        bytes: u64,
+        max_objects: u64,
+        max_bytes: u64,
+    ) -> bool {
+        let total_objects = self
+            .objects
+            .fetch_add(objects, Ordering::Relaxed)
+            .saturating_add(objects);
+        let total_bytes = self
+            .bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes)
+            .saturating_add(self.staged.load(Ordering::Relaxed))
+            .saturating_add(self.held.load(Ordering::Relaxed));
+        if total_objects > max_objects || total_bytes > max_bytes {
+            self.give_back(objects, bytes);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn give_back(&self, objects: u64, bytes: u64) {
+        self.objects.fetch_sub(objects, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds `bytes` of staging unless values and staging together would
+    /// pass `max_bytes`.
+    pub(crate) fn reserve_staged(&self, bytes: u64, max_bytes: u64) -> bool {
+        let staged = self
+            .staged
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        let others = self.bytes.load(Ordering::Relaxed) + self.held.load(Ordering::Relaxed);
+        if staged.saturating_add(others) > max_bytes {
+            self.staged.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn give_back_staged(&self, bytes: u64) {
+        self.staged.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Sets the bytes held back from reuse on this count's behalf.
+    pub(crate) fn set_held(&self, bytes: u64) {
+        self.held.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            objects: self.objects.load(Ordering::Relaxed),
+            value_bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Figures about the registry's content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live objects.
+    pub objects: u64,
+    /// Bytes of their values (ring staging not included).
+    pub value_bytes: u64,
+}
+
+/// A reservation against the global and one uid's limits, undone on drop
+/// unless kept.
+pub(crate) struct Charge<'a> {
+    pub(crate) counters: [&'a Counters; 2],
+    pub(crate) objects: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Charge<'_> {
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        for counters in self.counters {
+            counters.give_back(self.objects, self.bytes);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The memfds the registry keeps its read side in ("chunks"): made sealed
+//! against growing and shrinking, owned by the daemon's uid with mode 0600,
+//! mapped read/write in the daemon, and handed to clients only as read-only
+//! reopens (so a client of another uid can neither map them writable,
+//! `mprotect` them, `write()` or `ftruncate` them, nor reopen them
+//! read/write through `/proc`).
+//!
+//! A chunk is never resized and never unmapped while the registry lives.
+//! Its pages are allocated (`fallocate`) before the daemon writes them, so
+//! running out of memory is an error the registry reports (QUOTA), never a
+//! SIGBUS; large freed ranges are punched out again.
+
+use hreg_proto::shm::{Access, Mapping};
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
+use std::io;
+use std::sync::Arc;
+
+/// One memfd of the read side and the daemon's mapping of it.
+#[derive(Debug)]
+pub struct Chunk {
+    fd: OwnedFd,
+    map: Arc<Mapping>,
+}
+
+impl Chunk {
+    /// A new chunk of `len` bytes, named `name` (as `/proc/PID/fd` shows it).
+    /// Nothing of it is allocated yet.
+    pub fn create(name: &str, len: usize) -> io::Result<Chunk> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        Chunk::adopt(fd)
+    }
+
+    /// The chunk in `fd`, a memfd made by [`Chunk::create`] (by this process
+    /// or an earlier daemon): checked to be sealed against resizing, and
+    /// mapped.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Chunk> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk is not sealed against resizing",
+            ));
+        }
+        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "chunk size"))?;
+        let map = Arc::new(Mapping::map(&fd, len, Access::ReadWrite)?);
+        Ok(Chunk { fd, map })
+    }
+
+    /// Bytes of the chunk.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the chunk is empty (never: chunks have at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The daemon's mapping.
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    /// The memfd itself (to keep it across a restart).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// A read-only descriptor of the chunk for a client: a reopen of the
+    /// memfd through `/proc/self/fd` with `O_RDONLY`.
+    pub fn read_only(&self) -> io::Result<OwnedFd> {
+        let path = format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd());
+        Ok(rustix::fs::open(
+            path.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Allocates the pages of `offset .. offset + len` before the daemon
+    /// writes them.
+    pub fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        Ok(rustix::fs::fallocate(
+            &self.fd,
+            FallocateFlags::empty(),
+            offset,
+            len,
+        )?)
+    }
+
+    /// Gives the pages of `offset .. offset + len` back (they read as zeroes
+    /// until allocated again).
+    pub fn punch(&self, offset: u64, len: u64) {
+        let _ = rustix::fs::fallocate(
+            &self.fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_sealed_private_and_read_only_for_clients() {
+        let chunk = Chunk::create("hreg-test", 1 << 16).unwrap();
+        assert_eq!(chunk.len(), 1 << 16);
+        chunk.allocate(0, 4096).unwrap();
+        assert!(chunk.mapping().store(100, b"bytes"));
+        let stat = rustix::fs::fstat(chunk.fd()).unwrap();
+        assert_eq!(stat.st_mode & 0o777, 0o600);
+        assert!(rustix::fs::ftruncate(chunk.fd(), 1).is_err(), "sealed");
+        let ro = chunk.read_only().unwrap();
+        assert!(rustix::io::write(&ro, b"x").is_err());
+        assert!(Mapping::map(&ro, 1 << 16, Access::ReadWrite).is_err());
+        let view = Mapping::map(&ro, 1 << 16, Access::ReadOnly).unwrap();
+        let mut out = [0u8; 5];
+        assert!(view.load(100, &mut out));
+        assert_eq!(&out, b"bytes");
+        chunk.punch(0, 4096);
+        assert!(view.load(100, &mut out));
+        assert_eq!(out, [0; 5], "punched out");
+        assert!(
+            Chunk::adopt(chunk.read_only().unwrap()).is_err(),
+            "adopting needs a writable descriptor"
+        );
+    }
+}
