@@ -375,6 +375,46 @@ int hreg_submit(struct hreg_client *c, struct hreg_op *ops, size_t n);
 int hreg_stats_get(struct hreg_client *c, struct hreg_stats *out);
 
 /**
+ * Borrows the value of `h` without copying it: `*data` points at the value
+ * in read-only shared memory (or, for a short value, at a private copy) and
+ * stays valid, with the same bytes, until `hreg_ref_release(c, *ref)`, even
+ * if the object is replaced or removed meanwhile. Do not write through it.
+ * `*len` is the value's length (`*data` may be any non-NULL pointer when it
+ * is 0). Any thread of `c` may release the reference; `hreg_disconnect`
+ * releases all of them.
+ *
+ * Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, `data`, `len` or `ref`,
+ * handle 0); HREG_ERR_STALE; HREG_ERR_DENIED (another user's unshared
+ * object); HREG_ERR_QUOTA (1024 references already open on `c`);
+ * HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*data`, `*len`
+ * and `*ref` are written only on success.
+ *
+ * Does not block when the value can be read in this process (the usual
+ * case); else waits for the daemon, as `hreg_get` does.
+ *
+ * # Safety
+ * `c` is NULL or a live client; `data`, `len` and `ref` are NULL or
+ * writable.
+ */
+int hreg_get_ref(struct hreg_client *c,
+                 hreg_handle h,
+                 const void **data,
+                 size_t *len,
+                 uint64_t *ref);
+
+/**
+ * Releases a reference `hreg_get_ref` gave: its `data` pointer must not be
+ * used any more.
+ *
+ * Returns HREG_OK; HREG_ERR_INVALID (NULL `c`; `ref` unknown to `c` or
+ * already released). Does not block.
+ *
+ * # Safety
+ * `c` is NULL or a live client.
+ */
+int hreg_ref_release(struct hreg_client *c, uint64_t ref);
+
+/**
  * A short English description of `status`: a static NUL-terminated string
  * the caller must not free, for every status and a generic one for any
  * other value. Never NULL. Does not block.

@@ -7,18 +7,34 @@
 #![allow(non_camel_case_types)]
 
 use hreg_proto::Status;
-use hreg_rs::{Client, Completion, Error, Handle, Op};
+use hreg_rs::{Client, Completion, Error, Handle, Op, OwnedValueRef};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// A connection to `hregd`: one session, usable from many threads at once
 /// (each thread gets its own ring). Made by `hreg_connect`, freed by
 /// `hreg_disconnect`.
 pub struct hreg_client {
+    /// Open references (`hreg_get_ref`), by token. Declared first: dropped
+    /// before the client, so `hreg_disconnect` releases them all.
+    refs: Mutex<RefTable>,
     client: Client,
+}
+
+/// Most references one client may have open at once (`hreg_get_ref`):
+/// as many as a session has pins, whether a value is borrowed in place or
+/// (short) copied, so the limit does not depend on value sizes.
+const MAX_REFS: usize = hreg_proto::pins::PIN_ENTRIES;
+
+/// A client's open references. Tokens are never 0 and never reused.
+#[derive(Default)]
+struct RefTable {
+    last: u64,
+    open: HashMap<u64, OwnedValueRef>,
 }
 
 /// The name of an object in the registry. 0 is never a valid handle.
@@ -154,6 +170,7 @@ const OK: c_int = hreg_status::HREG_OK as c_int;
 const INVALID: c_int = hreg_status::HREG_ERR_INVALID as c_int;
 const TOO_BIG: c_int = hreg_status::HREG_ERR_TOO_BIG as c_int;
 const BUFFER: c_int = hreg_status::HREG_ERR_BUFFER as c_int;
+const QUOTA: c_int = hreg_status::HREG_ERR_QUOTA as c_int;
 const IO: c_int = hreg_status::HREG_ERR_IO as c_int;
 
 /// The C status of a Rust error.
@@ -172,9 +189,20 @@ fn guard(body: impl FnOnce() -> c_int) -> c_int {
 /// # Safety
 /// `c` is NULL or came from `hreg_connect` and was not disconnected.
 unsafe fn client<'a>(c: *const hreg_client) -> Result<&'a Client, c_int> {
+    // SAFETY: passed on from the caller.
+    unsafe { whole_client(c) }.map(|c| &c.client)
+}
+
+/// The hreg_client behind a C pointer (client and reference table); NULL is
+/// INVALID.
+///
+/// # Safety
+/// As for `client`.
+unsafe fn whole_client<'a>(c: *const hreg_client) -> Result<&'a hreg_client, c_int> {
     // SAFETY: the caller guarantees a non-NULL `c` is a live hreg_client
-    // made by hreg_connect (a Box); it is only read, and Client is Sync.
-    unsafe { c.as_ref() }.map(|c| &c.client).ok_or(INVALID)
+    // made by hreg_connect (a Box); it is only read, and both its fields
+    // are Sync.
+    unsafe { c.as_ref() }.ok_or(INVALID)
 }
 
 /// A value given by C: `data == NULL` with `len == 0` is empty.
@@ -429,7 +457,10 @@ pub unsafe extern "C" fn hreg_connect(
         };
         match connected {
             Ok(client) => {
-                let c = Box::into_raw(Box::new(hreg_client { client }));
+                let c = Box::into_raw(Box::new(hreg_client {
+                    refs: Mutex::default(),
+                    client,
+                }));
                 // SAFETY: as above.
                 unsafe { out.write(c) };
                 OK
@@ -701,6 +732,103 @@ pub unsafe extern "C" fn hreg_stats_get(c: *mut hreg_client, out: *mut hreg_stat
                 OK
             }
             Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// Borrows the value of `h` without copying it: `*data` points at the value
+/// in read-only shared memory (or, for a short value, at a private copy) and
+/// stays valid, with the same bytes, until `hreg_ref_release(c, *ref)`, even
+/// if the object is replaced or removed meanwhile. Do not write through it.
+/// `*len` is the value's length (`*data` may be any non-NULL pointer when it
+/// is 0). Any thread of `c` may release the reference; `hreg_disconnect`
+/// releases all of them.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, `data`, `len` or `ref`,
+/// handle 0); HREG_ERR_STALE; HREG_ERR_DENIED (another user's unshared
+/// object); HREG_ERR_QUOTA (1024 references already open on `c`);
+/// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*data`, `*len`
+/// and `*ref` are written only on success.
+///
+/// Does not block when the value can be read in this process (the usual
+/// case); else waits for the daemon, as `hreg_get` does.
+///
+/// # Safety
+/// `c` is NULL or a live client; `data`, `len` and `ref` are NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_get_ref(
+    c: *mut hreg_client,
+    h: hreg_handle,
+    data: *mut *const c_void,
+    len: *mut usize,
+    r#ref: *mut u64,
+) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let whole = match unsafe { whole_client(c) } {
+            Ok(whole) => whole,
+            Err(status) => return status,
+        };
+        if data.is_null() || len.is_null() || r#ref.is_null() {
+            return INVALID;
+        }
+        let h = match handle(h) {
+            Ok(h) => h,
+            Err(status) => return status,
+        };
+        // Borrowed before the table is checked: STALE and DENIED come
+        // before QUOTA.
+        let value = match whole.client.get_ref_owned(h) {
+            Ok(value) => value,
+            Err(e) => return status_of(&e),
+        };
+        let mut refs = whole.refs.lock().unwrap_or_else(|e| e.into_inner());
+        if refs.open.len() >= MAX_REFS {
+            return QUOTA;
+        }
+        refs.last += 1;
+        let token = refs.last;
+        let (start, length) = (value.as_ptr(), value.len());
+        refs.open.insert(token, value);
+        // SAFETY: all three are non-NULL and writable (caller's contract).
+        unsafe {
+            data.write(start.cast());
+            len.write(length);
+            r#ref.write(token);
+        }
+        OK
+    })
+}
+
+/// Releases a reference `hreg_get_ref` gave: its `data` pointer must not be
+/// used any more.
+///
+/// Returns HREG_OK; HREG_ERR_INVALID (NULL `c`; `ref` unknown to `c` or
+/// already released). Does not block.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_ref_release(c: *mut hreg_client, r#ref: u64) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let whole = match unsafe { whole_client(c) } {
+            Ok(whole) => whole,
+            Err(status) => return status,
+        };
+        let released = whole
+            .refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .remove(&r#ref);
+        match released {
+            Some(value) => {
+                drop(value);
+                OK
+            }
+            None => INVALID,
         }
     })
 }

@@ -3,9 +3,10 @@
 //! ([`crate::rings`] picks it, [`crate::engine`] runs the batch) and sends
 //! the slow requests (stats, listing) over the control socket.
 
+use crate::borrow::{OwnedValueRef, ValueRef};
 use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
-use crate::reads::{Borrowed, Output, Resolved};
+use crate::reads::{Output, Resolved};
 use crate::rings::Rings;
 use crate::session::Session;
 use crate::{Completion, Op, Stats};
@@ -13,7 +14,6 @@ use hreg_proto::control::{
     ControlRequest, ListFilter, ObjectInfo, Reply, SessionInfo, UsageReply, Welcome,
 };
 use hreg_proto::handle::Handle;
-use hreg_proto::pins::PinTable;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -212,10 +212,7 @@ impl Client {
         if let Some(read) = self.read_here(handle, &mut Output::Vec(&mut value)) {
             return read.map(|_| value);
         }
-        match self.one(Op::GetOwned { handle })? {
-            Completion::Value(v) => Ok(v),
-            other => Err(unexpected(other)),
-        }
+        self.get_through_ring(handle)
     }
 
     /// Borrows the value of `handle` without copying it: the bytes are read
@@ -225,17 +222,25 @@ impl Client {
     /// ([`Error::Quota`] past that). Short values, and values this session
     /// cannot map, come as a copy.
     pub fn get_ref(&self, handle: Handle) -> Result<ValueRef<'_>> {
-        let session = &self.inner.session;
-        session.may_read_here()?;
-        let pins = session.memory().pins();
-        let borrowed = match session.reads().borrow(&**session, pins, handle)? {
-            Some(borrowed) => borrowed,
-            None => match self.one(Op::GetOwned { handle })? {
-                Completion::Value(v) => Borrowed::Copied(v),
-                other => return Err(unexpected(other)),
-            },
-        };
-        Ok(ValueRef { borrowed, pins })
+        ValueRef::new(&self.inner.session, handle, || {
+            self.get_through_ring(handle)
+        })
+    }
+
+    /// [`Client::get_ref`], for a reference that must not borrow the client
+    /// (bindings, reference tables, other threads): it keeps the session
+    /// alive itself and counts against the same 1024.
+    pub fn get_ref_owned(&self, handle: Handle) -> Result<OwnedValueRef> {
+        OwnedValueRef::new(Arc::clone(&self.inner.session), handle, || {
+            self.get_through_ring(handle)
+        })
+    }
+
+    fn get_through_ring(&self, handle: Handle) -> Result<Vec<u8>> {
+        match self.one(Op::GetOwned { handle })? {
+            Completion::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Copies the value of `handle` into `buf` and returns its length.
@@ -339,43 +344,6 @@ impl Client {
                 Reply::Usage(usage) => Some(usage),
                 _ => None,
             })
-    }
-}
-
-/// A value borrowed by [`Client::get_ref`]: the bytes in place, unchanged
-/// until this is dropped.
-pub struct ValueRef<'c> {
-    borrowed: Borrowed<'c>,
-    pins: PinTable<'c>,
-}
-
-impl std::ops::Deref for ValueRef<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match &self.borrowed {
-            Borrowed::Pinned { bytes, .. } => bytes,
-            Borrowed::Copied(bytes) => bytes,
-        }
-    }
-}
-
-impl Drop for ValueRef<'_> {
-    fn drop(&mut self) {
-        if let Borrowed::Pinned { pin, .. } = self.borrowed {
-            self.pins.unpin(pin);
-        }
-    }
-}
-
-impl std::fmt::Debug for ValueRef<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ValueRef")
-            .field("len", &self.len())
-            .field(
-                "in_place",
-                &matches!(self.borrowed, Borrowed::Pinned { .. }),
-            )
-            .finish()
     }
 }
 
@@ -590,5 +558,7 @@ mod tests {
     fn client_is_send_and_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<Client>();
+        check_owned::<crate::OwnedValueRef>();
+        fn check_owned<T: Send + Sync>() {}
     }
 }

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod borrow;
 mod client;
 mod control;
 mod engine;
@@ -28,7 +29,8 @@ mod rings;
 mod session;
 mod shm;
 
-pub use client::{Client, ValueRef};
+pub use borrow::{OwnedValueRef, ValueRef};
+pub use client::Client;
 pub use error::{Error, Result};
 pub use hreg_proto::control::{
     ListFilter, ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,

@@ -15,9 +15,9 @@
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
-use crate::shm::{pinned_bytes, OwnedMapping};
+use crate::shm::{OwnedMapping, PinnedBlock};
 use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
-use hreg_proto::pins::{Pin, PinTable};
+use hreg_proto::pins::PinTable;
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::table::{
     header::Header, slot_chunk_len, slot_place, Payload, Read, SlotView, MAX_HEAP_CHUNKS,
@@ -104,12 +104,12 @@ pub(crate) enum Resolved {
     Ring,
 }
 
-/// A value borrowed from shared memory: valid, unchanged, while its pin
-/// holds; or, for a value kept inside its slot (which a replace rewrites),
-/// a copy.
-pub(crate) enum Borrowed<'a> {
+/// A value borrowed from shared memory: a pinned block, valid and
+/// unchanged while its pin holds; or, for a value kept inside its slot
+/// (which a replace rewrites), a copy.
+pub(crate) enum Borrowed {
     /// A pinned block of a heap chunk.
-    Pinned { bytes: &'a [u8], pin: Pin },
+    Pinned(PinnedBlock),
     /// A short value, copied out of its slot.
     Copied(Vec<u8>),
 }
@@ -286,18 +286,24 @@ impl Reads {
     /// Borrows the value of `handle`, pinning its block in `pins` first (the
     /// pin is cleared again unless it is handed out). `Ok(None)`: not
     /// readable here.
-    pub(crate) fn borrow<'a>(
-        &'a self,
+    pub(crate) fn borrow(
+        &self,
         source: &dyn ChunkSource,
         pins: PinTable<'_>,
         handle: Handle,
-    ) -> Result<Option<Borrowed<'a>>> {
+    ) -> Result<Option<Borrowed>> {
         let parts = HandleParts::decode(handle.get());
         let Some((maps, view)) = self.slot(source, &parts)? else {
             return Ok(None);
         };
         let epoch = Header::new(&self.header).expect("checked in new").epoch();
-        let pin = pins.pin(parts.domain, epoch).ok_or(Error::Quota)?;
+        let Some(pin) = pins.pin(parts.domain, epoch) else {
+            // Every pin taken; a handle already gone is still STALE first.
+            let gone = view.snapshot().is_some_and(|slot| {
+                slot.generation != parts.generation || slot.payload == Payload::Free
+            });
+            return Err(if gone { Error::Stale } else { Error::Quota });
+        };
         let mut fetched = false;
         let mut torn = 0;
         let outcome = loop {
@@ -322,15 +328,15 @@ impl Reads {
                         .ok_or_else(|| Error::Protocol("inline value too long".into()));
                 }
                 Payload::Heap(at) => {
-                    let bytes = maps.heap_chunk(at.chunk).and_then(|chunk| {
+                    let block = maps.heap_chunk(at.chunk).and_then(|chunk| {
                         let offset = usize::try_from(at.offset).ok()?;
-                        // SAFETY: the block is pinned (above) and was in its
-                        // slot after the pin; the pin is cleared only when
-                        // the borrow ends (the caller's Drop).
-                        unsafe { pinned_bytes(chunk, offset, slot.len as usize) }
+                        // SAFETY: a heap chunk of this session's reads; the
+                        // block is pinned in this session's table (above)
+                        // and was in its slot after the pin.
+                        unsafe { PinnedBlock::new(chunk, offset, slot.len as usize, pin) }
                     });
-                    match bytes {
-                        Some(bytes) => break Ok(Some(Borrowed::Pinned { bytes, pin })),
+                    match block {
+                        Some(block) => break Ok(Some(Borrowed::Pinned(block))),
                         None if !fetched => {
                             fetched = true;
                             match self.fetch(source, parts.domain) {
@@ -346,7 +352,7 @@ impl Reads {
                 }
             }
         };
-        if !matches!(outcome, Ok(Some(Borrowed::Pinned { .. }))) {
+        if !matches!(outcome, Ok(Some(Borrowed::Pinned(_)))) {
             pins.unpin(pin);
         }
         outcome

@@ -8,7 +8,7 @@
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
-use hreg_proto::pins::{self, PinTable};
+use hreg_proto::pins::{self, Pin, PinTable};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::sync::AtomicU32;
@@ -129,22 +129,64 @@ impl SessionMapping {
     }
 }
 
-/// `len` bytes at `offset` of `map`, as a slice.
+/// A value block of a heap chunk, pinned: `len` bytes at `start`.
 ///
-/// # Safety
-/// The range is a value block this session has pinned, found in its slot
-/// after pinning (`hreg_proto::pins`): the daemon does not write it until
-/// the pin is cleared, so it must not be cleared while the slice lives; and
-/// `map` outlives the slice (the lifetime says so).
-pub(crate) unsafe fn pinned_bytes(map: &Mapping, offset: usize, len: usize) -> Option<&[u8]> {
-    let end = offset.checked_add(len)?;
-    let start = map.address_of(offset)?;
-    map.address_of(end)?;
-    // SAFETY: `start .. start + len` lies inside the mapping (both ends
-    // checked), which lives as long as the returned borrow; the bytes do not
-    // change while the caller's pin holds (the caller's contract), and no
-    // one in this process writes a read-only mapping.
-    Some(unsafe { std::slice::from_raw_parts(start, len) })
+/// Invariants (made by [`PinnedBlock::new`]'s caller): the block was in its
+/// slot after `pin` was taken in the session's pin table, so the daemon does
+/// not reuse it until the pin is cleared; and it lies in a chunk mapping of
+/// the session's reads, which stays mapped as long as the session does.
+/// Whoever holds one keeps the session alive and clears the pin exactly
+/// once, after the last use of the bytes (`crate::borrow`).
+pub(crate) struct PinnedBlock {
+    start: std::ptr::NonNull<u8>,
+    len: usize,
+    pin: Pin,
+}
+
+// SAFETY: the block is read-only shared memory that nobody in this process
+// writes and that stays mapped while the session lives (the invariants
+// above); reading it from any thread is sound.
+unsafe impl Send for PinnedBlock {}
+// SAFETY: as for Send: shared access only reads.
+unsafe impl Sync for PinnedBlock {}
+
+impl PinnedBlock {
+    /// The block at `offset .. offset + len` of `map`, or `None` when that
+    /// range is not inside the mapping.
+    ///
+    /// # Safety
+    /// `map` is a heap chunk mapping of the session whose pin table holds
+    /// `pin`, and the block was found in its slot after `pin` was taken
+    /// (`hreg_proto::pins`).
+    pub(crate) unsafe fn new(
+        map: &Mapping,
+        offset: usize,
+        len: usize,
+        pin: Pin,
+    ) -> Option<PinnedBlock> {
+        let end = offset.checked_add(len)?;
+        map.address_of(end)?;
+        let start = std::ptr::NonNull::new(map.address_of(offset)?.cast_mut())?;
+        Some(PinnedBlock { start, len, pin })
+    }
+
+    /// The bytes.
+    ///
+    /// # Safety
+    /// The session the block belongs to is alive, and its pin not cleared,
+    /// for as long as the returned slice is used.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: `start .. start + len` lies inside the mapping (both ends
+        // checked in new), which is mapped while the session lives; the bytes
+        // do not change while the pin holds (the caller's contract), and no
+        // one in this process writes a read-only mapping.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+
+    /// The pin holding the block.
+    pub(crate) fn pin(&self) -> Pin {
+        self.pin
+    }
 }
 
 /// How a futex wait ended.

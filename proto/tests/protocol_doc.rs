@@ -176,3 +176,31 @@ fn opcodes_and_statuses_carry_the_codes_numbers() {
         );
     }
 }
+
+#[test]
+fn the_handle_and_read_side_figures_are_the_codes() {
+    use hreg_proto::handle::{DOMAIN_BITS, GENERATION_BITS, INSTANCE_BITS, SLOT_BITS};
+    use hreg_proto::pins::PIN_ENTRIES;
+    use hreg_proto::table::{
+        header, FIRST_SLOT_CHUNK, INLINE_VALUE, MAX_SLOT_CHUNKS, SHARED_DOMAIN, SLOT_SIZE,
+    };
+    let flat = document().replace('\n', " ");
+    for said in [
+        format!("| instance ({INSTANCE_BITS})|"),
+        format!("domain ({DOMAIN_BITS})"),
+        format!("generation ({GENERATION_BITS})"),
+        format!("slot ({SLOT_BITS})"),
+        format!("Domain {SHARED_DOMAIN} holds every SHARED object"),
+        format!("`{FIRST_SLOT_CHUNK} << k` slots of {SLOT_SIZE} bytes (at most {MAX_SLOT_CHUNKS} chunks)"),
+        format!("up to {INLINE_VALUE} bytes"),
+        format!("(`pin entries` entries, {PIN_ENTRIES})"),
+        format!("read-only, {} bytes", header::LEN),
+        format!("layout version `u32` ({})", header::VERSION),
+        format!(
+            "magic `\"{}\"`",
+            String::from_utf8_lossy(&header::MAGIC.to_le_bytes())
+        ),
+    ] {
+        assert!(flat.contains(&said), "PROTOCOL.md must say {said:?}");
+    }
+}

@@ -4,8 +4,11 @@
  *
  *   api all SOCKET VERSION   every function; INVALID, STALE, TOO_BIG, BUFFER,
  *                            NOT_HELD and CONNECT; batches with per-op
- *                            statuses; stats; a forked child; CLOEXEC on
- *                            every descriptor the library opened
+ *                            statuses; borrowed references (hreg_get_ref):
+ *                            bytes kept through replace and remove, release
+ *                            from another thread, QUOTA at 1024; stats; a
+ *                            forked child; CLOEXEC on every descriptor the
+ *                            library opened
  *   api fdcount N            (exec'd by `all`) fails unless exactly N
  *                            descriptors are open
  *
@@ -17,6 +20,7 @@
 #include <hreg.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,6 +439,136 @@ static void test_cloexec(hreg_client *c, const unsigned char *at_start, const ch
     (void)c;
 }
 
+struct release_arg {
+    hreg_client *c;
+    uint64_t ref;
+    int status;
+};
+
+static void *release_elsewhere(void *p)
+{
+    struct release_arg *arg = p;
+    arg->status = hreg_ref_release(arg->c, arg->ref);
+    return NULL;
+}
+
+/* A value of `len` bytes that says which (len, salt) it is at every byte. */
+static void fill(unsigned char *buf, size_t len, unsigned salt)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (unsigned char)(i * 31 + salt);
+}
+
+static int intact(const void *data, size_t len, unsigned salt)
+{
+    const unsigned char *bytes = data;
+    for (size_t i = 0; i < len; i++)
+        if (bytes[i] != (unsigned char)(i * 31 + salt))
+            return 0;
+    return 1;
+}
+
+static void test_refs(hreg_client *c)
+{
+    uint64_t base = objects(c);
+    static unsigned char big[65536], other[65536];
+    const void *data = NULL;
+    size_t len = 0;
+    uint64_t ref = 0;
+    hreg_handle h, small;
+
+    /* Arguments first. */
+    fill(big, 4096, 7);
+    EXPECT(hreg_insert(c, big, 4096, 0, &h), HREG_OK);
+    EXPECT(hreg_get_ref(NULL, h, &data, &len, &ref), HREG_ERR_INVALID);
+    EXPECT(hreg_get_ref(c, 0, &data, &len, &ref), HREG_ERR_INVALID);
+    EXPECT(hreg_get_ref(c, h, NULL, &len, &ref), HREG_ERR_INVALID);
+    EXPECT(hreg_get_ref(c, h, &data, NULL, &ref), HREG_ERR_INVALID);
+    EXPECT(hreg_get_ref(c, h, &data, &len, NULL), HREG_ERR_INVALID);
+    CHECK(data == NULL && len == 0 && ref == 0);
+    EXPECT(hreg_ref_release(NULL, 1), HREG_ERR_INVALID);
+    EXPECT(hreg_ref_release(c, 0), HREG_ERR_INVALID);
+    EXPECT(hreg_ref_release(c, 12345), HREG_ERR_INVALID);
+
+    /* A 4 KiB value, borrowed, outlives a replace and a remove. */
+    EXPECT(hreg_get_ref(c, h, &data, &len, &ref), HREG_OK);
+    CHECK(data != NULL && len == 4096 && ref != 0 && intact(data, len, 7));
+    fill(other, 4096, 8);
+    EXPECT(hreg_replace(c, h, other, 4096), HREG_OK);
+    CHECK(intact(data, len, 7));
+    const void *now;
+    size_t now_len;
+    uint64_t now_ref;
+    EXPECT(hreg_get_ref(c, h, &now, &now_len, &now_ref), HREG_OK);
+    CHECK(now_len == 4096 && intact(now, now_len, 8) && now_ref != ref);
+    EXPECT(hreg_remove(c, h), HREG_OK);
+    /* Churn that would reuse a freed block of that size. */
+    for (int i = 0; i < 200; i++) {
+        hreg_handle t;
+        fill(other, 4096, 9);
+        EXPECT(hreg_insert(c, other, 4096, 0, &t), HREG_OK);
+        EXPECT(hreg_remove(c, t), HREG_OK);
+    }
+    CHECK(intact(data, len, 7) && intact(now, now_len, 8));
+    EXPECT(hreg_get_ref(c, h, &data, &len, &ref), HREG_ERR_STALE);
+    EXPECT(hreg_ref_release(c, now_ref), HREG_OK);
+    EXPECT(hreg_ref_release(c, now_ref), HREG_ERR_INVALID);
+
+    /* Released from another thread. */
+    struct release_arg arg = {.c = c, .ref = ref, .status = -1};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, release_elsewhere, &arg) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    EXPECT(arg.status, HREG_OK);
+    EXPECT(hreg_ref_release(c, ref), HREG_ERR_INVALID);
+
+    /* Short and empty values, and a large one. */
+    EXPECT(hreg_insert(c, "tiny", 4, 0, &small), HREG_OK);
+    EXPECT(hreg_get_ref(c, small, &data, &len, &ref), HREG_OK);
+    CHECK(len == 4 && memcmp(data, "tiny", 4) == 0);
+    EXPECT(hreg_replace(c, small, "TINY", 4), HREG_OK);
+    CHECK(memcmp(data, "tiny", 4) == 0);
+    EXPECT(hreg_ref_release(c, ref), HREG_OK);
+    hreg_handle empty, large;
+    EXPECT(hreg_insert(c, NULL, 0, 0, &empty), HREG_OK);
+    EXPECT(hreg_get_ref(c, empty, &data, &len, &ref), HREG_OK);
+    CHECK(len == 0);
+    EXPECT(hreg_ref_release(c, ref), HREG_OK);
+    fill(big, sizeof big, 3);
+    EXPECT(hreg_insert(c, big, sizeof big, 0, &large), HREG_OK);
+    EXPECT(hreg_get_ref(c, large, &data, &len, &ref), HREG_OK);
+    CHECK(len == sizeof big && intact(data, len, 3));
+    EXPECT(hreg_ref_release(c, ref), HREG_OK);
+
+    /* 1024 open at once; the next is QUOTA, but a stale handle is still
+       STALE; releasing one makes room. */
+    static uint64_t refs[1024];
+    for (int i = 0; i < 1024; i++) {
+        EXPECT(hreg_get_ref(c, i % 2 ? large : small, &data, &len, &refs[i]), HREG_OK);
+        for (int j = 0; j < i; j += 97)
+            CHECK(refs[j] != refs[i]);
+    }
+    EXPECT(hreg_get_ref(c, large, &data, &len, &ref), HREG_ERR_QUOTA);
+    EXPECT(hreg_get_ref(c, small, &data, &len, &ref), HREG_ERR_QUOTA);
+    EXPECT(hreg_get_ref(c, h, &data, &len, &ref), HREG_ERR_STALE);
+    /* Plain gets and other clients are not limited by them. */
+    char buf[8];
+    EXPECT(hreg_get(c, small, buf, sizeof buf, &len), HREG_OK);
+    hreg_client *second = connect_ok();
+    EXPECT(hreg_get_ref(second, large, &data, &len, &ref), HREG_OK);
+    CHECK(len == sizeof big && intact(data, len, 3));
+    hreg_disconnect(second); /* releases its reference */
+    EXPECT(hreg_ref_release(c, refs[100]), HREG_OK);
+    EXPECT(hreg_get_ref(c, large, &data, &len, &refs[100]), HREG_OK);
+    for (int i = 0; i < 1024; i++)
+        EXPECT(hreg_ref_release(c, refs[i]), HREG_OK);
+
+    EXPECT(hreg_release(c, small), HREG_OK);
+    EXPECT(hreg_release(c, empty), HREG_OK);
+    EXPECT(hreg_release(c, large), HREG_OK);
+    CHECK(objects(c) == base);
+}
+
 static int fdcount(int want)
 {
     unsigned char now[1024];
@@ -468,6 +602,7 @@ int main(int argc, char **argv)
     test_invalid(c);
     test_objects(c);
     test_submit(c);
+    test_refs(c);
     test_stats(c);
     test_fork(c);
     test_cloexec(c, at_start, argv[0]);

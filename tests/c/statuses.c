@@ -60,6 +60,13 @@ static void denied_child(hreg_client *parents, const char *path, hreg_handle min
     CHECK(len == 555);
     EXPECT(hreg_get(c, shared, buf, sizeof buf, &len), HREG_OK);
     CHECK(len == 6 && memcmp(buf, "shared", 6) == 0);
+    const void *data = NULL;
+    uint64_t ref = 0;
+    EXPECT(hreg_get_ref(c, mine, &data, &len, &ref), HREG_ERR_DENIED);
+    CHECK(data == NULL && ref == 0);
+    EXPECT(hreg_get_ref(c, shared, &data, &len, &ref), HREG_OK);
+    CHECK(len == 6 && memcmp(data, "shared", 6) == 0);
+    EXPECT(hreg_ref_release(c, ref), HREG_OK);
     /* retain needs read access; release without a reference is NOT_HELD. */
     EXPECT(hreg_retain(c, mine), HREG_ERR_DENIED);
     EXPECT(hreg_release(c, mine), HREG_ERR_NOT_HELD);

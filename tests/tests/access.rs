@@ -41,6 +41,13 @@ fn child_checks(socket: &std::path::Path, private: Handle, shared: Handle) -> St
     // Another user's unshared object: no access at all.
     note("private.get", name(&client.get(private)));
     note(
+        "private.get_ref",
+        match client.get_ref(private) {
+            Ok(v) => format!("WRONG:{:?}", &*v),
+            Err(e) => format!("{:?}", e.status()),
+        },
+    );
+    note(
         "private.replace",
         name(&client.replace(private, b"mine now")),
     );
@@ -56,6 +63,15 @@ fn child_checks(socket: &std::path::Path, private: Handle, shared: Handle) -> St
             Err(e) => format!("{:?}", e.status()),
         },
     );
+    // Once the shared domain is mapped, too.
+    note(
+        "private.get_ref_later",
+        match client.get_ref(private) {
+            Ok(v) => format!("WRONG:{:?}", &*v),
+            Err(e) => format!("{:?}", e.status()),
+        },
+    );
+    note("private.get_later", name(&client.get(private)));
     note("shared.retain", name(&client.retain(shared)));
     note("shared.release", name(&client.release(shared)));
     note("shared.release_again", name(&client.release(shared)));
@@ -192,6 +208,9 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
     };
     for (what, expected) in [
         ("private.get", "Denied"),
+        ("private.get_ref", "Denied"),
+        ("private.get_ref_later", "Denied"),
+        ("private.get_later", "Denied"),
         ("private.replace", "Denied"),
         ("private.remove", "Denied"),
         ("private.retain", "Denied"),

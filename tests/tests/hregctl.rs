@@ -118,6 +118,7 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
     single("hreg_sessions", &json["sessions"]);
     single("hreg_ops_total", &json["ops"]);
     single("hreg_ops_per_second", &json["ops_per_sec"]);
+    single("hreg_reclaim_pending_bytes", &json["reclaim_pending_bytes"]);
     single("hreg_uptime_seconds", &json["uptime_secs"]);
     single("hreg_max_objects", &json["limits"]["max_objects"]);
     single("hreg_max_value_bytes", &json["limits"]["max_bytes"]);

@@ -427,6 +427,7 @@ impl Figures {
             "sessions": s.sessions,
             "ops": s.ops,
             "ops_per_sec": u.ops_per_sec,
+            "reclaim_pending_bytes": u.reclaim_pending,
             "uptime_secs": u.uptime_secs,
             "limits": {
                 "max_objects": u.max_objects, "max_bytes": u.max_bytes,
@@ -449,6 +450,7 @@ impl Figures {
             ("sessions", s.sessions.to_string()),
             ("ops", s.ops.to_string()),
             ("ops/s", u.ops_per_sec.to_string()),
+            ("reclaiming", format!("{} bytes", u.reclaim_pending)),
             ("uptime", format!("{}s", u.uptime_secs)),
         ] {
             writeln!(out, "{name:<12} {value}")?;

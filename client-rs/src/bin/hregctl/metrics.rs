@@ -98,6 +98,12 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         usage.ops_per_sec,
     );
     e.single(
+        "hreg_reclaim_pending_bytes",
+        Gauge,
+        "Bytes of replaced or removed values waiting to be reused (borrowed references may hold them back).",
+        usage.reclaim_pending,
+    );
+    e.single(
         "hreg_uptime_seconds",
         Gauge,
         "Seconds since the daemon started.",
