@@ -608,6 +608,7 @@ fn a_borrowed_value_outlives_its_object_until_dropped() {
     let held = (removed_value.len() + replaced_value.len()) as u64;
     std::thread::sleep(Duration::from_millis(300));
     let pending = reclaim_pending(&client);
+    println!("held back by two references: {pending} bytes");
     assert!(
         pending >= held,
         "{pending} bytes wait for reclamation, less than the {held} borrowed"
