@@ -1,7 +1,9 @@
 //! Test harness for hreg's multi-process tests: starts real `hregd`
 //! processes on sockets in temporary directories, finds the built binaries,
-//! and offers small helpers (waiting with a deadline, checksummed values, a
-//! strict parser of the Prometheus text format in [`prometheus`]).
+//! and offers small helpers (waiting with a deadline, reproducible
+//! randomness, checksummed values, values stamped with their handle for the
+//! read-side tests in [`readside`], a strict parser of the Prometheus text
+//! format in [`prometheus`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub mod attacks;
 pub mod prometheus;
 pub mod raw;
+pub mod readside;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -311,6 +314,29 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// xorshift64: reproducible randomness without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; 0 is made non-zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// The next number of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
 /// A value that carries its own checksum: `len` bytes derived from `seed`,
 /// the last 8 of which are an FNV-1a hash of the rest (values shorter than 8
 /// bytes are checked against their seed instead).
@@ -336,7 +362,9 @@ pub fn value_is_intact(value: &[u8]) -> bool {
     value.len() >= 8 && fnv(&value[..value.len() - 8]).to_le_bytes() == value[value.len() - 8..]
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
+/// The FNV-1a hash of `bytes` (the checksum of [`checked_value`] and of
+/// [`readside::stamp`]; tests also print it to name a value briefly).
+pub fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
@@ -367,15 +395,28 @@ impl Helper {
     /// that gid, with no supplementary groups) when given.
     pub fn spawn_program(program: &str, socket: &Path, args: &[&str], uid: Option<u32>) -> Helper {
         use std::os::unix::process::CommandExt;
+        Helper::spawn_with(program, socket, args, |command| {
+            if let Some(uid) = uid {
+                command.gid(uid).uid(uid);
+            }
+        })
+    }
+
+    /// Starts a workspace binary `program SOCKET ARGS...`, letting `setup`
+    /// adjust the command first (environment, uid).
+    pub fn spawn_with(
+        program: &str,
+        socket: &Path,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Helper {
         let mut command = Command::new(binary(program));
         command
             .arg(socket)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        if let Some(uid) = uid {
-            command.gid(uid).uid(uid);
-        }
+        setup(&mut command);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
@@ -395,6 +436,12 @@ impl Helper {
         drop(self.child.stdin.take());
         let status = self.child.wait().expect("wait for helper");
         assert!(status.success(), "helper failed: {status}");
+    }
+
+    /// Closes the helper's stdin: a helper that works until then stops and
+    /// reports (its output stays readable by [`Helper::line`]).
+    pub fn close_input(&mut self) {
+        drop(self.child.stdin.take());
     }
 
     /// Kills the helper with SIGKILL and reaps it.

@@ -2,7 +2,7 @@
 //! tests can send what the real client library never would: handle 0,
 //! unknown opcodes, garbage HELLOs, corrupt ring counters.
 
-use hreg_proto::control::{ControlRequest, Reply, Welcome, MAX_MESSAGE};
+use hreg_proto::control::{ControlRequest, Reply, Welcome, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE};
 use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
 use hreg_proto::ring::{ClientCounters, ClientRing, Layout};
 use hreg_proto::shm::{Access, Mapping};
@@ -100,8 +100,27 @@ impl RawConn {
     }
 
     fn recv_with(&self, flags: RecvFlags) -> rustix::io::Result<Received> {
+        Ok(self
+            .recv_all_with(flags)?
+            .map(|(reply, fds)| (reply, fds.into_iter().next())))
+    }
+
+    /// The next reply (`None` inside if it does not decode) and every
+    /// descriptor attached to it (MAP_DOMAIN's chunks, WELCOME's session
+    /// memory and registry header); `Ok(None)` at EOF.
+    pub fn try_recv_all(&self) -> rustix::io::Result<Option<(Option<Reply>, Vec<OwnedFd>)>> {
+        self.recv_all_with(RecvFlags::empty())
+    }
+
+    fn recv_all_with(
+        &self,
+        flags: RecvFlags,
+    ) -> rustix::io::Result<Option<(Option<Reply>, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut space = vec![
+            MaybeUninit::<u8>::uninit();
+            rustix::cmsg_space!(ScmRights(MAX_CHUNKS_PER_REPLY as usize + 2))
+        ];
         let mut ancillary = RecvAncillaryBuffer::new(&mut space);
         let msg = rustix::net::recvmsg(
             &self.fd,
@@ -112,13 +131,13 @@ impl RawConn {
         if msg.bytes == 0 {
             return Ok(None);
         }
-        let mut fd = None;
+        let mut fds = Vec::new();
         for message in ancillary.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                fd = fds.into_iter().next();
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
             }
         }
-        Ok(Some((Reply::decode(&buf[..msg.bytes]).ok(), fd)))
+        Ok(Some((Reply::decode(&buf[..msg.bytes]).ok(), fds)))
     }
 
     /// Sets how long a receive waits before failing with `EAGAIN`.
