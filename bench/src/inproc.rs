@@ -123,7 +123,7 @@ impl Default for Hreg {
     fn default() -> Self {
         let registry =
             Registry::new(DEFAULT_SHARDS, Limits::default()).expect("the registry's memory");
-        let holder = registry.holder(1000);
+        let holder = registry.holder(1000).expect("a session's record");
         Hreg { registry, holder }
     }
 }

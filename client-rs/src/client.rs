@@ -90,7 +90,7 @@ impl Client {
     pub fn connect_named(path: Option<&Path>, name: &str) -> Result<Client> {
         Ok(Client {
             inner: Arc::new(Inner {
-                session: Arc::new(Session::connect(path, name)?),
+                session: Session::connect(path, name)?,
                 rings: Rings::default(),
             }),
         })
@@ -111,10 +111,16 @@ impl Client {
         *self.inner.session.welcome()
     }
 
-    /// Whether this client is known to be unusable: the daemon went away, or
-    /// this is a forked child of the process that connected.
+    /// Whether this client cannot be used now: the daemon went away (looked
+    /// at now, without waiting), or this is a forked child of the process
+    /// that connected. While a daemon that keeps its state restarts, this
+    /// is true until the session is back.
     pub fn is_disconnected(&self) -> bool {
-        self.inner.session.check_usable().is_err()
+        use crate::engine::Liveness;
+        self.inner
+            .session
+            .check_alive_within(std::time::Duration::ZERO)
+            .is_err()
     }
 
     /// Runs `ops` in order, each to its own result; a failed op does not
@@ -486,6 +492,8 @@ mod tests {
             instance: 5,
             pins_offset: hreg_proto::pins::pins_offset(&layout) as u64,
             pin_entries: 8,
+            resume_token: [0; 16],
+            resume_grace_ms: 0,
         };
         let memfd =
             || crate::shm::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);

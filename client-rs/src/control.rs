@@ -6,13 +6,13 @@
 use crate::error::{Error, Result};
 use hreg_proto::control::{ControlRequest, Reply, MAX_MESSAGE};
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
-    SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::time::Duration;
@@ -32,9 +32,32 @@ pub(crate) fn connect(path: &Path) -> std::io::Result<OwnedFd> {
 
 /// Sends one request. A peer that is gone gives [`Error::Disconnected`].
 pub(crate) fn send(sock: impl AsFd, request: &ControlRequest) -> Result<()> {
+    send_with_fds(sock, request, &[])
+}
+
+/// Sends one request with the descriptors `fds` attached (RESUME brings
+/// the session's memory back).
+pub(crate) fn send_with_fds(
+    sock: impl AsFd,
+    request: &ControlRequest,
+    fds: &[BorrowedFd<'_>],
+) -> Result<()> {
     let bytes = request.encode();
     loop {
-        match rustix::net::send(sock.as_fd(), &bytes, SendFlags::NOSIGNAL) {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(Error::Protocol(
+                "too many descriptors for one request".into(),
+            ));
+        }
+        let sent = rustix::net::sendmsg(
+            sock.as_fd(),
+            &[IoSlice::new(&bytes)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        );
+        match sent {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(n) => {
                 return Err(Error::Protocol(format!(

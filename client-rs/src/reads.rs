@@ -292,10 +292,25 @@ impl Reads {
         pins: PinTable<'_>,
         handle: Handle,
     ) -> Result<Option<Borrowed>> {
+        if self.ring_only {
+            return Ok(None);
+        }
         let parts = HandleParts::decode(handle.get());
         let Some((maps, view)) = self.slot(source, &parts)? else {
             return Ok(None);
         };
+        // A value kept in its slot is copied, and needs no pin.
+        if let Some(slot) = view.snapshot() {
+            if let (Payload::Inline(bytes), true) =
+                (slot.payload, slot.generation == parts.generation)
+            {
+                let len = slot.len as usize;
+                return bytes
+                    .get(..len)
+                    .map(|bytes| Some(Borrowed::Copied(bytes.to_vec())))
+                    .ok_or_else(|| Error::Protocol("inline value too long".into()));
+            }
+        }
         let epoch = Header::new(&self.header).expect("checked in new").epoch();
         let Some(pin) = pins.pin(parts.domain, epoch) else {
             // Every pin taken; a handle already gone is still STALE first.

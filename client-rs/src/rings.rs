@@ -2,7 +2,8 @@
 //! session on its first request, kept in a thread-local list keyed by the
 //! session and closed (RING_CLOSE) when the thread exits; past the daemon's
 //! ring cap (or while a thread is exiting), threads share one ring under
-//! its lock.
+//! its lock. Rings opened before the session resumed belong to the daemon
+//! that went away: they are dropped (never closed) and new ones opened.
 
 use crate::control;
 use crate::engine::RingState;
@@ -34,9 +35,26 @@ struct RingTable {
 pub(crate) struct RingCell {
     session: Weak<Session>,
     pid: u32,
+    /// The session's generation when the ring was opened.
+    generation: u64,
     index: u32,
     doorbell: OwnedFd,
     state: Mutex<RingState>,
+}
+
+impl RingTable {
+    /// Forgets rings that are gone, or of a generation before `generation`.
+    fn forget_stale(&mut self, generation: u64) {
+        self.open
+            .retain(|r| r.upgrade().is_some_and(|r| r.generation == generation));
+        if self
+            .overflow
+            .as_ref()
+            .is_some_and(|r| r.generation != generation)
+        {
+            self.overflow = None;
+        }
+    }
 }
 
 impl RingCell {
@@ -63,7 +81,10 @@ impl Drop for RingCell {
             return;
         }
         if let Some(session) = self.session.upgrade() {
-            let _ = session.call(&ControlRequest::RingClose { index: self.index });
+            // A ring of the daemon before a resume is not this daemon's.
+            if session.generation() == self.generation {
+                let _ = session.call(&ControlRequest::RingClose { index: self.index });
+            }
         }
     }
 }
@@ -89,11 +110,12 @@ impl Rings {
     /// This thread's ring for `session`, opening one on first use.
     pub(crate) fn for_this_thread(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
         let key = session.key();
+        let generation = session.generation();
         let found = LOCAL_RINGS.try_with(|rings| {
             rings
                 .borrow()
                 .iter()
-                .find(|r| r.session_key == key)
+                .find(|r| r.session_key == key && r.ring.generation == generation)
                 .map(|r| r.ring.clone())
         });
         match found {
@@ -104,9 +126,11 @@ impl Rings {
                     let mut rings = rings.borrow_mut();
                     // Forget rings of sessions that are gone; drop them
                     // after the borrow ends.
-                    let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut *rings)
-                        .into_iter()
-                        .partition(|r| r.session.strong_count() > 0);
+                    let (keep, stale): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut *rings).into_iter().partition(|r| {
+                            r.session.strong_count() > 0
+                                && (r.session_key != key || r.ring.generation == generation)
+                        });
                     *rings = keep;
                     rings.push(LocalRing {
                         session_key: key,
@@ -132,17 +156,19 @@ impl Rings {
                 let cell = Arc::new(RingCell {
                     session: Arc::downgrade(session),
                     pid: session.pid(),
+                    generation: session.generation(),
                     index,
                     doorbell,
                     state: Mutex::new(RingState::default()),
                 });
                 let mut table = self.lock();
-                table.open.retain(|r| r.strong_count() > 0);
+                table.forget_stale(cell.generation);
                 table.open.push(Arc::downgrade(&cell));
                 Ok(cell)
             }
             (Reply::Error { status, .. }, _) if status == Status::Quota as u32 => {
                 let mut table = self.lock();
+                table.forget_stale(session.generation());
                 if let Some(ring) = &table.overflow {
                     return Ok(ring.clone());
                 }
@@ -165,6 +191,7 @@ impl Rings {
     fn shared(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
         {
             let mut table = self.lock();
+            table.forget_stale(session.generation());
             if let Some(ring) = &table.overflow {
                 return Ok(ring.clone());
             }

@@ -1,8 +1,11 @@
 //! One attached session, as the client keeps it: the control socket (one
 //! request and its reply at a time; never on the data path), the mapping of
 //! the session's memory, the limits WELCOME announced, and whether the
-//! session is known to be unusable (the daemon went away, which is sticky,
-//! or this is a forked child of the process that connected).
+//! session is usable: attached; away (the daemon went away, and a thread
+//! of ours is taking the session back from its successor: RESUME, with
+//! backoff, within the grace period WELCOME gave); or gone for good (the
+//! daemon kept no state, the grace passed, the session was refused, or
+//! this is a forked child of the process that connected).
 
 use crate::control::{self, Peek};
 use crate::engine::Liveness;
@@ -12,11 +15,22 @@ use crate::shm::{self, SessionMapping};
 use hreg_proto::control::{clip, ControlRequest, Reply, Welcome};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::{Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError, Weak};
+use std::time::{Duration, Instant};
+
+/// The session serves.
+const ATTACHED: u8 = 0;
+/// The daemon went away; a resume is under way.
+const AWAY: u8 = 1;
+/// Gone for good: every call is DISCONNECTED.
+const GONE: u8 = 2;
+
+/// Longest a resume attempt waits for its answer (a daemon that is still
+/// stopping may hold the connection unanswered).
+const RESUME_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// Source of session keys, which tell one client's rings from another's in
 /// a thread's ring list.
@@ -27,20 +41,31 @@ pub(crate) struct Session {
     /// restarted daemon may give again).
     key: u64,
     pid: u32,
-    sock: OwnedFd,
+    /// Where the session was made; a resume goes there.
+    path: PathBuf,
+    /// The control socket, replaced when the session resumes.
+    sock: RwLock<Arc<OwnedFd>>,
     /// Serializes control requests: one request and its reply at a time.
     control: Mutex<()>,
+    /// The session memory's memfd, which RESUME brings back (kept only when
+    /// the daemon keeps sessions across restarts).
+    memfd: Option<OwnedFd>,
     map: SessionMapping,
     reads: Reads,
     welcome: Welcome,
-    disconnected: AtomicBool,
+    /// [`ATTACHED`], [`AWAY`] or [`GONE`].
+    state: AtomicU8,
+    /// How many times the session resumed: rings opened before are dead.
+    generation: AtomicU64,
+    /// This session, for the thread that resumes it.
+    me: Weak<Session>,
 }
 
 impl Session {
     /// Connects to `path` (or the default place: the first of
     /// [`default_socket_paths`] that accepts) and says HELLO as `name`
     /// (cut to 64 bytes).
-    pub(crate) fn connect(path: Option<&Path>, name: &str) -> Result<Session> {
+    pub(crate) fn connect(path: Option<&Path>, name: &str) -> Result<Arc<Session>> {
         shm::install_fork_hook();
         let paths = match path {
             Some(p) => vec![p.to_path_buf()],
@@ -59,7 +84,7 @@ impl Session {
         })
     }
 
-    fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Session> {
+    fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Arc<Session>> {
         let hello = ControlRequest::Hello {
             version: PROTOCOL_VERSION,
             name: name.to_owned(),
@@ -115,16 +140,106 @@ impl Session {
             welcome.pin_entries,
         )?;
         let reads = Reads::new(&header, welcome.instance)?;
-        Ok(Session {
+        let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];
+        Ok(Arc::new_cyclic(|me| Session {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             pid: shm::current_pid(),
-            sock,
+            path: path.to_path_buf(),
+            sock: RwLock::new(Arc::new(sock)),
             control: Mutex::new(()),
+            memfd: resumable.then_some(memfd),
             map,
             reads,
             welcome,
-            disconnected: AtomicBool::new(false),
-        })
+            state: AtomicU8::new(ATTACHED),
+            generation: AtomicU64::new(0),
+            me: me.clone(),
+        }))
+    }
+
+    /// The control socket now.
+    fn sock(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.sock.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// How many times the session resumed (rings of an earlier generation
+    /// are the old daemon's, and dead).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The daemon is gone: the session is given up, or (when the daemon
+    /// keeps sessions) a thread starts taking it back from the next daemon.
+    fn lost(&self) {
+        if self.memfd.is_none() {
+            self.state.store(GONE, Ordering::Release);
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(ATTACHED, AWAY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let me = self.me.clone();
+        let deadline =
+            Instant::now() + Duration::from_millis(u64::from(self.welcome.resume_grace_ms));
+        let spawned = std::thread::Builder::new()
+            .name("hreg-resume".into())
+            .spawn(move || resume(me, deadline));
+        if spawned.is_err() {
+            self.state.store(GONE, Ordering::Release);
+        }
+    }
+
+    /// One attempt to take the session back (RESUME): `Ok(true)` done,
+    /// `Ok(false)` no daemon to answer yet (try again), an error when the
+    /// daemon refused (the session is gone for good).
+    fn try_resume(&self, deadline: Instant) -> Result<bool> {
+        let Some(memfd) = &self.memfd else {
+            return Err(Error::Disconnected);
+        };
+        let Ok(sock) = control::connect(&self.path) else {
+            return Ok(false);
+        };
+        let request = ControlRequest::Resume {
+            version: PROTOCOL_VERSION,
+            session_id: self.welcome.session_id,
+            token: self.welcome.resume_token,
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(RESUME_ATTEMPT);
+        let answer = control::send_with_fds(&sock, &request, &[memfd.as_fd()])
+            .and_then(|()| control::recv_within(&sock, wait));
+        let reply = match answer {
+            Ok((reply, _fds)) => reply,
+            Err(Error::Disconnected | Error::Io(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match reply {
+            Reply::Welcome(w)
+                if w.session_id == self.welcome.session_id
+                    && w.instance == self.welcome.instance
+                    && (w.ring_entries, w.data_size, w.max_rings, w.pins_offset)
+                        == (
+                            self.welcome.ring_entries,
+                            self.welcome.data_size,
+                            self.welcome.max_rings,
+                            self.welcome.pins_offset,
+                        ) =>
+            {
+                let _guard = self.lock_control();
+                *self.sock.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(sock);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Ok(true)
+            }
+            Reply::Refused { status, message } => Err(refusal(status, message)),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to RESUME: {other:?}"
+            ))),
+        }
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -167,7 +282,7 @@ impl Session {
     pub(crate) fn may_read_here(&self) -> Result<()> {
         self.check_usable()?;
         if self.reads.stopped() {
-            self.disconnected.store(true, Ordering::Relaxed);
+            self.lost();
             return Err(Error::Disconnected);
         }
         thread_local! {
@@ -184,9 +299,9 @@ impl Session {
         Ok(())
     }
 
-    /// Fails when the daemon is known gone or we are a forked child.
+    /// Fails when the daemon is away or gone, or we are a forked child.
     pub(crate) fn check_usable(&self) -> Result<()> {
-        if self.pid != shm::current_pid() || self.disconnected.load(Ordering::Relaxed) {
+        if self.pid != shm::current_pid() || self.state.load(Ordering::Acquire) != ATTACHED {
             return Err(Error::Disconnected);
         }
         Ok(())
@@ -202,15 +317,15 @@ impl Session {
         self.check_usable()?;
         let _guard = self.lock_control();
         self.check_usable()?;
-        match control::call(&self.sock, request) {
+        match control::call(&*self.sock(), request) {
             Err(Error::Disconnected) => {
-                self.disconnected.store(true, Ordering::Relaxed);
+                self.lost();
                 Err(Error::Disconnected)
             }
             // A reply may still come, out of step with the next request:
             // this session's control socket is unusable from now on.
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                self.disconnected.store(true, Ordering::Relaxed);
+                self.state.store(GONE, Ordering::Release);
                 Err(Error::Disconnected)
             }
             other => other,
@@ -281,9 +396,10 @@ impl Liveness for Session {
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         };
-        match control::peek(&self.sock, guard.is_some(), grace)? {
+        match control::peek(&*self.sock(), guard.is_some(), grace)? {
             Peek::Gone => {
-                self.disconnected.store(true, Ordering::Relaxed);
+                drop(guard);
+                self.lost();
                 Err(Error::Disconnected)
             }
             Peek::Quiet | Peek::Busy => Ok(()),
@@ -299,10 +415,35 @@ impl Drop for Session {
             // the socket closes without ending the parent's session.
             return;
         }
-        if !self.disconnected.load(Ordering::Relaxed) {
+        if self.state.load(Ordering::Acquire) == ATTACHED {
             let _guard = self.lock_control();
-            let _ = control::send(&self.sock, &ControlRequest::Goodbye);
+            let _ = control::send(&*self.sock(), &ControlRequest::Goodbye);
         }
+    }
+}
+
+/// The resuming thread: tries RESUME with backoff until it succeeds, the
+/// daemon refuses, `deadline` passes or the client is dropped.
+fn resume(me: Weak<Session>, deadline: Instant) {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let Some(session) = me.upgrade() else {
+            return;
+        };
+        let outcome = session.try_resume(deadline);
+        let state = match outcome {
+            Ok(true) => ATTACHED,
+            Ok(false) if Instant::now() + pause < deadline => AWAY,
+            Ok(false) => GONE,
+            Err(_) => GONE,
+        };
+        if state != AWAY {
+            session.state.store(state, Ordering::Release);
+            return;
+        }
+        drop(session);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 

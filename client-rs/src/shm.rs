@@ -29,13 +29,20 @@ pub(crate) struct OwnedMapping {
 }
 
 impl OwnedMapping {
-    /// Maps all of `fd`, a memfd the daemon sealed against shrinking and
-    /// growing (checked: otherwise it could be shrunk under the mapping, and
-    /// SIGBUS), of `len` bytes when given.
+    /// Maps all of `fd`, of `len` bytes when given. Memory this client
+    /// writes (the session's) must be a memfd the daemon sealed against
+    /// shrinking and growing (checked: otherwise it could be shrunk under
+    /// the mapping, and SIGBUS). Memory it only reads may also be a file of
+    /// the daemon's state directory, which cannot be sealed: a read-only
+    /// descriptor of a file only the daemon's uid can resize, and the
+    /// daemon never resizes its chunks.
     pub(crate) fn sealed(fd: &OwnedFd, len: Option<usize>, access: Access) -> Result<OwnedMapping> {
-        let seals = rustix::fs::fcntl_get_seals(fd)
-            .map_err(|e| Error::Protocol(format!("shared memory cannot be sealed: {e}")))?;
-        if !seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
+        let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| {
+            seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW)
+        });
+        let read_only = rustix::fs::fcntl_getfl(fd)
+            .is_ok_and(|flags| flags & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDONLY);
+        if !(sealed || (access == Access::ReadOnly && read_only)) {
             return Err(Error::Protocol(
                 "shared memory is not sealed against shrinking and growing".into(),
             ));

@@ -70,6 +70,21 @@ pub struct Args {
     /// Log filter (error, warn, info, debug, trace) [default: $RUST_LOG, else info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Keep the registry in this directory (on tmpfs) so that a restarted
+    /// daemon adopts every object and session [default: nothing is kept,
+    /// unless systemd's descriptor store is there (FDSTORE)].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Report what a start would adopt from --state-dir (or the descriptors
+    /// systemd passed), change nothing, and exit: 0 adoptable or nothing
+    /// kept, 1 unusable.
+    #[arg(long)]
+    pub check_state: bool,
+    /// Seconds a restarted daemon keeps each session of the state it
+    /// adopted for its client to come back; then its references are
+    /// dropped as if its client had died [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub resume_grace: Option<u64>,
 }
 
 fn parse_octal(text: &str) -> Result<u32, String> {
@@ -99,6 +114,8 @@ pub struct FileConfig {
     pub ring_entries: Option<u32>,
     pub data_size: Option<u32>,
     pub log_level: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub resume_grace: Option<u64>,
 }
 
 /// The settings hregd runs with.
@@ -115,6 +132,11 @@ pub struct Config {
     /// The geometry of every session's rings.
     pub layout: Layout,
     pub log_level: Option<String>,
+    /// Where the registry is kept across restarts (`None`: nowhere, or in
+    /// systemd's descriptor store when there is one).
+    pub state_dir: Option<PathBuf>,
+    /// How long an adopted session waits for its client.
+    pub resume_grace: std::time::Duration,
 }
 
 /// The limits a running daemon can take anew (SIGHUP).
@@ -254,6 +276,10 @@ impl Config {
                 max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
             },
             log_level: args.log_level.clone().or(file.log_level),
+            state_dir: args.state_dir.clone().or(file.state_dir),
+            resume_grace: std::time::Duration::from_secs(
+                args.resume_grace.or(file.resume_grace).unwrap_or(30),
+            ),
             socket,
         };
         config.check()?;
@@ -307,6 +333,12 @@ impl Config {
             limits.uid_max_sessions,
             limits.uid_max_sessions >= 1,
             "at least 1",
+        )?;
+        range(
+            "resume_grace",
+            self.resume_grace.as_secs(),
+            self.resume_grace.as_secs() <= 86_400,
+            "0 to 86400 seconds",
         )?;
         // The ring geometry's ranges are the protocol's own.
         self.layout.validate().map_err(|e| {

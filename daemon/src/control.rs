@@ -1,7 +1,8 @@
 //! The control thread's connections: accepting them (with fair shares per
-//! uid, see [`crate::admission`]), HELLO and WELCOME, the slow requests
-//! (rings, admin requests, goodbye), end of sessions on EOF, and telling
-//! clients at shutdown.
+//! uid, see [`crate::admission`]), HELLO and WELCOME, RESUME (a session an
+//! adopted state kept, taken back by its client within the grace period),
+//! the slow requests (rings, admin requests, goodbye), end of sessions on
+//! EOF, and telling clients at shutdown.
 //!
 //! Everything here is non-blocking and driven by one `epoll` (the event
 //! loop is [`crate::daemon`]'s): a peer that is slow, silent or hostile can
@@ -26,12 +27,13 @@ use hreg_proto::control::{
 };
 use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::{Status, PROTOCOL_VERSION};
-use hreg_registry::{Registry, ROOT};
+use hreg_registry::{Holder, KeptSession, Registry, ROOT};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -122,7 +124,9 @@ pub struct Control {
     conns: HashMap<u64, Conn>,
     admission: Admission,
     next_key: u64,
-    next_session: u64,
+    /// Sessions of the adopted state waiting for their clients, by id, with
+    /// the time they are given up.
+    kept: HashMap<u64, (KeptSession, Instant)>,
     /// Sessions attached or still releasing their references (what STATS
     /// reports: once a session stops counting, its references are gone).
     live_sessions: Arc<AtomicUsize>,
@@ -137,7 +141,13 @@ impl Control {
         registry: Arc<Registry>,
         workers: Vec<Arc<Worker>>,
         listener: Listener,
+        kept: Vec<KeptSession>,
     ) -> anyhow::Result<Control> {
+        let until = Instant::now() + config.resume_grace;
+        let kept = kept
+            .into_iter()
+            .map(|session| (session.key().id, (session, until)))
+            .collect();
         let poll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let bell = Arc::new(Doorbell::new()?);
         watch(&poll, &listener.fd, LISTENER_KEY)?;
@@ -153,7 +163,7 @@ impl Control {
             conns: HashMap::new(),
             admission: Admission::default(),
             next_key: FIRST_CONN_KEY,
-            next_session: 1,
+            kept,
             live_sessions: Arc::default(),
             started: Instant::now(),
             ops_rate: OpsRate::default(),
@@ -206,11 +216,35 @@ impl Control {
     /// sessions that hold back more than their uid may own.
     pub fn tick(&mut self) {
         self.drop_silent_connections();
+        self.give_up_kept_sessions();
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
         self.registry.reclaim();
         self.close_hoarders();
+    }
+
+    /// Drops the references of kept sessions whose clients did not come
+    /// back within the grace period, as if their clients had died.
+    fn give_up_kept_sessions(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u64> = self
+            .kept
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            if let Some((session, _)) = self.kept.remove(&id) {
+                tracing::info!(
+                    session = id,
+                    uid = session.key().uid,
+                    references = session.holder.reference_count(),
+                    "kept session not resumed in time: its references are dropped"
+                );
+                self.registry.give_up(session);
+            }
+        }
     }
 
     /// Closes every session whose borrowed references hold back more bytes
@@ -261,16 +295,23 @@ impl Control {
     /// Tells every attached client that the daemon stops, and closes every
     /// connection; then stops the workers.
     pub fn shutdown(&mut self) {
-        tracing::info!(sessions = self.attached(), "shutting down");
+        let keep = self.registry.keeps_state();
+        tracing::info!(sessions = self.attached(), kept = keep, "shutting down");
+        // First, so that a client resuming at once finds the next daemon's
+        // socket, never this one's backlog.
+        self.listener.remove_socket_file();
         self.registry.set_serving(false);
         let keys: Vec<u64> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(Conn {
                 fd,
-                state: ConnState::Attached(_),
+                state: ConnState::Attached(session),
                 ..
             }) = self.conns.get(&key)
             {
+                if keep {
+                    session.keep();
+                }
                 let _ = send(fd.as_fd(), &Reply::Shutdown, &[]);
             }
             self.close(key, "daemon stopping");
@@ -279,6 +320,15 @@ impl Control {
             worker.stop();
         }
         self.listener.remove_socket_file();
+    }
+
+    /// After the workers have stopped (nothing in flight): marks a kept
+    /// state as cleanly stopped.
+    pub fn finish(&self) {
+        if self.registry.keeps_state() {
+            self.registry.mark_clean();
+            tracing::info!("state kept for the next start");
+        }
     }
 
     fn attached(&self) -> usize {
@@ -419,15 +469,22 @@ impl Control {
                 &mut ancillary,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             );
-            // Descriptors we did not ask for are closed here, unread.
-            drop(ancillary);
+            // Owned at once: any a request does not take are closed unread.
+            let fds: Vec<OwnedFd> = ancillary
+                .drain()
+                .filter_map(|message| match message {
+                    RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
             match received {
                 Ok(msg) if msg.bytes == 0 => return self.close(key, "end of file"),
                 Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) => {
                     return self.refuse_or_close(key, "message too long");
                 }
                 Ok(msg) => {
-                    if !self.request(key, &buf[..msg.bytes]) {
+                    if !self.request(key, &buf[..msg.bytes], fds) {
                         return;
                     }
                 }
@@ -438,8 +495,9 @@ impl Control {
         }
     }
 
-    /// Handles one request; returns false when the connection is gone.
-    fn request(&mut self, key: u64, bytes: &[u8]) -> bool {
+    /// Handles one request (`fds`: the descriptors it came with; only
+    /// RESUME takes one); returns false when the connection is gone.
+    fn request(&mut self, key: u64, bytes: &[u8], fds: Vec<OwnedFd>) -> bool {
         let attached = match self.conns.get(&key).map(|c| &c.state) {
             Some(ConnState::Attached(session)) => Some(Arc::clone(session)),
             Some(_) => None,
@@ -454,12 +512,20 @@ impl Control {
         };
         match (request, attached) {
             (ControlRequest::Hello { version, name }, None) => self.hello(key, version, name),
-            (ControlRequest::Hello { .. }, Some(_)) => {
+            (
+                ControlRequest::Resume {
+                    version,
+                    session_id,
+                    token,
+                },
+                None,
+            ) => self.resume(key, version, session_id, token, fds),
+            (ControlRequest::Hello { .. } | ControlRequest::Resume { .. }, Some(_)) => {
                 self.close(key, "second HELLO");
                 false
             }
             (_, None) => {
-                self.refuse_or_close(key, "first message must be HELLO");
+                self.refuse_or_close(key, "first message must be HELLO or RESUME");
                 false
             }
             (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
@@ -545,14 +611,13 @@ impl Control {
         false
     }
 
-    fn hello(&mut self, key: u64, version: u32, name: String) -> bool {
-        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
-            return false;
-        };
+    /// Whether `peer` may attach one more session: a refusal (status,
+    /// message naming the limit, reason for the log) otherwise.
+    fn admits(&self, peer: &Peer, version: u32) -> Result<(), (Status, String, &'static str)> {
         if version != PROTOCOL_VERSION {
             let message =
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
-            return self.refuse_hello(key, Status::Version, message, "version mismatch");
+            return Err((Status::Version, message, "version mismatch"));
         }
         let limits = self.config.limits;
         if self.attached() >= limits.max_sessions {
@@ -560,7 +625,7 @@ impl Control {
                 "session cap reached: max_sessions = {}",
                 limits.max_sessions
             );
-            return self.refuse_hello(key, Status::Quota, message, "session cap");
+            return Err((Status::Quota, message, "session cap"));
         }
         if peer.uid != ROOT && self.admission.sessions(peer.uid) >= limits.uid_max_sessions {
             let message = format!(
@@ -569,22 +634,102 @@ impl Control {
                 self.admission.sessions(peer.uid),
                 limits.uid_max_sessions
             );
-            return self.refuse_hello(key, Status::Quota, message, "uid session cap");
+            return Err((Status::Quota, message, "uid session cap"));
+        }
+        Ok(())
+    }
+
+    fn hello(&mut self, key: u64, version: u32, name: String) -> bool {
+        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
+            return false;
+        };
+        if let Err((status, message, why)) = self.admits(&peer, version) {
+            return self.refuse_hello(key, status, message, why);
         }
         let (memory, memfd) = match SessionMemory::create(self.config.layout) {
             Ok(made) => made,
             Err(e) => {
-                let status = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    Status::Quota
-                } else {
-                    Status::Io
-                };
                 let message = format!("cannot create session memory: {e}");
-                return self.refuse_hello(key, status, message, "no memory");
+                return self.refuse_hello(key, out_of(&e), message, "no memory");
             }
         };
-        let id = self.next_session;
-        self.next_session += 1;
+        let holder = match self.registry.holder(peer.uid) {
+            Ok(holder) => holder,
+            Err(e) => {
+                let message = format!("cannot create the session's record: {e}");
+                return self.refuse_hello(key, out_of(&e), message, "no memory");
+            }
+        };
+        self.attach(key, peer, name, holder, memory, memfd)
+    }
+
+    /// RESUME: gives a kept session back to its client, with the session
+    /// memory the client brought (its pin table as it left it, fresh rings).
+    fn resume(
+        &mut self,
+        key: u64,
+        version: u32,
+        id: u64,
+        token: [u8; 16],
+        fds: Vec<OwnedFd>,
+    ) -> bool {
+        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
+            return false;
+        };
+        if let Err((status, message, why)) = self.admits(&peer, version) {
+            return self.refuse_hello(key, status, message, why);
+        }
+        let Some((kept, _)) = self.kept.get(&id) else {
+            let message = format!(
+                "no session {id} to resume: the daemon did not keep its state, or the grace period passed"
+            );
+            return self.refuse_hello(key, Status::Stale, message, "unknown session");
+        };
+        let owner = kept.key();
+        if owner.uid != peer.uid || !same_secret(&owner.token, &token) {
+            let message = format!("session {id} is not this client's to resume");
+            return self.refuse_hello(key, Status::Denied, message, "resume denied");
+        }
+        let Some(memfd) = fds.into_iter().next() else {
+            let message = "RESUME must carry the session's memory".to_owned();
+            return self.refuse_hello(key, Status::Protocol, message, "resume without memory");
+        };
+        let memory = match SessionMemory::adopt(&memfd, self.config.layout) {
+            Ok(memory) => memory,
+            Err(e) => {
+                let message = format!("the session memory brought back does not fit: {e}");
+                return self.refuse_hello(key, Status::Protocol, message, "resume with bad memory");
+            }
+        };
+        let (kept, _) = self.kept.remove(&id).expect("found above");
+        self.registry.resumed(&kept.holder);
+        tracing::info!(
+            session = id,
+            pid = peer.pid,
+            uid = peer.uid,
+            "kept session resumed"
+        );
+        self.attach(
+            key,
+            peer,
+            format!("resumed #{id}"),
+            kept.holder,
+            memory,
+            memfd,
+        )
+    }
+
+    /// Sends WELCOME with the session's memory and the registry header, and
+    /// marks the connection attached.
+    fn attach(
+        &mut self,
+        key: u64,
+        peer: Peer,
+        name: String,
+        holder: Holder,
+        memory: SessionMemory,
+        memfd: OwnedFd,
+    ) -> bool {
         let header = match self.registry.header_for_client() {
             Ok(header) => header,
             Err(e) => {
@@ -592,10 +737,12 @@ impl Control {
                 return self.refuse_hello(key, Status::Quota, message, "no descriptor");
             }
         };
+        let limits = self.config.limits;
         let layout = self.config.layout;
+        let keeps = self.registry.keeps_state();
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
-            session_id: id,
+            session_id: holder.id(),
             max_value_size: limits.registry.max_value_size as u64,
             max_objects: limits.registry.max_objects,
             max_bytes: limits.registry.max_bytes,
@@ -606,9 +753,20 @@ impl Control {
             instance: u32::from(self.registry.instance()),
             pins_offset: SessionMemory::pins_offset(layout) as u64,
             pin_entries: PIN_ENTRIES as u32,
+            resume_token: if keeps {
+                holder.resume_token()
+            } else {
+                [0; 16]
+            },
+            resume_grace_ms: if keeps {
+                u32::try_from(self.config.resume_grace.as_millis()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
         };
+        let id = holder.id();
         let session = Arc::new(Session::new(
-            id,
+            holder,
             peer,
             name,
             memory,
@@ -843,6 +1001,21 @@ fn refuse(fd: &OwnedFd, status: Status, message: &str) {
     let _ = send(fd.as_fd(), &reply, &[]);
 }
 
+/// QUOTA when `e` says descriptors ran out, else IO.
+fn out_of(e: &std::io::Error) -> Status {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        Status::Quota
+    } else {
+        Status::Io
+    }
+}
+
+/// Whether two tokens are equal, in time that does not depend on where they
+/// differ.
+fn same_secret(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// Sends one message, with the descriptors `fds` (at most
 /// [`MAX_CHUNKS_PER_REPLY`]), never blocking and never raising SIGPIPE.
 fn send(socket: BorrowedFd<'_>, reply: &Reply, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
@@ -892,12 +1065,17 @@ mod tests {
             let mut argv = vec!["hregd", "--socket", socket.to_str().unwrap()];
             argv.extend_from_slice(flags);
             let config = Config::from_args(&<Args as clap::Parser>::parse_from(argv)).unwrap();
-            let listener =
-                Listener::open(&config.socket, config.socket_mode, config.socket_group).unwrap();
+            let listener = Listener::open(
+                &config.socket,
+                config.socket_mode,
+                config.socket_group,
+                Vec::new(),
+            )
+            .unwrap();
             let registry = Arc::new(Registry::new(config.shards, config.limits.registry).unwrap());
             let workers = vec![Arc::new(Worker::new(Arc::clone(&registry)).unwrap())];
             Harness {
-                control: Control::new(config, registry, workers, listener).unwrap(),
+                control: Control::new(config, registry, workers, listener, Vec::new()).unwrap(),
                 _dir: dir,
             }
         }

@@ -5,9 +5,8 @@
 use crate::config::{Args, Config};
 use crate::control::{Control, FIRST_CONN_KEY};
 use crate::listener::Listener;
+use crate::state::{Keeping, Passed};
 use crate::worker::Worker;
-use anyhow::Context;
-use hreg_registry::Registry;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,14 +37,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Binds the socket (or takes systemd's), makes the registry and starts
-    /// the workers.
+    /// Binds the socket (or takes systemd's), adopts the kept registry or
+    /// makes a new one, and starts the workers.
     pub fn start(config: Config, signals: Signals<'_>) -> anyhow::Result<Daemon> {
-        let listener = Listener::open(&config.socket, config.socket_mode, config.socket_group)?;
-        let registry = Arc::new(
-            Registry::new(config.shards, config.limits.registry)
-                .context("cannot make the registry's shared memory")?,
-        );
+        let mut passed = Passed::take()?;
+        let listener = Listener::open(
+            &config.socket,
+            config.socket_mode,
+            config.socket_group,
+            std::mem::take(&mut passed.sockets),
+        )?;
+        let adopted = Keeping::open(config.state_dir.as_deref(), &mut passed)?
+            .registry(config.shards, config.limits.registry)?;
+        let registry = Arc::new(adopted.registry);
+        registry.set_serving(true);
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {
@@ -62,7 +67,7 @@ impl Daemon {
             );
             workers.push(worker);
         }
-        let control = Control::new(config, registry, workers, listener)?;
+        let control = Control::new(config, registry, workers, listener, adopted.sessions)?;
         control.watch(signals.stop, STOP_KEY)?;
         control.watch(signals.reload, RELOAD_KEY)?;
         Ok(Daemon {
@@ -107,6 +112,7 @@ impl Daemon {
         for thread in self.workers {
             let _ = thread.join();
         }
+        self.control.finish();
         Ok(())
     }
 

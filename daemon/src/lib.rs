@@ -5,8 +5,9 @@
 //! sessions of attached clients ([`session`], their shared memory in [`shm`]):
 //! the control socket ([`control`]), the ring workers ([`worker`]), the
 //! settings ([`config`]), where logs go ([`logging`]) and rate-limited
-//! warnings ([`ratelimit`]). `unsafe` is confined to [`peer`] (reading
-//! `SO_PEERCRED`) and [`listener`] (taking the socket systemd passed).
+//! warnings ([`ratelimit`]), and where the registry is kept across restarts
+//! ([`state`]). `unsafe` is confined to [`peer`] (reading `SO_PEERCRED`)
+//! and [`state`] (taking the descriptors systemd passed).
 
 #![deny(unsafe_code)]
 
@@ -22,5 +23,6 @@ pub mod peer;
 pub mod ratelimit;
 pub mod session;
 pub mod shm;
+pub mod state;
 pub mod sync;
 pub mod worker;

@@ -9,8 +9,6 @@
 //! wakeup consumes a waiting connection, so a full descriptor table never
 //! makes the loop spin.
 
-#![allow(unsafe_code)]
-
 use crate::peer::{peer_credentials, Peer};
 use anyhow::{bail, Context};
 use rustix::fd::OwnedFd;
@@ -45,9 +43,15 @@ pub enum Accepted {
 }
 
 impl Listener {
-    /// Takes the socket systemd passed, else binds `path`.
-    pub fn open(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<Listener> {
-        let (fd, socket_file) = match activated_listener()? {
+    /// Takes the socket systemd passed (`passed`: the descriptors of
+    /// `LISTEN_FDS` that are not kept state), else binds `path`.
+    pub fn open(
+        path: &Path,
+        mode: u32,
+        group: Option<u32>,
+        passed: Vec<OwnedFd>,
+    ) -> anyhow::Result<Listener> {
+        let (fd, socket_file) = match activated_listener(passed)? {
             Some(fd) => (fd, None),
             None => (bind_listener(path, mode, group)?, Some(path.to_path_buf())),
         };
@@ -124,18 +128,14 @@ fn open_spare() -> Option<OwnedFd> {
 }
 
 /// The listening socket systemd passed (socket activation), if any.
-fn activated_listener() -> anyhow::Result<Option<OwnedFd>> {
-    let mut fds = sd_notify::listen_fds().context("bad LISTEN_FDS from the service manager")?;
-    let Some(raw) = fds.next() else {
+fn activated_listener(passed: Vec<OwnedFd>) -> anyhow::Result<Option<OwnedFd>> {
+    let mut fds = passed.into_iter();
+    let Some(listener) = fds.next() else {
         return Ok(None);
     };
     if fds.len() > 0 {
         bail!("socket activation passed more than one socket; hregd listens on one");
     }
-    // SAFETY: LISTEN_FDS/LISTEN_PID name this process, so descriptor `raw`
-    // was opened for us by the service manager and nothing else owns it; we
-    // take ownership exactly once.
-    let listener = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     let kind = rustix::net::sockopt::socket_type(&listener)
         .context("activated descriptor is not a socket")?;
     if kind != SocketType::SEQPACKET {

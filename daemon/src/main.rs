@@ -23,6 +23,16 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
+    if args.check_state {
+        return match hregd::state::check(config.state_dir.as_deref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("hregd: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     hregd::logging::init(config.log_level.as_deref());
     match run(&args, config) {
         Ok(()) => ExitCode::SUCCESS,

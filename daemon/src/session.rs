@@ -4,7 +4,9 @@
 //! A `Session` is shared (`Arc`) by the control thread and every worker that
 //! serves one of its rings. When the last of them lets go, `Drop` releases
 //! all of its references, so a session's references outlive every request it
-//! can still make, and no help from the client is needed.
+//! can still make, and no help from the client is needed; unless the daemon
+//! is stopping with its state kept ([`Session::keep`]): then the references
+//! stay in the session's record for the next daemon.
 
 use crate::doorbell::Doorbell;
 use crate::peer::Peer;
@@ -25,6 +27,8 @@ pub struct Session {
     registry: Arc<Registry>,
     open_rings: Mutex<Vec<bool>>,
     closed: AtomicBool,
+    /// The daemon stops and keeps its state: the references stay.
+    kept: AtomicBool,
     /// Rung when a worker closes the session, so the control thread drops
     /// the connection.
     control_bell: Arc<Doorbell>,
@@ -34,8 +38,10 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session of `holder` (new, or kept by an adopted state) attached
+    /// by `peer`, with `memory`.
     pub fn new(
-        id: u64,
+        holder: Holder,
         peer: Peer,
         name: String,
         memory: SessionMemory,
@@ -45,7 +51,7 @@ impl Session {
     ) -> Session {
         let rings = memory.layout().max_rings as usize;
         live.fetch_add(1, Ordering::AcqRel);
-        let holder = registry.holder(peer.uid);
+        let id = holder.id();
         let reader = registry.reader(
             &holder,
             memory.shared_mapping(),
@@ -62,6 +68,7 @@ impl Session {
             registry,
             open_rings: Mutex::new(vec![false; rings]),
             closed: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             control_bell,
         }
     }
@@ -98,6 +105,12 @@ impl Session {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Keeps the session's references when it ends (the daemon stops and
+    /// its state is kept for the next one).
+    pub fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
+    }
+
     /// Ends the session from any thread: workers stop serving it and the
     /// control thread drops its connection.
     pub fn close(&self) {
@@ -109,7 +122,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.registry.release_all(&self.holder);
+        if !self.kept.load(Ordering::Acquire) {
+            self.registry.release_all(&self.holder);
+        }
         // Counted out only now, so a session that no longer counts has
         // released everything it held.
         self.live.fetch_sub(1, Ordering::AcqRel);

@@ -13,7 +13,7 @@ use hreg_proto::pins::{self, PIN_ENTRIES};
 use hreg_proto::ring::{Layout, ServerRing, SharedRing};
 use hreg_proto::shm::{Access, Mapping};
 use rustix::fd::OwnedFd;
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 use std::io;
 use std::sync::Arc;
 
@@ -27,12 +27,7 @@ impl SessionMemory {
     /// New session memory, and the memfd to send the client.
     pub fn create(layout: Layout) -> io::Result<(SessionMemory, OwnedFd)> {
         let len = SessionMemory::len(layout);
-        let fd = rustix::fs::memfd_create(
-            "hreg-session",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = hreg_registry::sealed_memfd("hreg-session", len as u64)?;
         let map = Mapping::map(&fd, len, Access::ReadWrite)?;
         Ok((
             SessionMemory {
@@ -41,6 +36,33 @@ impl SessionMemory {
             },
             fd,
         ))
+    }
+
+    /// The memory of a session an earlier daemon made, brought back by its
+    /// client (RESUME): checked to be sealed against resizing and of this
+    /// layout's size, then mapped with every ring cleared (the session gets
+    /// fresh rings); its pin table stays as the client left it.
+    pub fn adopt(fd: &OwnedFd, layout: Layout) -> io::Result<SessionMemory> {
+        let seals = rustix::fs::fcntl_get_seals(fd)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the session memory is not sealed against resizing",
+            ));
+        }
+        let len = SessionMemory::len(layout);
+        if rustix::fs::fstat(fd)?.st_size != len as i64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the session memory is not {len} bytes (the ring layout changed?)"),
+            ));
+        }
+        let memory = SessionMemory {
+            map: Arc::new(Mapping::map(fd, len, Access::ReadWrite)?),
+            layout,
+        };
+        memory.map.discard(0, SessionMemory::pins_offset(layout));
+        Ok(memory)
     }
 
     /// Session memory that no client maps (rings served in process, for

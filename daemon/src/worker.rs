@@ -654,7 +654,7 @@ mod tests {
         fn new(limits: Limits) -> Bench {
             let registry = Arc::new(Registry::new(4, limits).unwrap());
             let session = Arc::new(Session::new(
-                1,
+                registry.holder(1000).unwrap(),
                 Peer {
                     pid: 1,
                     uid: 1000,

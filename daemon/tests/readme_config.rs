@@ -18,12 +18,13 @@ fn section(text: &str) -> &str {
     &text[start..start + 3 + rest.find("\n## ").unwrap_or(rest.len())]
 }
 
-/// Every setting flag of hregd (not help, version, --config, --check-config).
+/// Every setting flag of hregd (not help, version, --config, --check-config,
+/// --check-state).
 fn setting_flags() -> Vec<String> {
     Args::command()
         .get_arguments()
         .filter_map(|a| a.get_long())
-        .filter(|long| !["help", "version", "config", "check-config"].contains(long))
+        .filter(|long| !["help", "version", "config", "check-config", "check-state"].contains(long))
         .map(str::to_string)
         .collect()
 }

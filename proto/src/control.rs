@@ -88,6 +88,17 @@ pub enum ControlRequest {
         /// The first heap chunk wanted.
         heap_from: u32,
     },
+    /// First message on a connection that takes back a session after the
+    /// daemon restarted: answered by WELCOME (the session's references
+    /// intact, fresh rings) or REFUSED.
+    Resume {
+        /// The protocol the client speaks ([`crate::PROTOCOL_VERSION`]).
+        version: u32,
+        /// The session's id, as WELCOME gave it.
+        session_id: u64,
+        /// The session's resume token, as WELCOME gave it.
+        token: [u8; 16],
+    },
 }
 
 /// Which objects LIST shows.
@@ -223,6 +234,12 @@ pub struct Welcome {
     /// Entries of the pin table: the borrowed references the session may
     /// hold at once.
     pub pin_entries: u32,
+    /// The secret that gives this session back after a restart of the
+    /// daemon (RESUME); all zero when the daemon keeps no state.
+    pub resume_token: [u8; 16],
+    /// How long, in milliseconds, a restarted daemon keeps the session for
+    /// its client to resume; 0 when sessions do not outlive the daemon.
+    pub resume_grace_ms: u32,
 }
 
 /// Most descriptors the daemon attaches to one DOMAIN_CHUNKS (slot and heap
@@ -306,6 +323,7 @@ mod kind {
     pub const LIST: u32 = 7;
     pub const USAGE: u32 = 8;
     pub const MAP_DOMAIN: u32 = 9;
+    pub const RESUME: u32 = 10;
 
     pub const WELCOME: u32 = 101;
     pub const REFUSED: u32 = 102;
@@ -367,6 +385,17 @@ impl ControlRequest {
                 w.u32(*slots_from);
                 w.u32(*heap_from);
             }
+            ControlRequest::Resume {
+                version,
+                session_id,
+                token,
+            } => {
+                w.u32(kind::RESUME);
+                w.bytes(&HELLO_MAGIC);
+                w.u32(*version);
+                w.u64(*session_id);
+                w.bytes(token);
+            }
         }
         w.0
     }
@@ -411,6 +440,16 @@ impl ControlRequest {
                 slots_from: r.u32()?,
                 heap_from: r.u32()?,
             },
+            kind::RESUME => {
+                if r.take(4)? != HELLO_MAGIC {
+                    return Err(DecodeError::BadMagic);
+                }
+                ControlRequest::Resume {
+                    version: r.u32()?,
+                    session_id: r.u64()?,
+                    token: r.array()?,
+                }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -437,6 +476,8 @@ impl Reply {
                 w.u32(welcome.instance);
                 w.u64(welcome.pins_offset);
                 w.u32(welcome.pin_entries);
+                w.bytes(&welcome.resume_token);
+                w.u32(welcome.resume_grace_ms);
             }
             Reply::Refused { status, message } => {
                 w.u32(kind::REFUSED);
@@ -549,6 +590,8 @@ impl Reply {
                 instance: r.u32()?,
                 pins_offset: r.u64()?,
                 pin_entries: r.u32()?,
+                resume_token: r.array()?,
+                resume_grace_ms: r.u32()?,
             }),
             kind::REFUSED => Reply::Refused {
                 status: r.u32()?,
@@ -694,6 +737,9 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
     fn text(&mut self, max: usize) -> Result<String, DecodeError> {
         let len = usize::from(self.u16()?);
         if len > max {
@@ -759,6 +805,11 @@ mod tests {
                 slots_from: 1,
                 heap_from: 2,
             },
+            ControlRequest::Resume {
+                version: 1,
+                session_id: 9,
+                token: [0xa5; 16],
+            },
         ] {
             assert_eq!(ControlRequest::decode(&request.encode()), Ok(request));
         }
@@ -780,6 +831,8 @@ mod tests {
                 instance: 3,
                 pins_offset: 524_288,
                 pin_entries: 1024,
+                resume_token: [7; 16],
+                resume_grace_ms: 30_000,
             }),
             Reply::Refused {
                 status: 10,

@@ -166,6 +166,19 @@ mod real {
             unsafe { &*self.base.add(offset).cast::<[AtomicU64; 8]>() }
         }
 
+        /// The word at `offset`, if it lies inside the mapping and `offset`
+        /// is 8-byte aligned: for records that only the daemon writes
+        /// (a session's reference table, a domain's write journal).
+        #[inline]
+        pub fn word(&self, offset: usize) -> Option<&AtomicU64> {
+            (self.holds(offset, 8) && offset.is_multiple_of(8)).then(|| {
+                // SAFETY: inside the mapping and aligned (checked), mapped
+                // while `self` is borrowed; AtomicU64 has the layout of a
+                // u64 and tolerates writers in other processes.
+                unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
+            })
+        }
+
         /// Copies `out.len()` bytes from `offset`; false (nothing copied)
         /// when the range is not inside the mapping.
         #[inline]

@@ -179,6 +179,21 @@ impl Slot {
         words
     }
 
+    /// The slot's eight words, sequence 0 (for a record of it elsewhere:
+    /// the daemon's write journal).
+    pub fn encode(&self) -> [u64; 8] {
+        let mut words = [0u64; 8];
+        words[0] = self.head(0);
+        words[1..].copy_from_slice(&self.body());
+        words
+    }
+
+    /// The slot eight words describe (the sequence is ignored).
+    pub fn decode(words: &[u64; 8]) -> Slot {
+        let body: &[u64; 7] = words[1..].try_into().expect("seven words");
+        Slot::from_words(words[0], body)
+    }
+
     /// The slot a head and body describe.
     fn from_words(head: u64, body: &[u64; 7]) -> Slot {
         let payload = match head >> 56 {
@@ -353,6 +368,12 @@ impl<'a> SlotView<'a> {
         Slot::from_words(words[0].load(Ordering::Relaxed), &body)
     }
 
+    /// Whether the slot was never written (all of its first word zero): a
+    /// slot the daemon prepared but never handed out.
+    pub fn is_untouched(&self) -> bool {
+        self.words()[0].load(Ordering::Relaxed) == 0
+    }
+
     /// Whether a write was under way when the slot was last written (the
     /// sequence is odd): a slot left so by a daemon that died mid-write.
     pub fn is_mid_write(&self) -> bool {
@@ -456,6 +477,7 @@ mod tests {
 /// offset 8    layout version (u32), instance bits (u16), 2 bytes zero
 /// offset 64   the reclamation epoch (u64), on its own line
 /// offset 128  1 once the daemon has stopped serving (u64)
+/// offset 192  1 if the daemon that wrote it stopped cleanly (u64)
 /// ```
 pub mod header {
     use crate::shm::Mapping;
@@ -469,6 +491,7 @@ pub mod header {
     pub const VERSION: u32 = 1;
     const EPOCH_AT: usize = 64;
     const STOPPED_AT: usize = 128;
+    const CLEAN_AT: usize = 192;
 
     /// The header, borrowed from its mapping.
     #[derive(Clone, Copy)]
@@ -521,6 +544,19 @@ pub mod header {
         /// Whether the daemon has said it stopped serving this registry.
         pub fn stopped(&self) -> bool {
             self.word(STOPPED_AT).load(Ordering::Acquire) != 0
+        }
+
+        /// Whether the daemon that wrote the registry stopped cleanly (with
+        /// nothing in flight) rather than dying.
+        pub fn clean(&self) -> bool {
+            self.word(CLEAN_AT).load(Ordering::Acquire) != 0
+        }
+
+        /// Marks the registry cleanly stopped (the daemon's last word), or
+        /// in use again (a daemon that adopted it).
+        pub fn set_clean(&self, clean: bool) {
+            self.word(CLEAN_AT)
+                .store(u64::from(clean), Ordering::Release);
         }
 
         /// Says the daemon stops serving (the daemon's side, at shutdown),

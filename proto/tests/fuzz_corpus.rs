@@ -72,6 +72,11 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             slots_from: 2,
             heap_from: 7,
         },
+        ControlRequest::Resume {
+            version: 1,
+            session_id: 12,
+            token: *b"0123456789abcdef",
+        },
     ];
     let replies = [
         Reply::Welcome(Welcome {
@@ -87,6 +92,8 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             instance: 513,
             pins_offset: 64 * (4096 + 128 * 256 + 65536),
             pin_entries: 1024,
+            resume_token: [0x5a; 16],
+            resume_grace_ms: 30_000,
         }),
         Reply::Refused {
             status: 10,

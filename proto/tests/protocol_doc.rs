@@ -44,6 +44,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::List { .. } => "LIST",
         ControlRequest::Usage => "USAGE",
         ControlRequest::MapDomain { .. } => "MAP_DOMAIN",
+        ControlRequest::Resume { .. } => "RESUME",
     }
 }
 
@@ -91,6 +92,11 @@ fn the_kind_table_is_the_codec() {
             domain: 0,
             slots_from: 0,
             heap_from: 0,
+        },
+        ControlRequest::Resume {
+            version: 1,
+            session_id: 0,
+            token: [0; 16],
         },
     ];
     let replies = [

@@ -9,9 +9,29 @@
 //! is held whenever one of its slots is written, so a slot has one writer
 //! at a time. Reference counts live beside the table in daemon memory,
 //! never in memory a client maps.
+//!
+//! When the registry's store keeps state, the domain also has a record
+//! (daemon-only) that names its owner and holds its write journal: before
+//! a slot is written, its old version goes to its shard's journal entry,
+//! and the entry is cleared once the slot is whole again. A daemon killed
+//! mid-write leaves the slot's sequence odd; the next one puts the old
+//! version back from the journal (`crate::adopt`).
+//!
+//! ```text
+//! record offset 0    magic "HREGDOM1"
+//!        offset 8    domain id (u64), offset 16 owner: uid | 1 << 32, or 0
+//!                    for SHARED (u64), offset 24 shards (u64)
+//!        offset 32   slot chunks made (u64), offset 40 heap chunks made
+//!                    (u64): a chunk counts once it exists, before any slot
+//!                    names it, so an adopting daemon knows that none is
+//!                    missing
+//!        offset 64   per shard, 128 bytes: slot index | 1 << 32 while the
+//!                    entry is valid (u64), at +8 the old slot's eight words
+//! ```
 
 use crate::heap::Heap;
 use crate::memory::Chunk;
+use crate::store::{names, Store};
 use crossbeam_utils::CachePadded;
 use hreg_proto::table::{
     slot_chunk_len, slot_chunk_slots, slot_place, HeapAddress, Payload, Slot, SlotView,
@@ -20,7 +40,19 @@ use hreg_proto::table::{
 use hreg_proto::Status;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const RECORD_MAGIC: u64 = u64::from_le_bytes(*b"HREGDOM1");
+const SLOT_CHUNKS_AT: usize = 32;
+const HEAP_CHUNKS_AT: usize = 40;
+const JOURNAL_AT: usize = 64;
+const JOURNAL_ENTRY: usize = 128;
+const JOURNAL_VALID: u64 = 1 << 32;
+
+/// Bytes of the record of a domain of `shards` shards.
+pub(crate) fn record_len(shards: usize) -> usize {
+    (JOURNAL_AT + shards * JOURNAL_ENTRY).next_multiple_of(4096)
+}
 
 /// Slot-table pages allocated ahead of the last slot handed out.
 const SLOTS_AHEAD: u64 = 256 << 10;
@@ -39,11 +71,21 @@ pub(crate) struct Shard {
     /// slot spreads generations over all free slots).
     pub free: VecDeque<u32>,
     /// The next new local index (the slot index without the shard bits).
-    next_local: u32,
+    pub next_local: u32,
     /// Live objects in this shard.
     pub live: u64,
     /// State of the generator of new slots' first generations.
     seed: u64,
+}
+
+impl Shard {
+    /// A first generation for a new slot: random, never 0.
+    pub fn first_generation(&mut self) -> u16 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        ((self.seed as u16) & 0x7fff).max(1)
+    }
 }
 
 /// One domain of the registry.
@@ -51,7 +93,9 @@ pub(crate) struct Domain {
     pub id: u16,
     /// The uid whose private objects these are; `None` for SHARED ones.
     pub owner: Option<u32>,
-    name: String,
+    store: Arc<dyn Store>,
+    /// The owner and write journal, when the store keeps state.
+    record: Option<Chunk>,
     slot_chunks: Box<[OnceLock<Chunk>]>,
     meta: Box<[OnceLock<Box<[SlotMeta]>>]>,
     /// Bytes allocated at the start of each slot chunk.
@@ -65,16 +109,47 @@ pub(crate) struct Domain {
 }
 
 impl Domain {
-    /// An empty domain with `shards` shards (a power of two); `seed` varies
-    /// the first generations.
-    pub fn new(id: u16, owner: Option<u32>, shards: usize, seed: u64) -> Domain {
-        let name = match owner {
-            Some(uid) => format!("hreg-uid-{uid}"),
-            None => "hreg-shared".to_owned(),
+    /// An empty domain with `shards` shards (a power of two), made in
+    /// `store`; `seed` varies the first generations.
+    pub fn new(
+        store: &Arc<dyn Store>,
+        id: u16,
+        owner: Option<u32>,
+        shards: usize,
+        seed: u64,
+    ) -> std::io::Result<Domain> {
+        let record = if store.keeps_state() {
+            let len = record_len(shards);
+            let record = Chunk::create(&**store, &names::domain(id, owner), len)?;
+            record.allocate(0, len as u64)?;
+            let word = |at: usize| record.mapping().word(at).expect("inside the record");
+            word(8).store(u64::from(id), Ordering::Relaxed);
+            word(16).store(
+                owner.map_or(0, |uid| u64::from(uid) | (1 << 32)),
+                Ordering::Relaxed,
+            );
+            word(24).store(shards as u64, Ordering::Relaxed);
+            word(0).store(RECORD_MAGIC, Ordering::Release);
+            Some(record)
+        } else {
+            None
         };
+        Ok(Domain::with_parts(store, id, owner, shards, seed, record))
+    }
+
+    fn with_parts(
+        store: &Arc<dyn Store>,
+        id: u16,
+        owner: Option<u32>,
+        shards: usize,
+        seed: u64,
+        record: Option<Chunk>,
+    ) -> Domain {
         Domain {
             id,
             owner,
+            store: Arc::clone(store),
+            record,
             slot_chunks: (0..MAX_SLOT_CHUNKS).map(|_| OnceLock::new()).collect(),
             meta: (0..MAX_SLOT_CHUNKS).map(|_| OnceLock::new()).collect(),
             allocated: (0..MAX_SLOT_CHUNKS).map(|_| AtomicU64::new(0)).collect(),
@@ -90,10 +165,148 @@ impl Domain {
                     }))
                 })
                 .collect(),
-            heap: Mutex::new(Heap::new(format!("{name}-heap"))),
+            heap: Mutex::new(Heap::new(Arc::clone(store), id)),
             heap_chunks: (0..MAX_HEAP_CHUNKS).map(|_| OnceLock::new()).collect(),
-            name,
         }
+    }
+
+    /// A domain an earlier daemon kept: its record (checked: magic, id,
+    /// owner, shards) and its chunks, in order. Its slots are read as they
+    /// are; the caller rebuilds the rest (`crate::adopt`).
+    pub fn adopt(
+        store: &Arc<dyn Store>,
+        id: u16,
+        owner: Option<u32>,
+        seed: u64,
+        record: Chunk,
+        slot_chunks: Vec<Chunk>,
+        heap_chunks: Vec<Chunk>,
+    ) -> Result<Domain, String> {
+        let word = |at: usize| record.mapping().word(at).map(|w| w.load(Ordering::Acquire));
+        let shards = word(24).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        if word(0) != Some(RECORD_MAGIC)
+            || word(8) != Some(u64::from(id))
+            || word(16) != Some(owner.map_or(0, |uid| u64::from(uid) | (1 << 32)))
+            || !shards.is_power_of_two()
+            || shards > 1024
+            || record.len() < record_len(shards)
+        {
+            return Err(format!(
+                "the record of domain {id} is not one this daemon wrote"
+            ));
+        }
+        if slot_chunks.len() > MAX_SLOT_CHUNKS || heap_chunks.len() > MAX_HEAP_CHUNKS {
+            return Err(format!("domain {id} has more chunks than a domain may"));
+        }
+        // More than counted is fine: made, not counted yet, so not used yet.
+        for (what, at, found) in [
+            ("slot", SLOT_CHUNKS_AT, slot_chunks.len()),
+            ("heap", HEAP_CHUNKS_AT, heap_chunks.len()),
+        ] {
+            let counted = word(at).unwrap_or(u64::MAX);
+            if (found as u64) < counted {
+                return Err(format!(
+                    "{what} chunk {found} of domain {id} is missing ({counted} were made)"
+                ));
+            }
+        }
+        let domain = Domain::with_parts(store, id, owner, shards, seed, Some(record));
+        let mut made = 0u32;
+        for (k, chunk) in slot_chunks.into_iter().enumerate() {
+            if chunk.len() != slot_chunk_len(k) {
+                return Err(format!(
+                    "slot chunk {k} of domain {id} is {} bytes, not {}",
+                    chunk.len(),
+                    slot_chunk_len(k)
+                ));
+            }
+            let meta: Box<[SlotMeta]> = (0..slot_chunk_slots(k))
+                .map(|_| SlotMeta::default())
+                .collect();
+            let _ = domain.meta[k].set(meta);
+            let _ = domain.slot_chunks[k].set(chunk);
+            made += slot_chunk_slots(k) as u32;
+        }
+        domain.slots_made.store(made, Ordering::Release);
+        for (k, chunk) in heap_chunks.into_iter().enumerate() {
+            let _ = domain.heap_chunks[k].set(chunk);
+        }
+        Ok(domain)
+    }
+
+    /// Notes in the record that `count` chunks of a kind exist.
+    fn count_chunks(&self, at: usize, count: usize) {
+        if let Some(record) = &self.record {
+            if let Some(word) = record.mapping().word(at) {
+                word.fetch_max(count as u64, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Shards of the domain.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Writes slot `index` (the caller holds its shard's lock): its old
+    /// version goes to the journal first, when there is one.
+    pub fn write_slot(&self, index: u32, new: &Slot) {
+        let (view, _) = self.slot(index).expect("a slot the caller found");
+        let entry = self.journal(index, &view.current());
+        view.write(new);
+        if let Some(entry) = entry {
+            entry.store(0, Ordering::Release);
+        }
+    }
+
+    /// Records `old` as slot `index`'s version before a write, in its
+    /// shard's journal entry; returns the entry's first word, which the
+    /// writer clears once the slot is whole again (`None`: no journal).
+    pub(crate) fn journal(&self, index: u32, old: &Slot) -> Option<&AtomicU64> {
+        let record = self.record.as_ref()?;
+        let entry = JOURNAL_AT + (index as usize & (self.shards.len() - 1)) * JOURNAL_ENTRY;
+        let word = |at: usize| record.mapping().word(at).expect("inside the record");
+        for (k, value) in old.encode().into_iter().enumerate() {
+            word(entry + 8 + 8 * k).store(value, Ordering::Relaxed);
+        }
+        word(entry).store(u64::from(index) | JOURNAL_VALID, Ordering::Release);
+        Some(word(entry))
+    }
+
+    /// The version of slot `index` its shard's journal entry holds, if the
+    /// entry is valid and for that slot (a write the daemon did not finish).
+    pub fn journaled(&self, index: u32) -> Option<Slot> {
+        let record = self.record.as_ref()?;
+        let entry = JOURNAL_AT + (index as usize & (self.shards.len() - 1)) * JOURNAL_ENTRY;
+        let word = |at: usize| record.mapping().word(at).map(|w| w.load(Ordering::Acquire));
+        if word(entry)? != u64::from(index) | JOURNAL_VALID {
+            return None;
+        }
+        let mut words = [0u64; 8];
+        for (k, out) in words.iter_mut().enumerate() {
+            *out = word(entry + 8 + 8 * k)?;
+        }
+        Some(Slot::decode(&words))
+    }
+
+    /// Rebuilds the heap of an adopted domain from the blocks of its live
+    /// values (address, value length); returns the gaps between them.
+    pub fn adopt_heap(
+        &self,
+        live: Vec<(HeapAddress, u64)>,
+    ) -> Result<Vec<(HeapAddress, u64)>, String> {
+        self.heap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .adopt(&self.heap_chunks, live)
+    }
+
+    /// Frees a gap [`Domain::adopt_heap`] returned.
+    pub fn free_gap(&self, at: HeapAddress, len: u64) {
+        self.heap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_gap(&self.heap_chunks, at, len);
     }
 
     /// Slot `index` and its facts, if its chunk exists.
@@ -139,18 +352,17 @@ impl Domain {
         let index = (shard.next_local << shard_bits) | shard_index as u32;
         self.prepare(index).map_err(|_| Status::Quota)?;
         shard.next_local += 1;
-        shard.seed ^= shard.seed << 13;
-        shard.seed ^= shard.seed >> 7;
-        shard.seed ^= shard.seed << 17;
-        let generation = ((shard.seed as u16) & 0x7fff).max(1);
-        let (view, _) = self.slot(index).expect("prepared");
-        view.write(&Slot {
-            generation,
-            flags: 0,
-            len: 0,
-            owner: 0,
-            payload: Payload::Free,
-        });
+        let generation = shard.first_generation();
+        self.write_slot(
+            index,
+            &Slot {
+                generation,
+                flags: 0,
+                len: 0,
+                owner: 0,
+                payload: Payload::Free,
+            },
+        );
         self.slots_made.fetch_max(index + 1, Ordering::AcqRel);
         Ok(Some(index))
     }
@@ -168,12 +380,17 @@ impl Domain {
         let made = match self.slot_chunks[chunk].get() {
             Some(made) => made,
             None => {
-                let made = Chunk::create(&format!("{}-slots", self.name), slot_chunk_len(chunk))?;
+                let made = Chunk::create(
+                    &*self.store,
+                    &names::slots(self.id, chunk),
+                    slot_chunk_len(chunk),
+                )?;
                 let meta: Box<[SlotMeta]> = (0..slot_chunk_slots(chunk))
                     .map(|_| SlotMeta::default())
                     .collect();
                 let _ = self.meta[chunk].set(meta);
                 let _ = self.slot_chunks[chunk].set(made);
+                self.count_chunks(SLOT_CHUNKS_AT, chunk + 1);
                 self.slot_chunks[chunk].get().expect("just set")
             }
         };
@@ -194,12 +411,14 @@ impl Domain {
             bytes[..value.len()].copy_from_slice(value);
             return Ok(Payload::Inline(bytes));
         }
-        let at = self
-            .heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .alloc(&self.heap_chunks, value.len() as u64)
-            .map_err(|_| Status::Quota)?;
+        let (at, chunks) = {
+            let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+            let at = heap
+                .alloc(&self.heap_chunks, value.len() as u64)
+                .map_err(|_| Status::Quota)?;
+            (at, heap.chunk_count())
+        };
+        self.count_chunks(HEAP_CHUNKS_AT, chunks);
         let written = self.heap_chunk(at.chunk).is_some_and(|chunk| {
             usize::try_from(at.offset).is_ok_and(|offset| chunk.mapping().store(offset, value))
         });

@@ -14,9 +14,10 @@
 //! a replaced value, or hold it borrowed): see `crate::reclaim`.
 
 use crate::memory::Chunk;
+use crate::store::{names, Store};
 use hreg_proto::table::{heap_chunk_len, HeapAddress};
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Freed blocks at least this large give their pages back.
 pub const PUNCH_MIN: u64 = 64 << 10;
@@ -72,8 +73,10 @@ struct Free {
 /// chunks themselves live in the domain (readers find them without a
 /// lock); the heap fills that list in order.
 pub struct Heap {
-    /// What each chunk's descriptor is named.
-    name: String,
+    /// Where chunks are made, and the domain whose heap this is (chunk
+    /// names say it).
+    store: Arc<dyn Store>,
+    domain: u16,
     /// Chunks made so far.
     chunks: usize,
     /// Where the next new block is cut from the newest chunk.
@@ -86,10 +89,11 @@ pub struct Heap {
 }
 
 impl Heap {
-    /// An empty heap whose chunks are named `name`.
-    pub fn new(name: String) -> Heap {
+    /// An empty heap of `domain`, whose chunks `store` makes.
+    pub fn new(store: Arc<dyn Store>, domain: u16) -> Heap {
         Heap {
-            name,
+            store,
+            domain,
             chunks: 0,
             cut: 0,
             allocated: 0,
@@ -101,6 +105,11 @@ impl Heap {
     /// Bytes in blocks handed out.
     pub fn in_use(&self) -> u64 {
         self.in_use
+    }
+
+    /// Chunks made so far.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks
     }
 
     /// A block for `len` bytes (allocated, ready to be written) in the
@@ -166,9 +175,15 @@ impl Heap {
             ));
         };
         let len = heap_chunk_len(self.chunks).max(size.div_ceil(1 << 20) << 20);
-        let chunk = Chunk::create(&self.name, len as usize)?;
+        let chunk = Chunk::create(
+            &*self.store,
+            &names::heap(self.domain, self.chunks),
+            len as usize,
+        )?;
         if let Some(last) = self.chunks.checked_sub(1) {
-            self.scatter_rest(made(chunks, last as u16));
+            let end = made(chunks, last as u16).len() as u64;
+            let allocated = self.allocated;
+            self.scatter(last as u16, self.cut, end, allocated);
         }
         // Only this heap (under its domain's lock) fills the list.
         let _ = place.set(chunk);
@@ -178,30 +193,107 @@ impl Heap {
         Ok(())
     }
 
-    /// Cuts the unused end of the newest chunk into free blocks, largest
-    /// first.
-    fn scatter_rest(&mut self, newest: &Chunk) {
-        let chunk = self.chunks - 1;
-        let end = newest.len() as u64;
-        while end - self.cut >= ALIGN {
-            let rest = end - self.cut;
+    /// Cuts `from .. end` of `chunk` into free blocks, largest first;
+    /// those reaching past `allocated` have no pages yet.
+    fn scatter(&mut self, chunk: u16, mut from: u64, end: u64, allocated: u64) {
+        while end - from >= ALIGN {
+            let rest = end - from;
             let (mut class, _) = class_of(rest);
             while class_size(class) > rest {
                 class -= 1;
             }
             let size = class_size(class);
             let at = HeapAddress {
-                chunk: chunk as u16,
-                offset: self.cut,
+                chunk,
+                offset: from,
             };
-            self.cut += size;
-            // Pages past the allocated mark were never allocated.
-            let punched = at.offset + size > self.allocated;
+            from += size;
+            let punched = at.offset + size > allocated;
             if self.free.len() <= class {
                 self.free.resize_with(class + 1, Vec::new);
             }
             self.free[class].push(Free { at, punched });
         }
+    }
+
+    /// Takes the chunks an earlier daemon made (`chunks`, in order) with
+    /// the blocks its live values occupy (`live`: address and value
+    /// length); returns the rest, the gaps between them, which the caller
+    /// hands back with [`Heap::free_gap`] once no borrowed reference of the
+    /// earlier daemon's sessions can reach them. An error for blocks that
+    /// overlap or lie outside their chunk.
+    pub fn adopt(
+        &mut self,
+        chunks: &[OnceLock<Chunk>],
+        mut live: Vec<(HeapAddress, u64)>,
+    ) -> Result<Vec<(HeapAddress, u64)>, String> {
+        let count = chunks.iter().take_while(|c| c.get().is_some()).count();
+        live.sort_unstable_by_key(|&(at, _)| (at.chunk, at.offset));
+        let mut gaps = Vec::new();
+        let mut next = HeapAddress {
+            chunk: 0,
+            offset: 0,
+        };
+        self.in_use = 0;
+        let close = |gaps: &mut Vec<(HeapAddress, u64)>, upto: u64, next: HeapAddress| {
+            if upto > next.offset {
+                gaps.push((next, upto - next.offset));
+            }
+        };
+        for (at, len) in live {
+            let size = class_of(len).1;
+            if usize::from(at.chunk) >= count {
+                return Err(format!(
+                    "a value in heap chunk {}, which is missing",
+                    at.chunk
+                ));
+            }
+            let chunk_len = made(chunks, at.chunk).len() as u64;
+            if at.offset % ALIGN != 0
+                || at
+                    .offset
+                    .checked_add(size)
+                    .is_none_or(|end| end > chunk_len)
+            {
+                return Err(format!("a value outside heap chunk {}", at.chunk));
+            }
+            while next.chunk < at.chunk {
+                close(&mut gaps, made(chunks, next.chunk).len() as u64, next);
+                next = HeapAddress {
+                    chunk: next.chunk + 1,
+                    offset: 0,
+                };
+            }
+            if at.offset < next.offset {
+                return Err(format!("two values overlap in heap chunk {}", at.chunk));
+            }
+            close(&mut gaps, at.offset, next);
+            next.offset = at.offset + size;
+            self.in_use += size;
+        }
+        // Whole chunks after the last value, but the newest, are gaps too.
+        while usize::from(next.chunk) + 1 < count {
+            close(&mut gaps, made(chunks, next.chunk).len() as u64, next);
+            next = HeapAddress {
+                chunk: next.chunk + 1,
+                offset: 0,
+            };
+        }
+        self.chunks = count;
+        self.cut = if count == 0 { 0 } else { next.offset };
+        self.allocated = self.cut;
+        Ok(gaps)
+    }
+
+    /// Frees a gap [`Heap::adopt`] returned: cut into blocks, each
+    /// allocated again before use (the earlier daemon may have given its
+    /// pages back).
+    pub fn free_gap(&mut self, chunks: &[OnceLock<Chunk>], at: HeapAddress, len: u64) {
+        let chunk = made(chunks, at.chunk);
+        if len >= PUNCH_MIN {
+            chunk.punch(at.offset, len);
+        }
+        self.scatter(at.chunk, at.offset, at.offset + len, 0);
     }
 }
 
@@ -228,7 +320,7 @@ mod tests {
     #[test]
     fn blocks_are_reused_by_class_and_chunks_grow() {
         let chunks: Vec<OnceLock<Chunk>> = (0..4).map(|_| OnceLock::new()).collect();
-        let mut heap = Heap::new("hreg-test-heap".into());
+        let mut heap = Heap::new(Arc::new(crate::MemoryStore), 0);
         let a = heap.alloc(&chunks, 100).unwrap();
         let b = heap.alloc(&chunks, 100).unwrap();
         assert_ne!(a, b);

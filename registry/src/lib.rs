@@ -20,23 +20,30 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod adopt;
 mod domain;
 mod heap;
 mod holder;
 mod limits;
 mod memory;
 mod reclaim;
+mod refs;
+mod store;
 
+pub use adopt::{AdoptError, Adopted, KeptSession, StateReport};
 pub use holder::Holder;
 pub use hreg_proto::control::ListFilter;
 pub use limits::{session_staging_cap, Counters, Limits, Usage};
 pub use memory::Chunk;
 pub use reclaim::Reader;
+pub use refs::SessionKey;
+pub use store::{names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore, Store};
 
 use crate::domain::{Domain, Shard};
-use crate::holder::PURGE_FLOOR;
+use crate::holder::lock;
 use crate::limits::{Charge, LimitCell};
 use crate::reclaim::{Limbo, Retired};
+use crate::refs::{RefTable, PURGE_FLOOR};
 use crossbeam_utils::CachePadded;
 use hreg_proto::control::ObjectInfo;
 use hreg_proto::handle::{Handle, HandleParts, INSTANCE_MASK, MAX_DOMAINS};
@@ -50,7 +57,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The uid allowed everything.
 pub const ROOT: u32 = 0;
@@ -68,6 +75,7 @@ const LAST_GENERATION: u16 = u16::MAX;
 /// The objects of one daemon, with their handles, references, owners and
 /// the limits on them; shared by every thread that serves.
 pub struct Registry {
+    store: Arc<dyn Store>,
     instance: u16,
     shard_bits: u32,
     header: Chunk,
@@ -86,6 +94,8 @@ pub struct Registry {
     limbo_pending: AtomicBool,
     /// Live objects, by shard index over every domain.
     live: Box<[AtomicUsize]>,
+    /// The id the next session gets.
+    next_session: AtomicU64,
 }
 
 /// What a [`Registry::reclaim`] pass did.
@@ -101,12 +111,22 @@ pub struct Reclaimed {
 
 impl Registry {
     /// A registry of `shards` shards (rounded up to a power of two, at most
-    /// 1024), whose handles carry fresh random instance bits. Fails only when
-    /// its first memfds cannot be made.
+    /// 1024) in memory that ends with it, whose handles carry fresh random
+    /// instance bits. Fails only when its first memfds cannot be made.
     pub fn new(shards: usize, limits: Limits) -> std::io::Result<Registry> {
-        let random = RandomState::new().build_hasher().finish();
+        Registry::create(Arc::new(MemoryStore), shards, limits)
+    }
+
+    /// A new, empty registry in `store` (which keeps it for the next daemon,
+    /// if it keeps state), with fresh random instance bits.
+    pub fn create(
+        store: Arc<dyn Store>,
+        shards: usize,
+        limits: Limits,
+    ) -> std::io::Result<Registry> {
+        let random = random_u64();
         let instance = ((random >> 48) as u16 & INSTANCE_MASK).max(1);
-        Registry::with_instance(shards, limits, instance, random)
+        Registry::build(store, shards, limits, instance, random)
     }
 
     /// [`Registry::new`] with given instance bits (non-zero) and seed.
@@ -116,23 +136,41 @@ impl Registry {
         instance: u16,
         seed: u64,
     ) -> std::io::Result<Registry> {
+        Registry::build(Arc::new(MemoryStore), shards, limits, instance, seed)
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        shards: usize,
+        limits: Limits,
+        instance: u16,
+        seed: u64,
+    ) -> std::io::Result<Registry> {
         let shards = shards.clamp(1, 1024).next_power_of_two();
-        let header = Chunk::create("hreg-header", header::LEN)?;
+        let header = Chunk::create(&*store, names::HEADER, header::LEN)?;
         header.allocate(0, header::LEN as u64)?;
         header::Header::init(header.mapping(), instance).expect("the header fits its chunk");
-        let domains: Box<[OnceLock<Arc<Domain>>]> =
-            (0..MAX_DOMAINS).map(|_| OnceLock::new()).collect();
-        let _ = domains[usize::from(SHARED_DOMAIN)].set(Arc::new(Domain::new(
-            SHARED_DOMAIN,
-            None,
-            shards,
-            seed,
-        )));
-        Ok(Registry {
+        let shared = Domain::new(&store, SHARED_DOMAIN, None, shards, seed)?;
+        let registry = Registry::assemble(store, instance, shards, header, limits, seed);
+        let _ = registry.domains[usize::from(SHARED_DOMAIN)].set(Arc::new(shared));
+        Ok(registry)
+    }
+
+    /// A registry with no domain yet (the caller sets them).
+    fn assemble(
+        store: Arc<dyn Store>,
+        instance: u16,
+        shards: usize,
+        header: Chunk,
+        limits: Limits,
+        seed: u64,
+    ) -> Registry {
+        Registry {
+            store,
             instance,
             shard_bits: shards.trailing_zeros(),
             header,
-            domains,
+            domains: (0..MAX_DOMAINS).map(|_| OnceLock::new()).collect(),
             by_uid: Mutex::new((HashMap::new(), SHARED_DOMAIN + 1)),
             seed,
             limits: LimitCell::new(limits),
@@ -142,7 +180,13 @@ impl Registry {
             limbo_bytes: AtomicU64::new(0),
             limbo_pending: AtomicBool::new(false),
             live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
-        })
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether the registry's store keeps it for the next daemon.
+    pub fn keeps_state(&self) -> bool {
+        self.store.keeps_state()
     }
 
     /// The instance bits every handle of this registry carries.
@@ -163,15 +207,19 @@ impl Registry {
         self.header.read_only()
     }
 
-    /// A new holder (session identity) for `uid`.
-    pub fn holder(&self, uid: u32) -> Holder {
-        Holder {
+    /// A new session of `uid`: a fresh id and resume token, and a record
+    /// for its references (kept with the state, if the store keeps it).
+    pub fn holder(&self, uid: u32) -> std::io::Result<Holder> {
+        let mut token = [0u8; 16];
+        token[..8].copy_from_slice(&random_u64().to_le_bytes());
+        token[8..].copy_from_slice(&random_u64().to_le_bytes());
+        let key = SessionKey {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
             uid,
-            usage: self.uid_counters(uid),
-            refs: Mutex::default(),
-            staged: AtomicU64::new(0),
-            own_domain: OnceLock::new(),
-        }
+            token,
+        };
+        let refs = RefTable::new(&self.store, key)?;
+        Ok(Holder::new(refs, self.uid_counters(uid)))
     }
 
     /// Registers a session of `holder`'s uid whose pin table lies at
@@ -258,11 +306,13 @@ impl Registry {
                     return Err(Status::Quota);
                 }
                 let domain = Domain::new(
+                    &self.store,
                     id,
                     Some(holder.uid),
                     self.live.len(),
                     self.seed ^ u64::from(id),
-                );
+                )
+                .map_err(|_| Status::Quota)?;
                 let _ = self.domains[usize::from(id)].set(Arc::new(domain));
                 by_uid.0.insert(holder.uid, id);
                 by_uid.1 = id + 1;
@@ -357,16 +407,6 @@ impl Registry {
             };
             let (view, meta) = domain.slot(index).expect("a vacant slot exists");
             let generation = view.current().generation;
-            view.write(&Slot {
-                generation,
-                flags: obj_flags as u8,
-                len: value.len() as u32,
-                owner: holder.uid,
-                payload,
-            });
-            meta.refs.store(u32::from(!detached), Ordering::Relaxed);
-            shard.live += 1;
-            self.live[shard_index].fetch_add(1, Ordering::Relaxed);
             let handle = HandleParts {
                 instance: self.instance,
                 domain: domain.id,
@@ -375,11 +415,32 @@ impl Registry {
             }
             .handle()
             .expect("the instance bits are never 0");
+            // The reference first: a daemon killed before the slot is
+            // written leaves an entry for a dead handle, which the next one
+            // drops, never a live object that nobody holds.
             let purge = !detached && {
                 let mut refs = lock(&holder.refs);
-                refs.add(handle.get());
+                if refs.add(handle.get()).is_err() {
+                    shard.free.push_front(index);
+                    drop(refs);
+                    release_payload(&domain, payload, value.len());
+                    return Err(Status::Quota);
+                }
                 refs.wants_purge()
             };
+            domain.write_slot(
+                index,
+                &Slot {
+                    generation,
+                    flags: obj_flags as u8,
+                    len: value.len() as u32,
+                    owner: holder.uid,
+                    payload,
+                },
+            );
+            meta.refs.store(u32::from(!detached), Ordering::Relaxed);
+            shard.live += 1;
+            self.live[shard_index].fetch_add(1, Ordering::Relaxed);
             charge.keep();
             drop(shard);
             if purge {
@@ -443,12 +504,14 @@ impl Registry {
         };
         let charge = self.charge(&owner, 0, new_len.saturating_sub(old_len))?;
         let payload = domain.place(value)?;
-        let (view, _) = domain.slot(index).expect("live");
-        view.write(&Slot {
-            len: value.len() as u32,
-            payload,
-            ..old
-        });
+        domain.write_slot(
+            index,
+            &Slot {
+                len: value.len() as u32,
+                payload,
+                ..old
+            },
+        );
         charge.keep();
         let shrink = old_len.saturating_sub(new_len);
         self.total.give_back(0, shrink);
@@ -471,10 +534,12 @@ impl Registry {
             // Checked before the table is touched: a refused RETAIN leaves
             // no entry behind.
             let count = meta.refs.load(Ordering::Relaxed);
-            if refs.held(handle.get()) == u32::MAX || count == u32::MAX {
+            if refs.held(handle.get()) == u32::MAX
+                || count == u32::MAX
+                || refs.add(handle.get()).is_err()
+            {
                 return Err(Status::Quota);
             }
-            refs.add(handle.get());
             meta.refs.store(count + 1, Ordering::Relaxed);
             refs.wants_purge()
         };
@@ -505,7 +570,7 @@ impl Registry {
         let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
         meta.refs.store(refs, Ordering::Relaxed);
         if refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-            self.kill(&domain, &mut shard, index, &slot, holder);
+            self.kill(&domain, &mut shard, index, &slot, Some(holder));
         }
         Ok(())
     }
@@ -519,15 +584,22 @@ impl Registry {
         if !writable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
-        self.kill(&domain, &mut shard, index, &slot, holder);
+        self.kill(&domain, &mut shard, index, &slot, Some(holder));
         lock(&holder.refs).forget(handle.get());
         Ok(())
     }
 
     /// Drops every reference `holder` owns (its session ended).
     pub fn release_all(&self, holder: &Holder) {
-        let refs = std::mem::take(&mut *lock(&holder.refs));
-        for (handle, count) in refs.counts {
+        let held = {
+            let mut refs = lock(&holder.refs);
+            let held = refs.entries();
+            // The record goes first: a daemon killed from here on finds no
+            // references of this session, as if all were released.
+            refs.discard();
+            held
+        };
+        for (handle, count) in held {
             let Some(handle) = Handle::new(handle) else {
                 continue;
             };
@@ -542,7 +614,7 @@ impl Registry {
             let left = meta.refs.load(Ordering::Relaxed).saturating_sub(count);
             meta.refs.store(left, Ordering::Relaxed);
             if left == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-                self.kill(&domain, &mut shard, index, &slot, holder);
+                self.kill(&domain, &mut shard, index, &slot, Some(holder));
             }
         }
     }
@@ -551,7 +623,11 @@ impl Registry {
     /// size of its table that triggers the next purge. Takes no shard lock
     /// while it holds the table, nor the table while it holds a shard lock.
     fn purge_dead_references(&self, holder: &Holder) {
-        let handles: Vec<u64> = lock(&holder.refs).counts.keys().copied().collect();
+        let handles: Vec<u64> = lock(&holder.refs)
+            .entries()
+            .into_iter()
+            .map(|(handle, _)| handle)
+            .collect();
         let dead: Vec<u64> = handles
             .into_iter()
             .filter(|&handle| !self.is_live(handle))
@@ -562,7 +638,7 @@ impl Registry {
         for handle in dead {
             refs.forget(handle);
         }
-        refs.purge_at = (refs.counts.len() * 2).max(PURGE_FLOOR);
+        refs.purge_at = (refs.len() * 2).max(PURGE_FLOOR);
     }
 
     /// Whether `handle` names a live object.
@@ -695,10 +771,14 @@ impl Registry {
         }
         let mut done = Reclaimed::default();
         for block in free {
-            if let Some(domain) = self.domain(block.domain) {
-                domain.free_block(block.at, block.len);
+            match self.domain(block.domain) {
+                Some(domain) if block.gap => domain.free_gap(block.at, block.len),
+                Some(domain) => domain.free_block(block.at, block.len),
+                None => {}
             }
-            self.limbo_bytes.fetch_sub(block.len, Ordering::Relaxed);
+            if !block.gap {
+                self.limbo_bytes.fetch_sub(block.len, Ordering::Relaxed);
+            }
             done.blocks += 1;
             done.bytes += block.len;
         }
@@ -731,6 +811,7 @@ impl Registry {
             at,
             len,
             epoch,
+            gap: false,
         });
         // Counted before the lock is let go: a pass that frees the block
         // subtracts its bytes only after taking that lock, so the count
@@ -744,15 +825,25 @@ impl Registry {
     /// is freed, or retired once its generations are used up; its block
     /// goes to reclamation. `by` is who ends it, most often of the owner's
     /// uid (then the owner's counters are at hand).
-    fn kill(&self, domain: &Domain, shard: &mut Shard, index: u32, slot: &Slot, by: &Holder) {
-        let (view, meta) = domain.slot(index).expect("live");
-        view.write(&Slot {
-            generation: slot.generation.wrapping_add(1),
-            flags: 0,
-            len: 0,
-            owner: 0,
-            payload: Payload::Free,
-        });
+    fn kill(
+        &self,
+        domain: &Domain,
+        shard: &mut Shard,
+        index: u32,
+        slot: &Slot,
+        by: Option<&Holder>,
+    ) {
+        let (_, meta) = domain.slot(index).expect("live");
+        domain.write_slot(
+            index,
+            &Slot {
+                generation: slot.generation.wrapping_add(1),
+                flags: 0,
+                len: 0,
+                owner: 0,
+                payload: Payload::Free,
+            },
+        );
         meta.refs.store(0, Ordering::Relaxed);
         if slot.generation.wrapping_add(1) != LAST_GENERATION {
             shard.free.push_back(index);
@@ -761,10 +852,9 @@ impl Registry {
         self.live[self.shard_of(index)].fetch_sub(1, Ordering::Relaxed);
         let bytes = u64::from(slot.len);
         self.total.give_back(1, bytes);
-        if slot.owner == by.uid {
-            by.usage.give_back(1, bytes);
-        } else {
-            self.uid_counters(slot.owner).give_back(1, bytes);
+        match by {
+            Some(by) if by.uid == slot.owner => by.usage.give_back(1, bytes),
+            _ => self.uid_counters(slot.owner).give_back(1, bytes),
         }
         self.retire(domain, slot);
     }
@@ -876,9 +966,17 @@ fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// 64 random bits from the kernel (instance bits, resume tokens, seeds).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    match rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()) {
+        Ok(8) => u64::from_le_bytes(bytes),
+        // Never short for 8 bytes; std's hasher keys are random too.
+        _ => RandomState::new().build_hasher().finish(),
+    }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_adopt;

@@ -130,6 +130,12 @@ impl Counters {
         true
     }
 
+    /// Counts what an adopted state holds (no limit applies: it is there).
+    pub(crate) fn adopt(&self, objects: u64, bytes: u64) {
+        self.objects.fetch_add(objects, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn give_back(&self, objects: u64, bytes: u64) {
         self.objects.fetch_sub(objects, Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);

@@ -1,6 +1,7 @@
-//! The memfds the registry keeps its read side in ("chunks"): made sealed
-//! against growing and shrinking, owned by the daemon's uid with mode 0600,
-//! mapped read/write in the daemon, and handed to clients only as read-only
+//! The descriptors the registry keeps its read side in ("chunks"): made by
+//! its [`Store`] (memfds sealed against growing and shrinking, or files of
+//! a state directory), owned by the daemon's uid with mode 0600, mapped
+//! read/write in the daemon, and handed to clients only as read-only
 //! reopens (so a client of another uid can neither map them writable,
 //! `mprotect` them, `write()` or `ftruncate` them, nor reopen them
 //! read/write through `/proc`).
@@ -10,13 +11,14 @@
 //! running out of memory is an error the registry reports (QUOTA), never a
 //! SIGBUS; large freed ranges are punched out again.
 
+use crate::store::Store;
 use hreg_proto::shm::{Access, Mapping};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
-use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{FallocateFlags, Mode, OFlags};
 use std::io;
 use std::sync::Arc;
 
-/// One memfd of the read side and the daemon's mapping of it.
+/// One descriptor of the registry's state and the daemon's mapping of it.
 #[derive(Debug)]
 pub struct Chunk {
     fd: OwnedFd,
@@ -24,29 +26,20 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// A new chunk of `len` bytes, named `name` (as `/proc/PID/fd` shows it).
-    /// Nothing of it is allocated yet.
-    pub fn create(name: &str, len: usize) -> io::Result<Chunk> {
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        Chunk::adopt(fd)
+    /// A new chunk of `len` bytes, which `store` makes (and keeps, if it
+    /// keeps state) under `name`. Nothing of it is allocated yet.
+    pub fn create(store: &dyn Store, name: &str, len: usize) -> io::Result<Chunk> {
+        Chunk::adopt(store.create(name, len as u64)?)
     }
 
-    /// The chunk in `fd`, a memfd made by [`Chunk::create`] (by this process
-    /// or an earlier daemon): checked to be sealed against resizing, and
-    /// mapped.
+    /// The chunk in `fd` (made by a [`Store`], in this process or by an
+    /// earlier daemon), mapped read/write: fails for an empty or
+    /// read-only descriptor.
     pub fn adopt(fd: OwnedFd) -> io::Result<Chunk> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "chunk is not sealed against resizing",
-            ));
-        }
         let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "chunk size"))?;
+            .ok()
+            .filter(|&len| len > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty chunk"))?;
         let map = Arc::new(Mapping::map(&fd, len, Access::ReadWrite)?);
         Ok(Chunk { fd, map })
     }
@@ -111,7 +104,7 @@ mod tests {
 
     #[test]
     fn chunks_are_sealed_private_and_read_only_for_clients() {
-        let chunk = Chunk::create("hreg-test", 1 << 16).unwrap();
+        let chunk = Chunk::create(&crate::MemoryStore, "d0-s0", 1 << 16).unwrap();
         assert_eq!(chunk.len(), 1 << 16);
         chunk.allocate(0, 4096).unwrap();
         assert!(chunk.mapping().store(100, b"bytes"));

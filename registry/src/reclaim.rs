@@ -11,6 +11,12 @@
 //! session holds back is counted ([`Reader::held_back`]) so the daemon can
 //! charge it to the session's uid and close a session that holds back more
 //! than its uid may own.
+//!
+//! A daemon that adopts a kept state cannot see the pin tables of the
+//! sessions it kept until their clients come back (each brings its
+//! session memory back): everything that was free when it adopted, and
+//! everything it frees before, stays in limbo until every kept session has
+//! resumed or given up ([`Quarantine`]).
 
 use hreg_proto::pins::{self, PinTable, PIN_ENTRIES};
 use hreg_proto::shm::Mapping;
@@ -86,6 +92,18 @@ pub(crate) struct Retired {
     /// The length of the value it held (its size class follows).
     pub len: u64,
     pub epoch: u64,
+    /// A gap between an adopted heap's values (`len` bytes of it), not one
+    /// value's block.
+    pub gap: bool,
+}
+
+/// Blocks of an adopted state held back for the sessions it kept: those
+/// noted at or before `epoch` wait while `outstanding` sessions have not
+/// come back.
+#[derive(Debug, Default)]
+pub(crate) struct Quarantine {
+    pub epoch: u64,
+    pub outstanding: usize,
 }
 
 /// The blocks waiting, and the readers to ask.
@@ -93,6 +111,7 @@ pub(crate) struct Retired {
 pub(crate) struct Limbo {
     pub retired: Vec<Retired>,
     pub readers: Vec<Weak<Reader>>,
+    pub quarantine: Quarantine,
 }
 
 impl Limbo {
@@ -127,7 +146,11 @@ impl Limbo {
             }
         }
         let mut free = Vec::new();
+        let quarantine = &self.quarantine;
         self.retired.retain(|block| {
+            if quarantine.outstanding > 0 && block.epoch <= quarantine.epoch {
+                return true;
+            }
             let mut reusable = true;
             for (reader, pinned) in &oldest {
                 let pin = pinned.get(&block.domain).copied();

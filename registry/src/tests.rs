@@ -100,7 +100,7 @@ proptest! {
     fn registry_matches_model(actions in proptest::collection::vec(action(), 1..300)) {
         // Two shards so slots are reused often.
         let registry = Registry::with_instance(2, LIMITS, 5, 77).unwrap();
-        let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| registry.holder(uid)).collect();
+        let mut holders: Vec<Holder> = UIDS.iter().map(|&uid| registry.holder(uid).unwrap()).collect();
         let mut model = Model::default();
         // Every handle issued, plus a few that never were.
         let mut known: Vec<u64> = vec![1, HandleParts { instance: 6, domain: 0, generation: 1, slot: 0 }.encode()];
@@ -214,7 +214,7 @@ proptest! {
                 }
                 Action::EndSession { who } => {
                     registry.release_all(&holders[who]);
-                    holders[who] = registry.holder(UIDS[who]);
+                    holders[who] = registry.holder(UIDS[who]).unwrap();
                     let handles: Vec<u64> = model.live.keys().copied().collect();
                     for h in handles {
                         model.live.get_mut(&h).unwrap().refs.remove(&who);
@@ -242,7 +242,7 @@ proptest! {
 #[test]
 fn reused_slot_gets_a_new_generation() {
     let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
-    let holder = registry.holder(1000);
+    let holder = registry.holder(1000).unwrap();
     let first = registry.insert(&holder, b"a", 0).unwrap();
     registry.release(&holder, first).unwrap();
     let second = registry.insert(&holder, b"b", 0).unwrap();
@@ -264,7 +264,7 @@ fn reused_slot_gets_a_new_generation() {
 #[test]
 fn slot_is_retired_before_its_generation_wraps() {
     let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
-    let holder = registry.holder(1000);
+    let holder = registry.holder(1000).unwrap();
     let first = registry.insert(&holder, b"a", 0).unwrap();
     let parts = HandleParts::decode(first.get());
     // Push the slot to its last live generation directly; walking there
@@ -283,7 +283,7 @@ fn slot_is_retired_before_its_generation_wraps() {
     .handle()
     .unwrap();
     registry.release(&holder, last_handle).unwrap_err();
-    lock(&holder.refs).add(last_handle.get());
+    lock(&holder.refs).add(last_handle.get()).unwrap();
     registry.release(&holder, last_handle).unwrap();
     let next = registry.insert(&holder, b"b", 0).unwrap();
     assert_ne!(
@@ -297,7 +297,7 @@ fn slot_is_retired_before_its_generation_wraps() {
 fn handles_of_another_instance_are_stale() {
     let a = Registry::with_instance(4, LIMITS, 1, 9).unwrap();
     let b = Registry::with_instance(4, LIMITS, 2, 9).unwrap();
-    let holder = a.holder(0);
+    let holder = a.holder(0).unwrap();
     let h = a.insert(&holder, b"x", flags::DETACHED).unwrap();
     b.insert(&holder, b"y", flags::DETACHED).unwrap();
     assert_eq!(b.get_with(&holder, h, |v| v.to_vec()), Err(Status::Stale));
@@ -313,8 +313,8 @@ fn listing_pages_through_every_object_once() {
         ..LIMITS
     };
     let registry = Registry::with_instance(4, limits, 3, 1).unwrap();
-    let alice = registry.holder(1000);
-    let bob = registry.holder(1001);
+    let alice = registry.holder(1000).unwrap();
+    let bob = registry.holder(1001).unwrap();
     let mut expected = HashSet::new();
     for i in 0..100u32 {
         let who = if i % 3 == 0 { &bob } else { &alice };
@@ -353,8 +353,8 @@ fn listing_pages_through_every_object_once() {
 #[test]
 fn per_uid_caps_and_new_limits_apply() {
     let registry = Registry::with_instance(2, LIMITS, 3, 1).unwrap();
-    let alice = registry.holder(1000);
-    let bob = registry.holder(1001);
+    let alice = registry.holder(1000).unwrap();
+    let bob = registry.holder(1001).unwrap();
     for i in 0..LIMITS.uid_max_objects {
         registry.insert(&alice, &[i as u8], 0).unwrap();
     }
@@ -389,8 +389,8 @@ fn per_uid_caps_and_new_limits_apply() {
 #[test]
 fn a_refused_retain_leaves_no_entry_and_release_never_wraps() {
     let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
-    let owner = registry.holder(1000);
-    let other = registry.holder(1000);
+    let owner = registry.holder(1000).unwrap();
+    let other = registry.holder(1000).unwrap();
     let h = registry.insert(&owner, b"kept", 0).unwrap();
     // The slot's count at its ceiling (walking there takes 2^32 retains).
     let parts = HandleParts::decode(h.get());
@@ -428,8 +428,8 @@ fn removed_objects_leave_no_references_behind() {
         ..LIMITS
     };
     let registry = Registry::with_instance(4, limits, 3, 1).unwrap();
-    let owner = registry.holder(1000);
-    let reader = registry.holder(2000);
+    let owner = registry.holder(1000).unwrap();
+    let reader = registry.holder(2000).unwrap();
     for _ in 0..20_000 {
         // The remover's own reference goes with the object.
         let h = registry.insert(&owner, b"x", flags::SHARED).unwrap();
@@ -448,7 +448,7 @@ fn removed_objects_leave_no_references_behind() {
     registry.retain(&reader, h).unwrap();
     registry.remove(&owner, h).unwrap();
     assert_eq!(registry.release(&reader, h), Err(Status::Stale));
-    assert!(!lock(&reader.refs).counts.contains_key(&h.get()));
+    assert_eq!(lock(&reader.refs).held(h.get()), 0);
     // Live references survive every purge.
     let kept: Vec<Handle> = (0..50)
         .map(|_| registry.insert(&owner, b"z", flags::SHARED).unwrap())
@@ -519,8 +519,8 @@ fn clients_read_their_domains_without_the_daemon() {
         ..Limits::default()
     };
     let registry = Registry::with_instance(4, limits, 9, 3).unwrap();
-    let alice = registry.holder(1000);
-    let bob = registry.holder(1001);
+    let alice = registry.holder(1000).unwrap();
+    let bob = registry.holder(1001).unwrap();
     let small = registry.insert(&alice, b"alice's", 0).unwrap();
     let big_value: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     let big = registry.insert(&alice, &big_value, 0).unwrap();
@@ -569,12 +569,12 @@ fn borrowed_blocks_wait_for_their_readers() {
         ..Limits::default()
     };
     let registry = Registry::with_instance(4, limits, 9, 3).unwrap();
-    let owner = registry.holder(1000);
+    let owner = registry.holder(1000).unwrap();
     let value = vec![7u8; 4096];
     let h = registry.insert(&owner, &value, flags::SHARED).unwrap();
     // A session of another uid, with its pin table, borrows the value.
     let session = Arc::new(Mapping::anonymous(pin_table_len(PIN_ENTRIES)).unwrap());
-    let borrower = registry.holder(1001);
+    let borrower = registry.holder(1001).unwrap();
     let reader = registry.reader(&borrower, Arc::clone(&session), 0);
     let table = PinTable::new(&session, 0, PIN_ENTRIES).unwrap();
     let pin = table.pin(SHARED_DOMAIN, registry.epoch()).unwrap();
@@ -614,7 +614,7 @@ fn the_heap_follows_the_live_values_under_churn() {
         ..Limits::default()
     };
     let registry = Registry::with_instance(8, limits, 9, 3).unwrap();
-    let holder = registry.holder(1000);
+    let holder = registry.holder(1000).unwrap();
     let mut live: Vec<(Handle, usize)> = Vec::new();
     let mut state = 99u64;
     let mut next = || {
@@ -667,7 +667,7 @@ fn the_bytes_waiting_never_dip_below_zero_while_a_pass_runs() {
     // watches: the count of bytes waiting must never wrap (for as long as
     // it did, no insert of anyone would find room).
     let registry = Registry::with_instance(4, Limits::default(), 9, 3).unwrap();
-    let holder = registry.holder(1000);
+    let holder = registry.holder(1000).unwrap();
     let h = registry.insert(&holder, &[1u8; 200], 0).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let most = std::thread::scope(|scope| {

@@ -128,6 +128,30 @@ impl Daemon {
         daemon
     }
 
+    /// The daemon's private directory (its socket's), where a test may keep
+    /// a state directory that outlives one daemon.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Waits for the daemon to exit (the caller signalled it), then starts
+    /// `hregd` again on the same socket with `args`; returns how long the
+    /// new one took from its start to accepting connections.
+    pub fn restart(&mut self, args: &[&str]) -> Duration {
+        let _ = self.child.wait();
+        let started = Instant::now();
+        self.child = Command::new(binary("hregd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn hregd");
+        self.wait_ready();
+        started.elapsed()
+    }
+
     fn wait_ready(&self) {
         wait_until("hregd to accept connections", || {
             hreg::Client::connect(&self.socket).is_ok()
@@ -298,9 +322,10 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
 }
 
 /// Whether a descriptor's target or a mapping's line names one of the
-/// registry's memfds (`hreg-uid-*`, `hreg-shared*`, `hreg-header`).
-fn is_registry_memory(name: &str) -> bool {
-    ["memfd:hreg-uid-", "memfd:hreg-shared", "memfd:hreg-header"]
+/// registry's memfds (`hreg-header`, a domain's `hreg-d*`: see
+/// `hreg_registry::names`), not a session's own memory.
+pub fn is_registry_memory(name: &str) -> bool {
+    ["memfd:hreg-d", "memfd:hreg-header"]
         .iter()
         .any(|prefix| name.contains(prefix))
 }

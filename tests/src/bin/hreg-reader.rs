@@ -340,14 +340,6 @@ fn regions() -> Vec<Region> {
         .collect()
 }
 
-/// Whether a mapping's or descriptor's name is one of the registry's
-/// memfds (slot tables, heaps, header), not the session's own memory.
-fn is_registry(name: &str) -> bool {
-    ["memfd:hreg-uid-", "memfd:hreg-shared", "memfd:hreg-header"]
-        .iter()
-        .any(|prefix| name.contains(prefix))
-}
-
 /// Reads every readable mapping through `/proc/self/mem` (unreadable
 /// pages, such as `[vvar]`, are skipped) and counts each masked marker.
 fn scan_memory(markers: &[&[u8]]) -> Scan {
@@ -363,7 +355,7 @@ fn scan_memory(markers: &[&[u8]]) -> Scan {
             let n = count_masked(hay, marker, starts_before);
             if n > 0 {
                 hits.total += n;
-                if is_registry(&region.name) {
+                if hreg_tests::is_registry_memory(&region.name) {
                     hits.in_registry += n;
                 }
                 if hits.places.len() < 8 {
@@ -445,7 +437,7 @@ fn registry_fds() -> Vec<i32> {
         .filter_map(|entry| {
             let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
             let target = std::fs::read_link(entry.path()).ok()?;
-            is_registry(&target.to_string_lossy()).then_some(fd)
+            hreg_tests::is_registry_memory(&target.to_string_lossy()).then_some(fd)
         })
         .collect()
 }
@@ -528,7 +520,7 @@ fn fd_attacks(fd: i32) -> Vec<(&'static str, bool)> {
 fn registry_mappings() -> Vec<Region> {
     regions()
         .into_iter()
-        .filter(|r| is_registry(&r.name))
+        .filter(|r| hreg_tests::is_registry_memory(&r.name))
         .collect()
 }
 
