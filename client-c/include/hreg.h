@@ -67,7 +67,9 @@ typedef enum hreg_status {
      */
     HREG_ERR_CONNECT = 8,
     /**
-     * The daemon went away (sticky for the client).
+     * The daemon went away. Transient when the daemon keeps its state and
+     * the client resumes its session (by itself, within the grace period);
+     * else sticky. An op that got it may or may not have been applied.
      */
     HREG_ERR_DISCONNECTED = 9,
     /**

@@ -42,8 +42,19 @@ pub enum Error {
         /// Why the last one failed, if known.
         reason: Option<String>,
     },
-    /// The daemon went away (EOF or SHUTDOWN on the control socket). Sticky:
-    /// every later call on the same client fails the same way.
+    /// The daemon went away (EOF or SHUTDOWN on the control socket), or is
+    /// away: every call fails this way at once until the session is back.
+    /// When the daemon keeps its state (`--state-dir`, systemd's descriptor
+    /// store), the client takes the session back from the restarted daemon
+    /// by itself within the grace period, and calls work again; otherwise
+    /// (or once the grace has passed) this is for good.
+    ///
+    /// An operation that got this error may or may not have been applied:
+    /// a GET applied nothing; a REPLACE left the old or the new value (retry
+    /// it: it is idempotent); a REMOVE may have removed the object (a retry
+    /// says STALE); a RETAIN or RELEASE may have been counted; an INSERT may
+    /// have made an object whose handle was never returned: it is this
+    /// session's, and goes when the session ends (unless DETACHED).
     #[error("the daemon went away")]
     Disconnected,
     /// The daemon speaks another protocol version.

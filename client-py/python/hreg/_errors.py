@@ -88,7 +88,10 @@ class ConnectError(Error):
 
 
 class Disconnected(Error):
-    """HREG_ERR_DISCONNECTED (9): the daemon went away, or the client is closed."""
+    """HREG_ERR_DISCONNECTED (9): the daemon went away, or the client is closed.
+
+    Transient when the daemon keeps its state: the client takes its session
+    back from the restarted daemon by itself, and calls work again."""
 
     status = 9
 
