@@ -16,6 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::shm::{OwnedMapping, PinnedBlock};
+use hreg_proto::control::Preload;
 use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
 use hreg_proto::pins::PinTable;
 use hreg_proto::shm::{Access, Mapping};
@@ -104,6 +105,38 @@ pub(crate) enum Resolved {
     Ring,
 }
 
+/// Maps chunks of `domain` into `maps`: slot chunks from `slots.0` on,
+/// heap chunks from `heap.0` on (a chunk already mapped is kept).
+fn map_chunks(
+    maps: &DomainMaps,
+    domain: u16,
+    slots: (usize, &[OwnedFd]),
+    heap: (usize, &[OwnedFd]),
+) -> Result<()> {
+    for (k, fd) in slots.1.iter().enumerate() {
+        let chunk = slots.0 + k;
+        let place = maps
+            .slots
+            .get(chunk)
+            .ok_or_else(|| Error::Protocol(format!("slot chunk {chunk} of domain {domain}")))?;
+        if place.get().is_none() {
+            let map = OwnedMapping::sealed(fd, Some(slot_chunk_len(chunk)), Access::ReadOnly)?;
+            let _ = place.set(map);
+        }
+    }
+    for (k, fd) in heap.1.iter().enumerate() {
+        let chunk = heap.0 + k;
+        let place = maps
+            .heap
+            .get(chunk)
+            .ok_or_else(|| Error::Protocol(format!("heap chunk {chunk} of domain {domain}")))?;
+        if place.get().is_none() {
+            let _ = place.set(OwnedMapping::sealed(fd, None, Access::ReadOnly)?);
+        }
+    }
+    Ok(())
+}
+
 /// A value borrowed from shared memory: a pinned block, valid and
 /// unchanged while its pin holds; or, for a value kept inside its slot
 /// (which a replace rewrites), a copy.
@@ -190,25 +223,38 @@ impl Reads {
                 Err(e) => return Err(e),
             };
             let more = !slots.is_empty() || !heap.is_empty();
-            for (k, fd) in slots.iter().enumerate() {
-                let chunk = slots_from + k;
-                let place = maps.slots.get(chunk).ok_or_else(|| {
-                    Error::Protocol(format!("slot chunk {chunk} of domain {domain}"))
-                })?;
-                let map = OwnedMapping::sealed(fd, Some(slot_chunk_len(chunk)), Access::ReadOnly)?;
-                let _ = place.set(map);
-            }
-            for (k, fd) in heap.iter().enumerate() {
-                let chunk = heap_from + k;
-                let place = maps.heap.get(chunk).ok_or_else(|| {
-                    Error::Protocol(format!("heap chunk {chunk} of domain {domain}"))
-                })?;
-                let _ = place.set(OwnedMapping::sealed(fd, None, Access::ReadOnly)?);
-            }
+            map_chunks(maps, domain, (slots_from, &slots), (heap_from, &heap))?;
             if !more {
                 return Ok(true);
             }
         }
+    }
+
+    /// Maps the chunks WELCOME brought: `fds` holds each preloaded domain's
+    /// slot chunks then heap chunks, in `preload`'s order.
+    pub(crate) fn preload(&self, preload: &[Preload], fds: Vec<OwnedFd>) -> Result<()> {
+        let used = preload.iter().filter(|p| p.domain != Preload::NONE);
+        let expected: usize = used
+            .clone()
+            .map(|p| p.slots as usize + p.heap as usize)
+            .sum();
+        if fds.len() != expected {
+            return Err(Error::Protocol(format!(
+                "WELCOME came with {} chunk descriptors, expected {expected}",
+                fds.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        for p in used {
+            let domain = u16::try_from(p.domain)
+                .ok()
+                .filter(|&d| usize::from(d) < MAX_DOMAINS)
+                .ok_or_else(|| Error::Protocol(format!("WELCOME preloads domain {}", p.domain)))?;
+            let slots: Vec<OwnedFd> = fds.by_ref().take(p.slots as usize).collect();
+            let heap: Vec<OwnedFd> = fds.by_ref().take(p.heap as usize).collect();
+            map_chunks(self.maps_or_new(domain), domain, (0, &slots), (0, &heap))?;
+        }
+        Ok(())
     }
 
     /// The slot `parts` names, mapping what is missing once; `Ok(None)`:

@@ -112,7 +112,15 @@ impl Session {
                 )))
             }
         };
-        let [memfd, header] = control::fds::<2>(fds, "WELCOME")?;
+        if fds.len() < 2 {
+            return Err(Error::Protocol(format!(
+                "WELCOME came with {} descriptors, expected at least 2",
+                fds.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let (memfd, header) = (fds.next().expect("two"), fds.next().expect("two"));
+        let chunks: Vec<OwnedFd> = fds.collect();
         if welcome.version != PROTOCOL_VERSION {
             return Err(Error::Version {
                 message: format!(
@@ -140,6 +148,7 @@ impl Session {
             welcome.pin_entries,
         )?;
         let reads = Reads::new(&header, welcome.instance)?;
+        reads.preload(&welcome.preload, chunks)?;
         let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];
         Ok(Arc::new_cyclic(|me| Session {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),

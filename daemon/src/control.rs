@@ -23,9 +23,10 @@ use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
 use hreg_proto::control::{
-    ControlRequest, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+    ControlRequest, Preload, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
 };
 use hreg_proto::pins::PIN_ENTRIES;
+use hreg_proto::table::SHARED_DOMAIN;
 use hreg_proto::{Status, PROTOCOL_VERSION};
 use hreg_registry::{Holder, KeptSession, Registry, ROOT};
 use rustix::event::epoll;
@@ -49,6 +50,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections accepted per wakeup; more wait for the next one (the
 /// listener stays readable), so a flood of connects cannot starve the rest.
 const ACCEPT_BATCH: usize = 64;
+
+/// Slot and heap chunks (each) of a domain attached to WELCOME: two
+/// domains' and the two first descriptors stay within one reply's
+/// [`MAX_CHUNKS_PER_REPLY`].
+const PRELOAD_CHUNKS: usize = 15;
+const _: () = assert!(2 + 2 * 2 * PRELOAD_CHUNKS <= MAX_CHUNKS_PER_REPLY as usize);
 
 /// Messages read from one connection per wakeup; the rest wait for the
 /// next one (epoll is level-triggered).
@@ -730,7 +737,8 @@ impl Control {
         memory: SessionMemory,
         memfd: OwnedFd,
     ) -> bool {
-        let header = match self.registry.header_for_client() {
+        let registry = Arc::clone(&self.registry);
+        let header = match registry.header_for_client() {
             Ok(header) => header,
             Err(e) => {
                 let message = format!("cannot open the registry header: {e}");
@@ -740,7 +748,7 @@ impl Control {
         let limits = self.config.limits;
         let layout = self.config.layout;
         let keeps = self.registry.keeps_state();
-        let welcome = Welcome {
+        let mut welcome = Welcome {
             version: PROTOCOL_VERSION,
             session_id: holder.id(),
             max_value_size: limits.registry.max_value_size as u64,
@@ -763,7 +771,25 @@ impl Control {
             } else {
                 0
             },
+            preload: [Preload::default(); 2],
         };
+        // The domains the session reads first come along, so that its first
+        // reads need no MAP_DOMAIN.
+        let mut fds = vec![memfd.as_fd(), header];
+        let domains = [Some(SHARED_DOMAIN), registry.own_domain(peer.uid)];
+        for (entry, domain) in welcome.preload.iter_mut().zip(domains) {
+            let Some(domain) = domain else {
+                continue;
+            };
+            if let Ok((slots, heap)) = registry.chunks_for(peer.uid, domain, 0, 0, PRELOAD_CHUNKS) {
+                *entry = Preload {
+                    domain: u32::from(domain),
+                    slots: slots.len() as u32,
+                    heap: heap.len() as u32,
+                };
+                fds.extend(slots.into_iter().chain(heap));
+            }
+        }
         let id = holder.id();
         let session = Arc::new(Session::new(
             holder,
@@ -774,14 +800,11 @@ impl Control {
             Arc::clone(&self.bell),
             Arc::clone(&self.live_sessions),
         ));
-        if !self.reply(
-            key,
-            &Reply::Welcome(welcome),
-            &[memfd.as_fd(), header.as_fd()],
-        ) {
+        if !self.reply(key, &Reply::Welcome(welcome), &fds) {
             return false;
         }
-        drop((memfd, header));
+        drop(fds);
+        drop(memfd);
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.state = ConnState::Attached(session);
@@ -803,10 +826,11 @@ impl Control {
         heap_from: u32,
     ) -> bool {
         let half = MAX_CHUNKS_PER_REPLY as usize / 2;
+        let registry = Arc::clone(&self.registry);
         let chunks = u16::try_from(domain)
             .map_err(|_| Status::Stale)
             .and_then(|domain| {
-                self.registry.chunks_for(
+                registry.chunks_for(
                     session.peer.uid,
                     domain,
                     slots_from as usize,
@@ -835,7 +859,7 @@ impl Control {
             heap_from,
             heap: heap.len() as u32,
         };
-        let fds: Vec<BorrowedFd<'_>> = slots.iter().chain(&heap).map(AsFd::as_fd).collect();
+        let fds: Vec<BorrowedFd<'_>> = slots.into_iter().chain(heap).collect();
         self.reply(key, &reply, &fds)
     }
 

@@ -240,6 +240,38 @@ pub struct Welcome {
     /// How long, in milliseconds, a restarted daemon keeps the session for
     /// its client to resume; 0 when sessions do not outlive the daemon.
     pub resume_grace_ms: u32,
+    /// Chunks of the domains a session reads first (the shared one, its
+    /// uid's own), attached after the header so that the first reads need
+    /// no MAP_DOMAIN.
+    pub preload: [Preload; 2],
+}
+
+/// The chunks of one domain attached to WELCOME: its first `slots` slot
+/// chunks, then its first `heap` heap chunks (the rest, if any, come with
+/// MAP_DOMAIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preload {
+    /// The domain; [`Preload::NONE`] for an unused entry.
+    pub domain: u32,
+    /// Slot chunks attached.
+    pub slots: u32,
+    /// Heap chunks attached.
+    pub heap: u32,
+}
+
+impl Preload {
+    /// The domain of an unused entry.
+    pub const NONE: u32 = u32::MAX;
+}
+
+impl Default for Preload {
+    fn default() -> Preload {
+        Preload {
+            domain: Preload::NONE,
+            slots: 0,
+            heap: 0,
+        }
+    }
 }
 
 /// Most descriptors the daemon attaches to one DOMAIN_CHUNKS (slot and heap
@@ -478,6 +510,11 @@ impl Reply {
                 w.u32(welcome.pin_entries);
                 w.bytes(&welcome.resume_token);
                 w.u32(welcome.resume_grace_ms);
+                for p in &welcome.preload {
+                    w.u32(p.domain);
+                    w.u32(p.slots);
+                    w.u32(p.heap);
+                }
             }
             Reply::Refused { status, message } => {
                 w.u32(kind::REFUSED);
@@ -592,6 +629,7 @@ impl Reply {
                 pin_entries: r.u32()?,
                 resume_token: r.array()?,
                 resume_grace_ms: r.u32()?,
+                preload: [r.preload()?, r.preload()?],
             }),
             kind::REFUSED => Reply::Refused {
                 status: r.u32()?,
@@ -737,6 +775,13 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
+    fn preload(&mut self) -> Result<Preload, DecodeError> {
+        Ok(Preload {
+            domain: self.u32()?,
+            slots: self.u32()?,
+            heap: self.u32()?,
+        })
+    }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
@@ -833,6 +878,14 @@ mod tests {
                 pin_entries: 1024,
                 resume_token: [7; 16],
                 resume_grace_ms: 30_000,
+                preload: [
+                    Preload {
+                        domain: 0,
+                        slots: 2,
+                        heap: 3,
+                    },
+                    Preload::default(),
+                ],
             }),
             Reply::Refused {
                 status: 10,

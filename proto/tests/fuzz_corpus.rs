@@ -15,8 +15,8 @@
 mod checks;
 
 use hreg_proto::control::{
-    ControlRequest, ObjectInfo, Reply, SessionInfo, StatsReply, UidUsage, UsageReply, Welcome,
-    WorkerUsage,
+    ControlRequest, ObjectInfo, Preload, Reply, SessionInfo, StatsReply, UidUsage, UsageReply,
+    Welcome, WorkerUsage,
 };
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
 use hreg_proto::{flags, Opcode, PROTOCOL_VERSION};
@@ -94,6 +94,18 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             pin_entries: 1024,
             resume_token: [0x5a; 16],
             resume_grace_ms: 30_000,
+            preload: [
+                Preload {
+                    domain: 0,
+                    slots: 1,
+                    heap: 1,
+                },
+                Preload {
+                    domain: 4,
+                    slots: 2,
+                    heap: 0,
+                },
+            ],
         }),
         Reply::Refused {
             status: 10,

@@ -51,7 +51,7 @@ use hreg_proto::pins;
 use hreg_proto::shm::Mapping;
 use hreg_proto::table::{header, Payload, Slot, SHARED_DOMAIN};
 use hreg_proto::{flags, Opcode, Status};
-use rustix::fd::OwnedFd;
+use rustix::fd::BorrowedFd;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -203,7 +203,7 @@ impl Registry {
     }
 
     /// A read-only descriptor of the registry's header, for a client.
-    pub fn header_for_client(&self) -> std::io::Result<OwnedFd> {
+    pub fn header_for_client(&self) -> std::io::Result<BorrowedFd<'_>> {
         self.header.read_only()
     }
 
@@ -338,6 +338,11 @@ impl Registry {
         self.domains.get(usize::from(id))?.get().cloned()
     }
 
+    /// The domain of `uid`'s private objects, if it has one yet.
+    pub fn own_domain(&self, uid: u32) -> Option<u16> {
+        lock(&self.by_uid).0.get(&uid).copied()
+    }
+
     /// Whether a session of `uid` may map `domain`: root every one, others
     /// the shared one and their own.
     pub fn may_map(&self, uid: u32, domain: u16) -> bool {
@@ -357,14 +362,20 @@ impl Registry {
         slots_from: usize,
         heap_from: usize,
         max: usize,
-    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), Status> {
-        let Some(found) = self.domain(domain) else {
+    ) -> Result<(Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>), Status> {
+        let Some(found) = self
+            .domains
+            .get(usize::from(domain))
+            .and_then(OnceLock::get)
+        else {
             return Err(Status::Stale);
         };
         if !self.may_map(uid, domain) {
             return Err(Status::Denied);
         }
-        let reopen = |chunk: &Chunk| chunk.read_only().map_err(|_| Status::Io);
+        fn reopen(chunk: &Chunk) -> Result<BorrowedFd<'_>, Status> {
+            chunk.read_only().map_err(|_| Status::Io)
+        }
         let slots = found
             .slot_chunks()
             .skip(slots_from)

@@ -13,7 +13,7 @@
 
 use crate::store::Store;
 use hreg_proto::shm::{Access, Mapping};
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FallocateFlags, Mode, OFlags};
 use std::io;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ use std::sync::Arc;
 pub struct Chunk {
     fd: OwnedFd,
     map: Arc<Mapping>,
+    /// The read-only reopen clients get, made once: every client is sent
+    /// the same open file (read-only, so sharing it shares nothing a client
+    /// could change).
+    read_only: std::sync::OnceLock<OwnedFd>,
 }
 
 impl Chunk {
@@ -41,7 +45,11 @@ impl Chunk {
             .filter(|&len| len > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty chunk"))?;
         let map = Arc::new(Mapping::map(&fd, len, Access::ReadWrite)?);
-        Ok(Chunk { fd, map })
+        Ok(Chunk {
+            fd,
+            map,
+            read_only: std::sync::OnceLock::new(),
+        })
     }
 
     /// Bytes of the chunk.
@@ -65,14 +73,20 @@ impl Chunk {
     }
 
     /// A read-only descriptor of the chunk for a client: a reopen of the
-    /// memfd through `/proc/self/fd` with `O_RDONLY`.
-    pub fn read_only(&self) -> io::Result<OwnedFd> {
+    /// descriptor through `/proc/self/fd` with `O_RDONLY`, made on first
+    /// need and kept.
+    pub fn read_only(&self) -> io::Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.read_only.get() {
+            return Ok(fd.as_fd());
+        }
         let path = format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd());
-        Ok(rustix::fs::open(
+        let fd = rustix::fs::open(
             path.as_str(),
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
-        )?)
+        )?;
+        // Another thread may have made one meanwhile: either serves.
+        Ok(self.read_only.get_or_init(|| fd).as_fd())
     }
 
     /// Allocates the pages of `offset .. offset + len` before the daemon
@@ -112,9 +126,9 @@ mod tests {
         assert_eq!(stat.st_mode & 0o777, 0o600);
         assert!(rustix::fs::ftruncate(chunk.fd(), 1).is_err(), "sealed");
         let ro = chunk.read_only().unwrap();
-        assert!(rustix::io::write(&ro, b"x").is_err());
-        assert!(Mapping::map(&ro, 1 << 16, Access::ReadWrite).is_err());
-        let view = Mapping::map(&ro, 1 << 16, Access::ReadOnly).unwrap();
+        assert!(rustix::io::write(ro, b"x").is_err());
+        assert!(Mapping::map(ro, 1 << 16, Access::ReadWrite).is_err());
+        let view = Mapping::map(ro, 1 << 16, Access::ReadOnly).unwrap();
         let mut out = [0u8; 5];
         assert!(view.load(100, &mut out));
         assert_eq!(&out, b"bytes");
@@ -122,7 +136,7 @@ mod tests {
         assert!(view.load(100, &mut out));
         assert_eq!(out, [0; 5], "punched out");
         assert!(
-            Chunk::adopt(chunk.read_only().unwrap()).is_err(),
+            Chunk::adopt(chunk.read_only().unwrap().try_clone_to_owned().unwrap()).is_err(),
             "adopting needs a writable descriptor"
         );
     }

@@ -484,9 +484,9 @@ struct ClientView {
 impl ClientView {
     fn map(registry: &Registry, uid: u32, domain: u16) -> Result<ClientView, Status> {
         let (slots, heap) = registry.chunks_for(uid, domain, 0, 0, 64)?;
-        let map = |fd: OwnedFd| {
-            let len = rustix::fs::fstat(&fd).unwrap().st_size as usize;
-            Mapping::map(&fd, len, Access::ReadOnly).unwrap()
+        let map = |fd: rustix::fd::BorrowedFd<'_>| {
+            let len = rustix::fs::fstat(fd).unwrap().st_size as usize;
+            Mapping::map(fd, len, Access::ReadOnly).unwrap()
         };
         Ok(ClientView {
             slots: slots.into_iter().map(map).collect(),
