@@ -147,6 +147,17 @@ const STATE_INLINE: u64 = 1;
 const STATE_HEAP: u64 = 2;
 
 impl Slot {
+    /// A free slot of generation `generation` (no object, no value).
+    pub fn free(generation: u16) -> Slot {
+        Slot {
+            generation,
+            flags: 0,
+            len: 0,
+            owner: 0,
+            payload: Payload::Free,
+        }
+    }
+
     fn state(&self) -> u64 {
         match self.payload {
             Payload::Free => STATE_FREE,

@@ -363,13 +363,7 @@ impl Registry {
                     }
                     None => {
                         report.dropped_torn += 1;
-                        slot = Slot {
-                            generation: slot.generation.wrapping_add(1),
-                            flags: 0,
-                            len: 0,
-                            owner: 0,
-                            payload: Payload::Free,
-                        };
+                        slot = Slot::free(slot.generation.wrapping_add(1));
                     }
                 }
                 if apply {
@@ -389,16 +383,7 @@ impl Registry {
             let mut locked = lock(&domain.shards[shard]);
             let generation = locked.first_generation();
             if apply {
-                domain.write_slot(
-                    index,
-                    &Slot {
-                        generation,
-                        flags: 0,
-                        len: 0,
-                        owner: 0,
-                        payload: Payload::Free,
-                    },
-                );
+                domain.write_slot(index, &Slot::free(generation));
             }
             locked.free.push_back(index);
         }

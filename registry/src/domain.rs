@@ -353,16 +353,7 @@ impl Domain {
         self.prepare(index).map_err(|_| Status::Quota)?;
         shard.next_local += 1;
         let generation = shard.first_generation();
-        self.write_slot(
-            index,
-            &Slot {
-                generation,
-                flags: 0,
-                len: 0,
-                owner: 0,
-                payload: Payload::Free,
-            },
-        );
+        self.write_slot(index, &Slot::free(generation));
         self.slots_made.fetch_max(index + 1, Ordering::AcqRel);
         Ok(Some(index))
     }

@@ -845,16 +845,7 @@ impl Registry {
         by: Option<&Holder>,
     ) {
         let (_, meta) = domain.slot(index).expect("live");
-        domain.write_slot(
-            index,
-            &Slot {
-                generation: slot.generation.wrapping_add(1),
-                flags: 0,
-                len: 0,
-                owner: 0,
-                payload: Payload::Free,
-            },
-        );
+        domain.write_slot(index, &Slot::free(slot.generation.wrapping_add(1)));
         meta.refs.store(0, Ordering::Relaxed);
         if slot.generation.wrapping_add(1) != LAST_GENERATION {
             shard.free.push_back(index);
