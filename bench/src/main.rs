@@ -1,23 +1,29 @@
-//! hreg-bench: the benchmark harness of issue 4. It runs the origin
+//! hreg-bench: the benchmark harness of issues 4 and 11. It runs the origin
 //! experiment in process, the shared-memory floor, hreg through its rings,
-//! Redis on the same operations, the scale and idle checks, all in one run,
-//! then prints a Markdown table and the targets with their verdicts, and
-//! writes JSON and an SVG plot on request. Instead of the sections,
-//! `--soak SECONDS` runs the soak ([`soak`]), `--attacks SECONDS` every
-//! attack of the hostile-client suite at once against an honest client
-//! ([`attacks`]), and `--burst N` N client processes attaching at once
-//! after the sequential attach probe ([`burst`]).
+//! Redis on the same operations, the scale and idle checks, and reads
+//! without a round trip side by side with the in-process maps ([`reads`]),
+//! all in one run, then prints a Markdown table and the targets with their
+//! verdicts, and writes JSON and an SVG plot on request. Instead of the
+//! sections, `--soak SECONDS` runs the soak ([`soak`]), `--attacks SECONDS`
+//! every attack of the hostile-client suite at once against an honest
+//! client ([`attacks`]), `--burst N` N client processes attaching at once
+//! after the sequential attach probe ([`burst`]), and `--churn SECONDS`
+//! the daemon's memory under churn ([`churn`]).
 //!
 //! This file owns the command line, the order of the sections, their sizes
 //! (quick or full) and the targets; each section lives in its own module.
 
 mod attacks;
 mod burst;
+mod churn;
 mod floor;
 mod honest;
 mod inproc;
 mod outproc;
 mod procs;
+mod readloop;
+mod reads;
+mod reads_worker;
 mod redis;
 mod report;
 mod scale;
@@ -30,7 +36,8 @@ use anyhow::Context;
 use clap::Parser;
 use outproc::{Case, Kind, Timing};
 use procs::WorkDir;
-use report::{ModeReport, Other, Report, Row, Target};
+use readloop::Placement;
+use report::{ratio, ModeReport, Other, Report, Row, Target, MOPS, P50};
 use stats::{Measured, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,7 +45,10 @@ use std::time::Duration;
 use worker::Worker;
 
 #[derive(Debug, Parser)]
-#[command(name = "hreg-bench", about = "hreg benchmark harness (issue 4)")]
+#[command(
+    name = "hreg-bench",
+    about = "hreg benchmark harness (issues 4 and 11)"
+)]
 struct Args {
     /// Small sizes for a smoke test (well under 60 s; no 10^7 level).
     #[arg(long)]
@@ -47,7 +57,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write an SVG plot to FILE (the sections and the soak).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["attacks", "burst"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["attacks", "burst", "churn"])]
     plot: Option<PathBuf>,
     /// The hregd binary [default: `hregd` next to this executable].
     #[arg(long, value_name = "PATH")]
@@ -56,9 +66,29 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = "redis-server")]
     redis_server: String,
     /// Run only these sections (1 in-process, 2 floor, 3 rings, 4 redis,
-    /// 5 scale, 6 idle), e.g. `--only 2,3`; targets need their sections.
+    /// 5 scale, 6 idle, 7 reads), e.g. `--only 2,3`; targets need their
+    /// sections.
     #[arg(long, value_delimiter = ',', value_name = "N,..")]
     only: Vec<u8>,
+    /// Judge this run's writes (section 3: insert, replace and remove p50
+    /// and batch-64 throughput) against FILE, the `--json` of an earlier
+    /// run (e.g. of the version before); with several files, against the
+    /// median of theirs.
+    #[arg(long, value_delimiter = ',', value_name = "FILE,..")]
+    baseline: Vec<PathBuf>,
+    /// Memory under churn instead: for SECONDS, inserts, replaces and
+    /// removes of 0 B to 1 MiB values against one hregd, its RSS sampled
+    /// every second against the live value bytes. Exits non-zero when RSS
+    /// passes 1.5 × (live value bytes + fixed overhead), on a wrong value
+    /// or an error.
+    #[arg(long, value_name = "SECONDS",
+          conflicts_with_all = ["quick", "only", "soak", "attacks", "burst", "baseline"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    churn: Option<u64>,
+    /// With --churn: live value bytes to keep, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256, requires = "churn",
+          value_parser = clap::value_parser!(u64).range(1..=3072))]
+    churn_live_mib: u64,
     /// Soak instead: for SECONDS, client processes attach, run checked mixed
     /// operations, detach or get SIGKILLed, over and over, while the daemon
     /// is sampled every second. Exits non-zero on a wrong value, an
@@ -134,6 +164,7 @@ struct Sizes {
     timing: Timing,
     scale_levels: Vec<usize>,
     idle_window: Duration,
+    reads: reads::Plan,
 }
 
 impl Sizes {
@@ -154,6 +185,15 @@ impl Sizes {
                 },
                 scale_levels: vec![1_000, 1_000_000],
                 idle_window: Duration::from_secs(1),
+                reads: reads::Plan {
+                    objects_16: 1_000_000,
+                    objects_4k: 1 << 15,
+                    floor_slots: 1 << 20,
+                    per_rep: Duration::from_millis(20),
+                    reps: 3,
+                    cpu_window: Duration::from_secs(2),
+                    ring_cpu: false,
+                },
             }
         } else {
             Sizes {
@@ -171,6 +211,15 @@ impl Sizes {
                 },
                 scale_levels: vec![1_000, 1_000_000, 10_000_000],
                 idle_window: Duration::from_secs(5),
+                reads: reads::Plan {
+                    objects_16: 1_000_000,
+                    objects_4k: 1 << 17,
+                    floor_slots: 1 << 20,
+                    per_rep: Duration::from_millis(100),
+                    reps: 5,
+                    cpu_window: Duration::from_secs(10),
+                    ring_cpu: true,
+                },
             }
         }
     }
@@ -185,7 +234,7 @@ fn main() -> ExitCode {
         eprintln!(
             "hreg-bench: no hregd binary next to this executable; build it first:\n    {}\n\
              (or pass --hregd PATH)",
-            procs::build_command("hregd", "hregd")
+            procs::build_command("hregd", Some("hregd"))
         );
         return ExitCode::from(2);
     };
@@ -195,13 +244,23 @@ fn main() -> ExitCode {
             eprintln!(
                 "hreg-bench: no hreg-attack binary next to this executable; build it first:\n    {}\n\
                  (or pass --hreg-attack PATH)",
-                procs::build_command("hreg-tests", "hreg-attack")
+                procs::build_command("hreg-tests", Some("hreg-attack"))
             );
         }
         found
     };
     let result = if let Some(seconds) = args.soak {
         run_soak(&args, &hregd, seconds)
+    } else if let Some(seconds) = args.churn {
+        let live = args.churn_live_mib << 20;
+        eprintln!(
+            "hreg-bench: churn for {seconds} s, about {} MiB live ({})",
+            args.churn_live_mib,
+            hregd.display()
+        );
+        run_mode(&args, "churn", |dir| {
+            churn::run(&hregd, dir.path(), seconds, live)
+        })
     } else if let Some(seconds) = args.attacks {
         let Some(attack_bin) = attack_bin() else {
             return ExitCode::from(2);
@@ -333,6 +392,11 @@ fn write_outputs(
 fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     procs::install_signal_cleanup()?;
     let sizes = Sizes::new(args.quick);
+    let baseline = if args.baseline.is_empty() {
+        None
+    } else {
+        Some(reads::Baseline::load(&args.baseline)?)
+    };
     let mut report = Report {
         hardware: report::hardware(),
         mode: sizes.mode,
@@ -343,7 +407,7 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     eprintln!("hreg-bench ({} run) on {}", sizes.mode, report.hardware);
 
     let inproc = if args.runs(1) {
-        eprintln!("[1/6] in process");
+        eprintln!("[1/7] in process");
         inproc::run(sizes.inproc)
     } else {
         Vec::new()
@@ -361,15 +425,20 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     }
 
     if args.runs(2) {
-        eprintln!("[2/6] floor");
-        let floor = floor::run(sizes.floor_trips, sizes.reps)?;
-        report.rows.push(Row {
-            section: "2 floor",
-            case: "shm ping-pong round trip".into(),
-            key: "floor".into(),
-            measured: Measured::from_reps(&floor),
-            other: None,
-        });
+        eprintln!("[2/7] floor");
+        for (placement, key) in [
+            (Placement::Unpinned, "floor"),
+            (Placement::Pinned, "floor/pinned"),
+        ] {
+            let floor = floor::run(sizes.floor_trips, sizes.reps, placement)?;
+            report.rows.push(Row {
+                section: "2 floor",
+                case: format!("shm ping-pong round trip, {}", placement.name()),
+                key: key.into(),
+                measured: Measured::from_reps(&floor),
+                other: None,
+            });
+        }
     }
 
     let dir = WorkDir::create()?;
@@ -382,9 +451,16 @@ fn run(args: &Args, hregd: PathBuf) -> anyhow::Result<()> {
     if args.runs(5) {
         scale_section(&sizes, &hregd, &dir, &mut report)?;
     }
+    if args.runs(7) {
+        let (daemon, socket) = procs::start_hregd(&hregd, dir.path())?;
+        reads::run(&sizes.reads, &daemon, &socket, &dir, &mut report)?;
+    }
     drop(dir);
 
     report.targets = targets(&report, &sizes);
+    report
+        .targets
+        .extend(reads::targets(&report, baseline.as_ref()));
     print!("{}", report.markdown());
     write_outputs(args, &serde_json::to_string_pretty(&report)?, || {
         Some(report.svg())
@@ -402,7 +478,7 @@ fn rings_and_idle(
 ) -> anyhow::Result<()> {
     let (daemon, socket) = procs::start_hregd(hregd, dir.path())?;
     if args.runs(3) {
-        eprintln!("[3/6] hreg through the rings ({})", hregd.display());
+        eprintln!("[3/7] hreg through the rings ({})", hregd.display());
         let client = hreg::Client::connect(&socket).context("connecting to hregd")?;
         for size in [16, 4096] {
             let keys = outproc::hreg_keys(&client, size)?;
@@ -416,7 +492,7 @@ fn rings_and_idle(
         }
     }
     if args.runs(6) {
-        eprintln!("[6/6] idle ({:?})", sizes.idle_window);
+        eprintln!("[6/7] idle ({:?})", sizes.idle_window);
         let share = scale::idle(&daemon, &socket, 2, sizes.idle_window)?;
         report.rows.push(Row {
             section: "6 idle",
@@ -446,7 +522,7 @@ fn redis_section(
         ));
         return Ok(());
     };
-    eprintln!("[4/6] redis ({})", binary.display());
+    eprintln!("[4/7] redis ({})", binary.display());
     let (_redis, socket) = procs::start_redis(&binary, dir.path())?;
     let mut conn = redis::Redis::connect(&socket)?;
     for size in [16, 4096] {
@@ -469,7 +545,7 @@ fn scale_section(
     dir: &WorkDir,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    eprintln!("[5/6] scale {:?}", sizes.scale_levels);
+    eprintln!("[5/7] scale {:?}", sizes.scale_levels);
     let (daemon, socket) = procs::start_hregd(hregd, dir.path())?;
     let client = hreg::Client::connect(&socket)?;
     let levels = scale::run(
@@ -494,7 +570,7 @@ fn scale_section(
     Ok(())
 }
 
-fn single(value: f64) -> Summary {
+pub fn single(value: f64) -> Summary {
     Summary {
         median: value,
         min: value,
@@ -502,7 +578,7 @@ fn single(value: f64) -> Summary {
     }
 }
 
-fn case_key(product: &str, kind: Kind, size: usize, threads: usize, batch: usize) -> String {
+pub fn case_key(product: &str, kind: Kind, size: usize, threads: usize, batch: usize) -> String {
     format!("{product}/{}/{size}/{threads}/{batch}", kind.name())
 }
 
@@ -531,39 +607,21 @@ fn case_row(section: &'static str, product: &str, case: Case, reps: &[stats::Rep
 
 /// Every target of issue 4 against this run's figures.
 fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
-    let get = |key: &str, pick: fn(&Measured) -> Option<Summary>| {
-        report
-            .row(key)
-            .and_then(|r| pick(&r.measured))
-            .map(|s| s.median)
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
-    let target =
-        |name: String, measured: Option<f64>, bound: f64, at_most: bool, note: &str| Target {
-            name,
-            measured,
-            bound,
-            at_most,
-            note: if measured.is_none() && note.is_empty() {
-                "not measured in this run".into()
-            } else {
-                note.into()
-            },
-        };
-    let mops = |m: &Measured| m.mops;
-    let p50 = |m: &Measured| m.p50_ns;
+    let get = |key: &str, pick| report.median(key, pick);
     let mut out = Vec::new();
-    for size in [16, 4096] {
-        out.push(target(
-            format!("get {size} B unbatched p50 / shm ping-pong p50"),
-            ratio(
-                get(&case_key("hreg", Kind::Get, size, 1, 1), p50),
-                get("floor", p50),
-            ),
-            2.0,
-            true,
-            "",
-        ));
+    for (floor, how) in [("floor", ""), ("floor/pinned", ", pinned")] {
+        for size in [16, 4096] {
+            out.push(Target::new(
+                format!("get {size} B unbatched p50 / shm ping-pong p50{how}"),
+                ratio(
+                    get(&case_key("hreg", Kind::Get, size, 1, 1), P50),
+                    get(floor, P50),
+                ),
+                2.0,
+                true,
+                "",
+            ));
+        }
     }
     let redis_missing = report
         .row(&case_key("redis", Kind::Get, 16, 1, 1))
@@ -575,11 +633,11 @@ fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
     };
     for size in [16, 4096] {
         for (batch, bound) in [(1, 30.0), (64, 10.0)] {
-            out.push(target(
+            out.push(Target::new(
                 format!("hreg get {size} B 1 thr batch {batch} / redis GET pipeline {batch} (throughput)"),
                 ratio(
-                    get(&case_key("hreg", Kind::Get, size, 1, batch), mops),
-                    get(&case_key("redis", Kind::Get, size, 1, batch), mops),
+                    get(&case_key("hreg", Kind::Get, size, 1, batch), MOPS),
+                    get(&case_key("redis", Kind::Get, size, 1, batch), MOPS),
                 ),
                 bound,
                 false,
@@ -587,17 +645,17 @@ fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
             ));
         }
     }
-    let reg = get("inproc/hreg Registry/2", mops);
-    out.push(target(
-        "registry 2 thr / dashmap 2 thr (in process)".into(),
-        ratio(reg, get("inproc/dashmap/2", mops)),
+    let reg = get("inproc/hreg Registry/2", MOPS);
+    out.push(Target::new(
+        "registry 2 thr / dashmap 2 thr (in process)",
+        ratio(reg, get("inproc/dashmap/2", MOPS)),
         1.5,
         false,
         "",
     ));
-    out.push(target(
-        "registry 2 thr / 64-shard map 2 thr (in process)".into(),
-        ratio(reg, get("inproc/64-shard map/2", mops)),
+    out.push(Target::new(
+        "registry 2 thr / 64-shard map 2 thr (in process)",
+        ratio(reg, get("inproc/64-shard map/2", MOPS)),
         2.0,
         false,
         "",
@@ -608,29 +666,23 @@ fn targets(report: &Report, sizes: &Sizes) -> Vec<Target> {
     } else {
         format!("quick run: measured at {top} objects, not 10^7")
     };
-    out.push(target(
-        "get p50 at 10^7 objects / at 10^3".into(),
-        ratio(get(&format!("scale/{top}"), p50), get("scale/1000", p50)),
+    out.push(Target::new(
+        "get p50 at 10^7 objects / at 10^3",
+        ratio(get(&format!("scale/{top}"), P50), get("scale/1000", P50)),
         2.0,
         true,
         &at,
     ));
-    out.push(target(
-        "daemon bytes per object beyond the value, at 10^7".into(),
-        report
-            .row(&format!("scale/{top}"))
-            .and_then(|r| r.other.as_ref())
-            .map(|o| o.value.median),
+    out.push(Target::new(
+        "daemon bytes per object beyond the value, at 10^7",
+        report.other_median(&format!("scale/{top}")),
         48.0,
         true,
         &at,
     ));
-    out.push(target(
-        "idle daemon CPU, % of one core".into(),
-        report
-            .row("idle")
-            .and_then(|r| r.other.as_ref())
-            .map(|o| o.value.median),
+    out.push(Target::new(
+        "idle daemon CPU, % of one core",
+        report.other_median("idle"),
         1.0,
         true,
         "",

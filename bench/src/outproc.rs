@@ -5,8 +5,9 @@
 //! operation then picks one of them uniformly with the same seeded
 //! generator. GET reads it, REPLACE (Redis: SET) overwrites it, INSERT
 //! creates a new object (removed again outside the timed part, in batches,
-//! so the registry does not grow). A timed step is one round trip: one
-//! request, or one batch of `batch` requests.
+//! so the registry does not grow), REMOVE (hreg only) kills an object
+//! inserted for it outside the timed part. A timed step is one round trip:
+//! one request, or one batch of `batch` requests.
 
 use crate::redis::Redis;
 use crate::stats::{value, Recorder, Rep, Rng};
@@ -25,6 +26,7 @@ pub enum Kind {
     Get,
     Insert,
     Replace,
+    Remove,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Get => "get",
             Kind::Insert => "insert",
             Kind::Replace => "replace",
+            Kind::Remove => "remove",
         }
     }
 }
@@ -56,7 +59,7 @@ pub struct Timing {
 /// The hreg cases of section 3, in table order.
 pub fn hreg_cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    for kind in [Kind::Get, Kind::Insert, Kind::Replace] {
+    for kind in [Kind::Get, Kind::Insert, Kind::Replace, Kind::Remove] {
         for size in [16, 4096] {
             for threads in [1, 2] {
                 for batch in [1, 64] {
@@ -136,12 +139,17 @@ fn hreg_thread(
     let payload = value(case.size, seed);
     let mut bufs = vec![vec![0u8; case.size]; case.batch];
     let mut created: Vec<Handle> = Vec::with_capacity(64 + case.batch);
+    // What REMOVE removes, inserted outside the timed steps.
+    let mut doomed: Vec<Handle> = Vec::new();
     let mut rec = Recorder::new(MAX_SAMPLES);
     // Warm up: opens this thread's ring.
     client.get_into(keys[0], &mut bufs[0])?;
     let deadline = Instant::now() + run_for;
     while Instant::now() < deadline {
         let batch = case.batch as u64;
+        if case.kind == Kind::Remove && doomed.len() < case.batch {
+            insert_batch(client, &payload, 64.max(case.batch), &mut doomed)?;
+        }
         match (case.kind, case.batch) {
             (Kind::Get, 1) => {
                 let h = keys[rng.below(keys.len())];
@@ -153,6 +161,17 @@ fn hreg_thread(
             }
             (Kind::Insert, 1) => {
                 created.push(rec.time(1, || client.insert(&payload, 0))?);
+            }
+            (Kind::Remove, 1) => {
+                let h = doomed.pop().expect("stocked above");
+                rec.time(1, || client.remove(h))?;
+            }
+            (Kind::Remove, _) => {
+                let at = doomed.len() - case.batch;
+                let mut ops: Vec<Op<'_>> = doomed.drain(at..).map(Op::Remove).collect();
+                for result in rec.time(batch, || client.submit(&mut ops))? {
+                    result?;
+                }
             }
             (kind, _) => {
                 let results = rec.time(batch, || {
@@ -170,6 +189,7 @@ fn hreg_thread(
                                     value: &payload,
                                     flags: 0,
                                 },
+                                Kind::Remove => unreachable!("REMOVE is timed above"),
                             }
                         })
                         .collect();
@@ -187,7 +207,30 @@ fn hreg_thread(
         }
     }
     remove_all(client, &mut created)?;
+    remove_all(client, &mut doomed)?;
     Ok(rec)
+}
+
+/// Inserts `n` objects holding `payload` in one batch (outside any timed
+/// step), adding their handles to `handles`.
+fn insert_batch(
+    client: &Client,
+    payload: &[u8],
+    n: usize,
+    handles: &mut Vec<Handle>,
+) -> anyhow::Result<()> {
+    let mut ops: Vec<Op<'_>> = (0..n)
+        .map(|_| Op::Insert {
+            value: payload,
+            flags: 0,
+        })
+        .collect();
+    for result in client.submit(&mut ops)? {
+        if let hreg::Completion::Inserted(h) = result? {
+            handles.push(h);
+        }
+    }
+    Ok(())
 }
 
 /// Removes `handles` in one batch (outside any timed step).
@@ -235,7 +278,8 @@ pub fn redis_case(
                         let key = &keys[rng.below(keys.len())];
                         match case.kind {
                             Kind::Get => redis.queue_get(key),
-                            Kind::Replace | Kind::Insert => redis.queue_set(key, &payload),
+                            // Section 4 has GET and SET cases only.
+                            _ => redis.queue_set(key, &payload),
                         }
                     }
                     redis.flush(case.batch, &mut reply)

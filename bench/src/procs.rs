@@ -236,8 +236,9 @@ impl Proc {
         self.status_bytes("VmHWM")
     }
 
-    /// A `kB` field of `/proc/PID/status`, in bytes.
-    fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
+    /// A `kB` field of `/proc/PID/status` (`VmRSS`, `RssAnon`, …), in
+    /// bytes.
+    pub fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let kib = status
             .lines()
@@ -297,50 +298,65 @@ pub fn find_hreg_attack(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Binary `bin` of workspace package `package`: `explicit`, else the one
-/// next to this executable. Under `cargo run` (which sets `$CARGO`) it is
-/// first brought up to date with `cargo build -p PACKAGE --bin BIN` in
-/// this executable's profile, since cargo does not build a dependency's
-/// binaries by itself.
+/// next to this executable, brought up to date first ([`cargo_build`]).
 fn find_binary(explicit: Option<&Path>, package: &str, bin: &str) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return Some(path.to_path_buf());
     }
     let path = std::env::current_exe().ok()?.parent()?.join(bin);
-    if let (Some(cargo), Some(manifest)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) {
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                package,
-                "--bin",
-                bin,
-                "--manifest-path",
-            ])
-            .arg(Path::new(&manifest).join("../Cargo.toml"));
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        if !build.status().is_ok_and(|s| s.success()) {
-            eprintln!("hreg-bench: building {bin} failed");
-        }
-    }
+    cargo_build(package, Some(bin));
     path.is_file().then_some(path)
 }
 
-/// The command that builds `bin` of `package` where this executable looks
-/// for it.
-pub fn build_command(package: &str, bin: &str) -> String {
+/// libhreg as cargo builds it (`libhreg_c.so`, next to this executable),
+/// brought up to date first ([`cargo_build`]).
+pub fn find_libhreg() -> Option<PathBuf> {
+    let path = std::env::current_exe().ok()?.parent()?.join("libhreg_c.so");
+    cargo_build("hreg-c", None);
+    path.is_file().then_some(path)
+}
+
+/// Under `cargo run` (which sets `$CARGO`), brings binary `bin` (or, with
+/// `None`, the library) of workspace package `package` up to date with
+/// `cargo build -p PACKAGE --bin BIN` (`--lib`) in this executable's
+/// profile, since cargo does not build a dependency's binaries, nor a C
+/// library, by itself. Run directly, the bench builds nothing.
+fn cargo_build(package: &str, bin: Option<&str>) {
+    let (Some(cargo), Some(manifest)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return;
+    };
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package]);
+    match bin {
+        Some(bin) => build.args(["--bin", bin]),
+        None => build.arg("--lib"),
+    };
+    build
+        .arg("--manifest-path")
+        .arg(Path::new(&manifest).join("../Cargo.toml"));
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    if !build.status().is_ok_and(|s| s.success()) {
+        eprintln!("hreg-bench: building {package} failed");
+    }
+}
+
+/// The command that builds `bin` of `package` (with `None`, its library)
+/// where this executable looks for it.
+pub fn build_command(package: &str, bin: Option<&str>) -> String {
     let profile = if cfg!(debug_assertions) {
         ""
     } else {
         " --release"
     };
-    format!("cargo build{profile} -p {package} --bin {bin}")
+    match bin {
+        Some(bin) => format!("cargo build{profile} -p {package} --bin {bin}"),
+        None => format!("cargo build{profile} -p {package} --lib"),
+    }
 }
 
 /// Starts hregd with default flags (only the socket path is given) and

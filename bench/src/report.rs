@@ -29,8 +29,18 @@ pub fn verdict(mode: &str, failures: &[String]) -> String {
     }
 }
 
-/// Picks the figure a plot panel shows.
-type Pick = fn(&Measured) -> Option<Summary>;
+/// Picks one figure of a row (for a plot panel, a target).
+pub type Pick = fn(&Measured) -> Option<Summary>;
+
+/// Throughput, Mops/s.
+pub const MOPS: Pick = |m| m.mops;
+/// Median latency, ns.
+pub const P50: Pick = |m| m.p50_ns;
+
+/// `a / b`, when both were measured.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?)
+}
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +76,28 @@ pub struct Target {
 }
 
 impl Target {
+    /// A target measured at `measured` (`None`: not measured this run;
+    /// `note` then says why, else a default does).
+    pub fn new(
+        name: impl Into<String>,
+        measured: Option<f64>,
+        bound: f64,
+        at_most: bool,
+        note: &str,
+    ) -> Target {
+        Target {
+            name: name.into(),
+            measured,
+            bound,
+            at_most,
+            note: if measured.is_none() && note.is_empty() {
+                "not measured in this run".into()
+            } else {
+                note.into()
+            },
+        }
+    }
+
     pub fn verdict(&self) -> &'static str {
         match self.measured {
             None => "n/a",
@@ -90,6 +122,20 @@ pub struct Report {
 impl Report {
     pub fn row(&self, key: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.key == key)
+    }
+
+    /// The median of one figure of row `key`, if measured.
+    pub fn median(&self, key: &str, pick: Pick) -> Option<f64> {
+        self.row(key)
+            .and_then(|r| pick(&r.measured))
+            .map(|s| s.median)
+    }
+
+    /// The median of the other figure of row `key`, if measured.
+    pub fn other_median(&self, key: &str) -> Option<f64> {
+        self.row(key)
+            .and_then(|r| r.other.as_ref())
+            .map(|o| o.value.median)
     }
 
     pub fn markdown(&self) -> String {
@@ -242,6 +288,7 @@ fn colour_of(label: &str) -> &'static str {
         Some(b'3') => "#fc8d62",
         Some(b'4') => "#e78ac3",
         Some(b'5') => "#66c2a5",
+        Some(b'7') => "#ffd92f",
         _ => "#bbbbbb",
     }
 }

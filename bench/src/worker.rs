@@ -1,9 +1,9 @@
 //! The bench's hidden worker mode, `hreg-bench --worker JSON`: this
 //! executable run as one child process of a section (a soak client, the
-//! honest client of `--attacks`, one process of a `--burst`), with what it
-//! is to do as JSON on its command line.
+//! honest client of `--attacks`, one process of a `--burst`, a reading
+//! client of section 7), with what it is to do as JSON on its command line.
 
-use crate::{burst, honest, soak_worker};
+use crate::{burst, honest, reads_worker, soak_worker};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::process::{Command, ExitCode};
@@ -15,6 +15,7 @@ pub enum Worker {
     Soak(soak_worker::Plan),
     Honest(honest::Plan),
     Burst(burst::ClientPlan),
+    Reads(reads_worker::Plan),
 }
 
 impl Worker {
@@ -38,6 +39,7 @@ impl Worker {
             Worker::Soak(plan) => soak_worker::run(plan),
             Worker::Honest(plan) => honest::run(plan),
             Worker::Burst(plan) => burst::client(plan),
+            Worker::Reads(plan) => reads_worker::run(plan),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
