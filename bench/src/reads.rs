@@ -372,7 +372,7 @@ impl InProcess {
     fn new(plan: &Plan) -> anyhow::Result<InProcess> {
         let registry = Registry::new(DEFAULT_SHARDS, Limits::default())
             .context("the in-process registry's memory")?;
-        let holder = registry.holder(1000);
+        let holder = registry.holder(1000).context("a session's record")?;
         let mut dashmaps = Vec::new();
         let mut registry_handles = Vec::new();
         for size in SIZES {
