@@ -564,16 +564,32 @@ pub unsafe extern "C" fn hreg_get(
     len: *mut usize,
 ) -> c_int {
     guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
         if len.is_null() {
             return INVALID;
         }
-        let mut op = new_op(hreg_opcode::HREG_OP_GET, h, buf, cap);
-        // SAFETY: passed on from the caller.
-        let status = unsafe { one(c, &mut op) };
-        if status == OK || status == BUFFER {
-            // SAFETY: `len` is non-NULL and writable (caller's contract).
-            unsafe { len.write(op.len) };
-        }
+        let h = match handle(h) {
+            Ok(h) => h,
+            Err(status) => return status,
+        };
+        // SAFETY: passed on from the caller (`buf` writable for `cap`).
+        let buf = match unsafe { buffer(buf, cap, client.max_value_size()) } {
+            Ok(buf) => buf,
+            Err(status) => return status,
+        };
+        // Straight to get_into (a local read, most often): no batch to
+        // build for one GET.
+        let (status, length) = match client.get_into(h, buf) {
+            Ok(n) => (OK, n),
+            Err(Error::Buffer { needed }) => (BUFFER, needed),
+            Err(e) => return status_of(&e),
+        };
+        // SAFETY: `len` is non-NULL and writable (caller's contract).
+        unsafe { len.write(length) };
         status
     })
 }

@@ -168,12 +168,14 @@ impl Client {
     fn local(&self, op: &mut Op<'_>) -> Option<Result<Completion>> {
         let resolved = match op {
             Op::Get { handle, buf } => {
-                let resolved = self.read_here(*handle, &mut Output::Buffer(buf))?;
+                let resolved = self.read_here(*handle, &mut Output::Buffer(buf)).answer()?;
                 resolved.map(Completion::Length)
             }
             Op::GetOwned { handle } => {
                 let mut value = Vec::new();
-                let resolved = self.read_here(*handle, &mut Output::Vec(&mut value))?;
+                let resolved = self
+                    .read_here(*handle, &mut Output::Vec(&mut value))
+                    .answer()?;
                 resolved.map(|_| Completion::Value(value))
             }
             _ => return None,
@@ -181,18 +183,15 @@ impl Client {
         Some(resolved)
     }
 
-    /// Reads `handle` in this process: `None` when it must go through the
-    /// ring.
-    fn read_here(&self, handle: Handle, out: &mut Output<'_>) -> Option<Result<usize>> {
+    /// Reads `handle` in this process ([`Resolved::Ring`]: it must go
+    /// through the ring). Small, so that it comes back in registers.
+    #[inline]
+    fn read_here(&self, handle: Handle, out: &mut Output<'_>) -> Resolved {
         let session = &self.inner.session;
         if let Err(e) = session.may_read_here() {
-            return Some(Err(e));
+            return Resolved::Failed(Box::new(e));
         }
-        match session.reads().get(&**session, handle, out) {
-            Resolved::Value(len) => Some(Ok(len)),
-            Resolved::Failed(e) => Some(Err(e)),
-            Resolved::Ring => None,
-        }
+        session.reads().get(&**session, handle, out)
     }
 
     /// One operation through the same engine as [`Client::submit`], without
@@ -215,10 +214,11 @@ impl Client {
     /// The value of `handle`.
     pub fn get(&self, handle: Handle) -> Result<Vec<u8>> {
         let mut value = Vec::new();
-        if let Some(read) = self.read_here(handle, &mut Output::Vec(&mut value)) {
-            return read.map(|_| value);
+        match self.read_here(handle, &mut Output::Vec(&mut value)) {
+            Resolved::Value(_) => Ok(value),
+            Resolved::Ring => self.get_through_ring(handle),
+            failed => Err(failed.error()),
         }
-        self.get_through_ring(handle)
     }
 
     /// Borrows the value of `handle` without copying it: the bytes are read
@@ -253,12 +253,13 @@ impl Client {
     /// [`Error::Buffer`] says how long `buf` must be; an empty `buf` probes
     /// the size (OK with 0 for an empty value).
     pub fn get_into(&self, handle: Handle, buf: &mut [u8]) -> Result<usize> {
-        if let Some(read) = self.read_here(handle, &mut Output::Buffer(buf)) {
-            return read;
-        }
-        match self.one(Op::Get { handle, buf })? {
-            Completion::Length(n) => Ok(n),
-            other => Err(unexpected(other)),
+        match self.read_here(handle, &mut Output::Buffer(buf)) {
+            Resolved::Value(n) => Ok(n),
+            Resolved::Ring => match self.one(Op::Get { handle, buf })? {
+                Completion::Length(n) => Ok(n),
+                other => Err(unexpected(other)),
+            },
+            failed => Err(failed.error()),
         }
     }
 

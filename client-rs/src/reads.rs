@@ -21,7 +21,7 @@ use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
 use hreg_proto::pins::PinTable;
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::table::{
-    header::Header, slot_chunk_len, slot_place, Payload, Read, SlotView, MAX_HEAP_CHUNKS,
+    header::Header, slot_chunk_len, slot_place, Located, Read, SlotView, MAX_HEAP_CHUNKS,
     MAX_SLOT_CHUNKS,
 };
 use rustix::fd::OwnedFd;
@@ -64,6 +64,7 @@ impl DomainMaps {
         }
     }
 
+    #[inline]
     fn heap_chunk(&self, chunk: u16) -> Option<&Mapping> {
         self.heap.get(usize::from(chunk))?.get().map(|m| &**m)
     }
@@ -82,6 +83,7 @@ pub(crate) enum Output<'a> {
 }
 
 impl Output<'_> {
+    #[inline]
     fn take(&mut self, len: usize) -> Option<&mut [u8]> {
         match self {
             Output::Buffer(buf) => buf.get_mut(..len),
@@ -95,14 +97,43 @@ impl Output<'_> {
     }
 }
 
-/// What a local read came to.
+/// What a local read came to (small, so the hot path moves little).
 pub(crate) enum Resolved {
     /// The value's length (the bytes are in the output).
     Value(usize),
-    /// The answer is an error (STALE, BUFFER).
-    Failed(Error),
+    /// No object of this handle.
+    Stale,
+    /// The output is too small for the value, of this length.
+    Buffer(usize),
+    /// Another error (rare: a broken mapping or reply).
+    Failed(Box<Error>),
     /// Not answerable here: ask the daemon through the ring.
     Ring,
+}
+
+impl Resolved {
+    /// The caller's answer: `None` to ask the daemon instead.
+    #[inline]
+    pub(crate) fn answer(self) -> Option<Result<usize>> {
+        match self {
+            Resolved::Value(len) => Some(Ok(len)),
+            Resolved::Ring => None,
+            failed => Some(Err(failed.error())),
+        }
+    }
+
+    /// The error of a read that failed (a bug to ask of another outcome).
+    #[cold]
+    pub(crate) fn error(self) -> Error {
+        match self {
+            Resolved::Stale => Error::Stale,
+            Resolved::Buffer(needed) => Error::Buffer { needed },
+            Resolved::Failed(e) => *e,
+            Resolved::Value(_) | Resolved::Ring => {
+                Error::Protocol("a read that did not fail taken for one".into())
+            }
+        }
+    }
 }
 
 /// Maps chunks of `domain` into `maps`: slot chunks from `slots.0` on,
@@ -135,6 +166,15 @@ fn map_chunks(
         }
     }
     Ok(())
+}
+
+/// This thread's number, which spreads threads over a pin table.
+fn thread_number() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    MINE.try_with(|n| *n).unwrap_or(0)
 }
 
 /// A value borrowed from shared memory: a pinned block, valid and
@@ -187,10 +227,12 @@ impl Reads {
     }
 
     /// Whether the daemon said it stopped serving this registry.
+    #[inline]
     pub(crate) fn stopped(&self) -> bool {
-        Header::new(&self.header).is_none_or(|h| h.stopped())
+        Header::accepted(&self.header).stopped()
     }
 
+    #[inline]
     fn maps(&self, domain: u16) -> Option<&DomainMaps> {
         let group = self.groups.get(usize::from(domain) / GROUP)?.get()?;
         group[usize::from(domain) % GROUP].get()
@@ -259,6 +301,7 @@ impl Reads {
 
     /// The slot `parts` names, mapping what is missing once; `Ok(None)`:
     /// not readable here.
+    #[inline]
     fn slot<'a>(
         &'a self,
         source: &dyn ChunkSource,
@@ -291,6 +334,7 @@ impl Reads {
     }
 
     /// Reads the value of `handle` into `out`.
+    #[inline]
     pub(crate) fn get(
         &self,
         source: &dyn ChunkSource,
@@ -304,7 +348,8 @@ impl Reads {
         let (maps, view) = match self.slot(source, &parts) {
             Ok(Some(found)) => found,
             Ok(None) => return Resolved::Ring,
-            Err(e) => return Resolved::Failed(e),
+            Err(Error::Stale) => return Resolved::Stale,
+            Err(e) => return Resolved::Failed(Box::new(e)),
         };
         let mut fetched = false;
         for _ in 0..TORN_RETRIES {
@@ -313,9 +358,9 @@ impl Reads {
                 |len| out.take(len),
                 |c| maps.heap_chunk(c),
             ) {
-                Read::Value { len } => return Resolved::Value(len),
-                Read::Buffer { len } => return Resolved::Failed(Error::Buffer { needed: len }),
-                Read::Stale => return Resolved::Failed(Error::Stale),
+                Read::Value { len } => return Resolved::Value(len as usize),
+                Read::Buffer { len } => return Resolved::Buffer(len as usize),
+                Read::Stale => return Resolved::Stale,
                 Read::Unmapped { .. } if !fetched => {
                     fetched = true;
                     if !matches!(self.fetch(source, parts.domain), Ok(true)) {
@@ -345,77 +390,76 @@ impl Reads {
         let Some((maps, view)) = self.slot(source, &parts)? else {
             return Ok(None);
         };
-        // A value kept in its slot is copied, and needs no pin.
-        if let Some(slot) = view.snapshot() {
-            if let (Payload::Inline(bytes), true) =
-                (slot.payload, slot.generation == parts.generation)
-            {
-                let len = slot.len as usize;
-                return bytes
-                    .get(..len)
-                    .map(|bytes| Some(Borrowed::Copied(bytes.to_vec())))
-                    .ok_or_else(|| Error::Protocol("inline value too long".into()));
-            }
-        }
-        let epoch = Header::new(&self.header).expect("checked in new").epoch();
-        let Some(pin) = pins.pin(parts.domain, epoch) else {
-            // Every pin taken; a handle already gone is still STALE first.
-            let gone = view.snapshot().is_some_and(|slot| {
-                slot.generation != parts.generation || slot.payload == Payload::Free
-            });
-            return Err(if gone { Error::Stale } else { Error::Quota });
+        let epoch = Header::accepted(&self.header).epoch();
+        let Some(pin) = pins.pin(parts.domain, epoch, pins.start_of(thread_number())) else {
+            // Every pin taken: a value kept in its slot needs none (it is
+            // copied), and a handle already gone is STALE before QUOTA.
+            return match view.locate(parts.generation) {
+                Located::Stale => Err(Error::Stale),
+                Located::Inline { .. } => self.copy_inline(&view, &parts),
+                _ => Err(Error::Quota),
+            };
         };
         let mut fetched = false;
-        let mut torn = 0;
-        let outcome = loop {
-            let Some(slot) = view.snapshot() else {
-                torn += 1;
-                if torn == TORN_RETRIES {
-                    break Ok(None);
+        for _ in 0..TORN_RETRIES {
+            let (at, len) = match view.locate(parts.generation) {
+                Located::Heap { at, len } => (at, len),
+                Located::Torn => {
+                    std::hint::spin_loop();
+                    continue;
                 }
-                std::hint::spin_loop();
-                continue;
+                Located::Stale => {
+                    pins.unpin(pin);
+                    return Err(Error::Stale);
+                }
+                Located::Inline { .. } => {
+                    pins.unpin(pin);
+                    return self.copy_inline(&view, &parts);
+                }
             };
-            if slot.generation != parts.generation {
-                break Err(Error::Stale);
+            let block = maps.heap_chunk(at.chunk).and_then(|chunk| {
+                let offset = usize::try_from(at.offset).ok()?;
+                // SAFETY: a heap chunk of this session's reads; the block is
+                // pinned in this session's table (above) and was in its slot
+                // after the pin.
+                unsafe { PinnedBlock::new(chunk, offset, len as usize, pin) }
+            });
+            if let Some(block) = block {
+                return Ok(Some(Borrowed::Pinned(block)));
             }
-            match slot.payload {
-                Payload::Free => break Err(Error::Stale),
-                Payload::Inline(bytes) => {
-                    let len = slot.len as usize;
-                    break bytes
-                        .get(..len)
-                        .map(|bytes| Some(Borrowed::Copied(bytes.to_vec())))
-                        .ok_or_else(|| Error::Protocol("inline value too long".into()));
-                }
-                Payload::Heap(at) => {
-                    let block = maps.heap_chunk(at.chunk).and_then(|chunk| {
-                        let offset = usize::try_from(at.offset).ok()?;
-                        // SAFETY: a heap chunk of this session's reads; the
-                        // block is pinned in this session's table (above)
-                        // and was in its slot after the pin.
-                        unsafe { PinnedBlock::new(chunk, offset, slot.len as usize, pin) }
-                    });
-                    match block {
-                        Some(block) => break Ok(Some(Borrowed::Pinned(block))),
-                        None if !fetched => {
-                            fetched = true;
-                            match self.fetch(source, parts.domain) {
-                                Ok(true) => continue,
-                                Ok(false) => break Ok(None),
-                                Err(e) => break Err(e),
-                            }
-                        }
-                        None => {
-                            break Err(Error::Protocol("a value outside its heap chunk".into()))
-                        }
-                    }
+            if fetched {
+                pins.unpin(pin);
+                return Err(Error::Protocol("a value outside its heap chunk".into()));
+            }
+            fetched = true;
+            match self.fetch(source, parts.domain) {
+                Ok(true) => {}
+                other => {
+                    pins.unpin(pin);
+                    return other.map(|_| None);
                 }
             }
-        };
-        if !matches!(outcome, Ok(Some(Borrowed::Pinned(_)))) {
-            pins.unpin(pin);
         }
-        outcome
+        pins.unpin(pin);
+        Ok(None)
+    }
+
+    /// A copy of the value kept in `view`'s slot.
+    fn copy_inline(&self, view: &SlotView<'_>, parts: &HandleParts) -> Result<Option<Borrowed>> {
+        let mut value = Vec::new();
+        for _ in 0..TORN_RETRIES {
+            let read = {
+                let mut out = Output::Vec(&mut value);
+                view.read(parts.generation, |len| out.take(len), |_| None)
+            };
+            match read {
+                Read::Value { .. } => return Ok(Some(Borrowed::Copied(value))),
+                Read::Stale => return Err(Error::Stale),
+                Read::Torn => std::hint::spin_loop(),
+                // Moved to the heap meanwhile: the caller's ring fallback.
+                Read::Buffer { .. } | Read::Unmapped { .. } => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 }

@@ -288,6 +288,7 @@ impl Session {
     /// daemon is known gone, said it stopped, or (looked at on a thread's
     /// first read and every 1024th after) closed the control socket. A read
     /// makes no system call otherwise.
+    #[inline]
     pub(crate) fn may_read_here(&self) -> Result<()> {
         self.check_usable()?;
         if self.reads.stopped() {
@@ -309,6 +310,7 @@ impl Session {
     }
 
     /// Fails when the daemon is away or gone, or we are a forked child.
+    #[inline]
     pub(crate) fn check_usable(&self) -> Result<()> {
         if self.pid != shm::current_pid() || self.state.load(Ordering::Acquire) != ATTACHED {
             return Err(Error::Disconnected);

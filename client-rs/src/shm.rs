@@ -241,6 +241,7 @@ pub(crate) fn install_fork_hook() {
 }
 
 /// The current process id, cheaply (one atomic load after the first call).
+#[inline]
 pub(crate) fn current_pid() -> u32 {
     match PID.load(Ordering::Relaxed) {
         0 => {

@@ -7,14 +7,18 @@
 //! offset WELCOME names:
 //!
 //! ```text
-//! offset 0     entries in use (u64): a hint, written by the client
+//! offset 0     entries used so far (u64): a high-water mark the client
+//!              raises when it first uses an entry past it (a hint: the
+//!              daemon reads entries below it, clamped to the table)
 //! offset 64    PIN_ENTRIES × u64: 0 free, else epoch << 16 | domain
 //! ```
 //!
 //! To pin, a client reads the registry's epoch (acquire), claims a free
-//! entry with `epoch << 16 | domain`, issues a `SeqCst` fence, and only then
-//! reads the slot (the seqlock read of [`crate::table`]): if the slot still
-//! names the block, the block stays as it is until the entry is cleared.
+//! entry with `epoch << 16 | domain` (a `SeqCst` compare-and-swap; each
+//! thread starts looking at its own place, so threads do not share lines),
+//! issues a `SeqCst` fence, and only then reads the slot (the seqlock read
+//! of [`crate::table`]): if the slot still names the block, the block stays
+//! as it is until the entry is cleared (a release store of 0).
 //! The daemon, when a block leaves a slot (replace, remove), fences
 //! (`SeqCst`) and notes the epoch; a reclamation pass advances the epoch,
 //! fences, reads every pin table of a session that maps the block's domain
@@ -80,7 +84,7 @@ impl<'a> PinTable<'a> {
         })
     }
 
-    fn in_use(&self) -> &'a AtomicU64 {
+    fn used(&self) -> &'a AtomicU64 {
         &self.map.entry_at(self.at)[0]
     }
 
@@ -92,19 +96,25 @@ impl<'a> PinTable<'a> {
     // The client's side.
 
     /// Claims a free entry for `domain` in the current epoch (read from
-    /// `epoch`, the registry header's word) and fences: read the slot after
-    /// this. `None` when every entry is taken.
-    pub fn pin(&self, domain: u16, epoch: &AtomicU64) -> Option<Pin> {
+    /// `epoch`, the registry header's word), looking from entry `start` on
+    /// (wrapping; a thread's own place, see [`PinTable::start_of`]), and
+    /// fences: read the slot after this. `None` when every entry is taken.
+    #[inline]
+    pub fn pin(&self, domain: u16, epoch: &AtomicU64, start: usize) -> Option<Pin> {
         let now = epoch.load(Ordering::Acquire).max(1);
         let value = (now << 16) | u64::from(domain);
-        for index in 0..self.entries {
+        for step in 0..self.entries {
+            let index = (start + step) % self.entries;
             let entry = self.entry(index);
             if entry.load(Ordering::Relaxed) == 0
                 && entry
-                    .compare_exchange(0, value, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange(0, value, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
-                self.in_use().fetch_add(1, Ordering::Relaxed);
+                let used = self.used();
+                if used.load(Ordering::Relaxed) <= index as u64 {
+                    used.fetch_max(index as u64 + 1, Ordering::SeqCst);
+                }
                 fence(Ordering::SeqCst);
                 return Some(Pin {
                     entry: index,
@@ -115,25 +125,37 @@ impl<'a> PinTable<'a> {
         None
     }
 
+    /// Where a thread numbered `thread` starts looking for a free entry:
+    /// threads a line (eight entries) apart.
+    pub fn start_of(&self, thread: usize) -> usize {
+        thread.wrapping_mul(8) % self.entries.max(1)
+    }
+
     /// Clears an entry this client pinned: the block may be reused from now
     /// on.
+    #[inline]
     pub fn unpin(&self, pin: Pin) {
         self.entry(pin.entry).store(0, Ordering::Release);
-        self.in_use().fetch_sub(1, Ordering::Release);
     }
 
     // The daemon's side: everything read here is the client's word.
 
-    /// Whether the client says it holds pins (a hint: a client that lies
-    /// only makes its own borrowed bytes unsafe).
+    /// Entries the client says it has used (a hint, clamped to the table:
+    /// a client that lies only makes its own borrowed bytes unsafe).
+    fn used_entries(&self) -> usize {
+        usize::try_from(self.used().load(Ordering::Acquire))
+            .map_or(self.entries, |n| n.min(self.entries))
+    }
+
+    /// Whether the client says it ever pinned anything.
     pub fn any(&self) -> bool {
-        self.in_use().load(Ordering::Acquire) != 0
+        self.used_entries() != 0
     }
 
     /// Calls `each(domain, epoch)` for every entry in use, with the epoch
     /// clamped to `now` (the caller has fenced after advancing the epoch).
     pub fn scan(&self, now: u64, mut each: impl FnMut(u16, u64)) {
-        for index in 0..self.entries {
+        for index in 0..self.used_entries() {
             let value = self.entry(index).load(Ordering::Acquire);
             if value != 0 {
                 each(value as u16, (value >> 16).min(now));
@@ -177,9 +199,9 @@ mod tests {
         let table = PinTable::new(&map, 8192, PIN_ENTRIES).unwrap();
         let epoch = AtomicU64::new(5);
         assert!(!table.any());
-        let a = table.pin(3, &epoch).unwrap();
+        let a = table.pin(3, &epoch, 0).unwrap();
         epoch.store(9, Ordering::Relaxed);
-        let b = table.pin(0, &epoch).unwrap();
+        let b = table.pin(0, &epoch, 0).unwrap();
         assert_ne!(a.entry, b.entry);
         assert!(table.any());
         let mut seen = Vec::new();
@@ -188,15 +210,26 @@ mod tests {
         assert_eq!(seen, [(0, 7), (3, 5)], "clamped to the daemon's epoch");
         table.unpin(a);
         table.unpin(b);
-        assert!(!table.any());
         let mut none = 0;
         table.scan(9, |_, _| none += 1);
         assert_eq!(none, 0);
+        // Threads start apart, and the search wraps around.
+        let start = table.start_of(127);
+        assert_eq!(start, 127 * 8 % PIN_ENTRIES);
+        let late = table.pin(2, &epoch, PIN_ENTRIES - 1).unwrap();
+        assert_eq!(late.entry, PIN_ENTRIES - 1);
+        let wrapped = table.pin(2, &epoch, PIN_ENTRIES - 1).unwrap();
+        assert_eq!(wrapped.entry, 0);
+        let mut seen = 0;
+        table.scan(9, |_, _| seen += 1);
+        assert_eq!(seen, 2, "the high-water mark covers the last entry");
+        table.unpin(late);
+        table.unpin(wrapped);
         // A full table refuses.
         let pins: Vec<Pin> = (0..PIN_ENTRIES)
-            .map(|_| table.pin(1, &epoch).unwrap())
+            .map(|i| table.pin(1, &epoch, i).unwrap())
             .collect();
-        assert!(table.pin(1, &epoch).is_none());
+        assert!(table.pin(1, &epoch, 5).is_none());
         for pin in pins {
             table.unpin(pin);
         }

@@ -228,18 +228,18 @@ impl Slot {
     }
 }
 
-/// What one read of a slot found.
+/// What one read of a slot found (eight bytes: it stays in registers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Read {
     /// The value, `len` bytes long, is in the output.
     Value {
         /// The value's length.
-        len: usize,
+        len: u32,
     },
     /// The output offered was too small; the value has `len` bytes.
     Buffer {
         /// The value's length.
-        len: usize,
+        len: u32,
     },
     /// The slot holds no object of this generation.
     Stale,
@@ -254,6 +254,28 @@ pub enum Read {
     Torn,
 }
 
+/// Where a value is, as [`SlotView::locate`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// The slot holds no object of this generation.
+    Stale,
+    /// The value, `len` bytes, is inside the slot (read it with
+    /// [`SlotView::read`]).
+    Inline {
+        /// The value's length.
+        len: u32,
+    },
+    /// The value, `len` bytes, is at `at` in the domain's heap.
+    Heap {
+        /// Where.
+        at: HeapAddress,
+        /// The value's length.
+        len: u32,
+    },
+    /// The daemon changed the slot during the look: look again.
+    Torn,
+}
+
 /// One slot of a slot chunk, borrowed from the mapping that holds it.
 #[derive(Clone, Copy)]
 pub struct SlotView<'a> {
@@ -264,6 +286,7 @@ pub struct SlotView<'a> {
 impl<'a> SlotView<'a> {
     /// Slot `index` of the slot chunk mapped by `map` (the chunk's own
     /// numbering), if the mapping holds it.
+    #[inline]
     pub fn new(map: &'a Mapping, index: usize) -> Option<SlotView<'a>> {
         let at = index.checked_mul(SLOT_SIZE)?;
         map.holds(at, SLOT_SIZE).then_some(SlotView { map, at })
@@ -290,11 +313,41 @@ impl<'a> SlotView<'a> {
         (words[0].load(Ordering::Relaxed) == head).then(|| Slot::from_words(head, &body))
     }
 
+    /// Where the value of generation `generation` is, by the seqlock
+    /// protocol, without copying it (small, for borrowing in place).
+    #[inline]
+    pub fn locate(&self, generation: u16) -> Located {
+        let words = self.words();
+        let head = words[0].load(Ordering::Acquire);
+        if head & 1 != 0 {
+            return Located::Torn;
+        }
+        let state = head >> 56;
+        let len = words[1].load(Ordering::Relaxed) as u32;
+        let at = words[2].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if words[0].load(Ordering::Relaxed) != head {
+            return Located::Torn;
+        }
+        if (head >> 32) as u16 != generation || state == STATE_FREE {
+            return Located::Stale;
+        }
+        if state == STATE_HEAP {
+            Located::Heap {
+                at: HeapAddress::decode(at),
+                len,
+            }
+        } else {
+            Located::Inline { len }
+        }
+    }
+
     /// Reads the value of generation `generation`: `output(len)` is asked
     /// for a buffer of exactly `len` bytes (`None`: the caller has no room,
     /// and gets [`Read::Buffer`]); `heap(chunk)` gives the mapping of a
     /// heap chunk, if this reader has it. The bytes are copied with relaxed
     /// atomic loads and kept only if the slot did not change meanwhile.
+    #[inline]
     pub fn read<'o>(
         &self,
         generation: u16,
@@ -310,20 +363,30 @@ impl<'a> SlotView<'a> {
         if (head >> 32) as u16 != generation || state == STATE_FREE {
             return self.confirmed(head, Read::Stale);
         }
-        let len = words[1].load(Ordering::Relaxed) as u32 as usize;
+        let len32 = words[1].load(Ordering::Relaxed) as u32;
+        let len = len32 as usize;
         let Some(out) = output(len) else {
-            return self.confirmed(head, Read::Buffer { len });
+            return self.confirmed(head, Read::Buffer { len: len32 });
         };
         if out.len() != len {
-            return self.confirmed(head, Read::Buffer { len });
+            return self.confirmed(head, Read::Buffer { len: len32 });
         }
         if state == STATE_INLINE {
             if len > INLINE_VALUE {
                 return self.confirmed(head, Read::Torn);
             }
-            for (i, chunk) in out.chunks_mut(8).enumerate() {
-                let word = words[2 + i].load(Ordering::Relaxed).to_le_bytes();
-                chunk.copy_from_slice(&word[..chunk.len()]);
+            // Whole words as fixed 8-byte stores; the last partial word
+            // byte by byte (no call to memcpy for a few bytes).
+            let full = len / 8;
+            for (chunk, word) in out.chunks_exact_mut(8).zip(&words[2..2 + full]) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            let tail = &mut out[8 * full..];
+            if !tail.is_empty() {
+                let last = words[2 + full].load(Ordering::Relaxed).to_le_bytes();
+                for (byte, value) in tail.iter_mut().zip(last) {
+                    *byte = value;
+                }
             }
         } else {
             let at = HeapAddress::decode(words[2].load(Ordering::Relaxed));
@@ -334,12 +397,12 @@ impl<'a> SlotView<'a> {
                 return self.confirmed(head, Read::Unmapped { chunk: at.chunk });
             }
         }
-        self.confirmed(head, Read::Value { len })
+        self.confirmed(head, Read::Value { len: len32 })
     }
 
     /// `outcome` if the slot still carries `head` (after an acquire fence,
     /// so every load before it is ordered before this check), else TORN.
-    #[inline]
+    #[inline(always)]
     fn confirmed(&self, head: u64, outcome: Read) -> Read {
         fence(Ordering::Acquire);
         if self.words()[0].load(Ordering::Relaxed) == head {
@@ -552,7 +615,16 @@ pub mod header {
             self.word(EPOCH_AT)
         }
 
+        /// The header in `map`, which [`Header::new`] accepted before (the
+        /// daemon never rewrites a header's magic or version): no check
+        /// again, for hot paths.
+        #[inline]
+        pub fn accepted(map: &'a Mapping) -> Header<'a> {
+            Header { map }
+        }
+
         /// Whether the daemon has said it stopped serving this registry.
+        #[inline]
         pub fn stopped(&self) -> bool {
             self.word(STOPPED_AT).load(Ordering::Acquire) != 0
         }

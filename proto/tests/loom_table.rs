@@ -133,7 +133,7 @@ fn a_pinned_block_is_not_reused() {
         // A reader borrowing the value: pin, find the block in the slot,
         // and read it twice while pinned.
         let table = PinTable::new(&session, 0, PINS).unwrap();
-        let pin = table.pin(0, &epoch).unwrap();
+        let pin = table.pin(0, &epoch, 0).unwrap();
         let slot = loop {
             if let Some(slot) = SlotView::new(&slots, 0).unwrap().snapshot() {
                 break slot;

@@ -577,7 +577,7 @@ fn borrowed_blocks_wait_for_their_readers() {
     let borrower = registry.holder(1001).unwrap();
     let reader = registry.reader(&borrower, Arc::clone(&session), 0);
     let table = PinTable::new(&session, 0, PIN_ENTRIES).unwrap();
-    let pin = table.pin(SHARED_DOMAIN, registry.epoch()).unwrap();
+    let pin = table.pin(SHARED_DOMAIN, registry.epoch(), 0).unwrap();
     registry.replace(&owner, h, b"small now").unwrap();
     assert_eq!(registry.reclaim_pending(), 4096);
     let pass = registry.reclaim();
@@ -598,7 +598,7 @@ fn borrowed_blocks_wait_for_their_readers() {
     assert_eq!(reader.held_back(), 0);
     registry.insert(&borrower, &[0u8; 1000], 0).unwrap();
     // A dead session holds nothing back.
-    let pin = table.pin(SHARED_DOMAIN, registry.epoch()).unwrap();
+    let pin = table.pin(SHARED_DOMAIN, registry.epoch(), 0).unwrap();
     registry.replace(&owner, h, &value).unwrap();
     registry.replace(&owner, h, b"again").unwrap();
     assert_eq!(registry.reclaim().waiting, 4096);
