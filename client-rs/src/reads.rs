@@ -24,6 +24,7 @@ use hreg_proto::table::{
     header::Header, slot_chunk_len, slot_place, Payload, Read, SlotView, MAX_HEAP_CHUNKS,
     MAX_SLOT_CHUNKS,
 };
+use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -363,7 +364,11 @@ impl Reads {
             let gone = view.snapshot().is_some_and(|slot| {
                 slot.generation != parts.generation || slot.payload == Payload::Free
             });
-            return Err(if gone { Error::Stale } else { Error::Quota });
+            return Err(if gone {
+                Error::Stale
+            } else {
+                Error::quota(Limit::BorrowedReferences)
+            });
         };
         let mut fetched = false;
         let mut torn = 0;
