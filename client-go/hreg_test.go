@@ -137,6 +137,25 @@ func TestErrorsAreSentinels(t *testing.T) {
 	}
 }
 
+// A session past the daemon's cap is refused with QUOTA. (Which limit
+// refused is not told to Go: libhreg's C API returns statuses only.)
+func TestARefusedSessionIsErrQuota(t *testing.T) {
+	d := startDaemon(t, "--max-sessions", "1")
+	var first *Client
+	// The readiness probe's session may still be closing: retry a little.
+	waitUntil(t, "the one session to attach", func() bool {
+		c, err := Connect(d.socket)
+		first = c
+		return err == nil
+	})
+	defer first.Close()
+	_, err := Connect(d.socket)
+	var e *Error
+	if !errors.Is(err, ErrQuota) || !errors.As(err, &e) || e.Op != "connect" {
+		t.Fatalf("a second session past --max-sessions 1: %v", err)
+	}
+}
+
 func TestSubmitGivesEachOpItsResult(t *testing.T) {
 	d := startDaemon(t)
 	c := d.client(t)

@@ -10,7 +10,7 @@
 //! and releases the GIL around every call that may wait for the daemon.
 //! The protocol itself is all in the `hreg` crate.
 
-use hreg::{Completion, Error, Handle, Op};
+use hreg::{Completion, Error, Handle, Limit, Op};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -35,6 +35,7 @@ fn error_object<'py>(py: Python<'py>, error: &Error, what: &str) -> PyResult<Bou
     let message = format!("{what}: {error}");
     match error {
         Error::Buffer { needed } => class.call1((message, *needed)),
+        Error::Quota { limit, .. } => class.call1((message, limit.map(Limit::name))),
         _ => class.call1((message,)),
     }
 }

@@ -189,8 +189,41 @@ def test_too_big_and_quota():
                 c.insert(bytes(101))
             c.insert(bytes(100))
             c.insert(b"")
-            with pytest.raises(hreg.QuotaExceeded):
+            with pytest.raises(hreg.QuotaExceeded) as refused:
                 c.insert(b"third")
+            assert refused.value.status == 6
+            assert refused.value.limit == "max_objects"
+            assert "max_objects" in str(refused.value)
+            [failed] = c.submit([hreg.Insert(b"in a batch")])
+            assert isinstance(failed, hreg.QuotaExceeded) and failed.limit == "max_objects"
+    finally:
+        d.stop()
+
+
+def test_quota_names_the_limit():
+    d = Daemon("--uid-max-bytes", "1000", "--max-sessions", "1")
+    try:
+        # The readiness probe's session may still be closing: retry a little.
+        first = None
+
+        def attached():
+            nonlocal first
+            try:
+                first = d.client()
+                return True
+            except hreg.QuotaExceeded:
+                return False
+
+        wait_until("the one session to attach", attached)
+        with first:
+            with pytest.raises(hreg.QuotaExceeded) as refused:
+                first.insert(bytes(1001))
+            assert refused.value.limit == "uid_max_bytes"
+            assert "uid_max_bytes" in str(refused.value)
+            with pytest.raises(hreg.QuotaExceeded) as refused:
+                d.client()
+            assert refused.value.limit == "max_sessions"
+            assert "max_sessions" in str(refused.value)
     finally:
         d.stop()
 

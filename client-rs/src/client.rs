@@ -447,9 +447,11 @@ mod tests {
                 Status::Version,
                 (|e: &Error| matches!(e, Error::Version { .. })) as fn(&Error) -> bool,
             ),
-            ("quota", Status::Quota, |e: &Error| {
-                matches!(e, Error::Quota)
-            }),
+            (
+                "quota",
+                Status::Quota,
+                |e: &Error| matches!(e, Error::Quota { message: Some(m), .. } if m == "no"),
+            ),
             ("proto", Status::Protocol, |e: &Error| {
                 matches!(e, Error::Protocol(_))
             }),

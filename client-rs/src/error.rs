@@ -1,7 +1,7 @@
 //! The client's one error type, mapping one-to-one onto
 //! [`hreg_proto::Status`] codes 1 to 12, and the crate's `Result` alias.
 
-use hreg_proto::Status;
+use hreg_proto::{Limit, Status};
 use std::path::PathBuf;
 
 /// Result of every fallible client call.
@@ -29,8 +29,13 @@ pub enum Error {
         needed: usize,
     },
     /// A limit on objects, bytes, sessions or rings would be passed.
-    #[error("a limit on objects, bytes or sessions would be passed")]
-    Quota,
+    #[error("{}", display_quota(.limit, .message))]
+    Quota {
+        /// The limit, when the daemon (or this client) said which.
+        limit: Option<Limit>,
+        /// The daemon's text, when it refused on the control socket.
+        message: Option<String>,
+    },
     /// RELEASE without a reference held.
     #[error("no reference held on this handle")]
     NotHeld,
@@ -71,6 +76,16 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+fn display_quota(limit: &Option<Limit>, message: &Option<String>) -> String {
+    match (limit, message) {
+        (_, Some(message)) => format!("a limit would be passed: {message}"),
+        (Some(limit), None) => {
+            format!("a limit would be passed: {limit} ({})", limit.description())
+        }
+        (None, None) => Status::Quota.message().to_owned(),
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return "any socket path (none configured)".to_owned();
@@ -98,7 +113,7 @@ impl Error {
             Error::Denied => Status::Denied,
             Error::TooBig => Status::TooBig,
             Error::Buffer { .. } => Status::Buffer,
-            Error::Quota => Status::Quota,
+            Error::Quota { .. } => Status::Quota,
             Error::NotHeld => Status::NotHeld,
             Error::Connect { .. } => Status::Connect,
             Error::Disconnected => Status::Disconnected,
@@ -109,7 +124,8 @@ impl Error {
     }
 
     /// The error for a status, `None` for [`Status::Ok`]. `needed` fills
-    /// [`Error::Buffer`]; the variants with details get generic ones.
+    /// [`Error::Buffer`]; the variants with details get generic ones
+    /// ([`Error::Quota`] names no limit).
     pub fn from_status(status: Status, needed: usize) -> Option<Error> {
         Some(match status {
             Status::Ok => return None,
@@ -118,7 +134,10 @@ impl Error {
             Status::Denied => Error::Denied,
             Status::TooBig => Error::TooBig,
             Status::Buffer => Error::Buffer { needed },
-            Status::Quota => Error::Quota,
+            Status::Quota => Error::Quota {
+                limit: None,
+                message: None,
+            },
             Status::NotHeld => Error::NotHeld,
             Status::Connect => Error::Connect {
                 tried: Vec::new(),
@@ -133,12 +152,25 @@ impl Error {
         })
     }
 
+    /// QUOTA: `limit` would be passed.
+    pub fn quota(limit: Limit) -> Error {
+        Error::Quota {
+            limit: Some(limit),
+            message: None,
+        }
+    }
+
     /// The error for a status the daemon put in a completion entry: only
     /// the registry statuses (1 to 7) are legal there; anything else is a
-    /// protocol error.
+    /// protocol error. `value_len` is BUFFER's length needed, or QUOTA's
+    /// [`Limit`] code (an unknown one, or 0, names no limit).
     pub(crate) fn from_completion(status: u32, value_len: u32) -> Option<Error> {
         match Status::from_u32(status) {
             Some(Status::Ok) => None,
+            Some(Status::Quota) => Some(Error::Quota {
+                limit: Limit::from_code(value_len),
+                message: None,
+            }),
             Some(s) if (s as u32) <= Status::NotHeld as u32 => {
                 Error::from_status(s, value_len as usize)
             }
@@ -184,6 +216,21 @@ mod tests {
             Error::from_completion(5, 99),
             Some(Error::Buffer { needed: 99 })
         ));
+        let quota = Error::from_completion(6, Limit::UidMaxObjects.code()).unwrap();
+        assert!(matches!(
+            quota,
+            Error::Quota {
+                limit: Some(Limit::UidMaxObjects),
+                message: None
+            }
+        ));
+        assert!(quota.to_string().contains("uid_max_objects"), "{quota}");
+        for unknown in [0, 999, u32::MAX] {
+            assert!(matches!(
+                Error::from_completion(6, unknown),
+                Some(Error::Quota { limit: None, .. })
+            ));
+        }
         for odd in [8, 9, 10, 12, 13, u32::MAX] {
             assert!(matches!(
                 Error::from_completion(odd, 0),

@@ -36,7 +36,7 @@ pub use hreg_proto::control::{
     ListFilter, ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
 pub use hreg_proto::handle::{Handle, ParseHandleError};
-pub use hreg_proto::{Status, PROTOCOL_VERSION};
+pub use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
 pub use session::default_socket_paths;
 
 /// INSERT flag: other users may read the object.

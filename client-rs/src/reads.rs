@@ -24,6 +24,7 @@ use hreg_proto::table::{
     header::Header, slot_chunk_len, slot_place, Located, Read, SlotView, MAX_HEAP_CHUNKS,
     MAX_SLOT_CHUNKS,
 };
+use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -397,7 +398,7 @@ impl Reads {
             return match view.locate(parts.generation) {
                 Located::Stale => Err(Error::Stale),
                 Located::Inline { .. } => self.copy_inline(&view, &parts),
-                _ => Err(Error::Quota),
+                _ => Err(Error::quota(Limit::BorrowedReferences)),
             };
         };
         let mut fetched = false;

@@ -166,7 +166,7 @@ impl Rings {
                 table.open.push(Arc::downgrade(&cell));
                 Ok(cell)
             }
-            (Reply::Error { status, .. }, _) if status == Status::Quota as u32 => {
+            (Reply::Error { status, message }, _) if status == Status::Quota as u32 => {
                 let mut table = self.lock();
                 table.forget_stale(session.generation());
                 if let Some(ring) = &table.overflow {
@@ -176,7 +176,7 @@ impl Rings {
                     .open
                     .iter()
                     .find_map(Weak::upgrade)
-                    .ok_or(Error::Quota)?;
+                    .ok_or_else(|| refusal(status, message))?;
                 table.overflow = Some(ring.clone());
                 Ok(ring)
             }

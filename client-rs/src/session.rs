@@ -14,7 +14,7 @@ use crate::reads::{ChunkSource, Reads};
 use crate::shm::{self, SessionMapping};
 use hreg_proto::control::{clip, ControlRequest, Reply, Welcome};
 use hreg_proto::ring::{ClientRing, Layout};
-use hreg_proto::{Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
+use hreg_proto::{Limit, Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -458,10 +458,15 @@ fn resume(me: Weak<Session>, deadline: Instant) {
     }
 }
 
-/// Maps a status and message from REFUSED or ERROR to an error.
+/// Maps a status and message from REFUSED or ERROR to an error; QUOTA
+/// keeps the daemon's text and the limit it names.
 pub(crate) fn refusal(status: u32, message: String) -> Error {
     match Status::from_u32(status) {
         Some(Status::Version) => Error::Version { message },
+        Some(Status::Quota) => Error::Quota {
+            limit: Limit::named_in(&message),
+            message: Some(message),
+        },
         Some(Status::Protocol) | None | Some(Status::Ok) => {
             Error::Protocol(format!("daemon: {message} (status {status})"))
         }
@@ -515,7 +520,24 @@ mod tests {
 
     #[test]
     fn control_errors_map_to_statuses() {
-        assert!(matches!(refusal(6, "no ring".into()), Error::Quota));
+        let quota = refusal(6, "max_sessions: 3 sessions attached".into());
+        assert!(matches!(
+            &quota,
+            Error::Quota {
+                limit: Some(Limit::MaxSessions),
+                message: Some(m),
+            } if m == "max_sessions: 3 sessions attached"
+        ));
+        assert!(quota
+            .to_string()
+            .contains("max_sessions: 3 sessions attached"));
+        assert!(matches!(
+            refusal(6, "no ring".into()),
+            Error::Quota {
+                limit: None,
+                message: Some(_)
+            }
+        ));
         assert!(matches!(refusal(10, "v".into()), Error::Version { .. }));
         assert!(matches!(refusal(11, "p".into()), Error::Protocol(_)));
         assert!(matches!(refusal(99, "?".into()), Error::Protocol(_)));

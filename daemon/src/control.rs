@@ -27,7 +27,7 @@ use hreg_proto::control::{
 };
 use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::table::SHARED_DOMAIN;
-use hreg_proto::{Status, PROTOCOL_VERSION};
+use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
 use hreg_registry::{Holder, KeptSession, Registry, ROOT};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -374,10 +374,10 @@ impl Control {
     }
 
     fn fd_limit_message(&self) -> String {
-        format!(
+        Limit::FileDescriptors.refusal_text(format_args!(
             "hregd is at its file descriptor limit ({}); try again later",
             self.fds.limit
-        )
+        ))
     }
 
     /// A connection just accepted: read it now, park it, or refuse it.
@@ -417,12 +417,10 @@ impl Control {
                     refuse(
                         &conn.fd,
                         Status::Quota,
-                        &format!(
+                        &Limit::UidWaitingConnections.refusal_text(format_args!(
                             "uid {} has more than {} connections waiting to attach ({} read at once)",
-                            peer.uid,
-                            PARKED_CAP,
-                            WAITING_SHARE
-                        ),
+                            peer.uid, PARKED_CAP, WAITING_SHARE
+                        )),
                     );
                 }
             }
@@ -628,19 +626,19 @@ impl Control {
         }
         let limits = self.config.limits;
         if self.attached() >= limits.max_sessions {
-            let message = format!(
-                "session cap reached: max_sessions = {}",
+            let message = Limit::MaxSessions.refusal_text(format_args!(
+                "{} sessions attached, the daemon's cap",
                 limits.max_sessions
-            );
+            ));
             return Err((Status::Quota, message, "session cap"));
         }
         if peer.uid != ROOT && self.admission.sessions(peer.uid) >= limits.uid_max_sessions {
-            let message = format!(
-                "uid {} has {} sessions: uid_max_sessions = {}",
+            let message = Limit::UidMaxSessions.refusal_text(format_args!(
+                "uid {} has {} sessions attached, the cap per uid is {}",
                 peer.uid,
                 self.admission.sessions(peer.uid),
                 limits.uid_max_sessions
-            );
+            ));
             return Err((Status::Quota, message, "uid session cap"));
         }
         Ok(())
@@ -656,15 +654,15 @@ impl Control {
         let (memory, memfd) = match SessionMemory::create(self.config.layout) {
             Ok(made) => made,
             Err(e) => {
-                let message = format!("cannot create session memory: {e}");
-                return self.refuse_hello(key, out_of(&e), message, "no memory");
+                let (status, message) = os_refusal(&e, "cannot create session memory");
+                return self.refuse_hello(key, status, message, "no memory");
             }
         };
         let holder = match self.registry.holder(peer.uid) {
             Ok(holder) => holder,
             Err(e) => {
-                let message = format!("cannot create the session's record: {e}");
-                return self.refuse_hello(key, out_of(&e), message, "no memory");
+                let (status, message) = os_refusal(&e, "cannot create the session's record");
+                return self.refuse_hello(key, status, message, "no memory");
             }
         };
         self.attach(key, peer, name, holder, memory, memfd)
@@ -741,7 +739,8 @@ impl Control {
         let header = match registry.header_for_client() {
             Ok(header) => header,
             Err(e) => {
-                let message = format!("cannot open the registry header: {e}");
+                let message = Limit::FileDescriptors
+                    .refusal_text(format_args!("cannot open the registry header: {e}"));
                 return self.refuse_hello(key, Status::Quota, message, "no descriptor");
             }
         };
@@ -869,26 +868,24 @@ impl Control {
             message,
         };
         if !self.fds.allows(self.conns.len() + self.ring_fds() + 1, 1) {
-            let message = format!(
+            let message = Limit::FileDescriptors.refusal_text(format_args!(
                 "descriptor reserve reached (limit {}); share a ring",
                 self.fds.limit
-            );
+            ));
             return self.reply(key, &error(Status::Quota, message), &[]);
         }
         let Some(index) = session.claim_ring() else {
-            let message = format!("ring cap ({}) reached", session.memory.layout().max_rings);
+            let message = Limit::MaxRings.refusal_text(format_args!(
+                "{} rings open, the cap per session",
+                session.memory.layout().max_rings
+            ));
             return self.reply(key, &error(Status::Quota, message), &[]);
         };
         let doorbell = match Doorbell::new() {
             Ok(doorbell) => doorbell,
             Err(e) => {
                 session.free_ring(index);
-                let status = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    Status::Quota
-                } else {
-                    Status::Io
-                };
-                let message = format!("cannot create doorbell: {e}");
+                let (status, message) = os_refusal(&e, "cannot create doorbell");
                 return self.reply(key, &error(status, message), &[]);
             }
         };
@@ -1025,12 +1022,14 @@ fn refuse(fd: &OwnedFd, status: Status, message: &str) {
     let _ = send(fd.as_fd(), &reply, &[]);
 }
 
-/// QUOTA when `e` says descriptors ran out, else IO.
-fn out_of(e: &std::io::Error) -> Status {
+/// The status and text for `what` failing with `e`: QUOTA naming
+/// [`Limit::FileDescriptors`] when descriptors ran out, else IO.
+fn os_refusal(e: &std::io::Error, what: &str) -> (Status, String) {
     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-        Status::Quota
+        let message = Limit::FileDescriptors.refusal_text(format_args!("{what}: {e}"));
+        (Status::Quota, message)
     } else {
-        Status::Io
+        (Status::Io, format!("{what}: {e}"))
     }
 }
 
@@ -1194,7 +1193,11 @@ mod tests {
         let second = h.connect(1000);
         let (status, message) = refused(h.hello(&second, PROTOCOL_VERSION));
         assert_eq!(status, Status::Quota as u32);
-        assert!(message.contains("uid_max_sessions"), "{message}");
+        assert_eq!(
+            Limit::named_in(&message),
+            Some(Limit::UidMaxSessions),
+            "{message}"
+        );
         let root = [h.connect(0), h.connect(0)];
         for peer in &root {
             assert!(matches!(
@@ -1205,7 +1208,12 @@ mod tests {
         let fourth = h.connect(0);
         let (status, message) = refused(h.hello(&fourth, PROTOCOL_VERSION));
         assert_eq!(status, Status::Quota as u32);
-        assert!(message.contains("max_sessions = 3"), "{message}");
+        assert_eq!(
+            Limit::named_in(&message),
+            Some(Limit::MaxSessions),
+            "{message}"
+        );
+        assert!(message.contains("3 sessions attached"), "{message}");
     }
 
     #[test]

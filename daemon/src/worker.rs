@@ -17,8 +17,8 @@ use hreg_proto::entry::{
 use hreg_proto::handle::Handle;
 use hreg_proto::ring::{ServerRing, SharedRing, Wake};
 use hreg_proto::sync::AtomicU32;
-use hreg_proto::Status;
-use hreg_registry::{Holder, Registry};
+use hreg_proto::{Limit, Status};
+use hreg_registry::{Holder, Refusal, Registry};
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::io;
@@ -392,21 +392,29 @@ fn execute(
         inline: &sqe.inline,
         cqe: &mut cqe,
     };
-    let result = request.and_then(|request| run.request(request, scratch));
-    if result == Err(Status::Quota) {
+    let result = request
+        .map_err(Refusal::from)
+        .and_then(|request| run.request(request, scratch));
+    let Err(refusal) = result else {
+        cqe.status = Status::Ok as u32;
+        return (cqe, public);
+    };
+    cqe.status = refusal.status() as u32;
+    if refusal.status() == Status::Quota {
+        // The client learns which limit from the completion, the operator
+        // from the log.
+        cqe.value_len = Limit::completion_code(refusal.limit());
+        let limit = refusal.limit().map_or("unknown", Limit::name);
         warn_limited(|| {
             tracing::warn!(
                 session = session.id,
                 pid = session.peer.pid,
                 uid = session.peer.uid,
-                "quota hit"
+                limit,
+                "quota hit: {limit} would be passed"
             )
         });
     }
-    cqe.status = match result {
-        Ok(()) => Status::Ok,
-        Err(status) => status,
-    } as u32;
     (cqe, public)
 }
 
@@ -421,9 +429,9 @@ struct Staging {
 
 impl Staging {
     /// Makes the buffer `len` bytes long (new bytes zero), charging growth to
-    /// the session's uid first; QUOTA when that would pass a limit, and the
+    /// the session's uid first; the limit it would pass otherwise, and the
     /// buffer is left as it was.
-    fn resize(&mut self, session: &Session, len: usize) -> Result<(), Status> {
+    fn resize(&mut self, session: &Session, len: usize) -> Result<(), Limit> {
         let registry = session.registry();
         let old = self.bytes.len();
         if len > old {
@@ -431,7 +439,7 @@ impl Staging {
             registry.charge_staging(&session.holder, grow)?;
             if self.bytes.try_reserve(len - old).is_err() {
                 registry.release_staging(&session.holder, grow);
-                return Err(Status::Quota);
+                return Err(Limit::DaemonMemory);
             }
         } else {
             registry.release_staging(&session.holder, (old - len) as u64);
@@ -454,13 +462,13 @@ impl Staging {
         registry: &Registry,
         holder: &Holder,
         value: &[u8],
-    ) -> Result<(), Status> {
+    ) -> Result<(), Limit> {
         registry.release_staging(holder, self.bytes.len() as u64);
         self.bytes = Vec::new();
         registry.charge_staging(holder, value.len() as u64)?;
         if self.bytes.try_reserve(value.len()).is_err() {
             registry.release_staging(holder, value.len() as u64);
-            return Err(Status::Quota);
+            return Err(Limit::DaemonMemory);
         }
         self.bytes.extend_from_slice(value);
         Ok(())
@@ -478,7 +486,7 @@ struct Run<'r, 'a> {
 }
 
 impl Run<'_, '_> {
-    fn request(&mut self, request: RingRequest, scratch: &mut Vec<u8>) -> Result<(), Status> {
+    fn request(&mut self, request: RingRequest, scratch: &mut Vec<u8>) -> Result<(), Refusal> {
         let session = self.session;
         let registry: &Registry = session.registry();
         let holder = &session.holder;
@@ -502,8 +510,8 @@ impl Run<'_, '_> {
                 capacity,
             } => self.get(handle, region_off, region_len, capacity),
             RingRequest::Retain { handle } => registry.retain(holder, handle),
-            RingRequest::Release { handle } => registry.release(holder, handle),
-            RingRequest::Remove { handle } => registry.remove(holder, handle),
+            RingRequest::Release { handle } => Ok(registry.release(holder, handle)?),
+            RingRequest::Remove { handle } => Ok(registry.remove(holder, handle)?),
             RingRequest::StageWrite {
                 offset,
                 data_off,
@@ -513,7 +521,7 @@ impl Run<'_, '_> {
                 offset,
                 data_off,
                 len,
-            } => self.stage_read(offset, data_off, len),
+            } => Ok(self.stage_read(offset, data_off, len)?),
         }
     }
 
@@ -524,19 +532,19 @@ impl Run<'_, '_> {
         source: ValueSource,
         registry: &Registry,
         scratch: &'v mut Vec<u8>,
-    ) -> Result<&'v [u8], Status> {
+    ) -> Result<&'v [u8], Refusal> {
         match source {
             ValueSource::Inline { len } => Ok(&self.inline[..len]),
             ValueSource::Staged { len } if len == self.staging.bytes.len() => {
                 Ok(&self.staging.bytes)
             }
-            ValueSource::Staged { .. } => Err(Status::Invalid),
+            ValueSource::Staged { .. } => Err(Status::Invalid.into()),
             ValueSource::Data { off, len } => {
                 if len > registry.limits().max_value_size {
-                    return Err(Status::TooBig);
+                    return Err(Status::TooBig.into());
                 }
                 scratch.clear();
-                scratch.try_reserve(len).map_err(|_| Status::Quota)?;
+                scratch.try_reserve(len).map_err(|_| Limit::DaemonMemory)?;
                 scratch.resize(len, 0);
                 self.view.copy_from_data(off, scratch);
                 Ok(scratch)
@@ -557,7 +565,7 @@ impl Run<'_, '_> {
         region_off: u32,
         region_len: usize,
         capacity: u64,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refusal> {
         let Run {
             view,
             session,
@@ -570,7 +578,7 @@ impl Run<'_, '_> {
         registry.get_with(holder, handle, |value| {
             cqe.value_len = value.len() as u32;
             if value.len() as u64 > capacity {
-                return Err(Status::Buffer);
+                return Err(Status::Buffer.into());
             }
             if value.len() <= INLINE_CAPACITY {
                 cqe.inline[..value.len()].copy_from_slice(value);
@@ -589,14 +597,14 @@ impl Run<'_, '_> {
         })?
     }
 
-    fn stage_write(&mut self, offset: u64, data_off: u32, len: usize) -> Result<(), Status> {
+    fn stage_write(&mut self, offset: u64, data_off: u32, len: usize) -> Result<(), Refusal> {
         if offset > self.staging.bytes.len() as u64 {
-            return Err(Status::Invalid);
+            return Err(Status::Invalid.into());
         }
         let offset = offset as usize;
         let end = offset + len;
         if end > self.session.registry().limits().max_value_size {
-            return Err(Status::TooBig);
+            return Err(Status::TooBig.into());
         }
         self.staging.resize(self.session, offset)?;
         self.staging.resize(self.session, end)?;
@@ -839,6 +847,18 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_completion_names_its_limit() {
+        let mut bench = Bench::new(Limits {
+            max_objects: 1,
+            ..Limits::default()
+        });
+        let done = bench.run(&[], &[inline_insert(b"a", 0), inline_insert(b"b", 0)]);
+        assert_eq!(done[0].status, OK);
+        assert_eq!(done[1].status, Status::Quota as u32);
+        assert_eq!(done[1].value_len, Limit::MaxObjects.code());
+    }
+
+    #[test]
     fn staging_is_charged_and_given_back() {
         let limits = Limits {
             max_value_size: 1000,
@@ -852,6 +872,7 @@ mod tests {
         // 128 staged bytes would pass the uid's 100.
         let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64)]);
         assert_eq!(done[0].status, Status::Quota as u32);
+        assert_eq!(done[0].value_len, Limit::UidMaxBytes.code());
         assert_eq!(bench.session().holder.staged_bytes(), 64);
         // Past the value size: TOO_BIG, and nothing more is charged.
         let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64 * 16)]);

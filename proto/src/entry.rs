@@ -146,7 +146,7 @@ impl Sqe {
 /// | 12..14 | `entry_flags` | [`cqe_flags`] |
 /// | 14..16 | `stamp`       | set by the ring when the completion is published |
 /// | 16..24 | `handle`      | INSERT: the new handle |
-/// | 24..28 | `value_len`   | GET: the value's length (also on BUFFER) |
+/// | 24..28 | `value_len`   | GET: the value's length (also on BUFFER); QUOTA: the [`crate::Limit`] code (0: not said) |
 /// | 28..32 | `data_off`    | where in the data area the value was written |
 /// | 32..64 | `inline`      | inline value |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,7 +162,8 @@ pub struct Cqe {
     /// INSERT: the new object's handle; 0 otherwise.
     pub handle: u64,
     /// GET: the value's length (also with BUFFER); STAGE_READ: the bytes
-    /// copied.
+    /// copied; QUOTA: the code of the [`crate::Limit`] that refused (0:
+    /// not said).
     pub value_len: u32,
     /// IN_DATA: where in the data area the value was written.
     pub data_off: u32,

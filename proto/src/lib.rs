@@ -18,11 +18,14 @@ pub mod control;
 pub mod entry;
 pub mod handle;
 pub mod handoff;
+pub mod limit;
 pub mod pins;
 pub mod ring;
 pub mod shm;
 pub mod sync;
 pub mod table;
+
+pub use limit::Limit;
 
 /// Version of the protocol spoken over the control socket and the rings.
 /// HELLO carries it; the daemon refuses any other.
@@ -56,7 +59,9 @@ pub enum Status {
     /// GET: the caller's buffer is smaller than the value; the completion's
     /// `value_len` says how much is needed.
     Buffer = 5,
-    /// A limit on objects, bytes, sessions or rings would be passed.
+    /// A limit on objects, bytes, sessions or rings would be passed
+    /// ([`Limit`] says which: in a completion's `value_len`, at the start
+    /// of a REFUSED or ERROR text).
     Quota = 6,
     /// RELEASE without a reference held by the session.
     NotHeld = 7,

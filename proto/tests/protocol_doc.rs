@@ -2,12 +2,13 @@
 //! clients are written from cannot drift: every control message the codec
 //! knows has its row in the kind table, with the number it encodes to and
 //! its name, and no row is left over; the packet limit is the code's; the
-//! opcode and status tables carry the code's numbers.
+//! opcode and status tables carry the code's numbers; the limit table is
+//! every limit QUOTA can name, with its code and name.
 
 use hreg_proto::control::{
     ControlRequest, ListFilter, Reply, StatsReply, UsageReply, Welcome, MAX_MESSAGE,
 };
-use hreg_proto::{Opcode, Status};
+use hreg_proto::{Limit, Opcode, Status};
 use std::collections::BTreeMap;
 
 fn document() -> String {
@@ -181,6 +182,24 @@ fn opcodes_and_statuses_carry_the_codes_numbers() {
             "status {code}"
         );
     }
+}
+
+#[test]
+fn the_limit_table_is_every_limit_with_its_code_and_name() {
+    let doc = document();
+    let rows = table(&doc, "Limits:");
+    let coded: BTreeMap<u32, String> = Limit::ALL
+        .into_iter()
+        .map(|limit| (limit.code(), limit.name().to_owned()))
+        .collect();
+    assert_eq!(rows, coded, "PROTOCOL.md's limit table differs from Limit");
+    let example = doc
+        .replace('\n', " ")
+        .split('`')
+        .find(|quoted| quoted.starts_with("max_sessions: "))
+        .map(str::to_owned)
+        .expect("section 1 quotes a QUOTA text");
+    assert_eq!(Limit::named_in(&example), Some(Limit::MaxSessions));
 }
 
 #[test]

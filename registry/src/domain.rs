@@ -37,7 +37,7 @@ use hreg_proto::table::{
     slot_chunk_len, slot_chunk_slots, slot_place, HeapAddress, Payload, Slot, SlotView,
     INLINE_VALUE, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
 };
-use hreg_proto::Status;
+use hreg_proto::Limit;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -334,14 +334,15 @@ impl Domain {
 
     /// A free slot of shard `shard_index`: a reused one, or a new one (with
     /// a random first generation, so handles of an earlier daemon rarely
-    /// line up); `Ok(None)` when the shard has no index left, QUOTA when
-    /// memory for the table runs out. The caller holds the shard's lock.
+    /// line up); `Ok(None)` when the shard has no index left, QUOTA
+    /// ([`Limit::SlotMemory`]) when memory for the table runs out. The
+    /// caller holds the shard's lock.
     pub fn vacant(
         &self,
         shard: &mut Shard,
         shard_index: usize,
         shard_bits: u32,
-    ) -> Result<Option<u32>, Status> {
+    ) -> Result<Option<u32>, Limit> {
         if let Some(index) = shard.free.pop_front() {
             return Ok(Some(index));
         }
@@ -350,7 +351,7 @@ impl Domain {
             return Ok(None);
         }
         let index = (shard.next_local << shard_bits) | shard_index as u32;
-        self.prepare(index).map_err(|_| Status::Quota)?;
+        self.prepare(index).map_err(|_| Limit::SlotMemory)?;
         shard.next_local += 1;
         let generation = shard.first_generation();
         self.write_slot(index, &Slot::free(generation));
@@ -395,8 +396,9 @@ impl Domain {
     }
 
     /// Where a value goes: inside its slot, or in a new heap block (written
-    /// here, before any slot names it). QUOTA when memory runs out.
-    pub fn place(&self, value: &[u8]) -> Result<Payload, Status> {
+    /// here, before any slot names it). QUOTA ([`Limit::HeapMemory`]) when
+    /// memory runs out.
+    pub fn place(&self, value: &[u8]) -> Result<Payload, Limit> {
         if value.len() <= INLINE_VALUE {
             let mut bytes = [0u8; INLINE_VALUE];
             bytes[..value.len()].copy_from_slice(value);
@@ -406,7 +408,7 @@ impl Domain {
             let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
             let at = heap
                 .alloc(&self.heap_chunks, value.len() as u64)
-                .map_err(|_| Status::Quota)?;
+                .map_err(|_| Limit::HeapMemory)?;
             (at, heap.chunk_count())
         };
         self.count_chunks(HEAP_CHUNKS_AT, chunks);
@@ -415,7 +417,7 @@ impl Domain {
         });
         if !written {
             self.free_block(at, value.len() as u64);
-            return Err(Status::Quota);
+            return Err(Limit::HeapMemory);
         }
         Ok(Payload::Heap(at))
     }

@@ -28,6 +28,7 @@ mod limits;
 mod memory;
 mod reclaim;
 mod refs;
+mod refusal;
 mod store;
 
 pub use adopt::{AdoptError, Adopted, KeptSession, StateReport};
@@ -37,6 +38,7 @@ pub use limits::{session_staging_cap, Counters, Limits, Usage};
 pub use memory::Chunk;
 pub use reclaim::Reader;
 pub use refs::SessionKey;
+pub use refusal::Refusal;
 pub use store::{names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore, Store};
 
 use crate::domain::{Domain, Shard};
@@ -50,7 +52,7 @@ use hreg_proto::handle::{Handle, HandleParts, INSTANCE_MASK, MAX_DOMAINS};
 use hreg_proto::pins;
 use hreg_proto::shm::Mapping;
 use hreg_proto::table::{header, Payload, Slot, SHARED_DOMAIN};
-use hreg_proto::{flags, Opcode, Status};
+use hreg_proto::{flags, Limit, Opcode, Status};
 use rustix::fd::BorrowedFd;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
@@ -290,7 +292,7 @@ impl Registry {
 
     /// The domain a new object of `uid` goes to (made on first use); QUOTA
     /// when no domain or memory is left for it.
-    fn domain_for(&self, holder: &Holder, shared: bool) -> Result<Arc<Domain>, Status> {
+    fn domain_for(&self, holder: &Holder, shared: bool) -> Result<Arc<Domain>, Limit> {
         if shared {
             return Ok(self.domain(SHARED_DOMAIN).expect("made with the registry"));
         }
@@ -303,7 +305,7 @@ impl Registry {
             None => {
                 let id = by_uid.1;
                 if usize::from(id) >= MAX_DOMAINS {
-                    return Err(Status::Quota);
+                    return Err(Limit::Domains);
                 }
                 let domain = Domain::new(
                     &self.store,
@@ -312,7 +314,7 @@ impl Registry {
                     self.live.len(),
                     self.seed ^ u64::from(id),
                 )
-                .map_err(|_| Status::Quota)?;
+                .map_err(|_| Limit::SlotMemory)?;
                 let _ = self.domains[usize::from(id)].set(Arc::new(domain));
                 by_uid.0.insert(holder.uid, id);
                 by_uid.1 = id + 1;
@@ -394,10 +396,10 @@ impl Registry {
     /// Creates an object, in the next shard of the calling thread's round:
     /// each thread spreads its inserts over every shard, and threads start
     /// at different shards, with no shared counter.
-    pub fn insert(&self, holder: &Holder, value: &[u8], obj_flags: u32) -> Result<Handle, Status> {
+    pub fn insert(&self, holder: &Holder, value: &[u8], obj_flags: u32) -> Result<Handle, Refusal> {
         Opcode::Insert.check_flags(obj_flags)?;
         if value.len() > self.limits.max_value_size() {
-            return Err(Status::TooBig);
+            return Err(Status::TooBig.into());
         }
         let charge = self.charge(&holder.usage, 1, value.len() as u64)?;
         let domain = self.domain_for(holder, obj_flags & flags::SHARED != 0)?;
@@ -411,9 +413,9 @@ impl Registry {
             let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
                 Ok(Some(index)) => index,
                 Ok(None) => continue,
-                Err(status) => {
+                Err(limit) => {
                     release_payload(&domain, payload, value.len());
-                    return Err(status);
+                    return Err(limit.into());
                 }
             };
             let (view, meta) = domain.slot(index).expect("a vacant slot exists");
@@ -435,7 +437,7 @@ impl Registry {
                     shard.free.push_front(index);
                     drop(refs);
                     release_payload(&domain, payload, value.len());
-                    return Err(Status::Quota);
+                    return Err(Limit::ReferenceTableMemory.into());
                 }
                 refs.wants_purge()
             };
@@ -460,7 +462,7 @@ impl Registry {
             return Ok(handle);
         }
         release_payload(&domain, payload, value.len());
-        Err(Status::Quota)
+        Err(Limit::Slots.into())
     }
 
     /// Calls `read` with a copy of the value, taken under its shard's lock:
@@ -496,15 +498,15 @@ impl Registry {
 
     /// Replaces the value of `handle`; readers see the old value or the new
     /// one, whole. The owner pays for the value, whoever replaces it.
-    pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Status> {
+    pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Refusal> {
         if value.len() > self.limits.max_value_size() {
-            return Err(Status::TooBig);
+            return Err(Status::TooBig.into());
         }
         let (domain, index, generation) = self.locate(handle)?;
         let _shard = lock(&domain.shards[self.shard_of(index)]);
         let old = live_slot(&domain, index, generation)?;
         if !writable_by(&old, holder.uid) {
-            return Err(Status::Denied);
+            return Err(Status::Denied.into());
         }
         let old_len = u64::from(old.len);
         let new_len = value.len() as u64;
@@ -532,12 +534,12 @@ impl Registry {
     }
 
     /// Takes one more reference to `handle` for `holder`'s session.
-    pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
+    pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Refusal> {
         let (domain, index, generation) = self.locate(handle)?;
         let shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = live_slot(&domain, index, generation)?;
         if !readable_by(&slot, holder.uid) {
-            return Err(Status::Denied);
+            return Err(Status::Denied.into());
         }
         let (_, meta) = domain.slot(index).expect("live");
         let purge = {
@@ -545,11 +547,11 @@ impl Registry {
             // Checked before the table is touched: a refused RETAIN leaves
             // no entry behind.
             let count = meta.refs.load(Ordering::Relaxed);
-            if refs.held(handle.get()) == u32::MAX
-                || count == u32::MAX
-                || refs.add(handle.get()).is_err()
-            {
-                return Err(Status::Quota);
+            if refs.held(handle.get()) == u32::MAX || count == u32::MAX {
+                return Err(Limit::ReferencesPerObject.into());
+            }
+            if refs.add(handle.get()).is_err() {
+                return Err(Limit::ReferenceTableMemory.into());
             }
             meta.refs.store(count + 1, Ordering::Relaxed);
             refs.wants_purge()
@@ -667,7 +669,7 @@ impl Registry {
     /// Reserves `bytes` more of ring staging for `holder`'s session,
     /// against its session cap ([`session_staging_cap`]) and the byte limits
     /// of its uid and of the registry.
-    pub fn charge_staging(&self, holder: &Holder, bytes: u64) -> Result<(), Status> {
+    pub fn charge_staging(&self, holder: &Holder, bytes: u64) -> Result<(), Limit> {
         let limits = self.limits.get();
         let staged = holder
             .staged
@@ -675,16 +677,16 @@ impl Registry {
             .saturating_add(bytes);
         if staged > session_staging_cap(limits.max_value_size) {
             holder.staged.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(Status::Quota);
+            return Err(Limit::SessionStaging);
         }
         if !self.total.reserve_staged(bytes, limits.max_bytes) {
             holder.staged.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(Status::Quota);
+            return Err(Limit::MaxBytes);
         }
         if !holder.usage.reserve_staged(bytes, limits.uid_max_bytes) {
             self.total.give_back_staged(bytes);
             holder.staged.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(Status::Quota);
+            return Err(Limit::UidMaxBytes);
         }
         Ok(())
     }
@@ -870,17 +872,19 @@ impl Registry {
         owner: &'a Counters,
         objects: u64,
         bytes: u64,
-    ) -> Result<Charge<'a>, Status> {
+    ) -> Result<Charge<'a>, Limit> {
         let limits = self.limits.get();
         let room = limits
             .max_bytes
             .saturating_sub(self.limbo_bytes.load(Ordering::Relaxed));
-        if !self.total.reserve(objects, bytes, limits.max_objects, room) {
-            return Err(Status::Quota);
-        }
-        if !owner.reserve(objects, bytes, limits.uid_max_objects, limits.uid_max_bytes) {
+        self.total
+            .reserve(objects, bytes, limits.max_objects, room)
+            .map_err(|over| over.limit(Limit::MaxObjects, Limit::MaxBytes))?;
+        if let Err(over) =
+            owner.reserve(objects, bytes, limits.uid_max_objects, limits.uid_max_bytes)
+        {
             self.total.give_back(objects, bytes);
-            return Err(Status::Quota);
+            return Err(over.limit(Limit::UidMaxObjects, Limit::UidMaxBytes));
         }
         Ok(Charge {
             counters: [&self.total, owner],

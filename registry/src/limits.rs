@@ -2,6 +2,7 @@
 //! and per uid, changeable while serving), the counters kept against them,
 //! and reservations that are given back unless kept.
 
+use hreg_proto::Limit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes of ring staging one session may hold at once: four values of the
@@ -105,14 +106,14 @@ pub struct Counters {
 
 impl Counters {
     /// Adds to the counts unless one would pass its maximum (value and
-    /// staged bytes together against `max_bytes`).
+    /// staged bytes together against `max_bytes`); says which otherwise.
     pub(crate) fn reserve(
         &self,
         objects: u64,
         bytes: u64,
         max_objects: u64,
         max_bytes: u64,
-    ) -> bool {
+    ) -> Result<(), Exceeded> {
         let total_objects = self
             .objects
             .fetch_add(objects, Ordering::Relaxed)
@@ -123,11 +124,15 @@ impl Counters {
             .saturating_add(bytes)
             .saturating_add(self.staged.load(Ordering::Relaxed))
             .saturating_add(self.held.load(Ordering::Relaxed));
-        if total_objects > max_objects || total_bytes > max_bytes {
-            self.give_back(objects, bytes);
-            return false;
-        }
-        true
+        let exceeded = if total_objects > max_objects {
+            Exceeded::Objects
+        } else if total_bytes > max_bytes {
+            Exceeded::Bytes
+        } else {
+            return Ok(());
+        };
+        self.give_back(objects, bytes);
+        Err(exceeded)
     }
 
     /// Counts what an adopted state holds (no limit applies: it is there).
@@ -169,6 +174,23 @@ impl Counters {
         Usage {
             objects: self.objects.load(Ordering::Relaxed),
             value_bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Which maximum a [`Counters::reserve`] would have passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Objects,
+    Bytes,
+}
+
+impl Exceeded {
+    /// The limit this is, given the limits the counts were held against.
+    pub(crate) fn limit(self, objects: Limit, bytes: Limit) -> Limit {
+        match self {
+            Exceeded::Objects => objects,
+            Exceeded::Bytes => bytes,
         }
     }
 }

@@ -112,15 +112,20 @@ proptest! {
                 Action::Insert { who, len, flags: f } => {
                     let value = value_of(len, step as u64);
                     let got = registry.insert(&holders[who], &value, f);
+                    // The limits in the order the registry checks them.
+                    let owned = model.owned(UIDS[who]);
                     let expected = if f & !flags::ALL != 0 {
-                        Err(Status::Invalid)
+                        Err(Status::Invalid.into())
                     } else if len > LIMITS.max_value_size {
-                        Err(Status::TooBig)
-                    } else if model.live.len() as u64 >= LIMITS.max_objects
-                        || model.bytes + len as u64 > LIMITS.max_bytes
-                        || model.owned(UIDS[who]).0 >= LIMITS.uid_max_objects
-                        || model.owned(UIDS[who]).1 + len as u64 > LIMITS.uid_max_bytes {
-                        Err(Status::Quota)
+                        Err(Status::TooBig.into())
+                    } else if model.live.len() as u64 >= LIMITS.max_objects {
+                        Err(Refusal::quota(Limit::MaxObjects))
+                    } else if model.bytes + len as u64 > LIMITS.max_bytes {
+                        Err(Refusal::quota(Limit::MaxBytes))
+                    } else if owned.0 >= LIMITS.uid_max_objects {
+                        Err(Refusal::quota(Limit::UidMaxObjects))
+                    } else if owned.1 + len as u64 > LIMITS.uid_max_bytes {
+                        Err(Refusal::quota(Limit::UidMaxBytes))
                     } else {
                         Ok(())
                     };
@@ -153,14 +158,16 @@ proptest! {
                     let h = pick(p);
                     let value = value_of(len, step as u64);
                     let got = registry.replace(&holders[who], handle(h), &value);
+                    let grown = |o: &ModelObject, bytes: u64| bytes - o.value.len() as u64 + len as u64;
                     let expected = match model.live.get(&h) {
-                        _ if len > LIMITS.max_value_size => Err(Status::TooBig),
-                        None => Err(Status::Stale),
-                        Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
+                        _ if len > LIMITS.max_value_size => Err(Status::TooBig.into()),
+                        None => Err(Status::Stale.into()),
+                        Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied.into()),
+                        Some(o) if len > o.value.len() && grown(o, model.bytes) > LIMITS.max_bytes =>
+                            Err(Refusal::quota(Limit::MaxBytes)),
                         Some(o) if len > o.value.len()
-                            && (model.bytes - o.value.len() as u64 + len as u64 > LIMITS.max_bytes
-                                || model.owned(o.owner).1 - o.value.len() as u64 + len as u64
-                                    > LIMITS.uid_max_bytes) => Err(Status::Quota),
+                            && grown(o, model.owned(o.owner).1) > LIMITS.uid_max_bytes =>
+                            Err(Refusal::quota(Limit::UidMaxBytes)),
                         Some(_) => Ok(()),
                     };
                     if expected.is_ok() {
@@ -174,8 +181,8 @@ proptest! {
                     let h = pick(p);
                     let got = registry.retain(&holders[who], handle(h));
                     let expected = match model.live.get_mut(&h) {
-                        None => Err(Status::Stale),
-                        Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied),
+                        None => Err(Status::Stale.into()),
+                        Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied.into()),
                         Some(o) => {
                             *o.refs.entry(who).or_insert(0) += 1;
                             Ok(())
@@ -358,13 +365,16 @@ fn per_uid_caps_and_new_limits_apply() {
     for i in 0..LIMITS.uid_max_objects {
         registry.insert(&alice, &[i as u8], 0).unwrap();
     }
-    assert_eq!(registry.insert(&alice, b"x", 0), Err(Status::Quota));
+    assert_eq!(
+        registry.insert(&alice, b"x", 0),
+        Err(Refusal::quota(Limit::UidMaxObjects))
+    );
     registry.insert(&bob, b"x", 0).unwrap();
     registry.set_limits(Limits {
         max_value_size: 2,
         ..LIMITS
     });
-    assert_eq!(registry.insert(&bob, b"xyz", 0), Err(Status::TooBig));
+    assert_eq!(registry.insert(&bob, b"xyz", 0), Err(Status::TooBig.into()));
     assert_eq!(
         registry.usage_by_uid(),
         vec![
@@ -401,7 +411,10 @@ fn a_refused_retain_leaves_no_entry_and_release_never_wraps() {
         .1
         .refs
         .store(u32::MAX, Ordering::Relaxed);
-    assert_eq!(registry.retain(&other, h), Err(Status::Quota));
+    assert_eq!(
+        registry.retain(&other, h),
+        Err(Refusal::quota(Limit::ReferencesPerObject))
+    );
     assert_eq!(
         other.reference_entries(),
         0,
@@ -416,6 +429,30 @@ fn a_refused_retain_leaves_no_entry_and_release_never_wraps() {
         Ok(b"kept".to_vec())
     );
     assert_eq!(owner.reference_count(), 1);
+}
+
+#[test]
+fn staging_names_the_limit_it_would_pass() {
+    let registry = Registry::with_instance(1, LIMITS, 3, 1).unwrap();
+    let holder = registry.holder(1000).unwrap();
+    let cap = session_staging_cap(LIMITS.max_value_size);
+    assert_eq!(
+        registry.charge_staging(&holder, cap + 1),
+        Err(Limit::SessionStaging)
+    );
+    assert_eq!(
+        registry.charge_staging(&holder, LIMITS.max_bytes + 1),
+        Err(Limit::MaxBytes)
+    );
+    assert_eq!(
+        registry.charge_staging(&holder, LIMITS.uid_max_bytes + 1),
+        Err(Limit::UidMaxBytes)
+    );
+    // Refusals kept nothing: the whole allowance is still there.
+    registry
+        .charge_staging(&holder, LIMITS.uid_max_bytes)
+        .unwrap();
+    registry.release_staging(&holder, LIMITS.uid_max_bytes);
 }
 
 #[test]
@@ -590,7 +627,7 @@ fn borrowed_blocks_wait_for_their_readers() {
     });
     assert_eq!(
         registry.insert(&borrower, &[0u8; 1000], 0),
-        Err(Status::Quota)
+        Err(Refusal::quota(Limit::UidMaxBytes))
     );
     table.unpin(pin);
     let pass = registry.reclaim();

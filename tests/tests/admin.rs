@@ -238,17 +238,17 @@ fn sighup_rereads_limits_from_the_config_file() {
     for i in 0..3u8 {
         client.insert(&[i], 0).unwrap();
     }
-    assert!(matches!(client.insert(b"4", 0), Err(Error::Quota)));
+    assert!(matches!(client.insert(b"4", 0), Err(Error::Quota { .. })));
     std::fs::write(&config, "max_objects = 5\n").unwrap();
     daemon.signal(Signal::HUP);
     wait_until("the new limit", || client.insert(b"4", 0).is_ok());
     client.insert(b"5", 0).unwrap();
-    assert!(matches!(client.insert(b"6", 0), Err(Error::Quota)));
+    assert!(matches!(client.insert(b"6", 0), Err(Error::Quota { .. })));
     // A broken file keeps the old limits.
     std::fs::write(&config, "max_objects = \"many\"\n").unwrap();
     daemon.signal(Signal::HUP);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(matches!(client.insert(b"6", 0), Err(Error::Quota)));
+    assert!(matches!(client.insert(b"6", 0), Err(Error::Quota { .. })));
     assert_eq!(client.stats().unwrap().objects, 5);
     drop(dir);
 }

@@ -314,7 +314,7 @@ fn status_name(e: &Error) -> &'static str {
         Error::Denied => "DENIED",
         Error::TooBig => "TOO_BIG",
         Error::Buffer { .. } => "BUFFER",
-        Error::Quota => "QUOTA",
+        Error::Quota { .. } => "QUOTA",
         Error::NotHeld => "NOT_HELD",
         Error::Connect { .. } => "CONNECT",
         Error::Disconnected => "DISCONNECTED",

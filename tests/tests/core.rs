@@ -183,7 +183,7 @@ fn bad_arguments_get_clear_errors() {
         .collect();
     assert!(matches!(
         client.insert(b"one too many", 0),
-        Err(Error::Quota)
+        Err(Error::Quota { .. })
     ));
     client.release(kept[0]).unwrap();
     client.insert(b"fits again", 0).unwrap();

@@ -717,7 +717,7 @@ fn a_client_that_never_releases_meets_its_cap_alone() {
         }
     }
     match hoarder.get_ref(h) {
-        Err(Error::Quota) => {}
+        Err(Error::Quota { .. }) => {}
         other => panic!("a reference past the cap gave {other:?}, not QUOTA"),
     }
     // A plain get pins nothing: it still works.

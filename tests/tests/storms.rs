@@ -167,7 +167,7 @@ fn a_flood_hits_quota_and_memory_stays_bounded() {
         for result in client.submit(&mut ops).unwrap() {
             match result {
                 Ok(_) => inserted += 1,
-                Err(Error::Quota) => quota = true,
+                Err(Error::Quota { .. }) => quota = true,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -189,7 +189,7 @@ fn a_flood_hits_quota_and_memory_stays_bounded() {
         for result in client.submit(&mut ops).unwrap() {
             match result {
                 Ok(_) => empties += 1,
-                Err(Error::Quota) => break 'flood,
+                Err(Error::Quota { .. }) => break 'flood,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -197,8 +197,11 @@ fn a_flood_hits_quota_and_memory_stays_bounded() {
     let full = client.stats().unwrap();
     assert_eq!(full.objects, MAX_OBJECTS);
     // A full registry still answers, and refuses one more of anything.
-    assert!(matches!(client.insert(b"x", 0), Err(Error::Quota)));
-    assert!(matches!(client.insert(b"", DETACHED), Err(Error::Quota)));
+    assert!(matches!(client.insert(b"x", 0), Err(Error::Quota { .. })));
+    assert!(matches!(
+        client.insert(b"", DETACHED),
+        Err(Error::Quota { .. })
+    ));
     let peak = daemon.status_bytes("VmHWM");
     let rss = daemon.status_bytes("VmRSS");
     let bound = MAX_BYTES + idle + FIXED_SLACK + PER_OBJECT_OVERHEAD * MAX_OBJECTS;
@@ -234,7 +237,7 @@ fn the_session_cap_refuses_with_quota() {
         while clients.len() < 4 {
             match Client::connect(&daemon.socket) {
                 Ok(c) => clients.push(c),
-                Err(Error::Quota) => return false,
+                Err(Error::Quota { .. }) => return false,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -242,7 +245,10 @@ fn the_session_cap_refuses_with_quota() {
     });
     assert_eq!(clients[0].stats().unwrap().sessions, 4);
     for _ in 0..3 {
-        assert!(matches!(Client::connect(&daemon.socket), Err(Error::Quota)));
+        assert!(matches!(
+            Client::connect(&daemon.socket),
+            Err(Error::Quota { .. })
+        ));
     }
     // The sessions that are in keep working.
     let h = clients[3].insert(b"in", 0).unwrap();

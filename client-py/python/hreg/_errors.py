@@ -70,9 +70,17 @@ class BufferTooSmall(Error):
 
 
 class QuotaExceeded(Error):
-    """HREG_ERR_QUOTA (6): a limit on objects, bytes or sessions would be passed."""
+    """HREG_ERR_QUOTA (6): a limit on objects, bytes or sessions would be passed.
+
+    ``limit`` names it as the daemon's config key spells it (``"max_objects"``,
+    ``"uid_max_bytes"``, ``"max_sessions"``, ...; PROTOCOL.md section 4), or is
+    None when the daemon did not say; the message names it too."""
 
     status = 6
+
+    def __init__(self, message: str = "", limit: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class NotHeld(Error):
