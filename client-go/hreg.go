@@ -29,6 +29,38 @@ package hreg
 #include <hreg.h>
 #include <stdlib.h>
 #include <string.h>
+
+// The calls that may pass a limit, each with what libhreg said about a
+// failure copied into why[0..cap) within the same C call (the text is the
+// calling thread's, and a goroutine may move threads between two calls).
+static void go_why(int status, char *why, size_t cap) {
+	if (cap == 0) return;
+	why[0] = 0;
+	if (status != HREG_OK) {
+		strncpy(why, hreg_last_error(), cap - 1);
+		why[cap - 1] = 0;
+	}
+}
+static int go_connect(const char *path, hreg_client **out, char *why, size_t cap) {
+	int s = hreg_connect(path, out);
+	go_why(s, why, cap);
+	return s;
+}
+static int go_insert(hreg_client *c, const void *d, size_t n, uint32_t f, hreg_handle *h, char *why, size_t cap) {
+	int s = hreg_insert(c, d, n, f, h);
+	go_why(s, why, cap);
+	return s;
+}
+static int go_replace(hreg_client *c, hreg_handle h, const void *d, size_t n, char *why, size_t cap) {
+	int s = hreg_replace(c, h, d, n);
+	go_why(s, why, cap);
+	return s;
+}
+static int go_retain(hreg_client *c, hreg_handle h, char *why, size_t cap) {
+	int s = hreg_retain(c, h);
+	go_why(s, why, cap);
+	return s;
+}
 */
 import "C"
 
@@ -112,11 +144,15 @@ func Connect(socket string) (*Client, error) {
 		defer C.free(unsafe.Pointer(path))
 	}
 	var c *C.hreg_client
-	if status := C.hreg_connect(path, &c); status != C.HREG_OK {
+	var why reason
+	if status := C.go_connect(path, &c, &why[0], C.size_t(len(why))); status != C.HREG_OK {
 		err := statusError(status, "connect", 0).(*Error)
 		err.Detail = socket
 		if socket == "" {
 			err.Detail = "the default socket"
+		}
+		if status == C.HREG_ERR_QUOTA {
+			err.Detail = why.String()
 		}
 		return nil, err
 	}
@@ -168,8 +204,9 @@ func (c *Client) Insert(value []byte, flags Flags) (Handle, error) {
 	}
 	defer c.mu.RUnlock()
 	var h C.hreg_handle
-	status := C.hreg_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags), &h)
-	if err := statusError(status, "insert", 0); err != nil {
+	var why reason
+	status := C.go_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags), &h, &why[0], C.size_t(len(why)))
+	if err := limitError(status, "insert", 0, &why); err != nil {
 		return 0, err
 	}
 	return Handle(h), nil
@@ -241,14 +278,22 @@ func (c *Client) Replace(h Handle, value []byte) error {
 		return err
 	}
 	defer c.mu.RUnlock()
-	status := C.hreg_replace(cc, C.hreg_handle(h), bytesPtr(value), C.size_t(len(value)))
-	return statusError(status, "replace", h)
+	var why reason
+	status := C.go_replace(cc, C.hreg_handle(h), bytesPtr(value), C.size_t(len(value)), &why[0], C.size_t(len(why)))
+	return limitError(status, "replace", h, &why)
 }
 
 // Retain takes one more reference to h for this session (needs read
 // access). Errors: ErrInvalid, ErrStale, ErrDenied, ErrQuota, ErrDisconnected.
 func (c *Client) Retain(h Handle) error {
-	return c.onHandle("retain", h, func(cc *C.hreg_client) C.int { return C.hreg_retain(cc, C.hreg_handle(h)) })
+	cc, err := c.acquire("retain", h)
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	var why reason
+	status := C.go_retain(cc, C.hreg_handle(h), &why[0], C.size_t(len(why)))
+	return limitError(status, "retain", h, &why)
 }
 
 // Release drops one of this session's references to h; the object dies

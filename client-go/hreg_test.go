@@ -154,6 +154,23 @@ func TestARefusedSessionIsErrQuota(t *testing.T) {
 	if !errors.Is(err, ErrQuota) || !errors.As(err, &e) || e.Op != "connect" {
 		t.Fatalf("a second session past --max-sessions 1: %v", err)
 	}
+	if !strings.Contains(err.Error(), "max_sessions") {
+		t.Fatalf("the error does not name the limit: %v", err)
+	}
+}
+
+func TestQuotaNamesTheLimit(t *testing.T) {
+	d := startDaemon(t, "--max-objects", "2")
+	c := d.client(t)
+	for i := 0; i < 2; i++ {
+		if _, err := c.Insert([]byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Insert([]byte("one too many"), 0)
+	if !errors.Is(err, ErrQuota) || !strings.Contains(err.Error(), "max_objects") {
+		t.Fatalf("insert past --max-objects 2: %v", err)
+	}
 }
 
 func TestSubmitGivesEachOpItsResult(t *testing.T) {

@@ -417,6 +417,16 @@ int hreg_get_ref(struct hreg_client *c,
 int hreg_ref_release(struct hreg_client *c, uint64_t ref);
 
 /**
+ * What the last call of this thread that failed said about why, in one
+ * line: for QUOTA the limit that would have been passed, for CONNECT the
+ * socket paths tried, for PROTOCOL what the daemon did; else the status's
+ * text. An empty string before any failure. The string belongs to the
+ * library and stays valid until this thread's next libhreg call; never
+ * NULL. Does not block.
+ */
+const char *hreg_last_error(void);
+
+/**
  * A short English description of `status`: a static NUL-terminated string
  * the caller must not free, for every status and a generic one for any
  * other value. Never NULL. Does not block.

@@ -177,13 +177,42 @@ const IO: c_int = hreg_status::HREG_ERR_IO as c_int;
 
 /// The C status of a Rust error.
 fn status_of(error: &Error) -> c_int {
-    error.status() as c_int
+    let status = error.status() as c_int;
+    remember(status, &error.to_string());
+    status
+}
+
+thread_local! {
+    /// What the last failed call of this thread said (`hreg_last_error`),
+    /// and the status it was for.
+    static LAST_ERROR: std::cell::RefCell<(c_int, CString)> =
+        std::cell::RefCell::new((OK, CString::default()));
+}
+
+/// Notes `text` as what this thread's failed call with `status` says.
+fn remember(status: c_int, text: &str) {
+    let text = CString::new(text.replace('\0', "")).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = (status, text));
 }
 
 /// Runs `body`, turning a panic (a bug in libhreg or below) into
-/// HREG_ERR_IO instead of unwinding into C.
+/// HREG_ERR_IO instead of unwinding into C. A failure that no error
+/// described (an argument check) is described by its status's text.
 fn guard(body: impl FnOnce() -> c_int) -> c_int {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(IO)
+    let status = catch_unwind(AssertUnwindSafe(body)).unwrap_or(IO);
+    if status != OK {
+        let described = LAST_ERROR
+            .try_with(|last| last.borrow().0 == status)
+            .unwrap_or(true);
+        if !described {
+            let text = usize::try_from(status)
+                .ok()
+                .and_then(|i| Status::ALL.get(i))
+                .map_or("unknown hreg status", |s| s.message());
+            remember(status, text);
+        }
+    }
+    status
 }
 
 /// The client behind a C pointer; NULL is INVALID.
@@ -849,6 +878,23 @@ pub unsafe extern "C" fn hreg_ref_release(c: *mut hreg_client, r#ref: u64) -> c_
             None => INVALID,
         }
     })
+}
+
+/// What the last call of this thread that failed said about why, in one
+/// line: for QUOTA the limit that would have been passed, for CONNECT the
+/// socket paths tried, for PROTOCOL what the daemon did; else the status's
+/// text. An empty string before any failure. The string belongs to the
+/// library and stays valid until this thread's next libhreg call; never
+/// NULL. Does not block.
+#[no_mangle]
+pub extern "C" fn hreg_last_error() -> *const c_char {
+    static EMPTY: &CStr = c"";
+    catch_unwind(|| {
+        LAST_ERROR
+            .try_with(|last| last.borrow().1.as_ptr())
+            .unwrap_or(EMPTY.as_ptr())
+    })
+    .unwrap_or(EMPTY.as_ptr())
 }
 
 /// A short English description of `status`: a static NUL-terminated string

@@ -156,6 +156,10 @@ static int quota(const char *path, int max)
     EXPECT(hreg_insert(c, "q", 1, 0, &extra), HREG_ERR_QUOTA);
     EXPECT(hreg_insert(c, "q", 1, HREG_DETACHED, &extra), HREG_ERR_QUOTA);
     CHECK(extra == 0);
+    /* The last failure says which limit. */
+    CHECK(strstr(hreg_last_error(), "max_objects") != NULL);
+    EXPECT(hreg_get(c, 0, NULL, 0, NULL), HREG_ERR_INVALID);
+    CHECK(strcmp(hreg_last_error(), hreg_strerror(HREG_ERR_INVALID)) == 0);
     /* Per op in a batch: the release frees room for the insert after it. */
     hreg_op ops[] = {
         {.opcode = HREG_OP_INSERT, .buf = "a", .len = 1},
