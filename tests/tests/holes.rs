@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 /// The share of a core an idle daemon stays under.
 const IDLE: f64 = 0.05;
 const WINDOW: Duration = Duration::from_secs(3);
-const SERVED_WITHIN: Duration = Duration::from_secs(2);
+/// How soon an honest client must be served during an attack: seconds,
+/// for a loaded machine running tests in parallel; the daemons these holes
+/// were found in never served it while the attack went on.
+const SERVED_WITHIN: Duration = Duration::from_secs(5);
 
 fn assert_idle(daemon: &Daemon, during: &str) {
     let share = daemon.cpu_share(WINDOW);
