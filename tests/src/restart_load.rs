@@ -31,7 +31,7 @@
 //! state gets no other operation until it is settled.
 
 use crate::{checked_value, fnv, value_is_intact, Rng};
-use hreg::{Client, Error, Handle, DETACHED};
+use hreg::{Client, Completion, Error, Handle, Op, DETACHED};
 use std::io::{BufRead, Write};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
@@ -318,7 +318,11 @@ impl<'c> Load<'c> {
         }
         let roll = self.rng.below(100);
         if self.live.is_empty() || (roll < 25 && self.live.len() < MAX_LIVE) {
-            return self.insert();
+            return if roll.is_multiple_of(4) {
+                self.insert_batch()
+            } else {
+                self.insert()
+            };
         }
         let at = self.rng.below(self.live.len() as u64) as usize;
         if self.live[at].uncertain != Uncertain::No {
@@ -336,15 +340,30 @@ impl<'c> Load<'c> {
         }
     }
 
-    fn insert(&mut self) {
-        let flags = if self.rng.below(100) < 35 {
+    /// INSERT's flags: DETACHED about one time in three.
+    fn flags(&mut self) -> u32 {
+        if self.rng.below(100) < 35 {
             DETACHED
         } else {
             0
-        };
+        }
+    }
+
+    /// A new checksummed value of a random size.
+    fn value(&mut self) -> Vec<u8> {
         let size = self.size();
-        let value = checked_value(self.rng.next_u64(), size);
-        match self.call(self.client.insert(&value, flags)) {
+        checked_value(self.rng.next_u64(), size)
+    }
+
+    fn insert(&mut self) {
+        let (flags, value) = (self.flags(), self.value());
+        let result = self.client.insert(&value, flags);
+        self.inserted(flags, value, result);
+    }
+
+    /// Counts an insert's outcome into the model.
+    fn inserted(&mut self, flags: u32, value: Vec<u8>, result: hreg::Result<Handle>) {
+        match self.call(result) {
             Ok(handle) => self.live.push(Object {
                 handle,
                 flags,
@@ -361,6 +380,36 @@ impl<'c> Load<'c> {
         }
     }
 
+    /// A few inserts in one batch (more operations in flight when the
+    /// daemon goes: some applied, some not).
+    fn insert_batch(&mut self) {
+        let values: Vec<(u32, Vec<u8>)> = (0..2 + self.rng.below(7))
+            .map(|_| (self.flags(), self.value()))
+            .collect();
+        let mut ops: Vec<Op<'_>> = values
+            .iter()
+            .map(|(flags, value)| Op::Insert {
+                value,
+                flags: *flags,
+            })
+            .collect();
+        let results: Vec<Option<hreg::Result<Completion>>> = match self.client.submit(&mut ops) {
+            Ok(results) => results.into_iter().map(Some).collect(),
+            // The batch stopped as a whole: any of them may have been made.
+            Err(Error::Disconnected) => values.iter().map(|_| None).collect(),
+            Err(e) => return self.unexpected("insert batch", None, &e),
+        };
+        for ((flags, value), result) in values.into_iter().zip(results) {
+            let result = match result {
+                Some(Ok(Completion::Inserted(handle))) => Ok(handle),
+                Some(Ok(other)) => Err(Error::Protocol(format!("insert gave {other:?}"))),
+                Some(Err(e)) => Err(e),
+                None => Err(Error::Disconnected),
+            };
+            self.inserted(flags, value, result);
+        }
+    }
+
     fn get(&mut self, at: usize) {
         let handle = self.live[at].handle;
         match self.call(self.client.get(handle)) {
@@ -374,8 +423,7 @@ impl<'c> Load<'c> {
 
     fn replace(&mut self, at: usize) {
         let handle = self.live[at].handle;
-        let size = self.size();
-        let value = checked_value(self.rng.next_u64(), size);
+        let value = self.value();
         match self.call(self.client.replace(handle, &value)) {
             Ok(()) => self.live[at].value = value,
             Err(Error::Disconnected) => self.live[at].uncertain = Uncertain::Replaced(value),
