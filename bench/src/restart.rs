@@ -177,7 +177,7 @@ pub fn run(hregd: &Path, dir: &Path, n: usize) -> anyhow::Result<RestartReport> 
             let pid = rustix::process::Pid::from_raw(daemon.pid()).context("pid")?;
             let stopped = Instant::now();
             rustix::process::kill_process(pid, signal)?;
-            daemon.wait_or_kill(PATIENCE)?;
+            until("hregd to exit", || daemon.try_wait().ok().flatten())?;
             let exited = stopped.elapsed();
             starts += 1;
             let started = Instant::now();
