@@ -359,8 +359,8 @@ fn wait_back(watch: &Client) {
     });
 }
 
-/// A client killed while the daemon is away: its report, and whether it
-/// was seen through to the end of its grace.
+/// A client killed while the daemon is away: what it held (its last
+/// report, made paused, so exact).
 struct Victim {
     report: Report,
 }
@@ -436,8 +436,12 @@ impl Victim {
     }
 }
 
+/// What the run measured, for its closing lines.
 struct Figures {
+    /// Per restart: the signal, and the time from it to a new client being
+    /// served (the old daemon's exit, then the new one's start).
     stop_to_serving: Vec<(Signal, Duration)>,
+    /// Objects made by inserts that returned DISCONNECTED, found and removed.
     orphans: usize,
 }
 
