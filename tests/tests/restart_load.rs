@@ -50,6 +50,9 @@ const SHORT_GRACE: Duration = Duration::from_secs(3);
 /// How far the daemon's private memory may stay above its baseline after
 /// the load (allocator caches, the reference counts of slots made).
 const ANON_SLACK: u64 = 2 << 20;
+/// Pages the heap allocates ahead of the next block it cuts
+/// (`hreg_registry`'s heap).
+const ALLOCATED_AHEAD: u64 = 256 << 10;
 
 /// How many rounds of each signal: `HREG_RESTART_ROUNDS`, or the default
 /// of the build.
@@ -616,19 +619,23 @@ fn four_clients_keep_everything_through_stops_and_kills() {
     // Heap pages of freed values come back when the blocks are reused, or
     // (all at once, for an empty registry) when a daemon adopts the state:
     // after one more restart the state takes what it took at the start
-    // (slot tables, which never shrink, aside).
+    // (slot tables, which never shrink, aside; the heap may hold pages it
+    // allocated ahead of its next block and never wrote).
     daemon.signal(Signal::TERM);
     daemon.restart(&as_strs(&args));
     wait_back(&watch);
     wait_until("the heap's pages to be given back", || {
-        state_bytes(&state) == base_state
+        state_bytes(&state) <= base_state + ALLOCATED_AHEAD
     });
     println!(
         "restart load: {ops} operations ({disconnected} DISCONNECTED); {} orphans of \
-         DISCONNECTED inserts removed; daemon RssAnon {} KiB after the load (baseline {} KiB)",
+         DISCONNECTED inserts removed; daemon RssAnon {} KiB after the load (baseline {} KiB); \
+         state {} KiB after one more restart (baseline {} KiB)",
         figures.orphans,
         anon >> 10,
         base_anon >> 10,
+        state_bytes(&state) >> 10,
+        base_state >> 10,
     );
     for (signal, name) in [(Signal::TERM, "SIGTERM"), (Signal::KILL, "SIGKILL")] {
         let mut times: Vec<Duration> = figures
