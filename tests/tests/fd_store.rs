@@ -228,24 +228,35 @@ impl Manager {
     }
 
     /// Starts hregd (see [`Manager::command`]) and waits for READY=1.
-    fn start(&mut self, socket: &Path, listeners: &[(&str, BorrowedFd<'_>)]) -> Child {
+    fn start(&mut self, socket: &Path, listeners: &[(&str, BorrowedFd<'_>)]) -> Hregd {
         let child = self
             .command(socket, listeners, &[])
             .spawn()
             .expect("spawn hregd");
+        let daemon = Hregd(child);
         self.wait_for("READY=1");
-        child
+        daemon
     }
 }
 
-fn signal(child: &Child, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+/// A running hregd, killed when dropped (a failed test leaves none).
+struct Hregd(Child);
+
+impl Drop for Hregd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(daemon: &Hregd, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(daemon.0.id() as i32).unwrap();
     rustix::process::kill_process(pid, signal).unwrap();
 }
 
-fn wait_exit(child: &mut Child) {
+fn wait_exit(daemon: &mut Hregd) {
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    while daemon.0.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < PATIENCE, "hregd did not exit");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -284,7 +295,7 @@ fn session_record(manager: &Manager, id: u64) -> bool {
 
 fn stop_and_start(
     manager: &mut Manager,
-    daemon: &mut Child,
+    daemon: &mut Hregd,
     how: rustix::process::Signal,
     socket: &Path,
     listeners: &[(&str, BorrowedFd<'_>)],
