@@ -7,8 +7,9 @@
 //! sections, `--soak SECONDS` runs the soak ([`soak`]), `--attacks SECONDS`
 //! every attack of the hostile-client suite at once against an honest
 //! client ([`attacks`]), `--burst N` N client processes attaching at once
-//! after the sequential attach probe ([`burst`]), and `--churn SECONDS`
-//! the daemon's memory under churn ([`churn`]).
+//! after the sequential attach probe ([`burst`]), `--churn SECONDS` the
+//! daemon's memory under churn ([`churn`]), and `--restart N` the time from
+//! stop to serving again with N objects kept ([`restart`]).
 //!
 //! This file owns the command line, the order of the sections, their sizes
 //! (quick or full) and the targets; each section lives in its own module.
@@ -26,6 +27,7 @@ mod reads;
 mod reads_worker;
 mod redis;
 mod report;
+mod restart;
 mod scale;
 mod soak;
 mod soak_worker;
@@ -133,6 +135,12 @@ struct Args {
     #[arg(long, value_name = "N", requires = "burst",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_sessions: Option<u64>,
+    /// Restarts instead: N objects kept in a --state-dir, hregd stopped
+    /// (SIGTERM) and killed (SIGKILL) and started again, 3 times each;
+    /// times stop to serving again. Exits non-zero if an object is lost.
+    #[arg(long, value_name = "N", conflicts_with_all = ["quick", "only", "soak", "attacks", "burst"],
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    restart: Option<u64>,
     /// (internal) Run as a worker process of a section (JSON).
     #[arg(long, hide = true, value_name = "JSON")]
     worker: Option<String>,
@@ -279,6 +287,10 @@ fn main() -> ExitCode {
             None => None,
         };
         run_burst(&args, &hregd, attack_bin.as_deref(), processes as usize)
+    } else if let Some(objects) = args.restart {
+        run_mode(&args, "restart run", |dir| {
+            restart::run(&hregd, dir.path(), objects as usize)
+        })
     } else {
         run(&args, hregd).map(|()| true)
     };

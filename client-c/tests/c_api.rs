@@ -11,12 +11,11 @@
 //! `make`, `pkg-config`; valgrind too when `CI` is set.
 
 use hreg_rs::{Error, Handle, DETACHED, SHARED};
+use hreg_tests::c_programs::{built_dir, c_tests_dir, client_c_dir, program};
 use hreg_tests::{bin_dir, binary, wait_until, Daemon, PATIENCE};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Iterations per thread of `examples/threads.c` (8 threads), natively and
@@ -26,81 +25,6 @@ const VALGRIND_THREAD_ITERATIONS: u32 = 200;
 
 /// Exit status of a C test that cannot run here (e.g. not root).
 const SKIPPED: i32 = 77;
-
-fn client_c_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn c_tests_dir() -> PathBuf {
-    client_c_dir().join("../tests/c")
-}
-
-/// Where compiled C programs go, for the life of this test binary.
-fn build_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-        .path()
-}
-
-/// Where cargo left the libraries it built for this test run: `deps/`
-/// next to this test's binary (a test build does not copy them up).
-fn built_dir() -> PathBuf {
-    let deps = bin_dir().join("deps");
-    if deps.join("libhreg_c.so").exists() && deps.join("libhreg_c.a").exists() {
-        deps
-    } else {
-        bin_dir()
-    }
-}
-
-/// The library cargo just built, under its SONAME too, as the dynamic
-/// linker looks for it.
-fn lib_dir() -> PathBuf {
-    let built = built_dir().join("libhreg_c.so");
-    assert!(built.exists(), "{} not built", built.display());
-    let dir = build_dir().join("lib");
-    if !dir.exists() {
-        std::fs::create_dir(&dir).expect("mkdir lib");
-        for name in ["libhreg.so", "libhreg.so.0"] {
-            std::os::unix::fs::symlink(&built, dir.join(name)).expect("symlink");
-        }
-    }
-    dir
-}
-
-/// Compiles `source` against the library cargo just built (found next to
-/// this test's binary; rpath set), once per test binary.
-fn program(source: &Path) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    if let Some(exe) = built.get(source) {
-        return exe.clone();
-    }
-    let lib_dir = lib_dir();
-    let name = source.file_stem().unwrap().to_string_lossy().into_owned();
-    let exe = build_dir().join(&name);
-    let mut cc = Command::new("cc");
-    cc.args([
-        "-std=c11",
-        "-D_GNU_SOURCE",
-        "-g",
-        "-O1",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-    ])
-    .arg("-I")
-    .arg(client_c_dir().join("include"))
-    .arg(source)
-    .arg("-o")
-    .arg(&exe)
-    .arg(format!("-L{}", lib_dir.display()))
-    .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-    .args(["-lhreg", "-pthread"]);
-    check_output(&format!("cc {name}"), run(&mut cc));
-    built.insert(source.to_path_buf(), exe.clone());
-    exe
-}
 
 fn c_test(name: &str) -> PathBuf {
     program(&c_tests_dir().join(format!("{name}.c")))

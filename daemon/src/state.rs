@@ -17,7 +17,8 @@ use anyhow::Context;
 use hreg_registry::{
     names, AdoptError, Adopted, DirStore, Keeper, KeptStore, MemoryStore, Registry, Store,
 };
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketType,
 };
@@ -175,7 +176,16 @@ impl Keeping {
                 found: std::mem::take(&mut passed.state),
                 set_aside: Box::new(move |pieces| {
                     for (name, fd) in pieces {
-                        aside.0.keep(&format!("{ASIDE}{name}"), fd.as_fd())?;
+                        // A new open file description of the same file: the
+                        // service manager keeps a description once, under
+                        // its first name, and the removal of that name below
+                        // would take it along.
+                        let reopened = rustix::fs::open(
+                            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                            OFlags::RDWR | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        aside.0.keep(&format!("{ASIDE}{name}"), reopened.as_fd())?;
                         aside.0.forget(name);
                     }
                     Ok(format!("the descriptor store, as {ASIDE}*"))

@@ -279,8 +279,17 @@ impl Heap {
                 offset: 0,
             };
         }
+        // So is what the earlier daemon wrote in the newest chunk after its
+        // last value (freed blocks a borrowed reference may still read);
+        // new blocks are cut only beyond what it ever wrote.
+        self.cut = 0;
+        if count > 0 {
+            let written = made(chunks, next.chunk).written_end(next.offset);
+            let end = written.div_ceil(ALIGN) * ALIGN;
+            close(&mut gaps, end, next);
+            self.cut = end.max(next.offset);
+        }
         self.chunks = count;
-        self.cut = if count == 0 { 0 } else { next.offset };
         self.allocated = self.cut;
         Ok(gaps)
     }
@@ -346,5 +355,36 @@ mod tests {
             let _ = heap.alloc(&chunks, 900 << 20);
         }
         assert!(heap.alloc(&chunks, 900 << 20).is_err());
+    }
+
+    #[test]
+    fn an_adopted_heap_cuts_new_blocks_only_beyond_what_was_written() {
+        let chunks: Vec<OnceLock<Chunk>> = (0..4).map(|_| OnceLock::new()).collect();
+        let mut heap = Heap::new(Arc::new(crate::MemoryStore), 0);
+        let live = heap.alloc(&chunks, 1000).unwrap();
+        let freed = heap.alloc(&chunks, 100_000).unwrap();
+        assert!(made(&chunks, freed.chunk)
+            .mapping()
+            .store(freed.offset as usize, b"borrowed"));
+        // The daemon stops with `freed` out of its slot but still borrowed:
+        // the next one adopts the chunks with `live` the only value.
+        let mut adopted = Heap::new(Arc::new(crate::MemoryStore), 0);
+        let gaps = adopted.adopt(&chunks, vec![(live, 1000)]).unwrap();
+        assert!(
+            gaps.iter().any(|(at, len)| at.chunk == freed.chunk
+                && at.offset <= freed.offset
+                && at.offset + len >= freed.offset + 8),
+            "the written tail is a gap (held back until the sessions resume): {gaps:?}"
+        );
+        let next = adopted.alloc(&chunks, 100_000).unwrap();
+        assert!(
+            next.chunk != freed.chunk || next.offset >= freed.offset + 8,
+            "a new block over the borrowed bytes: {next:?}"
+        );
+        let gaps = Heap::new(Arc::new(crate::MemoryStore), 0)
+            .adopt(&chunks, vec![(live, 1000), (next, 100_000)])
+            .unwrap();
+        assert!(gaps.iter().all(|(at, len)| at.offset + len <= next.offset
+            || at.offset >= next.offset + class_of(100_000).1));
     }
 }

@@ -100,6 +100,22 @@ impl Chunk {
         )?)
     }
 
+    /// Where the pages written at or after `from` end (`from` if there are
+    /// none): beyond it the chunk holds only pages never written (holes, or
+    /// allocated and untouched), which no reader can have been given.
+    pub fn written_end(&self, from: u64) -> u64 {
+        let len = self.map.len() as u64;
+        let mut end = from;
+        while end < len {
+            // ENXIO: no data from here on.
+            let Ok(data) = rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Data(end)) else {
+                break;
+            };
+            end = rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len);
+        }
+        end.min(len)
+    }
+
     /// Gives the pages of `offset .. offset + len` back (they read as zeroes
     /// until allocated again).
     pub fn punch(&self, offset: u64, len: u64) {

@@ -3,16 +3,20 @@
 //! and offers small helpers (waiting with a deadline, reproducible
 //! randomness, checksummed values, values stamped with their handle for the
 //! read-side tests in [`readside`], a strict parser of the Prometheus text
-//! format in [`prometheus`]).
+//! format in [`prometheus`], the restart stress test's load client in
+//! [`restart_load`], C programs compiled against the built libhreg in
+//! [`c_programs`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
 
 use std::path::{Path, PathBuf};
 pub mod attacks;
+pub mod c_programs;
 pub mod prometheus;
 pub mod raw;
 pub mod readside;
+pub mod restart_load;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -323,11 +327,35 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
 
 /// Whether a descriptor's target or a mapping's line names one of the
 /// registry's memfds (`hreg-header`, a domain's `hreg-d*`: see
-/// `hreg_registry::names`), not a session's own memory.
+/// `hreg_registry::names`), or the same piece kept as a file of a
+/// `--state-dir`, not a session's own memory (session records included).
 pub fn is_registry_memory(name: &str) -> bool {
     ["memfd:hreg-d", "memfd:hreg-header"]
         .iter()
         .any(|prefix| name.contains(prefix))
+        || is_kept_registry_file(name)
+}
+
+/// Whether `name` (a path, or a mapping's line ending in one) is a file of
+/// a state directory holding the header or a domain's record or chunk:
+/// `header`, `d<D>-shared`, `d<D>-u<UID>`, `d<D>-s<K>`, `d<D>-h<K>`.
+fn is_kept_registry_file(name: &str) -> bool {
+    let path = name.trim_end().trim_end_matches("(deleted)").trim_end();
+    let Some((_, file)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    file == "header"
+        || file
+            .strip_prefix('d')
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(domain, piece)| {
+                digits(domain)
+                    && (piece == "shared"
+                        || ["u", "s", "h"]
+                            .iter()
+                            .any(|kind| piece.strip_prefix(kind).is_some_and(digits)))
+            })
 }
 
 /// Polls `done` until it is true; panics after [`PATIENCE`].

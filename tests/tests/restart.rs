@@ -182,3 +182,49 @@ fn an_unusable_state_is_set_aside_whole_and_the_daemon_starts_empty() {
     assert_eq!(aside.len(), 1, "set aside, not deleted");
     assert!(std::fs::read_dir(&aside[0]).unwrap().count() > 2);
 }
+
+#[test]
+fn values_borrowed_before_the_restart_keep_their_bytes_while_their_blocks_are_reused() {
+    let (mut daemon, args) = kept_daemon("20");
+    let holder = daemon.client();
+    let removed_before = value(300_000, 7);
+    let h = holder.insert(&removed_before, DETACHED).unwrap();
+    let borrowed_before = holder.get_ref(h).unwrap();
+    holder.remove(h).unwrap();
+    let removed_after = value(200_000, 9);
+    let live = holder.insert(&removed_after, DETACHED).unwrap();
+    let borrowed_after = holder.get_ref(live).unwrap();
+    let _ = restart(&mut daemon, Signal::TERM, &args);
+    // While the holder is still away another client removes the second
+    // value and writes: no block the holder borrowed may be reused (the
+    // first was free when the state was adopted, the second is freed
+    // after; the daemon sees neither pin until the holder is back).
+    let other = daemon.client();
+    other.remove(live).unwrap();
+    let overwrite = vec![0xee; 300_000];
+    for _ in 0..4 {
+        other.insert(&overwrite, DETACHED).unwrap();
+    }
+    let intact = |what: &str| {
+        assert!(
+            *borrowed_before == removed_before[..],
+            "{what}: removed before"
+        );
+        assert!(
+            *borrowed_after == removed_after[..],
+            "{what}: removed after"
+        );
+    };
+    intact("before the holder came back");
+    wait_resumed(&holder);
+    for _ in 0..4 {
+        other.insert(&overwrite, DETACHED).unwrap();
+    }
+    intact("after the holder came back");
+    drop((borrowed_before, borrowed_after));
+    // Unpinned, the blocks are reused at last: the heap does not grow
+    // without bound.
+    wait_until("the borrowed blocks to be reclaimed", || {
+        other.usage().unwrap().reclaim_pending == 0
+    });
+}

@@ -14,6 +14,9 @@
 //!   loop BATCHES times (0: forever, until killed) over a batch of 64
 //!   inserts (one of them DETACHED in thread 0), a batch of gets and a batch
 //!   of releases; print `done`. Made to be SIGKILLed or SIGSTOPped mid-batch.
+//! - `restart-load SEED`: the restart stress test's load client
+//!   ([`hreg_tests::restart_load`]: it prints `ready`, answers `pause`,
+//!   `go` and `quit` on stdin); print `bye` after `quit`.
 
 use hreg::{Client, Handle, Op};
 use hreg_tests::{checked_value, value_is_intact};
@@ -44,6 +47,8 @@ fn main() -> ExitCode {
             number(seed) as u64,
         )),
         ["storm", batches, seed] => storm(&client, number(batches), number(seed) as u64),
+        ["restart-load", seed] => hreg_tests::restart_load::serve(&client, number(seed) as u64)
+            .map_err(hreg::Error::Protocol),
         _ => {
             eprintln!("hreg-test-client: unknown mode {words:?}");
             return ExitCode::from(2);
