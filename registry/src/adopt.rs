@@ -315,11 +315,10 @@ impl Registry {
             let view = header::Header::new(registry.header.mapping()).expect("checked above");
             view.set_clean(false);
             let mut limbo = lock(&registry.limbo);
-            limbo.quarantine.outstanding = sessions.len();
             // Every block noted until they are all back: what was free at
             // adoption, and what is freed meanwhile (a kept client may
             // have borrowed any value live before the restart).
-            limbo.quarantine.epoch = u64::MAX;
+            limbo.quarantine.outstanding = sessions.len();
             drop(limbo);
             registry.limbo_pending.store(true, Ordering::Release);
         }

@@ -3,7 +3,6 @@
 //! holds (by full handle, in its kept record: `crate::refs`), its ring
 //! staging, and its private domain once known.
 
-use crate::domain::Domain;
 use crate::limits::Counters;
 use crate::refs::{RefTable, SessionKey};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +28,7 @@ pub struct Holder {
     /// Bytes of this session's ring staging buffers.
     pub(crate) staged: AtomicU64,
     /// The uid's private domain, once the registry has looked it up.
-    pub(crate) own_domain: OnceLock<Arc<Domain>>,
+    pub(crate) own_domain: OnceLock<u16>,
 }
 
 impl Holder {

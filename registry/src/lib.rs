@@ -292,12 +292,15 @@ impl Registry {
 
     /// The domain a new object of `uid` goes to (made on first use); QUOTA
     /// when no domain or memory is left for it.
-    fn domain_for(&self, holder: &Holder, shared: bool) -> Result<Arc<Domain>, Limit> {
-        if shared {
-            return Ok(self.domain(SHARED_DOMAIN).expect("made with the registry"));
-        }
-        if let Some(domain) = holder.own_domain.get() {
-            return Ok(Arc::clone(domain));
+    fn domain_for(&self, holder: &Holder, shared: bool) -> Result<&Domain, Limit> {
+        let known = if shared {
+            Some(SHARED_DOMAIN)
+        } else {
+            holder.own_domain.get().copied()
+        };
+        // A holder of another registry knows no domain of this one.
+        if let Some(domain) = known.and_then(|id| self.domain(id)) {
+            return Ok(domain);
         }
         let mut by_uid = lock(&self.by_uid);
         let id = match by_uid.0.get(&holder.uid) {
@@ -331,13 +334,14 @@ impl Registry {
             }
         };
         drop(by_uid);
-        let domain = self.domain(id).expect("made above");
-        let _ = holder.own_domain.set(Arc::clone(&domain));
-        Ok(domain)
+        let _ = holder.own_domain.set(id);
+        Ok(self.domain(id).expect("made above"))
     }
 
-    fn domain(&self, id: u16) -> Option<Arc<Domain>> {
-        self.domains.get(usize::from(id))?.get().cloned()
+    /// Domain `id`, if made (borrowed: the hot paths take no reference
+    /// count).
+    fn domain(&self, id: u16) -> Option<&Arc<Domain>> {
+        self.domains.get(usize::from(id))?.get()
     }
 
     /// The domain of `uid`'s private objects, if it has one yet.
@@ -414,7 +418,7 @@ impl Registry {
                 Ok(Some(index)) => index,
                 Ok(None) => continue,
                 Err(limit) => {
-                    release_payload(&domain, payload, value.len());
+                    release_payload(domain, payload, value.len());
                     return Err(limit.into());
                 }
             };
@@ -436,7 +440,7 @@ impl Registry {
                 if refs.add(handle.get()).is_err() {
                     shard.free.push_front(index);
                     drop(refs);
-                    release_payload(&domain, payload, value.len());
+                    release_payload(domain, payload, value.len());
                     return Err(Limit::ReferenceTableMemory.into());
                 }
                 refs.wants_purge()
@@ -461,7 +465,7 @@ impl Registry {
             }
             return Ok(handle);
         }
-        release_payload(&domain, payload, value.len());
+        release_payload(domain, payload, value.len());
         Err(Limit::Slots.into())
     }
 
@@ -478,7 +482,7 @@ impl Registry {
         }
         let (domain, index, generation) = self.locate(handle)?;
         let shard = lock(&domain.shards[self.shard_of(index)]);
-        let slot = live_slot(&domain, index, generation)?;
+        let slot = live_slot(domain, index, generation)?;
         if !readable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
@@ -504,7 +508,7 @@ impl Registry {
         }
         let (domain, index, generation) = self.locate(handle)?;
         let _shard = lock(&domain.shards[self.shard_of(index)]);
-        let old = live_slot(&domain, index, generation)?;
+        let old = live_slot(domain, index, generation)?;
         if !writable_by(&old, holder.uid) {
             return Err(Status::Denied.into());
         }
@@ -529,7 +533,7 @@ impl Registry {
         let shrink = old_len.saturating_sub(new_len);
         self.total.give_back(0, shrink);
         owner.give_back(0, shrink);
-        self.retire(&domain, &old);
+        self.retire(domain, &old);
         Ok(())
     }
 
@@ -537,7 +541,7 @@ impl Registry {
     pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Refusal> {
         let (domain, index, generation) = self.locate(handle)?;
         let shard = lock(&domain.shards[self.shard_of(index)]);
-        let slot = live_slot(&domain, index, generation)?;
+        let slot = live_slot(domain, index, generation)?;
         if !readable_by(&slot, holder.uid) {
             return Err(Status::Denied.into());
         }
@@ -568,7 +572,7 @@ impl Registry {
     pub fn release(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
         let (domain, index, generation) = self.locate(handle)?;
         let mut shard = lock(&domain.shards[self.shard_of(index)]);
-        let slot = match live_slot(&domain, index, generation) {
+        let slot = match live_slot(domain, index, generation) {
             Ok(slot) => slot,
             Err(status) => {
                 // The object died under this reference: the entry goes too.
@@ -583,7 +587,7 @@ impl Registry {
         let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
         meta.refs.store(refs, Ordering::Relaxed);
         if refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-            self.kill(&domain, &mut shard, index, &slot, Some(holder));
+            self.kill(domain, &mut shard, index, &slot, Some(holder));
         }
         Ok(())
     }
@@ -593,11 +597,11 @@ impl Registry {
     pub fn remove(&self, holder: &Holder, handle: Handle) -> Result<(), Status> {
         let (domain, index, generation) = self.locate(handle)?;
         let mut shard = lock(&domain.shards[self.shard_of(index)]);
-        let slot = live_slot(&domain, index, generation)?;
+        let slot = live_slot(domain, index, generation)?;
         if !writable_by(&slot, holder.uid) {
             return Err(Status::Denied);
         }
-        self.kill(&domain, &mut shard, index, &slot, Some(holder));
+        self.kill(domain, &mut shard, index, &slot, Some(holder));
         lock(&holder.refs).forget(handle.get());
         Ok(())
     }
@@ -620,14 +624,14 @@ impl Registry {
                 continue;
             };
             let mut shard = lock(&domain.shards[self.shard_of(index)]);
-            let Ok(slot) = live_slot(&domain, index, generation) else {
+            let Ok(slot) = live_slot(domain, index, generation) else {
                 continue;
             };
             let (_, meta) = domain.slot(index).expect("live");
             let left = meta.refs.load(Ordering::Relaxed).saturating_sub(count);
             meta.refs.store(left, Ordering::Relaxed);
             if left == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-                self.kill(&domain, &mut shard, index, &slot, Some(holder));
+                self.kill(domain, &mut shard, index, &slot, Some(holder));
             }
         }
     }
@@ -663,7 +667,7 @@ impl Registry {
             return false;
         };
         let _shard = lock(&domain.shards[self.shard_of(index)]);
-        live_slot(&domain, index, generation).is_ok()
+        live_slot(domain, index, generation).is_ok()
     }
 
     /// Reserves `bytes` more of ring staging for `holder`'s session,
@@ -901,7 +905,7 @@ impl Registry {
     /// The domain, slot index and generation a handle names, or STALE when
     /// it cannot name anything of this registry.
     #[inline]
-    fn locate(&self, handle: Handle) -> Result<(Arc<Domain>, u32, u16), Status> {
+    fn locate(&self, handle: Handle) -> Result<(&Domain, u32, u16), Status> {
         let parts = HandleParts::decode(handle.get());
         if parts.instance != self.instance {
             return Err(Status::Stale);

@@ -97,12 +97,11 @@ pub(crate) struct Retired {
     pub gap: bool,
 }
 
-/// Blocks of an adopted state held back for the sessions it kept: those
-/// noted at or before `epoch` wait while `outstanding` sessions have not
-/// come back.
+/// Blocks of an adopted state held back for the sessions it kept: every
+/// block waits while `outstanding` sessions have not come back (their
+/// clients may still read, and pin, any block the daemon cannot see).
 #[derive(Debug, Default)]
 pub(crate) struct Quarantine {
-    pub epoch: u64,
     pub outstanding: usize,
 }
 
@@ -148,7 +147,7 @@ impl Limbo {
         let mut free = Vec::new();
         let quarantine = &self.quarantine;
         self.retired.retain(|block| {
-            if quarantine.outstanding > 0 && block.epoch <= quarantine.epoch {
+            if quarantine.outstanding > 0 {
                 return true;
             }
             let mut reusable = true;

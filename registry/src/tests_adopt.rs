@@ -95,11 +95,11 @@ fn a_killed_daemons_state_is_adopted_whole() {
         let domain = registry.domain(parts.domain).unwrap();
         let (view, _) = domain.slot(parts.slot).unwrap();
         domain.journal(parts.slot, &view.current());
-        scribble_mid_write(&domain, parts.slot);
+        scribble_mid_write(domain, parts.slot);
         let (t, _) = expected.remove(5);
         let parts = HandleParts::decode(t.get());
         let domain = registry.domain(parts.domain).unwrap();
-        scribble_mid_write(&domain, parts.slot);
+        scribble_mid_write(domain, parts.slot);
         torn = t;
         // The daemon dies here: nothing is released, nothing is cleaned.
     }

@@ -388,21 +388,18 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+
+    /// `len` bytes, the low byte of each next number.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
 }
 
 /// A value that carries its own checksum: `len` bytes derived from `seed`,
 /// the last 8 of which are an FNV-1a hash of the rest (values shorter than 8
 /// bytes are checked against their seed instead).
 pub fn checked_value(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut value: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut value = Rng::new(seed).bytes(len);
     if len >= 8 {
         let sum = fnv(&value[..len - 8]);
         value[len - 8..].copy_from_slice(&sum.to_le_bytes());

@@ -253,16 +253,8 @@ impl RawSession {
     /// Random bytes over `[offset, offset + len)` of the mapping (clipped
     /// to it).
     pub fn scribble_range(&self, seed: u64, offset: usize, len: usize) {
-        let mut state = seed | 1;
         let end = offset.saturating_add(len).min(self.map.len());
-        let noise: Vec<u8> = (offset..end)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = crate::Rng::new(seed).bytes(end.saturating_sub(offset));
         self.map.store(offset, &noise);
     }
 

@@ -126,13 +126,8 @@ fn mixed_thread(client: &Client, ops: usize, seed: u64) -> (u64, u64, usize) {
             eprintln!("mixed: {what} failed: {e}");
         }
     };
-    let mut state = seed | 1;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = hreg_tests::Rng::new(seed);
+    let mut next = || rng.next_u64();
     for i in 0..ops {
         let roll = next() % 100;
         let len = [8usize, 16, 40, 200, 5000][(next() % 5) as usize];
