@@ -319,6 +319,20 @@ func (c *Client) onHandle(op string, h Handle, call func(*C.hreg_client) C.int) 
 	return statusError(call(cc), op, h)
 }
 
+// Flush waits until every write this client posted (Insert, Release,
+// Retain) has been applied by the daemon, so that other processes see their
+// effects. It returns the first late failure of a posted write since the
+// last Flush (e.g. ErrStale for a Retain of an object removed meanwhile),
+// ErrDisconnected when the daemon is gone, else nil.
+func (c *Client) Flush() error {
+	cc, err := c.acquire("flush", 0)
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	return statusError(C.hreg_flush(cc), "flush", 0)
+}
+
 // Stats returns the registry's figures.
 func (c *Client) Stats() (Stats, error) {
 	cc, err := c.acquire("stats", 0)

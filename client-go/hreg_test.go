@@ -247,7 +247,7 @@ func TestClose(t *testing.T) {
 	checks := []error{
 		func() error { _, err := c.Get(h); return err }(),
 		func() error { _, err := c.Insert(nil, 0); return err }(),
-		c.Retain(h), c.Release(h), c.Remove(h), c.Replace(h, nil),
+		c.Retain(h), c.Release(h), c.Remove(h), c.Replace(h, nil), c.Flush(),
 		func() error { _, err := c.Stats(); return err }(),
 		c.Submit([]Op{{Kind: OpGet, Handle: h}}),
 	}
@@ -267,12 +267,43 @@ func TestDisconnectedWhenTheDaemonDies(t *testing.T) {
 	d := startDaemon(t)
 	c := d.client(t)
 	h, _ := c.Insert([]byte("x"), 0)
+	if err := c.Flush(); err != nil {
+		t.Fatalf("Flush with the daemon there: %v", err)
+	}
 	_ = d.cmd.Process.Signal(syscall.SIGKILL)
 	_ = d.cmd.Wait()
 	waitUntil(t, "ErrDisconnected", func() bool {
 		_, err := c.Get(h)
 		return errors.Is(err, ErrDisconnected)
 	})
+	if err := c.Flush(); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("Flush with the daemon gone: %v", err)
+	}
+}
+
+func TestFlushMakesAReleaseVisible(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	other := d.client(t)
+	h, err := c.Insert([]byte("short-lived"), Shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := other.Get(h); err != nil || string(v) != "short-lived" {
+		t.Fatalf("after Insert+Flush another client gets %q, %v", v, err)
+	}
+	if err := c.Release(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Get(h); !errors.Is(err, ErrStale) {
+		t.Fatalf("after Release+Flush another client's Get: %v, want ErrStale", err)
+	}
 }
 
 func TestGoroutinesShareOneClient(t *testing.T) {

@@ -362,6 +362,21 @@ int hreg_remove(struct hreg_client *c, hreg_handle h);
 int hreg_submit(struct hreg_client *c, struct hreg_op *ops, size_t n);
 
 /**
+ * Waits until every write this client posted (insert, release, retain)
+ * has been applied by the daemon; from then on another process sees their
+ * effects.
+ *
+ * Returns the first late failure of a posted write since the last flush
+ * (e.g. HREG_ERR_STALE for a retain of an object removed meanwhile), else
+ * HREG_OK; HREG_ERR_INVALID (NULL `c`); HREG_ERR_DISCONNECTED (the daemon
+ * is gone).
+ *
+ * # Safety
+ * `c` is NULL or a live client.
+ */
+int hreg_flush(struct hreg_client *c);
+
+/**
  * Writes the registry's figures to `*out` (live objects, value bytes,
  * attached sessions, data-path requests served; `reserved` zeroed).
  *

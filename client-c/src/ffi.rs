@@ -743,6 +743,28 @@ pub unsafe extern "C" fn hreg_submit(c: *mut hreg_client, ops: *mut hreg_op, n: 
     })
 }
 
+/// Waits until every write this client posted (insert, release, retain)
+/// has been applied by the daemon; from then on another process sees their
+/// effects.
+///
+/// Returns the first late failure of a posted write since the last flush
+/// (e.g. HREG_ERR_STALE for a retain of an object removed meanwhile), else
+/// HREG_OK; HREG_ERR_INVALID (NULL `c`); HREG_ERR_DISCONNECTED (the daemon
+/// is gone).
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_flush(c: *mut hreg_client) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        match unsafe { client(c) } {
+            Ok(client) => client.flush().map_or_else(|e| status_of(&e), |()| OK),
+            Err(status) => status,
+        }
+    })
+}
+
 /// Writes the registry's figures to `*out` (live objects, value bytes,
 /// attached sessions, data-path requests served; `reserved` zeroed).
 ///

@@ -102,6 +102,10 @@ int  hreg_release(hreg_client *c, hreg_handle h);
 int  hreg_remove(hreg_client *c, hreg_handle h);
 int  hreg_submit(hreg_client *c, hreg_op *ops, size_t n);
 int  hreg_stats_get(hreg_client *c, hreg_stats *out);
+int  hreg_get_ref(hreg_client *c, hreg_handle h, const void **data, size_t *len,
+                  uint64_t *ref);
+int  hreg_ref_release(hreg_client *c, uint64_t ref);
+int  hreg_flush(hreg_client *c);
 const char *hreg_strerror(int status);
 const char *hreg_version(void);
 

@@ -481,6 +481,23 @@ impl Client {
         Ok(out)
     }
 
+    /// Waits until every write this client posted (insert, release, retain)
+    /// has been applied by the daemon, so that other processes see their
+    /// effects. Raises the first late failure of a posted write since the
+    /// last flush (e.g. StaleHandle for a retain of an object removed
+    /// meanwhile); Disconnected when the daemon is gone.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.client(
+            py,
+            Call {
+                name: "flush",
+                handle: None,
+            },
+        )?;
+        py.allow_threads(|| client.flush())
+            .map_err(|e| raise(py, &e, "flush"))
+    }
+
     /// The registry's figures: a dict with ``objects`` (live objects),
     /// ``value_bytes`` (bytes of live values), ``sessions`` (attached
     /// sessions) and ``ops`` (data-path requests served since start).

@@ -153,7 +153,7 @@ def test_close_and_context_manager(daemon):
     assert not c.closed
     c.close()
     assert c.closed
-    for call in (lambda: c.get(h), lambda: c.insert(b"x"), c.stats,
+    for call in (lambda: c.get(h), lambda: c.insert(b"x"), c.stats, c.flush,
                  lambda: c.submit([]), lambda: c.get_into(h, bytearray(9))):
         with pytest.raises(hreg.Disconnected, match="closed"):
             call()
@@ -232,13 +232,28 @@ def test_disconnected_when_the_daemon_dies():
     d = Daemon()
     c = d.client()
     h = c.insert(b"x")
+    c.flush()
     d.process.kill()
     d.process.wait()
     wait_until("DISCONNECTED", lambda: _fails_with(lambda: c.get(h), hreg.Disconnected))
     with pytest.raises(hreg.Disconnected):
         c.insert(b"y")
+    with pytest.raises(hreg.Disconnected):
+        c.flush()
     c.close()
     d.stop()
+
+
+def test_flush_makes_a_release_visible(daemon):
+    c = daemon.client()
+    other = daemon.client()
+    h = c.insert(b"short-lived", shared=True)
+    assert c.flush() is None
+    assert other.get(h) == b"short-lived"
+    c.release(h)
+    c.flush()
+    with pytest.raises(hreg.StaleHandle):
+        other.get(h)
 
 
 def _fails_with(call, cls):

@@ -283,6 +283,21 @@ impl Client {
         self.one(Op::Remove(handle)).map(drop)
     }
 
+    /// Waits until every write this client posted has been applied by the
+    /// daemon, so that other processes see their effects; returns the first
+    /// late failure of a posted write since the last flush, else `Ok`.
+    /// DISCONNECTED when the daemon is gone.
+    ///
+    /// Every write of this client is applied before its call returns, so
+    /// there is nothing to wait for: this checks that the session is still
+    /// attached.
+    pub fn flush(&self) -> Result<()> {
+        use crate::engine::Liveness;
+        self.inner
+            .session
+            .check_alive_within(std::time::Duration::ZERO)
+    }
+
     /// The registry's figures.
     pub fn stats(&self) -> Result<Stats> {
         self.inner

@@ -97,6 +97,7 @@ static void test_invalid(hreg_client *c)
     EXPECT(hreg_remove(NULL, 1), HREG_ERR_INVALID);
     EXPECT(hreg_submit(NULL, &op, 1), HREG_ERR_INVALID);
     EXPECT(hreg_stats_get(NULL, &st), HREG_ERR_INVALID);
+    EXPECT(hreg_flush(NULL), HREG_ERR_INVALID);
 
     /* Handle 0. */
     EXPECT(hreg_get(c, 0, buf, sizeof buf, &len), HREG_ERR_INVALID);
@@ -353,6 +354,19 @@ static void test_stats(hreg_client *c)
     CHECK(b.sessions == a.sessions + 1);
     hreg_disconnect(other);
     EXPECT(hreg_release(c, h), HREG_OK);
+
+    /* After release + flush, another client finds the object gone. */
+    EXPECT(hreg_insert(c, "flushed", 7, HREG_SHARED, &h), HREG_OK);
+    EXPECT(hreg_flush(c), HREG_OK);
+    other = connect_ok();
+    char buf[16];
+    size_t len = 0;
+    EXPECT(hreg_get(other, h, buf, sizeof buf, &len), HREG_OK);
+    CHECK(len == 7 && memcmp(buf, "flushed", 7) == 0);
+    EXPECT(hreg_release(c, h), HREG_OK);
+    EXPECT(hreg_flush(c), HREG_OK);
+    EXPECT(hreg_get(other, h, buf, sizeof buf, &len), HREG_ERR_STALE);
+    hreg_disconnect(other);
 }
 
 /* A forked child connects and works; its exit leaves the parent alone. */
