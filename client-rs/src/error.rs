@@ -195,7 +195,12 @@ fn why_denied(path: &std::path::Path) -> String {
     };
     let mode = meta.mode() & 0o777;
     let group = group_name(meta.gid()).unwrap_or_else(|| format!("gid {}", meta.gid()));
-    if mode & 0o020 != 0 {
+    if mode & 0o020 != 0 && meta.gid() == 0 {
+        format!(
+            "the socket is for group {group} (mode {mode:03o}): start hregd with \
+             --socket-group hreg (or another group) and join that group"
+        )
+    } else if mode & 0o020 != 0 {
         format!(
             "the socket is for group {group} (mode {mode:03o}): join that group \
              (`sudo usermod -aG {group} $USER`, then log in again)"
@@ -417,7 +422,8 @@ mod tests {
             path.display()
         );
         assert!(text.starts_with(&start), "{text}");
-        assert!(text.contains("(mode 660): join that group"), "{text}");
+        assert!(text.contains(" (mode 660): "), "{text}");
+        assert!(text.contains("join that group"), "{text}");
         std::fs::remove_file(&path).unwrap();
     }
 
