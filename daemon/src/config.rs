@@ -225,17 +225,9 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    let line = e.span().map_or(0, |span| {
-                        text[..span.start.min(text.len())].matches('\n').count() + 1
-                    });
-                    ConfigError::Parse {
-                        path: path.clone(),
-                        message: match line {
-                            0 => e.message().to_owned(),
-                            line => format!("line {line}: {}", e.message()),
-                        },
-                    }
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: parse_error_words(&text, &e),
                 })?
             }
             None => FileConfig::default(),
@@ -535,6 +527,23 @@ impl Config {
             "",
         );
         out
+    }
+}
+
+/// A TOML error on one line: where (line, and the key on it), then what.
+fn parse_error_words(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().lines().collect::<Vec<_>>().join("; ");
+    let Some(span) = error.span() else {
+        return what;
+    };
+    let start = span.start.min(text.len());
+    let number = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => {
+            format!("line {number}: `{}`: {what}", key.trim())
+        }
+        _ => format!("line {number}: {what}"),
     }
 }
 

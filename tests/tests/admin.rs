@@ -190,7 +190,7 @@ fn check_config_names_bad_keys_and_ranges() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("max_objects: 100"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("\nmax_objects = 100\n"));
     for (text, words) in [
         ("bogus_key = 1\n", &["bogus_key"][..]),
         ("shards = 3\n", &["shards", "power of two"]),
@@ -220,7 +220,7 @@ fn check_config_names_bad_keys_and_ranges() {
         ])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("max_objects: 7"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\nmax_objects = 7\n"));
 }
 
 #[test]
