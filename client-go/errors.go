@@ -37,6 +37,11 @@ var byStatus = [...]error{
 	ErrNotHeld, ErrConnect, ErrDisconnected, ErrVersion, ErrProtocol, ErrIO,
 }
 
+// strerror is libhreg's text for a status (the sentinels carry it).
+func strerror(status int) string {
+	return C.GoString(C.hreg_strerror(C.int(status)))
+}
+
 // Error is what every failed call returns: the operation, the handle it
 // was about (0 if none), the C status, and for ErrBuffer the length needed.
 type Error struct {

@@ -61,20 +61,21 @@ pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
     _dir: tempfile::TempDir,
-    log: DaemonLog,
+    log: StderrLog,
 }
 
-/// What the daemon (each process of it, across restarts) wrote on stderr.
+/// What a child process (or each of a series, as a daemon across restarts)
+/// wrote on a piped stderr: kept, and printed only if the test fails.
 #[derive(Clone, Default)]
-struct DaemonLog {
+pub struct StderrLog {
     text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     readers: std::sync::Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
-impl DaemonLog {
+impl StderrLog {
     /// Starts keeping what `child` writes to a piped stderr (nothing when
-    /// the caller gave stderr a place of its own).
-    fn capture(&self, child: &mut Child) {
+    /// its stderr went somewhere else).
+    pub fn capture(&self, child: &mut Child) {
         let Some(mut stderr) = child.stderr.take() else {
             return;
         };
@@ -88,14 +89,24 @@ impl DaemonLog {
         lock(&self.readers).push(reader);
     }
 
-    /// Everything written so far, after the writers exited when `finished`.
-    fn text(&self, finished: bool) -> String {
-        if finished {
-            for reader in lock(&self.readers).drain(..) {
-                let _ = reader.join();
-            }
-        }
+    /// Everything written so far.
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&lock(&self.text)).into_owned()
+    }
+
+    /// When the test is failing (panicking), prints all of it under `what`;
+    /// call once the writers have exited.
+    pub fn show_if_failing(&self, what: &str) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for reader in lock(&self.readers).drain(..) {
+            let _ = reader.join();
+        }
+        let text = self.text();
+        if !text.is_empty() {
+            eprintln!("--- {what}:\n{text}--- end of {what}");
+        }
     }
 }
 
@@ -171,7 +182,7 @@ impl Daemon {
             .stderr(Stdio::piped());
         setup(&mut command);
         let mut child = command.spawn().expect("spawn hregd");
-        let log = DaemonLog::default();
+        let log = StderrLog::default();
         log.capture(&mut child);
         let daemon = Daemon {
             child,
@@ -186,7 +197,7 @@ impl Daemon {
     /// What the daemon has written on stderr so far (empty when the test
     /// sent its stderr elsewhere).
     pub fn stderr(&self) -> String {
-        self.log.text(false)
+        self.log.text()
     }
 
     /// The daemon's private directory (its socket's), where a test may keep
@@ -331,15 +342,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log.text(true);
-            if !log.is_empty() {
-                eprintln!(
-                    "--- hregd's stderr ({}):\n{log}--- end of hregd's stderr",
-                    self.socket.display()
-                );
-            }
-        }
+        let what = format!("hregd's stderr ({})", self.socket.display());
+        self.log.show_if_failing(&what);
     }
 }
 
