@@ -153,10 +153,10 @@ pub(crate) fn connect_failed(attempts: Vec<(PathBuf, std::io::Error)>, defaulted
         }
         _ => plain_io(e),
     };
-    let hint = if defaulted {
-        "start hregd, or set HREG_SOCKET to the socket it serves"
-    } else {
-        "is hregd running, and serving this path?"
+    let hint = match (defaulted, std::env::var_os("HREG_SOCKET")) {
+        (true, Some(set)) if !set.is_empty() => "is hregd running, and serving $HREG_SOCKET?",
+        (true, _) => "start hregd, or set HREG_SOCKET to the socket it serves",
+        (false, _) => "is hregd running, and serving this path?",
     };
     let reason = match attempts.as_slice() {
         [] => {
@@ -380,11 +380,16 @@ mod tests {
             ],
             true,
         );
+        let hint = match std::env::var_os("HREG_SOCKET") {
+            Some(set) if !set.is_empty() => "is hregd running, and serving $HREG_SOCKET?",
+            _ => "start hregd, or set HREG_SOCKET to the socket it serves",
+        };
         assert_eq!(
             error.to_string(),
-            "cannot connect to hregd: tried /a/hreg.sock: no socket there; \
-             /run/hreg/hreg.sock: no socket there \
-             (start hregd, or set HREG_SOCKET to the socket it serves)"
+            format!(
+                "cannot connect to hregd: tried /a/hreg.sock: no socket there; \
+                 /run/hreg/hreg.sock: no socket there ({hint})"
+            )
         );
         let error = connect_failed(vec![("/x/s".into(), missing())], false);
         assert_eq!(
