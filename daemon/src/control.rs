@@ -143,7 +143,7 @@ pub struct Control {
     /// The worker serving each open ring of an attached session, by
     /// (session id, ring index): what USAGE counts, since a worker's own
     /// count changes only when it wakes.
-    ring_workers: HashMap<(u64, u32), usize>,
+    ring_workers: std::collections::BTreeMap<(u64, u32), usize>,
 }
 
 impl Control {
@@ -179,7 +179,7 @@ impl Control {
             started: Instant::now(),
             ops_rate: OpsRate::default(),
             fds: FdBudget::measure(),
-            ring_workers: HashMap::new(),
+            ring_workers: Default::default(),
         })
     }
 
@@ -984,7 +984,14 @@ impl Control {
                     "session detached"
                 );
                 session.close();
-                self.ring_workers.retain(|(id, _), _| *id != session.id);
+                let rings: Vec<(u64, u32)> = self
+                    .ring_workers
+                    .range((session.id, 0)..=(session.id, u32::MAX))
+                    .map(|(ring, _)| *ring)
+                    .collect();
+                for ring in rings {
+                    self.ring_workers.remove(&ring);
+                }
                 for worker in &self.workers {
                     worker.nudge();
                 }
