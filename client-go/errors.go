@@ -14,16 +14,17 @@ import (
 )
 
 // The sentinel errors, one per status of the C API. Every error this
-// package returns wraps exactly one of them: test with errors.Is.
+// package returns wraps exactly one of them: test with errors.Is. Their
+// texts are hreg_strerror's, so every client words a failure alike.
 var (
 	ErrInvalid      = errors.New("hreg: invalid argument")
-	ErrStale        = errors.New("hreg: stale handle: the object is gone")
-	ErrDenied       = errors.New("hreg: access denied")
-	ErrTooBig       = errors.New("hreg: value larger than the daemon's maximum")
+	ErrStale        = errors.New("hreg: no such object (removed, or never issued by this daemon)")
+	ErrDenied       = errors.New("hreg: access denied (another user's object: not shared, or not yours to change)")
+	ErrTooBig       = errors.New("hreg: value too big (over the daemon's max_value_size)")
 	ErrBuffer       = errors.New("hreg: buffer too small")
 	ErrQuota        = errors.New("hreg: a limit on objects, bytes or sessions would be passed")
 	ErrNotHeld      = errors.New("hreg: no reference held on this handle")
-	ErrConnect      = errors.New("hreg: no daemon at the socket path")
+	ErrConnect      = errors.New("hreg: cannot connect to hregd")
 	ErrDisconnected = errors.New("hreg: the daemon went away")
 	ErrVersion      = errors.New("hreg: protocol versions differ")
 	ErrProtocol     = errors.New("hreg: the peer broke the protocol")
@@ -36,6 +37,11 @@ var byStatus = [...]error{
 	ErrNotHeld, ErrConnect, ErrDisconnected, ErrVersion, ErrProtocol, ErrIO,
 }
 
+// strerror is libhreg's text for a status (the sentinels carry it).
+func strerror(status int) string {
+	return C.GoString(C.hreg_strerror(C.int(status)))
+}
+
 // Error is what every failed call returns: the operation, the handle it
 // was about (0 if none), the C status, and for ErrBuffer the length needed.
 type Error struct {
@@ -43,7 +49,17 @@ type Error struct {
 	Handle Handle
 	Status int // the C status number, 1 to 12
 	Needed int // ErrBuffer: the value's length
+	// What libhreg said (hreg_last_error) for the statuses it describes in
+	// full (TOO_BIG with the size and the limit, QUOTA with the limit,
+	// CONNECT with the paths, ...), which the message then gives instead of
+	// the sentinel's text; else a detail added in parentheses.
 	Detail string
+}
+
+// described: statuses whose libhreg text (Detail) is the whole reason.
+var described = map[int]bool{
+	int(C.HREG_ERR_TOO_BIG): true, int(C.HREG_ERR_QUOTA): true, int(C.HREG_ERR_CONNECT): true,
+	int(C.HREG_ERR_VERSION): true, int(C.HREG_ERR_PROTOCOL): true, int(C.HREG_ERR_IO): true,
 }
 
 func (e *Error) Error() string {
@@ -51,11 +67,15 @@ func (e *Error) Error() string {
 	if e.Handle != 0 {
 		msg += fmt.Sprintf(" %d", uint64(e.Handle))
 	}
-	msg += ": " + e.Unwrap().Error()[len("hreg: "):]
+	why := e.Unwrap().Error()[len("hreg: "):]
+	if e.Detail != "" && described[e.Status] {
+		why = e.Detail
+	}
+	msg += ": " + why
 	if e.Status == int(C.HREG_ERR_BUFFER) {
 		msg += fmt.Sprintf(" (%d bytes needed)", e.Needed)
 	}
-	if e.Detail != "" {
+	if e.Detail != "" && !described[e.Status] {
 		msg += " (" + e.Detail + ")"
 	}
 	return msg
@@ -85,10 +105,11 @@ func (r *reason) String() string {
 }
 
 // limitError is statusError for a call that may pass a limit: for ErrQuota
-// the Detail names the limit, as libhreg said.
+// the Detail names the limit, for ErrTooBig the size and the limit, as
+// libhreg said.
 func limitError(status C.int, op string, h Handle, why *reason) error {
 	err := statusError(status, op, h)
-	if status == C.HREG_ERR_QUOTA {
+	if status == C.HREG_ERR_QUOTA || status == C.HREG_ERR_TOO_BIG {
 		err.(*Error).Detail = why.String()
 	}
 	return err

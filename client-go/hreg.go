@@ -147,13 +147,7 @@ func Connect(socket string) (*Client, error) {
 	var why reason
 	if status := C.go_connect(path, &c, &why[0], C.size_t(len(why))); status != C.HREG_OK {
 		err := statusError(status, "connect", 0).(*Error)
-		err.Detail = socket
-		if socket == "" {
-			err.Detail = "the default socket"
-		}
-		if status == C.HREG_ERR_QUOTA {
-			err.Detail = why.String()
-		}
+		err.Detail = why.String() // the paths tried, the limit, ...
 		return nil, err
 	}
 	client := &Client{c: c}

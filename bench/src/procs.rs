@@ -432,8 +432,8 @@ pub fn hregd_setting(binary: &Path, flags: &[&str], key: &str) -> Option<u64> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .find_map(|line| {
-            let value = line.trim().strip_prefix(key)?.strip_prefix(':')?;
-            value.trim().trim_end_matches(',').parse().ok()
+            let value = line.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+            value.trim().parse().ok()
         })
 }
 

@@ -27,24 +27,32 @@ int main(int argc, char **argv)
     hreg_client *client;
     int status = hreg_connect(NULL, &client);
     if (status != HREG_OK) {
-        fprintf(stderr, "consumer: connect: %s\n", hreg_strerror(status));
+        fprintf(stderr, "consumer: connect: %s\n", hreg_last_error());
         return 1;
     }
     /* Ask for the size first (a NULL buffer with capacity 0), then read. */
     size_t len = 0;
     char *buf = NULL;
+    const char *what = "get";
     status = hreg_get(client, h, NULL, 0, &len);
     if (status == HREG_ERR_BUFFER) {
         buf = malloc(len);
-        status = buf ? hreg_get(client, h, buf, len, &len) : HREG_ERR_IO;
+        if (buf == NULL) {
+            fprintf(stderr, "consumer: get %s: out of memory for %zu bytes\n", argv[1], len);
+            hreg_disconnect(client);
+            return 1;
+        }
+        status = hreg_get(client, h, buf, len, &len);
     }
-    if (status == HREG_OK)
+    if (status == HREG_OK) {
+        what = "remove";
         status = hreg_remove(client, h);
+    }
     if (status == HREG_OK) {
         fwrite(buf, 1, len, stdout);
         putchar('\n');
     } else {
-        fprintf(stderr, "consumer: %s\n", hreg_strerror(status));
+        fprintf(stderr, "consumer: %s %s: %s\n", what, argv[1], hreg_last_error());
     }
     free(buf);
     hreg_disconnect(client);

@@ -5,6 +5,9 @@
  *
  *   cc producer.c $(pkg-config --cflags --libs hreg) -o producer
  *   ./producer 'hello from C'            # uses $HREG_SOCKET or the default
+ *
+ * Errors are reported with hreg_last_error(), which says more than
+ * hreg_strerror(status): the socket paths tried, the limit passed, ...
  */
 #include <hreg.h>
 #include <inttypes.h>
@@ -20,13 +23,13 @@ int main(int argc, char **argv)
     hreg_client *client;
     int status = hreg_connect(NULL, &client); /* NULL: the default socket */
     if (status != HREG_OK) {
-        fprintf(stderr, "producer: connect: %s\n", hreg_strerror(status));
+        fprintf(stderr, "producer: connect: %s\n", hreg_last_error());
         return 1;
     }
     hreg_handle h;
     status = hreg_insert(client, argv[1], strlen(argv[1]), HREG_DETACHED, &h);
     if (status != HREG_OK) {
-        fprintf(stderr, "producer: insert: %s\n", hreg_strerror(status));
+        fprintf(stderr, "producer: insert: %s\n", hreg_last_error());
         hreg_disconnect(client);
         return 1;
     }

@@ -7,6 +7,7 @@
  *   cc threads.c $(pkg-config --cflags --libs hreg) -pthread -o threads
  *   ./threads [ITERATIONS [SOCKET]]      # default 10000 per thread
  */
+#include <errno.h>
 #include <hreg.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -64,11 +65,23 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1)
-        iterations = strtol(argv[1], NULL, 10);
+    if (argc > 3) {
+        fprintf(stderr, "usage: %s [ITERATIONS [SOCKET]]\n", argv[0]);
+        return 2;
+    }
+    if (argc > 1) {
+        char *end;
+        errno = 0;
+        iterations = strtol(argv[1], &end, 10);
+        if (errno != 0 || end == argv[1] || *end != '\0' || iterations < 1) {
+            fprintf(stderr, "threads: ITERATIONS must be a positive number, not '%s'\n"
+                            "usage: %s [ITERATIONS [SOCKET]]\n", argv[1], argv[0]);
+            return 2;
+        }
+    }
     int status = hreg_connect(argc > 2 ? argv[2] : NULL, &client);
     if (status != HREG_OK)
-        FAIL("connect: %s\n", hreg_strerror(status));
+        FAIL("connect: %s\n", hreg_last_error());
     hreg_stats before, after;
     expect(hreg_stats_get(client, &before), HREG_OK, "stats", 0);
 

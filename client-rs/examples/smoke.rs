@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     assert!(matches!(
         client.insert(&vec![0; max + 1], 0),
-        Err(Error::TooBig)
+        Err(Error::TooBig { .. })
     ));
     assert!(matches!(
         client.insert(&vec![0; max + 1], 0x80),

@@ -82,10 +82,11 @@ impl Op<'_> {
             }
             Op::Insert { value, .. } | Op::Replace { value, .. } => {
                 let len = value.len() as u64;
+                let too_big = || Error::too_big(len, max_value_size);
                 if len > max_value_size {
-                    return Err(Error::TooBig);
+                    return Err(too_big());
                 }
-                let len = u32::try_from(len).map_err(|_| Error::TooBig)?;
+                let len = u32::try_from(len).map_err(|_| too_big())?;
                 Ok(Shape::Write { len })
             }
             Op::Get { buf, .. } => Ok(Shape::Read {
@@ -484,7 +485,10 @@ impl Batch<'_, '_> {
         staged: &mut Vec<(usize, u32)>,
     ) -> Result<()> {
         let op = step.op;
-        if let Some(e) = Error::from_completion(cqe.status, cqe.value_len) {
+        if let Some(mut e) = Error::from_completion(cqe.status, cqe.value_len) {
+            if let Error::TooBig { size, .. } = &mut e {
+                *size = Some(self.ops[op].value().len() as u64);
+            }
             self.results[op] = Some(Err(e));
             return Ok(());
         }
@@ -669,13 +673,13 @@ mod tests {
             value: &big,
             flags: hreg_proto::flags::SHARED | hreg_proto::flags::DETACHED,
         };
-        assert!(matches!(op.shape(4), Err(Error::TooBig)));
+        assert!(matches!(op.shape(4), Err(Error::TooBig { .. })));
         assert_eq!(op.shape(10).unwrap(), Shape::Write { len: 10 });
         let op = Op::Replace {
             handle: Handle::new(1).unwrap(),
             value: &big,
         };
-        assert!(matches!(op.shape(9), Err(Error::TooBig)));
+        assert!(matches!(op.shape(9), Err(Error::TooBig { .. })));
         assert_eq!(op.obj_flags(), 0);
     }
 

@@ -13,15 +13,22 @@ pub enum Error {
     /// A bad argument: handle 0, unknown flags, unknown opcode.
     #[error("invalid argument")]
     Invalid,
-    /// The handle names no live object.
-    #[error("stale handle: the object is gone")]
+    /// The handle names no live object: removed, released by its last
+    /// holder, or never issued by this daemon.
+    #[error("{}", Status::Stale.message())]
     Stale,
     /// Another user's object that is not shared, or not yours to change.
-    #[error("access denied")]
+    #[error("{}", Status::Denied.message())]
     Denied,
-    /// The value is longer than the daemon's maximum.
-    #[error("value larger than the daemon's maximum")]
-    TooBig,
+    /// The value is longer than the daemon's maximum (`max_value_size`).
+    #[error("{}", display_too_big(*.size, *.limit))]
+    TooBig {
+        /// The value's length, when known.
+        size: Option<u64>,
+        /// The daemon's `max_value_size` the value was checked against,
+        /// when known.
+        limit: Option<u64>,
+    },
     /// The caller's buffer is too small; `needed` bytes would do.
     #[error("buffer too small: {needed} bytes needed")]
     Buffer {
@@ -40,11 +47,11 @@ pub enum Error {
     #[error("no reference held on this handle")]
     NotHeld,
     /// No daemon accepted a connection at any of the paths tried.
-    #[error("no daemon at {}{}", display_paths(.tried), display_reason(.reason))]
+    #[error("{}", display_connect(.tried, .reason))]
     Connect {
         /// Socket paths tried, in order.
         tried: Vec<PathBuf>,
-        /// Why the last one failed, if known.
+        /// What went wrong, in full (it names the paths), if known.
         reason: Option<String>,
     },
     /// The daemon went away (EOF or SHUTDOWN on the control socket), or is
@@ -72,7 +79,7 @@ pub enum Error {
     #[error("the peer broke the protocol: {0}")]
     Protocol(String),
     /// An operating-system error.
-    #[error("operating-system error: {0}")]
+    #[error("operating-system error: {}", plain_io(.0))]
     Io(#[from] std::io::Error),
 }
 
@@ -86,22 +93,135 @@ fn display_quota(limit: &Option<Limit>, message: &Option<String>) -> String {
     }
 }
 
-fn display_paths(paths: &[PathBuf]) -> String {
-    if paths.is_empty() {
-        return "any socket path (none configured)".to_owned();
+fn display_too_big(size: Option<u64>, limit: Option<u64>) -> String {
+    match (size, limit) {
+        (Some(size), Some(limit)) => {
+            format!("value too big: {size} bytes, over the daemon's max_value_size of {limit}")
+        }
+        (Some(size), None) => {
+            format!("value too big: {size} bytes, over the daemon's max_value_size")
+        }
+        (None, _) => Status::TooBig.message().to_owned(),
     }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
-fn display_reason(reason: &Option<String>) -> String {
-    match reason {
-        Some(r) => format!(" ({r})"),
-        None => String::new(),
+fn display_connect(tried: &[PathBuf], reason: &Option<String>) -> String {
+    match (reason, tried) {
+        (Some(reason), _) => reason.clone(),
+        (None, []) => format!("{}: no socket path to try", Status::Connect.message()),
+        (None, paths) => format!(
+            "{} at {}",
+            Status::Connect.message(),
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
     }
+}
+
+/// An operating-system error as words, without Rust's " (os error N)".
+pub(crate) fn plain_io(error: &std::io::Error) -> String {
+    hreg_proto::os_error_words(&error.to_string())
+}
+
+/// The error for a failed connection to every path of `attempts` (in the
+/// order tried); `defaulted`: the paths came from the default lookup, not
+/// from the caller. Permission denied wins: a daemon is there.
+pub(crate) fn connect_failed(attempts: Vec<(PathBuf, std::io::Error)>, defaulted: bool) -> Error {
+    use std::io::ErrorKind;
+    let tried: Vec<PathBuf> = attempts.iter().map(|(p, _)| p.clone()).collect();
+    if let Some((path, _)) = attempts
+        .iter()
+        .find(|(_, e)| e.kind() == ErrorKind::PermissionDenied)
+    {
+        let reason = format!(
+            "hregd is running at {} but you may not connect: {}",
+            path.display(),
+            why_denied(path)
+        );
+        return Error::Connect {
+            tried,
+            reason: Some(reason),
+        };
+    }
+    let why = |e: &std::io::Error| match e.kind() {
+        ErrorKind::NotFound => "no socket there".to_owned(),
+        ErrorKind::ConnectionRefused => {
+            "a socket file but no daemon listening (hregd stopped without removing it)".to_owned()
+        }
+        _ => plain_io(e),
+    };
+    let hint = match (defaulted, std::env::var_os("HREG_SOCKET")) {
+        (true, Some(set)) if !set.is_empty() => "is hregd running, and serving $HREG_SOCKET?",
+        (true, _) => "start hregd, or set HREG_SOCKET to the socket it serves",
+        (false, _) => "is hregd running, and serving this path?",
+    };
+    let reason = match attempts.as_slice() {
+        [] => {
+            return Error::Connect {
+                tried,
+                reason: None,
+            }
+        }
+        [(path, e)] => format!(
+            "{} at {}: {} ({hint})",
+            Status::Connect.message(),
+            path.display(),
+            why(e)
+        ),
+        many => format!(
+            "{}: tried {} ({hint})",
+            Status::Connect.message(),
+            many.iter()
+                .map(|(p, e)| format!("{}: {}", p.display(), why(e)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    Error::Connect {
+        tried,
+        reason: Some(reason),
+    }
+}
+
+/// What to do about a socket one may not connect to, from its owner,
+/// group and mode.
+fn why_denied(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "permission denied on a directory of its path".to_owned();
+    };
+    let mode = meta.mode() & 0o777;
+    let group = group_name(meta.gid()).unwrap_or_else(|| format!("gid {}", meta.gid()));
+    if mode & 0o020 != 0 && meta.gid() == 0 {
+        format!(
+            "the socket is for group {group} (mode {mode:03o}): start hregd with \
+             --socket-group hreg (or another group) and join that group"
+        )
+    } else if mode & 0o020 != 0 {
+        format!(
+            "the socket is for group {group} (mode {mode:03o}): join that group \
+             (`sudo usermod -aG {group} $USER`, then log in again)"
+        )
+    } else {
+        format!(
+            "the socket is for its owner only (uid {}, mode {mode:03o}); run as that user, \
+             or start hregd with --socket-mode 660 --socket-group GROUP and join GROUP",
+            meta.uid()
+        )
+    }
+}
+
+/// The name of group `gid` in /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let table = std::fs::read_to_string("/etc/group").ok()?;
+    table.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
+    })
 }
 
 impl Error {
@@ -111,7 +231,7 @@ impl Error {
             Error::Invalid => Status::Invalid,
             Error::Stale => Status::Stale,
             Error::Denied => Status::Denied,
-            Error::TooBig => Status::TooBig,
+            Error::TooBig { .. } => Status::TooBig,
             Error::Buffer { .. } => Status::Buffer,
             Error::Quota { .. } => Status::Quota,
             Error::NotHeld => Status::NotHeld,
@@ -132,7 +252,10 @@ impl Error {
             Status::Invalid => Error::Invalid,
             Status::Stale => Error::Stale,
             Status::Denied => Error::Denied,
-            Status::TooBig => Error::TooBig,
+            Status::TooBig => Error::TooBig {
+                size: None,
+                limit: None,
+            },
             Status::Buffer => Error::Buffer { needed },
             Status::Quota => Error::Quota {
                 limit: None,
@@ -150,6 +273,14 @@ impl Error {
             Status::Protocol => Error::Protocol(Status::Protocol.message().to_owned()),
             Status::Io => Error::Io(std::io::Error::other(Status::Io.message())),
         })
+    }
+
+    /// TOO_BIG: a value of `size` bytes, over `limit` (`max_value_size`).
+    pub fn too_big(size: u64, limit: u64) -> Error {
+        Error::TooBig {
+            size: Some(size),
+            limit: Some(limit),
+        }
     }
 
     /// QUOTA: `limit` would be passed.
@@ -240,12 +371,89 @@ mod tests {
     }
 
     #[test]
-    fn connect_error_names_paths() {
-        let error = Error::Connect {
-            tried: vec!["/a/hreg.sock".into(), "/run/hreg/hreg.sock".into()],
-            reason: Some("No such file or directory".into()),
+    fn connect_error_names_each_path_once_in_words() {
+        let missing = || std::io::Error::from_raw_os_error(2);
+        let error = connect_failed(
+            vec![
+                ("/a/hreg.sock".into(), missing()),
+                ("/run/hreg/hreg.sock".into(), missing()),
+            ],
+            true,
+        );
+        let hint = match std::env::var_os("HREG_SOCKET") {
+            Some(set) if !set.is_empty() => "is hregd running, and serving $HREG_SOCKET?",
+            _ => "start hregd, or set HREG_SOCKET to the socket it serves",
         };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot connect to hregd: tried /a/hreg.sock: no socket there; \
+                 /run/hreg/hreg.sock: no socket there ({hint})"
+            )
+        );
+        let error = connect_failed(vec![("/x/s".into(), missing())], false);
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to hregd at /x/s: no socket there \
+             (is hregd running, and serving this path?)"
+        );
+        assert!(
+            matches!(error, Error::Connect { tried, .. } if tried == [std::path::Path::new("/x/s")])
+        );
+        let refused = std::io::Error::from_raw_os_error(111);
+        let text = connect_failed(vec![("/x/s".into(), refused)], false).to_string();
+        assert!(text.contains("no daemon listening"), "{text}");
+        let long = std::io::Error::from_raw_os_error(36);
+        let text = connect_failed(vec![("/x/s".into(), long)], false).to_string();
+        assert!(text.contains("/x/s: file name too long"), "{text}");
+        assert!(!text.contains("os error"), "{text}");
+    }
+
+    #[test]
+    fn permission_denied_says_a_daemon_is_there_and_what_to_do() {
+        let path = std::env::temp_dir().join(format!("hreg-denied-{}.sock", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let denied = std::io::Error::from_raw_os_error(13);
+        let missing = std::io::Error::from_raw_os_error(2);
+        let error = connect_failed(
+            vec![("/a/hreg.sock".into(), missing), (path.clone(), denied)],
+            true,
+        );
         let text = error.to_string();
-        assert!(text.contains("/a/hreg.sock") && text.contains("/run/hreg/hreg.sock"));
+        let start = format!(
+            "hregd is running at {} but you may not connect: the socket is for group ",
+            path.display()
+        );
+        assert!(text.starts_with(&start), "{text}");
+        assert!(text.contains(" (mode 660): "), "{text}");
+        assert!(text.contains("join that group"), "{text}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn too_big_names_the_size_and_the_limit() {
+        assert_eq!(
+            Error::too_big(2_000_000, 1_048_576).to_string(),
+            "value too big: 2000000 bytes, over the daemon's max_value_size of 1048576"
+        );
+        assert_eq!(
+            Error::from_status(Status::TooBig, 0).unwrap().to_string(),
+            Status::TooBig.message()
+        );
+    }
+
+    #[test]
+    fn io_errors_carry_no_rust_internals() {
+        let error = Error::Io(std::io::Error::from_raw_os_error(2));
+        assert_eq!(
+            error.to_string(),
+            "operating-system error: no such file or directory"
+        );
+        assert_eq!(
+            plain_io(&std::io::Error::other("EOF while reading")),
+            "EOF while reading"
+        );
     }
 }

@@ -71,17 +71,14 @@ impl Session {
             Some(p) => vec![p.to_path_buf()],
             None => default_socket_paths(),
         };
-        let mut reason = None;
-        for p in &paths {
-            match control::connect(p) {
-                Ok(sock) => return Session::handshake(sock, p, clip(name, MAX_CLIENT_NAME)),
-                Err(e) => reason = Some(format!("{}: {e}", p.display())),
+        let mut failed = Vec::new();
+        for p in paths {
+            match control::connect(&p) {
+                Ok(sock) => return Session::handshake(sock, &p, clip(name, MAX_CLIENT_NAME)),
+                Err(e) => failed.push((p, e)),
             }
         }
-        Err(Error::Connect {
-            tried: paths,
-            reason,
-        })
+        Err(crate::error::connect_failed(failed, path.is_none()))
     }
 
     fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Arc<Session>> {
@@ -96,7 +93,9 @@ impl Session {
                 return Err(Error::Connect {
                     tried: vec![path.to_path_buf()],
                     reason: Some(format!(
-                        "{}: the daemon closed the connection before answering HELLO",
+                        "{} at {}: the daemon closed the connection before answering HELLO \
+                         (it is stopping)",
+                        Status::Connect.message(),
                         path.display()
                     )),
                 })

@@ -106,6 +106,18 @@ pub fn objects_page(
     Reply::Objects { objects, next }
 }
 
+/// Rings per worker, from the worker each open ring of an attached session
+/// was given to (`assigned`: worker indexes, one per ring).
+pub fn rings_per_worker(assigned: impl Iterator<Item = usize>, workers: usize) -> Vec<u32> {
+    let mut rings = vec![0u32; workers];
+    for worker in assigned {
+        if let Some(count) = rings.get_mut(worker) {
+            *count = count.saturating_add(1);
+        }
+    }
+    rings
+}
+
 /// Occupancy, usage per uid (only the caller's own unless root), the
 /// workers' loads and the limits in force.
 pub fn usage(
@@ -136,5 +148,18 @@ pub fn usage(
             .collect(),
         workers,
         reclaim_pending: registry.reclaim_pending(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_are_counted_per_worker() {
+        assert_eq!(rings_per_worker([1, 0, 1].into_iter(), 3), [1, 2, 0]);
+        assert_eq!(rings_per_worker(std::iter::empty(), 2), [0, 0]);
+        // An index past the workers (none is made) counts nowhere.
+        assert_eq!(rings_per_worker([5].into_iter(), 1), [0]);
     }
 }

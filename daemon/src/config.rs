@@ -6,85 +6,121 @@ use hreg_proto::ring::Layout;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Defaults of the settings that are plain numbers (the rest are shown
+/// where they are computed).
+const DEFAULT_MAX_SESSIONS: usize = 1024;
+const DEFAULT_MAX_RINGS: u32 = 64;
+const DEFAULT_RING_ENTRIES: u32 = 256;
+const DEFAULT_DATA_SIZE: u32 = 256 * 1024;
+const DEFAULT_RESUME_GRACE: u64 = 30;
+const DEFAULT_LOG_LEVEL: &str = "info";
+/// The levels `log_level` accepts alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `text [default: value]`, as every setting's help ends.
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+fn registry_default() -> hreg_registry::Limits {
+    hreg_registry::Limits::default()
+}
+
 /// Command-line flags. Each one, when given, overrides the config file.
 #[derive(Clone, Debug, Default, Parser)]
 #[command(
     name = "hregd",
     version,
-    about = "hreg daemon: a cross-process handle registry"
+    about = "hregd: the daemon of hreg, a cross-process handle registry",
+    after_help = after_help()
 )]
 pub struct Args {
-    /// TOML file with any of the settings below (same names, with `_`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", help = with_default(
+        "TOML file with any of the settings below, each named with `_` for `-` \
+         (`hregd --check-config` prints one); flags win over it", "none"))]
     pub config: Option<PathBuf>,
-    /// Check the configuration, print it, and exit.
+    /// Check the settings, print them as a --config file (TOML) and exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Socket path [default: $HREG_SOCKET, else /run/hreg/hreg.sock for root,
-    /// else $XDG_RUNTIME_DIR/hreg.sock].
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help = with_default(
+        "Socket to listen on", "see \"Socket\" below"))]
     pub socket: Option<PathBuf>,
-    /// Socket file mode, octal [default: 600, 660 under /run/hreg].
-    #[arg(long, value_parser = parse_octal)]
+    #[arg(long, value_name = "MODE", value_parser = parse_octal, help = with_default(
+        "Socket file mode, octal", "600, or 660 under /run/hreg"))]
     pub socket_mode: Option<u32>,
-    /// Group that owns the socket file (name or gid) [default: the daemon's].
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", help = with_default(
+        "Group of the socket file, a name or a gid", "the daemon's group"))]
     pub socket_group: Option<String>,
-    /// Ring worker threads [default: one per core, at most 4].
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Ring worker threads, 1 to 64", "one per core, at most 4"))]
     pub workers: Option<usize>,
-    /// Registry shards (a power of two).
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Registry shards, a power of two up to 1024", hreg_registry::DEFAULT_SHARDS))]
     pub shards: Option<usize>,
-    /// Largest value in bytes.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = with_default(
+        "Largest value, up to 1073741824", registry_default().max_value_size))]
     pub max_value_size: Option<u64>,
-    /// Most live objects in all.
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Live objects in all", registry_default().max_objects))]
     pub max_objects: Option<u64>,
-    /// Most value bytes in all.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = with_default(
+        "Value bytes in all", registry_default().max_bytes))]
     pub max_bytes: Option<u64>,
-    /// Most live objects one uid may own [default: max-objects].
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Live objects one uid may own, at most max-objects", "max-objects"))]
     pub uid_max_objects: Option<u64>,
-    /// Most value bytes one uid may own [default: max-bytes].
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = with_default(
+        "Value bytes one uid may own, at most max-bytes", "max-bytes"))]
     pub uid_max_bytes: Option<u64>,
-    /// Most attached sessions.
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Attached sessions", DEFAULT_MAX_SESSIONS))]
     pub max_sessions: Option<usize>,
-    /// Most sessions one uid may have attached (root is exempt) [default:
-    /// half of max-sessions].
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Attached sessions of one uid (root is exempt), at most max-sessions",
+        "half of max-sessions"))]
     pub uid_max_sessions: Option<usize>,
-    /// Rings per session (threads beyond share rings).
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Rings per session, 1 to 4096; more threads share one", DEFAULT_MAX_RINGS))]
     pub max_rings: Option<u32>,
-    /// Entries per submission and completion queue (a power of two).
-    #[arg(long)]
+    #[arg(long, value_name = "N", help = with_default(
+        "Entries per submission and completion queue, a power of two from 2 to 32768",
+        DEFAULT_RING_ENTRIES))]
     pub ring_entries: Option<u32>,
-    /// Bytes of each ring's data area.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = with_default(
+        "Bytes of each ring's data area, a multiple of 8 from 64 to 1073741824",
+        DEFAULT_DATA_SIZE))]
     pub data_size: Option<u32>,
-    /// Log filter (error, warn, info, debug, trace) [default: $RUST_LOG, else info].
-    #[arg(long)]
+    #[arg(long, value_name = "LEVEL", help = with_default(
+        "Log filter: off, error, warn, info, debug or trace, or directives as in \
+         RUST_LOG (`info,hregd::control=debug`)",
+        format!("$RUST_LOG, else {DEFAULT_LOG_LEVEL}")))]
     pub log_level: Option<String>,
-    /// Keep the registry in this directory (on tmpfs) so that a restarted
-    /// daemon adopts every object and session [default: nothing is kept,
-    /// unless systemd's descriptor store is there (FDSTORE)].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = with_default(
+        "Keep the registry in this directory (on tmpfs) so that a restarted daemon \
+         adopts every object and session",
+        "none: nothing is kept, unless systemd's descriptor store is there (FDSTORE)"))]
     pub state_dir: Option<PathBuf>,
     /// Report what a start would adopt from --state-dir (or the descriptors
     /// systemd passed), change nothing, and exit: 0 adoptable or nothing
     /// kept, 1 unusable.
     #[arg(long)]
     pub check_state: bool,
-    /// Seconds a restarted daemon keeps each session of the state it
-    /// adopted for its client to come back; then its references are
-    /// dropped as if its client had died [default: 30].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", help = with_default(
+        "Seconds a restarted daemon keeps each session of the state it adopted for \
+         its client to come back, 0 to 86400; then its references are dropped as if \
+         its client had died", DEFAULT_RESUME_GRACE))]
     pub resume_grace: Option<u64>,
+}
+
+/// What `hregd --help` says after the flags: where the socket is.
+fn after_help() -> String {
+    format!(
+        "{}\n\nEvery setting is also a key of the --config file.\n\n\
+         Exit status:\n  0  stopped by SIGTERM or SIGINT, or a check passed\n  \
+         1  hregd cannot serve (or --check-state finds the state unusable)\n  \
+         2  a bad setting",
+        hreg_proto::SOCKET_LOOKUP
+    )
 }
 
 fn parse_octal(text: &str) -> Result<u32, String> {
@@ -131,7 +167,9 @@ pub struct Config {
     pub limits: Limits,
     /// The geometry of every session's rings.
     pub layout: Layout,
-    pub log_level: Option<String>,
+    /// The log filter in force: `--log-level`, else `$RUST_LOG`, else
+    /// `info` (checked: see [`check_log_level`]).
+    pub log_level: String,
     /// Where the registry is kept across restarts (`None`: nowhere, or in
     /// systemd's descriptor store when there is one).
     pub state_dir: Option<PathBuf>,
@@ -152,18 +190,28 @@ pub struct Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {}", .path.display(), hreg_proto::os_error_words(&.source.to_string()))]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
+    #[error("config file {}: {message}", .path.display())]
     Parse { path: PathBuf, message: String },
-    #[error("`{key}` = {value}: {expected}")]
+    #[error("`{key}` = {value}: expected {expected}")]
     Range {
         key: &'static str,
         value: String,
         expected: String,
+    },
+    #[error(
+        "`{key}` = {value} is more than `{total}` = {total_value}: one uid could never \
+         reach it; lower `{key}` or raise `{total}`"
+    )]
+    Above {
+        key: &'static str,
+        value: u64,
+        total: &'static str,
+        total_value: u64,
     },
     #[error("no socket path: pass --socket, set HREG_SOCKET, or set XDG_RUNTIME_DIR")]
     NoSocket,
@@ -179,7 +227,7 @@ impl Config {
                 })?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: parse_error_words(&text, &e),
                 })?
             }
             None => FileConfig::default(),
@@ -198,8 +246,8 @@ impl Config {
             .map(|text| {
                 parse_octal(text).map_err(|_| ConfigError::Range {
                     key: "socket_mode",
-                    value: text.to_string(),
-                    expected: "an octal file mode from 000 to 777".into(),
+                    value: format!("{text:?}"),
+                    expected: "an octal file mode from \"000\" to \"777\"".into(),
                 })
             })
             .transpose()?;
@@ -209,7 +257,7 @@ impl Config {
             0o600
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let defaults = hreg_registry::Limits::default();
+        let defaults = registry_default();
         let max_objects = args
             .max_objects
             .or(file.max_objects)
@@ -218,7 +266,10 @@ impl Config {
             .max_bytes
             .or(file.max_bytes)
             .unwrap_or(defaults.max_bytes);
-        let max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(1024);
+        let max_sessions = args
+            .max_sessions
+            .or(file.max_sessions)
+            .unwrap_or(DEFAULT_MAX_SESSIONS);
         let max_value_size = args
             .max_value_size
             .or(file.max_value_size)
@@ -227,7 +278,7 @@ impl Config {
             return Err(ConfigError::Range {
                 key: "max_value_size",
                 value: max_value_size.to_string(),
-                expected: "0 to 1073741824".into(),
+                expected: format!("0 to {}", hreg_proto::MAX_VALUE_SIZE_LIMIT),
             });
         }
         let socket_group = args
@@ -237,11 +288,18 @@ impl Config {
             .map(|group| {
                 resolve_group(&group).ok_or(ConfigError::Range {
                     key: "socket_group",
-                    value: group,
+                    value: format!("{group:?}"),
                     expected: "a group name from /etc/group or a numeric gid".into(),
                 })
             })
             .transpose()?;
+        let log_level = match args.log_level.clone().or(file.log_level) {
+            Some(level) => check_log_level("log_level", level)?,
+            None => match std::env::var("RUST_LOG") {
+                Ok(level) if !level.is_empty() => check_log_level("RUST_LOG", level)?,
+                _ => DEFAULT_LOG_LEVEL.to_owned(),
+            },
+        };
         let config = Config {
             socket_group,
             socket_mode: args.socket_mode.or(file_mode).unwrap_or(default_mode),
@@ -271,14 +329,25 @@ impl Config {
                     .unwrap_or((max_sessions / 2).max(1)),
             },
             layout: Layout {
-                entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
-                data_size: args.data_size.or(file.data_size).unwrap_or(256 * 1024),
-                max_rings: args.max_rings.or(file.max_rings).unwrap_or(64),
+                entries: args
+                    .ring_entries
+                    .or(file.ring_entries)
+                    .unwrap_or(DEFAULT_RING_ENTRIES),
+                data_size: args
+                    .data_size
+                    .or(file.data_size)
+                    .unwrap_or(DEFAULT_DATA_SIZE),
+                max_rings: args
+                    .max_rings
+                    .or(file.max_rings)
+                    .unwrap_or(DEFAULT_MAX_RINGS),
             },
-            log_level: args.log_level.clone().or(file.log_level),
+            log_level,
             state_dir: args.state_dir.clone().or(file.state_dir),
             resume_grace: std::time::Duration::from_secs(
-                args.resume_grace.or(file.resume_grace).unwrap_or(30),
+                args.resume_grace
+                    .or(file.resume_grace)
+                    .unwrap_or(DEFAULT_RESUME_GRACE),
             ),
             socket,
         };
@@ -300,6 +369,24 @@ impl Config {
                     key,
                     value: value.to_string(),
                     expected: expected.to_string(),
+                })
+            }
+        }
+        /// A per-uid limit above its total: it could never bind.
+        fn at_most(
+            key: &'static str,
+            value: u64,
+            total: &'static str,
+            total_value: u64,
+        ) -> Result<(), ConfigError> {
+            if value <= total_value {
+                Ok(())
+            } else {
+                Err(ConfigError::Above {
+                    key,
+                    value,
+                    total,
+                    total_value,
                 })
             }
         }
@@ -334,6 +421,24 @@ impl Config {
             limits.uid_max_sessions >= 1,
             "at least 1",
         )?;
+        at_most(
+            "uid_max_objects",
+            limits.registry.uid_max_objects,
+            "max_objects",
+            limits.registry.max_objects,
+        )?;
+        at_most(
+            "uid_max_bytes",
+            limits.registry.uid_max_bytes,
+            "max_bytes",
+            limits.registry.max_bytes,
+        )?;
+        at_most(
+            "uid_max_sessions",
+            limits.uid_max_sessions as u64,
+            "max_sessions",
+            limits.max_sessions as u64,
+        )?;
         range(
             "resume_grace",
             self.resume_grace.as_secs(),
@@ -352,6 +457,119 @@ impl Config {
                 value: value.to_string(),
                 expected: e.to_string(),
             }
+        })
+    }
+
+    /// The settings as a `--config` file that gives them back: every key,
+    /// in the README's order, with what it is; unset ones commented out.
+    pub fn to_toml(&self) -> String {
+        let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        let path = |p: &Path| quoted(&p.to_string_lossy());
+        let limits = &self.limits.registry;
+        let mut out = String::from(
+            "# hregd's settings, as `hregd --check-config` found them; \
+             `hregd --config FILE` takes this file back.\n",
+        );
+        let mut line = |key: &str, value: Option<String>, unset: &str| {
+            out.push_str(&match value {
+                Some(value) => format!("{key} = {value}\n"),
+                None => format!("# {key} is not set: {unset}\n"),
+            });
+        };
+        line("socket", Some(path(&self.socket)), "");
+        line(
+            "socket_mode",
+            Some(quoted(&format!("{:03o}", self.socket_mode))),
+            "",
+        );
+        line(
+            "socket_group",
+            self.socket_group.map(|gid| quoted(&gid.to_string())),
+            "the socket file keeps the daemon's group",
+        );
+        line("workers", Some(self.workers.to_string()), "");
+        line("shards", Some(self.shards.to_string()), "");
+        line(
+            "max_value_size",
+            Some(limits.max_value_size.to_string()),
+            "",
+        );
+        line("max_objects", Some(limits.max_objects.to_string()), "");
+        line("max_bytes", Some(limits.max_bytes.to_string()), "");
+        line(
+            "uid_max_objects",
+            Some(limits.uid_max_objects.to_string()),
+            "",
+        );
+        line("uid_max_bytes", Some(limits.uid_max_bytes.to_string()), "");
+        line(
+            "max_sessions",
+            Some(self.limits.max_sessions.to_string()),
+            "",
+        );
+        line(
+            "uid_max_sessions",
+            Some(self.limits.uid_max_sessions.to_string()),
+            "",
+        );
+        line("max_rings", Some(self.layout.max_rings.to_string()), "");
+        line("ring_entries", Some(self.layout.entries.to_string()), "");
+        line("data_size", Some(self.layout.data_size.to_string()), "");
+        line("log_level", Some(quoted(&self.log_level)), "");
+        line(
+            "state_dir",
+            self.state_dir.as_deref().map(path),
+            "nothing is kept across restarts (but in systemd's descriptor store)",
+        );
+        line(
+            "resume_grace",
+            Some(self.resume_grace.as_secs().to_string()),
+            "",
+        );
+        out
+    }
+}
+
+/// A TOML error on one line: where (line, and the key on it), then what.
+fn parse_error_words(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().lines().collect::<Vec<_>>().join("; ");
+    let Some(span) = error.span() else {
+        return what;
+    };
+    let start = span.start.min(text.len());
+    let number = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => {
+            format!("line {number}: `{}`: {what}", key.trim())
+        }
+        _ => format!("line {number}: {what}"),
+    }
+}
+
+/// `level` if tracing's filter takes it and it names levels hregd logs at:
+/// one of [`LOG_LEVELS`], or directives `target=level` (and levels) joined
+/// by commas, as in `$RUST_LOG`. A bare word that is not a level would be
+/// taken as a target name and silence every log, so it is refused.
+fn check_log_level(key: &'static str, level: String) -> Result<String, ConfigError> {
+    let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let directives_ok = !level.trim().is_empty()
+        && level
+            .split(',')
+            .all(|directive| match directive.rsplit_once('=') {
+                Some((target, word)) => !target.trim().is_empty() && is_level(word),
+                None => is_level(directive),
+            });
+    if directives_ok && tracing_subscriber::EnvFilter::try_new(&level).is_ok() {
+        Ok(level)
+    } else {
+        Err(ConfigError::Range {
+            key,
+            value: format!("{level:?}"),
+            expected: format!(
+                "a level ({}) or directives as in RUST_LOG, such as \"info,hregd::control=debug\"",
+                LOG_LEVELS.join(", ")
+            ),
         })
     }
 }
@@ -386,6 +604,7 @@ pub fn default_socket_path() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn args(list: &[&str]) -> Args {
         Args::parse_from(std::iter::once("hregd").chain(list.iter().copied()))
@@ -415,5 +634,121 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bogus"));
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,hregd::control=debug",
+            "hregd=trace",
+        ] {
+            let config = Config::merge(
+                &args(&["--socket", "/s", "--log-level", good]),
+                FileConfig::default(),
+            )
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(config.log_level, good);
+        }
+        for bad in ["loud", "", "hregd", "hregd=loud", "=info", "info,,warn"] {
+            let err = Config::merge(
+                &args(&["--socket", "/s", "--log-level", bad]),
+                FileConfig::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("`log_level` = "), "{bad}: {err}");
+            assert!(
+                err.contains("error, warn, info, debug, trace"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_uid_limit_above_its_total_is_refused() {
+        for (flags, key) in [
+            (
+                ["--max-sessions", "10", "--uid-max-sessions", "20"],
+                "uid_max_sessions",
+            ),
+            (
+                ["--max-objects", "10", "--uid-max-objects", "11"],
+                "uid_max_objects",
+            ),
+            (
+                ["--max-bytes", "10", "--uid-max-bytes", "11"],
+                "uid_max_bytes",
+            ),
+        ] {
+            let mut list = vec!["--socket", "/s"];
+            list.extend(flags);
+            let err = Config::merge(&args(&list), FileConfig::default()).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("`{key}` = ")), "{err}");
+            assert!(err.to_string().contains("could never reach it"), "{err}");
+        }
+        // Equal is fine, and so are the defaults derived from a low total.
+        Config::merge(
+            &args(&["--socket", "/s", "--max-sessions", "1"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn check_config_output_is_a_config_file_that_gives_the_same_settings() {
+        let config = Config::merge(
+            &args(&[
+                "--socket",
+                "/tmp/a \"b\".sock",
+                "--socket-group",
+                "0",
+                "--state-dir",
+                "/run/x",
+                "--max-objects",
+                "99",
+                "--socket-mode",
+                "640",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let text = config.to_toml();
+        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let again = Config::merge(&Args::default(), file).unwrap();
+        assert_eq!(again, config, "{text}");
+        assert_eq!(again.to_toml(), text);
+        assert!(text.contains("\nmax_objects = 99\n"), "{text}");
+        assert!(text.contains("\nsocket_mode = \"640\"\n"), "{text}");
+        // Unset keys are comments saying what that means.
+        let plain = Config::merge(&args(&["--socket", "/s"]), FileConfig::default()).unwrap();
+        assert!(
+            plain.to_toml().contains("# state_dir is not set: "),
+            "{}",
+            plain.to_toml()
+        );
+    }
+
+    #[test]
+    fn every_setting_shows_its_default_and_a_placeholder_that_says_what_to_type() {
+        let command = Args::command();
+        for arg in command.get_arguments() {
+            let long = arg.get_long().unwrap_or_default();
+            if ["help", "version", "check-config", "check-state"].contains(&long) {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains(" [default: "), "--{long}: {help}");
+            let names = arg.get_value_names().unwrap_or_default();
+            assert!(
+                names.iter().all(|n| [
+                    "FILE", "PATH", "MODE", "GROUP", "N", "BYTES", "LEVEL", "DIR", "SECONDS"
+                ]
+                .contains(&n.as_str())),
+                "--{long}: {names:?}"
+            );
+        }
     }
 }

@@ -140,6 +140,10 @@ pub struct Control {
     started: Instant,
     ops_rate: OpsRate,
     fds: FdBudget,
+    /// The worker serving each open ring of an attached session, by
+    /// (session id, ring index): what USAGE counts, since a worker's own
+    /// count changes only when it wakes.
+    ring_workers: std::collections::BTreeMap<(u64, u32), usize>,
 }
 
 impl Control {
@@ -175,6 +179,7 @@ impl Control {
             started: Instant::now(),
             ops_rate: OpsRate::default(),
             fds: FdBudget::measure(),
+            ring_workers: Default::default(),
         })
     }
 
@@ -535,6 +540,7 @@ impl Control {
             }
             (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
             (ControlRequest::RingClose { index }, Some(session)) => {
+                self.ring_workers.remove(&(session.id, index));
                 for worker in &self.workers {
                     worker.close_ring(session.id, index);
                 }
@@ -581,11 +587,26 @@ impl Control {
                 Some(caller),
             ) => self.map_domain(key, &caller, domain, slots_from, heap_from),
             (ControlRequest::Usage, Some(caller)) => {
+                let attached: std::collections::HashSet<u64> = self
+                    .conns
+                    .values()
+                    .filter_map(|c| match &c.state {
+                        ConnState::Attached(s) if !s.is_closed() => Some(s.id),
+                        _ => None,
+                    })
+                    .collect();
+                self.ring_workers
+                    .retain(|(session, _), _| attached.contains(session));
+                let rings = admin::rings_per_worker(
+                    self.ring_workers.values().copied(),
+                    self.workers.len(),
+                );
                 let workers = self
                     .workers
                     .iter()
-                    .map(|w| WorkerUsage {
-                        rings: u32::try_from(w.load()).unwrap_or(u32::MAX),
+                    .zip(rings)
+                    .map(|(w, rings)| WorkerUsage {
+                        rings,
                         ops: w.ops(),
                     })
                     .collect();
@@ -896,12 +917,14 @@ impl Control {
             session.free_ring(index);
             return false;
         }
-        let worker = self
+        let (serving, worker) = self
             .workers
             .iter()
-            .min_by_key(|w| w.load())
+            .enumerate()
+            .min_by_key(|(_, w)| w.load())
             .expect("at least one worker");
         worker.serve(Arc::clone(session), index, doorbell);
+        self.ring_workers.insert((session.id, index), serving);
         true
     }
 
@@ -961,6 +984,14 @@ impl Control {
                     "session detached"
                 );
                 session.close();
+                let rings: Vec<(u64, u32)> = self
+                    .ring_workers
+                    .range((session.id, 0)..=(session.id, u32::MAX))
+                    .map(|(ring, _)| *ring)
+                    .collect();
+                for ring in rings {
+                    self.ring_workers.remove(&ring);
+                }
                 for worker in &self.workers {
                     worker.nudge();
                 }

@@ -171,7 +171,8 @@ fn bind_listener(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<O
             )?;
             match rustix::net::connect(&probe, &address) {
                 Ok(()) => bail!(
-                    "another hregd is serving at {}; not taking its socket",
+                    "another hregd is serving at {}: stop it first, or give this one \
+                     another --socket",
                     path.display()
                 ),
                 Err(Errno::CONNREFUSED) => {

@@ -85,9 +85,10 @@ pub fn journal_layer() -> std::io::Result<tracing_journald::Layer> {
 }
 
 /// Installs the global subscriber for `level` (else `$RUST_LOG`, else
-/// `info`) on the sink the surroundings call for. If the journal is called
-/// for but unreachable, logs plain lines to stderr and says so once.
-pub fn init(level: Option<&str>) {
+/// `info`) on the sink the surroundings call for, and returns the sink in
+/// use. If the journal is called for but unreachable, logs plain lines to
+/// stderr and says so once.
+pub fn init(level: Option<&str>) -> Sink {
     let filter = match level {
         Some(level) => tracing_subscriber::EnvFilter::new(level),
         None => tracing_subscriber::EnvFilter::try_from_default_env()
@@ -111,11 +112,15 @@ pub fn init(level: Option<&str>) {
         .with(journal)
         .with(lines)
         .init();
-    if let Some(e) = journal_error {
-        tracing::warn!(
-            error = %e,
-            "JOURNAL_STREAM names stderr but the journal socket cannot be reached; logging lines to stderr"
-        );
+    match journal_error {
+        Some(e) => {
+            tracing::warn!(
+                error = %e,
+                "JOURNAL_STREAM names stderr but the journal socket cannot be reached; logging lines to stderr"
+            );
+            Sink::Plain
+        }
+        None => sink,
     }
 }
 

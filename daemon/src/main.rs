@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use hregd::config::{Args, Config};
 use hregd::daemon::{Daemon, Signals};
+use hregd::logging::Sink;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("{config:#?}");
+        print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     if args.check_state {
@@ -28,20 +29,35 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
-                eprintln!("hregd: {e:#}");
+                eprintln!("hregd: {}", words(&e));
                 ExitCode::from(2)
             }
         };
     }
-    hregd::logging::init(config.log_level.as_deref());
+    let sink = hregd::logging::init(Some(&config.log_level));
     match run(&args, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("hregd: {e:#}");
+            // Said once: to the journal as an error entry under systemd
+            // (stderr is the journal there), else as one line on stderr.
+            let why = words(&e);
+            if sink == Sink::Journal {
+                tracing::error!("{why}");
+            } else {
+                eprintln!("hregd: {why}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes joined by ": ", without Rust's " (os error N)".
+fn words(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(|cause| hreg_proto::os_error_words(&cause.to_string()))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn run(args: &Args, config: Config) -> anyhow::Result<()> {

@@ -38,6 +38,17 @@ pub const MAX_CLIENT_NAME: usize = 64;
 /// lengths travel as `u32` in ring entries.
 pub const MAX_VALUE_SIZE_LIMIT: u64 = 1 << 30;
 
+/// Where hregd listens and where clients look for it, in the words
+/// `hregd --help`, `hregctl --help` and the README all use (tests compare
+/// them, and the code's defaults with them).
+pub const SOCKET_LOOKUP: &str = "\
+Socket: hregd listens on --socket PATH, else on $HREG_SOCKET, else on
+/run/hreg/hreg.sock when run as root and on $XDG_RUNTIME_DIR/hreg.sock
+otherwise (under systemd, on the socket systemd passes it). A client given
+no path (hregctl without --socket) uses $HREG_SOCKET if set, else tries
+$XDG_RUNTIME_DIR/hreg.sock, then /run/hreg/hreg.sock, and takes the first
+that accepts.";
+
 /// Status of an operation, with the numeric values of the C API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -104,23 +115,48 @@ impl Status {
         Status::ALL.get(code as usize).copied()
     }
 
-    /// A short English description, the same text `hreg_strerror` returns.
+    /// A short English description: what `hreg_strerror` returns and Go's
+    /// sentinel errors say. Every client words this failure the same way:
+    /// this text, or for TOO_BIG, QUOTA and CONNECT the same with what it
+    /// knows (the size and the limit, the limit's name, the paths tried).
     pub fn message(self) -> &'static str {
         match self {
             Status::Ok => "success",
             Status::Invalid => "invalid argument",
-            Status::Stale => "stale handle: the object is gone",
-            Status::Denied => "access denied",
-            Status::TooBig => "value larger than the daemon's maximum",
+            Status::Stale => "no such object (removed, or never issued by this daemon)",
+            Status::Denied => {
+                "access denied (another user's object: not shared, or not yours to change)"
+            }
+            Status::TooBig => "value too big (over the daemon's max_value_size)",
             Status::Buffer => "buffer too small",
             Status::Quota => "a limit on objects, bytes or sessions would be passed",
             Status::NotHeld => "no reference held on this handle",
-            Status::Connect => "no daemon at the socket path",
+            Status::Connect => "cannot connect to hregd",
             Status::Disconnected => "the daemon went away",
             Status::Version => "protocol versions differ",
             Status::Protocol => "the peer broke the protocol",
             Status::Io => "operating-system error",
         }
+    }
+}
+
+/// An operating-system error's text as words for a message: without
+/// Rust's " (os error N)", and "Permission denied" as "permission denied"
+/// so that it reads as part of a sentence. The one place every hreg
+/// binary and client words OS errors.
+pub fn os_error_words(text: &str) -> String {
+    let text = match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first)
+            if first.is_uppercase() && chars.clone().next().is_some_and(char::is_lowercase) =>
+        {
+            first.to_lowercase().chain(chars).collect()
+        }
+        _ => text.to_owned(),
     }
 }
 

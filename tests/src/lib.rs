@@ -5,7 +5,7 @@
 //! read-side tests in [`readside`], a strict parser of the Prometheus text
 //! format in [`prometheus`], the restart stress test's load client in
 //! [`restart_load`], C programs compiled against the built libhreg in
-//! [`c_programs`]).
+//! [`c_programs`], README.md's code blocks in [`readme`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
@@ -15,6 +15,7 @@ pub mod attacks;
 pub mod c_programs;
 pub mod prometheus;
 pub mod raw;
+pub mod readme;
 pub mod readside;
 pub mod restart_load;
 
@@ -52,10 +53,67 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A running `hregd`, killed when dropped.
+///
+/// Its stderr (logs, and errors a negative test provokes on purpose) is
+/// captured unless the test's own setup sends it elsewhere, and printed
+/// only if the test fails: when the `Daemon` is dropped during a panic.
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
     _dir: tempfile::TempDir,
+    log: StderrLog,
+}
+
+/// What a child process (or each of a series, as a daemon across restarts)
+/// wrote on a piped stderr: kept, and printed only if the test fails.
+#[derive(Clone, Default)]
+pub struct StderrLog {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: std::sync::Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl StderrLog {
+    /// Starts keeping what `child` writes to a piped stderr (nothing when
+    /// its stderr went somewhere else).
+    pub fn capture(&self, child: &mut Child) {
+        let Some(mut stderr) = child.stderr.take() else {
+            return;
+        };
+        let text = std::sync::Arc::clone(&self.text);
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut chunk) {
+                lock(&text).extend_from_slice(&chunk[..n]);
+            }
+        });
+        lock(&self.readers).push(reader);
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.text)).into_owned()
+    }
+
+    /// When the test is failing (panicking), prints all of it under `what`;
+    /// call once the writers have exited.
+    pub fn show_if_failing(&self, what: &str) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for reader in lock(&self.readers).drain(..) {
+            let _ = reader.join();
+        }
+        let text = self.text();
+        if !text.is_empty() {
+            eprintln!("--- {what}:\n{text}--- end of {what}");
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Daemon {
@@ -120,16 +178,26 @@ impl Daemon {
             .arg(&socket)
             .args(args)
             .env("RUST_LOG", "error")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
         setup(&mut command);
-        let child = command.spawn().expect("spawn hregd");
+        let mut child = command.spawn().expect("spawn hregd");
+        let log = StderrLog::default();
+        log.capture(&mut child);
         let daemon = Daemon {
             child,
             socket,
             _dir: dir,
+            log,
         };
         daemon.wait_ready();
         daemon
+    }
+
+    /// What the daemon has written on stderr so far (empty when the test
+    /// sent its stderr elsewhere).
+    pub fn stderr(&self) -> String {
+        self.log.text()
     }
 
     /// The daemon's private directory (its socket's), where a test may keep
@@ -150,8 +218,10 @@ impl Daemon {
             .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn hregd");
+        self.log.capture(&mut self.child);
         self.wait_ready();
         started.elapsed()
     }
@@ -272,6 +342,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let what = format!("hregd's stderr ({})", self.socket.display());
+        self.log.show_if_failing(&what);
     }
 }
 

@@ -312,7 +312,7 @@ fn status_name(e: &Error) -> &'static str {
         Error::Invalid => "INVALID",
         Error::Stale => "STALE",
         Error::Denied => "DENIED",
-        Error::TooBig => "TOO_BIG",
+        Error::TooBig { .. } => "TOO_BIG",
         Error::Buffer { .. } => "BUFFER",
         Error::Quota { .. } => "QUOTA",
         Error::NotHeld => "NOT_HELD",

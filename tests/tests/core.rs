@@ -170,7 +170,7 @@ fn bad_arguments_get_clear_errors() {
     let max = client.max_value_size();
     assert!(matches!(
         client.insert(&vec![0; max + 1], 0),
-        Err(Error::TooBig)
+        Err(Error::TooBig { .. })
     ));
     // Invalid beats TooBig.
     assert!(matches!(
@@ -235,7 +235,10 @@ fn values_of_exactly_the_maximum_work_alone_and_in_batches() {
     assert_eq!(client.get(inserted).unwrap(), other);
 
     let too_big = vec![1u8; max + 1];
-    assert!(matches!(client.insert(&too_big, 0), Err(Error::TooBig)));
+    assert!(matches!(
+        client.insert(&too_big, 0),
+        Err(Error::TooBig { .. })
+    ));
     let mut ops = vec![
         Op::Insert {
             value: &too_big,
@@ -244,7 +247,7 @@ fn values_of_exactly_the_maximum_work_alone_and_in_batches() {
         Op::GetOwned { handle: h },
     ];
     let results = client.submit(&mut ops).unwrap();
-    assert!(matches!(results[0], Err(Error::TooBig)));
+    assert!(matches!(results[0], Err(Error::TooBig { .. })));
     assert!(matches!(&results[1], Ok(Completion::Value(v)) if *v == other));
 }
 
@@ -397,5 +400,8 @@ fn every_size_works_whatever_the_data_area() {
         assert!(matches!(result, Ok(Completion::Value(ref v)) if v == value));
     }
     let too_big = vec![0u8; 200_001];
-    assert!(matches!(client.insert(&too_big, 0), Err(Error::TooBig)));
+    assert!(matches!(
+        client.insert(&too_big, 0),
+        Err(Error::TooBig { .. })
+    ));
 }

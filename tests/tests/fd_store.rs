@@ -229,23 +229,28 @@ impl Manager {
 
     /// Starts hregd (see [`Manager::command`]) and waits for READY=1.
     fn start(&mut self, socket: &Path, listeners: &[(&str, BorrowedFd<'_>)]) -> Hregd {
-        let child = self
+        let mut child = self
             .command(socket, listeners, &[])
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn hregd");
-        let daemon = Hregd(child);
+        let log = hreg_tests::StderrLog::default();
+        log.capture(&mut child);
+        let daemon = Hregd(child, log);
         self.wait_for("READY=1");
         daemon
     }
 }
 
-/// A running hregd, killed when dropped (a failed test leaves none).
-struct Hregd(Child);
+/// A running hregd, killed when dropped (a failed test leaves none); its
+/// stderr is shown only if the test fails.
+struct Hregd(Child, hreg_tests::StderrLog);
 
 impl Drop for Hregd {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        self.1.show_if_failing("hregd's stderr");
     }
 }
 

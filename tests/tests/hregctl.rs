@@ -1,7 +1,9 @@
 //! hregctl against a real daemon: two processes sharing a handle through the
 //! command line, handles in decimal and hex, flags before or after the
-//! command, errors on stderr with a non-zero exit, and the figures of
-//! `stats` in every format (table, JSON, Prometheus) agreeing.
+//! command, errors on stderr with a non-zero exit, JSON as one compact
+//! object per line, and the figures of `stats` in every format (table,
+//! JSON, Prometheus) agreeing, every metric in the README's table. (The
+//! words of each error are asserted in `newcomer.rs`.)
 
 use hreg_tests::{binary, Daemon};
 use std::io::Write;
@@ -51,10 +53,12 @@ fn put_get_rm_across_processes() {
     let gone = hregctl(&["--socket", socket, "get", &handle.to_string()], None);
     assert!(!gone.status.success());
     assert!(gone.stdout.is_empty());
-    assert!(
-        text(&gone.stderr).contains("stale"),
-        "{}",
-        text(&gone.stderr)
+    assert_eq!(
+        text(&gone.stderr),
+        format!(
+            "hregctl: get: handle {handle}: {}",
+            hreg::Status::Stale.message()
+        )
     );
 }
 
@@ -71,11 +75,128 @@ fn put_reads_stdin_and_stats_speaks_json() {
 
     let stats = hregctl(&["stats", "--json", "--socket", socket], None);
     assert!(stats.status.success(), "{}", text(&stats.stderr));
-    let json = text(&stats.stdout);
+    let json = json_lines(&stats.stdout);
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["objects"], 1);
+    // The per-shard counts only with --details; their range always.
+    assert!(json[0].get("shards").is_none(), "{}", json[0]);
+    assert_eq!(json[0]["shard_count"], 64);
+    assert_eq!(json[0]["shard_objects_max"], 1);
+    let detailed = stats_json(socket);
+    assert_eq!(detailed["shards"].as_array().unwrap().len(), 64);
+    let plain = text(&hregctl(&["stats", "--details", "--socket", socket], None).stdout);
     assert!(
-        json.contains("\"objects\": 1") || json.contains("\"objects\":1"),
-        "{json}"
+        plain
+            .lines()
+            .any(|l| l.split_whitespace().eq(["SHARD", "OBJECTS"])),
+        "{plain}"
     );
+}
+
+#[test]
+fn json_is_one_compact_object_per_line() {
+    let daemon = Daemon::start(&[]);
+    let socket = daemon.socket.to_str().unwrap();
+    let mut handles = Vec::new();
+    for value in ["one", "two", "three"] {
+        let put = hregctl(
+            &["--socket", socket, "--json", "put", "--shared", value],
+            None,
+        );
+        let line = json_lines(&put.stdout);
+        handles.push(line[0]["handle"].as_u64().unwrap());
+    }
+    let ls = json_lines(&hregctl(&["--socket", socket, "ls", "--json"], None).stdout);
+    assert_eq!(ls.len(), 3);
+    let mut listed: Vec<u64> = ls.iter().map(|o| o["handle"].as_u64().unwrap()).collect();
+    listed.sort_unstable();
+    handles.sort_unstable();
+    assert_eq!(listed, handles);
+    assert_eq!(ls[0]["flags"], serde_json::json!(["shared", "detached"]));
+    let client = daemon.client();
+    client.stats().unwrap();
+    let sessions = json_lines(&hregctl(&["--socket", socket, "sessions", "--json"], None).stdout);
+    assert_eq!(sessions.len(), 2, "this client and hregctl's own");
+    let get = json_lines(
+        &hregctl(
+            &["--socket", socket, "get", "--json", &handles[0].to_string()],
+            None,
+        )
+        .stdout,
+    );
+    assert_eq!(get.len(), 1);
+    let watch = json_lines(
+        &hregctl(
+            &[
+                "--socket",
+                socket,
+                "watch",
+                "--json",
+                "--count",
+                "2",
+                "--interval",
+                "0.01",
+            ],
+            None,
+        )
+        .stdout,
+    );
+    assert_eq!(watch.len(), 2);
+    // A page: the cursor to go on from is on stderr, the objects on stdout.
+    let page = hregctl(&["--socket", socket, "ls", "--json", "--limit", "2"], None);
+    assert_eq!(json_lines(&page.stdout).len(), 2);
+    assert!(text(&page.stderr).starts_with("more objects: continue with --cursor "));
+}
+
+#[test]
+fn the_readme_lists_every_metric_and_limits_are_named_after_their_keys() {
+    let daemon = Daemon::start(&[]);
+    let socket = daemon.socket.to_str().unwrap();
+    daemon.client().insert(b"x", 0).unwrap();
+    let out = hregctl(&["--socket", socket, "stats", "--prometheus"], None);
+    let exposition = String::from_utf8(out.stdout).unwrap();
+    let parsed = hreg_tests::prometheus::parse(&exposition).unwrap();
+    let printed: Vec<&str> = parsed.families.iter().map(|f| f.name.as_str()).collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| metric | type | what |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let mut documented = Vec::new();
+    for row in &table {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        let name = name.split('{').next().unwrap();
+        let family = parsed
+            .family(name)
+            .unwrap_or_else(|| panic!("README lists {name}, not printed"));
+        assert_eq!(cells[2], family.kind, "{name}");
+        documented.push(name);
+    }
+    for name in &printed {
+        assert!(
+            documented.contains(name),
+            "{name} is printed but not in the README's table"
+        );
+    }
+    // A limit's metric is its config key with `hreg_` before it.
+    let config = text(
+        &std::process::Command::new(binary("hregd"))
+            .args(["--socket", "/tmp/unused.sock", "--check-config"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    for name in printed.iter().filter(|n| n.contains("_max_")) {
+        let key = name.trim_start_matches("hreg_");
+        assert!(
+            config.lines().any(|l| l.starts_with(&format!("{key} = "))),
+            "{name}: no config key {key}"
+        );
+    }
 }
 
 #[test]
@@ -95,11 +216,25 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
     );
 }
 
-/// `stats --json` parsed.
+/// `stats --json --details` parsed (one line).
 fn stats_json(socket: &str) -> serde_json::Value {
-    let out = hregctl(&["--socket", socket, "stats", "--json"], None);
+    let out = hregctl(&["--socket", socket, "stats", "--json", "--details"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
+    json_lines(&out.stdout).pop().expect("one line")
+}
+
+/// Output that must be JSON objects, one per line.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    let out = String::from_utf8(stdout.to_vec()).unwrap();
+    assert!(out.ends_with('\n') || out.is_empty(), "{out:?}");
+    out.lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            assert!(value.is_object(), "{line}");
+            value
+        })
+        .collect()
 }
 
 /// A series: metric name, labels, value.
@@ -121,14 +256,14 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
     single("hreg_reclaim_pending_bytes", &json["reclaim_pending_bytes"]);
     single("hreg_uptime_seconds", &json["uptime_secs"]);
     single("hreg_max_objects", &json["limits"]["max_objects"]);
-    single("hreg_max_value_bytes", &json["limits"]["max_bytes"]);
+    single("hreg_max_bytes", &json["limits"]["max_bytes"]);
     for uid in json["uids"].as_array().unwrap() {
         let label = vec![("uid", uid["uid"].to_string())];
         for (name, v) in [
             ("hreg_uid_objects", &uid["objects"]),
             ("hreg_uid_value_bytes", &uid["value_bytes"]),
             ("hreg_uid_max_objects", &json["limits"]["uid_max_objects"]),
-            ("hreg_uid_max_value_bytes", &json["limits"]["uid_max_bytes"]),
+            ("hreg_uid_max_bytes", &json["limits"]["uid_max_bytes"]),
         ] {
             series.push((name.to_string(), label.clone(), num(v)));
         }
@@ -195,7 +330,7 @@ fn stats_prometheus_is_well_formed_and_says_what_json_says() {
         assert_eq!(parsed.value("hreg_objects", &[]), Some(3.0));
         assert_eq!(parsed.value("hreg_value_bytes", &[]), Some(108.0));
         assert_eq!(parsed.value("hreg_max_objects", &[]), Some(1000.0));
-        assert_eq!(parsed.value("hreg_max_value_bytes", &[]), Some(1e6));
+        assert_eq!(parsed.value("hreg_max_bytes", &[]), Some(1e6));
         let uid = rustix::process::getuid().as_raw().to_string();
         assert_eq!(
             parsed.value("hreg_uid_objects", &[("uid", &uid)]),
@@ -206,7 +341,7 @@ fn stats_prometheus_is_well_formed_and_says_what_json_says() {
             Some(500.0)
         );
         assert_eq!(
-            parsed.value("hreg_uid_max_value_bytes", &[("uid", &uid)]),
+            parsed.value("hreg_uid_max_bytes", &[("uid", &uid)]),
             Some(400000.0)
         );
         assert_eq!(parsed.family("hreg_worker_rings").unwrap().samples.len(), 2);

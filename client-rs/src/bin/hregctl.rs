@@ -2,32 +2,37 @@
 //! objects and prints the registry's figures, through the `hreg` crate.
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use hreg::{Client, Handle};
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[path = "hregctl/metrics.rs"]
 mod metrics;
 
-const EXIT_CODES: &str = "\
-Exit status:
-  0  success
-  1  an hreg error (no daemon, stale handle, denied, ...) or an I/O error
-  2  usage error (bad arguments or handle syntax)
-
-Handles are printed in decimal and accepted in decimal or 0x hex.";
+/// What `hregctl --help` says after the commands.
+fn after_help() -> String {
+    format!(
+        "Handles are printed in decimal and accepted in decimal or 0x hex. \
+         Output is for pipes and terminals alike: `get` writes the value's raw \
+         bytes (and a newline after it on a terminal); --json prints one compact \
+         JSON object per line.\n\n{}\n\n\
+         Exit status:\n  0  success\n  \
+         1  an hreg error (no daemon, no such object, denied, ...) or an I/O error\n  \
+         2  a usage error (bad arguments or handle syntax)",
+        hreg_proto::SOCKET_LOOKUP
+    )
+}
 
 /// Talk to hregd, the cross-process handle registry.
 #[derive(Parser)]
-#[command(name = "hregctl", version, after_help = EXIT_CODES)]
+#[command(name = "hregctl", version, after_help = after_help())]
 struct Cli {
-    /// Daemon socket [default: $HREG_SOCKET, else $XDG_RUNTIME_DIR/hreg.sock,
-    /// then /run/hreg/hreg.sock].
+    /// Daemon socket [default: see "Socket" below].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Print results as JSON.
+    /// Print results as JSON: one compact object per line.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -50,25 +55,31 @@ enum Command {
         #[arg(long)]
         attached: bool,
     },
-    /// Write an object's value, raw, to standard output.
+    /// Write an object's value to standard output: its raw bytes, and a
+    /// newline after them when standard output is a terminal.
     Get {
         /// Handle, decimal or 0x hex.
+        #[arg(value_name = "HANDLE", value_parser = parse_handle)]
         handle: Handle,
     },
     /// Remove an object now, whoever references it.
     Rm {
         /// Handle, decimal or 0x hex.
+        #[arg(value_name = "HANDLE", value_parser = parse_handle)]
         handle: Handle,
     },
     /// Print the registry's figures: objects, bytes, sessions, ops/s,
-    /// usage per uid against its caps, per-shard occupancy and per-worker
-    /// rings and requests.
+    /// usage per uid against its caps, per-worker rings and requests, and
+    /// how full the fullest and emptiest shards are.
     Stats {
         /// Print them in the Prometheus text format instead (every name
         /// starts with `hreg_`), for the node exporter's textfile collector
         /// or any scraper.
         #[arg(long)]
         prometheus: bool,
+        /// Add each registry shard's object count.
+        #[arg(long)]
+        details: bool,
     },
     /// List attached sessions: id, pid, uid, name, rings, references held
     /// (all sessions for root, your own otherwise).
@@ -80,46 +91,173 @@ enum Command {
         #[arg(long)]
         detached: bool,
         /// Only objects owned by this uid.
-        #[arg(long, value_name = "UID")]
+        #[arg(long, value_name = "UID", value_parser = parse_uid)]
         owner: Option<u32>,
         /// Print at most this many objects, then the cursor to continue
         /// from on standard error.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_count)]
         limit: Option<u64>,
         /// Start from this cursor (as printed by an earlier --limit).
-        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        #[arg(long, value_name = "CURSOR", default_value_t = 0, value_parser = parse_count)]
         cursor: u64,
     },
-    /// Show the figures of `stats`, refreshed in place every second.
+    /// Show the figures of `stats`, refreshed in place every second (with
+    /// --json, one line per refresh).
     Watch {
         /// Seconds between refreshes.
-        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS", value_parser = parse_seconds)]
         interval: f64,
         /// Stop after this many refreshes [default: never].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_count)]
         count: Option<u64>,
+        /// Add each registry shard's object count.
+        #[arg(long)]
+        details: bool,
     },
 }
 
+impl Command {
+    /// The command's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Get { .. } => "get",
+            Command::Rm { .. } => "rm",
+            Command::Stats { .. } => "stats",
+            Command::Sessions => "sessions",
+            Command::Ls { .. } => "ls",
+            Command::Watch { .. } => "watch",
+        }
+    }
+}
+
+fn parse_handle(text: &str) -> Result<Handle, String> {
+    text.parse().map_err(|e| match e {
+        hreg_proto::handle::ParseHandleError::Zero => "not a handle (no handle is 0)".to_owned(),
+        _ => "not a handle (a decimal or 0x hex number)".to_owned(),
+    })
+}
+
+fn parse_uid(text: &str) -> Result<u32, String> {
+    text.parse()
+        .map_err(|_| "not a uid (a number such as 1000; `id -u` prints yours)".to_owned())
+}
+
+fn parse_count(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| "not a count (a whole number, 0 or more)".to_owned())
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .ok_or_else(|| "not a number of seconds (more than 0, such as 0.5 or 2)".to_owned())
+}
+
 fn main() -> ExitCode {
-    // clap exits with 2 on usage errors (and 0 for --help/--version).
-    let cli = Cli::parse();
-    if cli.json && matches!(cli.command, Command::Stats { prometheus: true }) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    if cli.json
+        && matches!(
+            cli.command,
+            Command::Stats {
+                prometheus: true,
+                ..
+            }
+        )
+    {
         // `--json` is global, so clap cannot see the clash in every order.
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--prometheus and --json ask for different formats; give one",
-            )
-            .exit();
+        eprintln!("hregctl: stats: --prometheus and --json ask for different formats; give one");
+        return ExitCode::from(2);
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hregctl: {e:#}");
+            let why: Vec<String> = e
+                .chain()
+                .map(|cause| hreg_proto::os_error_words(&cause.to_string()))
+                .collect();
+            eprintln!("hregctl: {}: {}", cli.command.name(), why.join(": "));
             ExitCode::from(1)
         }
     }
+}
+
+/// A command line clap refused, said as hregctl says every error
+/// (`hregctl: COMMAND: WHAT: WHY`), with where to read more; exit 2. Help
+/// and version go to standard output as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    let command = typed_command();
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let why = match (
+        e.kind(),
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) {
+        (
+            ErrorKind::ValueValidation,
+            Some(ContextValue::String(arg)),
+            Some(ContextValue::String(value)),
+        ) => {
+            // "--owner <UID>": the flag and the value; "<HANDLE>": the value.
+            let reason = std::error::Error::source(&e)
+                .map(|source| source.to_string())
+                .unwrap_or_else(|| message.to_owned());
+            match arg.split(' ').next().filter(|a| a.starts_with('-')) {
+                Some(flag) => format!("{flag} {value}: {reason}"),
+                None => format!("{value}: {reason}"),
+            }
+        }
+        _ => message.to_owned(),
+    };
+    let prefix = command.map_or_else(|| "hregctl".to_owned(), |c| format!("hregctl: {c}"));
+    eprintln!("{prefix}: {why}");
+    for tip in lines.filter_map(|l| l.trim().strip_prefix("tip: ")) {
+        eprintln!("  ({tip})");
+    }
+    let help = command.map_or_else(
+        || "hregctl --help".to_owned(),
+        |c| format!("hregctl {c} --help"),
+    );
+    eprintln!("Try '{help}'.");
+    ExitCode::from(2)
+}
+
+/// The command named on the command line, if any (for usage errors, which
+/// come before there is a parsed one).
+fn typed_command() -> Option<&'static str> {
+    let names = ["put", "get", "rm", "stats", "sessions", "ls", "watch"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut skip_value = false;
+    for arg in &args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--socket" {
+            skip_value = true;
+        } else if let Some(name) = names.iter().find(|n| *n == arg) {
+            return Some(name);
+        }
+    }
+    None
 }
 
 /// Runs the chosen subcommand, writing its result to standard output.
@@ -133,13 +271,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         } => put(cli, value.as_deref(), *shared, *attached, &mut out)?,
         Command::Get { handle } => get(cli, *handle, &mut out)?,
         Command::Rm { handle } => rm(cli, *handle, &mut out)?,
-        Command::Stats { prometheus } => {
+        Command::Stats {
+            prometheus,
+            details,
+        } => {
             let format = if *prometheus {
                 StatsFormat::Prometheus
             } else {
                 StatsFormat::plain_or_json(cli.json)
             };
-            stats(cli, format, &mut out)?
+            stats(cli, format, *details, &mut out)?
         }
         Command::Sessions => sessions(cli, &mut out)?,
         Command::Ls {
@@ -154,18 +295,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             };
             ls(cli, filter, *limit, *cursor, &mut out)?
         }
-        Command::Watch { interval, count } => watch(cli, *interval, *count, &mut out)?,
+        Command::Watch {
+            interval,
+            count,
+            details,
+        } => watch(cli, *interval, *count, *details, &mut out)?,
     }
     out.flush()?;
     Ok(())
 }
 
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let client = match &cli.socket {
-        Some(path) => Client::connect_named(Some(path), "hregctl"),
-        None => Client::connect_named(None, "hregctl"),
-    };
-    Ok(client?)
+    Ok(Client::connect_named(cli.socket.as_deref(), "hregctl")?)
 }
 
 /// `put`: the value from the argument or standard input, DETACHED unless
@@ -184,7 +325,7 @@ fn put(
             std::io::stdin()
                 .lock()
                 .read_to_end(&mut v)
-                .context("reading the value from standard input")?;
+                .context("standard input")?;
             v
         }
     };
@@ -196,25 +337,26 @@ fn put(
         flags |= hreg::DETACHED;
     }
     let client = connect(cli)?;
-    let handle = client.insert(&value, flags).context("put")?;
+    let handle = client.insert(&value, flags)?;
     if cli.json {
-        print_json_line(out, &serde_json::json!({ "handle": handle.get() }))
+        print_json(out, &serde_json::json!({ "handle": handle.get() }))
     } else {
         writeln!(out, "{handle}")?;
         Ok(())
     }
 }
 
-/// `get`: the value, raw (or as JSON with text and hex forms).
+/// `get`: the value, raw (a newline after it on a terminal), or as JSON
+/// with text and hex forms.
 fn get(cli: &Cli, handle: Handle, out: &mut impl Write) -> anyhow::Result<()> {
     let client = connect(cli)?;
     let value = client
         .get(handle)
-        .with_context(|| format!("get {handle}"))?;
+        .with_context(|| format!("handle {handle}"))?;
     if cli.json {
         let text = std::str::from_utf8(&value).ok();
         let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-        print_json_line(
+        print_json(
             out,
             &serde_json::json!({
                 "handle": handle.get(),
@@ -225,6 +367,11 @@ fn get(cli: &Cli, handle: Handle, out: &mut impl Write) -> anyhow::Result<()> {
         )
     } else {
         out.write_all(&value)?;
+        // As redis-cli does: the prompt on a line of its own, the bytes
+        // untouched in a pipe.
+        if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
         Ok(())
     }
 }
@@ -234,34 +381,40 @@ fn rm(cli: &Cli, handle: Handle, out: &mut impl Write) -> anyhow::Result<()> {
     let client = connect(cli)?;
     client
         .remove(handle)
-        .with_context(|| format!("rm {handle}"))?;
+        .with_context(|| format!("handle {handle}"))?;
     if cli.json {
-        print_json_line(out, &serde_json::json!({ "removed": handle.get() }))?;
+        print_json(out, &serde_json::json!({ "removed": handle.get() }))?;
     }
     Ok(())
 }
 
 /// `stats`: the registry's figures, once.
-fn stats(cli: &Cli, format: StatsFormat, out: &mut impl Write) -> anyhow::Result<()> {
+fn stats(
+    cli: &Cli,
+    format: StatsFormat,
+    details: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let client = connect(cli)?;
-    print_stats(&client, format, out)
+    print_stats(&client, format, details, out)
 }
 
-/// `sessions`: the attached sessions the caller may see.
+/// `sessions`: the attached sessions the caller may see (JSON: one per
+/// line).
 fn sessions(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let client = connect(cli)?;
-    let sessions = client.sessions().context("sessions")?;
+    let sessions = client.sessions()?;
     if cli.json {
-        let list: Vec<_> = sessions
-            .iter()
-            .map(|s| {
-                serde_json::json!({
+        for s in &sessions {
+            print_json(
+                out,
+                &serde_json::json!({
                     "id": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
                     "name": s.name, "rings": s.rings, "references": s.references,
-                })
-            })
-            .collect();
-        return print_json(out, &serde_json::Value::from(list));
+                }),
+            )?;
+        }
+        return Ok(());
     }
     let rows = sessions
         .iter()
@@ -281,7 +434,8 @@ fn sessions(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 /// `ls`: live objects matching `filter`, paged through from `cursor`, at
-/// most `limit` of them; the cursor to continue from goes to stderr.
+/// most `limit` of them (JSON: one per line); the cursor to continue from
+/// goes to stderr.
 fn ls(
     cli: &Cli,
     filter: hreg::ListFilter,
@@ -296,7 +450,7 @@ fn ls(
     while (objects.len() as u64) < wanted {
         let page =
             (wanted - objects.len() as u64).min(u64::from(hreg_proto::control::MAX_PAGE)) as u32;
-        let (found, next) = client.list(cursor, page, filter).context("ls")?;
+        let (found, next) = client.list(cursor, page, filter)?;
         objects.extend(found);
         cursor = next;
         if next == 0 {
@@ -304,33 +458,35 @@ fn ls(
         }
     }
     if cli.json {
-        let list: Vec<_> = objects
-            .iter()
-            .map(|o| {
-                serde_json::json!({
+        for o in &objects {
+            print_json(
+                out,
+                &serde_json::json!({
                     "handle": o.handle, "size": o.size, "owner": o.owner,
                     "refs": o.refs, "flags": flag_names(o.flags),
-                })
+                }),
+            )?;
+        }
+    } else {
+        let rows = objects
+            .iter()
+            .map(|o| {
+                let flags = flag_names(o.flags);
+                vec![
+                    o.handle.to_string(),
+                    o.size.to_string(),
+                    o.owner.to_string(),
+                    o.refs.to_string(),
+                    if flags.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        flags.join(",")
+                    },
+                ]
             })
-            .collect();
-        return print_json(
-            out,
-            &serde_json::json!({ "objects": list, "next_cursor": cursor }),
-        );
+            .collect::<Vec<_>>();
+        print_table(out, &["HANDLE", "SIZE", "OWNER", "REFS", "FLAGS"], &rows)?;
     }
-    let rows = objects
-        .iter()
-        .map(|o| {
-            vec![
-                o.handle.to_string(),
-                o.size.to_string(),
-                o.owner.to_string(),
-                o.refs.to_string(),
-                flag_names(o.flags),
-            ]
-        })
-        .collect::<Vec<_>>();
-    print_table(out, &["HANDLE", "SIZE", "OWNER", "REFS", "FLAGS"], &rows)?;
     if cursor != 0 {
         eprintln!("more objects: continue with --cursor {cursor}");
     }
@@ -339,17 +495,20 @@ fn ls(
 
 /// `watch`: the figures of `stats`, every `interval` seconds, `count` times
 /// (forever when `None`), redrawn in place unless `--json`.
-fn watch(cli: &Cli, interval: f64, count: Option<u64>, out: &mut impl Write) -> anyhow::Result<()> {
+fn watch(
+    cli: &Cli,
+    interval: f64,
+    count: Option<u64>,
+    details: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let client = connect(cli)?;
-    let pause = std::time::Duration::try_from_secs_f64(interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--interval must be a positive number of seconds")?;
+    let pause = std::time::Duration::from_secs_f64(interval);
     let format = StatsFormat::plain_or_json(cli.json);
     let mut shown = 0u64;
     loop {
         let mut frame = Vec::new();
-        print_stats(&client, format, &mut frame)?;
+        print_stats(&client, format, details, &mut frame)?;
         if format == StatsFormat::Plain {
             // Home the cursor and clear the screen: refresh in place.
             out.write_all(b"\x1b[H\x1b[2J")?;
@@ -382,20 +541,26 @@ impl StatsFormat {
     }
 }
 
-/// The registry's figures, as `stats` and `watch` print them.
-fn print_stats(client: &Client, format: StatsFormat, out: &mut impl Write) -> anyhow::Result<()> {
+/// The registry's figures, as `stats` and `watch` print them; `details`
+/// adds each shard's count (Prometheus always has them).
+fn print_stats(
+    client: &Client,
+    format: StatsFormat,
+    details: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let figures = Figures {
-        stats: client.stats().context("stats")?,
-        usage: client.usage().context("usage")?,
+        stats: client.stats()?,
+        usage: client.usage()?,
     };
     match format {
-        StatsFormat::Json => print_json(out, &figures.json()),
+        StatsFormat::Json => print_json(out, &figures.json(details)),
         StatsFormat::Prometheus => {
             out.write_all(metrics::exposition(&figures.stats, &figures.usage).as_bytes())?;
             Ok(())
         }
         StatsFormat::Plain => {
-            figures.print_plain(out)?;
+            figures.print_plain(out, details)?;
             Ok(())
         }
     }
@@ -408,7 +573,7 @@ struct Figures {
 }
 
 impl Figures {
-    fn json(&self) -> serde_json::Value {
+    fn json(&self, details: bool) -> serde_json::Value {
         let (s, u) = (&self.stats, &self.usage);
         let uids: Vec<_> = u
             .uids
@@ -421,7 +586,8 @@ impl Figures {
             .enumerate()
             .map(|(i, w)| serde_json::json!({ "worker": i, "rings": w.rings, "ops": w.ops }))
             .collect();
-        serde_json::json!({
+        let (least, most) = shard_range(&u.shards);
+        let mut doc = serde_json::json!({
             "objects": s.objects,
             "value_bytes": s.value_bytes,
             "sessions": s.sessions,
@@ -434,13 +600,20 @@ impl Figures {
                 "uid_max_objects": u.uid_max_objects, "uid_max_bytes": u.uid_max_bytes,
             },
             "uids": uids,
-            "shards": u.shards,
             "workers": workers,
-        })
+            "shard_count": u.shards.len(),
+            "shard_objects_min": least,
+            "shard_objects_max": most,
+        });
+        if details {
+            doc["shards"] = serde_json::json!(u.shards);
+        }
+        doc
     }
 
-    fn print_plain(&self, out: &mut impl Write) -> std::io::Result<()> {
+    fn print_plain(&self, out: &mut impl Write, details: bool) -> std::io::Result<()> {
         let (s, u) = (&self.stats, &self.usage);
+        let (least, most) = shard_range(&u.shards);
         for (name, value) in [
             ("objects", format!("{} of {}", s.objects, u.max_objects)),
             (
@@ -452,19 +625,13 @@ impl Figures {
             ("ops/s", u.ops_per_sec.to_string()),
             ("reclaiming", format!("{} bytes", u.reclaim_pending)),
             ("uptime", format!("{}s", u.uptime_secs)),
+            (
+                "shards",
+                format!("{} shards, {least} to {most} objects each", u.shards.len()),
+            ),
         ] {
             writeln!(out, "{name:<12} {value}")?;
         }
-        let (min, max) = (
-            u.shards.iter().min().copied().unwrap_or(0),
-            u.shards.iter().max().copied().unwrap_or(0),
-        );
-        writeln!(
-            out,
-            "{:<12} {} shards, {min} to {max} objects each",
-            "shards",
-            u.shards.len()
-        )?;
         writeln!(out)?;
         let rows = u
             .uids
@@ -485,18 +652,31 @@ impl Figures {
             .enumerate()
             .map(|(i, w)| vec![i.to_string(), w.rings.to_string(), w.ops.to_string()])
             .collect::<Vec<_>>();
-        print_table(out, &["WORKER", "RINGS", "OPS"], &rows)
+        print_table(out, &["WORKER", "RINGS", "OPS"], &rows)?;
+        if details {
+            writeln!(out)?;
+            let rows = u
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, n)| vec![i.to_string(), n.to_string()])
+                .collect::<Vec<_>>();
+            print_table(out, &["SHARD", "OBJECTS"], &rows)?;
+        }
+        Ok(())
     }
 }
 
-/// A JSON document, pretty-printed (the read commands' `--json`).
-fn print_json(out: &mut impl Write, doc: &serde_json::Value) -> anyhow::Result<()> {
-    writeln!(out, "{}", serde_json::to_string_pretty(doc)?)?;
-    Ok(())
+/// The fewest and most objects any shard holds.
+fn shard_range(shards: &[u64]) -> (u64, u64) {
+    (
+        shards.iter().min().copied().unwrap_or(0),
+        shards.iter().max().copied().unwrap_or(0),
+    )
 }
 
-/// A JSON document on one line (the write commands' `--json`).
-fn print_json_line(out: &mut impl Write, doc: &serde_json::Value) -> anyhow::Result<()> {
+/// A JSON document on one line: what `--json` prints, one per record.
+fn print_json(out: &mut impl Write, doc: &serde_json::Value) -> anyhow::Result<()> {
     writeln!(out, "{doc}")?;
     Ok(())
 }
@@ -526,7 +706,7 @@ fn print_table(
 }
 
 /// Object flags as words.
-fn flag_names(flags: u32) -> String {
+fn flag_names(flags: u32) -> Vec<&'static str> {
     let mut names = Vec::new();
     if flags & hreg::SHARED != 0 {
         names.push("shared");
@@ -534,16 +714,13 @@ fn flag_names(flags: u32) -> String {
     if flags & hreg::DETACHED != 0 {
         names.push("detached");
     }
-    if names.is_empty() {
-        "-".to_string()
-    } else {
-        names.join(",")
-    }
+    names
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
@@ -563,6 +740,7 @@ mod tests {
         let cli = Cli::try_parse_from(["hregctl", "get", "0x10"]).unwrap();
         assert!(matches!(cli.command, Command::Get { handle } if handle.get() == 16));
         let cli = Cli::try_parse_from(["hregctl", "rm", "16"]).unwrap();
+        assert_eq!(cli.command.name(), "rm");
         assert!(matches!(cli.command, Command::Rm { handle } if handle.get() == 16));
         assert!(Cli::try_parse_from(["hregctl", "rm", "0"]).is_err());
         assert!(Cli::try_parse_from(["hregctl", "rm", "zz"]).is_err());

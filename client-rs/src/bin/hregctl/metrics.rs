@@ -2,6 +2,9 @@
 //! text exposition format (version 0.0.4), for the node exporter's textfile
 //! collector or any scraper. Every metric name starts with `hreg_`, every
 //! family has its `# HELP` and `# TYPE` lines, and counters end in `_total`.
+//! A limit's metric is named after its config key (`max_bytes` is
+//! `hreg_max_bytes`); the README's metrics table lists every family (a test
+//! compares).
 
 use std::fmt::Write as _;
 
@@ -116,7 +119,7 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         usage.max_objects,
     );
     e.single(
-        "hreg_max_value_bytes",
+        "hreg_max_bytes",
         Gauge,
         "Limit on value bytes in all (max_bytes).",
         usage.max_bytes,
@@ -150,7 +153,7 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         uid(&|_| usage.uid_max_objects),
     );
     e.labelled(
-        "hreg_uid_max_value_bytes",
+        "hreg_uid_max_bytes",
         Gauge,
         "Limit on value bytes one uid may own (uid_max_bytes).",
         "uid",
