@@ -85,6 +85,11 @@ pub struct Args {
     /// dropped as if its client had died [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub resume_grace: Option<u64>,
+    /// Serve clients whose uid is unmapped in hregd's user namespace (they
+    /// all show as the overflow uid, 65534, and share its domain); refused
+    /// by default. Matters only when hregd runs in a user namespace.
+    #[arg(long)]
+    pub allow_overflow_uid: bool,
 }
 
 fn parse_octal(text: &str) -> Result<u32, String> {
@@ -116,6 +121,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub resume_grace: Option<u64>,
+    pub allow_overflow_uid: Option<bool>,
 }
 
 /// The settings hregd runs with.
@@ -137,6 +143,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How long an adopted session waits for its client.
     pub resume_grace: std::time::Duration,
+    /// Whether peers that show as the overflow uid (unmapped in hregd's
+    /// user namespace) may attach (see [`crate::peer::is_unmapped`]).
+    pub allow_overflow_uid: bool,
 }
 
 /// The limits a running daemon can take anew (SIGHUP).
@@ -280,6 +289,7 @@ impl Config {
             resume_grace: std::time::Duration::from_secs(
                 args.resume_grace.or(file.resume_grace).unwrap_or(30),
             ),
+            allow_overflow_uid: args.allow_overflow_uid || file.allow_overflow_uid.unwrap_or(false),
             socket,
         };
         config.check()?;

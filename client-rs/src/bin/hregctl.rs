@@ -90,6 +90,14 @@ enum Command {
         #[arg(long, value_name = "CURSOR", default_value_t = 0)]
         cursor: u64,
     },
+    /// Check that hregd answers: attach, ask for its figures, print one
+    /// line. Exits 0 when it answered within --timeout, 1 otherwise (for
+    /// health checks and Kubernetes probes).
+    Ping {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
     /// Show the figures of `stats`, refreshed in place every second.
     Watch {
         /// Seconds between refreshes.
@@ -155,6 +163,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             ls(cli, filter, *limit, *cursor, &mut out)?
         }
         Command::Watch { interval, count } => watch(cli, *interval, *count, &mut out)?,
+        Command::Ping { timeout } => ping(cli, *timeout, &mut out)?,
     }
     out.flush()?;
     Ok(())
@@ -166,6 +175,45 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
         None => Client::connect_named(None, "hregctl"),
     };
     Ok(client?)
+}
+
+/// `ping`: attaches and asks for the cheapest figures (STATS), waiting at
+/// most `timeout` seconds for both; one line either way.
+fn ping(cli: &Cli, timeout: f64, out: &mut impl Write) -> anyhow::Result<()> {
+    let limit = std::time::Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
+    let socket = cli.socket.clone();
+    let started = std::time::Instant::now();
+    let (answer, answered) = std::sync::mpsc::channel();
+    // A daemon that accepts but never answers must not hang the probe: the
+    // process exits at the deadline, leaving this thread behind.
+    std::thread::spawn(move || {
+        let stats = Client::connect_named(socket.as_deref(), "hregctl-ping")
+            .and_then(|client| client.stats());
+        let _ = answer.send(stats);
+    });
+    let stats = match answered.recv_timeout(limit) {
+        Ok(stats) => stats.context("ping")?,
+        Err(_) => anyhow::bail!("ping: no answer from hregd within {timeout} s"),
+    };
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    if cli.json {
+        return print_json_line(
+            out,
+            &serde_json::json!({
+                "ok": true, "sessions": stats.sessions, "objects": stats.objects,
+                "millis": millis,
+            }),
+        );
+    }
+    writeln!(
+        out,
+        "hregd answers: {} sessions, {} objects ({millis:.1} ms)",
+        stats.sessions, stats.objects
+    )?;
+    Ok(())
 }
 
 /// `put`: the value from the argument or standard input, DETACHED unless
@@ -566,6 +614,14 @@ mod tests {
         assert!(matches!(cli.command, Command::Rm { handle } if handle.get() == 16));
         assert!(Cli::try_parse_from(["hregctl", "rm", "0"]).is_err());
         assert!(Cli::try_parse_from(["hregctl", "rm", "zz"]).is_err());
+    }
+
+    #[test]
+    fn ping_takes_a_timeout() {
+        let cli = Cli::try_parse_from(["hregctl", "ping"]).unwrap();
+        assert!(matches!(cli.command, Command::Ping { timeout } if timeout == 5.0));
+        let cli = Cli::try_parse_from(["hregctl", "ping", "--timeout", "0.5"]).unwrap();
+        assert!(matches!(cli.command, Command::Ping { timeout } if timeout == 0.5));
     }
 
     #[test]
