@@ -131,7 +131,10 @@ mod tests {
         assert!(maps_every_uid("0 0 1000\n1000 5000 4294966295\n"));
         assert!(!maps_every_uid("0 0 1\n"), "--map-root-user");
         assert!(!maps_every_uid("0 100000 65536\n"), "a container's range");
-        assert!(!maps_every_uid("0 0 1000\n2000 2000 4294965295\n"), "a hole");
+        assert!(
+            !maps_every_uid("0 0 1000\n2000 2000 4294965295\n"),
+            "a hole"
+        );
         assert!(!maps_every_uid(""), "unreadable");
     }
 

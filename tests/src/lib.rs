@@ -4,8 +4,8 @@
 //! randomness, checksummed values, values stamped with their handle for the
 //! read-side tests in [`readside`], a strict parser of the Prometheus text
 //! format in [`prometheus`], the restart stress test's load client in
-//! [`restart_load`], C programs compiled against the built libhreg in
-//! [`c_programs`]).
+//! [`restart_load`] and the test's side of it in [`load_clients`], C
+//! programs compiled against the built libhreg in [`c_programs`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 pub mod attacks;
 pub mod c_programs;
+pub mod load_clients;
 pub mod prometheus;
 pub mod raw;
 pub mod readside;
