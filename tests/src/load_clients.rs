@@ -25,6 +25,7 @@ pub struct LoadClient {
 }
 
 impl LoadClient {
+    /// The Rust load client, `hreg-test-client SOCKET restart-load SEED`.
     pub fn rust(name: &str, socket: &Path, seed: u64) -> LoadClient {
         let mut command = Command::new(binary("hreg-test-client"));
         command
@@ -34,12 +35,16 @@ impl LoadClient {
         LoadClient::start(name, command)
     }
 
+    /// The C load client, `tests/c/restart_load.c`.
     pub fn c(name: &str, socket: &Path, seed: u64) -> LoadClient {
         let mut command = Command::new(program(&c_tests_dir().join("restart_load.c")));
         command.arg(socket).arg(seed.to_string());
         LoadClient::start(name, command)
     }
 
+    /// Starts `command` (a load client, or a wrapper such as `unshare`
+    /// that runs one with the same stdin and stdout) and waits for its
+    /// `ready`.
     pub fn start(name: &str, mut command: Command) -> LoadClient {
         let mut child = command
             .stdin(Stdio::piped())
@@ -67,6 +72,7 @@ impl LoadClient {
         client
     }
 
+    /// The pid of the process [`LoadClient::start`] ran.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
