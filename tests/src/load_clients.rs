@@ -113,6 +113,7 @@ impl LoadClient {
         assert!(status.success(), "{} exited with {status}", self.name);
     }
 
+    /// Kills the client with SIGKILL and reaps it.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill a client");
         let _ = self.child.wait();

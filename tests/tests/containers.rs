@@ -438,23 +438,12 @@ fn sessions_by_uid(watch: &Client) -> HashMap<u32, (u64, u32)> {
     by_uid
 }
 
-fn seed() -> u64 {
-    std::env::var("HREG_CONTAINERS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
 #[test]
 fn a_rolling_update_of_the_node_daemon_loses_nothing() {
     if !namespaces_allowed() {
         return;
     }
-    let seed = seed();
+    let seed = hreg_tests::seed_from_env("HREG_CONTAINERS_SEED");
     eprintln!("containers: HREG_CONTAINERS_SEED={seed}");
     let mut rng = Rng::new(seed);
     let node = Node::new(HREG_UID);

@@ -71,14 +71,7 @@ fn rounds() -> (usize, usize) {
 }
 
 fn seed() -> u64 {
-    std::env::var("HREG_RESTART_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
+    hreg_tests::seed_from_env("HREG_RESTART_SEED")
 }
 
 /// Session id of each client's process, as SESSIONS lists them.
