@@ -507,7 +507,7 @@ fn a_rolling_update_of_the_node_daemon_loses_nothing() {
     let mut stalls = 0;
     for (round, signal) in [Signal::TERM, Signal::KILL].into_iter().enumerate() {
         let when = format!("after update {} ({signal:?})", round + 1);
-        std::thread::sleep(Duration::from_millis(50 + rng.below(300)));
+        std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
         let status = daemon.stop(signal);
         if signal == Signal::TERM {
             assert!(status.success(), "hregd's exit on SIGTERM: {status}");
