@@ -110,6 +110,11 @@ pub struct Args {
          its client to come back, 0 to 86400; then its references are dropped as if \
          its client had died", DEFAULT_RESUME_GRACE))]
     pub resume_grace: Option<u64>,
+    /// Serve clients whose uid is unmapped in hregd's user namespace (they
+    /// all show as the overflow uid, 65534, and share its domain); refused
+    /// by default. Matters only when hregd runs in a user namespace.
+    #[arg(long)]
+    pub allow_overflow_uid: bool,
 }
 
 /// What `hregd --help` says after the flags: where the socket is.
@@ -152,6 +157,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub resume_grace: Option<u64>,
+    pub allow_overflow_uid: Option<bool>,
 }
 
 /// The settings hregd runs with.
@@ -175,6 +181,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How long an adopted session waits for its client.
     pub resume_grace: std::time::Duration,
+    /// Whether peers that show as the overflow uid (unmapped in hregd's
+    /// user namespace) may attach (see [`crate::peer::is_unmapped`]).
+    pub allow_overflow_uid: bool,
 }
 
 /// The limits a running daemon can take anew (SIGHUP).
@@ -349,6 +358,7 @@ impl Config {
                     .or(file.resume_grace)
                     .unwrap_or(DEFAULT_RESUME_GRACE),
             ),
+            allow_overflow_uid: args.allow_overflow_uid || file.allow_overflow_uid.unwrap_or(false),
             socket,
         };
         config.check()?;

@@ -645,6 +645,15 @@ impl Control {
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
             return Err((Status::Version, message, "version mismatch"));
         }
+        if !self.config.allow_overflow_uid && crate::peer::is_unmapped(peer.uid) {
+            let message = format!(
+                "uid {} is the overflow uid: the client's uid is not mapped in hregd's user \
+                 namespace and cannot be told from other unmapped users; run hregd in the \
+                 host's user namespace, or set allow_overflow_uid to let them share one domain",
+                peer.uid
+            );
+            return Err((Status::Denied, message, "unmapped uid"));
+        }
         let limits = self.config.limits;
         if self.attached() >= limits.max_sessions {
             let message = Limit::MaxSessions.refusal_text(format_args!(

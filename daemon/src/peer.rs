@@ -6,6 +6,12 @@
 //! (a client in another container), which that type cannot hold. Here pid 0
 //! is a valid answer meaning "not visible from here"; such a peer is served
 //! like any other (its uid and gid are still the kernel's word).
+//!
+//! The uid is the peer's as mapped into hregd's user namespace. When hregd
+//! runs in a user namespace that leaves uids unmapped (a container with its
+//! own user namespace), every peer whose uid is unmapped there shows as the
+//! kernel's overflow uid (65534): one identity for many users.
+//! [`is_unmapped`] tells those peers apart so that they can be refused.
 
 #![allow(unsafe_code)]
 
@@ -58,6 +64,48 @@ pub fn peer_credentials(socket: impl AsFd) -> io::Result<Peer> {
     })
 }
 
+/// Whether `uid`, as `SO_PEERCRED` reported it, may stand for a uid that
+/// hregd's user namespace does not map: it is the kernel's overflow uid
+/// (`/proc/sys/kernel/overflowuid`) and this namespace leaves some uids
+/// unmapped. In the host's user namespace every uid is mapped, so there the
+/// overflow uid is a real user (`nobody`) and this is false.
+pub fn is_unmapped(uid: u32) -> bool {
+    static OVERFLOW: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *OVERFLOW.get_or_init(|| {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let overflow = read("/proc/sys/kernel/overflowuid")
+            .trim()
+            .parse()
+            .unwrap_or(65534);
+        (!maps_every_uid(&read("/proc/self/uid_map"))).then_some(overflow)
+    }) == Some(uid)
+}
+
+/// Whether a `uid_map` (lines of: first uid inside, first uid outside,
+/// count) maps every uid from 0 to 2^32 - 2 (`u32::MAX` is never a uid).
+/// An unreadable map counts as partial.
+fn maps_every_uid(uid_map: &str) -> bool {
+    let mut ranges: Vec<(u64, u64)> = uid_map
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+            let inside = fields.next()??;
+            let _outside = fields.next()??;
+            let count = fields.next()??;
+            Some((inside, inside + count))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut covered = 0u64;
+    for (start, end) in ranges {
+        if start > covered {
+            return false;
+        }
+        covered = covered.max(end);
+    }
+    covered >= u64::from(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +123,25 @@ mod tests {
     fn a_file_is_not_a_socket() {
         let file = std::fs::File::open("/dev/null").unwrap();
         assert!(peer_credentials(&file).is_err());
+    }
+
+    #[test]
+    fn only_a_whole_uid_map_maps_every_uid() {
+        assert!(maps_every_uid("         0          0 4294967295\n"));
+        assert!(maps_every_uid("0 0 1000\n1000 5000 4294966295\n"));
+        assert!(!maps_every_uid("0 0 1\n"), "--map-root-user");
+        assert!(!maps_every_uid("0 100000 65536\n"), "a container's range");
+        assert!(
+            !maps_every_uid("0 0 1000\n2000 2000 4294965295\n"),
+            "a hole"
+        );
+        assert!(!maps_every_uid(""), "unreadable");
+    }
+
+    #[test]
+    fn in_the_host_namespace_no_uid_is_unmapped() {
+        if std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| maps_every_uid(&m)) {
+            assert!(!is_unmapped(65534), "nobody is a real user here");
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! randomness, checksummed values, values stamped with their handle for the
 //! read-side tests in [`readside`], a strict parser of the Prometheus text
 //! format in [`prometheus`], the restart stress test's load client in
-//! [`restart_load`], C programs compiled against the built libhreg in
-//! [`c_programs`], README.md's code blocks in [`readme`]).
+//! [`restart_load`] and the test's side of it in [`load_clients`], C
+//! programs compiled against the built libhreg in [`c_programs`], README.md's
+//! code blocks in [`readme`]).
 //!
 //! Nothing here imitates the daemon: every test talks to a real `hregd`
 //! through the real client library.
@@ -13,6 +14,7 @@
 use std::path::{Path, PathBuf};
 pub mod attacks;
 pub mod c_programs;
+pub mod load_clients;
 pub mod prometheus;
 pub mod raw;
 pub mod readme;
@@ -437,6 +439,19 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A seed for [`Rng`]: `$var` when it holds a number (to replay a run),
+/// else the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
 }
 
 /// xorshift64: reproducible randomness without a dependency.

@@ -101,6 +101,14 @@ enum Command {
         #[arg(long, value_name = "CURSOR", default_value_t = 0, value_parser = parse_count)]
         cursor: u64,
     },
+    /// Check that hregd answers: attach, ask for its figures, print one
+    /// line. Exits 0 when it answered within --timeout, 1 otherwise (for
+    /// health checks and Kubernetes probes).
+    Ping {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS", value_parser = parse_seconds)]
+        timeout: f64,
+    },
     /// Show the figures of `stats`, refreshed in place every second (with
     /// --json, one line per refresh).
     Watch {
@@ -127,6 +135,7 @@ impl Command {
             Command::Sessions => "sessions",
             Command::Ls { .. } => "ls",
             Command::Watch { .. } => "watch",
+            Command::Ping { .. } => "ping",
         }
     }
 }
@@ -244,7 +253,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// The command named on the command line, if any (for usage errors, which
 /// come before there is a parsed one).
 fn typed_command() -> Option<&'static str> {
-    let names = ["put", "get", "rm", "stats", "sessions", "ls", "watch"];
+    let names = ["put", "get", "rm", "stats", "sessions", "ls", "watch", "ping"];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut skip_value = false;
     for arg in &args {
@@ -300,6 +309,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             count,
             details,
         } => watch(cli, *interval, *count, *details, &mut out)?,
+        Command::Ping { timeout } => ping(cli, *timeout, &mut out)?,
     }
     out.flush()?;
     Ok(())
@@ -307,6 +317,45 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(Client::connect_named(cli.socket.as_deref(), "hregctl")?)
+}
+
+/// `ping`: attaches and asks for the cheapest figures (STATS), waiting at
+/// most `timeout` seconds for both; one line either way.
+fn ping(cli: &Cli, timeout: f64, out: &mut impl Write) -> anyhow::Result<()> {
+    let limit = std::time::Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--timeout: not a number of seconds (more than 0, such as 0.5 or 2)")?;
+    let socket = cli.socket.clone();
+    let started = std::time::Instant::now();
+    let (answer, answered) = std::sync::mpsc::channel();
+    // A daemon that accepts but never answers must not hang the probe: the
+    // process exits at the deadline, leaving this thread behind.
+    std::thread::spawn(move || {
+        let stats = Client::connect_named(socket.as_deref(), "hregctl-ping")
+            .and_then(|client| client.stats());
+        let _ = answer.send(stats);
+    });
+    let stats = match answered.recv_timeout(limit) {
+        Ok(stats) => stats?,
+        Err(_) => anyhow::bail!("no answer from hregd within {timeout} s"),
+    };
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    if cli.json {
+        return print_json_line(
+            out,
+            &serde_json::json!({
+                "ok": true, "sessions": stats.sessions, "objects": stats.objects,
+                "millis": millis,
+            }),
+        );
+    }
+    writeln!(
+        out,
+        "hregd answers: {} sessions, {} objects ({millis:.1} ms)",
+        stats.sessions, stats.objects
+    )?;
+    Ok(())
 }
 
 /// `put`: the value from the argument or standard input, DETACHED unless
@@ -744,6 +793,14 @@ mod tests {
         assert!(matches!(cli.command, Command::Rm { handle } if handle.get() == 16));
         assert!(Cli::try_parse_from(["hregctl", "rm", "0"]).is_err());
         assert!(Cli::try_parse_from(["hregctl", "rm", "zz"]).is_err());
+    }
+
+    #[test]
+    fn ping_takes_a_timeout() {
+        let cli = Cli::try_parse_from(["hregctl", "ping"]).unwrap();
+        assert!(matches!(cli.command, Command::Ping { timeout } if timeout == 5.0));
+        let cli = Cli::try_parse_from(["hregctl", "ping", "--timeout", "0.5"]).unwrap();
+        assert!(matches!(cli.command, Command::Ping { timeout } if timeout == 0.5));
     }
 
     #[test]
