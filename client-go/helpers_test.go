@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 	if socket := os.Getenv(childEnv); socket != "" {
 		os.Exit(conformanceChild(socket))
 	}
+	if socket := os.Getenv(replacerSocketEnv); socket != "" {
+		os.Exit(replacerChild(socket))
+	}
 	os.Exit(m.Run())
 }
 
@@ -31,7 +34,7 @@ func repoDir() string {
 	return dir
 }
 
-func binary(tb testing.TB, name string) string {
+func daemonBinary(tb testing.TB, name string) string {
 	dir := os.Getenv("HREG_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(repoDir(), "target", "debug")
@@ -62,7 +65,7 @@ func startDaemon(tb testing.TB, args ...string) *daemon {
 	}
 	d := &daemon{socket: filepath.Join(dir, "hreg.sock"), dir: dir}
 	all := append([]string{"--socket", d.socket, "--socket-mode", "666"}, args...)
-	d.cmd = exec.Command(binary(tb, "hregd"), all...)
+	d.cmd = exec.Command(daemonBinary(tb, "hregd"), all...)
 	d.cmd.Env = append(os.Environ(), "RUST_LOG=error")
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {

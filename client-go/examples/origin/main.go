@@ -18,7 +18,7 @@ import (
 	"strconv"
 	"strings"
 
-	"hreg"
+	"hreg.dev/go/hreg"
 )
 
 func main() {
