@@ -194,9 +194,9 @@ type readOutcome uint8
 
 const (
 	readValue  readOutcome = iota // the value is in the output
-	readBuffer                // the buffer is too short; n is the length
-	readStale                 // no object of this handle
-	readCgo                   // not answerable here: ask libhreg
+	readBuffer                    // the buffer is too short; n is the length
+	readStale                     // no object of this handle
+	readCgo                       // not answerable here: ask libhreg
 )
 
 // read resolves h in Go. With buf nil it returns a new slice holding the
