@@ -1280,6 +1280,33 @@ mod tests {
     }
 
     #[test]
+    fn binding_calls_check_their_arguments() {
+        let null = std::ptr::null_mut();
+        // SAFETY: NULL arguments only; every function refuses them.
+        unsafe {
+            assert_eq!(hreg_bind_layout_get(null), INVALID);
+            assert_eq!(hreg_bind_reads_open(null, null, null), INVALID);
+            let (mut ns, mut nh) = (0, 0);
+            assert_eq!(
+                hreg_bind_reads_domain(std::ptr::null(), 0, null, 0, &mut ns, null, 0, &mut nh),
+                INVALID
+            );
+            assert_eq!(hreg_bind_ring_pool(null, 2), INVALID);
+            assert_eq!(hreg_bind_alive(null), INVALID);
+            hreg_bind_reads_free(null);
+        }
+        let mut layout = hreg_bind_layout::default();
+        // SAFETY: a writable layout.
+        assert_eq!(unsafe { hreg_bind_layout_get(&mut layout) }, OK);
+        assert_eq!(layout.slot_size as usize, hreg_proto::table::SLOT_SIZE);
+        assert_eq!(layout.version, hreg_proto::table::header::VERSION);
+        assert_eq!(
+            layout.slot_bits + layout.generation_bits + layout.domain_bits + layout.instance_bits,
+            64
+        );
+    }
+
+    #[test]
     fn version_is_the_crate_version() {
         // SAFETY: hreg_version returns a static NUL-terminated string.
         let v = unsafe { CStr::from_ptr(hreg_version()) };
