@@ -1281,19 +1281,22 @@ mod tests {
 
     #[test]
     fn binding_calls_check_their_arguments() {
-        let null = std::ptr::null_mut();
+        use std::ptr::{null, null_mut};
         // SAFETY: NULL arguments only; every function refuses them.
         unsafe {
-            assert_eq!(hreg_bind_layout_get(null), INVALID);
-            assert_eq!(hreg_bind_reads_open(null, null, null), INVALID);
-            let (mut ns, mut nh) = (0, 0);
+            assert_eq!(hreg_bind_layout_get(null_mut()), INVALID);
             assert_eq!(
-                hreg_bind_reads_domain(std::ptr::null(), 0, null, 0, &mut ns, null, 0, &mut nh),
+                hreg_bind_reads_open(null_mut(), null_mut(), null_mut()),
                 INVALID
             );
-            assert_eq!(hreg_bind_ring_pool(null, 2), INVALID);
-            assert_eq!(hreg_bind_alive(null), INVALID);
-            hreg_bind_reads_free(null);
+            let (mut ns, mut nh) = (0, 0);
+            assert_eq!(
+                hreg_bind_reads_domain(null(), 0, null_mut(), 0, &mut ns, null_mut(), 0, &mut nh),
+                INVALID
+            );
+            assert_eq!(hreg_bind_ring_pool(null_mut(), 2), INVALID);
+            assert_eq!(hreg_bind_alive(null_mut()), INVALID);
+            hreg_bind_reads_free(null_mut());
         }
         let mut layout = hreg_bind_layout::default();
         // SAFETY: a writable layout.
