@@ -105,7 +105,7 @@ func (c *Client) submitRun(ops []Op, first int) {
 		}
 		return
 	}
-	defer c.mu.RUnlock()
+	defer c.done()
 
 	opSize := C.size_t(unsafe.Sizeof(C.hreg_op{}))
 	total := opSize * C.size_t(len(ops))

@@ -34,10 +34,19 @@ func repoDir() string {
 	return dir
 }
 
+// daemonBinary is a built binary of the workspace: from $HREG_BIN_DIR if
+// set, else target/debug; benchmarks take target/release when it has one
+// (figures of a debug daemon would measure the debug build).
 func daemonBinary(tb testing.TB, name string) string {
 	dir := os.Getenv("HREG_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(repoDir(), "target", "debug")
+		release := filepath.Join(repoDir(), "target", "release")
+		if _, err := os.Stat(filepath.Join(release, name)); err == nil {
+			if _, bench := tb.(*testing.B); bench {
+				dir = release
+			}
+		}
 	}
 	path := filepath.Join(dir, name)
 	if _, err := os.Stat(path); err != nil {

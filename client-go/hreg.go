@@ -82,6 +82,7 @@ static go_result go_retain(hreg_client *c, hreg_handle h) {
 import "C"
 
 import (
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -163,6 +164,10 @@ type Client struct {
 	// aliveEvery while they run (watching).
 	away     atomic.Bool
 	watching atomic.Bool
+	// calls holds a token per cgo call that may use a ring: as many as the
+	// ring pool has rings, so that goroutines beyond it wait here, parked
+	// by Go's scheduler, rather than each blocking an OS thread in C.
+	calls chan struct{}
 }
 
 // aliveEvery is how often, at most, reads in Go have libhreg look whether
@@ -191,7 +196,10 @@ func Connect(socket string) (*Client, error) {
 		return nil, err
 	}
 	C.hreg_bind_ring_pool(c, C.size_t(ringPool()))
-	client := &Client{c: c, local: openLocalReads(c)}
+	client := &Client{c: c, local: openLocalReads(c), calls: make(chan struct{}, ringPool())}
+	if os.Getenv("HREG_GO_NOSEM") != "" {
+		client.calls = nil
+	}
 	runtime.SetFinalizer(client, (*Client).Close)
 	return client, nil
 }
@@ -225,14 +233,26 @@ func closedError(op string, h Handle) error {
 	return &Error{Op: op, Handle: h, Status: int(C.HREG_ERR_DISCONNECTED), Detail: "the client is closed"}
 }
 
-// acquire gives the C client for one call; release with c.mu.RUnlock.
+// acquire gives the C client for one call that may use a ring, once one
+// is free; end the call with c.done().
 func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
+	if c.calls != nil {
+		c.calls <- struct{}{}
+	}
 	c.mu.RLock()
 	if c.c == nil {
-		c.mu.RUnlock()
+		c.done()
 		return nil, closedError(op, h)
 	}
 	return c.c, nil
+}
+
+// done ends a call that acquire began.
+func (c *Client) done() {
+	c.mu.RUnlock()
+	if c.calls != nil {
+		<-c.calls
+	}
 }
 
 // called notes what a cgo call's status says about the daemon.
@@ -285,7 +305,7 @@ func (c *Client) Insert(value []byte, flags Flags) (Handle, error) {
 		return 0, err
 	}
 	r := C.go_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags))
-	c.mu.RUnlock()
+	c.done()
 	if err := c.result(r, "insert", 0); err != nil {
 		return 0, err
 	}
@@ -321,7 +341,7 @@ func (c *Client) getCgo(h Handle) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.RUnlock()
+	defer c.done()
 	scratch := getScratch.Get().(*[512]byte)
 	defer getScratch.Put(scratch)
 	buf := scratch[:]
@@ -369,7 +389,7 @@ func (c *Client) GetInto(h Handle, buf []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer c.mu.RUnlock()
+	defer c.done()
 	var n C.size_t
 	status := C.hreg_get(cc, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
 	c.called(status)
@@ -392,7 +412,7 @@ func (c *Client) Replace(h Handle, value []byte) error {
 		return err
 	}
 	r := C.go_replace(cc, C.hreg_handle(h), bytesPtr(value), C.size_t(len(value)))
-	c.mu.RUnlock()
+	c.done()
 	return c.result(r, "replace", h)
 }
 
@@ -404,7 +424,7 @@ func (c *Client) Retain(h Handle) error {
 		return err
 	}
 	r := C.go_retain(cc, C.hreg_handle(h))
-	c.mu.RUnlock()
+	c.done()
 	return c.result(r, "retain", h)
 }
 
@@ -417,7 +437,7 @@ func (c *Client) Release(h Handle) error {
 		return err
 	}
 	status := C.hreg_release(cc, C.hreg_handle(h))
-	c.mu.RUnlock()
+	c.done()
 	c.called(status)
 	return statusError(status, "release", h)
 }
@@ -430,7 +450,7 @@ func (c *Client) Remove(h Handle) error {
 		return err
 	}
 	status := C.hreg_remove(cc, C.hreg_handle(h))
-	c.mu.RUnlock()
+	c.done()
 	c.called(status)
 	return statusError(status, "remove", h)
 }
@@ -444,13 +464,13 @@ func (c *Client) result(r C.go_result, op string, h Handle) error {
 
 // Stats returns the registry's figures.
 func (c *Client) Stats() (Stats, error) {
-	cc, err := c.acquire("stats", 0)
-	if err != nil {
-		return Stats{}, err
-	}
+	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.c == nil {
+		return Stats{}, closedError("stats", 0)
+	}
 	var s C.hreg_stats
-	if err := statusError(C.hreg_stats_get(cc, &s), "stats", 0); err != nil {
+	if err := statusError(C.hreg_stats_get(c.c, &s), "stats", 0); err != nil {
 		return Stats{}, err
 	}
 	return Stats{
