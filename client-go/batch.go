@@ -1,6 +1,7 @@
-// Submit: a batch of ops with one wait. The op array and every buffer live
-// in one C allocation (cgo forbids C from holding Go memory that holds Go
-// pointers, and an hreg_op's buf is a pointer).
+// Submit: a batch of ops. GETs are read in Go where they can be; the other
+// ops go to libhreg in runs with one wait each, the op array and every
+// buffer of a run in one C allocation (cgo forbids C from holding Go
+// memory that holds Go pointers, and an hreg_op's buf is a pointer).
 
 package hreg
 
@@ -20,27 +21,91 @@ import (
 // smaller capacity; a longer value is read again after the batch.
 const batchGetCap = 4096
 
-// Submit runs ops in order with one wait; a failed op does not stop the
-// rest. Each op gets its own result: OpInsert sets Handle, OpGet sets Value
-// to a new slice, and every op sets Err (nil on success). Returns the first
-// failed op's error, or nil.
+// Submit runs ops in order; a failed op does not stop the rest. Each op
+// gets its own result: OpInsert sets Handle, OpGet sets Value to a new
+// slice, and every op sets Err (nil on success). Returns the first failed
+// op's error, or nil.
 //
-// An OpGet reads into a buffer of max(cap(Value), 4096) bytes; a longer
-// value is read again right after the batch, unless a later op of the same
-// batch replaces, releases or removes that handle: then that op's Err wraps
+// OpGets are read in Go where they can be (see the package doc); the other
+// ops go to the daemon in runs with one wait each, a run ending before the
+// next OpGet, so an OpGet sees every write before it. An OpGet sent to the
+// daemon reads into a buffer of max(cap(Value), 4096) bytes; a longer
+// value is read again right after its run, unless a later op of that run
+// replaces, releases or removes that handle: then that op's Err wraps
 // ErrBuffer (give Value enough capacity to avoid it).
 func (c *Client) Submit(ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	cc, err := c.acquire("submit", 0)
-	if err != nil {
+	if c.closed.Load() {
+		err := closedError("submit", 0)
 		for i := range ops {
 			ops[i].Err = err
 		}
 		return err
 	}
-	defer c.mu.RUnlock()
+	at := 0
+	for at < len(ops) {
+		for at < len(ops) && c.getHere(&ops[at], at) {
+			at++
+		}
+		if at == len(ops) {
+			break
+		}
+		end := at + 1
+		for end < len(ops) && ops[end].Kind != OpGet {
+			end++
+		}
+		c.submitRun(ops[at:end], at)
+		at = end
+	}
+	for i := range ops {
+		if ops[i].Err != nil {
+			return ops[i].Err
+		}
+	}
+	return nil
+}
+
+// getHere answers op i in Go if it is an OpGet readable here.
+func (c *Client) getHere(op *Op, i int) bool {
+	if op.Kind != OpGet || op.Flags != 0 || op.Handle == 0 {
+		return false
+	}
+	lr := c.reader()
+	if lr == nil {
+		return false
+	}
+	value, _, got := lr.read(op.Handle, nil, true)
+	switch got {
+	case readValue:
+		if value == nil {
+			value = []byte{}
+		}
+		op.Value, op.Err = value, nil
+	case readStale:
+		op.Err = &Error{Op: opName(i, op.Kind), Handle: op.Handle, Status: int(C.HREG_ERR_STALE)}
+	default:
+		return false
+	}
+	return true
+}
+
+func opName(i int, kind OpKind) string {
+	return fmt.Sprintf("submit op %d (%s)", i, kind)
+}
+
+// submitRun runs ops (ops[0] is op `first` of the batch) through libhreg
+// with one wait, its op array and buffers in one C allocation.
+func (c *Client) submitRun(ops []Op, first int) {
+	cc, err := c.acquire("submit", 0)
+	if err != nil {
+		for i := range ops {
+			ops[i].Err = err
+		}
+		return
+	}
+	defer c.done()
 
 	opSize := C.size_t(unsafe.Sizeof(C.hreg_op{}))
 	total := opSize * C.size_t(len(ops))
@@ -53,7 +118,7 @@ func (c *Client) Submit(ops []Op) error {
 		for i := range ops {
 			ops[i].Err = err
 		}
-		return err
+		return
 	}
 	defer C.free(block)
 	cops := unsafe.Slice((*C.hreg_op)(block), len(ops))
@@ -75,13 +140,12 @@ func (c *Client) Submit(ops []Op) error {
 			next = unsafe.Add(next, size)
 		}
 	}
-	C.hreg_submit(cc, &cops[0], C.size_t(len(ops)))
+	c.called(C.hreg_submit(cc, &cops[0], C.size_t(len(ops))))
 
-	var first error
 	for i := range ops {
 		op := &ops[i]
 		cop := &cops[i]
-		what := fmt.Sprintf("submit op %d (%s)", i, op.Kind)
+		what := opName(first+i, op.Kind)
 		op.Err = statusError(C.int(cop.status), what, op.Handle)
 		switch {
 		case op.Err == nil && op.Kind == OpInsert:
@@ -91,11 +155,7 @@ func (c *Client) Submit(ops []Op) error {
 		case cop.status == C.HREG_ERR_BUFFER && op.Kind == OpGet:
 			op.Value, op.Err = c.reread(cc, ops, i, int(cop.len), what)
 		}
-		if op.Err != nil && first == nil {
-			first = op.Err
-		}
 	}
-	return first
 }
 
 // bufferSize is the C memory op i needs: its value, or its GET buffer.
@@ -113,7 +173,7 @@ func bufferSize(op *Op) int {
 }
 
 // reread reads the value of GET op i, too long for its batch buffer, after
-// the batch, if no later op of the batch may have changed it.
+// its run, if no later op of the run may have changed it.
 func (c *Client) reread(cc *C.hreg_client, ops []Op, i int, needed int, what string) ([]byte, error) {
 	h := ops[i].Handle
 	for _, later := range ops[i+1:] {

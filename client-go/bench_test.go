@@ -1,12 +1,15 @@
 // hreg side by side with runtime/cgo.Handle, the in-process answer to the
-// same cgo rule: New+Value+Delete (hreg: Insert+Get+Release of a 16-byte
-// value) and Value alone (hreg: Get), on 1 goroutine and on GOMAXPROCS
-// goroutines (b.RunParallel). Run:
+// same cgo rule: resolving a handle (cgo.Handle.Value; hreg Get of a
+// 16-byte value, and GetInto) and a handle's whole life (New+Value+Delete;
+// Insert+Get+Release), each on 1 goroutine, GOMAXPROCS goroutines and 8×
+// GOMAXPROCS goroutines (the contention cgo.Handle's sync.Map is known
+// for). Run (bench/langs/go-handles makes the README's table of medians):
 //
-//	go test -run '^$' -bench Handles -benchtime 2s
+//	go test -run '^$' -bench Handles -benchtime 1s
 //
-// hreg crosses to another process and back on every call; cgo.Handle stays
-// in this one. The ratios say what that costs.
+// hreg's writes cross to the daemon and back on every call; its reads stay
+// in this process (a read of shared memory, no cgo call). The ratios say
+// what that costs.
 
 package hreg
 
@@ -16,6 +19,13 @@ import (
 )
 
 var benchValue = []byte("0123456789abcdef") // 16 bytes
+
+// benchGoroutines are the sub-benchmarks' goroutine counts, as multiples
+// of GOMAXPROCS (0: one goroutine).
+var benchGoroutines = []struct {
+	name     string
+	parallel int
+}{{"goroutines=1", 0}, {"goroutines=GOMAXPROCS", 1}, {"goroutines=8xGOMAXPROCS", 8}}
 
 func BenchmarkHandles(b *testing.B) {
 	d := startDaemon(b)
@@ -29,19 +39,27 @@ func BenchmarkHandles(b *testing.B) {
 
 	cases := []struct {
 		name string
-		op   func() error
+		op   func(buf []byte) error
 	}{
-		{"cgo.Handle/new-value-delete", func() error {
+		{"value/cgo.Handle", func([]byte) error {
+			_ = keptCgo.Value().([]byte)
+			return nil
+		}},
+		{"value/hreg-get", func([]byte) error {
+			_, err := c.Get(kept)
+			return err
+		}},
+		{"value/hreg-getinto", func(buf []byte) error {
+			_, err := c.GetInto(kept, buf)
+			return err
+		}},
+		{"life/cgo.Handle", func([]byte) error {
 			h := cgo.NewHandle(benchValue)
 			_ = h.Value().([]byte)
 			h.Delete()
 			return nil
 		}},
-		{"cgo.Handle/value", func() error {
-			_ = keptCgo.Value().([]byte)
-			return nil
-		}},
-		{"hreg/insert-get-release", func() error {
+		{"life/hreg", func([]byte) error {
 			h, err := c.Insert(benchValue, 0)
 			if err == nil {
 				_, err = c.Get(h)
@@ -51,29 +69,32 @@ func BenchmarkHandles(b *testing.B) {
 			}
 			return err
 		}},
-		{"hreg/get", func() error {
-			_, err := c.Get(kept)
-			return err
-		}},
 	}
 	for _, bc := range cases {
 		bc := bc
-		b.Run(bc.name+"/1", func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				if err := bc.op(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(bc.name+"/parallel", func(b *testing.B) {
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := bc.op(); err != nil {
-						b.Error(err)
-						return
+		for _, g := range benchGoroutines {
+			g := g
+			b.Run(bc.name+"/"+g.name, func(b *testing.B) {
+				if g.parallel == 0 {
+					buf := make([]byte, 64)
+					for i := 0; i < b.N; i++ {
+						if err := bc.op(buf); err != nil {
+							b.Fatal(err)
+						}
 					}
+					return
 				}
+				b.SetParallelism(g.parallel)
+				b.RunParallel(func(pb *testing.PB) {
+					buf := make([]byte, 64)
+					for pb.Next() {
+						if err := bc.op(buf); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
 			})
-		})
+		}
 	}
 }

@@ -96,21 +96,3 @@ func statusError(status C.int, op string, h Handle) error {
 	}
 	return &Error{Op: op, Handle: h, Status: int(status)}
 }
-
-// reason is room for what libhreg said about a failed call.
-type reason [256]C.char
-
-func (r *reason) String() string {
-	return C.GoString(&r[0])
-}
-
-// limitError is statusError for a call that may pass a limit: for ErrQuota
-// the Detail names the limit, for ErrTooBig the size and the limit, as
-// libhreg said.
-func limitError(status C.int, op string, h Handle, why *reason) error {
-	err := statusError(status, op, h)
-	if status == C.HREG_ERR_QUOTA || status == C.HREG_ERR_TOO_BIG {
-		err.(*Error).Detail = why.String()
-	}
-	return err
-}

@@ -1,3 +1,3 @@
-module hreg
+module hreg.dev/go/hreg
 
 go 1.19

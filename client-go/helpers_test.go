@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 	if socket := os.Getenv(childEnv); socket != "" {
 		os.Exit(conformanceChild(socket))
 	}
+	if socket := os.Getenv(replacerSocketEnv); socket != "" {
+		os.Exit(replacerChild(socket))
+	}
 	os.Exit(m.Run())
 }
 
@@ -31,10 +34,19 @@ func repoDir() string {
 	return dir
 }
 
-func binary(tb testing.TB, name string) string {
+// daemonBinary is a built binary of the workspace: from $HREG_BIN_DIR if
+// set, else target/debug; benchmarks take target/release when it has one
+// (figures of a debug daemon would measure the debug build).
+func daemonBinary(tb testing.TB, name string) string {
 	dir := os.Getenv("HREG_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(repoDir(), "target", "debug")
+		release := filepath.Join(repoDir(), "target", "release")
+		if _, err := os.Stat(filepath.Join(release, name)); err == nil {
+			if _, bench := tb.(*testing.B); bench {
+				dir = release
+			}
+		}
 	}
 	path := filepath.Join(dir, name)
 	if _, err := os.Stat(path); err != nil {
@@ -62,7 +74,7 @@ func startDaemon(tb testing.TB, args ...string) *daemon {
 	}
 	d := &daemon{socket: filepath.Join(dir, "hreg.sock"), dir: dir}
 	all := append([]string{"--socket", d.socket, "--socket-mode", "666"}, args...)
-	d.cmd = exec.Command(binary(tb, "hregd"), all...)
+	d.cmd = exec.Command(daemonBinary(tb, "hregd"), all...)
 	d.cmd.Env = append(os.Environ(), "RUST_LOG=error")
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {

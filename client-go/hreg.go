@@ -2,7 +2,8 @@
 // registry: a daemon owns objects (byte values) named by 64-bit handles,
 // and processes in any language insert, read, replace, share and release
 // them. It is cgo over libhreg (the C library, found through
-// `pkg-config hreg`).
+// `pkg-config hreg`). The module is hreg.dev/go/hreg (see the README's Go
+// section for using it from another module).
 //
 // This is the origin's own problem solved out of process: cgo forbids C
 // from keeping Go pointers, so Go hands C an integer. With hreg the integer
@@ -19,6 +20,28 @@
 // sentinel per status (ErrStale, ErrDenied, ...) for errors.Is, and carry
 // the operation and handle in their message (see Error).
 //
+// # Reads without cgo
+//
+// Get, GetInto and the OpGets of Submit resolve a handle in Go when they
+// can: a seqlock read, with sync/atomic loads, of the handle's slot in the
+// registry's read-only shared memory that libhreg has mapped into this
+// process. No cgo call, no system call, no daemon. A read that cannot be
+// done so (a value longer than 4 KiB, a part of the registry libhreg has
+// not mapped yet, another user's domain, a daemon that stopped or looks
+// gone) is a cgo call, with the same results. The mappings stay mapped
+// until the Client is garbage collected, so a Get racing Close is safe.
+//
+// # Goroutines and rings
+//
+// Writes go to the daemon through shared-memory rings. libhreg gives each
+// OS thread its own ring, but Go runs goroutines on whatever thread is
+// free and starts threads for blocking calls, so a Client puts libhreg in
+// ring pool mode instead: all calls share at most GOMAXPROCS rings (as
+// GOMAXPROCS was at Connect, at most 64), opened as they are first needed;
+// a call that finds every ring busy waits for one. The number of rings a Go
+// program opens is therefore bounded by its Clients' pools, whatever the
+// number of goroutines or threads.
+//
 // Go memory handed to libhreg is only used for the length of the call and
 // never holds Go pointers; Submit builds its op array and buffers in
 // C-allocated memory, as cgo's pointer rules require.
@@ -30,43 +53,41 @@ package hreg
 #include <stdlib.h>
 #include <string.h>
 
-// The calls that may pass a limit, each with what libhreg said about a
-// failure copied into why[0..cap) within the same C call (the text is the
-// calling thread's, and a goroutine may move threads between two calls).
-static void go_why(int status, char *why, size_t cap) {
-	if (cap == 0) return;
-	why[0] = 0;
-	if (status != HREG_OK) {
-		strncpy(why, hreg_last_error(), cap - 1);
-		why[cap - 1] = 0;
-	}
+// A call's status, its handle (insert), and for QUOTA, TOO_BIG and CONNECT
+// what libhreg said (the limit, the size, the paths tried), copied within the same C call (the text is the calling
+// thread's, and a goroutine may move threads between two calls) into
+// malloc'd memory the caller frees; NULL otherwise, so that a call that
+// succeeds allocates nothing.
+typedef struct { hreg_handle handle; int status; char *why; } go_result;
+static go_result go_done(int status, hreg_handle h) {
+	go_result r = { h, status, NULL };
+	if (status == HREG_ERR_QUOTA || status == HREG_ERR_TOO_BIG || status == HREG_ERR_CONNECT)
+		r.why = strdup(hreg_last_error());
+	return r;
 }
-static int go_connect(const char *path, hreg_client **out, char *why, size_t cap) {
-	int s = hreg_connect(path, out);
-	go_why(s, why, cap);
-	return s;
+static go_result go_connect(const char *path, hreg_client **out) {
+	return go_done(hreg_connect(path, out), 0);
 }
-static int go_insert(hreg_client *c, const void *d, size_t n, uint32_t f, hreg_handle *h, char *why, size_t cap) {
-	int s = hreg_insert(c, d, n, f, h);
-	go_why(s, why, cap);
-	return s;
+static go_result go_insert(hreg_client *c, const void *d, size_t n, uint32_t f) {
+	hreg_handle h = 0;
+	int s = hreg_insert(c, d, n, f, &h);
+	return go_done(s, h);
 }
-static int go_replace(hreg_client *c, hreg_handle h, const void *d, size_t n, char *why, size_t cap) {
-	int s = hreg_replace(c, h, d, n);
-	go_why(s, why, cap);
-	return s;
+static go_result go_replace(hreg_client *c, hreg_handle h, const void *d, size_t n) {
+	return go_done(hreg_replace(c, h, d, n), 0);
 }
-static int go_retain(hreg_client *c, hreg_handle h, char *why, size_t cap) {
-	int s = hreg_retain(c, h);
-	go_why(s, why, cap);
-	return s;
+static go_result go_retain(hreg_client *c, hreg_handle h) {
+	return go_done(hreg_retain(c, h), 0);
 }
 */
 import "C"
 
 import (
+	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -127,11 +148,32 @@ type Stats struct {
 
 // Client is a session with hregd, safe for concurrent use.
 type Client struct {
-	// mu guards c: calls hold it shared, Close exclusively, so the C client
-	// is never freed under a call.
+	// mu guards c: cgo calls hold it shared, Close exclusively, so the C
+	// client is never freed under a call. Reads in Go do not take it.
 	mu sync.RWMutex
 	c  *C.hreg_client
+	// closed is set by Close before anything is freed: reads in Go check
+	// it instead of taking mu.
+	closed atomic.Bool
+	// local reads slots in Go; nil when it cannot (then every get is a
+	// cgo call).
+	local *localReads
+	// away is set while the daemon looks gone (a daemon killed says
+	// nothing in shared memory): reads then go through libhreg, which
+	// answers DISCONNECTED, or resumes the session. Reads in Go keep it
+	// fresh through a look at the control socket at most every
+	// aliveEvery while they run (watching).
+	away     atomic.Bool
+	watching atomic.Bool
+	// calls holds a token per cgo call that may use a ring: as many as the
+	// ring pool has rings, so that goroutines beyond it wait here, parked
+	// by Go's scheduler, rather than each blocking an OS thread in C.
+	calls chan struct{}
 }
+
+// aliveEvery is how often, at most, reads in Go have libhreg look whether
+// the daemon is still there (a poll of the control socket).
+const aliveEvery = 10 * time.Millisecond
 
 // Connect attaches to hregd at socket, or, for "", at $HREG_SOCKET if set,
 // else $XDG_RUNTIME_DIR/hreg.sock, then /run/hreg/hreg.sock (the first that
@@ -144,21 +186,34 @@ func Connect(socket string) (*Client, error) {
 		defer C.free(unsafe.Pointer(path))
 	}
 	var c *C.hreg_client
-	var why reason
-	if status := C.go_connect(path, &c, &why[0], C.size_t(len(why))); status != C.HREG_OK {
-		err := statusError(status, "connect", 0).(*Error)
-		err.Detail = why.String() // the paths tried, the limit, ...
+	if r := C.go_connect(path, &c); r.status != C.HREG_OK {
+		return nil, resultError(r, "connect", 0) // the paths tried, the limit, ...
 		return nil, err
 	}
-	client := &Client{c: c}
+	C.hreg_bind_ring_pool(c, C.size_t(ringPool()))
+	client := &Client{c: c, local: openLocalReads(c), calls: make(chan struct{}, ringPool())}
+	if os.Getenv("HREG_GO_NOSEM") != "" {
+		client.calls = nil
+	}
 	runtime.SetFinalizer(client, (*Client).Close)
 	return client, nil
+}
+
+// ringPool is how many rings a Client's calls share: GOMAXPROCS, within
+// libhreg's bounds.
+func ringPool() int {
+	n := runtime.GOMAXPROCS(0)
+	if n > 64 {
+		n = 64
+	}
+	return n
 }
 
 // Close ends the session: the daemon drops every reference it held
 // (Detached objects stay). Calls after Close fail with ErrDisconnected;
 // Close itself may be called again and does nothing.
 func (c *Client) Close() error {
+	c.closed.Store(true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.c != nil {
@@ -168,14 +223,62 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// acquire gives the C client for one call; release with c.mu.RUnlock.
+// closedError is what every call after Close returns.
+func closedError(op string, h Handle) error {
+	return &Error{Op: op, Handle: h, Status: int(C.HREG_ERR_DISCONNECTED), Detail: "the client is closed"}
+}
+
+// acquire gives the C client for one call that may use a ring, once one
+// is free; end the call with c.done().
 func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
+	if c.calls != nil {
+		c.calls <- struct{}{}
+	}
 	c.mu.RLock()
 	if c.c == nil {
-		c.mu.RUnlock()
-		return nil, &Error{Op: op, Handle: h, Status: int(C.HREG_ERR_DISCONNECTED), Detail: "the client is closed"}
+		c.done()
+		return nil, closedError(op, h)
 	}
 	return c.c, nil
+}
+
+// done ends a call that acquire began.
+func (c *Client) done() {
+	c.mu.RUnlock()
+	if c.calls != nil {
+		<-c.calls
+	}
+}
+
+// called notes what a cgo call's status says about the daemon.
+func (c *Client) called(status C.int) {
+	if status == C.HREG_ERR_DISCONNECTED {
+		c.away.Store(true)
+	}
+}
+
+// reader is the Go reader when a read may be done in Go now, else nil.
+func (c *Client) reader() *localReads {
+	if c.local == nil {
+		return nil
+	}
+	if !c.watching.Load() && c.watching.CompareAndSwap(false, true) {
+		time.AfterFunc(aliveEvery, c.lookAlive)
+	}
+	if c.away.Load() {
+		return nil
+	}
+	return c.local
+}
+
+// lookAlive has libhreg look whether the daemon is still there.
+func (c *Client) lookAlive() {
+	c.mu.RLock()
+	if c.c != nil {
+		c.away.Store(C.hreg_bind_alive(c.c) != C.HREG_OK)
+	}
+	c.mu.RUnlock()
+	c.watching.Store(false)
 }
 
 // bytesPtr is the address of a Go slice's bytes for the length of a call,
@@ -196,33 +299,51 @@ func (c *Client) Insert(value []byte, flags Flags) (Handle, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer c.mu.RUnlock()
-	var h C.hreg_handle
-	var why reason
-	status := C.go_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags), &h, &why[0], C.size_t(len(why)))
-	if err := limitError(status, "insert", 0, &why); err != nil {
+	r := C.go_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags))
+	c.done()
+	if err := c.result(r, "insert", 0); err != nil {
 		return 0, err
 	}
-	return Handle(h), nil
+	return Handle(r.handle), nil
 }
 
-// getScratch holds buffers Get reads small values into first.
+// getScratch holds buffers Get reads small values into first (cgo path).
 var getScratch = sync.Pool{New: func() interface{} { return new([512]byte) }}
 
 // Get returns a new slice with the value of h. Errors: ErrInvalid (h 0),
 // ErrStale, ErrDenied, ErrDisconnected.
 func (c *Client) Get(h Handle) ([]byte, error) {
+	if c.closed.Load() {
+		return nil, closedError("get", h)
+	}
+	if lr := c.reader(); lr != nil && h != 0 {
+		switch value, _, got := lr.read(h, nil, true); got {
+		case readValue:
+			if value == nil {
+				value = []byte{}
+			}
+			return value, nil
+		case readStale:
+			return nil, &Error{Op: "get", Handle: h, Status: int(C.HREG_ERR_STALE)}
+		}
+	}
+	return c.getCgo(h)
+}
+
+// getCgo is Get through libhreg.
+func (c *Client) getCgo(h Handle) ([]byte, error) {
 	cc, err := c.acquire("get", h)
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.RUnlock()
+	defer c.done()
 	scratch := getScratch.Get().(*[512]byte)
 	defer getScratch.Put(scratch)
 	buf := scratch[:]
 	for {
 		var n C.size_t
 		status := C.hreg_get(cc, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
+		c.called(status)
 		switch status {
 		case C.HREG_OK:
 			if len(buf) > 0 && &buf[0] == &scratch[0] {
@@ -246,13 +367,27 @@ func (c *Client) Get(h Handle) ([]byte, error) {
 // (an empty buf probes the size). Errors: ErrInvalid, ErrStale, ErrDenied,
 // ErrBuffer, ErrDisconnected.
 func (c *Client) GetInto(h Handle, buf []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, closedError("get", h)
+	}
+	if lr := c.reader(); lr != nil && h != 0 {
+		switch _, n, got := lr.read(h, buf, false); got {
+		case readValue:
+			return n, nil
+		case readBuffer:
+			return n, &Error{Op: "get", Handle: h, Status: int(C.HREG_ERR_BUFFER), Needed: n}
+		case readStale:
+			return 0, &Error{Op: "get", Handle: h, Status: int(C.HREG_ERR_STALE)}
+		}
+	}
 	cc, err := c.acquire("get", h)
 	if err != nil {
 		return 0, err
 	}
-	defer c.mu.RUnlock()
+	defer c.done()
 	var n C.size_t
 	status := C.hreg_get(cc, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
+	c.called(status)
 	switch status {
 	case C.HREG_OK:
 		return int(n), nil
@@ -271,10 +406,9 @@ func (c *Client) Replace(h Handle, value []byte) error {
 	if err != nil {
 		return err
 	}
-	defer c.mu.RUnlock()
-	var why reason
-	status := C.go_replace(cc, C.hreg_handle(h), bytesPtr(value), C.size_t(len(value)), &why[0], C.size_t(len(why)))
-	return limitError(status, "replace", h, &why)
+	r := C.go_replace(cc, C.hreg_handle(h), bytesPtr(value), C.size_t(len(value)))
+	c.done()
+	return c.result(r, "replace", h)
 }
 
 // Retain takes one more reference to h for this session (needs read
@@ -284,33 +418,43 @@ func (c *Client) Retain(h Handle) error {
 	if err != nil {
 		return err
 	}
-	defer c.mu.RUnlock()
-	var why reason
-	status := C.go_retain(cc, C.hreg_handle(h), &why[0], C.size_t(len(why)))
-	return limitError(status, "retain", h, &why)
+	r := C.go_retain(cc, C.hreg_handle(h))
+	c.done()
+	return c.result(r, "retain", h)
 }
 
 // Release drops one of this session's references to h; the object dies
 // with its last reference (unless Detached). Errors: ErrInvalid, ErrStale,
 // ErrNotHeld, ErrDisconnected.
 func (c *Client) Release(h Handle) error {
-	return c.onHandle("release", h, func(cc *C.hreg_client) C.int { return C.hreg_release(cc, C.hreg_handle(h)) })
+	cc, err := c.acquire("release", h)
+	if err != nil {
+		return err
+	}
+	status := C.hreg_release(cc, C.hreg_handle(h))
+	c.done()
+	c.called(status)
+	return statusError(status, "release", h)
 }
 
 // Remove kills the object now, whoever references it (its creator's uid,
 // or root). Errors: ErrInvalid, ErrStale, ErrDenied, ErrDisconnected.
 func (c *Client) Remove(h Handle) error {
-	return c.onHandle("remove", h, func(cc *C.hreg_client) C.int { return C.hreg_remove(cc, C.hreg_handle(h)) })
-}
-
-// onHandle runs one call that takes only a handle and returns a status.
-func (c *Client) onHandle(op string, h Handle, call func(*C.hreg_client) C.int) error {
-	cc, err := c.acquire(op, h)
+	cc, err := c.acquire("remove", h)
 	if err != nil {
 		return err
 	}
-	defer c.mu.RUnlock()
-	return statusError(call(cc), op, h)
+	status := C.hreg_remove(cc, C.hreg_handle(h))
+	c.done()
+	c.called(status)
+	return statusError(status, "remove", h)
+}
+
+// result is the error of a call that may pass a limit (nil for OK), with
+// what libhreg said about it (see resultError).
+func (c *Client) result(r C.go_result, op string, h Handle) error {
+	c.called(r.status)
+	return resultError(r, op, h)
 }
 
 // Flush waits until every write this client posted (Insert, Release,
@@ -323,19 +467,21 @@ func (c *Client) Flush() error {
 	if err != nil {
 		return err
 	}
-	defer c.mu.RUnlock()
-	return statusError(C.hreg_flush(cc), "flush", 0)
+	status := C.hreg_flush(cc)
+	c.done()
+	c.called(status)
+	return statusError(status, "flush", 0)
 }
 
 // Stats returns the registry's figures.
 func (c *Client) Stats() (Stats, error) {
-	cc, err := c.acquire("stats", 0)
-	if err != nil {
-		return Stats{}, err
-	}
+	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.c == nil {
+		return Stats{}, closedError("stats", 0)
+	}
 	var s C.hreg_stats
-	if err := statusError(C.hreg_stats_get(cc, &s), "stats", 0); err != nil {
+	if err := statusError(C.hreg_stats_get(c.c, &s), "stats", 0); err != nil {
 		return Stats{}, err
 	}
 	return Stats{
@@ -344,4 +490,19 @@ func (c *Client) Stats() (Stats, error) {
 		Sessions:   uint64(s.sessions),
 		Ops:        uint64(s.ops),
 	}, nil
+}
+
+// resultError is statusError for a call that may pass a limit: the Detail
+// is what libhreg said for ErrQuota (the limit), ErrTooBig (the size and
+// the limit) and ErrConnect (the paths and why), and the text libhreg
+// copied is freed.
+func resultError(r C.go_result, op string, h Handle) error {
+	if r.why != nil {
+		defer C.free(unsafe.Pointer(r.why))
+	}
+	err := statusError(r.status, op, h)
+	if r.why != nil {
+		err.(*Error).Detail = C.GoString(r.why)
+	}
+	return err
 }

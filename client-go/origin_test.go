@@ -92,3 +92,25 @@ func TestTheOriginExample(t *testing.T) {
 		t.Fatalf("objects left: %+v %v", s, err)
 	}
 }
+
+// Without -producer and -consumer the example builds them itself, in a
+// temporary directory it removes whether it succeeds or fails.
+func TestTheOriginExampleBuildsWhatItNeedsAndLeavesNothing(t *testing.T) {
+	d := startDaemon(t)
+	exe := filepath.Join(t.TempDir(), "origin")
+	if out, err := exec.Command("go", "build", "-o", exe, "./examples/origin").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./examples/origin: %v\n%s", err, out)
+	}
+	for _, socket := range []string{d.socket, filepath.Join(t.TempDir(), "nothing-here.sock")} {
+		tmp := t.TempDir()
+		cmd := exec.Command(exe, "-socket", socket)
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+		out, err := cmd.CombinedOutput()
+		if ok := socket == d.socket; ok != (err == nil) || (ok && !strings.Contains(string(out), ": hello from C")) {
+			t.Fatalf("origin -socket %s: %v\n%s", socket, err, out)
+		}
+		if left, _ := os.ReadDir(tmp); len(left) != 0 {
+			t.Fatalf("origin -socket %s left %v behind", socket, left)
+		}
+	}
+}

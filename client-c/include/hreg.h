@@ -119,6 +119,12 @@ typedef enum hreg_opcode {
 } hreg_opcode;
 
 /**
+ * For language bindings only: a client's registry mappings, kept mapped
+ * until `hreg_bind_reads_free` (even after `hreg_disconnect`).
+ */
+typedef struct hreg_bind_reads hreg_bind_reads;
+
+/**
  * A connection to `hregd`: one session, usable from many threads at once
  * (each thread gets its own ring). Made by `hreg_connect`, freed by
  * `hreg_disconnect`.
@@ -186,6 +192,132 @@ typedef struct hreg_stats {
      */
     uint64_t reserved[4];
 } hreg_stats;
+
+/**
+ * For language bindings only (the Go client), not for C programs: the
+ * registry's shared-memory layout as this libhreg reads it (see
+ * `proto/src/table.rs` and `proto/src/handle.rs`, where it is defined). A
+ * binding compares it with its own copy and reads slots itself only when
+ * they agree.
+ */
+typedef struct hreg_bind_layout {
+    /**
+     * The layout's version (the registry header's).
+     */
+    uint32_t version;
+    /**
+     * Bytes of the registry header.
+     */
+    uint32_t header_len;
+    /**
+     * Offset in the header of the word that is non-zero once the daemon
+     * stopped serving.
+     */
+    uint32_t header_stopped_at;
+    /**
+     * Bytes of a slot.
+     */
+    uint32_t slot_size;
+    /**
+     * Longest value kept inside its slot.
+     */
+    uint32_t inline_value;
+    /**
+     * Slots of a domain's first slot chunk; chunk k holds this many << k.
+     */
+    uint32_t first_slot_chunk;
+    /**
+     * Slot chunks a domain may have.
+     */
+    uint32_t max_slot_chunks;
+    /**
+     * Heap chunks a domain may have.
+     */
+    uint32_t max_heap_chunks;
+    /**
+     * Slot word 0: where the generation starts (16 bits).
+     */
+    uint32_t generation_shift;
+    /**
+     * Slot word 0: where the state starts (8 bits).
+     */
+    uint32_t state_shift;
+    /**
+     * The slot word with the value's length in its low 32 bits.
+     */
+    uint32_t len_word;
+    /**
+     * The slot word with the heap address, or the value's first word.
+     */
+    uint32_t value_word;
+    /**
+     * Bits of a heap address that hold the offset (above: the chunk).
+     */
+    uint32_t heap_offset_bits;
+    /**
+     * Slot states.
+     */
+    uint32_t state_free;
+    /**
+     * The value is in the slot.
+     */
+    uint32_t state_inline;
+    /**
+     * The value is in the heap.
+     */
+    uint32_t state_heap;
+    /**
+     * Handle fields, from the low bits up: slot, generation, domain,
+     * instance.
+     */
+    uint32_t slot_bits;
+    /**
+     * Width of the handle's generation.
+     */
+    uint32_t generation_bits;
+    /**
+     * Width of the handle's domain.
+     */
+    uint32_t domain_bits;
+    /**
+     * Width of the handle's instance bits.
+     */
+    uint32_t instance_bits;
+} hreg_bind_layout;
+
+/**
+ * For language bindings only: where a client's registry mappings are.
+ */
+typedef struct hreg_bind_reads_info {
+    /**
+     * The registry header (`header_len` bytes of `hreg_bind_layout`).
+     */
+    const void *header;
+    /**
+     * Moves on (read it with an atomic acquire load) after the client maps
+     * chunks: call `hreg_bind_reads_domain` again when it changed.
+     */
+    const uint64_t *counter;
+    /**
+     * The instance bits of this registry's handles.
+     */
+    uint32_t instance;
+} hreg_bind_reads_info;
+
+/**
+ * For language bindings only: one chunk of shared memory this client
+ * mapped read-only (NULL `base`: not mapped).
+ */
+typedef struct hreg_bind_chunk {
+    /**
+     * The chunk's first byte.
+     */
+    const void *base;
+    /**
+     * Bytes mapped.
+     */
+    size_t len;
+} hreg_bind_chunk;
 
 #ifdef __cplusplus
 extern "C" {
@@ -453,6 +585,85 @@ const char *hreg_strerror(int status);
  * caller must not free. Does not block.
  */
 const char *hreg_version(void);
+
+/**
+ * For language bindings only: writes the registry layout this libhreg
+ * reads to `*out`. Returns HREG_OK, or HREG_ERR_INVALID for NULL `out`.
+ *
+ * # Safety
+ * `out` is NULL or writable.
+ */
+int hreg_bind_layout_get(struct hreg_bind_layout *out);
+
+/**
+ * For language bindings only: the registry mappings of `c`, in `*out`
+ * (free with `hreg_bind_reads_free`), and where they are, in `*info`.
+ * Returns HREG_OK, HREG_ERR_INVALID (a NULL argument), or
+ * HREG_ERR_PROTOCOL (no header mapped).
+ *
+ * # Safety
+ * `c` is NULL or a live client; `out` and `info` are NULL or writable.
+ */
+int hreg_bind_reads_open(struct hreg_client *c,
+                         struct hreg_bind_reads **out,
+                         struct hreg_bind_reads_info *info);
+
+/**
+ * For language bindings only: the chunks of `domain` mapped now, slot
+ * chunk k in `slots[k]` (for k < `slots_cap`) and heap chunk k in
+ * `heap[k]` (for k < `heap_cap`), NULL `base` where not mapped;
+ * `*slots_n` and `*heap_n` say how many entries hold every mapped chunk
+ * (more than the cap: call again with more room). Returns HREG_OK or
+ * HREG_ERR_INVALID (NULL `r`, `slots_n` or `heap_n`; NULL arrays with a
+ * cap; a domain beyond the handle's field).
+ *
+ * # Safety
+ * `r` is NULL or came from `hreg_bind_reads_open` and was not freed;
+ * `slots` and `heap` are NULL or point to `slots_cap` and `heap_cap`
+ * writable entries; `slots_n` and `heap_n` are NULL or writable.
+ */
+int hreg_bind_reads_domain(const struct hreg_bind_reads *r,
+                           uint32_t domain,
+                           struct hreg_bind_chunk *slots,
+                           size_t slots_cap,
+                           size_t *slots_n,
+                           struct hreg_bind_chunk *heap,
+                           size_t heap_cap,
+                           size_t *heap_n);
+
+/**
+ * For language bindings only: frees what `hreg_bind_reads_open` gave (and
+ * with it, once the client is disconnected too, the mappings). NULL is a
+ * no-op.
+ *
+ * # Safety
+ * `r` is NULL or came from `hreg_bind_reads_open` and was not freed; no
+ * one reads the mappings during or after this call.
+ */
+void hreg_bind_reads_free(struct hreg_bind_reads *r);
+
+/**
+ * For language bindings only (runtimes that run calls on ever-changing OS
+ * threads, like Go's): makes `c` share a pool of at most `rings` rings (1
+ * to 64) among all threads instead of opening one per thread. Call it
+ * before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
+ * (NULL `c`, `rings` out of range, or a pool already set).
+ *
+ * # Safety
+ * `c` is NULL or a live client.
+ */
+int hreg_bind_ring_pool(struct hreg_client *c, size_t rings);
+
+/**
+ * For language bindings only: HREG_OK while `c` is attached, else
+ * HREG_ERR_DISCONNECTED (the daemon went away or is being resumed), as
+ * seen now without waiting (a look at the control socket); HREG_ERR_INVALID
+ * for NULL `c`.
+ *
+ * # Safety
+ * `c` is NULL or a live client.
+ */
+int hreg_bind_alive(struct hreg_client *c);
 
 #ifdef __cplusplus
 }  // extern "C"

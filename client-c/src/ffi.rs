@@ -951,6 +951,307 @@ pub extern "C" fn hreg_version() -> *const c_char {
     VERSION.as_ptr()
 }
 
+// ---- For language bindings ----------------------------------------------
+//
+// Not part of the C API contract: what a binding that resolves handles in
+// its own runtime needs (the Go client reads slots with its own atomics and
+// so saves a cgo call per get). C programs call hreg_get.
+
+/// For language bindings only (the Go client), not for C programs: the
+/// registry's shared-memory layout as this libhreg reads it (see
+/// `proto/src/table.rs` and `proto/src/handle.rs`, where it is defined). A
+/// binding compares it with its own copy and reads slots itself only when
+/// they agree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct hreg_bind_layout {
+    /// The layout's version (the registry header's).
+    pub version: u32,
+    /// Bytes of the registry header.
+    pub header_len: u32,
+    /// Offset in the header of the word that is non-zero once the daemon
+    /// stopped serving.
+    pub header_stopped_at: u32,
+    /// Bytes of a slot.
+    pub slot_size: u32,
+    /// Longest value kept inside its slot.
+    pub inline_value: u32,
+    /// Slots of a domain's first slot chunk; chunk k holds this many << k.
+    pub first_slot_chunk: u32,
+    /// Slot chunks a domain may have.
+    pub max_slot_chunks: u32,
+    /// Heap chunks a domain may have.
+    pub max_heap_chunks: u32,
+    /// Slot word 0: where the generation starts (16 bits).
+    pub generation_shift: u32,
+    /// Slot word 0: where the state starts (8 bits).
+    pub state_shift: u32,
+    /// The slot word with the value's length in its low 32 bits.
+    pub len_word: u32,
+    /// The slot word with the heap address, or the value's first word.
+    pub value_word: u32,
+    /// Bits of a heap address that hold the offset (above: the chunk).
+    pub heap_offset_bits: u32,
+    /// Slot states.
+    pub state_free: u32,
+    /// The value is in the slot.
+    pub state_inline: u32,
+    /// The value is in the heap.
+    pub state_heap: u32,
+    /// Handle fields, from the low bits up: slot, generation, domain,
+    /// instance.
+    pub slot_bits: u32,
+    /// Width of the handle's generation.
+    pub generation_bits: u32,
+    /// Width of the handle's domain.
+    pub domain_bits: u32,
+    /// Width of the handle's instance bits.
+    pub instance_bits: u32,
+}
+
+/// For language bindings only: one chunk of shared memory this client
+/// mapped read-only (NULL `base`: not mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct hreg_bind_chunk {
+    /// The chunk's first byte.
+    pub base: *const c_void,
+    /// Bytes mapped.
+    pub len: usize,
+}
+
+/// For language bindings only: where a client's registry mappings are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct hreg_bind_reads_info {
+    /// The registry header (`header_len` bytes of `hreg_bind_layout`).
+    pub header: *const c_void,
+    /// Moves on (read it with an atomic acquire load) after the client maps
+    /// chunks: call `hreg_bind_reads_domain` again when it changed.
+    pub counter: *const u64,
+    /// The instance bits of this registry's handles.
+    pub instance: u32,
+}
+
+/// For language bindings only: a client's registry mappings, kept mapped
+/// until `hreg_bind_reads_free` (even after `hreg_disconnect`).
+pub struct hreg_bind_reads {
+    reads: hreg_rs::MappedReads,
+}
+
+/// For language bindings only: writes the registry layout this libhreg
+/// reads to `*out`. Returns HREG_OK, or HREG_ERR_INVALID for NULL `out`.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_layout_get(out: *mut hreg_bind_layout) -> c_int {
+    use hreg_proto::handle as hd;
+    use hreg_proto::table as t;
+    guard(|| {
+        if out.is_null() {
+            return INVALID;
+        }
+        let layout = hreg_bind_layout {
+            version: t::header::VERSION,
+            header_len: t::header::LEN as u32,
+            header_stopped_at: t::header::STOPPED_AT as u32,
+            slot_size: t::SLOT_SIZE as u32,
+            inline_value: t::INLINE_VALUE as u32,
+            first_slot_chunk: t::FIRST_SLOT_CHUNK,
+            max_slot_chunks: t::MAX_SLOT_CHUNKS as u32,
+            max_heap_chunks: t::MAX_HEAP_CHUNKS as u32,
+            generation_shift: t::GENERATION_SHIFT,
+            state_shift: t::STATE_SHIFT,
+            len_word: t::LEN_WORD as u32,
+            value_word: t::VALUE_WORD as u32,
+            heap_offset_bits: t::OFFSET_BITS,
+            state_free: t::STATE_FREE as u32,
+            state_inline: t::STATE_INLINE as u32,
+            state_heap: t::STATE_HEAP as u32,
+            slot_bits: hd::SLOT_BITS,
+            generation_bits: hd::GENERATION_BITS,
+            domain_bits: hd::DOMAIN_BITS,
+            instance_bits: hd::INSTANCE_BITS,
+        };
+        // SAFETY: non-NULL and writable (caller's contract).
+        unsafe { out.write(layout) };
+        OK
+    })
+}
+
+/// For language bindings only: the registry mappings of `c`, in `*out`
+/// (free with `hreg_bind_reads_free`), and where they are, in `*info`.
+/// Returns HREG_OK, HREG_ERR_INVALID (a NULL argument), or
+/// HREG_ERR_PROTOCOL (no header mapped).
+///
+/// # Safety
+/// `c` is NULL or a live client; `out` and `info` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_reads_open(
+    c: *mut hreg_client,
+    out: *mut *mut hreg_bind_reads,
+    info: *mut hreg_bind_reads_info,
+) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        if out.is_null() || info.is_null() {
+            return INVALID;
+        }
+        let reads = client.mapped_reads();
+        let Some(header) = reads.header() else {
+            return hreg_status::HREG_ERR_PROTOCOL as c_int;
+        };
+        let found = hreg_bind_reads_info {
+            header: header.base.cast(),
+            counter: reads.counter().as_ptr().cast_const(),
+            instance: client.welcome().instance,
+        };
+        // SAFETY: both non-NULL and writable (caller's contract).
+        unsafe {
+            info.write(found);
+            out.write(Box::into_raw(Box::new(hreg_bind_reads { reads })));
+        }
+        OK
+    })
+}
+
+/// For language bindings only: the chunks of `domain` mapped now, slot
+/// chunk k in `slots[k]` (for k < `slots_cap`) and heap chunk k in
+/// `heap[k]` (for k < `heap_cap`), NULL `base` where not mapped;
+/// `*slots_n` and `*heap_n` say how many entries hold every mapped chunk
+/// (more than the cap: call again with more room). Returns HREG_OK or
+/// HREG_ERR_INVALID (NULL `r`, `slots_n` or `heap_n`; NULL arrays with a
+/// cap; a domain beyond the handle's field).
+///
+/// # Safety
+/// `r` is NULL or came from `hreg_bind_reads_open` and was not freed;
+/// `slots` and `heap` are NULL or point to `slots_cap` and `heap_cap`
+/// writable entries; `slots_n` and `heap_n` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_reads_domain(
+    r: *const hreg_bind_reads,
+    domain: u32,
+    slots: *mut hreg_bind_chunk,
+    slots_cap: usize,
+    slots_n: *mut usize,
+    heap: *mut hreg_bind_chunk,
+    heap_cap: usize,
+    heap_n: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or live (caller's contract); only read.
+        let Some(r) = (unsafe { r.as_ref() }) else {
+            return INVALID;
+        };
+        let Some(domain) = u16::try_from(domain)
+            .ok()
+            .filter(|&d| d <= hreg_proto::handle::DOMAIN_MASK)
+        else {
+            return INVALID;
+        };
+        if slots_n.is_null() || heap_n.is_null() {
+            return INVALID;
+        }
+        let (slots_cap, heap_cap) = (
+            slots_cap.min(hreg_proto::table::MAX_SLOT_CHUNKS),
+            heap_cap.min(hreg_proto::table::MAX_HEAP_CHUNKS),
+        );
+        if (slots.is_null() && slots_cap > 0) || (heap.is_null() && heap_cap > 0) {
+            return INVALID;
+        }
+        let mut found_slots = vec![None; slots_cap];
+        let mut found_heap = vec![None; heap_cap];
+        let (ns, nh) = r.reads.domain(domain, &mut found_slots, &mut found_heap);
+        let chunk = |c: Option<hreg_rs::MappedChunk>| match c {
+            Some(c) => hreg_bind_chunk {
+                base: c.base.cast(),
+                len: c.len,
+            },
+            None => hreg_bind_chunk {
+                base: std::ptr::null(),
+                len: 0,
+            },
+        };
+        // SAFETY: each array is non-NULL when its cap is non-zero and holds
+        // at least that many writable entries; the counts are writable
+        // (caller's contract).
+        unsafe {
+            for (k, c) in found_slots.into_iter().enumerate() {
+                slots.add(k).write(chunk(c));
+            }
+            for (k, c) in found_heap.into_iter().enumerate() {
+                heap.add(k).write(chunk(c));
+            }
+            slots_n.write(ns);
+            heap_n.write(nh);
+        }
+        OK
+    })
+}
+
+/// For language bindings only: frees what `hreg_bind_reads_open` gave (and
+/// with it, once the client is disconnected too, the mappings). NULL is a
+/// no-op.
+///
+/// # Safety
+/// `r` is NULL or came from `hreg_bind_reads_open` and was not freed; no
+/// one reads the mappings during or after this call.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_reads_free(r: *mut hreg_bind_reads) {
+    guard(|| {
+        if !r.is_null() {
+            // SAFETY: from Box::into_raw in hreg_bind_reads_open, given
+            // back once (caller's contract).
+            drop(unsafe { Box::from_raw(r) });
+        }
+        OK
+    });
+}
+
+/// For language bindings only (runtimes that run calls on ever-changing OS
+/// threads, like Go's): makes `c` share a pool of at most `rings` rings (1
+/// to 64) among all threads instead of opening one per thread. Call it
+/// before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
+/// (NULL `c`, `rings` out of range, or a pool already set).
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_ring_pool(c: *mut hreg_client, rings: usize) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        match unsafe { client(c) } {
+            Ok(client) if client.use_ring_pool(rings) => OK,
+            Ok(_) => INVALID,
+            Err(status) => status,
+        }
+    })
+}
+
+/// For language bindings only: HREG_OK while `c` is attached, else
+/// HREG_ERR_DISCONNECTED (the daemon went away or is being resumed), as
+/// seen now without waiting (a look at the control socket); HREG_ERR_INVALID
+/// for NULL `c`.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn hreg_bind_alive(c: *mut hreg_client) -> c_int {
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        match unsafe { client(c) } {
+            Ok(client) if client.is_disconnected() => hreg_status::HREG_ERR_DISCONNECTED as c_int,
+            Ok(_) => OK,
+            Err(status) => status,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,6 +1299,36 @@ mod tests {
             let text = unsafe { CStr::from_ptr(hreg_strerror(odd)) };
             assert_eq!(text, c"unknown hreg status");
         }
+    }
+
+    #[test]
+    fn binding_calls_check_their_arguments() {
+        use std::ptr::{null, null_mut};
+        // SAFETY: NULL arguments only; every function refuses them.
+        unsafe {
+            assert_eq!(hreg_bind_layout_get(null_mut()), INVALID);
+            assert_eq!(
+                hreg_bind_reads_open(null_mut(), null_mut(), null_mut()),
+                INVALID
+            );
+            let (mut ns, mut nh) = (0, 0);
+            assert_eq!(
+                hreg_bind_reads_domain(null(), 0, null_mut(), 0, &mut ns, null_mut(), 0, &mut nh),
+                INVALID
+            );
+            assert_eq!(hreg_bind_ring_pool(null_mut(), 2), INVALID);
+            assert_eq!(hreg_bind_alive(null_mut()), INVALID);
+            hreg_bind_reads_free(null_mut());
+        }
+        let mut layout = hreg_bind_layout::default();
+        // SAFETY: a writable layout.
+        assert_eq!(unsafe { hreg_bind_layout_get(&mut layout) }, OK);
+        assert_eq!(layout.slot_size as usize, hreg_proto::table::SLOT_SIZE);
+        assert_eq!(layout.version, hreg_proto::table::header::VERSION);
+        assert_eq!(
+            layout.slot_bits + layout.generation_bits + layout.domain_bits + layout.instance_bits,
+            64
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Inner {
     ) -> Result<T> {
         let session = &self.session;
         session.check_usable()?;
-        let cell = self.rings.for_this_thread(session)?;
+        let cell = self.rings.pick(session)?;
         let mut state = cell.lock()?;
         let cx = Context {
             ring: session.ring(cell.index())?,
@@ -94,6 +94,22 @@ impl Client {
                 rings: Rings::default(),
             }),
         })
+    }
+
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.inner.session
+    }
+
+    /// Makes this client's calls share a pool of at most `rings` rings
+    /// (opened as needed; 1 to 64) instead of opening one ring per thread.
+    /// For runtimes that move work between many OS threads (Go's
+    /// goroutines, thread pools that grow): the rings a client opens then
+    /// stay bounded whatever the number of threads. A call takes a free
+    /// ring of the pool, or waits for one. Set it once, before the first
+    /// call that uses a ring; false (and no change) if it was set already
+    /// or `rings` is out of range.
+    pub fn use_ring_pool(&self, rings: usize) -> bool {
+        self.inner.rings.use_pool(rings)
     }
 
     /// The session's id, as the daemon numbers sessions.

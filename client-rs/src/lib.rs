@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod binding;
 mod borrow;
 mod client;
 mod control;
@@ -29,6 +30,8 @@ mod rings;
 mod session;
 mod shm;
 
+#[doc(hidden)]
+pub use binding::{MappedChunk, MappedReads};
 pub use borrow::{OwnedValueRef, ValueRef};
 pub use client::Client;
 pub use error::{Error, Result};

@@ -26,7 +26,7 @@ use hreg_proto::table::{
 };
 use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Reads of a slot that raced a write before giving up on this path.
@@ -169,8 +169,9 @@ fn map_chunks(
     Ok(())
 }
 
-/// This thread's number, which spreads threads over a pin table.
-fn thread_number() -> usize {
+/// This thread's number, which spreads threads over a pin table (and
+/// waiting threads over a ring pool).
+pub(crate) fn thread_number() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +202,9 @@ pub(crate) struct Reads {
     /// One chunk request at a time.
     fetching: Mutex<()>,
     ring_only: bool,
+    /// Moves on after chunks are mapped (for bindings that cache the
+    /// chunks' addresses: [`Reads::mapped_chunks`]).
+    mapped: AtomicU64,
 }
 
 impl Reads {
@@ -224,6 +228,7 @@ impl Reads {
             groups: (0..MAX_DOMAINS / GROUP).map(|_| OnceLock::new()).collect(),
             fetching: Mutex::new(()),
             ring_only: std::env::var_os("HREG_READ_PATH").is_some_and(|v| v == "ring"),
+            mapped: AtomicU64::new(0),
         })
     }
 
@@ -266,7 +271,9 @@ impl Reads {
                 Err(e) => return Err(e),
             };
             let more = !slots.is_empty() || !heap.is_empty();
-            map_chunks(maps, domain, (slots_from, &slots), (heap_from, &heap))?;
+            let mapped = map_chunks(maps, domain, (slots_from, &slots), (heap_from, &heap));
+            self.mapped.fetch_add(1, Ordering::Release);
+            mapped?;
             if !more {
                 return Ok(true);
             }
@@ -297,7 +304,50 @@ impl Reads {
             let heap: Vec<OwnedFd> = fds.by_ref().take(p.heap as usize).collect();
             map_chunks(self.maps_or_new(domain), domain, (0, &slots), (0, &heap))?;
         }
+        self.mapped.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// For bindings that read slots themselves (libhreg's Go support): the
+    /// registry header, and a counter that moves on after chunks are mapped
+    /// (a binding re-asks [`Reads::mapped_chunks`] when it changed).
+    pub(crate) fn header_and_counter(&self) -> (&Mapping, &AtomicU64) {
+        (&self.header, &self.mapped)
+    }
+
+    /// For bindings: the chunks of `domain` this session has mapped, slot
+    /// chunks into `slots[k]` and heap chunks into `heap[k]` (`None` where
+    /// chunk `k` is not mapped). Returns how many entries of each would
+    /// hold every mapped chunk (more than `heap.len()`: ask again with
+    /// room). Mappings are never removed while `self` lives.
+    pub(crate) fn mapped_chunks<'a>(
+        &'a self,
+        domain: u16,
+        slots: &mut [Option<&'a Mapping>],
+        heap: &mut [Option<&'a Mapping>],
+    ) -> (usize, usize) {
+        fn report<'a>(
+            list: &'a [OnceLock<OwnedMapping>],
+            out: &mut [Option<&'a Mapping>],
+        ) -> usize {
+            out.fill(None);
+            let mut needed = 0;
+            for (k, chunk) in list.iter().enumerate() {
+                if let Some(map) = chunk.get() {
+                    needed = k + 1;
+                    if let Some(place) = out.get_mut(k) {
+                        *place = Some(&**map);
+                    }
+                }
+            }
+            needed
+        }
+        match self.maps(domain) {
+            Some(maps) if !maps.denied.load(Ordering::Relaxed) => {
+                (report(&maps.slots, slots), report(&maps.heap, heap))
+            }
+            _ => (report(&[], slots), report(&[], heap)),
+        }
     }
 
     /// The slot `parts` names, mapping what is missing once; `Ok(None)`:

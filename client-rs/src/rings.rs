@@ -4,23 +4,39 @@
 //! ring cap (or while a thread is exiting), threads share one ring under
 //! its lock. Rings opened before the session resumed belong to the daemon
 //! that went away: they are dropped (never closed) and new ones opened.
+//!
+//! Or, once a client asks for it ([`Rings::use_pool`]: runtimes such as
+//! Go's that run calls on ever-changing OS threads), a call takes a free
+//! ring of a small pool the client shares, whatever its thread.
 
 use crate::control;
 use crate::engine::RingState;
 use crate::error::{Error, Result};
+use crate::reads::thread_number;
 use crate::session::{refusal, Session};
 use crate::shm;
 use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::Status;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 
 /// A client's rings: those its threads opened that may still be alive, and
-/// the one threads share once the daemon has no more rings for it.
+/// the one threads share once the daemon has no more rings for it; or, in
+/// pool mode, the pool.
 #[derive(Default)]
 pub(crate) struct Rings {
     table: Mutex<RingTable>,
+    pool: OnceLock<Pool>,
+}
+
+/// Largest ring pool a client may ask for (the daemon's default ring cap).
+const MAX_POOL: usize = 64;
+
+/// Rings any thread may take: each place holds a ring once one was needed
+/// there (replaced when the session resumed).
+struct Pool {
+    places: Box<[Mutex<Option<Arc<RingCell>>>]>,
 }
 
 #[derive(Default)]
@@ -105,6 +121,70 @@ impl Rings {
         // The table holds only weak and strong pointers; a panic while it
         // was locked leaves it consistent.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Switches to pool mode with up to `rings` rings; false if already
+    /// switched or `rings` is out of range.
+    pub(crate) fn use_pool(&self, rings: usize) -> bool {
+        if !(1..=MAX_POOL).contains(&rings) {
+            return false;
+        }
+        let pool = Pool {
+            places: (0..rings).map(|_| Mutex::new(None)).collect(),
+        };
+        self.pool.set(pool).is_ok()
+    }
+
+    /// The ring a call on this thread uses: its own, or one of the pool.
+    pub(crate) fn pick(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+        match self.pool.get() {
+            Some(pool) => self.pooled(pool, session),
+            None => self.for_this_thread(session),
+        }
+    }
+
+    /// A ring of the pool: a free one of this session generation, else a
+    /// new one in a place that has none (or a dead one), else the busy one
+    /// this thread's number picks (the caller waits for its lock).
+    fn pooled(&self, pool: &Pool, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+        let generation = session.generation();
+        let current = |place: &Option<Arc<RingCell>>| {
+            place
+                .as_ref()
+                .filter(|cell| cell.generation == generation)
+                .cloned()
+        };
+        for place in pool.places.iter() {
+            let Some(cell) = place.try_lock().ok().and_then(|p| current(&p)) else {
+                continue;
+            };
+            let free = match cell.state.try_lock() {
+                Ok(_) | Err(TryLockError::Poisoned(_)) => true,
+                Err(TryLockError::WouldBlock) => false,
+            };
+            if free {
+                return Ok(cell);
+            }
+        }
+        for place in pool.places.iter() {
+            let mut place = place.lock().unwrap_or_else(PoisonError::into_inner);
+            if current(&place).is_none() {
+                let cell = self.open(session)?;
+                *place = Some(cell.clone());
+                return Ok(cell);
+            }
+        }
+        let mine = &pool.places[thread_number() % pool.places.len()];
+        let mut place = mine.lock().unwrap_or_else(PoisonError::into_inner);
+        match current(&place) {
+            Some(cell) => Ok(cell),
+            // Replaced meanwhile by a resume: open anew.
+            None => {
+                let cell = self.open(session)?;
+                *place = Some(cell.clone());
+                Ok(cell)
+            }
+        }
     }
 
     /// This thread's ring for `session`, opening one on first use.

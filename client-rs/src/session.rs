@@ -51,7 +51,9 @@ pub(crate) struct Session {
     /// the daemon keeps sessions across restarts).
     memfd: Option<OwnedFd>,
     map: SessionMapping,
-    reads: Reads,
+    /// Shared with bindings that read the mappings themselves
+    /// ([`crate::MappedReads`]): they stay mapped while either holds them.
+    reads: Arc<Reads>,
     welcome: Welcome,
     /// [`ATTACHED`], [`AWAY`] or [`GONE`].
     state: AtomicU8,
@@ -146,7 +148,7 @@ impl Session {
             welcome.pins_offset,
             welcome.pin_entries,
         )?;
-        let reads = Reads::new(&header, welcome.instance)?;
+        let reads = Arc::new(Reads::new(&header, welcome.instance)?);
         reads.preload(&welcome.preload, chunks)?;
         let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];
         Ok(Arc::new_cyclic(|me| Session {
@@ -276,6 +278,11 @@ impl Session {
     /// The registry's read side, as this session maps it.
     pub(crate) fn reads(&self) -> &Reads {
         &self.reads
+    }
+
+    /// The read side, shared (for [`crate::MappedReads`]).
+    pub(crate) fn reads_shared(&self) -> Arc<Reads> {
+        Arc::clone(&self.reads)
     }
 
     /// The session's memory (rings and pin table).

@@ -59,7 +59,7 @@ pub const MAX_HEAP_CHUNK: u64 = 1 << 30;
 pub const MAX_HEAP_CHUNKS: usize = 1024;
 
 /// Bits of a heap address that hold the offset in its chunk.
-const OFFSET_BITS: u32 = 48;
+pub const OFFSET_BITS: u32 = 48;
 
 /// Where slot `index` of a domain lives: the chunk, and the slot's place
 /// in it.
@@ -142,9 +142,25 @@ pub struct Slot {
     pub payload: Payload,
 }
 
-const STATE_FREE: u64 = 0;
-const STATE_INLINE: u64 = 1;
-const STATE_HEAP: u64 = 2;
+/// Word 0: where the generation starts (16 bits; the sequence is bits 0..32).
+pub const GENERATION_SHIFT: u32 = 32;
+/// Word 0: where the object flags start (8 bits).
+pub const FLAGS_SHIFT: u32 = 48;
+/// Word 0: where the state starts (8 bits: [`STATE_FREE`], [`STATE_INLINE`],
+/// [`STATE_HEAP`]).
+pub const STATE_SHIFT: u32 = 56;
+/// The word of the value's length (bits 0..32) and owner uid (bits 32..64).
+pub const LEN_WORD: usize = 1;
+/// The word of the heap address (state 2), or the first word of the value
+/// (state 1).
+pub const VALUE_WORD: usize = 2;
+
+/// Slot state (word 0, bits 56..64): no object.
+pub const STATE_FREE: u64 = 0;
+/// Slot state: the value is inside the slot, from word 2.
+pub const STATE_INLINE: u64 = 1;
+/// Slot state: the value is in the domain's heap, at word 2's address.
+pub const STATE_HEAP: u64 = 2;
 
 impl Slot {
     /// A free slot of generation `generation` (no object, no value).
@@ -489,6 +505,37 @@ mod tests {
     }
 
     #[test]
+    fn word_constants_are_the_encoding() {
+        let at = HeapAddress {
+            chunk: 0x2a,
+            offset: 0x1234,
+        };
+        let slot = Slot {
+            generation: 0xabcd,
+            flags: 0x5a,
+            len: 0x0102_0304,
+            owner: 0x0506_0708,
+            payload: Payload::Heap(at),
+        };
+        let words = slot.encode();
+        assert_eq!((words[0] >> GENERATION_SHIFT) as u16, 0xabcd);
+        assert_eq!((words[0] >> FLAGS_SHIFT) as u8, 0x5a);
+        assert_eq!(words[0] >> STATE_SHIFT, STATE_HEAP);
+        assert_eq!(words[LEN_WORD] as u32, 0x0102_0304);
+        assert_eq!((words[LEN_WORD] >> 32) as u32, 0x0506_0708);
+        assert_eq!(words[VALUE_WORD] >> OFFSET_BITS, 0x2a);
+        assert_eq!(words[VALUE_WORD] & ((1 << OFFSET_BITS) - 1), 0x1234);
+        let words = Slot {
+            payload: inline(b"abcdefgh"),
+            ..slot
+        }
+        .encode();
+        assert_eq!(words[0] >> STATE_SHIFT, STATE_INLINE);
+        assert_eq!(words[VALUE_WORD].to_le_bytes(), *b"abcdefgh");
+        assert_eq!(Slot::free(3).encode()[0] >> STATE_SHIFT, STATE_FREE);
+    }
+
+    #[test]
     fn slots_round_trip_and_reads_check_the_generation() {
         let map = Mapping::anonymous(4 * SLOT_SIZE).unwrap();
         let heap = Mapping::anonymous(4096).unwrap();
@@ -564,7 +611,8 @@ pub mod header {
     /// The version of this layout (slots, heaps, header, pins).
     pub const VERSION: u32 = 1;
     const EPOCH_AT: usize = 64;
-    const STOPPED_AT: usize = 128;
+    /// Offset of the word that is non-zero once the daemon stopped serving.
+    pub const STOPPED_AT: usize = 128;
     const CLEAN_AT: usize = 192;
 
     /// The header, borrowed from its mapping.

@@ -746,7 +746,7 @@ fn newcomer_readme_runs_as_written() {
                 std::fs::write(
                     module.join("go.mod"),
                     format!(
-                        "module readme\n\ngo 1.19\n\nrequire hreg v0.0.0\n\nreplace hreg => {}\n",
+                        "module readme\n\ngo 1.19\n\nrequire hreg.dev/go/hreg v0.0.0\n\nreplace hreg.dev/go/hreg => {}\n",
                         repo().join("client-go").display()
                     ),
                 )

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"time"
 
-	"hreg"
+	"hreg.dev/go/hreg"
 )
 
 func main() {

@@ -3,27 +3,37 @@
 // object in hregd, and a separate C program resolves it by itself. And the
 // reverse: a C program inserts, Go resolves.
 //
-//	make -C client-c install PREFIX=$HOME/.local
-//	export PKG_CONFIG_PATH=$HOME/.local/lib/pkgconfig LD_LIBRARY_PATH=$HOME/.local/lib
-//	cc client-c/examples/producer.c $(pkg-config --cflags --libs hreg) -o producer
-//	cc client-c/examples/consumer.c $(pkg-config --cflags --libs hreg) -o consumer
-//	HREG_SOCKET=/tmp/hreg.sock go run ./examples/origin -producer ./producer -consumer ./consumer
+// One command, from the repository's root, builds what it needs, starts a
+// private hregd, runs this, and removes everything again:
+//
+//	client-go/examples/origin/run
+//
+// With libhreg installed (pkg-config finds it) and hregd serving:
+//
+//	cd client-go && go run ./examples/origin [-socket PATH]
+//
+// Without -producer and -consumer it compiles client-c/examples/producer.c
+// and consumer.c with cc and pkg-config into a temporary directory, which
+// it removes when it exits, whether it succeeded or not.
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
-	"hreg"
+	"hreg.dev/go/hreg"
 )
 
 func main() {
-	producer := flag.String("producer", "producer", "the C program that inserts a value and prints its handle")
-	consumer := flag.String("consumer", "consumer", "the C program that prints the value of a handle and removes it")
+	producer := flag.String("producer", "", "the C program that inserts a value and prints its handle (default: build client-c/examples/producer.c)")
+	consumer := flag.String("consumer", "", "the C program that prints the value of a handle and removes it (default: build client-c/examples/consumer.c)")
 	socket := flag.String("socket", "", "hregd's socket (default: $HREG_SOCKET, else the default path)")
 	flag.Parse()
 	if err := run(*socket, *producer, *consumer); err != nil {
@@ -33,13 +43,31 @@ func main() {
 }
 
 func run(socket, producer, consumer string) error {
+	if producer == "" || consumer == "" {
+		dir, err := os.MkdirTemp("", "hreg-origin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if producer == "" {
+			if producer, err = buildC(dir, "producer"); err != nil {
+				return err
+			}
+		}
+		if consumer == "" {
+			if consumer, err = buildC(dir, "consumer"); err != nil {
+				return err
+			}
+		}
+	}
+
 	c, err := hreg.Connect(socket)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (start one: cargo run --release --bin hregd)", err)
 	}
 	defer c.Close()
 
-	// Go inserts and hands C only the integer. DETACHED: the object must
+	// Go inserts and hands C only the integer. Detached: the object must
 	// outlive this session's reference rules while C holds the number.
 	h, err := c.Insert([]byte("hello from Go"), hreg.Detached)
 	if err != nil {
@@ -47,6 +75,7 @@ func run(socket, producer, consumer string) error {
 	}
 	out, err := command(socket, consumer, strconv.FormatUint(uint64(h), 10)).Output()
 	if err != nil {
+		_ = c.Remove(h)
 		return fmt.Errorf("%s %d: %v", consumer, h, err)
 	}
 	fmt.Printf("C resolved Go's handle %d: %s\n", h, strings.TrimSpace(string(out)))
@@ -62,10 +91,34 @@ func run(socket, producer, consumer string) error {
 	}
 	value, err := c.Get(hreg.Handle(n))
 	if err != nil {
+		_ = c.Remove(hreg.Handle(n))
 		return err
 	}
 	fmt.Printf("Go resolved C's handle %d: %s\n", n, value)
 	return c.Remove(hreg.Handle(n))
+}
+
+// buildC compiles client-c/examples/NAME.c against the libhreg pkg-config
+// finds, into dir.
+func buildC(dir, name string) (string, error) {
+	_, here, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot tell where the sources are: give -producer and -consumer")
+	}
+	src := filepath.Join(filepath.Dir(here), "..", "..", "..", "client-c", "examples", name+".c")
+	if _, err := os.Stat(src); err != nil {
+		return "", fmt.Errorf("%v: give -producer and -consumer", err)
+	}
+	flags, err := exec.Command("pkg-config", "--cflags", "--libs", "hreg").Output()
+	if err != nil {
+		return "", fmt.Errorf("pkg-config hreg: %v (install libhreg: make -C client-c install, and set PKG_CONFIG_PATH)", err)
+	}
+	exe := filepath.Join(dir, name)
+	args := append([]string{src, "-o", exe}, strings.Fields(string(flags))...)
+	if out, err := exec.Command("cc", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("cc %s: %v\n%s", name, err, out)
+	}
+	return exe, nil
 }
 
 // command runs a C program against the same daemon.
