@@ -276,12 +276,23 @@ impl Registry {
     }
 
     /// Bytes of the heap blocks values occupy now, over every domain (block
-    /// sizes: a value's length rounded up to its size class).
+    /// sizes: a value's length rounded up to 16 bytes).
     pub fn heap_in_use(&self) -> u64 {
         self.domains
             .iter()
             .filter_map(OnceLock::get)
             .map(|domain| domain.heap_in_use())
+            .sum()
+    }
+
+    /// Bytes of heap pages allocated now, over every domain: at most the
+    /// pages live blocks touch, a page per heap chunk and 256 KiB per
+    /// domain (`heap::IDLE_MAX`).
+    pub fn heap_resident(&self) -> u64 {
+        self.domains
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|domain| domain.heap_resident())
             .sum()
     }
 
