@@ -198,7 +198,7 @@ impl Domain {
             || word(16) != Some(owner.map_or(0, |uid| u64::from(uid) | (1 << 32)))
             || !shards.is_power_of_two()
             || shards > 1024
-            || record.len() < record_len(shards)
+            || record.len() != record_len(shards)
         {
             return Err(format!(
                 "the record of domain {id} is not one this daemon wrote"

@@ -39,7 +39,10 @@ pub use memory::Chunk;
 pub use reclaim::Reader;
 pub use refs::SessionKey;
 pub use refusal::Refusal;
-pub use store::{names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore, Store};
+pub use store::{
+    check_kept, check_private_file, names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore,
+    Store,
+};
 
 use crate::domain::{Domain, Shard};
 use crate::holder::lock;
