@@ -724,6 +724,81 @@ mod tests {
             .contains("missing"));
     }
 
+    /// The churn of `hreg-bench --churn` on the allocator alone, scaled
+    /// down (16 MiB live instead of 256): sizes log-uniform in phases,
+    /// 0 B–1 MiB, then 0 B–4 KiB, then 64 KiB–1 MiB, then 0 B–1 MiB;
+    /// values of 48 bytes or less live in their slots. Returns, per phase,
+    /// the most pages allocated over the live value bytes.
+    fn phases(target: u64, steps: usize) -> [f64; 4] {
+        let chunks = chunks(64);
+        let mut heap = new_heap();
+        let mut rng = 7u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let size = |(low, high): (u64, u64), next: &mut dyn FnMut() -> u64| match low
+            + next() % (high - low + 1)
+        {
+            0 => 0,
+            class => {
+                let floor = 1u64 << (class - 1);
+                (floor + next() % floor).min(1 << 20)
+            }
+        };
+        let mut objects: Vec<(Option<HeapAddress>, u64)> = Vec::new();
+        let mut live = 0u64;
+        let mut worst = [0f64; 4];
+        for (phase, range) in [(0, 21), (0, 13), (17, 21), (0, 21)]
+            .into_iter()
+            .enumerate()
+        {
+            for _ in 0..steps {
+                let dice = next();
+                let place = |heap: &mut Heap, len: u64| {
+                    (len > 48).then(|| heap.alloc(&chunks, len).unwrap())
+                };
+                if objects.is_empty() || (live < target && dice % 100 >= 40) {
+                    let len = size(range, &mut next);
+                    objects.push((place(&mut heap, len), len));
+                    live += len;
+                    continue;
+                }
+                let i = (dice >> 8) as usize % objects.len();
+                let (old, old_len) = if live >= target {
+                    objects.swap_remove(i)
+                } else {
+                    let len = size(range, &mut next);
+                    live += len;
+                    std::mem::replace(&mut objects[i], (place(&mut heap, len), len))
+                };
+                if let Some(old) = old {
+                    heap.free(&chunks, old, old_len);
+                }
+                live -= old_len;
+                if live >= target / 4 {
+                    worst[phase] = worst[phase].max(heap.resident() as f64 / live as f64);
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn memory_follows_the_values_when_sizes_shift() {
+        let worst = phases(16 << 20, 60_000);
+        println!("pages / live value bytes, most per phase: {worst:?}");
+        assert!(
+            worst[0] < 1.1 && worst[1] < 1.1 && worst[3] < 1.15,
+            "{worst:?}"
+        );
+        // Small values dying one by one keep their pages until the last
+        // on each goes: what no allocator that never moves a value avoids.
+        assert!(worst[2] < 1.4, "{worst:?}");
+    }
+
     /// One step of the property test: allocate a value of a size (its
     /// log2 drawn uniformly, so small and large sizes are as likely), or
     /// free the nth live block.

@@ -165,7 +165,7 @@ fn check_owned(fd: BorrowedFd<'_>, links: u64) -> Result<(), String> {
             stat.st_mode & 0o7777
         ));
     }
-    if u64::from(stat.st_nlink) != links {
+    if stat.st_nlink != links {
         return Err(format!("it has {} links, not {links}", stat.st_nlink));
     }
     Ok(())

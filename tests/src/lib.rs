@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 pub mod attacks;
 pub mod c_programs;
+pub mod memory;
 pub mod prometheus;
 pub mod raw;
 pub mod readside;

@@ -10,42 +10,14 @@
 //! (their allocated blocks, through `/proc/PID/fd`), not from its RSS.
 
 use hreg_tests::{is_root, required_in_ci, wait_until, Daemon, Helper, NOBODY};
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The attacker's byte quota.
 const QUOTA: u64 = 8 << 20;
 
-/// Bytes the daemon's heap chunks (`memfd:hreg-d<D>-h<K>`) take: their
-/// allocated blocks, each memfd counted once.
 fn heap_bytes(daemon: &Daemon) -> u64 {
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid())) else {
-        return 0;
-    };
-    for entry in dir.filter_map(Result::ok) {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy();
-        let is_heap = target
-            .split("memfd:hreg-d")
-            .nth(1)
-            .and_then(|rest| rest.split_once('-'))
-            .is_some_and(|(_, piece)| piece.starts_with('h'));
-        if !is_heap {
-            continue;
-        }
-        if let Ok(meta) = std::fs::metadata(entry.path()) {
-            if seen.insert((meta.dev(), meta.ino())) {
-                total += meta.blocks() * 512;
-            }
-        }
-    }
-    total
+    hreg_tests::memory::heap_bytes(daemon.pid())
 }
 
 #[test]
