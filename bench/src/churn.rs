@@ -14,9 +14,13 @@
 //! The figure judged is, over all samples, the largest
 //! `RSS / (live value bytes + fixed overhead)`, the fixed overhead being
 //! the RSS of the same daemon before the first value, with the sessions
-//! attached and their rings open; issue 11 bounds it by 1.5. A few gets
-//! check that values are whole and the right ones. At the end every object
-//! is removed and the daemon sampled once more, idle.
+//! attached and their rings open; issue 11 bounds it by 1.5. It is also
+//! given per phase (issue 17 names phase 0, mixed sizes, and phase 2, the
+//! shift from small values to large ones), with the value heaps' own
+//! memory (their memfds' allocated pages, read through `/proc/PID/fd`)
+//! over the live value bytes. A few gets check that values are whole and
+//! the right ones. At the end every object is removed and the daemon
+//! sampled once more, idle.
 
 use crate::procs::{self, Proc};
 use crate::report::{verdict, ModeReport};
@@ -55,6 +59,8 @@ pub struct Sample {
     pub rss_anon_bytes: u64,
     /// ... and shared memory (the registry's slot tables and value heaps).
     pub rss_shmem_bytes: u64,
+    /// Pages allocated in the value heaps' memfds (mapped or not).
+    pub heap_bytes: u64,
     pub objects: u64,
     pub value_bytes: u64,
     /// Replaced or removed values not yet given back.
@@ -82,12 +88,19 @@ pub struct ChurnReport {
     /// The largest ratio of a sample, and when.
     pub max_ratio: f64,
     pub max_ratio_at: f64,
+    /// The largest ratio of a sample in each phase.
+    pub phase_max_ratio: [f64; 4],
+    /// The largest `heap bytes / live value bytes` of a sample in each
+    /// phase (samples with at least 16 MiB live).
+    pub phase_max_heap_ratio: [f64; 4],
     /// The daemon's peak RSS (`VmHWM`) over (the most live value bytes of a
     /// sample + fixed overhead): catches a peak between samples.
     pub peak_ratio: f64,
     pub peak_rss_bytes: u64,
     /// RSS after every object was removed and the daemon left idle.
     pub idle_after_rss_bytes: u64,
+    /// Heap pages allocated then.
+    pub idle_after_heap_bytes: u64,
     pub failures: Vec<String>,
 }
 
@@ -233,6 +246,7 @@ pub fn run(hregd: &Path, dir: &Path, seconds: u64, live_bytes: u64) -> anyhow::R
     }
     std::thread::sleep(SETTLE);
     let idle_after = daemon.rss_bytes()?;
+    let idle_after_heap = hreg_tests::memory::heap_bytes(daemon.pid());
     let peak_rss = daemon.peak_rss_bytes()?;
     daemon.check_alive()?;
     let mut report = ChurnReport {
@@ -251,9 +265,12 @@ pub fn run(hregd: &Path, dir: &Path, seconds: u64, live_bytes: u64) -> anyhow::R
             .unwrap_or_else(|e| e.into_inner()),
         max_ratio: 0.0,
         max_ratio_at: 0.0,
+        phase_max_ratio: [0.0; 4],
+        phase_max_heap_ratio: [0.0; 4],
         peak_ratio: 0.0,
         peak_rss_bytes: peak_rss,
         idle_after_rss_bytes: idle_after,
+        idle_after_heap_bytes: idle_after_heap,
         samples,
         failures,
     };
@@ -371,6 +388,7 @@ fn sample_every_second(
             rss_bytes: daemon.rss_bytes()?,
             rss_anon_bytes: daemon.status_bytes("RssAnon")?,
             rss_shmem_bytes: daemon.status_bytes("RssShmem")?,
+            heap_bytes: hreg_tests::memory::heap_bytes(daemon.pid()),
             objects: stats.objects,
             value_bytes: stats.value_bytes,
             reclaim_pending_bytes: usage.reclaim_pending,
@@ -388,6 +406,12 @@ impl ChurnReport {
             if s.ratio > self.max_ratio {
                 self.max_ratio = s.ratio;
                 self.max_ratio_at = s.t;
+            }
+            let phase = s.phase.min(3);
+            self.phase_max_ratio[phase] = self.phase_max_ratio[phase].max(s.ratio);
+            if s.value_bytes >= 16 << 20 {
+                let heap = s.heap_bytes as f64 / s.value_bytes as f64;
+                self.phase_max_heap_ratio[phase] = self.phase_max_heap_ratio[phase].max(heap);
             }
         }
         let most_live = self.samples.iter().map(|s| s.value_bytes).max();
@@ -462,12 +486,24 @@ impl ModeReport for ChurnReport {
                 ),
             ),
             (
+                "max RSS / (live + fixed) per phase: 0 mixed / 1 small / 2 small → large / 3 mixed",
+                self.phase_max_ratio.map(number).join(" / "),
+            ),
+            (
+                "max heap pages / live value bytes per phase (samples ≥ 16 MiB live)",
+                self.phase_max_heap_ratio.map(number).join(" / "),
+            ),
+            (
                 "peak RSS (VmHWM) / (most live value bytes + fixed)",
                 format!("{} ({})", number(self.peak_ratio), mib(self.peak_rss_bytes)),
             ),
             (
-                "RSS idle after everything was removed",
-                mib(self.idle_after_rss_bytes),
+                "RSS / heap pages idle after everything was removed",
+                format!(
+                    "{} / {}",
+                    mib(self.idle_after_rss_bytes),
+                    mib(self.idle_after_heap_bytes)
+                ),
             ),
         ];
         for (figure, value) in rows {
@@ -475,17 +511,18 @@ impl ModeReport for ChurnReport {
         }
         let _ = writeln!(
             out,
-            "\n| t s | phase | RSS | anon | shmem | objects | live values | awaiting reclamation | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "\n| t s | phase | RSS | anon | shmem | heap | objects | live values | awaiting reclamation | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.samples {
             let _ = writeln!(
                 out,
-                "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.t,
                 s.phase,
                 mib(s.rss_bytes),
                 mib(s.rss_anon_bytes),
                 mib(s.rss_shmem_bytes),
+                mib(s.heap_bytes),
                 s.objects,
                 mib(s.value_bytes),
                 mib(s.reclaim_pending_bytes),
@@ -532,6 +569,7 @@ mod tests {
             rss_bytes: rss,
             rss_anon_bytes: 0,
             rss_shmem_bytes: 0,
+            heap_bytes: 0,
             objects: 1,
             value_bytes: live,
             reclaim_pending_bytes: 0,
@@ -551,9 +589,12 @@ mod tests {
             samples: vec![sample(1.0, 200, 100), sample(2.0, 400, 100)],
             max_ratio: 0.0,
             max_ratio_at: 0.0,
+            phase_max_ratio: [0.0; 4],
+            phase_max_heap_ratio: [0.0; 4],
             peak_ratio: 0.0,
             peak_rss_bytes: 400,
             idle_after_rss_bytes: 100,
+            idle_after_heap_bytes: 0,
             failures: Vec::new(),
         };
         report.judge();

@@ -2,12 +2,17 @@
 //! whole first, then rebuilt from what can be trusted.
 //!
 //! What is checked (else the state is refused, [`AdoptError::Unusable`], and
-//! the caller sets it aside whole): every name is one of the state's; the
+//! the caller sets it aside whole): before anything is mapped, that every
+//! piece is one no other uid could have changed (a regular file of the
+//! daemon's uid, mode 0600, one link; or a sealed memfd of its uid:
+//! [`crate::check_kept`]); every name is one of the state's; the
 //! header's magic and layout version; each domain's record (magic, id,
-//! owner, shards) and its chunks (slot chunks of the right sizes, every
-//! chunk from the first to the last present); every live slot (its owner
-//! matches a private domain's, its value lies inside a heap chunk, no two
-//! values overlap).
+//! owner, shards) and its chunks (the header, records and slot chunks of
+//! the right sizes, every heap chunk labelled as its domain's and of the
+//! length its label says, every chunk from the first to the last
+//! present); every live slot (its owner matches a private domain's, it is
+//! SHARED exactly in the shared domain, its value lies inside a heap
+//! chunk, no two values overlap).
 //!
 //! What is rebuilt, never read from a header that may be half written:
 //!
@@ -38,12 +43,12 @@ use crate::memory::Chunk;
 use crate::reclaim::Retired;
 use crate::refs::{RefTable, SessionKey};
 use crate::store::names::{self, Piece};
-use crate::store::Store;
+use crate::store::{check_kept, Store};
 use crate::{lock, random_u64, Limits, Registry};
 use hreg_proto::handle::{Handle, MAX_DOMAINS};
 use hreg_proto::table::{header, Payload, Slot, INLINE_VALUE, SHARED_DOMAIN};
 use hreg_proto::{flags, MAX_VALUE_SIZE_LIMIT};
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -164,6 +169,13 @@ fn sort(pieces: Vec<(String, OwnedFd)>) -> Result<Pieces, AdoptError> {
     if pieces.is_empty() {
         return Err(AdoptError::Nothing);
     }
+    // Before anything is mapped: a file another uid could have changed
+    // (swapped, cut short, linked) is never adopted.
+    for (name, fd) in &pieces {
+        check_kept(fd.as_fd()).map_err(|why| {
+            unusable(format!("{name}: {why}, so another uid may have changed it"))
+        })?;
+    }
     let mut sorted = Pieces::default();
     for (name, fd) in pieces {
         match names::parse(&name)
@@ -248,6 +260,13 @@ impl Registry {
             .take()
             .ok_or_else(|| unusable("the header is missing"))?;
         let header = Chunk::adopt(header).map_err(|e| unusable(format!("header: {e}")))?;
+        if header.len() != header::LEN {
+            return Err(unusable(format!(
+                "the header is {} bytes, not {}",
+                header.len(),
+                header::LEN
+            )));
+        }
         let (instance, clean) = {
             let view = header::Header::new(header.mapping())
                 .ok_or_else(|| unusable("the header is not one of this layout version"))?;
@@ -450,6 +469,24 @@ impl Registry {
             return Err(unusable(format!(
                 "slot {index} of domain {}: owned by uid {}, not the domain's",
                 domain.id, slot.owner
+            )));
+        }
+        // A slot chunk of the shared domain where a private one should be,
+        // or the other way round.
+        if (u32::from(slot.flags) & flags::SHARED != 0) != domain.owner.is_none() {
+            return Err(unusable(format!(
+                "slot {index} of domain {}: a{} object in a{} domain",
+                domain.id,
+                if domain.owner.is_none() {
+                    " private"
+                } else {
+                    " SHARED"
+                },
+                if domain.owner.is_none() {
+                    " shared"
+                } else {
+                    " private"
+                },
             )));
         }
         locked.live += 1;

@@ -25,6 +25,9 @@
 //!                    (u64): a chunk counts once it exists, before any slot
 //!                    names it, so an adopting daemon knows that none is
 //!                    missing
+//!        offset 48   the heap's label (u64, random): every heap chunk
+//!                    starts with it (`crate::heap`), so a chunk of another
+//!                    domain or state is refused
 //!        offset 64   per shard, 128 bytes: slot index | 1 << 32 while the
 //!                    entry is valid (u64), at +8 the old slot's eight words
 //! ```
@@ -45,6 +48,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 const RECORD_MAGIC: u64 = u64::from_le_bytes(*b"HREGDOM1");
 const SLOT_CHUNKS_AT: usize = 32;
 const HEAP_CHUNKS_AT: usize = 40;
+const HEAP_LABEL_AT: usize = 48;
 const JOURNAL_AT: usize = 64;
 const JOURNAL_ENTRY: usize = 128;
 const JOURNAL_VALID: u64 = 1 << 32;
@@ -118,6 +122,7 @@ impl Domain {
         shards: usize,
         seed: u64,
     ) -> std::io::Result<Domain> {
+        let label = crate::random_u64();
         let record = if store.keeps_state() {
             let len = record_len(shards);
             let record = Chunk::create(&**store, &names::domain(id, owner), len)?;
@@ -129,12 +134,15 @@ impl Domain {
                 Ordering::Relaxed,
             );
             word(24).store(shards as u64, Ordering::Relaxed);
+            word(HEAP_LABEL_AT).store(label, Ordering::Relaxed);
             word(0).store(RECORD_MAGIC, Ordering::Release);
             Some(record)
         } else {
             None
         };
-        Ok(Domain::with_parts(store, id, owner, shards, seed, record))
+        Ok(Domain::with_parts(
+            store, id, owner, shards, seed, record, label,
+        ))
     }
 
     fn with_parts(
@@ -144,6 +152,7 @@ impl Domain {
         shards: usize,
         seed: u64,
         record: Option<Chunk>,
+        heap_label: u64,
     ) -> Domain {
         Domain {
             id,
@@ -165,7 +174,7 @@ impl Domain {
                     }))
                 })
                 .collect(),
-            heap: Mutex::new(Heap::new(Arc::clone(store), id)),
+            heap: Mutex::new(Heap::new(Arc::clone(store), id, heap_label)),
             heap_chunks: (0..MAX_HEAP_CHUNKS).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -180,7 +189,7 @@ impl Domain {
         seed: u64,
         record: Chunk,
         slot_chunks: Vec<Chunk>,
-        heap_chunks: Vec<Chunk>,
+        mut heap_chunks: Vec<Chunk>,
     ) -> Result<Domain, String> {
         let word = |at: usize| record.mapping().word(at).map(|w| w.load(Ordering::Acquire));
         let shards = word(24).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
@@ -189,7 +198,7 @@ impl Domain {
             || word(16) != Some(owner.map_or(0, |uid| u64::from(uid) | (1 << 32)))
             || !shards.is_power_of_two()
             || shards > 1024
-            || record.len() < record_len(shards)
+            || record.len() != record_len(shards)
         {
             return Err(format!(
                 "the record of domain {id} is not one this daemon wrote"
@@ -210,7 +219,11 @@ impl Domain {
                 ));
             }
         }
-        let domain = Domain::with_parts(store, id, owner, shards, seed, Some(record));
+        // A heap chunk not counted yet may not carry its label yet either:
+        // it is made again when needed.
+        heap_chunks.truncate(word(HEAP_CHUNKS_AT).unwrap_or(0) as usize);
+        let label = word(HEAP_LABEL_AT).unwrap_or(0);
+        let domain = Domain::with_parts(store, id, owner, shards, seed, Some(record), label);
         let mut made = 0u32;
         for (k, chunk) in slot_chunks.into_iter().enumerate() {
             if chunk.len() != slot_chunk_len(k) {
@@ -459,5 +472,13 @@ impl Domain {
     /// Bytes of heap blocks in use (block sizes).
     pub fn heap_in_use(&self) -> u64 {
         self.heap.lock().unwrap_or_else(|e| e.into_inner()).in_use()
+    }
+
+    /// Bytes of heap pages allocated (what the heap takes in memory).
+    pub fn heap_resident(&self) -> u64 {
+        self.heap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resident()
     }
 }

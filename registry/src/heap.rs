@@ -1,50 +1,102 @@
-//! A domain's value heap: an allocator of blocks over its heap chunks.
+//! A domain's value heap: an allocator of blocks over its heap chunks whose
+//! memory follows the live values.
 //!
-//! Blocks come in size classes (16-byte steps up to 256 bytes, then four
-//! classes per power of two), so a block is at most a quarter larger than
-//! what it holds and a freed block serves any later value of its class.
-//! New blocks are cut from the end of the newest chunk; when it has no room
-//! left, what remains is cut into smaller blocks for the free lists and a
-//! new chunk is made, each larger than the last (few descriptors), or as
-//! large as one value needs. Pages are allocated just ahead of the cut, and
-//! freed blocks of [`PUNCH_MIN`] bytes or more give their pages back, so
-//! memory follows the live values under churn.
+//! - A block is its value's length rounded up to 16 bytes. Blocks are cut
+//!   from free ranges, the smallest range that fits and the lowest address
+//!   among equals (address-ordered best fit), and a freed block joins its
+//!   free neighbours at once (coalescing): every freed byte serves a value
+//!   of any size, whatever size freed it.
+//! - Pages are allocated (`fallocate`) before a block on them is written,
+//!   a few ahead when the block lands on fresh pages. Whole pages of free
+//!   ranges are given back (punched) as soon as more than [`IDLE_MAX`]
+//!   bytes of them are allocated in the domain, so the heap's memory is at
+//!   most the pages its live blocks touch (and the quarantine's gaps, after
+//!   a restart), one page per chunk (its label) and [`IDLE_MAX`]. Pages a
+//!   client touches through its read-only mapping after they were given
+//!   back are given back again with their range.
+//! - A chunk's first 16 bytes are its label: the domain's random label,
+//!   the chunk's index and its length. A restarted daemon adopts a chunk
+//!   only if its label says it is the chunk of this domain that its name
+//!   says (files swapped between domains or states are refused).
+//!
+//! New chunks are made only when no free range fits, each larger than the
+//! last (few descriptors), or as large as one value needs. The heap keeps
+//! its free ranges and holes in daemon memory only; nothing of it is read
+//! back from shared memory (an adopting daemon rebuilds it from the live
+//! blocks: [`Heap::adopt`]).
 //!
 //! Blocks are only freed through reclamation (a reader may still be copying
-//! a replaced value, or hold it borrowed): see `crate::reclaim`.
+//! a replaced value, or hold it borrowed): see `crate::reclaim`. A block
+//! freed under a reader mid-copy may be punched: the reader sees zeroes,
+//! and the slot's sequence makes it read again.
 
 use crate::memory::Chunk;
 use crate::store::{names, Store};
 use hreg_proto::table::{heap_chunk_len, HeapAddress};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-/// Freed blocks at least this large give their pages back.
-pub const PUNCH_MIN: u64 = 64 << 10;
+/// Pages: the unit of allocating and giving back.
+pub const PAGE: u64 = 4096;
 
-/// Pages allocated ahead of the cut at a time.
-const ALLOCATE_AHEAD: u64 = 256 << 10;
+/// Bytes of whole free pages a heap keeps allocated before it gives them
+/// back (so that churn does not punch and allocate on every block).
+pub const IDLE_MAX: u64 = 256 << 10;
+
+/// Bytes at the start of every chunk that hold its label.
+pub const LABEL_LEN: u64 = 16;
+
+/// Pages allocated ahead of a block cut from fresh pages, at most.
+const ALLOCATE_AHEAD: u64 = 64 << 10;
 
 /// Block sizes are multiples of this (and so are block offsets).
 const ALIGN: u64 = 16;
 
-/// The size class of a block that holds `len` bytes, and the class's block
-/// size.
-pub fn class_of(len: u64) -> (usize, u64) {
-    let len = len.max(1);
-    if len <= 256 {
-        let size = len.div_ceil(ALIGN) * ALIGN;
-        return ((size / ALIGN - 1) as usize, size);
-    }
-    // 2^n < len <= 2^(n+1): quarter steps of 2^n.
-    let n = 63 - (len - 1).leading_zeros() as u64;
-    let quarter = 1u64 << (n - 2);
-    let steps = (len - (1 << n)).div_ceil(quarter);
-    let class = 16 + 4 * (n as usize - 8) + steps as usize - 1;
-    (class, (1 << n) + steps * quarter)
+/// Chunks made for one large value are a multiple of this.
+const CHUNK_ROUND: u64 = 1 << 20;
+
+/// Bits of a key that hold the offset (as in a slot's heap address).
+const OFFSET_BITS: u32 = 48;
+
+/// The bytes of the block that holds a `len`-byte value.
+pub fn block_size(len: u64) -> u64 {
+    len.max(1).div_ceil(ALIGN) * ALIGN
 }
 
-/// The block size of `class`.
+/// A place in the heap as one ordered number: chunk, then offset. Ranges
+/// never cross chunks (a chunk is shorter than 2^48 bytes), so two keys
+/// are adjacent only inside one chunk.
+fn key(at: HeapAddress) -> u64 {
+    (u64::from(at.chunk) << OFFSET_BITS) | at.offset
+}
+
+fn address(key: u64) -> HeapAddress {
+    HeapAddress {
+        chunk: (key >> OFFSET_BITS) as u16,
+        offset: key & ((1 << OFFSET_BITS) - 1),
+    }
+}
+
+fn page_down(key: u64) -> u64 {
+    key & !(PAGE - 1)
+}
+
+fn page_up(key: u64) -> u64 {
+    key.next_multiple_of(PAGE)
+}
+
+/// The whole pages of `start .. end` (an empty range if none).
+fn whole(start: u64, end: u64) -> (u64, u64) {
+    let first = page_up(start);
+    (first, page_down(end).max(first))
+}
+
+fn bytes((start, end): (u64, u64)) -> u64 {
+    end - start
+}
+
 /// Chunk `index` of `chunks`, which the heap made.
 fn made(chunks: &[OnceLock<Chunk>], index: u16) -> &Chunk {
     chunks[usize::from(index)]
@@ -52,52 +104,70 @@ fn made(chunks: &[OnceLock<Chunk>], index: u16) -> &Chunk {
         .expect("the heap made every chunk it names")
 }
 
-fn class_size(class: usize) -> u64 {
-    if class < 16 {
-        return (class as u64 + 1) * ALIGN;
-    }
-    let n = (class - 16) / 4 + 8;
-    let steps = (class - 16) % 4 + 1;
-    (1u64 << n) + steps as u64 * (1 << (n - 2))
+/// The chunk a key lies in, and the key's offset there.
+fn place(chunks: &[OnceLock<Chunk>], key: u64) -> (&Chunk, u64) {
+    let at = address(key);
+    (made(chunks, at.chunk), at.offset)
 }
 
-/// A free block.
-#[derive(Clone, Copy, Debug)]
-struct Free {
-    at: HeapAddress,
-    /// Its pages were given back (allocate them before reuse).
-    punched: bool,
+/// The label chunk `index` of a heap labelled `label` carries: `label`,
+/// then the index and the chunk's length.
+fn label_words(label: u64, index: usize, len: u64) -> [u64; 2] {
+    [label, ((index as u64) << OFFSET_BITS) | len]
 }
 
-/// One domain's heap: its free lists and where new blocks are cut. The
-/// chunks themselves live in the domain (readers find them without a
-/// lock); the heap fills that list in order.
+/// One domain's heap: its free ranges and which of their pages are given
+/// back. The chunks themselves live in the domain (readers find them
+/// without a lock); the heap fills that list in order.
+///
+/// Invariants (checked by `check` in the tests):
+/// - free ranges never overlap or touch (a freed block joins its
+///   neighbours), lie in their chunk after its label, and are 16-aligned;
+///   `by_size` holds the same ranges as `free`;
+/// - a hole (pages given back, or never allocated) lies within the whole
+///   pages of one free range; every page with a byte not free (a live
+///   block, a gap, a label) is allocated;
+/// - `idle` is the bytes of whole free pages that are not holes.
 pub struct Heap {
     /// Where chunks are made, and the domain whose heap this is (chunk
     /// names say it).
     store: Arc<dyn Store>,
     domain: u16,
+    /// What every chunk's label starts with (random per domain, kept in
+    /// the domain's record).
+    label: u64,
     /// Chunks made so far.
     chunks: usize,
-    /// Where the next new block is cut from the newest chunk.
-    cut: u64,
-    /// How far the newest chunk's pages are allocated.
-    allocated: u64,
-    free: Vec<Vec<Free>>,
+    /// Free ranges: start key to end key.
+    free: BTreeMap<u64, u64>,
+    /// The same ranges by (length, start).
+    by_size: BTreeSet<(u64, u64)>,
+    /// Page-aligned ranges whose pages are not allocated: start to end.
+    holes: BTreeMap<u64, u64>,
+    hole_bytes: u64,
+    /// Bytes of every chunk together.
+    chunk_bytes: u64,
+    /// Bytes of whole free pages that are allocated.
+    idle: u64,
     /// Bytes in blocks handed out (block sizes, not value lengths).
     in_use: u64,
 }
 
 impl Heap {
-    /// An empty heap of `domain`, whose chunks `store` makes.
-    pub fn new(store: Arc<dyn Store>, domain: u16) -> Heap {
+    /// An empty heap of `domain`, whose chunks `store` makes, labelled
+    /// `label`.
+    pub fn new(store: Arc<dyn Store>, domain: u16, label: u64) -> Heap {
         Heap {
             store,
             domain,
+            label,
             chunks: 0,
-            cut: 0,
-            allocated: 0,
-            free: Vec::new(),
+            free: BTreeMap::new(),
+            by_size: BTreeSet::new(),
+            holes: BTreeMap::new(),
+            hole_bytes: 0,
+            chunk_bytes: 0,
+            idle: 0,
             in_use: 0,
         }
     }
@@ -112,244 +182,446 @@ impl Heap {
         self.chunks
     }
 
+    /// Bytes of the heap's pages that are allocated (what its chunks take
+    /// in memory, as far as the daemon's own writes go).
+    pub fn resident(&self) -> u64 {
+        self.chunk_bytes - self.hole_bytes
+    }
+
     /// A block for `len` bytes (allocated, ready to be written) in the
     /// chunks `chunks` (made here as needed), or an error when memory or
     /// chunks run out.
     pub fn alloc(&mut self, chunks: &[OnceLock<Chunk>], len: u64) -> io::Result<HeapAddress> {
-        let (class, size) = class_of(len);
-        if let Some(block) = self.free.get_mut(class).and_then(Vec::pop) {
-            if block.punched {
-                let chunk = made(chunks, block.at.chunk);
-                if let Err(e) = chunk.allocate(block.at.offset, size) {
-                    self.free[class].push(block);
-                    return Err(e);
-                }
+        let size = block_size(len);
+        let (start, end) = match self.fit(size) {
+            Some(found) => found,
+            None => {
+                self.new_chunk(chunks, size)?;
+                self.fit(size)
+                    .expect("a new chunk has room for the block it was made for")
             }
-            self.in_use += size;
-            return Ok(block.at);
-        }
-        let room = match self.chunks.checked_sub(1) {
-            Some(last) => made(chunks, last as u16).len() as u64 - self.cut,
-            None => 0,
         };
-        if room < size {
-            self.new_chunk(chunks, size)?;
+        let block_end = start + size;
+        // The whole free pages the block takes: its own pages must be
+        // allocated; those that were not idle were holes.
+        let (first, last) = whole(start, end);
+        let taken = page_up(block_end).clamp(first, last);
+        let filled = self.allocate(chunks, first, taken)?;
+        self.take_free(start);
+        if block_end < end {
+            self.add_free(block_end, end);
         }
-        let newest = made(chunks, (self.chunks - 1) as u16);
-        let at = HeapAddress {
-            chunk: (self.chunks - 1) as u16,
-            offset: self.cut,
-        };
-        if self.cut + size > self.allocated {
-            let until = (self.cut + size + ALLOCATE_AHEAD).min(newest.len() as u64);
-            newest.allocate(self.allocated, until - self.allocated)?;
-            self.allocated = until;
+        self.idle -= (taken - first) - filled;
+        if filled > 0 {
+            // Fresh pages: the next blocks will likely want the ones after.
+            let ahead = ALLOCATE_AHEAD.min(IDLE_MAX.saturating_sub(self.idle));
+            let until = (taken + ahead).min(last);
+            if let Ok(more) = self.allocate(chunks, taken, until) {
+                self.idle += more;
+            }
         }
-        self.cut += size;
         self.in_use += size;
-        Ok(at)
+        Ok(address(start))
     }
 
-    /// Takes back a block of a `len`-byte value: it serves the next value of
-    /// its class.
+    /// Takes back the block of a `len`-byte value: it joins the free space
+    /// around it.
     pub fn free(&mut self, chunks: &[OnceLock<Chunk>], at: HeapAddress, len: u64) {
-        let (class, size) = class_of(len);
+        let size = block_size(len);
         self.in_use -= size;
-        let punched = size >= PUNCH_MIN;
-        if punched {
-            made(chunks, at.chunk).punch(at.offset, size);
-        }
-        if self.free.len() <= class {
-            self.free.resize_with(class + 1, Vec::new);
-        }
-        self.free[class].push(Free { at, punched });
+        let start = key(at);
+        self.release(chunks, start, start + size, false);
     }
 
-    /// Starts a new chunk with room for a block of `size` bytes; what is left
-    /// of the newest one goes to the free lists.
+    /// The smallest free range of at least `size` bytes (lowest first
+    /// among equals).
+    fn fit(&self, size: u64) -> Option<(u64, u64)> {
+        self.by_size
+            .range((size, 0)..)
+            .next()
+            .map(|&(len, start)| (start, start + len))
+    }
+
+    fn add_free(&mut self, start: u64, end: u64) {
+        self.free.insert(start, end);
+        self.by_size.insert((end - start, start));
+    }
+
+    fn take_free(&mut self, start: u64) -> u64 {
+        let end = self.free.remove(&start).expect("a free range");
+        self.by_size.remove(&(end - start, start));
+        end
+    }
+
+    /// Makes `start .. end` free, joined with the free ranges it touches;
+    /// gives the joined range's whole pages back if `punch` or the heap
+    /// keeps too many idle.
+    fn release(&mut self, chunks: &[OnceLock<Chunk>], start: u64, end: u64, punch: bool) {
+        let (mut low, mut high) = (start, end);
+        // Whole pages the neighbours had (the new ones were under a
+        // block or gap, so allocated).
+        let mut had = 0;
+        if let Some((&before, &touching)) = self.free.range(..start).next_back() {
+            debug_assert!(touching <= start, "a block freed twice");
+            if touching == start {
+                self.take_free(before);
+                low = before;
+                had += bytes(whole(before, start));
+            }
+        }
+        if self.free.contains_key(&end) {
+            high = self.take_free(end);
+            had += bytes(whole(end, high));
+        }
+        self.add_free(low, high);
+        self.idle += bytes(whole(low, high)) - had;
+        if punch || self.idle > IDLE_MAX {
+            self.punch(chunks, low, high);
+        }
+    }
+
+    /// Gives back the whole pages of the free range `low .. high`, holes
+    /// or not (a client may have read pages back in).
+    fn punch(&mut self, chunks: &[OnceLock<Chunk>], low: u64, high: u64) {
+        let (first, last) = whole(low, high);
+        if first == last {
+            return;
+        }
+        let inside: Vec<(u64, u64)> = self
+            .holes
+            .range(first..last)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        let mut held = 0;
+        for (start, end) in inside {
+            self.holes.remove(&start);
+            held += end - start;
+        }
+        let (chunk, offset) = place(chunks, first);
+        chunk.punch(offset, last - first);
+        self.holes.insert(first, last);
+        self.hole_bytes += (last - first) - held;
+        self.idle -= (last - first) - held;
+    }
+
+    /// Allocates the holes among the pages `from .. to` (page-aligned, in
+    /// one chunk); returns the bytes that were holes. Nothing changes on
+    /// an error.
+    fn allocate(&mut self, chunks: &[OnceLock<Chunk>], from: u64, to: u64) -> io::Result<u64> {
+        if from >= to {
+            return Ok(0);
+        }
+        // Holes overlapping the pages, last first (rarely more than one).
+        let mut overlapping = Vec::new();
+        for (&start, &end) in self.holes.range(..to).rev() {
+            if end <= from {
+                break;
+            }
+            overlapping.push((start, end));
+        }
+        let (Some(&(_, high)), Some(&(low, _))) = (overlapping.first(), overlapping.last()) else {
+            return Ok(0);
+        };
+        let (low, high) = (low.max(from), high.min(to));
+        let (chunk, offset) = place(chunks, low);
+        chunk.allocate(offset, high - low)?;
+        let mut filled = 0;
+        for (start, end) in overlapping {
+            self.holes.remove(&start);
+            if start < from {
+                self.holes.insert(start, from);
+            }
+            if end > to {
+                self.holes.insert(to, end);
+            }
+            filled += end.min(to) - start.max(from);
+        }
+        self.hole_bytes -= filled;
+        Ok(filled)
+    }
+
+    /// Starts a new chunk with room for a block of `size` bytes: labelled,
+    /// the rest one free range of pages not allocated yet.
     fn new_chunk(&mut self, chunks: &[OnceLock<Chunk>], size: u64) -> io::Result<()> {
-        let Some(place) = chunks.get(self.chunks) else {
+        let index = self.chunks;
+        let Some(place) = chunks.get(index) else {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "the domain has no heap chunk left",
             ));
         };
-        let len = heap_chunk_len(self.chunks).max(size.div_ceil(1 << 20) << 20);
-        let chunk = Chunk::create(
-            &*self.store,
-            &names::heap(self.domain, self.chunks),
-            len as usize,
-        )?;
-        if let Some(last) = self.chunks.checked_sub(1) {
-            let end = made(chunks, last as u16).len() as u64;
-            let allocated = self.allocated;
-            self.scatter(last as u16, self.cut, end, allocated);
+        let len = heap_chunk_len(index).max((size + LABEL_LEN).div_ceil(CHUNK_ROUND) * CHUNK_ROUND);
+        let chunk = Chunk::create(&*self.store, &names::heap(self.domain, index), len as usize)?;
+        chunk.allocate(0, PAGE)?;
+        for (k, word) in label_words(self.label, index, len).into_iter().enumerate() {
+            chunk
+                .mapping()
+                .word(8 * k)
+                .expect("inside the chunk")
+                .store(word, Ordering::Relaxed);
         }
         // Only this heap (under its domain's lock) fills the list.
         let _ = place.set(chunk);
         self.chunks += 1;
-        self.cut = 0;
-        self.allocated = 0;
+        self.chunk_bytes += len;
+        let base = key(HeapAddress {
+            chunk: index as u16,
+            offset: 0,
+        });
+        self.add_free(base + LABEL_LEN, base + len);
+        self.holes.insert(base + PAGE, base + len);
+        self.hole_bytes += len - PAGE;
         Ok(())
-    }
-
-    /// Cuts `from .. end` of `chunk` into free blocks, largest first;
-    /// those reaching past `allocated` have no pages yet.
-    fn scatter(&mut self, chunk: u16, mut from: u64, end: u64, allocated: u64) {
-        while end - from >= ALIGN {
-            let rest = end - from;
-            let (mut class, _) = class_of(rest);
-            while class_size(class) > rest {
-                class -= 1;
-            }
-            let size = class_size(class);
-            let at = HeapAddress {
-                chunk,
-                offset: from,
-            };
-            from += size;
-            let punched = at.offset + size > allocated;
-            if self.free.len() <= class {
-                self.free.resize_with(class + 1, Vec::new);
-            }
-            self.free[class].push(Free { at, punched });
-        }
     }
 
     /// Takes the chunks an earlier daemon made (`chunks`, in order) with
     /// the blocks its live values occupy (`live`: address and value
-    /// length); returns the rest, the gaps between them, which the caller
-    /// hands back with [`Heap::free_gap`] once no borrowed reference of the
-    /// earlier daemon's sessions can reach them. An error for blocks that
-    /// overlap or lie outside their chunk.
+    /// length). What it never wrote (holes) is free at once; the rest
+    /// between live blocks (freed values a borrowed reference of its
+    /// sessions may still read) is returned as gaps, which the caller hands
+    /// back with [`Heap::free_gap`] once no such reference can reach them:
+    /// new blocks are cut only where the earlier daemon wrote nothing. An
+    /// error for a chunk without this heap's label, or blocks that overlap
+    /// or lie outside their chunk.
     pub fn adopt(
         &mut self,
         chunks: &[OnceLock<Chunk>],
         mut live: Vec<(HeapAddress, u64)>,
     ) -> Result<Vec<(HeapAddress, u64)>, String> {
         let count = chunks.iter().take_while(|c| c.get().is_some()).count();
-        live.sort_unstable_by_key(|&(at, _)| (at.chunk, at.offset));
-        let mut gaps = Vec::new();
-        let mut next = HeapAddress {
-            chunk: 0,
-            offset: 0,
-        };
-        self.in_use = 0;
-        let close = |gaps: &mut Vec<(HeapAddress, u64)>, upto: u64, next: HeapAddress| {
-            if upto > next.offset {
-                gaps.push((next, upto - next.offset));
-            }
-        };
-        for (at, len) in live {
-            let size = class_of(len).1;
-            if usize::from(at.chunk) >= count {
+        *self = Heap::new(Arc::clone(&self.store), self.domain, self.label);
+        self.chunks = count;
+        for index in 0..count {
+            let chunk = made(chunks, index as u16);
+            let words =
+                [0, 8].map(|at| chunk.mapping().word(at).map(|w| w.load(Ordering::Relaxed)));
+            if words != label_words(self.label, index, chunk.len() as u64).map(Some) {
                 return Err(format!(
-                    "a value in heap chunk {}, which is missing",
-                    at.chunk
+                    "heap chunk {index} does not carry this domain's label (a file of \
+                     another domain or state, or cut short)"
                 ));
             }
-            let chunk_len = made(chunks, at.chunk).len() as u64;
-            if at.offset % ALIGN != 0
-                || at
-                    .offset
-                    .checked_add(size)
-                    .is_none_or(|end| end > chunk_len)
-            {
-                return Err(format!("a value outside heap chunk {}", at.chunk));
-            }
-            while next.chunk < at.chunk {
-                close(&mut gaps, made(chunks, next.chunk).len() as u64, next);
-                next = HeapAddress {
-                    chunk: next.chunk + 1,
-                    offset: 0,
-                };
-            }
-            if at.offset < next.offset {
-                return Err(format!("two values overlap in heap chunk {}", at.chunk));
-            }
-            close(&mut gaps, at.offset, next);
-            next.offset = at.offset + size;
-            self.in_use += size;
         }
-        // Whole chunks after the last value, but the newest, are gaps too.
-        while usize::from(next.chunk) + 1 < count {
-            close(&mut gaps, made(chunks, next.chunk).len() as u64, next);
-            next = HeapAddress {
-                chunk: next.chunk + 1,
+        live.sort_unstable_by_key(|&(at, _)| key(at));
+        let mut gaps = Vec::new();
+        let mut blocks = live.into_iter().peekable();
+        let mut previous_end = 0;
+        for index in 0..count {
+            let chunk = made(chunks, index as u16);
+            let len = chunk.len() as u64;
+            self.chunk_bytes += len;
+            // Unwritten space between the label and the live blocks.
+            let mut spaces = Vec::new();
+            let mut cursor = LABEL_LEN;
+            while let Some(&(at, value_len)) = blocks.peek() {
+                if usize::from(at.chunk) != index {
+                    break;
+                }
+                blocks.next();
+                let size = block_size(value_len);
+                if at.offset % ALIGN != 0
+                    || at.offset < LABEL_LEN
+                    || at.offset.checked_add(size).is_none_or(|end| end > len)
+                {
+                    return Err(format!("a value outside heap chunk {index}"));
+                }
+                if key(at) < previous_end {
+                    return Err(format!("two values overlap in heap chunk {index}"));
+                }
+                previous_end = key(at) + size;
+                self.in_use += size;
+                if at.offset > cursor {
+                    spaces.push((cursor, at.offset));
+                }
+                cursor = at.offset + size;
+            }
+            if cursor < len {
+                spaces.push((cursor, len));
+            }
+            let base = key(HeapAddress {
+                chunk: index as u16,
                 offset: 0,
-            };
+            });
+            let data = chunk.data_extents();
+            let mut extents = data.iter().copied().peekable();
+            for (start, end) in spaces {
+                let mut at = start;
+                while at < end {
+                    // Skip data that ends before `at`.
+                    while extents.peek().is_some_and(|&(_, e)| e <= at) {
+                        extents.next();
+                    }
+                    match extents.peek() {
+                        Some(&(s, e)) if s <= at => {
+                            let upto = e.min(end);
+                            gaps.push((address(base + at), upto - at));
+                            at = upto;
+                        }
+                        next => {
+                            let upto = next.map_or(end, |&(s, _)| s.min(end));
+                            self.adopt_unwritten(chunks, base + at, base + upto)
+                                .map_err(|e| format!("heap chunk {index}: {e}"))?;
+                            at = upto;
+                        }
+                    }
+                }
+            }
         }
-        // So is what the earlier daemon wrote in the newest chunk after its
-        // last value (freed blocks a borrowed reference may still read);
-        // new blocks are cut only beyond what it ever wrote.
-        self.cut = 0;
-        if count > 0 {
-            let written = made(chunks, next.chunk).written_end(next.offset);
-            let end = written.div_ceil(ALIGN) * ALIGN;
-            close(&mut gaps, end, next);
-            self.cut = end.max(next.offset);
+        if let Some((at, _)) = blocks.next() {
+            return Err(format!(
+                "a value in heap chunk {}, which is missing",
+                at.chunk
+            ));
         }
-        self.chunks = count;
-        self.allocated = self.cut;
         Ok(gaps)
     }
 
-    /// Frees a gap [`Heap::adopt`] returned: cut into blocks, each
-    /// allocated again before use (the earlier daemon may have given its
-    /// pages back).
-    pub fn free_gap(&mut self, chunks: &[OnceLock<Chunk>], at: HeapAddress, len: u64) {
-        let chunk = made(chunks, at.chunk);
-        if len >= PUNCH_MIN {
-            chunk.punch(at.offset, len);
+    /// Makes unwritten space of an adopted chunk free: its whole pages are
+    /// given back (the earlier daemon may have allocated them ahead), the
+    /// pages it shares with written bytes allocated.
+    fn adopt_unwritten(
+        &mut self,
+        chunks: &[OnceLock<Chunk>],
+        start: u64,
+        end: u64,
+    ) -> io::Result<()> {
+        let (first, last) = whole(start, end);
+        for (from, to) in [(page_down(start), first), (last, page_up(end))] {
+            if from < to {
+                let (chunk, offset) = place(chunks, from);
+                chunk.allocate(offset, to - from)?;
+            }
         }
-        self.scatter(at.chunk, at.offset, at.offset + len, 0);
+        self.add_free(start, end);
+        if first < last {
+            let (chunk, offset) = place(chunks, first);
+            chunk.punch(offset, last - first);
+            self.holes.insert(first, last);
+            self.hole_bytes += last - first;
+        }
+        Ok(())
+    }
+
+    /// Frees a gap [`Heap::adopt`] returned, and gives its whole pages back
+    /// (nothing in it is wanted, and the earlier daemon may have given some
+    /// back already).
+    pub fn free_gap(&mut self, chunks: &[OnceLock<Chunk>], at: HeapAddress, len: u64) {
+        let start = key(at);
+        self.release(chunks, start, start + len, true);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::MetadataExt;
 
-    #[test]
-    fn classes_are_tight_and_consistent() {
-        let mut last = (0, 0);
-        for len in 1..=(1u64 << 21) {
-            let (class, size) = class_of(len);
-            assert!(size >= len && size.is_multiple_of(ALIGN), "{len}");
-            assert!(len <= 256 || size <= len + len / 4, "{len}: {size}");
-            assert_eq!(class_size(class), size, "{len}");
-            assert!(class >= last.0 && size >= last.1);
-            last = (class, size);
+    const LABEL: u64 = 0x1abe1;
+
+    fn chunks(n: usize) -> Vec<OnceLock<Chunk>> {
+        (0..n).map(|_| OnceLock::new()).collect()
+    }
+
+    fn new_heap() -> Heap {
+        Heap::new(Arc::new(crate::MemoryStore), 0, LABEL)
+    }
+
+    /// Bytes the chunks really take (their memfds' allocated blocks).
+    fn allocated(chunks: &[OnceLock<Chunk>]) -> u64 {
+        chunks
+            .iter()
+            .map_while(OnceLock::get)
+            .map(|c| {
+                let file = std::fs::File::from(c.fd().try_clone().unwrap());
+                file.metadata().unwrap().blocks() * 512
+            })
+            .sum()
+    }
+
+    impl Heap {
+        /// Checks every invariant the type documents, and that the pages
+        /// it counts allocated are what the chunks take.
+        fn check(&self, chunks: &[OnceLock<Chunk>], live: &[(HeapAddress, u64)]) {
+            assert_eq!(self.free.len(), self.by_size.len());
+            let mut last_end = None;
+            let mut whole_free = 0;
+            for (&start, &end) in &self.free {
+                assert!(start < end && start % ALIGN == 0 && end % ALIGN == 0);
+                assert!(self.by_size.contains(&(end - start, start)));
+                let at = address(start);
+                assert!(at.offset >= LABEL_LEN);
+                assert!(address(end - 1).chunk == at.chunk);
+                assert!(end - start + at.offset <= made(chunks, at.chunk).len() as u64);
+                assert!(
+                    last_end.is_none_or(|e| e < start),
+                    "ranges touch or overlap"
+                );
+                last_end = Some(end);
+                whole_free += bytes(whole(start, end));
+            }
+            let mut holes = 0;
+            for (&start, &end) in &self.holes {
+                assert!(start % PAGE == 0 && end % PAGE == 0 && start < end);
+                let (&s, &e) = self.free.range(..=start).next_back().expect("in a range");
+                let (first, last) = whole(s, e);
+                assert!(first <= start && end <= last, "a hole outside free pages");
+                holes += end - start;
+            }
+            assert_eq!(holes, self.hole_bytes);
+            assert_eq!(self.idle, whole_free - holes);
+            assert!(self.idle <= IDLE_MAX, "{} idle", self.idle);
+            let mut blocks: Vec<(u64, u64)> = live
+                .iter()
+                .map(|&(at, len)| (key(at), key(at) + block_size(len)))
+                .collect();
+            blocks.sort_unstable();
+            for pair in blocks.windows(2) {
+                assert!(pair[0].1 <= pair[1].0, "two live blocks overlap");
+            }
+            for &(start, end) in &blocks {
+                let (&s, &e) = self.free.range(..end).next_back().unwrap_or((&0, &0));
+                assert!(e <= start || s >= end, "a live block in a free range");
+            }
+            assert_eq!(self.in_use, blocks.iter().map(|&(s, e)| e - s).sum::<u64>());
+            assert_eq!(self.resident(), allocated(chunks), "pages counted");
         }
-        assert_eq!(class_of(0), (0, 16));
-        assert_eq!(class_of(257), (16, 320));
-        assert_eq!(class_of(1 << 30).1, 1 << 30);
     }
 
     #[test]
-    fn blocks_are_reused_by_class_and_chunks_grow() {
-        let chunks: Vec<OnceLock<Chunk>> = (0..4).map(|_| OnceLock::new()).collect();
-        let mut heap = Heap::new(Arc::new(crate::MemoryStore), 0);
+    fn blocks_are_tight() {
+        assert_eq!(block_size(0), 16);
+        assert_eq!(block_size(49), 64);
+        assert_eq!(block_size(4096), 4096);
+        assert_eq!(block_size(4097), 4112);
+    }
+
+    #[test]
+    fn freed_space_serves_any_size_and_chunks_grow() {
+        let chunks = chunks(4);
+        let mut heap = new_heap();
         let a = heap.alloc(&chunks, 100).unwrap();
         let b = heap.alloc(&chunks, 100).unwrap();
-        assert_ne!(a, b);
+        assert_eq!(a.offset, LABEL_LEN);
+        assert_eq!(b.offset, LABEL_LEN + 112);
         assert_eq!(heap.in_use(), 2 * 112);
         heap.free(&chunks, a, 100);
-        assert_eq!(heap.alloc(&chunks, 97).unwrap(), a, "same class, reused");
+        assert_eq!(heap.alloc(&chunks, 50).unwrap(), a, "the hole, first fit");
+        let c = heap.alloc(&chunks, 30).unwrap();
+        assert_eq!(c.offset, a.offset + 64, "what was left of it");
         // A value larger than the first chunk gets a chunk of its own size.
         let big = heap.alloc(&chunks, 3 << 20).unwrap();
         assert_eq!(big.chunk, 1);
-        assert!(made(&chunks, 1).len() as u64 >= 3 << 20);
-        // The first chunk's rest went to the free lists, in large blocks.
-        let carved = heap.alloc(&chunks, 900_000).unwrap();
-        assert_eq!(carved.chunk, 0);
+        assert!(made(&chunks, 1).len() as u64 >= (3 << 20) + LABEL_LEN);
         // Big blocks give their pages back and get them again when reused.
         heap.free(&chunks, big, 3 << 20);
+        assert!(heap.resident() < 1 << 20, "{}", heap.resident());
         let again = heap.alloc(&chunks, 3 << 20).unwrap();
         assert_eq!(again, big);
         assert!(made(&chunks, 1)
             .mapping()
             .store(again.offset as usize, b"written"));
+        heap.check(&chunks, &[(a, 50), (b, 100), (c, 30), (again, 3 << 20)]);
         // Out of chunks: an error, not a panic.
         for _ in 0..3 {
             let _ = heap.alloc(&chunks, 900 << 20);
@@ -358,9 +630,37 @@ mod tests {
     }
 
     #[test]
+    fn walking_size_classes_leaves_nothing_behind() {
+        // Issue 17 row 2, on the allocator alone: fill 8 MiB with one size,
+        // free it all, go on with the next size.
+        let chunks = chunks(64);
+        let mut heap = new_heap();
+        let mut most = 0;
+        let mut len = 1u64;
+        while len <= 57 << 10 {
+            let count = (8 << 20) / block_size(len);
+            let blocks: Vec<HeapAddress> = (0..count)
+                .map(|_| heap.alloc(&chunks, len).unwrap())
+                .collect();
+            most = most.max(allocated(&chunks));
+            for at in blocks {
+                heap.free(&chunks, at, len);
+            }
+            len = len * 3 / 2 + 1;
+        }
+        heap.check(&chunks, &[]);
+        let left = allocated(&chunks);
+        assert!(
+            left <= heap.chunk_count() as u64 * PAGE + IDLE_MAX,
+            "{left} bytes left"
+        );
+        assert!(most <= (8 << 20) + (1 << 20), "{most} bytes at most");
+    }
+
+    #[test]
     fn an_adopted_heap_cuts_new_blocks_only_beyond_what_was_written() {
-        let chunks: Vec<OnceLock<Chunk>> = (0..4).map(|_| OnceLock::new()).collect();
-        let mut heap = Heap::new(Arc::new(crate::MemoryStore), 0);
+        let chunks = chunks(4);
+        let mut heap = new_heap();
         let live = heap.alloc(&chunks, 1000).unwrap();
         let freed = heap.alloc(&chunks, 100_000).unwrap();
         assert!(made(&chunks, freed.chunk)
@@ -368,7 +668,7 @@ mod tests {
             .store(freed.offset as usize, b"borrowed"));
         // The daemon stops with `freed` out of its slot but still borrowed:
         // the next one adopts the chunks with `live` the only value.
-        let mut adopted = Heap::new(Arc::new(crate::MemoryStore), 0);
+        let mut adopted = new_heap();
         let gaps = adopted.adopt(&chunks, vec![(live, 1000)]).unwrap();
         assert!(
             gaps.iter().any(|(at, len)| at.chunk == freed.chunk
@@ -376,15 +676,210 @@ mod tests {
                 && at.offset + len >= freed.offset + 8),
             "the written tail is a gap (held back until the sessions resume): {gaps:?}"
         );
+        adopted.check(&chunks, &[(live, 1000)]);
         let next = adopted.alloc(&chunks, 100_000).unwrap();
         assert!(
             next.chunk != freed.chunk || next.offset >= freed.offset + 8,
             "a new block over the borrowed bytes: {next:?}"
         );
-        let gaps = Heap::new(Arc::new(crate::MemoryStore), 0)
+        for (at, len) in gaps {
+            adopted.free_gap(&chunks, at, len);
+        }
+        adopted.check(&chunks, &[(live, 1000), (next, 100_000)]);
+        let gaps = new_heap()
             .adopt(&chunks, vec![(live, 1000), (next, 100_000)])
             .unwrap();
         assert!(gaps.iter().all(|(at, len)| at.offset + len <= next.offset
-            || at.offset >= next.offset + class_of(100_000).1));
+            || at.offset >= next.offset + block_size(100_000)));
+    }
+
+    #[test]
+    fn a_chunk_of_another_heap_is_refused() {
+        let chunks = chunks(4);
+        let mut heap = new_heap();
+        let at = heap.alloc(&chunks, 1000).unwrap();
+        let mut other = Heap::new(Arc::new(crate::MemoryStore), 0, LABEL + 1);
+        let err = other.adopt(&chunks, vec![(at, 1000)]).unwrap_err();
+        assert!(err.contains("label"), "{err}");
+        let mut same = new_heap();
+        assert!(same
+            .adopt(&chunks, vec![(at, 1000), (at, 1000)])
+            .unwrap_err()
+            .contains("overlap"));
+        let outside = HeapAddress {
+            chunk: 0,
+            offset: 0,
+        };
+        assert!(same
+            .adopt(&chunks, vec![(outside, 100)])
+            .unwrap_err()
+            .contains("outside"));
+        let missing = HeapAddress {
+            chunk: 2,
+            offset: 64,
+        };
+        assert!(same
+            .adopt(&chunks, vec![(missing, 100)])
+            .unwrap_err()
+            .contains("missing"));
+    }
+
+    /// The churn of `hreg-bench --churn` on the allocator alone, scaled
+    /// down (16 MiB live instead of 256): sizes log-uniform in phases,
+    /// 0 B–1 MiB, then 0 B–4 KiB, then 64 KiB–1 MiB, then 0 B–1 MiB;
+    /// values of 48 bytes or less live in their slots. Returns, per phase,
+    /// the most pages allocated over the live value bytes.
+    fn phases(target: u64, steps: usize) -> [f64; 4] {
+        let chunks = chunks(64);
+        let mut heap = new_heap();
+        let mut rng = 7u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let size = |(low, high): (u64, u64), next: &mut dyn FnMut() -> u64| match low
+            + next() % (high - low + 1)
+        {
+            0 => 0,
+            class => {
+                let floor = 1u64 << (class - 1);
+                (floor + next() % floor).min(1 << 20)
+            }
+        };
+        let mut objects: Vec<(Option<HeapAddress>, u64)> = Vec::new();
+        let mut live = 0u64;
+        let mut worst = [0f64; 4];
+        for (phase, range) in [(0, 21), (0, 13), (17, 21), (0, 21)]
+            .into_iter()
+            .enumerate()
+        {
+            for _ in 0..steps {
+                let dice = next();
+                let place = |heap: &mut Heap, len: u64| {
+                    (len > 48).then(|| heap.alloc(&chunks, len).unwrap())
+                };
+                if objects.is_empty() || (live < target && dice % 100 >= 40) {
+                    let len = size(range, &mut next);
+                    objects.push((place(&mut heap, len), len));
+                    live += len;
+                    continue;
+                }
+                let i = (dice >> 8) as usize % objects.len();
+                let (old, old_len) = if live >= target {
+                    objects.swap_remove(i)
+                } else {
+                    let len = size(range, &mut next);
+                    live += len;
+                    std::mem::replace(&mut objects[i], (place(&mut heap, len), len))
+                };
+                if let Some(old) = old {
+                    heap.free(&chunks, old, old_len);
+                }
+                live -= old_len;
+                if live >= target / 4 {
+                    worst[phase] = worst[phase].max(heap.resident() as f64 / live as f64);
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn memory_follows_the_values_when_sizes_shift() {
+        let worst = phases(16 << 20, 60_000);
+        println!("pages / live value bytes, most per phase: {worst:?}");
+        assert!(
+            worst[0] < 1.1 && worst[1] < 1.1 && worst[3] < 1.15,
+            "{worst:?}"
+        );
+        // Small values dying one by one keep their pages until the last
+        // on each goes: what no allocator that never moves a value avoids.
+        assert!(worst[2] < 1.4, "{worst:?}");
+    }
+
+    /// One step of the property test: allocate a value of a size (its
+    /// log2 drawn uniformly, so small and large sizes are as likely), or
+    /// free the nth live block.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Alloc { log: u32, fraction: u64 },
+        Free { nth: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (6u32..19, any::<u64>()).prop_map(|(log, fraction)| Step::Alloc { log, fraction }),
+            2 => any::<usize>().prop_map(|nth| Step::Free { nth }),
+        ]
+    }
+
+    fn size_of(log: u32, fraction: u64) -> u64 {
+        (1u64 << log) + fraction % (1u64 << log)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// No two live blocks overlap and none holds another's bytes; the
+        /// heap's own count of pages is what the chunks take; once
+        /// everything is freed, every byte serves one block per chunk and
+        /// the pages are given back.
+        #[test]
+        fn blocks_stay_apart_and_memory_follows_them(steps in prop::collection::vec(step(), 1..400)) {
+            let chunks = chunks(32);
+            let mut heap = new_heap();
+            let mut live: Vec<(HeapAddress, u64, u8)> = Vec::new();
+            for (n, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Alloc { log, fraction } => {
+                        let len = size_of(log, fraction);
+                        let at = heap.alloc(&chunks, len).unwrap();
+                        let stamp = n as u8;
+                        let chunk = made(&chunks, at.chunk);
+                        prop_assert!(chunk.mapping().store(at.offset as usize, &vec![stamp; len as usize]));
+                        live.push((at, len, stamp));
+                    }
+                    Step::Free { nth } if !live.is_empty() => {
+                        let (at, len, _) = live.swap_remove(nth % live.len());
+                        heap.free(&chunks, at, len);
+                    }
+                    Step::Free { .. } => {}
+                }
+            }
+            let blocks: Vec<(HeapAddress, u64)> = live.iter().map(|&(at, len, _)| (at, len)).collect();
+            heap.check(&chunks, &blocks);
+            for &(at, len, stamp) in &live {
+                let mut out = vec![0; len as usize];
+                prop_assert!(made(&chunks, at.chunk).mapping().load(at.offset as usize, &mut out));
+                prop_assert!(out.iter().all(|&b| b == stamp), "a block was overwritten");
+            }
+            // Memory: the pages live blocks touch, labels, and IDLE_MAX.
+            let mut touched = BTreeSet::new();
+            for &(at, len) in &blocks {
+                let start = key(at);
+                let mut page = page_down(start);
+                while page < start + block_size(len) {
+                    touched.insert(page);
+                    page += PAGE;
+                }
+            }
+            let bound = (touched.len() + heap.chunk_count()) as u64 * PAGE + IDLE_MAX;
+            prop_assert!(allocated(&chunks) <= bound, "{} allocated, bound {}", allocated(&chunks), bound);
+            for (at, len) in blocks {
+                heap.free(&chunks, at, len);
+            }
+            heap.check(&chunks, &[]);
+            prop_assert!(allocated(&chunks) <= heap.chunk_count() as u64 * PAGE + IDLE_MAX);
+            // Every freed byte serves again: each chunk whole, as one block.
+            let count = heap.chunk_count();
+            for index in 0..count {
+                let len = made(&chunks, index as u16).len() as u64 - LABEL_LEN;
+                let at = heap.alloc(&chunks, len).unwrap();
+                prop_assert_eq!(at.offset, LABEL_LEN);
+            }
+            prop_assert_eq!(heap.chunk_count(), count, "no chunk made for them");
+        }
     }
 }

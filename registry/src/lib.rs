@@ -39,7 +39,10 @@ pub use memory::Chunk;
 pub use reclaim::Reader;
 pub use refs::SessionKey;
 pub use refusal::Refusal;
-pub use store::{names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore, Store};
+pub use store::{
+    check_kept, check_private_file, names, sealed_memfd, DirStore, Keeper, KeptStore, MemoryStore,
+    Store,
+};
 
 use crate::domain::{Domain, Shard};
 use crate::holder::lock;
@@ -276,12 +279,23 @@ impl Registry {
     }
 
     /// Bytes of the heap blocks values occupy now, over every domain (block
-    /// sizes: a value's length rounded up to its size class).
+    /// sizes: a value's length rounded up to 16 bytes).
     pub fn heap_in_use(&self) -> u64 {
         self.domains
             .iter()
             .filter_map(OnceLock::get)
             .map(|domain| domain.heap_in_use())
+            .sum()
+    }
+
+    /// Bytes of heap pages allocated now, over every domain: at most the
+    /// pages live blocks touch, a page per heap chunk and 256 KiB per
+    /// domain (`heap::IDLE_MAX`).
+    pub fn heap_resident(&self) -> u64 {
+        self.domains
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|domain| domain.heap_resident())
             .sum()
     }
 

@@ -9,7 +9,7 @@
 //! A chunk is never resized and never unmapped while the registry lives.
 //! Its pages are allocated (`fallocate`) before the daemon writes them, so
 //! running out of memory is an error the registry reports (QUOTA), never a
-//! SIGBUS; large freed ranges are punched out again.
+//! SIGBUS; free pages are given back (punched) again (`crate::heap`).
 
 use crate::store::Store;
 use hreg_proto::shm::{Access, Mapping};
@@ -100,20 +100,32 @@ impl Chunk {
         )?)
     }
 
-    /// Where the pages written at or after `from` end (`from` if there are
-    /// none): beyond it the chunk holds only pages never written (holes, or
-    /// allocated and untouched), which no reader can have been given.
-    pub fn written_end(&self, from: u64) -> u64 {
+    /// The ranges of the chunk that hold data (pages written since they
+    /// were last given back), in order; the rest reads as holes: pages
+    /// never written, or allocated and untouched, which no reader can have
+    /// been given. When the kernel cannot say, everything from there on
+    /// counts as data.
+    pub fn data_extents(&self) -> Vec<(u64, u64)> {
+        use rustix::fs::{seek, SeekFrom};
         let len = self.map.len() as u64;
-        let mut end = from;
-        while end < len {
-            // ENXIO: no data from here on.
-            let Ok(data) = rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Data(end)) else {
-                break;
+        let mut extents = Vec::new();
+        let mut at = 0;
+        while at < len {
+            let data = match seek(&self.fd, SeekFrom::Data(at)) {
+                Ok(data) => data.min(len),
+                // No data from here on.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => at,
             };
-            end = rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len);
+            let end = seek(&self.fd, SeekFrom::Hole(data)).map_or(len, |end| end.min(len));
+            if end <= data {
+                extents.push((data, len));
+                break;
+            }
+            extents.push((data, end));
+            at = end;
         }
-        end.min(len)
+        extents
     }
 
     /// Gives the pages of `offset .. offset + len` back (they read as zeroes
@@ -151,9 +163,25 @@ mod tests {
         chunk.punch(0, 4096);
         assert!(view.load(100, &mut out));
         assert_eq!(out, [0; 5], "punched out");
+        // Reading the punched page through a mapping brought it back.
+        assert_eq!(chunk.data_extents(), [(0, 4096)]);
         assert!(
             Chunk::adopt(chunk.read_only().unwrap().try_clone_to_owned().unwrap()).is_err(),
             "adopting needs a writable descriptor"
         );
+    }
+
+    #[test]
+    fn data_extents_are_the_pages_written() {
+        let chunk = Chunk::create(&crate::MemoryStore, "d0-h0", 1 << 16).unwrap();
+        assert!(chunk.data_extents().is_empty());
+        chunk.allocate(8192, 3 * 4096).unwrap();
+        assert!(chunk.data_extents().is_empty(), "allocated, never written");
+        assert!(chunk.mapping().store(12288 + 5, b"x"));
+        assert!(chunk.mapping().store(40960, b"y"));
+        assert!(chunk.mapping().store(45056, b"z"));
+        assert_eq!(chunk.data_extents(), [(12288, 16384), (40960, 49152)]);
+        chunk.punch(40960, 4096);
+        assert_eq!(chunk.data_extents(), [(12288, 16384), (45056, 49152)]);
     }
 }

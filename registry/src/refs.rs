@@ -440,6 +440,7 @@ mod tests {
         let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != crate::DirStore::LOCK)
             .collect();
         assert_eq!(
             names.len(),

@@ -696,6 +696,20 @@ fn the_heap_follows_the_live_values_under_churn() {
     );
     assert_eq!(registry.usage().value_bytes, live_bytes);
     assert_eq!(registry.reclaim_pending(), 0);
+    // Pages: at most those the live blocks touch, a label page per chunk
+    // (fewer than 16 here) and 256 KiB kept idle.
+    let slack = 16 * 4096 + (256 << 10);
+    let resident = registry.heap_resident();
+    assert!(
+        resident <= in_use + 2 * 4096 * live.len() as u64 + slack,
+        "{resident} bytes of pages for {in_use} bytes of blocks"
+    );
+    for (h, _) in live {
+        registry.remove(&holder, h).unwrap();
+    }
+    registry.reclaim();
+    let resident = registry.heap_resident();
+    assert!(resident <= slack, "{resident} bytes of pages left");
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub mod attacks;
 pub mod c_programs;
 pub mod load_clients;
+pub mod memory;
 pub mod prometheus;
 pub mod raw;
 pub mod readme;
