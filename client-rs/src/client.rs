@@ -497,7 +497,6 @@ mod tests {
             pin_entries: 8,
             resume_token: [0; 16],
             resume_grace_ms: 0,
-            preload: Default::default(),
         };
         let memfd =
             || crate::shm::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);

@@ -402,43 +402,30 @@ impl Registry {
             || self.domain(domain).is_some_and(|d| d.owner == Some(uid))
     }
 
-    /// Read-only descriptors of `domain`'s slot chunks from `slots_from` on
-    /// and heap chunks from `heap_from` on (at most `max` of each), for a
-    /// session of `uid`: DENIED when it may not map the domain, STALE when
-    /// there is no such domain.
+    /// A read-only descriptor of `domain`'s slot chunk `slot_chunk` and of
+    /// its heap chunk `heap_chunk` (each when asked for and made), for a
+    /// session of `uid`: DENIED when it may not map the domain — for any
+    /// uid but root also when there is no such domain, so that nobody
+    /// learns which domains (uids with private objects) exist — and STALE
+    /// for root when there is no such domain.
     pub fn chunks_for(
         &self,
         uid: u32,
         domain: u16,
-        slots_from: usize,
-        heap_from: usize,
-        max: usize,
-    ) -> Result<(Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>), Status> {
-        let Some(found) = self
-            .domains
-            .get(usize::from(domain))
-            .and_then(OnceLock::get)
-        else {
-            return Err(Status::Stale);
-        };
+        slot_chunk: Option<usize>,
+        heap_chunk: Option<usize>,
+    ) -> Result<(Option<BorrowedFd<'_>>, Option<BorrowedFd<'_>>), Status> {
         if !self.may_map(uid, domain) {
             return Err(Status::Denied);
         }
-        fn reopen(chunk: &Chunk) -> Result<BorrowedFd<'_>, Status> {
-            chunk.read_only().map_err(|_| Status::Io)
+        let found = self.domain(domain).ok_or(Status::Stale)?;
+        fn reopen(chunk: Option<&Chunk>) -> Result<Option<BorrowedFd<'_>>, Status> {
+            chunk
+                .map(|chunk| chunk.read_only().map_err(|_| Status::Io))
+                .transpose()
         }
-        let slots = found
-            .slot_chunks()
-            .skip(slots_from)
-            .take(max)
-            .map(reopen)
-            .collect::<Result<_, _>>()?;
-        let heap = found
-            .heap_chunks()
-            .skip(heap_from)
-            .take(max)
-            .map(reopen)
-            .collect::<Result<_, _>>()?;
+        let slots = reopen(slot_chunk.and_then(|k| found.slot_chunks().nth(k)))?;
+        let heap = reopen(heap_chunk.and_then(|k| found.heap_chunks().nth(k)))?;
         Ok((slots, heap))
     }
 
