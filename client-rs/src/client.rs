@@ -548,7 +548,7 @@ mod tests {
         ));
         // Another version.
         let v2 = Welcome {
-            version: 2,
+            version: PROTOCOL_VERSION + 1,
             ..welcome
         };
         assert!(matches!(

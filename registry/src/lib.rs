@@ -98,6 +98,10 @@ pub struct Registry {
     live: Box<[AtomicUsize]>,
     /// The id the next session gets.
     next_session: AtomicU64,
+    /// Objects that died while references to them were held (by sessions
+    /// that keep those entries until they purge them): a session at its
+    /// uid's reference limit purges only when this moved since it last did.
+    orphaned: AtomicU64,
 }
 
 /// What a [`Registry::reclaim`] pass did.
@@ -183,6 +187,7 @@ impl Registry {
             limbo_pending: AtomicBool::new(false),
             live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_session: AtomicU64::new(1),
+            orphaned: AtomicU64::new(0),
         }
     }
 
@@ -735,9 +740,13 @@ impl Registry {
 
     /// Before `holder` takes a reference that may need a new table entry:
     /// when its uid has none left, its session's entries of objects that
-    /// died are dropped first (they count until then).
+    /// died are dropped first (they count until then) — if any object died
+    /// referenced since the session last looked, so that a session kept at
+    /// its limit does not walk its table on every refused request.
     fn make_room_for_a_reference(&self, holder: &Holder) {
-        if holder.usage.references() >= self.limits.uid_max_references() {
+        if holder.usage.references() >= self.limits.uid_max_references()
+            && lock(&holder.refs).purged_upto != self.orphaned.load(Ordering::Relaxed)
+        {
             self.purge_dead_references(holder);
         }
     }
@@ -746,6 +755,7 @@ impl Registry {
     /// size of its table that triggers the next purge. Takes no shard lock
     /// while it holds the table, nor the table while it holds a shard lock.
     fn purge_dead_references(&self, holder: &Holder) {
+        let orphaned = self.orphaned.load(Ordering::Relaxed);
         let handles: Vec<u64> = lock(&holder.refs)
             .entries()
             .into_iter()
@@ -762,6 +772,7 @@ impl Registry {
             refs.forget(handle);
         }
         refs.purge_at = (refs.len() * 2).max(PURGE_FLOOR);
+        refs.purged_upto = orphaned;
     }
 
     /// Whether `handle` names a live object.
@@ -963,6 +974,9 @@ impl Registry {
         }
         let bytes = u64::from(slot.len);
         let payer = meta.payer.load(Ordering::Relaxed);
+        if meta.refs.load(Ordering::Relaxed) > 0 {
+            self.orphaned.fetch_add(1, Ordering::Relaxed);
+        }
         shard.ended(meta, index, bytes);
         self.live[self.shard_of(index)].fetch_sub(1, Ordering::Relaxed);
         self.total.give_back(1, bytes);

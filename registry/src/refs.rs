@@ -73,6 +73,9 @@ pub(crate) struct RefTable {
     pub(crate) total: u64,
     /// The table size that triggers the next purge.
     pub(crate) purge_at: usize,
+    /// The registry's count of objects that died referenced, at the last
+    /// purge (`crate::Registry`'s `orphaned`).
+    pub(crate) purged_upto: u64,
 }
 
 /// Smallest table size at which a purge runs.
@@ -120,6 +123,7 @@ impl RefTable {
             filled: 0,
             total: 0,
             purge_at: PURGE_FLOOR,
+            purged_upto: u64::MAX,
         };
         table.word(8).store(key.id, Ordering::Relaxed);
         table.word(16).store(u64::from(key.uid), Ordering::Relaxed);
@@ -176,6 +180,7 @@ impl RefTable {
             filled: 0,
             total: 0,
             purge_at: PURGE_FLOOR,
+            purged_upto: u64::MAX,
         };
         for i in 0..capacity {
             let (_, count, state) = table.entry(i);
@@ -384,6 +389,7 @@ impl RefTable {
         }
         next.total = self.total;
         next.purge_at = self.purge_at;
+        next.purged_upto = self.purged_upto;
         next.complete();
         let old = std::mem::replace(self, next);
         if let Some((store, name, _)) = old.kept {
