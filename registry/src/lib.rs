@@ -12,10 +12,16 @@
 //! [`hreg_proto::table::SlotView`]). A replaced or removed value's block
 //! is reused only once no borrowed reference can reach it (`reclaim`).
 //!
+//! Every object is charged to one uid (`SlotMeta::payer`): its creator
+//! while the creator references it, else a uid that keeps it alive (see
+//! `Registry::move_charge`); every reference-table entry counts against its
+//! session's uid (`uid_max_references`). A uid other than root gets figures
+//! only over what it may read ([`Registry::usage_visible_to`]).
+//!
 //! No sockets, threads or signals: the daemon serves the registry and the
 //! bench measures it alone. The only nested locks are a shard's, then the
-//! session's reference table, its domain's heap or the reclamation list
-//! (always in that order).
+//! session's reference table, the uids' counters, its domain's heap or the
+//! reclamation list (always in that order).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
