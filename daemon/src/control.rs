@@ -281,15 +281,19 @@ impl Control {
         self.config.limits = limits;
     }
 
-    /// The one-line summary systemd shows as the service's status.
+    /// The one-line summary systemd shows as the service's status. Any
+    /// local user may read it (`systemctl status`), so its figures are
+    /// global and coarse: objects in thousands, no bytes — nothing shows
+    /// another uid's private object or its length (`hregctl stats` gives
+    /// each uid the exact figures it may see).
     pub fn status_line(&self) -> String {
-        let usage = self.registry.usage();
-        format!(
-            "{} sessions, {} objects, {} value bytes",
-            self.attached(),
-            usage.objects,
-            usage.value_bytes
-        )
+        let objects = self.registry.usage().objects;
+        let objects = if objects < 1000 {
+            "under 1k objects".to_string()
+        } else {
+            format!("{}k objects", objects / 1000)
+        };
+        format!("{} sessions, {objects}", self.attached())
     }
 
     /// Tells every attached client that the daemon stops, and closes every
