@@ -168,23 +168,27 @@ typedef struct hreg_op {
 } hreg_op;
 
 /**
- * The registry's figures (`hreg_stats_get`).
+ * The registry's figures (`hreg_stats_get`). A client of root sees all of
+ * them; any other client sees the objects it may read — its uid's private
+ * objects and every SHARED object (which anyone may enumerate) — and never
+ * anything of another uid's private objects.
  */
 typedef struct hreg_stats {
     /**
-     * Live objects.
+     * Live objects: all for root; for another uid, its own private objects
+     * and every SHARED one.
      */
     uint64_t objects;
     /**
-     * Bytes of live values.
+     * Bytes of the values of those objects.
      */
     uint64_t value_bytes;
     /**
-     * Attached sessions (past HELLO).
+     * Attached sessions (past HELLO), of every uid.
      */
     uint64_t sessions;
     /**
-     * Data-path requests served since the daemon started.
+     * Data-path requests served since the daemon started, of every uid.
      */
     uint64_t ops;
     /**

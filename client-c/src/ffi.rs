@@ -119,17 +119,21 @@ pub struct hreg_op {
     pub status: c_int,
 }
 
-/// The registry's figures (`hreg_stats_get`).
+/// The registry's figures (`hreg_stats_get`). A client of root sees all of
+/// them; any other client sees the objects it may read — its uid's private
+/// objects and every SHARED object (which anyone may enumerate) — and never
+/// anything of another uid's private objects.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct hreg_stats {
-    /// Live objects.
+    /// Live objects: all for root; for another uid, its own private objects
+    /// and every SHARED one.
     pub objects: u64,
-    /// Bytes of live values.
+    /// Bytes of the values of those objects.
     pub value_bytes: u64,
-    /// Attached sessions (past HELLO).
+    /// Attached sessions (past HELLO), of every uid.
     pub sessions: u64,
-    /// Data-path requests served since the daemon started.
+    /// Data-path requests served since the daemon started, of every uid.
     pub ops: u64,
     /// Zero; room to grow.
     pub reserved: [u64; 4],

@@ -164,6 +164,12 @@ fn quota_on_objects_and_sessions() {
     run_c(&c_test("statuses"), &["sessions", s(&daemon.socket)]);
 }
 
+#[test]
+fn quota_on_references_names_the_limit() {
+    let daemon = Daemon::start(&["--uid-max-references", "3"]);
+    run_c(&c_test("statuses"), &["references", s(&daemon.socket)]);
+}
+
 /// A fake daemon that answers one HELLO with `reply` and closes.
 fn fake_daemon(dir: &Path, reply: Vec<u8>) -> (PathBuf, std::thread::JoinHandle<()>) {
     use rustix::net::{

@@ -528,7 +528,6 @@ mod tests {
             pin_entries: 8,
             resume_token: [0; 16],
             resume_grace_ms: 0,
-            preload: Default::default(),
         };
         let memfd =
             || crate::shm::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);
@@ -580,7 +579,7 @@ mod tests {
         ));
         // Another version.
         let v2 = Welcome {
-            version: 2,
+            version: PROTOCOL_VERSION + 1,
             ..welcome
         };
         assert!(matches!(

@@ -103,9 +103,10 @@ pub enum Completion {
 /// The registry's figures, from [`Client::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Live objects.
+    /// Live objects: all for root; for another uid, its own private objects
+    /// and every SHARED one (never another uid's private ones).
     pub objects: u64,
-    /// Bytes of live values.
+    /// Bytes of the values of those objects.
     pub value_bytes: u64,
     /// Attached sessions.
     pub sessions: u64,

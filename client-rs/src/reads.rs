@@ -3,20 +3,23 @@
 //! (`hreg_proto::table`), with no system call, no daemon CPU and no lock
 //! shared between threads.
 //!
-//! The session maps, read-only and on first need, the chunks of the domains
-//! its uid may read (one control request brings a domain's chunks; another
-//! the chunks it grew since). Mappings are only ever added, never removed,
-//! while the session lives, so a lookup is a couple of `OnceLock` reads.
-//! When a read cannot be done here — a domain this uid may not map (the
-//! daemon then says DENIED or STALE), a slot the daemon keeps changing, or
-//! the environment asks for it (`HREG_READ_PATH=ring`, for comparisons) —
-//! the caller goes through the ring instead, with the same results.
+//! The session maps what it reads, read-only: a chunk of a domain its uid
+//! may read is mapped when a read first resolves into it (a slot chunk for
+//! the handle's slot, a heap chunk for the value the slot names), one
+//! control request each, so the process's address space grows with what it
+//! reads, never with the registry. Mappings are only ever added, never
+//! removed, while the session lives, so a lookup is a couple of `OnceLock`
+//! reads. When a read cannot be done here — a domain this uid may not map
+//! (the daemon then says DENIED), a chunk this process cannot map (its
+//! address space is limited: tried again a second later, not on every
+//! read), a slot the daemon keeps changing, or the environment asks for it
+//! (`HREG_READ_PATH=ring`, for comparisons) — the caller goes through the
+//! ring instead, with the same results.
 
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::shm::{OwnedMapping, PinnedBlock};
-use hreg_proto::control::Preload;
 use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
 use hreg_proto::pins::PinTable;
 use hreg_proto::shm::{Access, Mapping};
@@ -28,6 +31,7 @@ use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 /// Reads of a slot that raced a write before giving up on this path.
 const TORN_RETRIES: usize = 64;
@@ -35,23 +39,46 @@ const TORN_RETRIES: usize = 64;
 /// Domains per group of the domain table (allocated a group at a time).
 const GROUP: usize = 128;
 
+/// How long a chunk this process could not map is left to the ring before
+/// mapping it is tried again, in milliseconds.
+const RETRY_MAP_MS: u64 = 1000;
+
+/// One chunk of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Slot chunk `k`.
+    Slots(usize),
+    /// Heap chunk `k`.
+    Heap(usize),
+}
+
 /// Where the daemon sends a domain's chunks from: the control socket.
 pub(crate) trait ChunkSource {
-    /// Read-only descriptors of `domain`'s slot chunks from `slots_from` on
-    /// and heap chunks from `heap_from` on (maybe not all: ask again);
-    /// DENIED or STALE from the daemon are errors of that status.
-    fn map_domain(
-        &self,
-        domain: u16,
-        slots_from: usize,
-        heap_from: usize,
-    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>)>;
+    /// A read-only descriptor of `chunk` of `domain`; `Ok(None)` when the
+    /// domain has no such chunk. DENIED or STALE from the daemon are errors
+    /// of that status.
+    fn map_chunk(&self, domain: u16, chunk: Chunk) -> Result<Option<OwnedFd>>;
+}
+
+/// What asking for a chunk came to.
+enum Mapped {
+    /// It is mapped.
+    Yes,
+    /// The domain has no such chunk.
+    Missing,
+    /// Not readable here (the domain is not this uid's to map, or this
+    /// process cannot map the chunk now): the ring answers instead.
+    No,
 }
 
 /// One domain's chunks, as far as this session has mapped them.
 struct DomainMaps {
     slots: [OnceLock<OwnedMapping>; MAX_SLOT_CHUNKS],
     heap: Box<[OnceLock<OwnedMapping>]>,
+    /// When mapping each chunk last failed, in milliseconds since the
+    /// session's reads began, plus one (0: never).
+    slots_failed: [AtomicU64; MAX_SLOT_CHUNKS],
+    heap_failed: Box<[AtomicU64]>,
     /// This uid may not map the domain: always go through the ring.
     denied: AtomicBool,
 }
@@ -61,6 +88,8 @@ impl DomainMaps {
         DomainMaps {
             slots: std::array::from_fn(|_| OnceLock::new()),
             heap: (0..MAX_HEAP_CHUNKS).map(|_| OnceLock::new()).collect(),
+            slots_failed: std::array::from_fn(|_| AtomicU64::new(0)),
+            heap_failed: (0..MAX_HEAP_CHUNKS).map(|_| AtomicU64::new(0)).collect(),
             denied: AtomicBool::new(false),
         }
     }
@@ -70,8 +99,13 @@ impl DomainMaps {
         self.heap.get(usize::from(chunk))?.get().map(|m| &**m)
     }
 
-    fn mapped(list: &[OnceLock<OwnedMapping>]) -> usize {
-        list.iter().take_while(|m| m.get().is_some()).count()
+    /// Where `chunk`'s mapping goes, and its failure time; `None` for a
+    /// chunk no domain has.
+    fn place(&self, chunk: Chunk) -> Option<(&OnceLock<OwnedMapping>, &AtomicU64)> {
+        match chunk {
+            Chunk::Slots(k) => Some((self.slots.get(k)?, self.slots_failed.get(k)?)),
+            Chunk::Heap(k) => Some((self.heap.get(k)?, self.heap_failed.get(k)?)),
+        }
     }
 }
 
@@ -137,38 +171,6 @@ impl Resolved {
     }
 }
 
-/// Maps chunks of `domain` into `maps`: slot chunks from `slots.0` on,
-/// heap chunks from `heap.0` on (a chunk already mapped is kept).
-fn map_chunks(
-    maps: &DomainMaps,
-    domain: u16,
-    slots: (usize, &[OwnedFd]),
-    heap: (usize, &[OwnedFd]),
-) -> Result<()> {
-    for (k, fd) in slots.1.iter().enumerate() {
-        let chunk = slots.0 + k;
-        let place = maps
-            .slots
-            .get(chunk)
-            .ok_or_else(|| Error::Protocol(format!("slot chunk {chunk} of domain {domain}")))?;
-        if place.get().is_none() {
-            let map = OwnedMapping::sealed(fd, Some(slot_chunk_len(chunk)), Access::ReadOnly)?;
-            let _ = place.set(map);
-        }
-    }
-    for (k, fd) in heap.1.iter().enumerate() {
-        let chunk = heap.0 + k;
-        let place = maps
-            .heap
-            .get(chunk)
-            .ok_or_else(|| Error::Protocol(format!("heap chunk {chunk} of domain {domain}")))?;
-        if place.get().is_none() {
-            let _ = place.set(OwnedMapping::sealed(fd, None, Access::ReadOnly)?);
-        }
-    }
-    Ok(())
-}
-
 /// This thread's number, which spreads threads over a pin table (and
 /// waiting threads over a ring pool).
 pub(crate) fn thread_number() -> usize {
@@ -201,6 +203,8 @@ pub(crate) struct Reads {
     groups: Box<[OnceLock<DomainGroup>]>,
     /// One chunk request at a time.
     fetching: Mutex<()>,
+    /// When the reads began (failed mappings are timed from it).
+    began: Instant,
     ring_only: bool,
     /// Moves on after chunks are mapped (for bindings that cache the
     /// chunks' addresses: [`Reads::mapped_chunks`]).
@@ -227,6 +231,7 @@ impl Reads {
             header,
             groups: (0..MAX_DOMAINS / GROUP).map(|_| OnceLock::new()).collect(),
             fetching: Mutex::new(()),
+            began: Instant::now(),
             ring_only: std::env::var_os("HREG_READ_PATH").is_some_and(|v| v == "ring"),
             mapped: AtomicU64::new(0),
         })
@@ -250,62 +255,60 @@ impl Reads {
         group[usize::from(domain) % GROUP].get_or_init(DomainMaps::new)
     }
 
-    /// Maps the chunks of `domain` this session does not have yet. False
-    /// when the domain is not this uid's to map; an error for STALE (no such
-    /// domain) or a broken reply.
-    fn fetch(&self, source: &dyn ChunkSource, domain: u16) -> Result<bool> {
-        let maps = self.maps_or_new(domain);
-        if maps.denied.load(Ordering::Relaxed) {
-            return Ok(false);
+    /// Maps `chunk` of `domain` (`maps`), once: a chunk mapped stays
+    /// mapped. A chunk this process cannot map (or whose descriptor cannot
+    /// be had) is left to the ring, and tried again [`RETRY_MAP_MS`] later.
+    /// An error only for STALE (root asked for a domain that is not).
+    fn map_chunk(
+        &self,
+        source: &dyn ChunkSource,
+        maps: &DomainMaps,
+        domain: u16,
+        chunk: Chunk,
+    ) -> Result<Mapped> {
+        let Some((place, failed)) = maps.place(chunk) else {
+            return Ok(Mapped::Missing);
+        };
+        if place.get().is_some() {
+            return Ok(Mapped::Yes);
+        }
+        let now = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = failed.load(Ordering::Relaxed);
+        if maps.denied.load(Ordering::Relaxed) || (last != 0 && now < last + RETRY_MAP_MS) {
+            return Ok(Mapped::No);
         }
         let _one = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let slots_from = DomainMaps::mapped(&maps.slots);
-            let heap_from = DomainMaps::mapped(&maps.heap);
-            let (slots, heap) = match source.map_domain(domain, slots_from, heap_from) {
-                Ok(chunks) => chunks,
-                Err(Error::Denied) => {
-                    maps.denied.store(true, Ordering::Relaxed);
-                    return Ok(false);
-                }
-                Err(e) => return Err(e),
-            };
-            let more = !slots.is_empty() || !heap.is_empty();
-            let mapped = map_chunks(maps, domain, (slots_from, &slots), (heap_from, &heap));
-            self.mapped.fetch_add(1, Ordering::Release);
-            mapped?;
-            if !more {
-                return Ok(true);
+        if place.get().is_some() {
+            return Ok(Mapped::Yes);
+        }
+        let fd = match source.map_chunk(domain, chunk) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(Mapped::Missing),
+            Err(Error::Denied) => {
+                maps.denied.store(true, Ordering::Relaxed);
+                return Ok(Mapped::No);
+            }
+            Err(Error::Stale) => return Err(Error::Stale),
+            Err(_) => {
+                failed.store(now, Ordering::Relaxed);
+                return Ok(Mapped::No);
+            }
+        };
+        let len = match chunk {
+            Chunk::Slots(k) => Some(slot_chunk_len(k)),
+            Chunk::Heap(_) => None,
+        };
+        match OwnedMapping::sealed(&fd, len, Access::ReadOnly) {
+            Ok(map) => {
+                let _ = place.set(map);
+                self.mapped.fetch_add(1, Ordering::Release);
+                Ok(Mapped::Yes)
+            }
+            Err(_) => {
+                failed.store(now, Ordering::Relaxed);
+                Ok(Mapped::No)
             }
         }
-    }
-
-    /// Maps the chunks WELCOME brought: `fds` holds each preloaded domain's
-    /// slot chunks then heap chunks, in `preload`'s order.
-    pub(crate) fn preload(&self, preload: &[Preload], fds: Vec<OwnedFd>) -> Result<()> {
-        let used = preload.iter().filter(|p| p.domain != Preload::NONE);
-        let expected: usize = used
-            .clone()
-            .map(|p| p.slots as usize + p.heap as usize)
-            .sum();
-        if fds.len() != expected {
-            return Err(Error::Protocol(format!(
-                "WELCOME came with {} chunk descriptors, expected {expected}",
-                fds.len()
-            )));
-        }
-        let mut fds = fds.into_iter();
-        for p in used {
-            let domain = u16::try_from(p.domain)
-                .ok()
-                .filter(|&d| usize::from(d) < MAX_DOMAINS)
-                .ok_or_else(|| Error::Protocol(format!("WELCOME preloads domain {}", p.domain)))?;
-            let slots: Vec<OwnedFd> = fds.by_ref().take(p.slots as usize).collect();
-            let heap: Vec<OwnedFd> = fds.by_ref().take(p.heap as usize).collect();
-            map_chunks(self.maps_or_new(domain), domain, (0, &slots), (0, &heap))?;
-        }
-        self.mapped.fetch_add(1, Ordering::Release);
-        Ok(())
     }
 
     /// For bindings that read slots themselves (libhreg's Go support): the
@@ -350,7 +353,15 @@ impl Reads {
         }
     }
 
-    /// The slot `parts` names, mapping what is missing once; `Ok(None)`:
+    /// Maps heap chunk `chunk` of `domain`, which a slot named: true when
+    /// it is mapped now, false when the read must go through the ring.
+    fn fetch(&self, source: &dyn ChunkSource, domain: u16, chunk: u16) -> Result<bool> {
+        let maps = self.maps_or_new(domain);
+        let mapped = self.map_chunk(source, maps, domain, Chunk::Heap(usize::from(chunk)))?;
+        Ok(matches!(mapped, Mapped::Yes))
+    }
+
+    /// The slot `parts` names, mapping its chunk on first need; `Ok(None)`:
     /// not readable here.
     #[inline]
     fn slot<'a>(
@@ -362,26 +373,25 @@ impl Reads {
             return Err(Error::Stale);
         }
         let (chunk, at) = slot_place(parts.slot);
-        for fetched in [false, true] {
-            if let Some(maps) = self.maps(parts.domain) {
-                if maps.denied.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                if let Some(map) = maps.slots.get(chunk).and_then(OnceLock::get) {
-                    let view = SlotView::new(map, at)
-                        .ok_or_else(|| Error::Protocol("slot outside its chunk".into()))?;
-                    return Ok(Some((maps, view)));
-                }
-            }
-            if fetched || !self.fetch(source, parts.domain)? {
-                break;
-            }
+        let maps = match self.maps(parts.domain) {
+            Some(maps) => maps,
+            None => self.maps_or_new(parts.domain),
+        };
+        if maps.denied.load(Ordering::Relaxed) {
+            return Ok(None);
         }
-        // Mapped, and the domain has no chunk for this slot: no such object.
-        match self.maps(parts.domain) {
-            Some(maps) if !maps.denied.load(Ordering::Relaxed) => Err(Error::Stale),
-            _ => Ok(None),
-        }
+        let map = match maps.slots.get(chunk).and_then(OnceLock::get) {
+            Some(map) => map,
+            None => match self.map_chunk(source, maps, parts.domain, Chunk::Slots(chunk))? {
+                Mapped::Yes => maps.slots[chunk].get().expect("just mapped"),
+                // The domain has no chunk for this slot: no such object.
+                Mapped::Missing => return Err(Error::Stale),
+                Mapped::No => return Ok(None),
+            },
+        };
+        let view = SlotView::new(map, at)
+            .ok_or_else(|| Error::Protocol("slot outside its chunk".into()))?;
+        Ok(Some((maps, view)))
     }
 
     /// Reads the value of `handle` into `out`.
@@ -412,9 +422,9 @@ impl Reads {
                 Read::Value { len } => return Resolved::Value(len as usize),
                 Read::Buffer { len } => return Resolved::Buffer(len as usize),
                 Read::Stale => return Resolved::Stale,
-                Read::Unmapped { .. } if !fetched => {
+                Read::Unmapped { chunk } if !fetched => {
                     fetched = true;
-                    if !matches!(self.fetch(source, parts.domain), Ok(true)) {
+                    if !matches!(self.fetch(source, parts.domain, chunk), Ok(true)) {
                         return Resolved::Ring;
                     }
                 }
@@ -483,7 +493,7 @@ impl Reads {
                 return Err(Error::Protocol("a value outside its heap chunk".into()));
             }
             fetched = true;
-            match self.fetch(source, parts.domain) {
+            match self.fetch(source, parts.domain, at.chunk) {
                 Ok(true) => {}
                 other => {
                     pins.unpin(pin);

@@ -10,9 +10,9 @@
 use crate::control::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
-use crate::reads::{ChunkSource, Reads};
+use crate::reads::{Chunk, ChunkSource, Reads};
 use crate::shm::{self, SessionMapping};
-use hreg_proto::control::{clip, ControlRequest, Reply, Welcome};
+use hreg_proto::control::{clip, ControlRequest, MapDomain, Reply, Welcome};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::{Limit, Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::{AsFd, OwnedFd};
@@ -113,15 +113,11 @@ impl Session {
                 )))
             }
         };
-        if fds.len() < 2 {
-            return Err(Error::Protocol(format!(
-                "WELCOME came with {} descriptors, expected at least 2",
-                fds.len()
-            )));
-        }
-        let mut fds = fds.into_iter();
-        let (memfd, header) = (fds.next().expect("two"), fds.next().expect("two"));
-        let chunks: Vec<OwnedFd> = fds.collect();
+        let Ok([memfd, header]) = <[OwnedFd; 2]>::try_from(fds) else {
+            return Err(Error::Protocol(
+                "WELCOME came without the session memory and the registry header".into(),
+            ));
+        };
         if welcome.version != PROTOCOL_VERSION {
             return Err(Error::Version {
                 message: format!(
@@ -149,7 +145,6 @@ impl Session {
             welcome.pin_entries,
         )?;
         let reads = Arc::new(Reads::new(&header, welcome.instance)?);
-        reads.preload(&welcome.preload, chunks)?;
         let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];
         Ok(Arc::new_cyclic(|me| Session {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
@@ -367,32 +362,31 @@ impl Session {
 }
 
 impl ChunkSource for Session {
-    fn map_domain(
-        &self,
-        domain: u16,
-        slots_from: usize,
-        heap_from: usize,
-    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
+    fn map_chunk(&self, domain: u16, chunk: Chunk) -> Result<Option<OwnedFd>> {
+        // Chunk indexes are below MAX_HEAP_CHUNKS: they fit.
+        let (slot_chunk, heap_chunk) = match chunk {
+            Chunk::Slots(k) => (k as u32, MapDomain::NONE),
+            Chunk::Heap(k) => (MapDomain::NONE, k as u32),
+        };
         let request = ControlRequest::MapDomain {
             domain: u32::from(domain),
-            slots_from: slots_from as u32,
-            heap_from: heap_from as u32,
+            slot_chunk,
+            heap_chunk,
         };
         let (reply, mut fds) = self.call(&request)?;
         match reply {
             Reply::DomainChunks {
                 domain: answered,
-                slots_from: from_slots,
+                slots_from,
                 slots,
-                heap_from: from_heap,
+                heap_from,
                 heap,
             } if answered == u32::from(domain)
-                && from_slots as usize == slots_from
-                && from_heap as usize == heap_from
-                && fds.len() == slots as usize + heap as usize =>
+                && (slots_from, heap_from) == (slot_chunk, heap_chunk)
+                && slots + heap <= 1
+                && fds.len() == (slots + heap) as usize =>
             {
-                let heap_fds = fds.split_off(slots as usize);
-                Ok((fds, heap_fds))
+                Ok(fds.pop())
             }
             Reply::Error { status, message } => Err(refusal(status, message)),
             other => Err(Error::Protocol(format!(

@@ -1,7 +1,12 @@
 //! The operator's requests on the control socket: STATS, SESSIONS, LIST and
 //! USAGE, as pure functions of the registry and the attached sessions, so
 //! they are tested without a socket. Who may see what: root sees every
-//! session and object; any other uid only its own.
+//! session and object. Any other uid sees its own sessions, its own
+//! objects and what it is charged for, and figures of objects counted over
+//! what it may read (its private objects and every SHARED one, which anyone
+//! may enumerate from the shared slot table): nothing it learns depends on
+//! another uid's private objects. The figures that stay global count
+//! sessions, rings and requests, never objects or bytes.
 
 use crate::session::Session;
 use hreg_proto::control::{
@@ -38,9 +43,10 @@ impl OpsRate {
     }
 }
 
-/// The registry's figures (STATS).
-pub fn stats(registry: &Registry, sessions: u64, ops: u64) -> StatsReply {
-    let usage = registry.usage();
+/// The registry's figures (STATS): objects and bytes over what the caller
+/// may read (everything for root); sessions and requests of all uids.
+pub fn stats(registry: &Registry, sessions: u64, ops: u64, caller_uid: u32) -> StatsReply {
+    let usage = registry.usage_visible_to(caller_uid);
     StatsReply {
         objects: usage.objects,
         value_bytes: usage.value_bytes,
@@ -118,8 +124,9 @@ pub fn rings_per_worker(assigned: impl Iterator<Item = usize>, workers: usize) -
     rings
 }
 
-/// Occupancy, usage per uid (only the caller's own unless root), the
-/// workers' loads and the limits in force.
+/// Occupancy (over what the caller may read), usage per uid (only the
+/// caller's own unless root), the workers' loads, the limits in force, and
+/// for root the bytes waiting for reclamation.
 pub fn usage(
     registry: &Registry,
     uptime: Duration,
@@ -135,7 +142,8 @@ pub fn usage(
         max_bytes: limits.max_bytes,
         uid_max_objects: limits.uid_max_objects,
         uid_max_bytes: limits.uid_max_bytes,
-        shards: registry.shard_occupancy(),
+        uid_max_references: limits.uid_max_references,
+        shards: registry.shard_occupancy_visible_to(caller_uid),
         uids: registry
             .usage_by_uid()
             .into_iter()
@@ -144,10 +152,17 @@ pub fn usage(
                 uid,
                 objects: usage.objects,
                 value_bytes: usage.value_bytes,
+                references: usage.references,
             })
             .collect(),
         workers,
-        reclaim_pending: registry.reclaim_pending(),
+        // Blocks of every domain wait together: another uid's removed
+        // private value would show in it.
+        reclaim_pending: if caller_uid == ROOT {
+            registry.reclaim_pending()
+        } else {
+            0
+        },
     }
 }
 

@@ -73,6 +73,10 @@ pub struct Args {
         "Value bytes one uid may own, at most max-bytes", "max-bytes"))]
     pub uid_max_bytes: Option<u64>,
     #[arg(long, value_name = "N", help = with_default(
+        "Objects one uid's sessions may reference together (an entry per session \
+         and object)", "twice uid-max-objects"))]
+    pub uid_max_references: Option<u64>,
+    #[arg(long, value_name = "N", help = with_default(
         "Attached sessions", DEFAULT_MAX_SESSIONS))]
     pub max_sessions: Option<usize>,
     #[arg(long, value_name = "N", help = with_default(
@@ -149,6 +153,7 @@ pub struct FileConfig {
     pub max_bytes: Option<u64>,
     pub uid_max_objects: Option<u64>,
     pub uid_max_bytes: Option<u64>,
+    pub uid_max_references: Option<u64>,
     pub max_sessions: Option<usize>,
     pub uid_max_sessions: Option<usize>,
     pub max_rings: Option<u32>,
@@ -275,6 +280,10 @@ impl Config {
             .max_bytes
             .or(file.max_bytes)
             .unwrap_or(defaults.max_bytes);
+        let uid_max_objects = args
+            .uid_max_objects
+            .or(file.uid_max_objects)
+            .unwrap_or(max_objects);
         let max_sessions = args
             .max_sessions
             .or(file.max_sessions)
@@ -322,14 +331,17 @@ impl Config {
                     max_value_size: max_value_size as usize,
                     max_objects,
                     max_bytes,
-                    uid_max_objects: args
-                        .uid_max_objects
-                        .or(file.uid_max_objects)
-                        .unwrap_or(max_objects),
+                    uid_max_objects,
                     uid_max_bytes: args
                         .uid_max_bytes
                         .or(file.uid_max_bytes)
                         .unwrap_or(max_bytes),
+                    uid_max_references: args
+                        .uid_max_references
+                        .or(file.uid_max_references)
+                        .unwrap_or_else(|| {
+                            hreg_registry::Limits::default_uid_max_references(uid_max_objects)
+                        }),
                 },
                 max_sessions,
                 uid_max_sessions: args
@@ -513,6 +525,11 @@ impl Config {
         );
         line("uid_max_bytes", Some(limits.uid_max_bytes.to_string()), "");
         line(
+            "uid_max_references",
+            Some(limits.uid_max_references.to_string()),
+            "",
+        );
+        line(
             "max_sessions",
             Some(self.limits.max_sessions.to_string()),
             "",
@@ -625,6 +642,7 @@ mod tests {
         let config =
             Config::merge(&args(&["--socket", "/tmp/x.sock"]), FileConfig::default()).unwrap();
         assert_eq!(config.limits.registry.max_value_size, 1 << 20);
+        assert_eq!(config.limits.registry.uid_max_references, 1 << 25);
         assert_eq!(config.socket_mode, 0o600);
         assert!((1..=4).contains(&config.workers));
     }
@@ -640,6 +658,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("shards"), "{err}");
+        // uid_max_references follows uid_max_objects unless set.
+        let file: FileConfig = toml::from_str("uid_max_objects = 1000").unwrap();
+        let config = Config::merge(&args(&["--socket", "/s"]), file).unwrap();
+        assert_eq!(config.limits.registry.uid_max_references, 2000);
+        let file: FileConfig = toml::from_str("uid_max_references = 7").unwrap();
+        let config = Config::merge(&args(&["--socket", "/s"]), file).unwrap();
+        assert_eq!(config.limits.registry.uid_max_references, 7);
+        let config = Config::merge(
+            &args(&["--socket", "/s", "--uid-max-references", "9"]),
+            toml::from_str("uid_max_references = 7").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.limits.registry.uid_max_references, 9);
         assert!(toml::from_str::<FileConfig>("bogus = 1")
             .unwrap_err()
             .to_string()

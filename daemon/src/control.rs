@@ -23,10 +23,9 @@ use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
 use hreg_proto::control::{
-    ControlRequest, Preload, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+    ControlRequest, MapDomain, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
 };
 use hreg_proto::pins::PIN_ENTRIES;
-use hreg_proto::table::SHARED_DOMAIN;
 use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
 use hreg_registry::{Holder, KeptSession, Registry, ROOT};
 use rustix::event::epoll;
@@ -50,12 +49,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections accepted per wakeup; more wait for the next one (the
 /// listener stays readable), so a flood of connects cannot starve the rest.
 const ACCEPT_BATCH: usize = 64;
-
-/// Slot and heap chunks (each) of a domain attached to WELCOME: two
-/// domains' and the two first descriptors stay within one reply's
-/// [`MAX_CHUNKS_PER_REPLY`].
-const PRELOAD_CHUNKS: usize = 15;
-const _: () = assert!(2 + 2 * 2 * PRELOAD_CHUNKS <= MAX_CHUNKS_PER_REPLY as usize);
 
 /// Messages read from one connection per wakeup; the rest wait for the
 /// next one (epoll is level-triggered).
@@ -293,15 +286,19 @@ impl Control {
         self.config.limits = limits;
     }
 
-    /// The one-line summary systemd shows as the service's status.
+    /// The one-line summary systemd shows as the service's status. Any
+    /// local user may read it (`systemctl status`), so its figures are
+    /// global and coarse: objects in thousands, no bytes — nothing shows
+    /// another uid's private object or its length (`hregctl stats` gives
+    /// each uid the exact figures it may see).
     pub fn status_line(&self) -> String {
-        let usage = self.registry.usage();
-        format!(
-            "{} sessions, {} objects, {} value bytes",
-            self.attached(),
-            usage.objects,
-            usage.value_bytes
-        )
+        let objects = self.registry.usage().objects;
+        let objects = if objects < 1000 {
+            "under 1k objects".to_string()
+        } else {
+            format!("{}k objects", objects / 1000)
+        };
+        format!("{} sessions, {objects}", self.attached())
     }
 
     /// Tells every attached client that the daemon stops, and closes every
@@ -546,11 +543,12 @@ impl Control {
                 }
                 self.reply(key, &Reply::Ack, &[])
             }
-            (ControlRequest::Stats, Some(_)) => {
+            (ControlRequest::Stats, Some(caller)) => {
                 let stats = admin::stats(
                     &self.registry,
                     self.live_sessions.load(Ordering::Acquire) as u64,
                     self.ops(),
+                    caller.peer.uid,
                 );
                 self.reply(key, &Reply::Stats(stats), &[])
             }
@@ -581,11 +579,11 @@ impl Control {
             (
                 ControlRequest::MapDomain {
                     domain,
-                    slots_from,
-                    heap_from,
+                    slot_chunk,
+                    heap_chunk,
                 },
                 Some(caller),
-            ) => self.map_domain(key, &caller, domain, slots_from, heap_from),
+            ) => self.map_domain(key, &caller, domain, slot_chunk, heap_chunk),
             (ControlRequest::Usage, Some(caller)) => {
                 let attached: std::collections::HashSet<u64> = self
                     .conns
@@ -777,7 +775,7 @@ impl Control {
         let limits = self.config.limits;
         let layout = self.config.layout;
         let keeps = self.registry.keeps_state();
-        let mut welcome = Welcome {
+        let welcome = Welcome {
             version: PROTOCOL_VERSION,
             session_id: holder.id(),
             max_value_size: limits.registry.max_value_size as u64,
@@ -800,25 +798,11 @@ impl Control {
             } else {
                 0
             },
-            preload: [Preload::default(); 2],
         };
-        // The domains the session reads first come along, so that its first
-        // reads need no MAP_DOMAIN.
-        let mut fds = vec![memfd.as_fd(), header];
-        let domains = [Some(SHARED_DOMAIN), registry.own_domain(peer.uid)];
-        for (entry, domain) in welcome.preload.iter_mut().zip(domains) {
-            let Some(domain) = domain else {
-                continue;
-            };
-            if let Ok((slots, heap)) = registry.chunks_for(peer.uid, domain, 0, 0, PRELOAD_CHUNKS) {
-                *entry = Preload {
-                    domain: u32::from(domain),
-                    slots: slots.len() as u32,
-                    heap: heap.len() as u32,
-                };
-                fds.extend(slots.into_iter().chain(heap));
-            }
-        }
+        // No chunk comes along: a client maps the chunks its reads need,
+        // one MAP_DOMAIN each, so its address space grows with what it
+        // reads, not with the registry.
+        let fds = [memfd.as_fd(), header];
         let id = holder.id();
         let session = Arc::new(Session::new(
             holder,
@@ -832,7 +816,6 @@ impl Control {
         if !self.reply(key, &Reply::Welcome(welcome), &fds) {
             return false;
         }
-        drop(fds);
         drop(memfd);
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
         if let Some(conn) = self.conns.get_mut(&key) {
@@ -844,28 +827,31 @@ impl Control {
         true
     }
 
-    /// MAP_DOMAIN: read-only descriptors of a domain's chunks the session's
-    /// uid may read (ERROR with DENIED or STALE otherwise).
+    /// MAP_DOMAIN: a read-only descriptor of the slot chunk and of the heap
+    /// chunk asked for, of a domain the session's uid may read (ERROR with
+    /// DENIED or STALE otherwise).
     fn map_domain(
         &mut self,
         key: u64,
         session: &Session,
         domain: u32,
-        slots_from: u32,
-        heap_from: u32,
+        slot_chunk: u32,
+        heap_chunk: u32,
     ) -> bool {
-        let half = MAX_CHUNKS_PER_REPLY as usize / 2;
+        let wanted = |chunk: u32| (chunk != MapDomain::NONE).then_some(chunk as usize);
         let registry = Arc::clone(&self.registry);
+        let uid = session.peer.uid;
+        // No such domain: said as the registry says it of one not made.
         let chunks = u16::try_from(domain)
-            .map_err(|_| Status::Stale)
+            .map_err(|_| {
+                if uid == ROOT {
+                    Status::Stale
+                } else {
+                    Status::Denied
+                }
+            })
             .and_then(|domain| {
-                registry.chunks_for(
-                    session.peer.uid,
-                    domain,
-                    slots_from as usize,
-                    heap_from as usize,
-                    half,
-                )
+                registry.chunks_for(uid, domain, wanted(slot_chunk), wanted(heap_chunk))
             });
         let (slots, heap) = match chunks {
             Ok(chunks) => chunks,
@@ -883,10 +869,10 @@ impl Control {
         };
         let reply = Reply::DomainChunks {
             domain,
-            slots_from,
-            slots: slots.len() as u32,
-            heap_from,
-            heap: heap.len() as u32,
+            slots_from: slot_chunk,
+            slots: u32::from(slots.is_some()),
+            heap_from: heap_chunk,
+            heap: u32::from(heap.is_some()),
         };
         let fds: Vec<BorrowedFd<'_>> = slots.into_iter().chain(heap).collect();
         self.reply(key, &reply, &fds)

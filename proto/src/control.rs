@@ -78,15 +78,16 @@ pub enum ControlRequest {
     },
     /// Occupancy, usage per uid and limits.
     Usage,
-    /// Read-only descriptors of a domain's chunks, from the given ones on
-    /// (the chunks a client already has are not sent again).
+    /// A read-only descriptor of one slot chunk and one heap chunk of a
+    /// domain, as a client's reads come to need them (it maps what it
+    /// reads, nothing more).
     MapDomain {
         /// The domain, as a handle names it.
         domain: u32,
-        /// The first slot chunk wanted.
-        slots_from: u32,
-        /// The first heap chunk wanted.
-        heap_from: u32,
+        /// The slot chunk wanted ([`MapDomain::NONE`]: none).
+        slot_chunk: u32,
+        /// The heap chunk wanted ([`MapDomain::NONE`]: none).
+        heap_chunk: u32,
     },
     /// First message on a connection that takes back a session after the
     /// daemon restarted: answered by WELCOME (the session's references
@@ -99,6 +100,14 @@ pub enum ControlRequest {
         /// The session's resume token, as WELCOME gave it.
         token: [u8; 16],
     },
+}
+
+/// What MAP_DOMAIN may say.
+pub struct MapDomain;
+
+impl MapDomain {
+    /// "No chunk of this kind."
+    pub const NONE: u32 = u32::MAX;
 }
 
 /// Which objects LIST shows.
@@ -146,15 +155,18 @@ pub struct ObjectInfo {
     pub flags: u32,
 }
 
-/// What one uid owns.
+/// What one uid is charged for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UidUsage {
     /// The uid.
     pub uid: u32,
-    /// Live objects it owns.
+    /// Live objects charged to it: those it created and still references
+    /// (or DETACHED), and others' it alone keeps alive.
     pub objects: u64,
     /// Bytes of the values of those objects.
     pub value_bytes: u64,
+    /// Objects its sessions reference: an entry per session and object.
+    pub references: u64,
 }
 
 /// What one worker thread serves.
@@ -181,27 +193,35 @@ pub struct UsageReply {
     pub uid_max_objects: u64,
     /// Limit on the value bytes one uid may own.
     pub uid_max_bytes: u64,
-    /// Live objects per shard.
+    /// Limit on the objects one uid's sessions may reference together.
+    pub uid_max_references: u64,
+    /// Live objects per shard: for a caller other than root, only those it
+    /// may read (its own private objects and every SHARED one).
     pub shards: Vec<u64>,
     /// Usage per uid (only the caller's own unless the caller is root).
     pub uids: Vec<UidUsage>,
-    /// Per worker thread, in worker order.
+    /// Per worker thread, in worker order (global figures: rings and
+    /// requests, never objects).
     pub workers: Vec<WorkerUsage>,
     /// Bytes of replaced or removed values whose memory waits for
-    /// reclamation (borrowed references may hold it back).
+    /// reclamation (borrowed references may hold it back); root only, 0
+    /// for any other caller (it would count other uids' private values).
     pub reclaim_pending: u64,
 }
 
 /// Figures of a running daemon.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsReply {
-    /// Live objects.
+    /// Live objects: all of them for root; for any other caller those it
+    /// may read, i.e. its uid's private objects and every SHARED object
+    /// (never another uid's private ones).
     pub objects: u64,
-    /// Bytes of live values.
+    /// Bytes of the values of those objects.
     pub value_bytes: u64,
-    /// Attached sessions (past HELLO).
+    /// Attached sessions (past HELLO), all uids together.
     pub sessions: u64,
-    /// Data-path requests served since the daemon started.
+    /// Data-path requests served since the daemon started, all uids
+    /// together.
     pub ops: u64,
 }
 
@@ -240,43 +260,12 @@ pub struct Welcome {
     /// How long, in milliseconds, a restarted daemon keeps the session for
     /// its client to resume; 0 when sessions do not outlive the daemon.
     pub resume_grace_ms: u32,
-    /// Chunks of the domains a session reads first (the shared one, its
-    /// uid's own), attached after the header so that the first reads need
-    /// no MAP_DOMAIN.
-    pub preload: [Preload; 2],
 }
 
-/// The chunks of one domain attached to WELCOME: its first `slots` slot
-/// chunks, then its first `heap` heap chunks (the rest, if any, come with
-/// MAP_DOMAIN).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Preload {
-    /// The domain; [`Preload::NONE`] for an unused entry.
-    pub domain: u32,
-    /// Slot chunks attached.
-    pub slots: u32,
-    /// Heap chunks attached.
-    pub heap: u32,
-}
-
-impl Preload {
-    /// The domain of an unused entry.
-    pub const NONE: u32 = u32::MAX;
-}
-
-impl Default for Preload {
-    fn default() -> Preload {
-        Preload {
-            domain: Preload::NONE,
-            slots: 0,
-            heap: 0,
-        }
-    }
-}
-
-/// Most descriptors the daemon attaches to one DOMAIN_CHUNKS (slot and heap
-/// chunks together); a client asks again for the rest.
-pub const MAX_CHUNKS_PER_REPLY: u32 = 64;
+/// Most descriptors the daemon attaches to one DOMAIN_CHUNKS: the slot
+/// chunk and the heap chunk asked for. No reply carries more (WELCOME
+/// carries two as well).
+pub const MAX_CHUNKS_PER_REPLY: u32 = 2;
 
 /// Messages the daemon sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,9 +317,8 @@ pub enum Reply {
     Usage(UsageReply),
     /// Chunks of a domain for MAP_DOMAIN: `slots` read-only descriptors of
     /// slot chunks from `slots_from` on, then `heap` of heap chunks from
-    /// `heap_from` on, attached in that order. Fewer than exist when there
-    /// are more than [`MAX_CHUNKS_PER_REPLY`]: ask again from where these
-    /// end.
+    /// `heap_from` on, attached in that order (0 of a kind: the domain has
+    /// no such chunk, or none was asked for).
     DomainChunks {
         /// The domain.
         domain: u32,
@@ -409,13 +397,13 @@ impl ControlRequest {
             ControlRequest::Usage => w.u32(kind::USAGE),
             ControlRequest::MapDomain {
                 domain,
-                slots_from,
-                heap_from,
+                slot_chunk,
+                heap_chunk,
             } => {
                 w.u32(kind::MAP_DOMAIN);
                 w.u32(*domain);
-                w.u32(*slots_from);
-                w.u32(*heap_from);
+                w.u32(*slot_chunk);
+                w.u32(*heap_chunk);
             }
             ControlRequest::Resume {
                 version,
@@ -469,8 +457,8 @@ impl ControlRequest {
             kind::USAGE => ControlRequest::Usage,
             kind::MAP_DOMAIN => ControlRequest::MapDomain {
                 domain: r.u32()?,
-                slots_from: r.u32()?,
-                heap_from: r.u32()?,
+                slot_chunk: r.u32()?,
+                heap_chunk: r.u32()?,
             },
             kind::RESUME => {
                 if r.take(4)? != HELLO_MAGIC {
@@ -510,11 +498,6 @@ impl Reply {
                 w.u32(welcome.pin_entries);
                 w.bytes(&welcome.resume_token);
                 w.u32(welcome.resume_grace_ms);
-                for p in &welcome.preload {
-                    w.u32(p.domain);
-                    w.u32(p.slots);
-                    w.u32(p.heap);
-                }
             }
             Reply::Refused { status, message } => {
                 w.u32(kind::REFUSED);
@@ -574,6 +557,7 @@ impl Reply {
                     u.max_bytes,
                     u.uid_max_objects,
                     u.uid_max_bytes,
+                    u.uid_max_references,
                 ] {
                     w.u64(v);
                 }
@@ -586,6 +570,7 @@ impl Reply {
                     w.u32(uid.uid);
                     w.u64(uid.objects);
                     w.u64(uid.value_bytes);
+                    w.u64(uid.references);
                 }
                 w.u32(u.workers.len() as u32);
                 for worker in &u.workers {
@@ -629,7 +614,6 @@ impl Reply {
                 pin_entries: r.u32()?,
                 resume_token: r.array()?,
                 resume_grace_ms: r.u32()?,
-                preload: [r.preload()?, r.preload()?],
             }),
             kind::REFUSED => Reply::Refused {
                 status: r.u32()?,
@@ -688,16 +672,18 @@ impl Reply {
                     max_bytes: r.u64()?,
                     uid_max_objects: r.u64()?,
                     uid_max_bytes: r.u64()?,
+                    uid_max_references: r.u64()?,
                     ..UsageReply::default()
                 };
                 let shards = r.count(8)?;
                 usage.shards = (0..shards).map(|_| r.u64()).collect::<Result<_, _>>()?;
-                let uids = r.count(20)?;
+                let uids = r.count(28)?;
                 for _ in 0..uids {
                     usage.uids.push(UidUsage {
                         uid: r.u32()?,
                         objects: r.u64()?,
                         value_bytes: r.u64()?,
+                        references: r.u64()?,
                     });
                 }
                 let workers = r.count(12)?;
@@ -775,13 +761,6 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
-    fn preload(&mut self) -> Result<Preload, DecodeError> {
-        Ok(Preload {
-            domain: self.u32()?,
-            slots: self.u32()?,
-            heap: self.u32()?,
-        })
-    }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
@@ -847,8 +826,8 @@ mod tests {
             ControlRequest::Usage,
             ControlRequest::MapDomain {
                 domain: 3,
-                slots_from: 1,
-                heap_from: 2,
+                slot_chunk: 1,
+                heap_chunk: MapDomain::NONE,
             },
             ControlRequest::Resume {
                 version: 1,
@@ -878,14 +857,6 @@ mod tests {
                 pin_entries: 1024,
                 resume_token: [7; 16],
                 resume_grace_ms: 30_000,
-                preload: [
-                    Preload {
-                        domain: 0,
-                        slots: 2,
-                        heap: 3,
-                    },
-                    Preload::default(),
-                ],
             }),
             Reply::Refused {
                 status: 10,
@@ -940,11 +911,13 @@ mod tests {
                 max_bytes: 4,
                 uid_max_objects: 5,
                 uid_max_bytes: 6,
+                uid_max_references: 12,
                 shards: vec![1, 2, 3],
                 uids: vec![UidUsage {
                     uid: 1000,
                     objects: 2,
                     value_bytes: 3,
+                    references: 4,
                 }],
                 reclaim_pending: 12,
                 workers: vec![

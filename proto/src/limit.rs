@@ -48,11 +48,14 @@ pub enum Limit {
     /// Borrowed references (`get_ref`) one session holds open; a client-side
     /// limit.
     BorrowedReferences = 18,
+    /// Reference-table entries one uid's sessions hold together (an entry
+    /// per session and object it references, whatever the count).
+    UidMaxReferences = 19,
 }
 
 impl Limit {
     /// Every limit, in the order of their codes (1 on).
-    pub const ALL: [Limit; 18] = [
+    pub const ALL: [Limit; 19] = [
         Limit::MaxObjects,
         Limit::MaxBytes,
         Limit::UidMaxObjects,
@@ -71,6 +74,7 @@ impl Limit {
         Limit::FileDescriptors,
         Limit::UidWaitingConnections,
         Limit::BorrowedReferences,
+        Limit::UidMaxReferences,
     ];
 
     /// The limit's code (1 on; 0 means "not said").
@@ -110,6 +114,7 @@ impl Limit {
             Limit::FileDescriptors => "file_descriptors",
             Limit::UidWaitingConnections => "uid_waiting_connections",
             Limit::BorrowedReferences => "borrowed_references",
+            Limit::UidMaxReferences => "uid_max_references",
         }
     }
 
@@ -134,6 +139,7 @@ impl Limit {
             Limit::FileDescriptors => "the daemon's file descriptors",
             Limit::UidWaitingConnections => "connections of one uid waiting to attach",
             Limit::BorrowedReferences => "borrowed references open in one session",
+            Limit::UidMaxReferences => "objects one uid's sessions may reference",
         }
     }
 

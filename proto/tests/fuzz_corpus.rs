@@ -15,7 +15,7 @@
 mod checks;
 
 use hreg_proto::control::{
-    ControlRequest, ObjectInfo, Preload, Reply, SessionInfo, StatsReply, UidUsage, UsageReply,
+    ControlRequest, MapDomain, ObjectInfo, Reply, SessionInfo, StatsReply, UidUsage, UsageReply,
     Welcome, WorkerUsage,
 };
 use hreg_proto::entry::{sqe_flags, Sqe, ENTRY_SIZE};
@@ -69,8 +69,8 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         ControlRequest::Usage,
         ControlRequest::MapDomain {
             domain: 16383,
-            slots_from: 2,
-            heap_from: 7,
+            slot_chunk: MapDomain::NONE,
+            heap_chunk: 7,
         },
         ControlRequest::Resume {
             version: 1,
@@ -94,18 +94,6 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             pin_entries: 1024,
             resume_token: [0x5a; 16],
             resume_grace_ms: 30_000,
-            preload: [
-                Preload {
-                    domain: 0,
-                    slots: 1,
-                    heap: 1,
-                },
-                Preload {
-                    domain: 4,
-                    slots: 2,
-                    heap: 0,
-                },
-            ],
         }),
         Reply::Refused {
             status: 10,
@@ -159,11 +147,13 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             max_bytes: 2,
             uid_max_objects: 3,
             uid_max_bytes: 4,
+            uid_max_references: 12,
             shards: vec![1, 0, 5],
             uids: vec![UidUsage {
                 uid: 0,
                 objects: 6,
                 value_bytes: 60,
+                references: 4,
             }],
             workers: vec![WorkerUsage { rings: 3, ops: 99 }],
             reclaim_pending: 4096,
@@ -216,11 +206,11 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "usage-reply-lying-shards",
-            cat(&[&le(110), &[0; 48], &le(u32::MAX), &le(0)]),
+            cat(&[&le(110), &[0; 56], &le(u32::MAX), &le(0)]),
         ),
         (
             "usage-reply-lying-workers",
-            cat(&[&le(110), &[0; 48], &le(0), &le(0), &le(1 << 20), &[0; 12]]),
+            cat(&[&le(110), &[0; 56], &le(0), &le(0), &le(1 << 20), &[0; 12]]),
         ),
         (
             "error-text-too-long",

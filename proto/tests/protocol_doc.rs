@@ -91,8 +91,8 @@ fn the_kind_table_is_the_codec() {
         ControlRequest::Usage,
         ControlRequest::MapDomain {
             domain: 0,
-            slots_from: 0,
-            heap_from: 0,
+            slot_chunk: 0,
+            heap_chunk: 0,
         },
         ControlRequest::Resume {
             version: 1,

@@ -489,9 +489,11 @@ impl Registry {
                 },
             )));
         }
-        locked.live += 1;
-        self.live[shard].fetch_add(1, Ordering::Relaxed);
         let bytes = u64::from(slot.len);
+        let (_, meta) = domain.slot(index).expect("inside an adopted chunk");
+        // Charged to its creator until the references are counted.
+        locked.made(meta, slot.owner, 0, bytes);
+        self.live[shard].fetch_add(1, Ordering::Relaxed);
         self.total.adopt(1, bytes);
         self.uid_counters(slot.owner).adopt(1, bytes);
         Ok(())
@@ -527,6 +529,7 @@ impl Registry {
                 continue;
             };
             last_id = last_id.max(id);
+            let uid = table.key().uid;
             for (handle, count) in table.entries() {
                 let counted = Handle::new(handle)
                     .and_then(|h| self.locate(h).ok())
@@ -538,8 +541,7 @@ impl Registry {
                         if slot.generation != generation || slot.payload == Payload::Free {
                             return false;
                         }
-                        let refs = meta.refs.load(Ordering::Relaxed).saturating_add(count);
-                        meta.refs.store(refs, Ordering::Relaxed);
+                        lock(&domain.shards[self.shard_of(index)]).hold(meta, index, uid, count);
                         true
                     });
                 if counted {
@@ -548,7 +550,8 @@ impl Registry {
                     table.forget(handle);
                 }
             }
-            let usage = self.uid_counters(table.key().uid);
+            let usage = self.uid_counters(uid);
+            table.count_against(Arc::clone(&usage));
             kept.push(KeptSession {
                 holder: Holder::new(table, usage),
             });
@@ -558,7 +561,9 @@ impl Registry {
     }
 
     /// Drops the live objects that no kept session references and that
-    /// are not DETACHED.
+    /// are not DETACHED, and charges each object that its creator no longer
+    /// references to the uid referencing it most (whatever its quota: the
+    /// object is there).
     fn drop_unreferenced(&self, domains: &[Arc<Domain>], report: &mut StateReport) {
         for domain in domains {
             for index in 0..domain.slots_made() {
@@ -566,15 +571,16 @@ impl Registry {
                     continue;
                 };
                 let slot = view.current();
-                if slot.payload == Payload::Free
-                    || u32::from(slot.flags) & flags::DETACHED != 0
-                    || meta.refs.load(Ordering::Relaxed) > 0
-                {
+                if slot.payload == Payload::Free || u32::from(slot.flags) & flags::DETACHED != 0 {
                     continue;
                 }
                 let mut shard = lock(&domain.shards[index as usize & (domain.shard_count() - 1)]);
-                self.kill(domain, &mut shard, index, &slot, None);
-                report.dropped_unreferenced += 1;
+                if meta.refs.load(Ordering::Relaxed) == 0 {
+                    self.kill(domain, &mut shard, index, &slot, None);
+                    report.dropped_unreferenced += 1;
+                } else if meta.payer_refs.load(Ordering::Relaxed) == 0 {
+                    self.move_charge(domain, &mut shard, index, &slot, None, false);
+                }
             }
         }
     }

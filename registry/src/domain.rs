@@ -7,8 +7,9 @@
 //! Slot indices interleave the shards (the shard is an index's low bits),
 //! and each shard hands out its own indices under its own lock; that lock
 //! is held whenever one of its slots is written, so a slot has one writer
-//! at a time. Reference counts live beside the table in daemon memory,
-//! never in memory a client maps.
+//! at a time. Reference counts, and which uid each object is charged to,
+//! live beside the table in daemon memory, never in memory a client maps
+//! (a client may not learn who keeps another's object alive).
 //!
 //! When the registry's store keeps state, the domain also has a record
 //! (daemon-only) that names its owner and holds its write journal: before
@@ -41,7 +42,7 @@ use hreg_proto::table::{
     INLINE_VALUE, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
 };
 use hreg_proto::Limit;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -61,14 +62,23 @@ pub(crate) fn record_len(shards: usize) -> usize {
 /// Slot-table pages allocated ahead of the last slot handed out.
 const SLOTS_AHEAD: u64 = 256 << 10;
 
-/// The daemon's own facts about a slot.
+/// The daemon's own facts about a slot, changed only under its shard's
+/// lock (atomics so that LIST may read them without it).
 #[derive(Debug, Default)]
 pub(crate) struct SlotMeta {
     /// References held by all sessions together.
     pub refs: AtomicU32,
+    /// The uid charged for the object (its objects and value bytes count
+    /// against that uid's quota): its creator, until the charge moves to
+    /// another uid that references it (`crate::Registry`'s charge rules).
+    pub payer: AtomicU32,
+    /// References the payer's sessions hold on it; those of other uids are
+    /// in [`Shard::others`].
+    pub payer_refs: AtomicU32,
 }
 
-/// One shard of a domain: its free slots and how many it holds live.
+/// One shard of a domain: its free slots, what it holds live, and who
+/// besides each object's payer references it.
 #[derive(Debug)]
 pub(crate) struct Shard {
     /// Slots ready for reuse, longest-dead first (reusing the longest-dead
@@ -78,6 +88,14 @@ pub(crate) struct Shard {
     pub next_local: u32,
     /// Live objects in this shard.
     pub live: u64,
+    /// Bytes of their values.
+    pub bytes: u64,
+    /// References to this shard's objects held by uids other than the
+    /// object's payer: (slot index, uid) → references. Only objects that
+    /// several uids reference have entries; each entry stands for at least
+    /// one reference-table entry of its uid (so `uid_max_references`
+    /// bounds them), and a B-tree gives its memory back as entries go.
+    others: BTreeMap<(u32, u32), u32>,
     /// State of the generator of new slots' first generations.
     seed: u64,
 }
@@ -89,6 +107,97 @@ impl Shard {
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         ((self.seed as u16) & 0x7fff).max(1)
+    }
+
+    /// A new object in slot `index` (`meta`'s), charged to `payer`, which
+    /// holds `refs` references to it.
+    pub fn made(&mut self, meta: &SlotMeta, payer: u32, refs: u32, bytes: u64) {
+        meta.refs.store(refs, Ordering::Relaxed);
+        meta.payer.store(payer, Ordering::Relaxed);
+        meta.payer_refs.store(refs, Ordering::Relaxed);
+        self.live += 1;
+        self.bytes += bytes;
+    }
+
+    /// The object in slot `index` died: its counts and holders go.
+    pub fn ended(&mut self, meta: &SlotMeta, index: u32, bytes: u64) {
+        meta.refs.store(0, Ordering::Relaxed);
+        meta.payer_refs.store(0, Ordering::Relaxed);
+        let holders: Vec<(u32, u32)> = self.others_of(index).map(|(key, _)| key).collect();
+        for key in holders {
+            self.others.remove(&key);
+        }
+        self.live -= 1;
+        self.bytes -= bytes;
+    }
+
+    /// `uid`'s sessions took `n` more references to the object in slot
+    /// `index` (the caller checked that the counts fit).
+    pub fn hold(&mut self, meta: &SlotMeta, index: u32, uid: u32, n: u32) {
+        let add = |count: &AtomicU32| {
+            let total = count.load(Ordering::Relaxed).saturating_add(n);
+            count.store(total, Ordering::Relaxed);
+        };
+        add(&meta.refs);
+        if meta.payer.load(Ordering::Relaxed) == uid {
+            add(&meta.payer_refs);
+        } else {
+            let count = self.others.entry((index, uid)).or_default();
+            *count = count.saturating_add(n);
+        }
+    }
+
+    /// `uid`'s sessions dropped `n` references to the object in slot
+    /// `index`. Returns the references left in all, and whether `uid` was
+    /// the payer and now holds none.
+    pub fn unhold(&mut self, meta: &SlotMeta, index: u32, uid: u32, n: u32) -> (u32, bool) {
+        let left = meta.refs.load(Ordering::Relaxed).saturating_sub(n);
+        meta.refs.store(left, Ordering::Relaxed);
+        if meta.payer.load(Ordering::Relaxed) == uid {
+            let own = meta.payer_refs.load(Ordering::Relaxed).saturating_sub(n);
+            meta.payer_refs.store(own, Ordering::Relaxed);
+            return (left, own == 0);
+        }
+        if let Some(count) = self.others.get_mut(&(index, uid)) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.others.remove(&(index, uid));
+            }
+        }
+        (left, false)
+    }
+
+    /// The uids other than the payer that reference the object in slot
+    /// `index`, most references first (then lowest uid).
+    pub fn other_holders(&self, index: u32) -> Vec<(u32, u32)> {
+        let mut holders: Vec<(u32, u32)> = self
+            .others_of(index)
+            .map(|((_, uid), count)| (uid, count))
+            .collect();
+        holders.sort_by_key(|&(uid, count)| (std::cmp::Reverse(count), uid));
+        holders
+    }
+
+    fn others_of(&self, index: u32) -> impl Iterator<Item = ((u32, u32), u32)> + '_ {
+        self.others
+            .range((index, 0)..=(index, u32::MAX))
+            .map(|(&key, &count)| (key, count))
+    }
+
+    /// Makes `uid` the payer of the object in slot `index`: its references
+    /// move out of the others' record, the old payer's (if any) into it.
+    pub fn set_payer(&mut self, meta: &SlotMeta, index: u32, uid: u32) {
+        let old = meta.payer.load(Ordering::Relaxed);
+        if old == uid {
+            return;
+        }
+        let old_refs = meta.payer_refs.load(Ordering::Relaxed);
+        if old_refs > 0 {
+            self.others.insert((index, old), old_refs);
+        }
+        let refs = self.others.remove(&(index, uid)).unwrap_or(0);
+        meta.payer.store(uid, Ordering::Relaxed);
+        meta.payer_refs.store(refs, Ordering::Relaxed);
     }
 }
 
@@ -170,6 +279,8 @@ impl Domain {
                         free: VecDeque::new(),
                         next_local: 0,
                         live: 0,
+                        bytes: 0,
+                        others: BTreeMap::new(),
                         seed: (seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
                     }))
                 })

@@ -12,10 +12,16 @@
 //! [`hreg_proto::table::SlotView`]). A replaced or removed value's block
 //! is reused only once no borrowed reference can reach it (`reclaim`).
 //!
+//! Every object is charged to one uid (`SlotMeta::payer`): its creator
+//! while the creator references it, else a uid that keeps it alive (see
+//! `Registry::move_charge`); every reference-table entry counts against its
+//! session's uid (`uid_max_references`). A uid other than root gets figures
+//! only over what it may read ([`Registry::usage_visible_to`]).
+//!
 //! No sockets, threads or signals: the daemon serves the registry and the
 //! bench measures it alone. The only nested locks are a shard's, then the
-//! session's reference table, its domain's heap or the reclamation list
-//! (always in that order).
+//! session's reference table, the uids' counters, its domain's heap or the
+//! reclamation list (always in that order).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,7 +40,7 @@ mod store;
 pub use adopt::{AdoptError, Adopted, KeptSession, StateReport};
 pub use holder::Holder;
 pub use hreg_proto::control::ListFilter;
-pub use limits::{session_staging_cap, Counters, Limits, Usage};
+pub use limits::{session_staging_cap, Counters, Limits, Usage, REFERENCE_BYTES};
 pub use memory::Chunk;
 pub use reclaim::Reader;
 pub use refs::SessionKey;
@@ -101,6 +107,10 @@ pub struct Registry {
     live: Box<[AtomicUsize]>,
     /// The id the next session gets.
     next_session: AtomicU64,
+    /// Objects that died while references to them were held (by sessions
+    /// that keep those entries until they purge them): a session at its
+    /// uid's reference limit purges only when this moved since it last did.
+    orphaned: AtomicU64,
 }
 
 /// What a [`Registry::reclaim`] pass did.
@@ -186,6 +196,7 @@ impl Registry {
             limbo_pending: AtomicBool::new(false),
             live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_session: AtomicU64::new(1),
+            orphaned: AtomicU64::new(0),
         }
     }
 
@@ -223,8 +234,9 @@ impl Registry {
             uid,
             token,
         };
-        let refs = RefTable::new(&self.store, key)?;
-        Ok(Holder::new(refs, self.uid_counters(uid)))
+        let usage = self.uid_counters(uid);
+        let refs = RefTable::new(&self.store, key, Arc::clone(&usage))?;
+        Ok(Holder::new(refs, usage))
     }
 
     /// Registers a session of `holder`'s uid whose pin table lies at
@@ -259,15 +271,59 @@ impl Registry {
         self.total.usage()
     }
 
-    /// What each uid owns now (uids that own nothing are left out).
+    /// What each uid is charged for now (uids charged for nothing and
+    /// holding no reference are left out).
     pub fn usage_by_uid(&self) -> Vec<(u32, Usage)> {
         let mut list: Vec<(u32, Usage)> = read_lock(&self.uids)
             .iter()
             .map(|(&uid, counters)| (uid, counters.usage()))
-            .filter(|(_, usage)| usage.objects > 0 || usage.value_bytes > 0)
+            .filter(|(_, usage)| *usage != Usage::default())
             .collect();
         list.sort_by_key(|&(uid, _)| uid);
         list
+    }
+
+    /// Live objects, and the bytes of their values, that a session of
+    /// `uid` may read: every one for root; for any other uid its own
+    /// private objects and every SHARED object (which anyone may enumerate
+    /// from the shared slot table), never another uid's private ones.
+    pub fn usage_visible_to(&self, uid: u32) -> Usage {
+        if uid == ROOT {
+            return self.usage();
+        }
+        let mut usage = Usage::default();
+        for domain in self.visible_domains(uid) {
+            for shard in domain.shards.iter() {
+                let shard = lock(shard);
+                usage.objects += shard.live;
+                usage.value_bytes += shard.bytes;
+            }
+        }
+        usage
+    }
+
+    /// Live objects in each shard that a session of `uid` may read (as
+    /// [`Registry::usage_visible_to`] counts them).
+    pub fn shard_occupancy_visible_to(&self, uid: u32) -> Vec<u64> {
+        if uid == ROOT {
+            return self.shard_occupancy();
+        }
+        let mut occupancy = vec![0; self.live.len()];
+        for domain in self.visible_domains(uid) {
+            for (n, shard) in occupancy.iter_mut().zip(domain.shards.iter()) {
+                *n += lock(shard).live;
+            }
+        }
+        occupancy
+    }
+
+    /// The domains a session of `uid` (not root) may read: the shared one
+    /// and its uid's own, once made.
+    fn visible_domains(&self, uid: u32) -> impl Iterator<Item = &Arc<Domain>> {
+        [Some(SHARED_DOMAIN), self.own_domain(uid)]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.domain(id))
     }
 
     /// Live objects in each shard (over every domain).
@@ -371,43 +427,30 @@ impl Registry {
             || self.domain(domain).is_some_and(|d| d.owner == Some(uid))
     }
 
-    /// Read-only descriptors of `domain`'s slot chunks from `slots_from` on
-    /// and heap chunks from `heap_from` on (at most `max` of each), for a
-    /// session of `uid`: DENIED when it may not map the domain, STALE when
-    /// there is no such domain.
+    /// A read-only descriptor of `domain`'s slot chunk `slot_chunk` and of
+    /// its heap chunk `heap_chunk` (each when asked for and made), for a
+    /// session of `uid`: DENIED when it may not map the domain — for any
+    /// uid but root also when there is no such domain, so that nobody
+    /// learns which domains (uids with private objects) exist — and STALE
+    /// for root when there is no such domain.
     pub fn chunks_for(
         &self,
         uid: u32,
         domain: u16,
-        slots_from: usize,
-        heap_from: usize,
-        max: usize,
-    ) -> Result<(Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>), Status> {
-        let Some(found) = self
-            .domains
-            .get(usize::from(domain))
-            .and_then(OnceLock::get)
-        else {
-            return Err(Status::Stale);
-        };
+        slot_chunk: Option<usize>,
+        heap_chunk: Option<usize>,
+    ) -> Result<(Option<BorrowedFd<'_>>, Option<BorrowedFd<'_>>), Status> {
         if !self.may_map(uid, domain) {
             return Err(Status::Denied);
         }
-        fn reopen(chunk: &Chunk) -> Result<BorrowedFd<'_>, Status> {
-            chunk.read_only().map_err(|_| Status::Io)
+        let found = self.domain(domain).ok_or(Status::Stale)?;
+        fn reopen(chunk: Option<&Chunk>) -> Result<Option<BorrowedFd<'_>>, Status> {
+            chunk
+                .map(|chunk| chunk.read_only().map_err(|_| Status::Io))
+                .transpose()
         }
-        let slots = found
-            .slot_chunks()
-            .skip(slots_from)
-            .take(max)
-            .map(reopen)
-            .collect::<Result<_, _>>()?;
-        let heap = found
-            .heap_chunks()
-            .skip(heap_from)
-            .take(max)
-            .map(reopen)
-            .collect::<Result<_, _>>()?;
+        let slots = reopen(slot_chunk.and_then(|k| found.slot_chunks().nth(k)))?;
+        let heap = reopen(heap_chunk.and_then(|k| found.heap_chunks().nth(k)))?;
         Ok((slots, heap))
     }
 
@@ -419,10 +462,13 @@ impl Registry {
         if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig.into());
         }
+        let detached = obj_flags & flags::DETACHED != 0;
+        if !detached {
+            self.make_room_for_a_reference(holder);
+        }
         let charge = self.charge(&holder.usage, 1, value.len() as u64)?;
         let domain = self.domain_for(holder, obj_flags & flags::SHARED != 0)?;
         let payload = domain.place(value)?;
-        let detached = obj_flags & flags::DETACHED != 0;
         let first = next_insert_shard();
         let shards = domain.shards.len();
         for step in 0..shards {
@@ -451,11 +497,11 @@ impl Registry {
             // drops, never a live object that nobody holds.
             let purge = !detached && {
                 let mut refs = lock(&holder.refs);
-                if refs.add(handle.get()).is_err() {
+                if let Err(limit) = refs.add(handle.get(), self.limits.uid_max_references()) {
                     shard.free.push_front(index);
                     drop(refs);
                     release_payload(domain, payload, value.len());
-                    return Err(Limit::ReferenceTableMemory.into());
+                    return Err(limit.into());
                 }
                 refs.wants_purge()
             };
@@ -469,8 +515,7 @@ impl Registry {
                     payload,
                 },
             );
-            meta.refs.store(u32::from(!detached), Ordering::Relaxed);
-            shard.live += 1;
+            shard.made(meta, holder.uid, u32::from(!detached), value.len() as u64);
             self.live[shard_index].fetch_add(1, Ordering::Relaxed);
             charge.keep();
             drop(shard);
@@ -515,24 +560,22 @@ impl Registry {
     }
 
     /// Replaces the value of `handle`; readers see the old value or the new
-    /// one, whole. The owner pays for the value, whoever replaces it.
+    /// one, whole. The uid charged for the object pays for the value,
+    /// whoever replaces it.
     pub fn replace(&self, holder: &Holder, handle: Handle, value: &[u8]) -> Result<(), Refusal> {
         if value.len() > self.limits.max_value_size() {
             return Err(Status::TooBig.into());
         }
         let (domain, index, generation) = self.locate(handle)?;
-        let _shard = lock(&domain.shards[self.shard_of(index)]);
+        let mut shard = lock(&domain.shards[self.shard_of(index)]);
         let old = live_slot(domain, index, generation)?;
         if !writable_by(&old, holder.uid) {
             return Err(Status::Denied.into());
         }
         let old_len = u64::from(old.len);
         let new_len = value.len() as u64;
-        let owner = if old.owner == holder.uid {
-            Arc::clone(&holder.usage)
-        } else {
-            self.uid_counters(old.owner)
-        };
+        let (_, meta) = domain.slot(index).expect("live");
+        let owner = self.counters_of(meta.payer.load(Ordering::Relaxed), Some(holder));
         let charge = self.charge(&owner, 0, new_len.saturating_sub(old_len))?;
         let payload = domain.place(value)?;
         domain.write_slot(
@@ -544,6 +587,7 @@ impl Registry {
             },
         );
         charge.keep();
+        shard.bytes = shard.bytes + new_len - old_len;
         let shrink = old_len.saturating_sub(new_len);
         self.total.give_back(0, shrink);
         owner.give_back(0, shrink);
@@ -551,10 +595,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Takes one more reference to `handle` for `holder`'s session.
+    /// Takes one more reference to `handle` for `holder`'s session (a new
+    /// entry in its table counts against its uid's `uid_max_references`).
     pub fn retain(&self, holder: &Holder, handle: Handle) -> Result<(), Refusal> {
+        self.make_room_for_a_reference(holder);
         let (domain, index, generation) = self.locate(handle)?;
-        let shard = lock(&domain.shards[self.shard_of(index)]);
+        let mut shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = live_slot(domain, index, generation)?;
         if !readable_by(&slot, holder.uid) {
             return Err(Status::Denied.into());
@@ -568,10 +614,8 @@ impl Registry {
             if refs.held(handle.get()) == u32::MAX || count == u32::MAX {
                 return Err(Limit::ReferencesPerObject.into());
             }
-            if refs.add(handle.get()).is_err() {
-                return Err(Limit::ReferenceTableMemory.into());
-            }
-            meta.refs.store(count + 1, Ordering::Relaxed);
+            refs.add(handle.get(), self.limits.uid_max_references())?;
+            shard.hold(meta, index, holder.uid, 1);
             refs.wants_purge()
         };
         drop(shard);
@@ -597,12 +641,7 @@ impl Registry {
         if !lock(&holder.refs).take(handle.get()) {
             return Err(Status::NotHeld);
         }
-        let (_, meta) = domain.slot(index).expect("live");
-        let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
-        meta.refs.store(refs, Ordering::Relaxed);
-        if refs == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-            self.kill(domain, &mut shard, index, &slot, Some(holder));
-        }
+        self.drop_references(domain, &mut shard, index, &slot, holder, 1);
         Ok(())
     }
 
@@ -641,12 +680,94 @@ impl Registry {
             let Ok(slot) = live_slot(domain, index, generation) else {
                 continue;
             };
-            let (_, meta) = domain.slot(index).expect("live");
-            let left = meta.refs.load(Ordering::Relaxed).saturating_sub(count);
-            meta.refs.store(left, Ordering::Relaxed);
-            if left == 0 && u32::from(slot.flags) & flags::DETACHED == 0 {
-                self.kill(domain, &mut shard, index, &slot, Some(holder));
+            self.drop_references(domain, &mut shard, index, &slot, holder, count);
+        }
+    }
+
+    /// `holder`'s session dropped `count` references to the live object in
+    /// slot `index` (the caller holds its shard's lock): the object dies
+    /// with its last reference unless DETACHED, and when its payer's last
+    /// reference went while other uids' remain, the charge moves to them.
+    fn drop_references(
+        &self,
+        domain: &Domain,
+        shard: &mut Shard,
+        index: u32,
+        slot: &Slot,
+        holder: &Holder,
+        count: u32,
+    ) {
+        let (_, meta) = domain.slot(index).expect("live");
+        let (left, payer_gone) = shard.unhold(meta, index, holder.uid, count);
+        // A DETACHED object lives until removed, charged to its creator.
+        if u32::from(slot.flags) & flags::DETACHED != 0 {
+            return;
+        }
+        if left == 0 {
+            self.kill(domain, shard, index, slot, Some(holder));
+        } else if payer_gone {
+            self.move_charge(domain, shard, index, slot, Some(holder), true);
+        }
+    }
+
+    /// The object in slot `index` is kept alive only by uids other than
+    /// the one it is charged to (the caller holds its shard's lock): the
+    /// charge — the object and its value's bytes — moves to the one among
+    /// them holding the most references whose quota has room for it
+    /// (`uid_max_objects`, `uid_max_bytes`), or, with `enforce` false (an
+    /// adopted state), to that one whatever its quota. When none has room
+    /// the object dies, as if removed (its references become STALE): what
+    /// the daemon keeps stays within the quotas of the uids it keeps it
+    /// for. `by` is the session whose release moved it, if any.
+    fn move_charge(
+        &self,
+        domain: &Domain,
+        shard: &mut Shard,
+        index: u32,
+        slot: &Slot,
+        by: Option<&Holder>,
+        enforce: bool,
+    ) {
+        let (_, meta) = domain.slot(index).expect("live");
+        let bytes = u64::from(slot.len);
+        let limits = self.limits.get();
+        let payer = meta.payer.load(Ordering::Relaxed);
+        for (uid, _) in shard.other_holders(index) {
+            let counters = self.counters_of(uid, by);
+            if !enforce {
+                counters.adopt(1, bytes);
+            } else if counters
+                .reserve(1, bytes, limits.uid_max_objects, limits.uid_max_bytes)
+                .is_err()
+            {
+                continue;
             }
+            self.counters_of(payer, by).give_back(1, bytes);
+            shard.set_payer(meta, index, uid);
+            return;
+        }
+        self.kill(domain, shard, index, slot, by);
+    }
+
+    /// The counters of `uid`: `holder`'s own when it is of that uid (no
+    /// lookup), else from the registry's table.
+    fn counters_of(&self, uid: u32, holder: Option<&Holder>) -> Arc<Counters> {
+        match holder {
+            Some(holder) if holder.uid == uid => Arc::clone(&holder.usage),
+            _ => self.uid_counters(uid),
+        }
+    }
+
+    /// Before `holder` takes a reference that may need a new table entry:
+    /// when its uid has none left, its session's entries of objects that
+    /// died are dropped first (they count until then) — if any object died
+    /// referenced since the session last looked, so that a session kept at
+    /// its limit does not walk its table on every refused request.
+    fn make_room_for_a_reference(&self, holder: &Holder) {
+        if holder.usage.references() >= self.limits.uid_max_references()
+            && lock(&holder.refs).purged_upto != self.orphaned.load(Ordering::Relaxed)
+        {
+            self.purge_dead_references(holder);
         }
     }
 
@@ -654,6 +775,7 @@ impl Registry {
     /// size of its table that triggers the next purge. Takes no shard lock
     /// while it holds the table, nor the table while it holds a shard lock.
     fn purge_dead_references(&self, holder: &Holder) {
+        let orphaned = self.orphaned.load(Ordering::Relaxed);
         let handles: Vec<u64> = lock(&holder.refs)
             .entries()
             .into_iter()
@@ -670,6 +792,7 @@ impl Registry {
             refs.forget(handle);
         }
         refs.purge_at = (refs.len() * 2).max(PURGE_FLOOR);
+        refs.purged_upto = orphaned;
     }
 
     /// Whether `handle` names a live object.
@@ -854,8 +977,8 @@ impl Registry {
 
     /// Ends the object in slot `index`: its generation moves on and the slot
     /// is freed, or retired once its generations are used up; its block
-    /// goes to reclamation. `by` is who ends it, most often of the owner's
-    /// uid (then the owner's counters are at hand).
+    /// goes to reclamation, its charge back to its payer. `by` is who ends
+    /// it, most often of the payer's uid (then its counters are at hand).
     fn kill(
         &self,
         domain: &Domain,
@@ -866,17 +989,20 @@ impl Registry {
     ) {
         let (_, meta) = domain.slot(index).expect("live");
         domain.write_slot(index, &Slot::free(slot.generation.wrapping_add(1)));
-        meta.refs.store(0, Ordering::Relaxed);
         if slot.generation.wrapping_add(1) != LAST_GENERATION {
             shard.free.push_back(index);
         }
-        shard.live -= 1;
-        self.live[self.shard_of(index)].fetch_sub(1, Ordering::Relaxed);
         let bytes = u64::from(slot.len);
+        let payer = meta.payer.load(Ordering::Relaxed);
+        if meta.refs.load(Ordering::Relaxed) > 0 {
+            self.orphaned.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.ended(meta, index, bytes);
+        self.live[self.shard_of(index)].fetch_sub(1, Ordering::Relaxed);
         self.total.give_back(1, bytes);
         match by {
-            Some(by) if by.uid == slot.owner => by.usage.give_back(1, bytes),
-            _ => self.uid_counters(slot.owner).give_back(1, bytes),
+            Some(by) if by.uid == payer => by.usage.give_back(1, bytes),
+            _ => self.uid_counters(payer).give_back(1, bytes),
         }
         self.retire(domain, slot);
     }
@@ -1004,3 +1130,5 @@ fn random_u64() -> u64 {
 mod tests;
 #[cfg(test)]
 mod tests_adopt;
+#[cfg(test)]
+mod tests_charges;

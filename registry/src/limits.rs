@@ -25,10 +25,32 @@ pub struct Limits {
     pub uid_max_objects: u64,
     /// Value bytes one uid may own.
     pub uid_max_bytes: u64,
+    /// Reference-table entries one uid's sessions may hold together: one
+    /// per session and object referenced, whatever the count (each costs
+    /// the daemon at most [`REFERENCE_BYTES`]).
+    pub uid_max_references: u64,
+}
+
+/// The daemon memory one reference-table entry may take at most: 16 bytes
+/// in a table kept between 1/4 and 3/4 full (64), and its share of the
+/// record of which other uids reference an object (64).
+pub const REFERENCE_BYTES: u64 = 128;
+
+impl Limits {
+    /// `uid_max_references` when not set: twice `uid_max_objects`, so that
+    /// a uid may reference every object it may own from two sessions (or
+    /// as many objects of others), and its reference tables take at most
+    /// `2 × 128 = 256` bytes per object it may own — the same order as the
+    /// 76 bytes of slot and daemon record each of those objects costs, and
+    /// never more than its object quota's share of the daemon.
+    pub fn default_uid_max_references(uid_max_objects: u64) -> u64 {
+        uid_max_objects.saturating_mul(2)
+    }
 }
 
 /// The daemon's defaults: 1 MiB values, 2^24 objects and 4 GiB of values
-/// in all, and no tighter cap per uid.
+/// in all, no tighter cap per uid on objects and bytes, and references for
+/// twice the objects a uid may own.
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -37,6 +59,7 @@ impl Default for Limits {
             max_bytes: 1 << 32,
             uid_max_objects: 1 << 24,
             uid_max_bytes: 1 << 32,
+            uid_max_references: Limits::default_uid_max_references(1 << 24),
         }
     }
 }
@@ -49,6 +72,7 @@ pub(crate) struct LimitCell {
     max_bytes: AtomicU64,
     uid_max_objects: AtomicU64,
     uid_max_bytes: AtomicU64,
+    uid_max_references: AtomicU64,
 }
 
 impl LimitCell {
@@ -59,6 +83,7 @@ impl LimitCell {
             max_bytes: AtomicU64::new(0),
             uid_max_objects: AtomicU64::new(0),
             uid_max_bytes: AtomicU64::new(0),
+            uid_max_references: AtomicU64::new(0),
         };
         cell.set(limits);
         cell
@@ -74,6 +99,8 @@ impl LimitCell {
             .store(limits.uid_max_objects, Ordering::Relaxed);
         self.uid_max_bytes
             .store(limits.uid_max_bytes, Ordering::Relaxed);
+        self.uid_max_references
+            .store(limits.uid_max_references, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> Limits {
@@ -83,11 +110,16 @@ impl LimitCell {
             max_bytes: self.max_bytes.load(Ordering::Relaxed),
             uid_max_objects: self.uid_max_objects.load(Ordering::Relaxed),
             uid_max_bytes: self.uid_max_bytes.load(Ordering::Relaxed),
+            uid_max_references: self.uid_max_references.load(Ordering::Relaxed),
         }
     }
 
     pub(crate) fn max_value_size(&self) -> usize {
         self.max_value_size.load(Ordering::Relaxed) as usize
+    }
+
+    pub(crate) fn uid_max_references(&self) -> u64 {
+        self.uid_max_references.load(Ordering::Relaxed)
     }
 }
 
@@ -95,13 +127,15 @@ impl LimitCell {
 /// two kinds of bytes that are no object's but count against the same byte
 /// limit, so that nothing passes it: large values in transit (ring staging
 /// buffers), and replaced values that borrowed references still hold back
-/// from reuse.
+/// from reuse. A uid's counters also count its sessions' reference-table
+/// entries.
 #[derive(Debug, Default)]
 pub struct Counters {
     objects: AtomicU64,
     bytes: AtomicU64,
     staged: AtomicU64,
     held: AtomicU64,
+    references: AtomicU64,
 }
 
 impl Counters {
@@ -170,10 +204,36 @@ impl Counters {
         self.held.store(bytes, Ordering::Relaxed);
     }
 
+    /// Counts one more reference-table entry unless that passes `max`.
+    pub(crate) fn reserve_reference(&self, max: u64) -> bool {
+        let entries = self.references.fetch_add(1, Ordering::Relaxed);
+        if entries >= max {
+            self.references.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `entries` reference-table entries whatever the limit (an
+    /// adopted state's: they are there).
+    pub(crate) fn adopt_references(&self, entries: u64) {
+        self.references.fetch_add(entries, Ordering::Relaxed);
+    }
+
+    pub(crate) fn give_back_references(&self, entries: u64) {
+        self.references.fetch_sub(entries, Ordering::Relaxed);
+    }
+
+    /// Reference-table entries counted now.
+    pub(crate) fn references(&self) -> u64 {
+        self.references.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn usage(&self) -> Usage {
         Usage {
             objects: self.objects.load(Ordering::Relaxed),
             value_bytes: self.bytes.load(Ordering::Relaxed),
+            references: self.references.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,13 +255,16 @@ impl Exceeded {
     }
 }
 
-/// Figures about the registry's content.
+/// Figures about the registry's content, or what one uid is charged for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Live objects.
     pub objects: u64,
     /// Bytes of their values (ring staging not included).
     pub value_bytes: u64,
+    /// Reference-table entries (a uid's sessions' together; 0 in the
+    /// registry's totals, which do not count them).
+    pub references: u64,
 }
 
 /// A reservation against the global and one uid's limits, undone on drop

@@ -16,15 +16,23 @@
 //! An open-addressing table, written only by the daemon under the
 //! session's table lock. An entry's handle is stored before the word that
 //! marks it used (release), so a daemon killed between the two leaves an
-//! entry that does not count. When the table must grow, the next
-//! generation of the record is written whole and marked complete before
-//! the old one is removed; an adopting daemon takes the newest complete
-//! generation. A record made when the store keeps nothing lives in
-//! anonymous memory.
+//! entry that does not count. When the table must grow (past 3/4 full) or
+//! shrink (below 1/4 full), the next generation of the record is written
+//! whole and marked complete before the old one is removed; an adopting
+//! daemon takes the newest complete generation. A record made when the
+//! store keeps nothing lives in anonymous memory.
+//!
+//! Every entry counts against the session's uid (`uid_max_references`):
+//! the table takes it from the uid's counters when an entry is made and
+//! gives it back when the entry goes, so no path can forget either. Kept
+//! between 1/4 and 3/4 full (but for its first 256 entries), a table takes
+//! at most 64 bytes per entry.
 
+use crate::limits::Counters;
 use crate::store::{names, Store};
 use crate::Chunk;
 use hreg_proto::shm::Mapping;
+use hreg_proto::Limit;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +60,8 @@ pub struct SessionKey {
 /// A session's record and reference table (see the module's text).
 pub(crate) struct RefTable {
     key: SessionKey,
+    /// The counters of the uid the entries count against.
+    counters: Arc<Counters>,
     map: Arc<Mapping>,
     /// Where the record is kept, and its name there.
     kept: Option<(Arc<dyn Store>, String, u32)>,
@@ -63,15 +73,23 @@ pub(crate) struct RefTable {
     pub(crate) total: u64,
     /// The table size that triggers the next purge.
     pub(crate) purge_at: usize,
+    /// The registry's count of objects that died referenced, at the last
+    /// purge (`crate::Registry`'s `orphaned`).
+    pub(crate) purged_upto: u64,
 }
 
 /// Smallest table size at which a purge runs.
 pub(crate) const PURGE_FLOOR: usize = 1024;
 
 impl RefTable {
-    /// A new, empty record for `key`, kept by `store` if it keeps state.
-    pub(crate) fn new(store: &Arc<dyn Store>, key: SessionKey) -> io::Result<RefTable> {
-        let table = RefTable::make(store, key, FIRST_CAPACITY, 0)?;
+    /// A new, empty record for `key`, kept by `store` if it keeps state,
+    /// whose entries count against `counters` (those of `key`'s uid).
+    pub(crate) fn new(
+        store: &Arc<dyn Store>,
+        key: SessionKey,
+        counters: Arc<Counters>,
+    ) -> io::Result<RefTable> {
+        let table = RefTable::make(store, key, counters, FIRST_CAPACITY, 0)?;
         table.complete();
         Ok(table)
     }
@@ -79,6 +97,7 @@ impl RefTable {
     fn make(
         store: &Arc<dyn Store>,
         key: SessionKey,
+        counters: Arc<Counters>,
         capacity: usize,
         generation: u32,
     ) -> io::Result<RefTable> {
@@ -96,6 +115,7 @@ impl RefTable {
         };
         let table = RefTable {
             key,
+            counters,
             map,
             kept,
             capacity,
@@ -103,6 +123,7 @@ impl RefTable {
             filled: 0,
             total: 0,
             purge_at: PURGE_FLOOR,
+            purged_upto: u64::MAX,
         };
         table.word(8).store(key.id, Ordering::Relaxed);
         table.word(16).store(u64::from(key.uid), Ordering::Relaxed);
@@ -123,6 +144,8 @@ impl RefTable {
     /// `name` in `store`), if it is one: complete and of a sane capacity.
     /// With `repair`, an entry marked used with a count of zero (a daemon
     /// killed mid-update) is marked deleted; without, nothing is written.
+    /// Its entries count against counters of its own until
+    /// [`RefTable::count_against`] names its uid's.
     pub(crate) fn adopt(
         chunk: &Chunk,
         store: &Arc<dyn Store>,
@@ -149,6 +172,7 @@ impl RefTable {
         };
         let mut table = RefTable {
             key,
+            counters: Arc::default(),
             map,
             kept: Some((Arc::clone(store), name, generation)),
             capacity,
@@ -156,6 +180,7 @@ impl RefTable {
             filled: 0,
             total: 0,
             purge_at: PURGE_FLOOR,
+            purged_upto: u64::MAX,
         };
         for i in 0..capacity {
             let (_, count, state) = table.entry(i);
@@ -178,7 +203,16 @@ impl RefTable {
             }
         }
         table.purge_at = (table.used * 2).max(PURGE_FLOOR);
+        table.counters.adopt_references(table.used as u64);
         Some(table)
+    }
+
+    /// Counts the entries against `counters` from now on (an adopted
+    /// record's, once its uid's counters are known), whatever the limit.
+    pub(crate) fn count_against(&mut self, counters: Arc<Counters>) {
+        counters.adopt_references(self.used as u64);
+        self.counters.give_back_references(self.used as u64);
+        self.counters = counters;
     }
 
     /// Marks the record complete (a new session's, once made; a grown
@@ -232,17 +266,30 @@ impl RefTable {
         self.find(handle).map_or(0, |i| self.entry(i).1)
     }
 
-    /// One more reference; the caller checked that it fits in a `u32`.
-    /// Fails (nothing changed) only when a grown table cannot be made.
-    pub(crate) fn add(&mut self, handle: u64) -> io::Result<()> {
+    /// One more reference; the caller checked that it fits in a `u32`. A
+    /// new entry counts against the uid, at most `max_entries` in all
+    /// ([`Limit::UidMaxReferences`]). Fails (nothing changed) then, or when
+    /// a grown table cannot be made ([`Limit::ReferenceTableMemory`]).
+    pub(crate) fn add(&mut self, handle: u64, max_entries: u64) -> Result<(), Limit> {
         match self.find(handle) {
             Ok(i) => {
                 let count = self.entry(i).1;
                 self.set_state(i, count + 1, USED);
             }
             Err(_) => {
+                if !self.counters.reserve_reference(max_entries) {
+                    return Err(Limit::UidMaxReferences);
+                }
                 if (self.filled + 1) * 4 > self.capacity * 3 {
-                    self.grow()?;
+                    let capacity = if (self.used + 1) * 2 >= self.capacity {
+                        self.capacity * 2
+                    } else {
+                        self.capacity
+                    };
+                    if self.rebuild(capacity).is_err() {
+                        self.counters.give_back_references(1);
+                        return Err(Limit::ReferenceTableMemory);
+                    }
                 }
                 let i = self.find(handle).expect_err("not in the table");
                 if self.entry(i).2 == EMPTY {
@@ -264,13 +311,12 @@ impl RefTable {
             return false;
         };
         let count = self.entry(i).1 - 1;
+        self.total -= 1;
         if count == 0 {
-            self.set_state(i, 0, DELETED);
-            self.used -= 1;
+            self.delete(i);
         } else {
             self.set_state(i, count, USED);
         }
-        self.total -= 1;
         true
     }
 
@@ -281,10 +327,21 @@ impl RefTable {
             return 0;
         };
         let count = self.entry(i).1;
+        self.total -= u64::from(count);
+        self.delete(i);
+        count
+    }
+
+    /// Deletes entry `i` (its count is taken off `total` already), gives
+    /// it back to the uid, and halves the table when it is less than a
+    /// quarter full (a record that cannot be made smaller stays as it is).
+    fn delete(&mut self, i: usize) {
         self.set_state(i, 0, DELETED);
         self.used -= 1;
-        self.total -= u64::from(count);
-        count
+        self.counters.give_back_references(1);
+        if self.capacity > FIRST_CAPACITY && self.used * 4 < self.capacity {
+            let _ = self.rebuild(self.capacity / 2);
+        }
     }
 
     /// Every (handle, count) held.
@@ -301,24 +358,27 @@ impl RefTable {
         self.used
     }
 
+    /// Entries the table has room for (its memory).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(crate) fn wants_purge(&self) -> bool {
         self.used >= self.purge_at
     }
 
-    /// Moves the entries to a table twice as large (or as large, when
-    /// deleted entries fill it), written whole before the old one goes.
-    fn grow(&mut self) -> io::Result<()> {
-        let capacity = if self.used * 2 >= self.capacity {
-            self.capacity * 2
-        } else {
-            self.capacity
-        };
+    /// Moves the entries to a table of `capacity` entries (twice as large,
+    /// as large when deleted entries fill it, or half as large), written
+    /// whole before the old one goes.
+    fn rebuild(&mut self, capacity: usize) -> io::Result<()> {
         let store: Arc<dyn Store> = match &self.kept {
             Some((store, _, _)) => Arc::clone(store),
             None => Arc::new(crate::MemoryStore),
         };
         let generation = self.kept.as_ref().map_or(0, |(_, _, g)| g + 1);
-        let mut next = RefTable::make(&store, self.key, capacity, generation)?;
+        let counters = Arc::clone(&self.counters);
+        let mut next = RefTable::make(&store, self.key, counters, capacity, generation)?;
         for (handle, count) in self.entries() {
             let i = next.find(handle).expect_err("each handle once");
             next.word(ENTRIES_AT + i * ENTRY)
@@ -329,6 +389,7 @@ impl RefTable {
         }
         next.total = self.total;
         next.purge_at = self.purge_at;
+        next.purged_upto = self.purged_upto;
         next.complete();
         let old = std::mem::replace(self, next);
         if let Some((store, name, _)) = old.kept {
@@ -345,6 +406,7 @@ impl RefTable {
         for i in 0..self.capacity {
             self.set_state(i, 0, EMPTY);
         }
+        self.counters.give_back_references(self.used as u64);
         self.used = 0;
         self.filled = 0;
         self.total = 0;
@@ -378,7 +440,7 @@ mod tests {
     #[test]
     fn counts_like_a_map_through_growth_and_deletions() {
         let store: Arc<dyn Store> = Arc::new(crate::MemoryStore);
-        let mut table = RefTable::new(&store, key()).unwrap();
+        let mut table = RefTable::new(&store, key(), Arc::default()).unwrap();
         let mut model: HashMap<u64, u32> = HashMap::new();
         let mut state = 7u64;
         for _ in 0..20_000 {
@@ -388,7 +450,7 @@ mod tests {
             let handle = (state % 3000) + 1;
             match state % 5 {
                 0..=2 => {
-                    table.add(handle).unwrap();
+                    table.add(handle, u64::MAX).unwrap();
                     *model.entry(handle).or_default() += 1;
                 }
                 3 => {
@@ -425,11 +487,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hreg-refs-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store: Arc<dyn Store> = Arc::new(crate::DirStore::open(&dir).unwrap());
-        let mut table = RefTable::new(&store, key()).unwrap();
+        let mut table = RefTable::new(&store, key(), Arc::default()).unwrap();
         for handle in 1..=1000u64 {
-            table.add(handle).unwrap();
+            table.add(handle, u64::MAX).unwrap();
         }
-        table.add(5).unwrap();
+        table.add(5, u64::MAX).unwrap();
         assert!(table.take(7));
         // A daemon killed between storing a handle and marking it used.
         let i = table.find(5000).unwrap_err();

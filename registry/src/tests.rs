@@ -16,11 +16,14 @@ const LIMITS: Limits = Limits {
     max_bytes: 1200,
     uid_max_objects: 30,
     uid_max_bytes: 1000,
+    uid_max_references: 60,
 };
 
 #[derive(Clone, Debug)]
 struct ModelObject {
     owner: u32,
+    /// The uid charged for it.
+    payer: u32,
     flags: u32,
     value: Vec<u8>,
     refs: HashMap<usize, u32>,
@@ -30,15 +33,71 @@ struct ModelObject {
 struct Model {
     live: HashMap<u64, ModelObject>,
     bytes: u64,
+    /// Each session's reference-table entries (dead objects' too, until
+    /// the session drops them).
+    tables: [HashSet<u64>; 3],
 }
 
 impl Model {
-    /// Objects and bytes `uid` owns.
-    fn owned(&self, uid: u32) -> (u64, u64) {
+    /// Objects and bytes `uid` is charged for.
+    fn charged(&self, uid: u32) -> (u64, u64) {
         self.live
             .values()
-            .filter(|o| o.owner == uid)
+            .filter(|o| o.payer == uid)
             .fold((0, 0), |(n, b), o| (n + 1, b + o.value.len() as u64))
+    }
+
+    /// Drops session `who`'s entries of dead objects.
+    fn purge(&mut self, who: usize) {
+        let live = &self.live;
+        self.tables[who].retain(|h| live.contains_key(h));
+    }
+
+    /// Before session `who` takes a reference: its dead entries go when
+    /// its uid has no entry left.
+    fn make_room(&mut self, who: usize) {
+        if self.tables[who].len() as u64 >= LIMITS.uid_max_references {
+            self.purge(who);
+        }
+    }
+
+    /// Session `who` dropped references to `h` (live): it dies with its
+    /// last one unless DETACHED; when its payer holds none any more, the
+    /// charge moves to the uid holding most (then the lowest uid) with
+    /// room, or the object dies.
+    fn dropped(&mut self, h: u64) {
+        let o = &self.live[&h];
+        if o.flags & flags::DETACHED != 0 {
+            return;
+        }
+        let held = |uid: u32| -> u32 {
+            o.refs
+                .iter()
+                .filter(|(&who, _)| UIDS[who] == uid)
+                .map(|(_, &n)| n)
+                .sum()
+        };
+        if o.refs.values().all(|&n| n == 0) {
+            return self.kill(h);
+        }
+        if held(o.payer) > 0 {
+            return;
+        }
+        let mut others: Vec<(u32, u32)> = UIDS
+            .iter()
+            .map(|&uid| (uid, held(uid)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        others.sort_by_key(|&(uid, n)| (std::cmp::Reverse(n), uid));
+        let len = o.value.len() as u64;
+        for (uid, _) in others {
+            let (objects, bytes) = self.charged(uid);
+            if objects < LIMITS.uid_max_objects && bytes + len <= LIMITS.uid_max_bytes {
+                self.live.get_mut(&h).unwrap().payer = uid;
+                return;
+            }
+        }
+        self.kill(h);
     }
 
     fn readable(o: &ModelObject, uid: u32) -> bool {
@@ -50,12 +109,6 @@ impl Model {
     fn kill(&mut self, h: u64) {
         if let Some(o) = self.live.remove(&h) {
             self.bytes -= o.value.len() as u64;
-        }
-    }
-    fn drop_if_unreferenced(&mut self, h: u64) {
-        let o = &self.live[&h];
-        if o.flags & flags::DETACHED == 0 && o.refs.values().all(|&n| n == 0) {
-            self.kill(h);
         }
     }
 }
@@ -113,7 +166,12 @@ proptest! {
                     let value = value_of(len, step as u64);
                     let got = registry.insert(&holders[who], &value, f);
                     // The limits in the order the registry checks them.
-                    let owned = model.owned(UIDS[who]);
+                    let detached = f & flags::DETACHED != 0;
+                    let valid = f & !flags::ALL == 0 && len <= LIMITS.max_value_size;
+                    if valid && !detached {
+                        model.make_room(who);
+                    }
+                    let owned = model.charged(UIDS[who]);
                     let expected = if f & !flags::ALL != 0 {
                         Err(Status::Invalid.into())
                     } else if len > LIMITS.max_value_size {
@@ -126,6 +184,10 @@ proptest! {
                         Err(Refusal::quota(Limit::UidMaxObjects))
                     } else if owned.1 + len as u64 > LIMITS.uid_max_bytes {
                         Err(Refusal::quota(Limit::UidMaxBytes))
+                    } else if !detached
+                        && model.tables[who].len() as u64 >= LIMITS.uid_max_references
+                    {
+                        Err(Refusal::quota(Limit::UidMaxReferences))
                     } else {
                         Ok(())
                     };
@@ -134,11 +196,13 @@ proptest! {
                             let h = h.get();
                             prop_assert!(issued.insert(h), "handle {h:#x} issued twice");
                             let mut refs = HashMap::new();
-                            if f & flags::DETACHED == 0 {
+                            if !detached {
                                 refs.insert(who, 1);
+                                model.tables[who].insert(h);
                             }
                             model.bytes += len as u64;
-                            model.live.insert(h, ModelObject { owner: UIDS[who], flags: f, value, refs });
+                            let payer = UIDS[who];
+                            model.live.insert(h, ModelObject { owner: UIDS[who], payer, flags: f, value, refs });
                             known.push(h);
                         }
                         (got, expected) => prop_assert_eq!(got.map(|_| ()), expected),
@@ -166,7 +230,7 @@ proptest! {
                         Some(o) if len > o.value.len() && grown(o, model.bytes) > LIMITS.max_bytes =>
                             Err(Refusal::quota(Limit::MaxBytes)),
                         Some(o) if len > o.value.len()
-                            && grown(o, model.owned(o.owner).1) > LIMITS.uid_max_bytes =>
+                            && grown(o, model.charged(o.payer).1) > LIMITS.uid_max_bytes =>
                             Err(Refusal::quota(Limit::UidMaxBytes)),
                         Some(_) => Ok(()),
                     };
@@ -180,11 +244,17 @@ proptest! {
                 Action::Retain { who, pick: p } => {
                     let h = pick(p);
                     let got = registry.retain(&holders[who], handle(h));
+                    model.make_room(who);
+                    let entries = model.tables[who].len() as u64;
                     let expected = match model.live.get_mut(&h) {
                         None => Err(Status::Stale.into()),
                         Some(o) if !Model::readable(o, UIDS[who]) => Err(Status::Denied.into()),
+                        Some(_) if !model.tables[who].contains(&h)
+                            && entries >= LIMITS.uid_max_references =>
+                            Err(Refusal::quota(Limit::UidMaxReferences)),
                         Some(o) => {
                             *o.refs.entry(who).or_insert(0) += 1;
+                            model.tables[who].insert(h);
                             Ok(())
                         }
                     };
@@ -194,11 +264,17 @@ proptest! {
                     let h = pick(p);
                     let got = registry.release(&holders[who], handle(h));
                     let expected = match model.live.get_mut(&h) {
-                        None => Err(Status::Stale),
+                        None => {
+                            model.tables[who].remove(&h);
+                            Err(Status::Stale)
+                        }
                         Some(o) => match o.refs.get_mut(&who) {
                             Some(n) if *n > 0 => {
                                 *n -= 1;
-                                model.drop_if_unreferenced(h);
+                                if *n == 0 {
+                                    model.tables[who].remove(&h);
+                                }
+                                model.dropped(h);
                                 Ok(())
                             }
                             _ => Err(Status::NotHeld),
@@ -214,18 +290,24 @@ proptest! {
                         Some(o) if !Model::writable(o, UIDS[who]) => Err(Status::Denied),
                         Some(_) => {
                             model.kill(h);
+                            model.tables[who].remove(&h);
                             Ok(())
                         }
                     };
                     prop_assert_eq!(got, expected);
                 }
                 Action::EndSession { who } => {
+                    // In the order the session's table holds them (moving
+                    // charges depends on it).
+                    let held = lock(&holders[who].refs).entries();
                     registry.release_all(&holders[who]);
                     holders[who] = registry.holder(UIDS[who]).unwrap();
-                    let handles: Vec<u64> = model.live.keys().copied().collect();
-                    for h in handles {
-                        model.live.get_mut(&h).unwrap().refs.remove(&who);
-                        model.drop_if_unreferenced(h);
+                    model.tables[who].clear();
+                    for (h, _) in held {
+                        if let Some(o) = model.live.get_mut(&h) {
+                            o.refs.remove(&who);
+                            model.dropped(h);
+                        }
                     }
                 }
             }
@@ -237,7 +319,21 @@ proptest! {
             prop_assert_eq!(usage.objects, model.live.len() as u64);
             prop_assert_eq!(usage.value_bytes, model.bytes);
             for (uid, usage) in registry.usage_by_uid() {
-                prop_assert_eq!((usage.objects, usage.value_bytes), model.owned(uid));
+                prop_assert_eq!((usage.objects, usage.value_bytes), model.charged(uid));
+                let who = UIDS.iter().position(|&u| u == uid).unwrap();
+                prop_assert_eq!(usage.references, model.tables[who].len() as u64);
+            }
+            for (who, &uid) in UIDS.iter().enumerate() {
+                let own = registry.own_domain(uid);
+                let visible: Vec<&ModelObject> = model.live.iter()
+                    .filter(|(&h, o)| uid == 0 || o.flags & flags::SHARED != 0
+                        || Some(HandleParts::decode(h).domain) == own)
+                    .map(|(_, o)| o)
+                    .collect();
+                let seen = registry.usage_visible_to(uid);
+                prop_assert_eq!(seen.objects, visible.len() as u64, "{} sees", who);
+                prop_assert_eq!(seen.value_bytes, visible.iter().map(|o| o.value.len() as u64).sum::<u64>());
+                prop_assert_eq!(registry.shard_occupancy_visible_to(uid).iter().sum::<u64>(), visible.len() as u64);
             }
             prop_assert_eq!(registry.shard_occupancy().iter().sum::<u64>(), model.live.len() as u64);
             let (listed, _) = registry.list(0, usize::MAX, ListFilter::default());
@@ -290,7 +386,7 @@ fn slot_is_retired_before_its_generation_wraps() {
     .handle()
     .unwrap();
     registry.release(&holder, last_handle).unwrap_err();
-    lock(&holder.refs).add(last_handle.get()).unwrap();
+    lock(&holder.refs).add(last_handle.get(), u64::MAX).unwrap();
     registry.release(&holder, last_handle).unwrap();
     let next = registry.insert(&holder, b"b", 0).unwrap();
     assert_ne!(
@@ -382,14 +478,16 @@ fn per_uid_caps_and_new_limits_apply() {
                 1000,
                 Usage {
                     objects: 30,
-                    value_bytes: 30
+                    value_bytes: 30,
+                    references: 30,
                 }
             ),
             (
                 1001,
                 Usage {
                     objects: 1,
-                    value_bytes: 1
+                    value_bytes: 1,
+                    references: 1,
                 }
             ),
         ]
@@ -520,15 +618,24 @@ struct ClientView {
 
 impl ClientView {
     fn map(registry: &Registry, uid: u32, domain: u16) -> Result<ClientView, Status> {
-        let (slots, heap) = registry.chunks_for(uid, domain, 0, 0, 64)?;
         let map = |fd: rustix::fd::BorrowedFd<'_>| {
             let len = rustix::fs::fstat(fd).unwrap().st_size as usize;
             Mapping::map(fd, len, Access::ReadOnly).unwrap()
         };
-        Ok(ClientView {
-            slots: slots.into_iter().map(map).collect(),
-            heap: heap.into_iter().map(map).collect(),
-        })
+        let mut view = ClientView {
+            slots: Vec::new(),
+            heap: Vec::new(),
+        };
+        // One chunk of each kind at a time, as a client asks for them.
+        for k in 0.. {
+            let (slot, heap) = registry.chunks_for(uid, domain, Some(k), Some(k))?;
+            if slot.is_none() && heap.is_none() {
+                break;
+            }
+            view.slots.extend(slot.map(map));
+            view.heap.extend(heap.map(map));
+        }
+        Ok(view)
     }
 
     /// What a read of `handle` found, and the bytes it copied.
@@ -579,8 +686,14 @@ fn clients_read_their_domains_without_the_daemon() {
         ClientView::map(&registry, 1001, private_domain),
         Err(Status::Denied)
     ));
+    // A domain that does not exist is DENIED too (nobody but root learns
+    // which exist); root hears STALE.
     assert!(matches!(
         ClientView::map(&registry, 1001, 77),
+        Err(Status::Denied)
+    ));
+    assert!(matches!(
+        ClientView::map(&registry, ROOT, 77),
         Err(Status::Stale)
     ));
     let view = ClientView::map(&registry, 1001, SHARED_DOMAIN).unwrap();

@@ -10,6 +10,8 @@
  *                                 --max-objects N (and no other objects)
  *   statuses sessions SOCKET      QUOTA from hreg_connect, daemon run with
  *                                 --max-sessions 1
+ *   statuses references SOCKET    QUOTA naming uid_max_references, daemon
+ *                                 run with --uid-max-references 3
  *   statuses connect PATH STATUS  hreg_connect(PATH) returns STATUS (a fake
  *                                 daemon answers VERSION or PROTOCOL)
  *   statuses disconnect SOCKET PID  kills the daemon (PID) with SIGKILL:
@@ -181,6 +183,31 @@ static int quota(const char *path, int max)
     return 0;
 }
 
+static int references(const char *path)
+{
+    hreg_client *c = connect_ok(path);
+    hreg_handle h[3], kept = 0, extra = 0;
+    for (int i = 0; i < 3; i++)
+        EXPECT(hreg_insert(c, "r", 1, HREG_SHARED, &h[i]), HREG_OK);
+    /* A DETACHED object takes no reference; retaining it would. */
+    EXPECT(hreg_insert(c, "k", 1, HREG_DETACHED, &kept), HREG_OK);
+    EXPECT(hreg_retain(c, kept), HREG_ERR_QUOTA);
+    CHECK(strstr(hreg_last_error(), "uid_max_references") != NULL);
+    EXPECT(hreg_insert(c, "x", 1, 0, &extra), HREG_ERR_QUOTA);
+    CHECK(strstr(hreg_last_error(), "uid_max_references") != NULL);
+    /* More references to an object already held take no new entry. */
+    EXPECT(hreg_retain(c, h[0]), HREG_OK);
+    EXPECT(hreg_release(c, h[0]), HREG_OK);
+    /* An entry given back makes room. */
+    EXPECT(hreg_release(c, h[2]), HREG_OK);
+    EXPECT(hreg_retain(c, kept), HREG_OK);
+    EXPECT(hreg_release(c, kept), HREG_OK);
+    EXPECT(hreg_remove(c, kept), HREG_OK);
+    hreg_disconnect(c);
+    printf("statuses references: all checks passed\n");
+    return 0;
+}
+
 static int sessions(const char *path)
 {
     /* The daemon may still be ending the session of whoever checked it
@@ -268,6 +295,8 @@ int main(int argc, char **argv)
         return quota(argv[2], atoi(argv[3]));
     if (argc == 3 && strcmp(argv[1], "sessions") == 0)
         return sessions(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "references") == 0)
+        return references(argv[2]);
     if (argc == 4 && strcmp(argv[1], "connect") == 0)
         return connect_status(argv[2], atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "disconnect") == 0)

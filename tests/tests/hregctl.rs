@@ -264,6 +264,11 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
             ("hreg_uid_value_bytes", &uid["value_bytes"]),
             ("hreg_uid_max_objects", &json["limits"]["uid_max_objects"]),
             ("hreg_uid_max_bytes", &json["limits"]["uid_max_bytes"]),
+            ("hreg_uid_references", &uid["references"]),
+            (
+                "hreg_uid_max_references",
+                &json["limits"]["uid_max_references"],
+            ),
         ] {
             series.push((name.to_string(), label.clone(), num(v)));
         }
@@ -343,6 +348,16 @@ fn stats_prometheus_is_well_formed_and_says_what_json_says() {
         assert_eq!(
             parsed.value("hreg_uid_max_bytes", &[("uid", &uid)]),
             Some(400000.0)
+        );
+        // The two sessions reference their three objects; the default cap
+        // on references is twice the one on objects.
+        assert_eq!(
+            parsed.value("hreg_uid_references", &[("uid", &uid)]),
+            Some(3.0)
+        );
+        assert_eq!(
+            parsed.value("hreg_uid_max_references", &[("uid", &uid)]),
+            Some(1000.0)
         );
         assert_eq!(parsed.family("hreg_worker_rings").unwrap().samples.len(), 2);
         assert_eq!(parsed.sum("hreg_worker_rings"), Some(2.0));

@@ -627,7 +627,12 @@ impl Figures {
         let uids: Vec<_> = u
             .uids
             .iter()
-            .map(|x| serde_json::json!({ "uid": x.uid, "objects": x.objects, "value_bytes": x.value_bytes }))
+            .map(|x| {
+                serde_json::json!({
+                    "uid": x.uid, "objects": x.objects, "value_bytes": x.value_bytes,
+                    "references": x.references,
+                })
+            })
             .collect();
         let workers: Vec<_> = u
             .workers
@@ -647,6 +652,7 @@ impl Figures {
             "limits": {
                 "max_objects": u.max_objects, "max_bytes": u.max_bytes,
                 "uid_max_objects": u.uid_max_objects, "uid_max_bytes": u.uid_max_bytes,
+                "uid_max_references": u.uid_max_references,
             },
             "uids": uids,
             "workers": workers,
@@ -690,10 +696,15 @@ impl Figures {
                     x.uid.to_string(),
                     format!("{} / {}", x.objects, u.uid_max_objects),
                     format!("{} / {}", x.value_bytes, u.uid_max_bytes),
+                    format!("{} / {}", x.references, u.uid_max_references),
                 ]
             })
             .collect::<Vec<_>>();
-        print_table(out, &["UID", "OBJECTS / CAP", "BYTES / CAP"], &rows)?;
+        print_table(
+            out,
+            &["UID", "OBJECTS / CAP", "BYTES / CAP", "REFERENCES / CAP"],
+            &rows,
+        )?;
         writeln!(out)?;
         let rows = u
             .workers

@@ -215,8 +215,8 @@ fn probe(
     for domain in 0..DOMAINS_ASKED {
         conn.send(&ControlRequest::MapDomain {
             domain,
-            slots_from: 0,
-            heap_from: 0,
+            slot_chunk: 0,
+            heap_chunk: 0,
         });
         match conn.try_recv_all() {
             Ok(Some((Some(Reply::DomainChunks { .. }), fds))) => {

@@ -75,11 +75,16 @@ fn escape_label(text: &str) -> String {
 pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
     use Kind::{Counter, Gauge};
     let mut e = Exposition::default();
-    e.single("hreg_objects", Gauge, "Live objects.", stats.objects);
+    e.single(
+        "hreg_objects",
+        Gauge,
+        "Live objects (for a caller other than root: those it may read, its own private objects and every SHARED one).",
+        stats.objects,
+    );
     e.single(
         "hreg_value_bytes",
         Gauge,
-        "Bytes of live values.",
+        "Bytes of the values of those objects.",
         stats.value_bytes,
     );
     e.single(
@@ -103,7 +108,7 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
     e.single(
         "hreg_reclaim_pending_bytes",
         Gauge,
-        "Bytes of replaced or removed values waiting to be reused (borrowed references may hold them back).",
+        "Bytes of replaced or removed values waiting to be reused (borrowed references may hold them back); 0 for a caller other than root.",
         usage.reclaim_pending,
     );
     e.single(
@@ -134,16 +139,23 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
     e.labelled(
         "hreg_uid_objects",
         Gauge,
-        "Live objects a uid owns (all uids for root, the caller's own otherwise).",
+        "Live objects charged to a uid: those it created and still references, and others' it alone keeps alive (all uids for root, the caller's own otherwise).",
         "uid",
         uid(&|u| u.objects),
     );
     e.labelled(
         "hreg_uid_value_bytes",
         Gauge,
-        "Value bytes a uid owns.",
+        "Value bytes charged to a uid.",
         "uid",
         uid(&|u| u.value_bytes),
+    );
+    e.labelled(
+        "hreg_uid_references",
+        Gauge,
+        "Objects a uid's sessions reference (an entry per session and object).",
+        "uid",
+        uid(&|u| u.references),
     );
     e.labelled(
         "hreg_uid_max_objects",
@@ -158,6 +170,13 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         "Limit on value bytes one uid may own (uid_max_bytes).",
         "uid",
         uid(&|_| usage.uid_max_bytes),
+    );
+    e.labelled(
+        "hreg_uid_max_references",
+        Gauge,
+        "Limit on objects one uid's sessions may reference together (uid_max_references).",
+        "uid",
+        uid(&|_| usage.uid_max_references),
     );
     e.labelled(
         "hreg_shard_objects",
@@ -206,6 +225,7 @@ mod tests {
                 uid: 1000,
                 objects: 2,
                 value_bytes: 30,
+                references: 2,
             }],
             shards: vec![1, 1],
             ..Default::default()
