@@ -342,7 +342,7 @@ fn ping(cli: &Cli, timeout: f64, out: &mut impl Write) -> anyhow::Result<()> {
     };
     let millis = started.elapsed().as_secs_f64() * 1e3;
     if cli.json {
-        return print_json_line(
+        return print_json(
             out,
             &serde_json::json!({
                 "ok": true, "sessions": stats.sessions, "objects": stats.objects,
