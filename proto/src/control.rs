@@ -234,6 +234,11 @@ pub struct Welcome {
     /// Entries of the pin table: the borrowed references the session may
     /// hold at once.
     pub pin_entries: u32,
+    /// Bytes of values the session may hold borrowed at once (the sum of
+    /// their lengths): the daemon honours a session's pins up to this many
+    /// bytes of blocks they hold back, and a client refuses a borrow past
+    /// it (QUOTA).
+    pub pin_bytes: u64,
     /// The secret that gives this session back after a restart of the
     /// daemon (RESUME); all zero when the daemon keeps no state.
     pub resume_token: [u8; 16],
@@ -508,6 +513,7 @@ impl Reply {
                 w.u32(welcome.instance);
                 w.u64(welcome.pins_offset);
                 w.u32(welcome.pin_entries);
+                w.u64(welcome.pin_bytes);
                 w.bytes(&welcome.resume_token);
                 w.u32(welcome.resume_grace_ms);
                 for p in &welcome.preload {
@@ -627,6 +633,7 @@ impl Reply {
                 instance: r.u32()?,
                 pins_offset: r.u64()?,
                 pin_entries: r.u32()?,
+                pin_bytes: r.u64()?,
                 resume_token: r.array()?,
                 resume_grace_ms: r.u32()?,
                 preload: [r.preload()?, r.preload()?],
@@ -876,6 +883,7 @@ mod tests {
                 instance: 3,
                 pins_offset: 524_288,
                 pin_entries: 1024,
+                pin_bytes: 8 << 20,
                 resume_token: [7; 16],
                 resume_grace_ms: 30_000,
                 preload: [

@@ -29,7 +29,7 @@ pub use limit::Limit;
 
 /// Version of the protocol spoken over the control socket and the rings.
 /// HELLO carries it; the daemon refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest client name carried in HELLO, in bytes.
 pub const MAX_CLIENT_NAME: usize = 64;

@@ -1,8 +1,9 @@
 //! loom models of the registry's read side: the slot seqlock (a reader
 //! racing two writes of a slot sees one version whole) and cross-process
-//! reclamation (a reader that pinned a value block and found it in its slot
-//! keeps reading the same bytes while the daemon replaces the value and
-//! reuses blocks it may). Both run the real functions of
+//! reclamation by hazard pointers (a reader that pinned a value block and
+//! found it in its slot again keeps reading the same bytes while the daemon
+//! replaces the value and reuses the blocks no pin names). Both run the
+//! real functions of
 //! `hreg_proto::table` and `hreg_proto::pins` over loom atomics.
 //!
 //! Run: `RUSTFLAGS="--cfg hreg_loom" cargo test -p hreg-proto --release
@@ -10,10 +11,9 @@
 
 #![cfg(hreg_loom)]
 
-use hreg_proto::pins::{self, pin_table_len, PinTable};
+use hreg_proto::pins::{self, pin_table_len, Borrow, ClientPins, PinName, PinScan};
 use hreg_proto::shm::Mapping;
 use hreg_proto::table::{HeapAddress, Payload, Read, Slot, SlotView, INLINE_VALUE, SLOT_SIZE};
-use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 
 /// A 16-byte value that shows tearing: a word and its complement.
@@ -76,15 +76,20 @@ const BLOCK: u64 = 64;
 /// Pin entries in the model's table (a session has 1024).
 const PINS: usize = 2;
 
+/// A reader borrows the value of a slot (the shipped `ClientPins::borrow`:
+/// find the block, pin it, fence, check the slot again) while the daemon
+/// replaces the value, retires the old block (`pins::retired`), runs a pass
+/// (`pins::begin_scan`, `PinScan::scan`) and reuses the old block if no pin
+/// names it. A borrowed block must read the same, whole value for as long
+/// as it is pinned.
 #[test]
 fn a_pinned_block_is_not_reused() {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
+    builder.preemption_bound = Some(3);
     builder.check(|| {
         let slots = Arc::new(Mapping::words(SLOT_SIZE));
         let heap = Arc::new(Mapping::words(2 * BLOCK as usize));
         let session = Arc::new(Mapping::words(pin_table_len(PINS).next_multiple_of(64)));
-        let epoch = Arc::new(AtomicU64::new(1));
         // Block 0 holds value 1 and is in the slot.
         heap.store(0, &value(1));
         let first = Slot {
@@ -96,15 +101,12 @@ fn a_pinned_block_is_not_reused() {
         };
         SlotView::new(&slots, 0).unwrap().write(&first);
 
-        // The daemon: replace the value (block 1), note block 0 retired,
-        // run a pass, and reuse block 0 if nothing holds it back.
+        // The daemon: replace the value (block 1), retire block 0, run a
+        // pass, and reuse block 0 (write another value into it) unless a
+        // pin names it.
         let daemon = {
-            let (slots, heap, session, epoch) = (
-                Arc::clone(&slots),
-                Arc::clone(&heap),
-                Arc::clone(&session),
-                Arc::clone(&epoch),
-            );
+            let (slots, heap, session) =
+                (Arc::clone(&slots), Arc::clone(&heap), Arc::clone(&session));
             loom::thread::spawn(move || {
                 heap.store(BLOCK as usize, &value(2));
                 let second = Slot {
@@ -115,44 +117,45 @@ fn a_pinned_block_is_not_reused() {
                     ..first
                 };
                 SlotView::new(&slots, 0).unwrap().write(&second);
-                let retired = pins::retire_epoch(&epoch);
-                let now = pins::begin_pass(&epoch);
-                let table = PinTable::new(&session, 0, PINS).unwrap();
-                let mut oldest = None;
-                table.scan(now, |domain, pinned| {
-                    if domain == 0 {
-                        oldest = Some(oldest.map_or(pinned, |o: u64| o.min(pinned)));
-                    }
-                });
-                if pins::reusable(retired, oldest) {
-                    heap.store(0, &[0xee; 16]);
+                pins::retired();
+                let retired = PinName::new(0, HeapAddress {
+                    chunk: 0,
+                    offset: 0,
+                })
+                .unwrap();
+                pins::begin_scan();
+                let mut pinned = false;
+                PinScan::new(&session, 0, PINS)
+                    .unwrap()
+                    .scan(|name| pinned |= name == retired);
+                if !pinned {
+                    heap.store(0, &value(3));
                 }
             })
         };
 
-        // A reader borrowing the value: pin, find the block in the slot,
-        // and read it twice while pinned.
-        let table = PinTable::new(&session, 0, PINS).unwrap();
-        let pin = table.pin(0, &epoch, 0).unwrap();
-        let slot = loop {
-            if let Some(slot) = SlotView::new(&slots, 0).unwrap().snapshot() {
-                break slot;
+        // A reader borrowing the value, and reading it twice while pinned.
+        let pins = ClientPins::new(&session, 0, PINS, 1 << 20).unwrap();
+        let slot = SlotView::new(&slots, 0).unwrap();
+        let (pin, at) = loop {
+            match pins.borrow(&slot, 0, 1, 0) {
+                Borrow::Pinned { pin, at, len } => {
+                    assert_eq!(len, 16);
+                    break (pin, at);
+                }
+                Borrow::Torn => loom::thread::yield_now(),
+                other => panic!("{other:?}"),
             }
-            loom::thread::yield_now();
-        };
-        let Payload::Heap(at) = slot.payload else {
-            panic!("not in the heap");
         };
         let mut first_look = [0u8; 16];
         heap.load(at.offset as usize, &mut first_look);
         let seen = word_of(&first_look);
-        assert!(seen == 1 || seen == 2);
+        assert!(seen == 1 || seen == 2, "a borrowed block holds {seen}");
         loom::thread::yield_now();
         let mut second_look = [0u8; 16];
         heap.load(at.offset as usize, &mut second_look);
         assert_eq!(first_look, second_look, "a pinned block changed");
-        table.unpin(pin);
+        drop(pin);
         daemon.join().unwrap();
-        let _ = epoch.load(Ordering::Relaxed);
     });
 }
