@@ -146,6 +146,7 @@ impl Session {
             welcome.ring_stride,
             welcome.pins_offset,
             welcome.pin_entries,
+            welcome.pin_bytes,
         )?;
         let reads = Reads::new(&header, welcome.instance)?;
         reads.preload(&welcome.preload, chunks)?;

@@ -22,8 +22,10 @@ pub struct Session {
     pub name: String,
     pub holder: Holder,
     pub memory: SessionMemory,
-    /// The session as a reader whose borrowed references hold blocks back.
-    pub reader: Arc<Reader>,
+    /// The session as a reader whose borrowed references hold blocks back
+    /// (registered while the session lives; longer when told to outlive
+    /// it, see `crate::control`'s close).
+    pub reader: Reader,
     registry: Arc<Registry>,
     open_rings: Mutex<Vec<bool>>,
     closed: AtomicBool,
@@ -39,12 +41,15 @@ pub struct Session {
 
 impl Session {
     /// A session of `holder` (new, or kept by an adopted state) attached
-    /// by `peer`, with `memory`.
+    /// by `peer`, with `memory`, whose pins are honoured up to `pin_bytes`
+    /// bytes of blocks they hold back.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         holder: Holder,
         peer: Peer,
         name: String,
         memory: SessionMemory,
+        pin_bytes: u64,
         registry: Arc<Registry>,
         control_bell: Arc<Doorbell>,
         live: Arc<AtomicUsize>,
@@ -56,6 +61,7 @@ impl Session {
             &holder,
             memory.shared_mapping(),
             SessionMemory::pins_offset(memory.layout()),
+            pin_bytes,
         );
         Session {
             live,

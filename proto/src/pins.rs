@@ -290,12 +290,7 @@ impl<'a> ClientPins<'a> {
     /// The table of `entries` entries at `at` in `map` (the session's
     /// memory, which this process writes), if the mapping holds it
     /// (64-byte aligned), for a client that may hold `budget` bytes pinned.
-    pub fn new(
-        map: &'a Mapping,
-        at: usize,
-        entries: usize,
-        budget: u64,
-    ) -> Option<ClientPins<'a>> {
+    pub fn new(map: &'a Mapping, at: usize, entries: usize, budget: u64) -> Option<ClientPins<'a>> {
         if map.access() != Access::ReadWrite {
             return None;
         }
@@ -340,9 +335,10 @@ impl<'a> ClientPins<'a> {
         // slot still names the block, and the daemon's scan will see the
         // pin, or the block is gone and the pin goes with this guard.
         match slot.locate(generation) {
-            Located::Heap { at: now, len: now_len } if now == at && now_len == len => {
-                Borrow::Pinned { pin, at, len }
-            }
+            Located::Heap {
+                at: now,
+                len: now_len,
+            } if now == at && now_len == len => Borrow::Pinned { pin, at, len },
             Located::Stale => Borrow::Stale,
             Located::Inline { .. } => Borrow::Inline,
             Located::Heap { .. } | Located::Torn => Borrow::Torn,
@@ -539,7 +535,11 @@ mod tests {
         };
         view.write(&slot);
         match pins.borrow(&view, 5, 7, 0) {
-            Borrow::Pinned { pin, at: found, len } => {
+            Borrow::Pinned {
+                pin,
+                at: found,
+                len,
+            } => {
                 assert_eq!((found, len), (at(4096), 500));
                 let mut seen = Vec::new();
                 scan.scan(|name| seen.push(name));

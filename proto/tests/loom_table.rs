@@ -14,7 +14,7 @@
 use hreg_proto::pins::{self, pin_table_len, Borrow, ClientPins, PinName, PinScan};
 use hreg_proto::shm::Mapping;
 use hreg_proto::table::{HeapAddress, Payload, Read, Slot, SlotView, INLINE_VALUE, SLOT_SIZE};
-use loom::sync::Arc;
+use loom::sync::{Arc, Mutex};
 
 /// A 16-byte value that shows tearing: a word and its complement.
 fn value(x: u64) -> [u8; 16] {
@@ -78,10 +78,12 @@ const PINS: usize = 2;
 
 /// A reader borrows the value of a slot (the shipped `ClientPins::borrow`:
 /// find the block, pin it, fence, check the slot again) while the daemon
-/// replaces the value, retires the old block (`pins::retired`), runs a pass
-/// (`pins::begin_scan`, `PinScan::scan`) and reuses the old block if no pin
-/// names it. A borrowed block must read the same, whole value for as long
-/// as it is pinned.
+/// replaces the value and retires the old block (`pins::retired`) on one
+/// thread, and a pass on another thread takes the retired list (a mutex,
+/// as the registry's lists are), fences (`pins::begin_scan`), reads the
+/// pins (`PinScan::scan`) and reuses the old block if no pin names it. A
+/// borrowed block must read the same, whole value for as long as it is
+/// pinned.
 #[test]
 fn a_pinned_block_is_not_reused() {
     let mut builder = loom::model::Builder::new();
@@ -90,6 +92,7 @@ fn a_pinned_block_is_not_reused() {
         let slots = Arc::new(Mapping::words(SLOT_SIZE));
         let heap = Arc::new(Mapping::words(2 * BLOCK as usize));
         let session = Arc::new(Mapping::words(pin_table_len(PINS).next_multiple_of(64)));
+        let retired_list: Arc<Mutex<Option<PinName>>> = Arc::new(Mutex::new(None));
         // Block 0 holds value 1 and is in the slot.
         heap.store(0, &value(1));
         let first = Slot {
@@ -101,12 +104,13 @@ fn a_pinned_block_is_not_reused() {
         };
         SlotView::new(&slots, 0).unwrap().write(&first);
 
-        // The daemon: replace the value (block 1), retire block 0, run a
-        // pass, and reuse block 0 (write another value into it) unless a
-        // pin names it.
-        let daemon = {
-            let (slots, heap, session) =
-                (Arc::clone(&slots), Arc::clone(&heap), Arc::clone(&session));
+        // The daemon's writer: replace the value (block 1), retire block 0.
+        let writer = {
+            let (slots, heap, retired_list) = (
+                Arc::clone(&slots),
+                Arc::clone(&heap),
+                Arc::clone(&retired_list),
+            );
             loom::thread::spawn(move || {
                 heap.store(BLOCK as usize, &value(2));
                 let second = Slot {
@@ -118,18 +122,31 @@ fn a_pinned_block_is_not_reused() {
                 };
                 SlotView::new(&slots, 0).unwrap().write(&second);
                 pins::retired();
-                let retired = PinName::new(0, HeapAddress {
+                let old = HeapAddress {
                     chunk: 0,
                     offset: 0,
-                })
-                .unwrap();
+                };
+                *retired_list.lock().unwrap() = PinName::new(0, old);
+            })
+        };
+        // A pass: take what was retired, and reuse it unless a pin names it.
+        let pass = {
+            let (heap, session, retired_list) = (
+                Arc::clone(&heap),
+                Arc::clone(&session),
+                Arc::clone(&retired_list),
+            );
+            loom::thread::spawn(move || {
+                let Some(retired) = retired_list.lock().unwrap().take() else {
+                    return;
+                };
                 pins::begin_scan();
                 let mut pinned = false;
                 PinScan::new(&session, 0, PINS)
                     .unwrap()
                     .scan(|name| pinned |= name == retired);
                 if !pinned {
-                    heap.store(0, &value(3));
+                    heap.store(retired.at().offset as usize, &value(3));
                 }
             })
         };
@@ -156,6 +173,7 @@ fn a_pinned_block_is_not_reused() {
         heap.load(at.offset as usize, &mut second_look);
         assert_eq!(first_look, second_look, "a pinned block changed");
         drop(pin);
-        daemon.join().unwrap();
+        writer.join().unwrap();
+        pass.join().unwrap();
     });
 }

@@ -225,7 +225,13 @@ impl Registry {
     /// returned reader lives (or its process, [`Reader::outlive`]). Which
     /// domains the session may map is asked of the registry at each pass,
     /// so a domain made meanwhile counts at once.
-    pub fn reader(&self, holder: &Holder, map: Arc<Mapping>, pins_at: usize, budget: u64) -> Reader {
+    pub fn reader(
+        &self,
+        holder: &Holder,
+        map: Arc<Mapping>,
+        pins_at: usize,
+        budget: u64,
+    ) -> Reader {
         reclaim::test_pause(holder.uid);
         self.reclaim.register(holder.uid, map, pins_at, budget)
     }

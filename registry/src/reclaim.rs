@@ -267,12 +267,7 @@ impl Reclaimer {
     /// Sets up the quarantine of an adopted state: `outstanding` kept
     /// sessions, the end of what each adopted heap chunk held (`marks`),
     /// and the gaps between the adopted values.
-    pub fn adopt(
-        &self,
-        outstanding: usize,
-        marks: HashMap<(u16, u16), u64>,
-        gaps: Vec<Retired>,
-    ) {
+    pub fn adopt(&self, outstanding: usize, marks: HashMap<(u16, u16), u64>, gaps: Vec<Retired>) {
         let mut state = lock(&self.state);
         state.quarantine = Quarantine {
             outstanding,

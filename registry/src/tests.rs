@@ -639,7 +639,11 @@ fn a_pin_holds_back_its_block_alone_charged_to_the_pinner() {
         registry.replace(&owner, h, &vec![round; 100_000]).unwrap();
     }
     let pass = registry.reclaim();
-    assert_eq!((pass.blocks, pass.waiting), (100, 4096), "only the pinned one");
+    assert_eq!(
+        (pass.blocks, pass.waiting),
+        (100, 4096),
+        "only the pinned one"
+    );
     assert_eq!(reader.held_back(), 4096);
     // What the borrower holds back counts against its uid's bytes, not the
     // owner's, whose replaces gave back everything they retired.
@@ -678,12 +682,19 @@ fn pins_past_the_budget_are_not_honoured() {
     let liar = registry.holder(1001).unwrap();
     let reader = registry.reader(&liar, Arc::clone(&session), 0, 2000);
     let pins = ClientPins::new(&session, 0, PIN_ENTRIES, u64::MAX).unwrap();
-    let held: Vec<Pin<'_>> = handles.iter().map(|&h| borrow(&registry, &pins, h)).collect();
+    let held: Vec<Pin<'_>> = handles
+        .iter()
+        .map(|&h| borrow(&registry, &pins, h))
+        .collect();
     for &h in &handles {
         registry.replace(&owner, h, b"short").unwrap();
     }
     let pass = registry.reclaim();
-    assert_eq!((pass.blocks, pass.waiting), (1, 2000), "two honoured, one freed");
+    assert_eq!(
+        (pass.blocks, pass.waiting),
+        (1, 2000),
+        "two honoured, one freed"
+    );
     assert_eq!(reader.held_back(), 2000);
     drop(held);
 }

@@ -196,10 +196,16 @@ fn the_quarantine_holds_only_what_the_adopted_heap_held() {
         let registry = Registry::create(dir.store(), 4, limits).unwrap();
         let owner = registry.holder(1000).unwrap();
         handles = (0..4u8)
-            .map(|i| registry.insert(&owner, &value(1 << 20, i), flags::SHARED).unwrap())
+            .map(|i| {
+                registry
+                    .insert(&owner, &value(1 << 20, i), flags::SHARED)
+                    .unwrap()
+            })
             .collect();
         // A replaced value leaves a gap.
-        registry.replace(&owner, handles[0], &value(1 << 20, 9)).unwrap();
+        registry
+            .replace(&owner, handles[0], &value(1 << 20, 9))
+            .unwrap();
     }
     let store = dir.store();
     let adopted = Registry::adopt(store.clone(), store.list().unwrap(), limits).unwrap();
