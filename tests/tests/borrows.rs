@@ -107,7 +107,9 @@ fn row1_another_uids_replaces_never_close_a_borrowing_session() {
     );
     assert_eq!(victim.ask("inserts 1000 10"), "ok=10 quota=0 other=0");
     // Nothing of the attacker's waits: the victim borrowed none of it.
-    wait_until("the attacker's blocks to be reclaimed", || pending(&daemon) == 0);
+    wait_until("the attacker's blocks to be reclaimed", || {
+        pending(&daemon) == 0
+    });
     println!("row 1: victim served after 100 MiB of another uid's replaces; 0 bytes held back");
 }
 
@@ -126,9 +128,10 @@ fn row1b_a_borrow_never_fills_the_registry_for_the_others() {
     assert_eq!(victim.ask(&format!("borrow {hv}")), "ok 200");
     let ha = attacker.insert(MIB, 2, true);
     // Twice the registry's bytes, retired while the victim's borrow lives.
-    assert_eq!(attacker.ask(&format!("replace {ha} {MIB} 3 256")), "ok");
+    let churned = attacker.ask(&format!("replace {ha} {MIB} 3 256"));
     let answer = bystander.ask("inserts 65536 200");
-    println!("row 1b: bystander's inserts after 256 MiB of churn: {answer}");
+    println!("row 1b: 256 MiB of churn: {churned}; then bystander's inserts: {answer}");
+    assert_eq!(churned, "ok");
     assert_eq!(answer, "ok=200 quota=0 other=0");
     let grew = daemon.status_bytes("VmRSS").saturating_sub(rss_before);
     println!("row 1b: daemon RSS grew by {}", mib(grew));
@@ -153,7 +156,10 @@ fn row1c_a_borrowed_value_keeps_its_bytes_whatever_another_uid_does() {
     assert_eq!(victim.ask(&format!("replace {hv} 4096 50 1")), "ok");
     for round in 0..5 {
         assert_eq!(attacker.ask("inserts 4096 200"), "ok=200 quota=0 other=0");
-        assert_eq!(victim.ask(&format!("replace {hv} 4096 {} 20", 100 + 20 * round)), "ok");
+        assert_eq!(
+            victim.ask(&format!("replace {hv} 4096 {} 20", 100 + 20 * round)),
+            "ok"
+        );
     }
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(attacker.ask("inserts 4096 200"), "ok=200 quota=0 other=0");
@@ -165,7 +171,9 @@ fn row1c_a_borrowed_value_keeps_its_bytes_whatever_another_uid_does() {
         "the borrowed block no longer waits"
     );
     assert_eq!(victim.ask("drop"), "ok 1");
-    wait_until("the borrowed block to be reclaimed", || pending(&daemon) == 0);
+    wait_until("the borrowed block to be reclaimed", || {
+        pending(&daemon) == 0
+    });
 }
 
 /// A session attached by hand (the wire protocol, in this process), with
@@ -198,7 +206,9 @@ impl HandSession {
         let shared = welcome.preload[0];
         assert_eq!(shared.domain, 0, "the shared domain comes first");
         let slots = (0..shared.slots as usize)
-            .map(|k| Mapping::map(fds.next().unwrap(), slot_chunk_len(k), Access::ReadOnly).unwrap())
+            .map(|k| {
+                Mapping::map(fds.next().unwrap(), slot_chunk_len(k), Access::ReadOnly).unwrap()
+            })
             .collect();
         let heap = (0..shared.heap)
             .map(|_| {
@@ -249,24 +259,38 @@ fn row1c_a_borrow_keeps_its_bytes_after_the_daemon_closed_its_session() {
     // process lives on, still reading what it borrowed.
     hand.conn.send_bytes(b"not a request");
     assert!(
-        matches!(hand.conn.try_recv(), Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))),
+        matches!(
+            hand.conn.try_recv(),
+            Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))
+        ),
         "the session is closed"
     );
     owner.remove(h).unwrap();
     for round in 0..400u64 {
-        let other = owner.insert(&checked_value(100 + round, 4096), hreg::SHARED).unwrap();
+        let other = owner
+            .insert(&checked_value(100 + round, 4096), hreg::SHARED)
+            .unwrap();
         owner.remove(other).unwrap();
     }
     std::thread::sleep(Duration::from_millis(1200));
     read(&mut seen);
     println!(
         "row 1c (session closed): the borrowed block {}",
-        if seen == value { "kept its bytes" } else { "was reused" }
+        if seen == value {
+            "kept its bytes"
+        } else {
+            "was reused"
+        }
     );
-    assert_eq!(seen, value, "a borrowed block was reused after its session closed");
+    assert_eq!(
+        seen, value,
+        "a borrowed block was reused after its session closed"
+    );
     assert!(pending(&daemon) >= 4096);
     drop(pin);
-    wait_until("the unpinned block to be reclaimed", || pending(&daemon) == 0);
+    wait_until("the unpinned block to be reclaimed", || {
+        pending(&daemon) == 0
+    });
 }
 
 #[test]
@@ -296,17 +320,20 @@ fn row1d_a_kept_session_that_never_resumes_blocks_nobody() {
     // Another session of the same uid churns the objects the stopped one
     // made: 160 MiB retired while that session is out.
     let mut churner = Borrower::start(&daemon, ATTACKER);
-    for (i, h) in handles.iter().enumerate() {
-        let seed = 1000 + 100 * i as u64;
-        assert_eq!(churner.ask(&format!("replace {h} {MIB} {seed} 20")), "ok");
-    }
+    let churned: Vec<String> = handles
+        .iter()
+        .enumerate()
+        .map(|(i, h)| churner.ask(&format!("replace {h} {MIB} {} 20", 1000 + 100 * i)))
+        .collect();
     let mut bystander = Borrower::start(&daemon, BYSTANDER);
     let answer = bystander.ask("inserts 262144 100");
     let waiting = pending(&daemon);
     println!(
-        "row 1d: bystander's inserts while a kept session is out: {answer}; {} waiting",
+        "row 1d: churn while a kept session is out: {churned:?}; bystander's inserts: {answer}; \
+         {} waiting",
         mib(waiting)
     );
+    assert!(churned.iter().all(|c| c == "ok"), "{churned:?}");
     assert_eq!(answer, "ok=100 quota=0 other=0");
     assert!(
         waiting <= 16 * MIB,
@@ -376,7 +403,11 @@ fn row10_sessions_that_come_and_go_leave_no_reader_behind() {
         began.elapsed().as_secs_f64(),
         grew >> 10
     );
-    assert!(grew < 1 << 20, "the daemon's RSS grew by {} KiB", grew >> 10);
+    assert!(
+        grew < 1 << 20,
+        "the daemon's RSS grew by {} KiB",
+        grew >> 10
+    );
 }
 
 #[test]
@@ -405,7 +436,10 @@ fn race_a_reader_registered_while_its_uid_makes_its_domain_keeps_its_pins() {
     let h = maker.insert(4096, 2, false);
     assert_eq!(reader.ask(&format!("borrow {h}")), "ok 4096");
     for round in 0..20 {
-        assert_eq!(maker.ask(&format!("replace {h} 4096 {} 20", 10 + 20 * round)), "ok");
+        assert_eq!(
+            maker.ask(&format!("replace {h} 4096 {} 20", 10 + 20 * round)),
+            "ok"
+        );
     }
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(maker.ask(&format!("replace {h} 4096 900 20")), "ok");
@@ -443,7 +477,9 @@ fn row17_a_failed_attach_leaves_no_record_and_no_reference() {
     // RESUME: a session with a reference, kept across a restart, whose
     // resume fails after its holder is taken back.
     let client = daemon.client();
-    let h = client.insert(b"held by the session that fails to resume", 0).unwrap();
+    let h = client
+        .insert(b"held by the session that fails to resume", 0)
+        .unwrap();
     assert_eq!(session_records(&state_dir).len(), 1);
     daemon.signal(Signal::TERM);
     daemon.restart_with(&args, |command| {
@@ -461,6 +497,8 @@ fn row17_a_failed_attach_leaves_no_record_and_no_reference() {
         began.elapsed().as_secs_f64()
     );
     drop(watcher);
-    wait_until("no session record left", || session_records(&state_dir).is_empty());
+    wait_until("no session record left", || {
+        session_records(&state_dir).is_empty()
+    });
     drop(client);
 }

@@ -49,7 +49,11 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(client: &Client, borrowed: &mut Vec<(Handle, OwnedValueRef, Vec<u8>)>, words: &[&str]) -> String {
+fn run(
+    client: &Client,
+    borrowed: &mut Vec<(Handle, OwnedValueRef, Vec<u8>)>,
+    words: &[&str],
+) -> String {
     let number = |i: usize| -> u64 { words.get(i).and_then(|w| w.parse().ok()).unwrap_or(0) };
     let handle = |i: usize| -> Option<Handle> { words.get(i)?.parse().ok() };
     match words.first().copied() {
