@@ -168,15 +168,6 @@ fn map_chunks(
     Ok(())
 }
 
-/// This thread's number, which spreads threads over a pin table.
-fn thread_number() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    MINE.try_with(|n| *n).unwrap_or(0)
-}
-
 /// A value borrowed from shared memory: a pinned block, valid and
 /// unchanged while its pin holds; or, for a value kept inside its slot
 /// (which a replace rewrites), a copy.
@@ -390,10 +381,9 @@ impl Reads {
         let Some((maps, view)) = self.slot(source, &parts)? else {
             return Ok(None);
         };
-        let start = pins.start_of(thread_number());
         let mut fetched = false;
         for _ in 0..TORN_RETRIES {
-            let (pin, at, len) = match pins.borrow(&view, parts.domain, parts.generation, start) {
+            let (pin, at, len) = match pins.borrow(&view, parts.domain, parts.generation) {
                 Borrow::Pinned { pin, at, len } => (pin, at, len),
                 Borrow::Torn => {
                     std::hint::spin_loop();

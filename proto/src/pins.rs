@@ -8,32 +8,41 @@
 //! offset WELCOME names:
 //!
 //! ```text
-//! offset 0     entries used so far (u64): a high-water mark the client
-//!              raises when it first uses an entry past it (a hint: the
-//!              daemon reads entries below it, clamped to the table)
-//! offset 64    bytes of the values the client holds pinned (u64): the
-//!              client's own tally against its byte budget (WELCOME's
-//!              `pin bytes`); the daemon never reads it
-//! offset 128   PIN_ENTRIES × u64: 0 free, else the name of one pinned
-//!              block ([`PinName`])
+//! offset 0          entries used so far (u64): a high-water mark the
+//!                   client raises when it first uses an entry past it (a
+//!                   hint: the daemon reads entries below it, clamped to the
+//!                   table)
+//! offset 64         bytes of the values the client holds pinned (u64): the
+//!                   client's own tally against its byte budget (WELCOME's
+//!                   `pin bytes`); the daemon never reads it
+//! offset 128        PIN_ENTRIES × u64: 0 free, else the name of one pinned
+//!                   block and how many borrows share it ([`PinName`])
+//! offset 128 + 8 N  PIN_ENTRIES × u64: the bytes entry i was charged to the
+//!                   tally when it was claimed (the client's; never read by
+//!                   the daemon)
 //! ```
 //!
 //! A pin names one block (domain, heap chunk, offset), never an epoch, so
 //! what a session holds back is the blocks its pins name and nothing else.
-//! To borrow a value ([`ClientPins::borrow`]) the client finds the block in
-//! its slot, claims a free entry with the block's name, issues a `SeqCst`
-//! fence, and reads the slot again: if the slot still names the block, the
-//! block keeps its bytes until the entry is cleared (a release store of 0,
-//! when the [`Pin`] guard drops). The daemon, when a block leaves its slot,
-//! writes the slot's new version, fences ([`retired`]), and puts the block
-//! on a retired list; a reclamation pass fences ([`begin_scan`]), reads the
-//! tables of the sessions that may map the block's domain ([`PinScan`]) and
-//! frees every retired block that no entry names. Either the client's second
-//! read sees the block gone, or the daemon's scan sees the pin: never
-//! neither. A client can only harm itself by lying in its table (its own
-//! borrowed bytes may change): the daemon honours at most the client's byte
-//! budget of held-back blocks per session and ignores domains the session
-//! cannot map.
+//! Borrows of one block share its entry (a count in the entry): a session
+//! may hold [`PIN_ENTRIES`] distinct blocks, each borrowed many times, and
+//! its tally counts each block once. To borrow a value
+//! ([`ClientPins::borrow`]) the client finds the block in its slot, claims
+//! the block's entry (looking from a place the name hashes to: an entry
+//! naming the block gets one more borrow; a free one is claimed for it),
+//! issues a `SeqCst` fence, and reads the slot again: if the slot still
+//! names the block, the block keeps its bytes until the entry is cleared
+//! (its last borrow's [`Pin`] guard drops: a release compare-and-swap to
+//! 0). The daemon, when a block leaves its slot, writes the slot's new
+//! version, fences ([`retired`]), and puts the block on a retired list; a
+//! reclamation pass fences ([`begin_scan`]), reads the tables of the
+//! sessions that may map the block's domain ([`PinScan`]) and frees every
+//! retired block that no entry names. Either the client's second read sees
+//! the block gone, or the daemon's scan sees the pin: never neither. A
+//! client can only harm itself by lying in its table (its own borrowed
+//! bytes may change): the daemon honours at most the client's byte budget
+//! of held-back blocks per session and ignores domains the session cannot
+//! map.
 //!
 //! Each side gets only its own operations: a client claims entries through
 //! [`ClientPins`] and holds each as a [`Pin`] guard that unpins when it
@@ -49,7 +58,7 @@
 //! let map = Mapping::anonymous(pin_table_len(8)).unwrap();
 //! let pins = ClientPins::new(&map, 0, 8, 1 << 20).unwrap();
 //! let name = PinName::new(0, HeapAddress { chunk: 0, offset: 64 }).unwrap();
-//! pins.pin(name, 100, 0);
+//! pins.pin(name, 100);
 //! ```
 //!
 //! ```compile_fail
@@ -61,7 +70,7 @@
 //! let map = Mapping::anonymous(pin_table_len(8)).unwrap();
 //! let pins = ClientPins::new(&map, 0, 8, 1 << 20).unwrap();
 //! let name = PinName::new(0, HeapAddress { chunk: 0, offset: 64 }).unwrap();
-//! let pin = pins.pin(name, 100, 0).unwrap();
+//! let pin = pins.pin(name, 100).unwrap();
 //! let kept = pin;
 //! drop(pin);
 //! ```
@@ -74,7 +83,7 @@
 //! let name = PinName::new(0, HeapAddress { chunk: 0, offset: 64 }).unwrap();
 //! let pin = {
 //!     let map = Mapping::anonymous(pin_table_len(8)).unwrap();
-//!     ClientPins::new(&map, 0, 8, 1 << 20).unwrap().pin(name, 100, 0).unwrap()
+//!     ClientPins::new(&map, 0, 8, 1 << 20).unwrap().pin(name, 100).unwrap()
 //! };
 //! ```
 //!
@@ -86,7 +95,7 @@
 //! let map = Mapping::anonymous(pin_table_len(8)).unwrap();
 //! let scan = PinScan::new(&map, 0, 8).unwrap();
 //! let name = PinName::new(0, HeapAddress { chunk: 0, offset: 64 }).unwrap();
-//! let _pin = scan.pin(name, 100, 0);
+//! let _pin = scan.pin(name, 100);
 //! ```
 //!
 //! The `loom` model `tests/loom_table.rs` checks this protocol on these
@@ -102,7 +111,7 @@ pub const PIN_ENTRIES: usize = 1024;
 
 /// Bytes of a pin table of `entries` entries.
 pub const fn pin_table_len(entries: usize) -> usize {
-    ENTRIES_AT + entries * 8
+    ENTRIES_AT + entries * 16
 }
 
 /// Where a session's pin table lies in its memory: after its rings.
@@ -120,13 +129,15 @@ const USED_AT: usize = 0;
 const TALLY_AT: usize = 64;
 const ENTRIES_AT: usize = 128;
 
-/// The name of a heap block, as a pin entry holds it:
+/// The name of a heap block, as a pin entry holds it, with the number of
+/// borrows that share the entry:
 ///
 /// ```text
 /// bit 63       1 (an entry in use; 0 is a free entry)
 /// bits 49..63  domain
 /// bits 39..49  heap chunk
-/// bits 0..39   offset in the chunk
+/// bits 13..39  offset in the chunk ÷ 16 (blocks are 16-byte aligned)
+/// bits 0..13   borrows sharing the entry (≥ 1; the client's count)
 /// ```
 ///
 /// Names sort by (domain, chunk, offset), so the names of the blocks inside
@@ -137,31 +148,40 @@ pub struct PinName(u64);
 const NAME_USED: u64 = 1 << 63;
 const DOMAIN_SHIFT: u32 = 49;
 const CHUNK_SHIFT: u32 = 39;
-const OFFSET_MASK: u64 = (1 << CHUNK_SHIFT) - 1;
+const OFFSET_SHIFT: u32 = 13;
+/// Block offsets are multiples of this.
+pub const BLOCK_ALIGN: u64 = 16;
+const OFFSET_UNITS: u64 = (1 << (CHUNK_SHIFT - OFFSET_SHIFT)) - 1;
 const CHUNK_MASK: u64 = (1 << (DOMAIN_SHIFT - CHUNK_SHIFT)) - 1;
 const DOMAIN_MASK: u64 = (1 << (63 - DOMAIN_SHIFT)) - 1;
+const COUNT_MASK: u64 = (1 << OFFSET_SHIFT) - 1;
+/// Offsets a name can carry: up to the end of the largest chunk.
+const OFFSET_LIMIT: u64 = (OFFSET_UNITS + 1) * BLOCK_ALIGN;
 
 // Every block the daemon makes has a name: every domain, every chunk, and
 // every offset inside the largest chunk (one of ordinary growth, or one
 // made for a single value).
 const _: () = assert!(MAX_DOMAINS as u64 <= DOMAIN_MASK + 1);
 const _: () = assert!(MAX_HEAP_CHUNKS as u64 <= CHUNK_MASK + 1);
-const _: () = assert!(MAX_HEAP_CHUNK <= OFFSET_MASK && crate::MAX_VALUE_SIZE_LIMIT <= OFFSET_MASK);
+const _: () =
+    assert!(MAX_HEAP_CHUNK <= OFFSET_LIMIT && crate::MAX_VALUE_SIZE_LIMIT <= OFFSET_LIMIT);
 
 impl PinName {
     /// The name of the block at `at` in `domain`'s heap; `None` for an
-    /// address no block of the daemon can have.
+    /// address no block of the daemon can have (past the largest chunk, or
+    /// not 16-byte aligned).
     #[inline]
     pub fn new(domain: u16, at: HeapAddress) -> Option<PinName> {
         (u64::from(domain) <= DOMAIN_MASK
             && u64::from(at.chunk) <= CHUNK_MASK
-            && at.offset <= OFFSET_MASK)
+            && at.offset < OFFSET_LIMIT
+            && at.offset % BLOCK_ALIGN == 0)
             .then(|| {
                 PinName(
                     NAME_USED
                         | u64::from(domain) << DOMAIN_SHIFT
                         | u64::from(at.chunk) << CHUNK_SHIFT
-                        | at.offset,
+                        | (at.offset / BLOCK_ALIGN) << OFFSET_SHIFT,
                 )
             })
     }
@@ -170,8 +190,10 @@ impl PinName {
     /// (the end of a range of blocks; clamped to the chunk's last offset).
     #[inline]
     pub fn plus(self, len: u64) -> PinName {
-        let offset = (self.0 & OFFSET_MASK).saturating_add(len).min(OFFSET_MASK);
-        PinName(self.0 & !OFFSET_MASK | offset)
+        let units = ((self.0 >> OFFSET_SHIFT) & OFFSET_UNITS)
+            .saturating_add(len.div_ceil(BLOCK_ALIGN))
+            .min(OFFSET_UNITS);
+        PinName(self.0 & !(OFFSET_UNITS << OFFSET_SHIFT) | units << OFFSET_SHIFT)
     }
 
     /// The domain the block is in.
@@ -185,22 +207,29 @@ impl PinName {
     pub fn at(self) -> HeapAddress {
         HeapAddress {
             chunk: ((self.0 >> CHUNK_SHIFT) & CHUNK_MASK) as u16,
-            offset: self.0 & OFFSET_MASK,
+            offset: ((self.0 >> OFFSET_SHIFT) & OFFSET_UNITS) * BLOCK_ALIGN,
         }
     }
 
-    /// The entry word.
+    /// The entry word of one borrow of the block (its count 0).
     #[inline]
     pub fn word(self) -> u64 {
         self.0
     }
 
-    /// The name an entry word holds (`None` for a free entry). Any other
-    /// word names some block: the daemon reads entries as the client's
-    /// word, not as proof.
+    /// The name an entry word holds (`None` for a free entry), its count
+    /// left out. Any other word names some block: the daemon reads entries
+    /// as the client's word, not as proof.
     #[inline]
     pub fn from_word(word: u64) -> Option<PinName> {
-        (word & NAME_USED != 0).then_some(PinName(word))
+        (word & NAME_USED != 0).then_some(PinName(word & !COUNT_MASK))
+    }
+
+    /// Where a search for this name's entry starts in a table of `entries`.
+    #[inline]
+    fn home(self, entries: usize) -> usize {
+        ((self.0 >> OFFSET_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+            % entries.max(1)
     }
 }
 
@@ -229,6 +258,10 @@ impl<'a> Table<'a> {
     fn entry(&self, index: usize) -> &'a AtomicU64 {
         self.word(ENTRIES_AT + index * 8)
     }
+
+    fn charged(&self, index: usize) -> &'a AtomicU64 {
+        self.word(ENTRIES_AT + (self.entries + index) * 8)
+    }
 }
 
 /// The client's side of a session's pin table: it claims entries and holds
@@ -241,23 +274,47 @@ pub struct ClientPins<'a> {
     budget: u64,
 }
 
-/// A pinned block: its entry stays claimed, and the daemon does not reuse
-/// the block, until this guard drops.
+/// A borrow of a pinned block: the block's entry stays claimed, and the
+/// daemon does not reuse the block, until this guard (and every other
+/// borrow sharing the entry) drops.
 #[must_use = "a pin unpins its block when dropped: keep it while the block is read"]
 #[derive(Debug)]
 pub struct Pin<'a> {
     entry: &'a AtomicU64,
+    charged: &'a AtomicU64,
     tally: &'a AtomicU64,
-    bytes: u64,
 }
 
 impl Drop for Pin<'_> {
     #[inline]
     fn drop(&mut self) {
-        // Release: every read of the block happens before the daemon, having
-        // seen the entry clear (acquire), reuses it.
-        self.entry.store(0, Ordering::Release);
-        self.tally.fetch_sub(self.bytes, Ordering::Relaxed);
+        // Acquire: the claimer's charge is seen by whoever frees the entry.
+        let mut word = self.entry.load(Ordering::Acquire);
+        loop {
+            let last = word & COUNT_MASK <= 1;
+            let next = if last { 0 } else { word - 1 };
+            // The charge is read while this borrow still holds the entry
+            // (nobody rewrites it before the entry is free).
+            let charged = if last {
+                self.charged.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            // Release: every read of the block happens before the daemon,
+            // having seen the entry free (acquire), reuses it.
+            match self
+                .entry
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if last {
+                        self.tally.fetch_sub(charged, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Err(now) => word = now,
+            }
+        }
     }
 }
 
@@ -300,24 +357,12 @@ impl<'a> ClientPins<'a> {
         })
     }
 
-    /// Where a thread numbered `thread` starts looking for a free entry:
-    /// threads a line (eight entries) apart.
-    pub fn start_of(&self, thread: usize) -> usize {
-        thread.wrapping_mul(8) % self.table.entries.max(1)
-    }
-
     /// Borrows the value of generation `generation` in `slot` (of domain
-    /// `domain`): finds its block, pins it (looking for a free entry from
-    /// `start` on), fences, and checks that the slot still names the block.
+    /// `domain`): finds its block, pins it, fences, and checks that the
+    /// slot still names the block.
     #[inline]
     #[must_use = "a pinned borrow unpins when dropped: keep it while the block is read"]
-    pub fn borrow(
-        &self,
-        slot: &SlotView<'_>,
-        domain: u16,
-        generation: u16,
-        start: usize,
-    ) -> Borrow<'a> {
+    pub fn borrow(&self, slot: &SlotView<'_>, domain: u16, generation: u16) -> Borrow<'a> {
         let (at, len) = match slot.locate(generation) {
             Located::Heap { at, len } => (at, len),
             Located::Inline { .. } => return Borrow::Inline,
@@ -328,7 +373,7 @@ impl<'a> ClientPins<'a> {
             // No block of the daemon's lies there: a slot being rewritten.
             return Borrow::Torn;
         };
-        let Some(pin) = self.pin(name, u64::from(len), start) else {
+        let Some(pin) = self.pin(name, u64::from(len)) else {
             return Borrow::Refused;
         };
         // The pin is published (its fence) before this read: either the
@@ -345,43 +390,81 @@ impl<'a> ClientPins<'a> {
         }
     }
 
-    /// Pins the block `name` of a value of `bytes` bytes: claims a free
-    /// entry for it (looking from `start` on, wrapping), then fences, so a
-    /// read of the slot after this sees the block gone or is seen by the
-    /// daemon's scan. `None` when every entry is taken or the budget would
-    /// be passed.
+    /// Pins the block `name` of a value of `bytes` bytes: one more borrow of
+    /// the entry that names it, or a free entry claimed for it (charged
+    /// `bytes` against the budget), looking from the place the name hashes
+    /// to; then fences, so a read of the slot after this sees the block
+    /// gone or is seen by the daemon's scan. `None` when no entry is left
+    /// or the budget would be passed.
     #[inline]
     #[must_use = "a pin unpins its block when dropped: keep it while the block is read"]
-    pub fn pin(&self, name: PinName, bytes: u64, start: usize) -> Option<Pin<'a>> {
+    pub fn pin(&self, name: PinName, bytes: u64) -> Option<Pin<'a>> {
+        let entries = self.table.entries;
+        let home = name.home(entries);
+        for step in 0..entries {
+            let index = (home + step) % entries;
+            let entry = self.table.entry(index);
+            let mut word = entry.load(Ordering::Relaxed);
+            loop {
+                if word == 0 {
+                    // A free entry ends the search: claim it for the block.
+                    return self.claim(index, name, bytes);
+                }
+                if PinName::from_word(word) != Some(name) || word & COUNT_MASK == COUNT_MASK {
+                    break;
+                }
+                match entry.compare_exchange_weak(
+                    word,
+                    word + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some(self.pinned(index)),
+                    Err(now) => word = now,
+                }
+            }
+        }
+        None
+    }
+
+    /// Claims free entry `index` for `name`, charging `bytes`; `None` when
+    /// the budget would be passed or another borrow took the entry first
+    /// (the caller's search then goes on from there).
+    fn claim(&self, index: usize, name: PinName, bytes: u64) -> Option<Pin<'a>> {
         let tally = self.table.word(TALLY_AT);
         let before = tally.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > self.budget {
             tally.fetch_sub(bytes, Ordering::Relaxed);
             return None;
         }
-        let entries = self.table.entries;
-        for step in 0..entries {
-            let index = (start + step) % entries;
-            let entry = self.table.entry(index);
-            if entry.load(Ordering::Relaxed) == 0
-                && entry
-                    .compare_exchange(0, name.word(), Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                let used = self.table.word(USED_AT);
-                if used.load(Ordering::Relaxed) <= index as u64 {
-                    used.fetch_max(index as u64 + 1, Ordering::Relaxed);
-                }
-                fence(Ordering::SeqCst);
-                return Some(Pin {
-                    entry,
-                    tally,
-                    bytes,
-                });
-            }
+        let entry = self.table.entry(index);
+        if entry
+            .compare_exchange(0, name.word() | 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            tally.fetch_sub(bytes, Ordering::Relaxed);
+            // Taken meanwhile (maybe for this very block): search again.
+            return self.pin(name, bytes);
         }
-        tally.fetch_sub(bytes, Ordering::Relaxed);
-        None
+        self.table.charged(index).store(bytes, Ordering::Relaxed);
+        Some(self.pinned(index))
+    }
+
+    /// The guard of a borrow just counted in entry `index`, once the pin is
+    /// published: the high-water mark covers the entry (raised by this
+    /// thread, so its fence orders it), then the fence.
+    #[inline]
+    fn pinned(&self, index: usize) -> Pin<'a> {
+        let used = self.table.word(USED_AT);
+        if used.load(Ordering::Relaxed) <= index as u64 {
+            used.fetch_max(index as u64 + 1, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        Pin {
+            entry: self.table.entry(index),
+            charged: self.table.charged(index),
+            tally: self.table.word(TALLY_AT),
+        }
     }
 }
 
@@ -457,12 +540,19 @@ mod tests {
         let name = PinName::new(300, at(4096)).unwrap();
         assert_eq!((name.domain(), name.at()), (300, at(4096)));
         assert_eq!(PinName::from_word(name.word()), Some(name));
+        assert_eq!(
+            PinName::from_word(name.word() | 5),
+            Some(name),
+            "count left out"
+        );
         assert_eq!(PinName::from_word(0), None);
         assert!(PinName::new(300, at(4096)) < PinName::new(300, at(4112)));
-        assert!(PinName::new(300, at(1 << 30)) < PinName::new(301, at(0)));
+        assert!(PinName::new(300, at((1 << 30) - 16)) < PinName::new(301, at(0)));
         assert_eq!(name.plus(16), PinName::new(300, at(4112)).unwrap());
+        assert_eq!(name.plus(20), PinName::new(300, at(4128)).unwrap());
         assert_eq!(name.plus(u64::MAX).domain(), 300, "clamped to the chunk");
-        assert!(PinName::new(0, at(1 << 39)).is_none());
+        assert!(PinName::new(0, at(1 << 30)).is_none());
+        assert!(PinName::new(0, at(4100)).is_none(), "not aligned");
         assert!(PinName::new(
             0,
             HeapAddress {
@@ -473,8 +563,15 @@ mod tests {
         .is_none());
     }
 
+    fn names(scan: &PinScan<'_>) -> Vec<PinName> {
+        let mut seen = Vec::new();
+        scan.scan(|name| seen.push(name));
+        seen.sort();
+        seen
+    }
+
     #[test]
-    fn pins_are_claimed_scanned_and_cleared() {
+    fn pins_are_claimed_shared_scanned_and_cleared() {
         let map = Mapping::anonymous(8192 + pin_table_len(PIN_ENTRIES)).unwrap();
         assert!(ClientPins::new(&map, 8, PIN_ENTRIES, 1000).is_none());
         assert!(PinScan::new(&map, 8192 + 64, PIN_ENTRIES).is_none());
@@ -483,34 +580,37 @@ mod tests {
         assert!(!scan.any());
         let a = PinName::new(3, at(64)).unwrap();
         let b = PinName::new(0, at(128)).unwrap();
-        let pin_a = pins.pin(a, 100, 0).unwrap();
-        let pin_b = pins.pin(b, 100, 0).unwrap();
-        let mut seen = Vec::new();
-        scan.scan(|name| seen.push(name));
-        seen.sort();
-        assert_eq!(seen, [b, a]);
+        let pin_a = pins.pin(a, 100).unwrap();
+        let pin_b = pins.pin(b, 100).unwrap();
+        assert_eq!(names(&scan), [b, a]);
+        // Borrows of one block share its entry, and its charge.
+        let again: Vec<Pin<'_>> = (0..5000).map(|_| pins.pin(a, 100).unwrap()).collect();
+        assert_eq!(names(&scan), [b, a]);
         drop(pin_a);
+        assert_eq!(names(&scan), [b, a], "still borrowed");
+        drop(again);
+        assert_eq!(names(&scan), [b]);
         drop(pin_b);
         assert!(!scan.any());
-        // Threads start apart, and the search wraps around.
-        assert_eq!(pins.start_of(127), 127 * 8 % PIN_ENTRIES);
-        let late = pins.pin(a, 1, PIN_ENTRIES - 1).unwrap();
-        let wrapped = pins.pin(a, 1, PIN_ENTRIES - 1).unwrap();
+        // More borrows of one block than an entry counts: another entry.
+        let many: Vec<Pin<'_>> = (0..10_000).map(|_| pins.pin(a, 1).unwrap()).collect();
+        assert_eq!(names(&scan), [a, a]);
+        drop(many);
+        // A full table refuses, and so does a pin past the byte budget.
+        let all: Vec<Pin<'_>> = (0..PIN_ENTRIES as u64)
+            .map(|i| pins.pin(PinName::new(1, at(16 * i)).unwrap(), 0).unwrap())
+            .collect();
         let mut seen = 0;
         scan.scan(|_| seen += 1);
-        assert_eq!(seen, 2, "the high-water mark covers the last entry");
-        drop((late, wrapped));
-        // A full table refuses, and so does a pin past the byte budget.
-        let all: Vec<Pin<'_>> = (0..PIN_ENTRIES)
-            .map(|i| pins.pin(a, 0, i).unwrap())
-            .collect();
-        assert!(pins.pin(a, 0, 5).is_none());
+        assert_eq!(seen, PIN_ENTRIES, "the high-water mark covers every entry");
+        assert!(pins.pin(a, 0).is_none());
         drop(all);
-        let big = pins.pin(a, 900, 0).unwrap();
-        assert!(pins.pin(b, 101, 0).is_none(), "past the budget");
-        let fits = pins.pin(b, 100, 0).unwrap();
-        drop((big, fits));
-        assert!(pins.pin(b, 1000, 0).is_some(), "the budget given back");
+        let big = pins.pin(a, 900).unwrap();
+        assert!(pins.pin(b, 101).is_none(), "past the budget");
+        let shared = pins.pin(a, 900).unwrap();
+        let fits = pins.pin(b, 100).unwrap();
+        drop((big, shared, fits));
+        assert!(pins.pin(b, 1000).is_some(), "the budget given back");
         // A read-only mapping has no client's side.
         let fd = rustix::fs::memfd_create("pins", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, pin_table_len(8) as u64).unwrap();
@@ -534,33 +634,31 @@ mod tests {
             payload: Payload::Heap(at(4096)),
         };
         view.write(&slot);
-        match pins.borrow(&view, 5, 7, 0) {
+        match pins.borrow(&view, 5, 7) {
             Borrow::Pinned {
                 pin,
                 at: found,
                 len,
             } => {
                 assert_eq!((found, len), (at(4096), 500));
-                let mut seen = Vec::new();
-                scan.scan(|name| seen.push(name));
-                assert_eq!(seen, [PinName::new(5, at(4096)).unwrap()]);
+                assert_eq!(names(&scan), [PinName::new(5, at(4096)).unwrap()]);
                 drop(pin);
             }
             other => panic!("{other:?}"),
         }
         assert!(!scan.any());
-        assert!(matches!(pins.borrow(&view, 5, 8, 0), Borrow::Stale));
+        assert!(matches!(pins.borrow(&view, 5, 8), Borrow::Stale));
         view.write(&Slot {
             len: 10,
             payload: Payload::Inline([0; crate::table::INLINE_VALUE]),
             ..slot
         });
-        assert!(matches!(pins.borrow(&view, 5, 7, 0), Borrow::Inline));
+        assert!(matches!(pins.borrow(&view, 5, 7), Borrow::Inline));
         view.write(&Slot {
             len: 2 << 20,
             ..slot
         });
-        assert!(matches!(pins.borrow(&view, 5, 7, 0), Borrow::Refused));
+        assert!(matches!(pins.borrow(&view, 5, 7), Borrow::Refused));
         assert!(!scan.any(), "a refused borrow leaves no pin");
     }
 }

@@ -155,7 +155,7 @@ fn a_pinned_block_is_not_reused() {
         let pins = ClientPins::new(&session, 0, PINS, 1 << 20).unwrap();
         let slot = SlotView::new(&slots, 0).unwrap();
         let (pin, at) = loop {
-            match pins.borrow(&slot, 0, 1, 0) {
+            match pins.borrow(&slot, 0, 1) {
                 Borrow::Pinned { pin, at, len } => {
                     assert_eq!(len, 16);
                     break (pin, at);
@@ -175,5 +175,90 @@ fn a_pinned_block_is_not_reused() {
         drop(pin);
         writer.join().unwrap();
         pass.join().unwrap();
+    });
+}
+
+/// Borrows a value of the heap: pinned, read twice, unpinned; panics if
+/// the block changed while pinned.
+fn borrow_and_read(slots: &Mapping, heap: &Mapping, session: &Mapping) {
+    let pins = ClientPins::new(session, 0, PINS, 1 << 20).unwrap();
+    let slot = SlotView::new(slots, 0).unwrap();
+    let (pin, at) = loop {
+        match pins.borrow(&slot, 0, 1) {
+            Borrow::Pinned { pin, at, .. } => break (pin, at),
+            Borrow::Torn => loom::thread::yield_now(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut first_look = [0u8; 16];
+    heap.load(at.offset as usize, &mut first_look);
+    let seen = word_of(&first_look);
+    assert!(seen == 1 || seen == 2, "a borrowed block holds {seen}");
+    let mut second_look = [0u8; 16];
+    heap.load(at.offset as usize, &mut second_look);
+    assert_eq!(first_look, second_look, "a pinned block changed");
+    drop(pin);
+}
+
+/// Two borrows of one block share its entry: the block stays until the
+/// last of them ends, whichever claimed the entry, while the daemon
+/// replaces the value, retires the block and reuses it if no pin names it.
+#[test]
+fn a_shared_pin_holds_until_its_last_borrow() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let slots = Arc::new(Mapping::words(SLOT_SIZE));
+        let heap = Arc::new(Mapping::words(2 * BLOCK as usize));
+        let session = Arc::new(Mapping::words(pin_table_len(PINS).next_multiple_of(64)));
+        heap.store(0, &value(1));
+        let first = Slot {
+            payload: Payload::Heap(HeapAddress {
+                chunk: 0,
+                offset: 0,
+            }),
+            ..inline(0)
+        };
+        SlotView::new(&slots, 0).unwrap().write(&first);
+        let daemon = {
+            let (slots, heap, session) =
+                (Arc::clone(&slots), Arc::clone(&heap), Arc::clone(&session));
+            loom::thread::spawn(move || {
+                heap.store(BLOCK as usize, &value(2));
+                let second = Slot {
+                    payload: Payload::Heap(HeapAddress {
+                        chunk: 0,
+                        offset: BLOCK,
+                    }),
+                    ..first
+                };
+                SlotView::new(&slots, 0).unwrap().write(&second);
+                pins::retired();
+                let retired = PinName::new(
+                    0,
+                    HeapAddress {
+                        chunk: 0,
+                        offset: 0,
+                    },
+                )
+                .unwrap();
+                pins::begin_scan();
+                let mut pinned = false;
+                PinScan::new(&session, 0, PINS)
+                    .unwrap()
+                    .scan(|name| pinned |= name == retired);
+                if !pinned {
+                    heap.store(0, &value(3));
+                }
+            })
+        };
+        let other = {
+            let (slots, heap, session) =
+                (Arc::clone(&slots), Arc::clone(&heap), Arc::clone(&session));
+            loom::thread::spawn(move || borrow_and_read(&slots, &heap, &session))
+        };
+        borrow_and_read(&slots, &heap, &session);
+        other.join().unwrap();
+        daemon.join().unwrap();
     });
 }

@@ -610,7 +610,7 @@ fn borrow<'a>(registry: &Registry, pins: &ClientPins<'a>, h: Handle) -> Pin<'a> 
     let parts = HandleParts::decode(h.get());
     let domain = registry.domain(parts.domain).unwrap();
     let (view, _) = domain.slot(parts.slot).unwrap();
-    match pins.borrow(&view, parts.domain, parts.generation, 0) {
+    match pins.borrow(&view, parts.domain, parts.generation) {
         Borrow::Pinned { pin, .. } => pin,
         other => panic!("{h}: {other:?}"),
     }

@@ -244,7 +244,7 @@ fn row1c_a_borrow_keeps_its_bytes_after_the_daemon_closed_its_session() {
     let (chunk, index) = slot_place(parts.slot);
     let slot = SlotView::new(&hand.slots[chunk], index).unwrap();
     let pins = hand.pins();
-    let (pin, at, len) = match pins.borrow(&slot, parts.domain, parts.generation, 0) {
+    let (pin, at, len) = match pins.borrow(&slot, parts.domain, parts.generation) {
         Borrow::Pinned { pin, at, len } => (pin, at, len as usize),
         other => panic!("{other:?}"),
     };
