@@ -175,7 +175,7 @@ impl PinName {
         (u64::from(domain) <= DOMAIN_MASK
             && u64::from(at.chunk) <= CHUNK_MASK
             && at.offset < OFFSET_LIMIT
-            && at.offset % BLOCK_ALIGN == 0)
+            && at.offset.is_multiple_of(BLOCK_ALIGN))
             .then(|| {
                 PinName(
                     NAME_USED
