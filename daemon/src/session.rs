@@ -12,6 +12,7 @@ use crate::doorbell::Doorbell;
 use crate::peer::Peer;
 use crate::shm::SessionMemory;
 use crate::sync::lock;
+use hreg_proto::pins::{self, PIN_ENTRIES};
 use hreg_registry::{Holder, Reader, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,8 +42,9 @@ pub struct Session {
 
 impl Session {
     /// A session of `holder` (new, or kept by an adopted state) attached
-    /// by `peer`, with `memory`, whose pins are honoured up to `pin_bytes`
-    /// bytes of blocks they hold back.
+    /// by `peer`, with `memory`, told it may hold `pin_bytes` of values
+    /// borrowed (its pins are honoured for that, and what its entries may
+    /// hold of short values, of blocks they hold back).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         holder: Holder,
@@ -61,7 +63,7 @@ impl Session {
             &holder,
             memory.shared_mapping(),
             SessionMemory::pins_offset(memory.layout()),
-            pin_bytes,
+            pins::honoured_bytes(pin_bytes, PIN_ENTRIES),
         );
         Session {
             live,

@@ -234,10 +234,11 @@ pub struct Welcome {
     /// Entries of the pin table: the borrowed references the session may
     /// hold at once.
     pub pin_entries: u32,
-    /// Bytes of values the session may hold borrowed at once (the sum of
-    /// their lengths): the daemon honours a session's pins up to this many
-    /// bytes of blocks they hold back, and a client refuses a borrow past
-    /// it (QUOTA).
+    /// Bytes of values longer than [`crate::pins::UNTALLIED`] the session
+    /// may hold borrowed at once (the sum of their lengths): a client
+    /// refuses a borrow past it (QUOTA), and the daemon honours a session's
+    /// pins for this, and what its entries may hold of shorter values, of
+    /// blocks they hold back ([`crate::pins::honoured_bytes`]).
     pub pin_bytes: u64,
     /// The secret that gives this session back after a restart of the
     /// daemon (RESUME); all zero when the daemon keeps no state.

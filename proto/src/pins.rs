@@ -12,9 +12,10 @@
 //!                   client raises when it first uses an entry past it (a
 //!                   hint: the daemon reads entries below it, clamped to the
 //!                   table)
-//! offset 64         bytes of the values the client holds pinned (u64): the
-//!                   client's own tally against its byte budget (WELCOME's
-//!                   `pin bytes`); the daemon never reads it
+//! offset 64         bytes of the values longer than [`UNTALLIED`] the client
+//!                   holds pinned (u64): the client's own tally against its
+//!                   byte budget (WELCOME's `pin bytes`); the daemon never
+//!                   reads it
 //! offset 128        PIN_ENTRIES × u64: 0 free, else the name of one pinned
 //!                   block and how many borrows share it ([`PinName`])
 //! offset 128 + 8 N  PIN_ENTRIES × u64: the bytes entry i was charged to the
@@ -40,8 +41,8 @@
 //! retired block that no entry names. Either the client's second read sees
 //! the block gone, or the daemon's scan sees the pin: never neither. A
 //! client can only harm itself by lying in its table (its own borrowed
-//! bytes may change): the daemon honours at most the client's byte budget
-//! of held-back blocks per session and ignores domains the session cannot
+//! bytes may change): the daemon honours at most [`honoured_bytes`] of
+//! held-back blocks per session and ignores domains the session cannot
 //! map.
 //!
 //! Each side gets only its own operations: a client claims entries through
@@ -106,8 +107,21 @@ use crate::shm::{Access, Mapping};
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::table::{HeapAddress, Located, SlotView, MAX_HEAP_CHUNK, MAX_HEAP_CHUNKS};
 
-/// Borrowed references one session may hold at once.
+/// Distinct blocks one session may hold borrowed at once.
 pub const PIN_ENTRIES: usize = 1024;
+
+/// Values of at most this many bytes are not tallied against a session's
+/// byte budget: its entries bound what such borrows hold (4 MiB for a
+/// table of [`PIN_ENTRIES`]), so the daemon honours a session's pins for
+/// up to [`honoured_bytes`] of held-back blocks.
+pub const UNTALLIED: u64 = 4096;
+
+/// Bytes of held-back blocks the daemon honours a session's pins for: its
+/// byte budget for tallied values (WELCOME's `pin bytes`), and what its
+/// entries may hold of the values not tallied.
+pub const fn honoured_bytes(budget: u64, entries: usize) -> u64 {
+    budget.saturating_add(entries as u64 * UNTALLIED)
+}
 
 /// Bytes of a pin table of `entries` entries.
 pub const fn pin_table_len(entries: usize) -> usize {
@@ -176,14 +190,14 @@ impl PinName {
             && u64::from(at.chunk) <= CHUNK_MASK
             && at.offset < OFFSET_LIMIT
             && at.offset.is_multiple_of(BLOCK_ALIGN))
-            .then(|| {
-                PinName(
-                    NAME_USED
-                        | u64::from(domain) << DOMAIN_SHIFT
-                        | u64::from(at.chunk) << CHUNK_SHIFT
-                        | (at.offset / BLOCK_ALIGN) << OFFSET_SHIFT,
-                )
-            })
+        .then(|| {
+            PinName(
+                NAME_USED
+                    | u64::from(domain) << DOMAIN_SHIFT
+                    | u64::from(at.chunk) << CHUNK_SHIFT
+                    | (at.offset / BLOCK_ALIGN) << OFFSET_SHIFT,
+            )
+        })
     }
 
     /// The first name past `len` bytes from this one, in the same chunk
@@ -307,7 +321,7 @@ impl Drop for Pin<'_> {
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    if last {
+                    if charged > 0 {
                         self.tally.fetch_sub(charged, Ordering::Relaxed);
                     }
                     return;
@@ -432,21 +446,28 @@ impl<'a> ClientPins<'a> {
     /// (the caller's search then goes on from there).
     fn claim(&self, index: usize, name: PinName, bytes: u64) -> Option<Pin<'a>> {
         let tally = self.table.word(TALLY_AT);
-        let before = tally.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > self.budget {
-            tally.fetch_sub(bytes, Ordering::Relaxed);
-            return None;
+        // A short value is not tallied: the entries bound what such
+        // borrows hold ([`UNTALLIED`]).
+        let charge = if bytes > UNTALLIED { bytes } else { 0 };
+        if charge > 0 {
+            let before = tally.fetch_add(charge, Ordering::Relaxed);
+            if before.saturating_add(charge) > self.budget {
+                tally.fetch_sub(charge, Ordering::Relaxed);
+                return None;
+            }
         }
         let entry = self.table.entry(index);
         if entry
             .compare_exchange(0, name.word() | 1, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
-            tally.fetch_sub(bytes, Ordering::Relaxed);
+            if charge > 0 {
+                tally.fetch_sub(charge, Ordering::Relaxed);
+            }
             // Taken meanwhile (maybe for this very block): search again.
             return self.pin(name, bytes);
         }
-        self.table.charged(index).store(bytes, Ordering::Relaxed);
+        self.table.charged(index).store(charge, Ordering::Relaxed);
         Some(self.pinned(index))
     }
 
@@ -575,7 +596,7 @@ mod tests {
         let map = Mapping::anonymous(8192 + pin_table_len(PIN_ENTRIES)).unwrap();
         assert!(ClientPins::new(&map, 8, PIN_ENTRIES, 1000).is_none());
         assert!(PinScan::new(&map, 8192 + 64, PIN_ENTRIES).is_none());
-        let pins = ClientPins::new(&map, 8192, PIN_ENTRIES, 1000).unwrap();
+        let pins = ClientPins::new(&map, 8192, PIN_ENTRIES, 100_000).unwrap();
         let scan = PinScan::new(&map, 8192, PIN_ENTRIES).unwrap();
         assert!(!scan.any());
         let a = PinName::new(3, at(64)).unwrap();
@@ -605,12 +626,15 @@ mod tests {
         assert_eq!(seen, PIN_ENTRIES, "the high-water mark covers every entry");
         assert!(pins.pin(a, 0).is_none());
         drop(all);
-        let big = pins.pin(a, 900).unwrap();
-        assert!(pins.pin(b, 101).is_none(), "past the budget");
-        let shared = pins.pin(a, 900).unwrap();
-        let fits = pins.pin(b, 100).unwrap();
-        drop((big, shared, fits));
-        assert!(pins.pin(b, 1000).is_some(), "the budget given back");
+        let big = pins.pin(a, 90_000).unwrap();
+        assert!(pins.pin(b, 10_001).is_none(), "past the budget");
+        let shared = pins.pin(a, 90_000).unwrap();
+        let fits = pins.pin(b, 10_000).unwrap();
+        let short = pins
+            .pin(PinName::new(1, at(0)).unwrap(), UNTALLIED)
+            .unwrap();
+        drop((big, shared, fits, short));
+        assert!(pins.pin(b, 100_000).is_some(), "the budget given back");
         // A read-only mapping has no client's side.
         let fd = rustix::fs::memfd_create("pins", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, pin_table_len(8) as u64).unwrap();
