@@ -228,7 +228,7 @@ impl Control {
         let ops = self.ops();
         self.ops_rate.sample(ops);
         self.registry.prune_readers();
-        self.registry.reclaim();
+        self.registry.reclaim_lagging();
     }
 
     /// Drops the references of kept sessions whose clients did not come

@@ -822,6 +822,21 @@ impl Registry {
         self.reclaim.due()
     }
 
+    /// Runs a reclamation pass if any block was retired since the last one,
+    /// however few, or blocks held back were last looked at a while ago:
+    /// what a periodic caller runs, so nothing waits for a pass that the
+    /// amount retired would not trigger.
+    pub fn reclaim_lagging(&self) -> Reclaimed {
+        if self.reclaim.lagging() {
+            self.reclaim()
+        } else {
+            Reclaimed {
+                waiting: self.reclaim.waiting(),
+                ..Reclaimed::default()
+            }
+        }
+    }
+
     /// Notes the heap block of a value that left its slot (its new version
     /// written): a later reclamation pass frees it, once no borrowed
     /// reference names it.

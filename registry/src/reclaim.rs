@@ -54,6 +54,10 @@ const PASS_FLOOR: usize = 64;
 /// Bytes retired past which a pass is due, however few the blocks.
 const PASS_BYTES: u64 = 4 << 20;
 
+/// Blocks held back are looked at again at most this often when nothing
+/// new was retired (milliseconds).
+const HELD_RESCAN_MS: u64 = 50;
+
 /// A block waiting to be freed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retired {
@@ -117,6 +121,8 @@ struct Registered {
 pub(crate) struct Readers {
     next: u64,
     list: HashMap<u64, Registered>,
+    /// How many of them outlive their session.
+    outliving: usize,
 }
 
 /// A session registered as a reader ([`crate::Registry::reader`]):
@@ -158,8 +164,11 @@ impl Reader {
     /// its pins stay honoured until `process` (a pidfd of it; `None` when
     /// it cannot be known) has exited, or its table holds no pin.
     pub fn outlive(&self, process: Option<OwnedFd>) {
-        if let Some(entry) = lock(&self.readers).list.get_mut(&self.id) {
-            entry.outlived = Some(process);
+        let mut readers = lock(&self.readers);
+        if let Some(entry) = readers.list.get_mut(&self.id) {
+            if entry.outlived.replace(process).is_none() {
+                readers.outliving += 1;
+            }
         }
     }
 }
@@ -233,6 +242,9 @@ pub(crate) struct Reclaimer {
     due_at: AtomicUsize,
     /// Blocks the last pass held back (and a quarantine released).
     held: AtomicUsize,
+    /// When the last pass ran, in milliseconds of `clock`.
+    last_pass: AtomicU64,
+    clock: std::time::Instant,
     readers: Arc<Mutex<Readers>>,
     state: Mutex<PassState>,
 }
@@ -246,6 +258,8 @@ impl Default for Reclaimer {
             waiting: AtomicU64::new(0),
             due_at: AtomicUsize::new(PASS_FLOOR),
             held: AtomicUsize::new(0),
+            last_pass: AtomicU64::new(0),
+            clock: std::time::Instant::now(),
             readers: Arc::default(),
             state: Mutex::default(),
         }
@@ -286,10 +300,21 @@ impl Reclaimer {
             || self.queued_bytes.load(Ordering::Relaxed) >= PASS_BYTES
     }
 
-    /// Whether anything waits for a pass (retired since the last one, or
-    /// held back by the last one).
+    /// Whether a pass may free something: blocks retired since the last
+    /// one, or blocks the last one held back.
     pub fn pending(&self) -> bool {
         self.queued.load(Ordering::Relaxed) > 0 || self.held.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a pass is worth running though none is [`Reclaimer::due`]:
+    /// blocks were retired since the last one, however few, or blocks the
+    /// last one held back were looked at a while ago (a borrow that lasts
+    /// costs a scan now and then, not one per call).
+    pub fn lagging(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > 0
+            || (self.held.load(Ordering::Relaxed) > 0
+                && self.clock.elapsed().as_millis() as u64
+                    >= self.last_pass.load(Ordering::Relaxed) + HELD_RESCAN_MS)
     }
 
     /// Bytes retired and not yet freed.
@@ -339,6 +364,9 @@ impl Reclaimer {
     /// more: their process has exited, or their table holds no pin.
     pub fn prune(&self) -> usize {
         let mut readers = lock(&self.readers);
+        if readers.outliving == 0 {
+            return 0;
+        }
         let before = readers.list.len();
         readers.list.retain(|_, entry| match &entry.outlived {
             None => true,
@@ -347,7 +375,9 @@ impl Reclaimer {
                 pins && process.as_ref().is_none_or(running)
             }
         });
-        before - readers.list.len()
+        let pruned = before - readers.list.len();
+        readers.outliving -= pruned;
+        pruned
     }
 
     /// One pass, if none is under way (another one's is as good): takes
@@ -356,6 +386,8 @@ impl Reclaimer {
     /// uid may map a domain; `max_value` is the longest value.
     pub fn pass(&self, may_map: impl Fn(u32, u16) -> bool, max_value: u64) -> Option<Pass> {
         let mut state = self.state.try_lock().ok()?;
+        self.last_pass
+            .store(self.clock.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut blocks = std::mem::take(&mut state.held);
         let (mut taken, mut taken_bytes) = (0, 0);
         for stripe in self.stripes.iter() {

@@ -185,10 +185,11 @@ fn scribble_mid_write(domain: &Domain, index: u32) {
 
 #[test]
 fn the_quarantine_holds_only_what_the_adopted_heap_held() {
+    const LEN: usize = 256 << 10;
     let dir = Dir::new("quarantine");
     let limits = Limits {
         max_value_size: 1 << 20,
-        max_bytes: 8 << 20,
+        max_bytes: 2 << 20,
         ..Limits::default()
     };
     let handles: Vec<Handle>;
@@ -198,13 +199,13 @@ fn the_quarantine_holds_only_what_the_adopted_heap_held() {
         handles = (0..4u8)
             .map(|i| {
                 registry
-                    .insert(&owner, &value(1 << 20, i), flags::SHARED)
+                    .insert(&owner, &value(LEN, i), flags::SHARED)
                     .unwrap()
             })
             .collect();
         // A replaced value leaves a gap.
         registry
-            .replace(&owner, handles[0], &value(1 << 20, 9))
+            .replace(&owner, handles[0], &value(LEN, 9))
             .unwrap();
     }
     let store = dir.store();
@@ -217,19 +218,19 @@ fn the_quarantine_holds_only_what_the_adopted_heap_held() {
     // replaced wait (its client may have borrowed them); what is made after
     // the restart is replaced and reused as usual, and nobody's inserts
     // are refused for what waits.
-    for round in 0..40u8 {
+    for round in 0..10u8 {
         for &h in &handles {
-            registry.replace(owner, h, &value(1 << 20, round)).unwrap();
+            registry.replace(owner, h, &value(LEN, round)).unwrap();
         }
         registry.reclaim();
     }
     let quarantined = registry.reclaim.quarantined();
     assert!(
-        (4 << 20..=6 << 20).contains(&quarantined),
+        (4 * LEN as u64..=6 * LEN as u64).contains(&quarantined),
         "{quarantined} bytes quarantined: the four adopted values and the gap"
     );
     let other = registry.holder(1001).unwrap();
-    registry.insert(&other, &value(1 << 20, 1), 0).unwrap();
+    registry.insert(&other, &value(LEN, 1), 0).unwrap();
     // Back, and every block goes.
     registry.resumed(owner);
     registry.reclaim();
