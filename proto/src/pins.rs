@@ -243,11 +243,12 @@ impl PinName {
         (word & NAME_USED != 0).then_some(PinName(word & !CLIENT_BITS))
     }
 
-    /// Where a search for this name's entry starts in a table of `entries`.
+    /// Where a search for this name's entry starts in a table of `entries`
+    /// (a multiply and a shift: no division on the hot path).
     #[inline]
     fn home(self, entries: usize) -> usize {
-        ((self.0 >> OFFSET_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
-            % entries.max(1)
+        let hash = (self.0 >> OFFSET_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((u128::from(hash) * entries as u128) >> 64) as usize
     }
 }
 
@@ -421,9 +422,8 @@ impl<'a> ClientPins<'a> {
     #[must_use = "a pin unpins its block when dropped: keep it while the block is read"]
     pub fn pin(&self, name: PinName, bytes: u64) -> Option<Pin<'a>> {
         let entries = self.table.entries;
-        let home = name.home(entries);
-        for step in 0..entries {
-            let index = (home + step) % entries;
+        let mut index = name.home(entries);
+        for _ in 0..entries {
             let entry = self.table.entry(index);
             let mut word = entry.load(Ordering::Relaxed);
             loop {
@@ -443,6 +443,10 @@ impl<'a> ClientPins<'a> {
                     Ok(_) => return Some(self.pinned(index, word & !COUNT_MASK | 1)),
                     Err(now) => word = now,
                 }
+            }
+            index += 1;
+            if index == entries {
+                index = 0;
             }
         }
         None
