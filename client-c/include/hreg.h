@@ -538,7 +538,9 @@ int hreg_stats_get(struct hreg_client *c, struct hreg_stats *out);
  *
  * Returns HREG_OK; HREG_ERR_INVALID (NULL `c`, `data`, `len` or `ref`,
  * handle 0); HREG_ERR_STALE; HREG_ERR_DENIED (another user's unshared
- * object); HREG_ERR_QUOTA (1024 references already open on `c`);
+ * object); HREG_ERR_QUOTA (1024 references already open on `c`, or the
+ * values over 4 KiB borrowed would pass the session's byte budget, its
+ * uid's byte quota shared by as many sessions as a uid may have);
  * HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*data`, `*len`
  * and `*ref` are written only on success.
  *

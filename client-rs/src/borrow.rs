@@ -1,9 +1,9 @@
 //! Values borrowed from the registry's shared memory ([`crate::Client::get_ref`]):
 //! [`ValueRef`], which borrows its client, and [`OwnedValueRef`], which
 //! keeps the session alive by itself (for bindings that cannot express a
-//! borrow, such as C's `hreg_get_ref`). Both clear their pin when dropped;
-//! a short value (kept inside its slot, which a replace rewrites) comes as a
-//! copy and pins nothing.
+//! borrow, such as C's `hreg_get_ref`). Both hold their pin's guard, which
+//! clears it when they drop; a short value (kept inside its slot, which a
+//! replace rewrites) comes as a copy and pins nothing.
 
 #![allow(unsafe_code)]
 
@@ -20,9 +20,10 @@ use std::sync::Arc;
 ///
 /// Invariant: a `Pinned` block belongs to `session` (its pin is in that
 /// session's table, its chunk in that session's reads); only
-/// [`borrow`] makes one, from the session it is given.
+/// [`borrow`] makes one, from the session it is given. The block is
+/// declared first: it drops (and unpins) before the session can.
 enum Value<K: Deref<Target = Session>> {
-    Pinned { block: PinnedBlock, session: K },
+    Pinned { block: PinnedBlock, _session: K },
     Copied(Vec<u8>),
 }
 
@@ -39,7 +40,10 @@ fn borrow<K: Deref<Target = Session>>(
         .reads()
         .borrow(&*session, session.memory().pins(), handle)?;
     Ok(match found {
-        Some(Borrowed::Pinned(block)) => Value::Pinned { block, session },
+        Some(Borrowed::Pinned(block)) => Value::Pinned {
+            block,
+            _session: session,
+        },
         Some(Borrowed::Copied(bytes)) => Value::Copied(bytes),
         None => Value::Copied(fallback()?),
     })
@@ -50,17 +54,10 @@ impl<K: Deref<Target = Session>> Value<K> {
         match self {
             // SAFETY: the block is this session's (the type's invariant),
             // which `session` keeps alive as long as `self`; the pin is
-            // cleared only in Drop, after the last borrow of `self`.
+            // cleared only when the block drops, after the last borrow of
+            // `self`.
             Value::Pinned { block, .. } => unsafe { block.bytes() },
             Value::Copied(bytes) => bytes,
-        }
-    }
-}
-
-impl<K: Deref<Target = Session>> Drop for Value<K> {
-    fn drop(&mut self) {
-        if let Value::Pinned { block, session } = self {
-            session.memory().pins().unpin(block.pin());
         }
     }
 }

@@ -526,6 +526,7 @@ mod tests {
             instance: 5,
             pins_offset: hreg_proto::pins::pins_offset(&layout) as u64,
             pin_entries: 8,
+            pin_bytes: 1 << 20,
             resume_token: [0; 16],
             resume_grace_ms: 0,
         };
@@ -578,12 +579,12 @@ mod tests {
             Error::Protocol(_)
         ));
         // Another version.
-        let v2 = Welcome {
+        let other_version = Welcome {
             version: PROTOCOL_VERSION + 1,
             ..welcome
         };
         assert!(matches!(
-            refused("ver", v2, vec![memfd(), header()]),
+            refused("ver", other_version, vec![memfd(), header()]),
             Error::Version { .. }
         ));
 

@@ -21,11 +21,10 @@
 use crate::error::{Error, Result};
 use crate::shm::{OwnedMapping, PinnedBlock};
 use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
-use hreg_proto::pins::PinTable;
+use hreg_proto::pins::{Borrow, ClientPins};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::table::{
-    header::Header, slot_chunk_len, slot_place, Located, Read, SlotView, MAX_HEAP_CHUNKS,
-    MAX_SLOT_CHUNKS,
+    header::Header, slot_chunk_len, slot_place, Read, SlotView, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
 };
 use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
@@ -435,13 +434,13 @@ impl Reads {
         Resolved::Ring
     }
 
-    /// Borrows the value of `handle`, pinning its block in `pins` first (the
-    /// pin is cleared again unless it is handed out). `Ok(None)`: not
-    /// readable here.
+    /// Borrows the value of `handle`: pins its block in `pins` (the pin
+    /// goes with the block handed out, or is cleared at once). `Ok(None)`:
+    /// not readable here.
     pub(crate) fn borrow(
         &self,
         source: &dyn ChunkSource,
-        pins: PinTable<'_>,
+        pins: ClientPins<'_>,
         handle: Handle,
     ) -> Result<Option<Borrowed>> {
         if self.ring_only {
@@ -451,57 +450,45 @@ impl Reads {
         let Some((maps, view)) = self.slot(source, &parts)? else {
             return Ok(None);
         };
-        let epoch = Header::accepted(&self.header).epoch();
-        let Some(pin) = pins.pin(parts.domain, epoch, pins.start_of(thread_number())) else {
-            // Every pin taken: a value kept in its slot needs none (it is
-            // copied), and a handle already gone is STALE before QUOTA.
-            return match view.locate(parts.generation) {
-                Located::Stale => Err(Error::Stale),
-                Located::Inline { .. } => self.copy_inline(&view, &parts),
-                _ => Err(Error::quota(Limit::BorrowedReferences)),
-            };
-        };
         let mut fetched = false;
         for _ in 0..TORN_RETRIES {
-            let (at, len) = match view.locate(parts.generation) {
-                Located::Heap { at, len } => (at, len),
-                Located::Torn => {
+            let (pin, at, len) = match pins.borrow(&view, parts.domain, parts.generation) {
+                Borrow::Pinned { pin, at, len } => (pin, at, len),
+                Borrow::Torn => {
                     std::hint::spin_loop();
                     continue;
                 }
-                Located::Stale => {
-                    pins.unpin(pin);
-                    return Err(Error::Stale);
-                }
-                Located::Inline { .. } => {
-                    pins.unpin(pin);
-                    return self.copy_inline(&view, &parts);
-                }
+                // A handle already gone is STALE, and a value kept in its
+                // slot needs no pin (it is copied), before any QUOTA.
+                Borrow::Stale => return Err(Error::Stale),
+                Borrow::Inline => return self.copy_inline(&view, &parts),
+                Borrow::Refused => return Err(Error::quota(Limit::BorrowedReferences)),
             };
-            let block = maps.heap_chunk(at.chunk).and_then(|chunk| {
-                let offset = usize::try_from(at.offset).ok()?;
-                // SAFETY: a heap chunk of this session's reads; the block is
-                // pinned in this session's table (above) and was in its slot
-                // after the pin.
-                unsafe { PinnedBlock::new(chunk, offset, len as usize, pin) }
-            });
-            if let Some(block) = block {
-                return Ok(Some(Borrowed::Pinned(block)));
+            if let Some(chunk) = maps.heap_chunk(at.chunk) {
+                let Ok(offset) = usize::try_from(at.offset) else {
+                    return Err(Error::Protocol("a value outside its heap chunk".into()));
+                };
+                // SAFETY: a heap chunk of this session's reads; the block
+                // was in its slot after `pin` was taken in this session's
+                // table; the caller keeps the session alive for longer
+                // than the block (`crate::borrow`).
+                return match unsafe { PinnedBlock::new(chunk, offset, len as usize, pin) } {
+                    Some(block) => Ok(Some(Borrowed::Pinned(block))),
+                    None => Err(Error::Protocol("a value outside its heap chunk".into())),
+                };
             }
+            // A chunk made since this session mapped its domain: unpinned
+            // (the guard drops), mapped, and tried again.
+            drop(pin);
             if fetched {
-                pins.unpin(pin);
-                return Err(Error::Protocol("a value outside its heap chunk".into()));
+                return Ok(None);
             }
             fetched = true;
             match self.fetch(source, parts.domain, at.chunk) {
                 Ok(true) => {}
-                other => {
-                    pins.unpin(pin);
-                    return other.map(|_| None);
-                }
+                other => return other.map(|_| None),
             }
         }
-        pins.unpin(pin);
         Ok(None)
     }
 

@@ -143,6 +143,7 @@ impl Session {
             welcome.ring_stride,
             welcome.pins_offset,
             welcome.pin_entries,
+            welcome.pin_bytes,
         )?;
         let reads = Arc::new(Reads::new(&header, welcome.instance)?);
         let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];

@@ -8,7 +8,7 @@
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
-use hreg_proto::pins::{self, Pin, PinTable};
+use hreg_proto::pins::{self, ClientPins, Pin};
 use hreg_proto::ring::{ClientRing, Layout};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::sync::AtomicU32;
@@ -86,18 +86,22 @@ pub(crate) struct SessionMapping {
     map: OwnedMapping,
     layout: Layout,
     pin_entries: usize,
+    /// Bytes of values the session may hold borrowed at once.
+    pin_bytes: u64,
 }
 
 impl SessionMapping {
     /// Maps `memfd`, the session memory WELCOME sent: `layout`'s rings
     /// `stride` bytes apart (the layout's own stride), then a pin table of
-    /// `pin_entries` entries at `pins_offset` (where the protocol puts it).
+    /// `pin_entries` entries at `pins_offset` (where the protocol puts it),
+    /// through which the session may hold `pin_bytes` bytes borrowed.
     pub(crate) fn new(
         memfd: &OwnedFd,
         layout: Layout,
         stride: u64,
         pins_offset: u64,
         pin_entries: u32,
+        pin_bytes: u64,
     ) -> Result<SessionMapping> {
         layout
             .validate()
@@ -120,6 +124,7 @@ impl SessionMapping {
             map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
             layout,
             pin_entries,
+            pin_bytes,
         })
     }
 
@@ -129,25 +134,34 @@ impl SessionMapping {
         self.map.client_ring(self.layout, index)
     }
 
-    /// The session's pin table.
-    pub(crate) fn pins(&self) -> PinTable<'_> {
-        PinTable::new(&self.map, pins::pins_offset(&self.layout), self.pin_entries)
-            .expect("checked in new")
+    /// The client's side of the session's pin table.
+    pub(crate) fn pins(&self) -> ClientPins<'_> {
+        ClientPins::new(
+            &self.map,
+            pins::pins_offset(&self.layout),
+            self.pin_entries,
+            self.pin_bytes,
+        )
+        .expect("checked in new")
     }
 }
 
-/// A value block of a heap chunk, pinned: `len` bytes at `start`.
+/// A value block of a heap chunk, pinned: `len` bytes at `start`, with the
+/// pin that holds them (cleared when this drops).
 ///
 /// Invariants (made by [`PinnedBlock::new`]'s caller): the block was in its
 /// slot after `pin` was taken in the session's pin table, so the daemon does
 /// not reuse it until the pin is cleared; and it lies in a chunk mapping of
 /// the session's reads, which stays mapped as long as the session does.
-/// Whoever holds one keeps the session alive and clears the pin exactly
-/// once, after the last use of the bytes (`crate::borrow`).
+/// Whoever holds one keeps the session (whose memory holds the pin table)
+/// alive for longer than the block, and drops the block first
+/// (`crate::borrow`).
 pub(crate) struct PinnedBlock {
     start: std::ptr::NonNull<u8>,
     len: usize,
-    pin: Pin,
+    /// Unpins on drop. Its lifetime is the session's (see the invariants),
+    /// which the type cannot name.
+    _pin: Pin<'static>,
 }
 
 // SAFETY: the block is read-only shared memory that nobody in this process
@@ -164,17 +178,26 @@ impl PinnedBlock {
     /// # Safety
     /// `map` is a heap chunk mapping of the session whose pin table holds
     /// `pin`, and the block was found in its slot after `pin` was taken
-    /// (`hreg_proto::pins`).
+    /// (`hreg_proto::pins`); the caller keeps that session alive for longer
+    /// than the block it gets.
     pub(crate) unsafe fn new(
         map: &Mapping,
         offset: usize,
         len: usize,
-        pin: Pin,
+        pin: Pin<'_>,
     ) -> Option<PinnedBlock> {
         let end = offset.checked_add(len)?;
         map.address_of(end)?;
         let start = std::ptr::NonNull::new(map.address_of(offset)?.cast_mut())?;
-        Some(PinnedBlock { start, len, pin })
+        // SAFETY: the pin borrows the session's memory, which the caller
+        // keeps mapped for longer than this block (the contract above);
+        // only the lifetime changes.
+        let pin = unsafe { std::mem::transmute::<Pin<'_>, Pin<'static>>(pin) };
+        Some(PinnedBlock {
+            start,
+            len,
+            _pin: pin,
+        })
     }
 
     /// The bytes.
@@ -188,11 +211,6 @@ impl PinnedBlock {
         // do not change while the pin holds (the caller's contract), and no
         // one in this process writes a read-only mapping.
         unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
-    }
-
-    /// The pin holding the block.
-    pub(crate) fn pin(&self) -> Pin {
-        self.pin
     }
 }
 
@@ -278,7 +296,7 @@ pub(crate) mod tests {
         let len = pins::session_len(&layout, 8) as u64;
         let at = pins::pins_offset(&layout) as u64;
         let fd = sealed_memfd(len);
-        let map = SessionMapping::new(&fd, layout, stride, at, 8).unwrap();
+        let map = SessionMapping::new(&fd, layout, stride, at, 8, 1 << 20).unwrap();
         let ring = map.ring(1).unwrap();
         assert!(map.ring(2).is_none());
         assert!(ring.copy_to_data(0, b"hello"));
@@ -288,15 +306,15 @@ pub(crate) mod tests {
         drop(map);
 
         assert!(matches!(
-            SessionMapping::new(&sealed_memfd(stride), layout, stride, at, 8),
+            SessionMapping::new(&sealed_memfd(stride), layout, stride, at, 8, 1 << 20),
             Err(Error::Protocol(_))
         ));
         assert!(matches!(
-            SessionMapping::new(&fd, layout, 100, at, 8),
+            SessionMapping::new(&fd, layout, 100, at, 8, 1 << 20),
             Err(Error::Protocol(_))
         ));
         assert!(matches!(
-            SessionMapping::new(&fd, layout, stride, at + 64, 8),
+            SessionMapping::new(&fd, layout, stride, at + 64, 8, 1 << 20),
             Err(Error::Protocol(_))
         ));
         // Right size, but it could be shrunk under the mapping.
@@ -304,7 +322,7 @@ pub(crate) mod tests {
             rustix::fs::memfd_create("hreg-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, len).unwrap();
         assert!(matches!(
-            SessionMapping::new(&unsealed, layout, stride, at, 8),
+            SessionMapping::new(&unsealed, layout, stride, at, 8, 1 << 20),
             Err(Error::Protocol(_))
         ));
     }

@@ -16,7 +16,7 @@ use crate::admission::{Admission, Arrival, PARKED_CAP, WAITING_SHARE};
 use crate::config::{Config, Limits};
 use crate::doorbell::Doorbell;
 use crate::listener::{Accepted, Listener};
-use crate::peer::Peer;
+use crate::peer::{peer_process, Peer, Process};
 use crate::ratelimit::warn_limited;
 use crate::session::Session;
 use crate::shm::SessionMemory;
@@ -216,17 +216,17 @@ impl Control {
     }
 
     /// Once per loop: expire silent connections, resume listening, sample
-    /// the ops rate, run a reclamation pass (the workers run most of them;
-    /// this one catches blocks borrowed references held back) and close
-    /// sessions that hold back more than their uid may own.
+    /// the ops rate, let go of readers that outlived their session and
+    /// need not any more, and run a reclamation pass (the workers run most
+    /// of them, once enough is retired; this one catches the rest).
     pub fn tick(&mut self) {
         self.drop_silent_connections();
         self.give_up_kept_sessions();
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
-        self.registry.reclaim();
-        self.close_hoarders();
+        self.registry.prune_readers();
+        self.registry.reclaim_lagging();
     }
 
     /// Drops the references of kept sessions whose clients did not come
@@ -249,29 +249,6 @@ impl Control {
                 );
                 self.registry.give_up(session);
             }
-        }
-    }
-
-    /// Closes every session whose borrowed references hold back more bytes
-    /// than its uid may own in all (`uid_max_bytes`): the daemon's memory
-    /// stays bounded by the limits, and the hoarder alone loses.
-    fn close_hoarders(&mut self) {
-        let cap = self.config.limits.registry.uid_max_bytes;
-        let hoarders: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(
-                |(_, c)| matches!(&c.state, ConnState::Attached(s) if s.reader.held_back() > cap),
-            )
-            .map(|(&key, _)| key)
-            .collect();
-        for key in hoarders {
-            warn_limited(|| {
-                tracing::warn!(
-                    "closing a session whose borrowed references hold back more than uid_max_bytes"
-                )
-            });
-            self.close(key, "borrowed references hold back too much");
         }
     }
 
@@ -693,7 +670,7 @@ impl Control {
                 return self.refuse_hello(key, status, message, "no memory");
             }
         };
-        self.attach(key, peer, name, holder, memory, memfd)
+        self.attach(key, peer, name, holder, memory, memfd, false)
     }
 
     /// RESUME: gives a kept session back to its client, with the session
@@ -749,11 +726,15 @@ impl Control {
             kept.holder,
             memory,
             memfd,
+            true,
         )
     }
 
     /// Sends WELCOME with the session's memory and the registry header, and
-    /// marks the connection attached.
+    /// marks the connection attached. A session that cannot attach ends
+    /// here (its references released, its record removed), whether it was
+    /// new or `resumed`.
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
         key: u64,
@@ -762,17 +743,22 @@ impl Control {
         holder: Holder,
         memory: SessionMemory,
         memfd: OwnedFd,
+        resumed: bool,
     ) -> bool {
         let registry = Arc::clone(&self.registry);
-        let header = match registry.header_for_client() {
-            Ok(header) => header,
-            Err(e) => {
-                let message = Limit::FileDescriptors
-                    .refusal_text(format_args!("cannot open the registry header: {e}"));
-                return self.refuse_hello(key, Status::Quota, message, "no descriptor");
-            }
-        };
+        let header =
+            match injected_attach_failure(resumed).and_then(|()| registry.header_for_client()) {
+                Ok(header) => header,
+                Err(e) => {
+                    // The holder goes as a session that ends does: its
+                    // references released, its record removed.
+                    self.registry.release_all(&holder);
+                    let (status, message) = os_refusal(&e, "cannot open the registry header");
+                    return self.refuse_hello(key, status, message, "no descriptor");
+                }
+            };
         let limits = self.config.limits;
+        let pin_bytes = Registry::pin_budget(&limits.registry, limits.uid_max_sessions);
         let layout = self.config.layout;
         let keeps = self.registry.keeps_state();
         let welcome = Welcome {
@@ -788,6 +774,7 @@ impl Control {
             instance: u32::from(self.registry.instance()),
             pins_offset: SessionMemory::pins_offset(layout) as u64,
             pin_entries: PIN_ENTRIES as u32,
+            pin_bytes,
             resume_token: if keeps {
                 holder.resume_token()
             } else {
@@ -809,6 +796,7 @@ impl Control {
             peer,
             name,
             memory,
+            pin_bytes,
             Arc::clone(&self.registry),
             Arc::clone(&self.bell),
             Arc::clone(&self.live_sessions),
@@ -969,6 +957,15 @@ impl Control {
                 }
             }
             ConnState::Attached(session) => {
+                // Its process may still read what it borrowed: its pins
+                // stay honoured until that process is gone.
+                if session.reader.holds_pins() {
+                    match peer_process(&conn.fd, conn.peer.pid) {
+                        Process::Running(pidfd) => session.reader.outlive(Some(pidfd)),
+                        Process::Unknown => session.reader.outlive(None),
+                        Process::Gone => {}
+                    }
+                }
                 self.admission.detached(conn.peer.uid);
                 tracing::info!(
                     session = session.id,
@@ -1057,6 +1054,31 @@ fn os_refusal(e: &std::io::Error, what: &str) -> (Status, String) {
     } else {
         (Status::Io, format!("{what}: {e}"))
     }
+}
+
+/// A test hook of debug builds: `HREG_TEST_FAIL_ATTACH=hello:N` (or
+/// `resume:N`) makes the next N attaches of that kind fail after their
+/// holder is made, as if the registry header could not be reopened.
+fn injected_attach_failure(resumed: bool) -> std::io::Result<()> {
+    #[cfg(debug_assertions)]
+    {
+        static LEFT: std::sync::OnceLock<(bool, AtomicUsize)> = std::sync::OnceLock::new();
+        let (on_resume, left) = LEFT.get_or_init(|| {
+            let value = std::env::var("HREG_TEST_FAIL_ATTACH").unwrap_or_default();
+            let (kind, n) = value.split_once(':').unwrap_or(("", "0"));
+            (kind == "resume", AtomicUsize::new(n.parse().unwrap_or(0)))
+        });
+        if *on_resume == resumed
+            && left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(std::io::Error::other("injected by HREG_TEST_FAIL_ATTACH"));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = resumed;
+    Ok(())
 }
 
 /// Whether two tokens are equal, in time that does not depend on where they

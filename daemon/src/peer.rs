@@ -1,5 +1,6 @@
 //! Who is on the other end of a connection: `SO_PEERCRED`, read with libc
-//! into a plain `ucred`.
+//! into a plain `ucred`; and the peer's process as a pidfd
+//! (`SO_PEERPIDFD`), to know when it has exited.
 //!
 //! Not rustix's `socket_peercred`: its `UCred` holds a non-zero `Pid`, and
 //! the kernel reports pid 0 for a peer outside the daemon's pid namespace
@@ -15,7 +16,7 @@
 
 #![allow(unsafe_code)]
 
-use rustix::fd::{AsFd, AsRawFd};
+use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::io;
 
 /// A peer's identity at `connect()` time.
@@ -106,6 +107,59 @@ fn maps_every_uid(uid_map: &str) -> bool {
     covered >= u64::from(u32::MAX)
 }
 
+/// The peer's process, as far as the daemon can know it.
+#[derive(Debug)]
+pub enum Process {
+    /// A pidfd of it: readable once it has exited.
+    Running(OwnedFd),
+    /// It has exited.
+    Gone,
+    /// Not knowable from here (no `SO_PEERPIDFD`, and its pid is not
+    /// visible in the daemon's pid namespace).
+    Unknown,
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5), which libc does not name on every target.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// The process at the other end of `socket`, which connected as `pid` (0:
+/// not visible here): its pidfd from `SO_PEERPIDFD`, which names the very
+/// process that connected and works across pid namespaces; else, on older
+/// kernels, `pidfd_open` of its pid (a pid reused meanwhile can only make
+/// the daemon wait for the wrong process to exit).
+pub fn peer_process(socket: impl AsFd, pid: i32) -> Process {
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `raw` is a writable c_int of `len` bytes; the descriptor is
+    // borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut raw as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && raw >= 0 && len as usize == std::mem::size_of::<libc::c_int>() {
+        // SAFETY: the kernel just gave us this new descriptor; nothing
+        // else owns it.
+        return Process::Running(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::ESRCH) if rc != 0 => return Process::Gone,
+        _ => {}
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return Process::Unknown;
+    };
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Process::Running(fd),
+        Err(rustix::io::Errno::SRCH) => Process::Gone,
+        Err(_) => Process::Unknown,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +171,31 @@ mod tests {
         assert_eq!(peer.pid, std::process::id() as i32);
         assert_eq!(peer.uid, rustix::process::getuid().as_raw());
         assert_eq!(peer.gid, rustix::process::getgid().as_raw());
+    }
+
+    #[test]
+    fn a_peer_process_is_known_until_it_exits() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(matches!(
+            peer_process(&a, std::process::id() as i32),
+            Process::Running(_)
+        ));
+        // A peer that has exited: a child that connected, then died.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+            ])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(matches!(peer_process(&conn, pid), Process::Gone));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::doorbell::Doorbell;
 use crate::peer::Peer;
 use crate::shm::SessionMemory;
 use crate::sync::lock;
+use hreg_proto::pins::{self, PIN_ENTRIES};
 use hreg_registry::{Holder, Reader, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,10 @@ pub struct Session {
     pub name: String,
     pub holder: Holder,
     pub memory: SessionMemory,
-    /// The session as a reader whose borrowed references hold blocks back.
-    pub reader: Arc<Reader>,
+    /// The session as a reader whose borrowed references hold blocks back
+    /// (registered while the session lives; longer when told to outlive
+    /// it, see `crate::control`'s close).
+    pub reader: Reader,
     registry: Arc<Registry>,
     open_rings: Mutex<Vec<bool>>,
     closed: AtomicBool,
@@ -39,12 +42,16 @@ pub struct Session {
 
 impl Session {
     /// A session of `holder` (new, or kept by an adopted state) attached
-    /// by `peer`, with `memory`.
+    /// by `peer`, with `memory`, told it may hold `pin_bytes` of values
+    /// borrowed (its pins are honoured for that, and what its entries may
+    /// hold of short values, of blocks they hold back).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         holder: Holder,
         peer: Peer,
         name: String,
         memory: SessionMemory,
+        pin_bytes: u64,
         registry: Arc<Registry>,
         control_bell: Arc<Doorbell>,
         live: Arc<AtomicUsize>,
@@ -56,6 +63,7 @@ impl Session {
             &holder,
             memory.shared_mapping(),
             SessionMemory::pins_offset(memory.layout()),
+            pins::honoured_bytes(pin_bytes, PIN_ENTRIES),
         );
         Session {
             live,

@@ -670,6 +670,7 @@ mod tests {
                 },
                 "test".into(),
                 SessionMemory::anonymous(LAYOUT).unwrap(),
+                1 << 20,
                 registry,
                 Arc::new(Doorbell::new().unwrap()),
                 Arc::new(AtomicUsize::new(0)),

@@ -254,6 +254,12 @@ pub struct Welcome {
     /// Entries of the pin table: the borrowed references the session may
     /// hold at once.
     pub pin_entries: u32,
+    /// Bytes of values longer than [`crate::pins::UNTALLIED`] the session
+    /// may hold borrowed at once (the sum of their lengths): a client
+    /// refuses a borrow past it (QUOTA), and the daemon honours a session's
+    /// pins for this, and what its entries may hold of shorter values, of
+    /// blocks they hold back ([`crate::pins::honoured_bytes`]).
+    pub pin_bytes: u64,
     /// The secret that gives this session back after a restart of the
     /// daemon (RESUME); all zero when the daemon keeps no state.
     pub resume_token: [u8; 16],
@@ -496,6 +502,7 @@ impl Reply {
                 w.u32(welcome.instance);
                 w.u64(welcome.pins_offset);
                 w.u32(welcome.pin_entries);
+                w.u64(welcome.pin_bytes);
                 w.bytes(&welcome.resume_token);
                 w.u32(welcome.resume_grace_ms);
             }
@@ -612,6 +619,7 @@ impl Reply {
                 instance: r.u32()?,
                 pins_offset: r.u64()?,
                 pin_entries: r.u32()?,
+                pin_bytes: r.u64()?,
                 resume_token: r.array()?,
                 resume_grace_ms: r.u32()?,
             }),
@@ -855,6 +863,7 @@ mod tests {
                 instance: 3,
                 pins_offset: 524_288,
                 pin_entries: 1024,
+                pin_bytes: 8 << 20,
                 resume_token: [7; 16],
                 resume_grace_ms: 30_000,
             }),

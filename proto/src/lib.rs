@@ -28,9 +28,10 @@ pub mod table;
 pub use limit::Limit;
 
 /// Version of the protocol spoken over the control socket and the rings.
-/// HELLO carries it; the daemon refuses any other. 2: USAGE_REPLY carries
-/// `uid_max_references` and each uid's references; MAP_DOMAIN answers with
-/// the chunks asked for, one of each kind at most.
+/// HELLO carries it; the daemon refuses any other. 2: pins name blocks
+/// (WELCOME's pin bytes), USAGE_REPLY carries `uid_max_references` and each
+/// uid's references, MAP_DOMAIN answers with the chunks asked for, one of
+/// each kind at most.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest client name carried in HELLO, in bytes.

@@ -11,12 +11,12 @@ use std::fmt;
 pub enum Limit {
     /// Live objects, all uids together.
     MaxObjects = 1,
-    /// Value bytes (ring staging and values held back by borrowed
-    /// references included), all uids together.
+    /// Value bytes (ring staging included), all uids together.
     MaxBytes = 2,
     /// Live objects one uid may own.
     UidMaxObjects = 3,
-    /// Value bytes one uid may own (its staging and held-back bytes too).
+    /// Value bytes one uid may own (its staging, and the blocks its
+    /// sessions' borrowed references hold back, too).
     UidMaxBytes = 4,
     /// Ring staging one session may hold at once (4 × the max value size,
     /// at least 4 MiB).
@@ -45,8 +45,8 @@ pub enum Limit {
     FileDescriptors = 16,
     /// Connections of one uid waiting to attach.
     UidWaitingConnections = 17,
-    /// Borrowed references (`get_ref`) one session holds open; a client-side
-    /// limit.
+    /// Borrowed references (`get_ref`) one session holds open, in pin
+    /// entries and in bytes (WELCOME's `pin_bytes`); a client-side limit.
     BorrowedReferences = 18,
     /// Reference-table entries one uid's sessions hold together (an entry
     /// per session and object it references, whatever the count).
@@ -138,7 +138,7 @@ impl Limit {
             Limit::MaxRings => "rings of one session",
             Limit::FileDescriptors => "the daemon's file descriptors",
             Limit::UidWaitingConnections => "connections of one uid waiting to attach",
-            Limit::BorrowedReferences => "borrowed references open in one session",
+            Limit::BorrowedReferences => "borrowed references (or their bytes) open in one session",
             Limit::UidMaxReferences => "objects one uid's sessions may reference",
         }
     }

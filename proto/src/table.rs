@@ -596,7 +596,8 @@ mod tests {
 /// ```text
 /// offset 0    magic "HREGTBL1" (u64)
 /// offset 8    layout version (u32), instance bits (u16), 2 bytes zero
-/// offset 64   the reclamation epoch (u64), on its own line
+/// offset 64   zero (the reclamation epoch of layout version 1: pins now
+///             name blocks, see `crate::pins`)
 /// offset 128  1 once the daemon has stopped serving (u64)
 /// offset 192  1 if the daemon that wrote it stopped cleanly (u64)
 /// ```
@@ -608,9 +609,9 @@ pub mod header {
     pub const LEN: usize = 4096;
     /// The header's first word.
     pub const MAGIC: u64 = u64::from_le_bytes(*b"HREGTBL1");
-    /// The version of this layout (slots, heaps, header, pins).
-    pub const VERSION: u32 = 1;
-    const EPOCH_AT: usize = 64;
+    /// The version of this layout (slots, heaps, header, pins). Version 2:
+    /// pins name blocks (hazard pointers), and the header has no epoch.
+    pub const VERSION: u32 = 2;
     /// Offset of the word that is non-zero once the daemon stopped serving.
     pub const STOPPED_AT: usize = 128;
     const CLEAN_AT: usize = 192;
@@ -633,7 +634,7 @@ pub mod header {
                 .then_some(header)
         }
 
-        /// Writes a fresh header for `instance` (the daemon's side), epoch 1.
+        /// Writes a fresh header for `instance` (the daemon's side).
         pub fn init(map: &'a Mapping, instance: u16) -> Option<Header<'a>> {
             if !map.holds(0, LEN) {
                 return None;
@@ -643,7 +644,6 @@ pub mod header {
                 u64::from(VERSION) | (u64::from(instance) << 32),
                 Ordering::Relaxed,
             );
-            header.word(EPOCH_AT).store(1, Ordering::Relaxed);
             header.word(STOPPED_AT).store(0, Ordering::Relaxed);
             header.word(0).store(MAGIC, Ordering::Release);
             Some(header)
@@ -656,11 +656,6 @@ pub mod header {
         /// The instance bits every handle of this registry carries.
         pub fn instance(&self) -> u16 {
             (self.word(8).load(Ordering::Relaxed) >> 32) as u16
-        }
-
-        /// The reclamation epoch word.
-        pub fn epoch(&self) -> &'a AtomicU64 {
-            self.word(EPOCH_AT)
         }
 
         /// The header in `map`, which [`Header::new`] accepted before (the

@@ -92,6 +92,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             instance: 513,
             pins_offset: 64 * (4096 + 128 * 256 + 65536),
             pin_entries: 1024,
+            pin_bytes: 8 << 20,
             resume_token: [0x5a; 16],
             resume_grace_ms: 30_000,
         }),

@@ -34,8 +34,11 @@
 //! The adopted registry continues the same instance bits and generations,
 //! so every handle of a live object resolves as before. Until every kept
 //! session has come back ([`crate::Registry::resumed`]) or been given up
-//! ([`crate::Registry::give_up`]), nothing freed is reused: their clients
-//! may still hold borrowed references that the daemon cannot see.
+//! ([`crate::Registry::give_up`]), no block of the adopted heap is reused
+//! (the gaps between its values, and the blocks of values live at adoption
+//! that are freed meanwhile): their clients may still hold borrowed
+//! references that the daemon cannot see. Blocks made since follow the
+//! ordinary rule (`crate::reclaim`).
 
 use crate::domain::Domain;
 use crate::holder::Holder;
@@ -46,10 +49,10 @@ use crate::store::names::{self, Piece};
 use crate::store::{check_kept, Store};
 use crate::{lock, random_u64, Limits, Registry};
 use hreg_proto::handle::{Handle, MAX_DOMAINS};
-use hreg_proto::table::{header, Payload, Slot, INLINE_VALUE, SHARED_DOMAIN};
+use hreg_proto::table::{header, HeapAddress, Payload, Slot, INLINE_VALUE, SHARED_DOMAIN};
 use hreg_proto::{flags, MAX_VALUE_SIZE_LIMIT};
 use rustix::fd::{AsFd, OwnedFd};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -149,6 +152,14 @@ pub struct Adopted {
     pub sessions: Vec<KeptSession>,
     /// What was found and done.
     pub report: StateReport,
+}
+
+/// What the adopted heaps held, for the quarantine: the end of what each
+/// (domain, chunk) held (live values and gaps), and the gaps.
+#[derive(Default)]
+struct AdoptedHeap {
+    marks: HashMap<(u16, u16), u64>,
+    gaps: Vec<Retired>,
 }
 
 /// The pieces of a state, sorted by what they are.
@@ -319,8 +330,9 @@ impl Registry {
             ..StateReport::default()
         };
         let mut next_domain = SHARED_DOMAIN + 1;
+        let mut adopted_heap = AdoptedHeap::default();
         for domain in &domains {
-            registry.rebuild_domain(domain, apply, &mut report)?;
+            registry.rebuild_domain(domain, apply, &mut report, &mut adopted_heap)?;
             if let Some(uid) = domain.owner {
                 lock(&registry.by_uid).0.insert(uid, domain.id);
             }
@@ -333,13 +345,15 @@ impl Registry {
             registry.drop_unreferenced(&domains, &mut report);
             let view = header::Header::new(registry.header.mapping()).expect("checked above");
             view.set_clean(false);
-            let mut limbo = lock(&registry.limbo);
-            // Every block noted until they are all back: what was free at
-            // adoption, and what is freed meanwhile (a kept client may
-            // have borrowed any value live before the restart).
-            limbo.quarantine.outstanding = sessions.len();
-            drop(limbo);
-            registry.limbo_pending.store(true, Ordering::Release);
+            // The adopted heap's blocks wait until the kept sessions are
+            // back: the gaps (values retired before the restart, which a
+            // kept client may still have pinned) and the blocks of values
+            // live at adoption that are freed meanwhile (a kept client may
+            // have borrowed any of them). What is made after follows the
+            // ordinary rule.
+            registry
+                .reclaim
+                .adopt(sessions.len(), adopted_heap.marks, adopted_heap.gaps);
         }
         let usage = registry.usage();
         report.objects = usage.objects;
@@ -359,6 +373,7 @@ impl Registry {
         domain: &Domain,
         apply: bool,
         report: &mut StateReport,
+        adopted_heap: &mut AdoptedHeap,
     ) -> Result<(), AdoptError> {
         let shard_bits = self.shard_bits;
         let mask = (1usize << shard_bits) - 1;
@@ -412,20 +427,22 @@ impl Registry {
         for (shard, next) in next_local.into_iter().enumerate() {
             lock(&domain.shards[shard]).next_local = next;
         }
+        let live: Vec<(HeapAddress, u64)> = blocks.clone();
         let gaps = domain
             .adopt_heap(blocks)
             .map_err(|e| unusable(format!("domain {}: {e}", domain.id)))?;
-        let epoch = hreg_proto::pins::retire_epoch(self.epoch());
-        let mut limbo = lock(&self.limbo);
-        for (at, len) in gaps {
-            limbo.retired.push(Retired {
+        for &(at, len) in live.iter().chain(&gaps) {
+            let end = adopted_heap.marks.entry((domain.id, at.chunk)).or_default();
+            *end = (*end).max(at.offset + len.max(1));
+        }
+        adopted_heap
+            .gaps
+            .extend(gaps.into_iter().map(|(at, len)| Retired {
                 domain: domain.id,
                 at,
                 len,
-                epoch,
                 gap: true,
-            });
-        }
+            }));
         Ok(())
     }
 
@@ -436,7 +453,7 @@ impl Registry {
         domain: &Domain,
         index: u32,
         slot: &Slot,
-        blocks: &mut Vec<(hreg_proto::table::HeapAddress, u64)>,
+        blocks: &mut Vec<(HeapAddress, u64)>,
     ) -> Result<(), AdoptError> {
         let shard = index as usize & (domain.shard_count() - 1);
         let mut locked = lock(&domain.shards[shard]);
@@ -599,10 +616,7 @@ impl Registry {
     }
 
     fn one_kept_session_less(&self) {
-        let mut limbo = lock(&self.limbo);
-        limbo.quarantine.outstanding = limbo.quarantine.outstanding.saturating_sub(1);
-        drop(limbo);
-        self.limbo_pending.store(true, Ordering::Release);
+        self.reclaim.one_kept_session_less();
     }
 
     /// Marks the kept state cleanly stopped: the daemon's last word, once

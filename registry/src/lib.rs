@@ -20,8 +20,9 @@
 //!
 //! No sockets, threads or signals: the daemon serves the registry and the
 //! bench measures it alone. The only nested locks are a shard's, then the
-//! session's reference table, the uids' counters, its domain's heap or the
-//! reclamation list (always in that order).
+//! session's reference table, the uids' counters, its domain's heap or a
+//! retired list (always in that order); a reclamation pass takes no shard
+//! lock.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -53,7 +54,7 @@ pub use store::{
 use crate::domain::{Domain, Shard};
 use crate::holder::lock;
 use crate::limits::{Charge, LimitCell};
-use crate::reclaim::{Limbo, Retired};
+use crate::reclaim::{Reclaimer, Retired};
 use crate::refs::{RefTable, PURGE_FLOOR};
 use crossbeam_utils::CachePadded;
 use hreg_proto::control::ObjectInfo;
@@ -67,7 +68,7 @@ use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The uid allowed everything.
@@ -98,11 +99,8 @@ pub struct Registry {
     total: CachePadded<Counters>,
     /// What each uid owns. Written only when a uid is seen for the first time.
     uids: RwLock<HashMap<u32, Arc<Counters>>>,
-    limbo: Mutex<Limbo>,
-    /// Bytes of the blocks in limbo.
-    limbo_bytes: AtomicU64,
-    /// Set when a block enters limbo; a reclamation pass clears it.
-    limbo_pending: AtomicBool,
+    /// Retired blocks and the sessions whose pins hold them back.
+    reclaim: Reclaimer,
     /// Live objects, by shard index over every domain.
     live: Box<[AtomicUsize]>,
     /// The id the next session gets.
@@ -191,9 +189,7 @@ impl Registry {
             limits: LimitCell::new(limits),
             total: CachePadded::new(Counters::default()),
             uids: RwLock::default(),
-            limbo: Mutex::default(),
-            limbo_bytes: AtomicU64::new(0),
-            limbo_pending: AtomicBool::new(false),
+            reclaim: Reclaimer::default(),
             live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_session: AtomicU64::new(1),
             orphaned: AtomicU64::new(0),
@@ -240,13 +236,40 @@ impl Registry {
     }
 
     /// Registers a session of `holder`'s uid whose pin table lies at
-    /// `pins_at` in `map`: reclamation honours its borrowed references for
-    /// as long as the returned reader lives.
-    pub fn reader(&self, holder: &Holder, map: Arc<Mapping>, pins_at: usize) -> Arc<Reader> {
-        let own = lock(&self.by_uid).0.get(&holder.uid).copied();
-        let reader = Arc::new(Reader::new(holder.uid, own, map, pins_at));
-        lock(&self.limbo).readers.push(Arc::downgrade(&reader));
-        reader
+    /// `pins_at` in `map`: reclamation honours its borrowed references, up
+    /// to `budget` bytes of blocks they hold back, for as long as the
+    /// returned reader lives (or its process, [`Reader::outlive`]). Which
+    /// domains the session may map is asked of the registry at each pass,
+    /// so a domain made meanwhile counts at once.
+    pub fn reader(
+        &self,
+        holder: &Holder,
+        map: Arc<Mapping>,
+        pins_at: usize,
+        budget: u64,
+    ) -> Reader {
+        reclaim::test_pause(holder.uid);
+        self.reclaim.register(holder.uid, map, pins_at, budget)
+    }
+
+    /// Deregisters readers that outlived their session and need not any
+    /// more (their process exited, or they hold no pin); how many.
+    pub fn prune_readers(&self) -> usize {
+        self.reclaim.prune()
+    }
+
+    /// Registered readers (sessions, and those that outlive theirs).
+    pub fn readers(&self) -> usize {
+        self.reclaim.readers()
+    }
+
+    /// The byte budget of a session's borrowed references under `limits`:
+    /// its uid's byte quota shared by as many sessions as a uid may have
+    /// (`sessions_per_uid`), and never less than one value of the largest
+    /// size. What one uid's pins hold back stays within
+    /// `sessions_per_uid` × this.
+    pub fn pin_budget(limits: &Limits, sessions_per_uid: usize) -> u64 {
+        (limits.uid_max_bytes / sessions_per_uid.max(1) as u64).max(limits.max_value_size as u64)
     }
 
     fn uid_counters(&self, uid: u32) -> Arc<Counters> {
@@ -355,9 +378,11 @@ impl Registry {
             .sum()
     }
 
-    /// Bytes of replaced or removed values whose blocks wait to be reused.
+    /// Bytes of replaced or removed values whose blocks wait to be reused
+    /// (for the next pass, held back by borrowed references, or
+    /// quarantined after a restart).
     pub fn reclaim_pending(&self) -> u64 {
-        self.limbo_bytes.load(Ordering::Relaxed)
+        self.reclaim.waiting()
     }
 
     /// The domain a new object of `uid` goes to (made on first use); QUOTA
@@ -391,15 +416,6 @@ impl Registry {
                 let _ = self.domains[usize::from(id)].set(Arc::new(domain));
                 by_uid.0.insert(holder.uid, id);
                 by_uid.1 = id + 1;
-                for reader in lock(&self.limbo)
-                    .readers
-                    .iter()
-                    .filter_map(std::sync::Weak::upgrade)
-                {
-                    if reader.uid() == holder.uid {
-                        reader.set_own_domain(id);
-                    }
-                }
                 id
             }
         };
@@ -902,77 +918,77 @@ impl Registry {
     }
 
     /// Runs a reclamation pass if blocks wait (only one thread at a time:
-    /// another one's pass is as good); frees what no borrowed reference
-    /// holds back, and charges what is held back to the uids holding it.
+    /// another one's pass is as good), off every shard lock: frees what no
+    /// borrowed reference holds back, and charges what is held back to the
+    /// uids whose sessions hold it.
     pub fn reclaim(&self) -> Reclaimed {
-        if !self.limbo_pending.swap(false, Ordering::AcqRel)
-            && self.limbo_bytes.load(Ordering::Relaxed) == 0
-        {
-            return Reclaimed::default();
+        if !self.reclaim.pending() {
+            return Reclaimed {
+                waiting: self.reclaim.waiting(),
+                ..Reclaimed::default()
+            };
         }
-        let Ok(mut limbo) = self.limbo.try_lock() else {
-            self.limbo_pending.store(true, Ordering::Release);
+        let max_value = self.limits.max_value_size() as u64;
+        let Some(pass) = self
+            .reclaim
+            .pass(|uid, domain| self.may_map(uid, domain), max_value)
+        else {
             return Reclaimed::default();
         };
-        let free = limbo.pass(self.epoch());
-        let mut held: HashMap<u32, u64> = HashMap::new();
-        for reader in limbo.readers.iter().filter_map(std::sync::Weak::upgrade) {
-            *held.entry(reader.uid()).or_default() += reader.held_back();
-        }
-        drop(limbo);
-        for (&uid, counters) in read_lock(&self.uids).iter() {
-            counters.set_held(held.get(&uid).copied().unwrap_or(0));
+        for (uid, bytes) in pass.charges {
+            self.uid_counters(uid).set_held(bytes);
         }
         let mut done = Reclaimed::default();
-        for block in free {
+        for block in pass.free {
             match self.domain(block.domain) {
                 Some(domain) if block.gap => domain.free_gap(block.at, block.len),
                 Some(domain) => domain.free_block(block.at, block.len),
                 None => {}
             }
             if !block.gap {
-                self.limbo_bytes.fetch_sub(block.len, Ordering::Relaxed);
+                self.reclaim.freed(block.len);
             }
             done.blocks += 1;
             done.bytes += block.len;
         }
-        done.waiting = self.limbo_bytes.load(Ordering::Relaxed);
+        done.waiting = self.reclaim.waiting();
         done
     }
 
-    /// Whether a reclamation pass has something to do.
+    /// Whether enough was retired for a reclamation pass to be worth it.
     pub fn reclaim_due(&self) -> bool {
-        self.limbo_pending.load(Ordering::Relaxed)
+        self.reclaim.due()
     }
 
-    fn epoch(&self) -> &AtomicU64 {
-        header::Header::new(self.header.mapping())
-            .expect("made with the registry")
-            .epoch()
+    /// Runs a reclamation pass if any block was retired since the last one,
+    /// however few, or blocks held back were last looked at a while ago:
+    /// what a periodic caller runs, so nothing waits for a pass that the
+    /// amount retired would not trigger.
+    pub fn reclaim_lagging(&self) -> Reclaimed {
+        if self.reclaim.lagging() {
+            self.reclaim()
+        } else {
+            Reclaimed {
+                waiting: self.reclaim.waiting(),
+                ..Reclaimed::default()
+            }
+        }
     }
 
-    /// Notes the heap block of a value that left its slot: it is freed by a
-    /// later reclamation pass, once no borrowed reference can reach it.
+    /// Notes the heap block of a value that left its slot (its new version
+    /// written): a later reclamation pass frees it, once no borrowed
+    /// reference names it.
     fn retire(&self, domain: &Domain, old: &Slot) {
         let Payload::Heap(at) = old.payload else {
             return;
         };
-        let epoch = pins::retire_epoch(self.epoch());
-        let len = u64::from(old.len);
-        let mut limbo = lock(&self.limbo);
-        limbo.retired.push(Retired {
+        pins::retired();
+        self.reclaim.retire(Retired {
             domain: domain.id,
             at,
-            len,
-            epoch,
+            len: u64::from(old.len),
             gap: false,
         });
-        // Counted before the lock is let go: a pass that frees the block
-        // subtracts its bytes only after taking that lock, so the count
-        // never dips below zero (and leaves no room for a moment).
-        self.limbo_bytes.fetch_add(len, Ordering::Relaxed);
-        drop(limbo);
-        self.limbo_pending.store(true, Ordering::Release);
     }
 
     /// Ends the object in slot `index`: its generation moves on and the slot
@@ -1008,8 +1024,8 @@ impl Registry {
     }
 
     /// Reserves room for `objects` more objects and `bytes` more value bytes
-    /// against the global limits (blocks waiting for reclamation included)
-    /// and `owner`'s; the reservation is returned when the guard drops
+    /// against the global limits and `owner`'s (which count what its
+    /// sessions' borrowed references hold back); the reservation is returned when the guard drops
     /// unless it is kept.
     fn charge<'a>(
         &'a self,
@@ -1018,11 +1034,8 @@ impl Registry {
         bytes: u64,
     ) -> Result<Charge<'a>, Limit> {
         let limits = self.limits.get();
-        let room = limits
-            .max_bytes
-            .saturating_sub(self.limbo_bytes.load(Ordering::Relaxed));
         self.total
-            .reserve(objects, bytes, limits.max_objects, room)
+            .reserve(objects, bytes, limits.max_objects, limits.max_bytes)
             .map_err(|over| over.limit(Limit::MaxObjects, Limit::MaxBytes))?;
         if let Err(over) =
             owner.reserve(objects, bytes, limits.uid_max_objects, limits.uid_max_bytes)

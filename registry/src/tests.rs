@@ -4,7 +4,7 @@
 //! references; the heap under churn.
 
 use super::*;
-use hreg_proto::pins::{pin_table_len, PinTable, PIN_ENTRIES};
+use hreg_proto::pins::{pin_table_len, Borrow, ClientPins, Pin, PIN_ENTRIES};
 use hreg_proto::shm::Access;
 use hreg_proto::table::{slot_place, Read, SlotView};
 use proptest::prelude::*;
@@ -712,8 +712,25 @@ fn clients_read_their_domains_without_the_daemon() {
     );
 }
 
+/// A session's memory for a test: its pin table at offset 0.
+fn session_memory() -> Arc<Mapping> {
+    Arc::new(Mapping::anonymous(pin_table_len(PIN_ENTRIES)).unwrap())
+}
+
+/// Borrows the value of `h` as a client does (`ClientPins::borrow` over
+/// the registry's own slot): the pin on its block.
+fn borrow<'a>(registry: &Registry, pins: &ClientPins<'a>, h: Handle) -> Pin<'a> {
+    let parts = HandleParts::decode(h.get());
+    let domain = registry.domain(parts.domain).unwrap();
+    let (view, _) = domain.slot(parts.slot).unwrap();
+    match pins.borrow(&view, parts.domain, parts.generation) {
+        Borrow::Pinned { pin, .. } => pin,
+        other => panic!("{h}: {other:?}"),
+    }
+}
+
 #[test]
-fn borrowed_blocks_wait_for_their_readers() {
+fn a_pin_holds_back_its_block_alone_charged_to_the_pinner() {
     let limits = Limits {
         max_value_size: 1 << 20,
         ..Limits::default()
@@ -723,38 +740,151 @@ fn borrowed_blocks_wait_for_their_readers() {
     let value = vec![7u8; 4096];
     let h = registry.insert(&owner, &value, flags::SHARED).unwrap();
     // A session of another uid, with its pin table, borrows the value.
-    let session = Arc::new(Mapping::anonymous(pin_table_len(PIN_ENTRIES)).unwrap());
+    let session = session_memory();
     let borrower = registry.holder(1001).unwrap();
-    let reader = registry.reader(&borrower, Arc::clone(&session), 0);
-    let table = PinTable::new(&session, 0, PIN_ENTRIES).unwrap();
-    let pin = table.pin(SHARED_DOMAIN, registry.epoch(), 0).unwrap();
-    registry.replace(&owner, h, b"small now").unwrap();
-    assert_eq!(registry.reclaim_pending(), 4096);
+    let reader = registry.reader(&borrower, Arc::clone(&session), 0, 1 << 20);
+    let pins = ClientPins::new(&session, 0, PIN_ENTRIES, 1 << 20).unwrap();
+    let pin = borrow(&registry, &pins, h);
+    // The owner replaces it, then churns: everything but the borrowed
+    // block goes back (an epoch would hold back all of it).
+    registry.replace(&owner, h, &vec![8u8; 4096]).unwrap();
+    for round in 0..100u8 {
+        registry.replace(&owner, h, &vec![round; 100_000]).unwrap();
+    }
     let pass = registry.reclaim();
-    assert_eq!((pass.blocks, pass.waiting), (0, 4096), "held back");
+    assert_eq!(
+        (pass.blocks, pass.waiting),
+        (100, 4096),
+        "only the pinned one"
+    );
     assert_eq!(reader.held_back(), 4096);
-    // What the borrower holds back counts against its uid's bytes.
+    // What the borrower holds back counts against its uid's bytes, not the
+    // owner's, whose replaces gave back everything they retired.
     registry.set_limits(Limits {
-        uid_max_bytes: 5000,
+        uid_max_bytes: 105_000,
         ..limits
     });
     assert_eq!(
-        registry.insert(&borrower, &[0u8; 1000], 0),
+        registry.insert(&borrower, &[0u8; 101_000], 0),
         Err(Refusal::quota(Limit::UidMaxBytes))
     );
-    table.unpin(pin);
+    registry.insert(&owner, &[0u8; 4000], 0).unwrap();
+    drop(pin);
     let pass = registry.reclaim();
     assert_eq!((pass.blocks, pass.bytes, pass.waiting), (1, 4096, 0));
     assert_eq!(reader.held_back(), 0);
-    registry.insert(&borrower, &[0u8; 1000], 0).unwrap();
-    // A dead session holds nothing back.
-    let pin = table.pin(SHARED_DOMAIN, registry.epoch(), 0).unwrap();
-    registry.replace(&owner, h, &value).unwrap();
+    registry.insert(&borrower, &[0u8; 101_000], 0).unwrap();
+    // A session that ended holds nothing back, its pins or not.
+    let pin = borrow(&registry, &pins, h);
     registry.replace(&owner, h, b"again").unwrap();
-    assert_eq!(registry.reclaim().waiting, 4096);
+    assert_eq!(registry.reclaim().waiting, 100_000);
     drop(reader);
     assert_eq!(registry.reclaim().waiting, 0);
-    table.unpin(pin);
+    drop(pin);
+}
+
+#[test]
+fn pins_past_the_budget_are_not_honoured() {
+    let registry = Registry::with_instance(4, Limits::default(), 9, 3).unwrap();
+    let owner = registry.holder(1000).unwrap();
+    let handles: Vec<Handle> = (0..3)
+        .map(|i| registry.insert(&owner, &[i; 1000], flags::SHARED).unwrap())
+        .collect();
+    // A client that lies about its budget: the daemon honours 2000 bytes.
+    let session = session_memory();
+    let liar = registry.holder(1001).unwrap();
+    let reader = registry.reader(&liar, Arc::clone(&session), 0, 2000);
+    let pins = ClientPins::new(&session, 0, PIN_ENTRIES, u64::MAX).unwrap();
+    let held: Vec<Pin<'_>> = handles
+        .iter()
+        .map(|&h| borrow(&registry, &pins, h))
+        .collect();
+    for &h in &handles {
+        registry.replace(&owner, h, b"short").unwrap();
+    }
+    let pass = registry.reclaim();
+    assert_eq!(
+        (pass.blocks, pass.waiting),
+        (1, 2000),
+        "two honoured, one freed"
+    );
+    assert_eq!(reader.held_back(), 2000);
+    drop(held);
+}
+
+#[test]
+fn a_reader_goes_with_its_session_unless_it_outlives_it() {
+    let registry = Registry::with_instance(4, Limits::default(), 9, 3).unwrap();
+    let owner = registry.holder(1000).unwrap();
+    let h = registry.insert(&owner, &[5u8; 500], flags::SHARED).unwrap();
+    // Sessions come and go: no reader is left behind, nothing retired.
+    for _ in 0..1000 {
+        let session = session_memory();
+        drop(registry.reader(&owner, session, 0, 1 << 20));
+    }
+    assert_eq!(registry.readers(), 0);
+    // A session that ends with a pin, its process alive (pidfd unknown
+    // here): its pins hold until its table is empty.
+    let session = session_memory();
+    let reader = registry.reader(&owner, Arc::clone(&session), 0, 1 << 20);
+    let pins = ClientPins::new(&session, 0, PIN_ENTRIES, 1 << 20).unwrap();
+    let pin = borrow(&registry, &pins, h);
+    assert!(reader.holds_pins());
+    reader.outlive(None);
+    drop(reader);
+    assert_eq!(registry.readers(), 1);
+    registry.replace(&owner, h, &[6u8; 500]).unwrap();
+    assert_eq!(registry.prune_readers(), 0);
+    assert_eq!(registry.reclaim().waiting, 500, "still borrowed");
+    drop(pin);
+    assert_eq!(registry.prune_readers(), 1);
+    assert_eq!(registry.readers(), 0);
+    assert_eq!(registry.reclaim().waiting, 0);
+    // With a pidfd: it goes when its process exits.
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+    let session = session_memory();
+    let reader = registry.reader(&owner, Arc::clone(&session), 0, 1 << 20);
+    let pins = ClientPins::new(&session, 0, PIN_ENTRIES, 1 << 20).unwrap();
+    let pin = borrow(&registry, &pins, h);
+    reader.outlive(Some(pidfd));
+    drop(reader);
+    assert_eq!(registry.prune_readers(), 0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(registry.prune_readers(), 1);
+    drop(pin);
+}
+
+#[test]
+fn pins_on_a_domain_made_after_the_reader_registered_are_honoured() {
+    // The registration race of issue 17: a session registers before its
+    // uid has a private domain, another session of the uid makes it; the
+    // first one's pins on it must count.
+    let registry = Registry::with_instance(4, Limits::default(), 9, 3).unwrap();
+    let first = registry.holder(1000).unwrap();
+    let session = session_memory();
+    let reader = registry.reader(&first, Arc::clone(&session), 0, 1 << 20);
+    let second = registry.holder(1000).unwrap();
+    let h = registry.insert(&second, &[1u8; 4096], 0).unwrap();
+    let pins = ClientPins::new(&session, 0, PIN_ENTRIES, 1 << 20).unwrap();
+    let pin = borrow(&registry, &pins, h);
+    registry.replace(&second, h, &[2u8; 4096]).unwrap();
+    assert_eq!(registry.reclaim().waiting, 4096);
+    assert_eq!(reader.held_back(), 4096);
+    // A uid that may not map the domain pins in vain.
+    let stranger = registry.holder(1001).unwrap();
+    let theirs = session_memory();
+    let _their_reader = registry.reader(&stranger, Arc::clone(&theirs), 0, 1 << 20);
+    let their_pins = ClientPins::new(&theirs, 0, PIN_ENTRIES, 1 << 20).unwrap();
+    let _vain = borrow(&registry, &their_pins, h);
+    drop(pin);
+    registry.replace(&second, h, &[3u8; 4096]).unwrap();
+    assert_eq!(registry.reclaim().waiting, 0);
 }
 
 #[test]

@@ -40,6 +40,10 @@ pub enum Attack {
     /// Hole 9: as many sessions as the daemon lets one uid attach, then
     /// thousands of silent connections.
     Hog,
+    /// Issue 17, row 3: one borrowed value of its own held for good, then
+    /// 64-byte replaces without pause (under epochs, every block retired
+    /// after the borrow waited, and every pass walked them all).
+    PinChurn,
 }
 
 /// Rings a session may open in the attacks that open many.
@@ -49,7 +53,7 @@ const RINGS: usize = 64;
 pub const HOG_SILENT: usize = 2000;
 
 impl Attack {
-    pub const ALL: [Attack; 7] = [
+    pub const ALL: [Attack; 8] = [
         Attack::Doorbell,
         Attack::RemoveLoop,
         Attack::Staging,
@@ -57,6 +61,7 @@ impl Attack {
         Attack::Descriptors,
         Attack::DeafRing,
         Attack::Hog,
+        Attack::PinChurn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +73,7 @@ impl Attack {
             Attack::Descriptors => "descriptors",
             Attack::DeafRing => "deaf-ring",
             Attack::Hog => "hog",
+            Attack::PinChurn => "pin-churn",
         }
     }
 
@@ -86,6 +92,7 @@ impl Attack {
             Attack::Descriptors => descriptors(socket, ready, stop),
             Attack::DeafRing => deaf_ring(socket, ready, stop),
             Attack::Hog => hog(socket, ready, stop),
+            Attack::PinChurn => pin_churn(socket, ready, stop),
         }
     }
 }
@@ -145,6 +152,32 @@ fn remove_loop(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) 
             return;
         }
     }
+}
+
+fn pin_churn(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let client = hreg::Client::connect(socket).expect("connect");
+    let value = [9u8; 64];
+    let handles: Vec<hreg::Handle> = (0..64)
+        .map(|_| client.insert(&value, 0).expect("insert"))
+        .collect();
+    let borrowed = client.get_ref(handles[0]).expect("get_ref");
+    ready(format!("ready borrowed={}", borrowed.len()));
+    let mut round = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        round = round.wrapping_add(1);
+        let value = [round; 64];
+        let mut replaces: Vec<hreg::Op<'_>> = handles
+            .iter()
+            .map(|&handle| hreg::Op::Replace {
+                handle,
+                value: &value,
+            })
+            .collect();
+        if client.submit(&mut replaces).is_err() {
+            return;
+        }
+    }
+    assert_eq!(&borrowed[..], &[9u8; 64], "a borrowed value changed");
 }
 
 fn staging(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {

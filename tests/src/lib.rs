@@ -135,6 +135,12 @@ impl Daemon {
     /// Starts `hregd` with `args` on a socket every uid can reach (mode
     /// 666 in a 0755 directory), for tests that run clients as other uids.
     pub fn start_reachable(args: &[&str]) -> Daemon {
+        Daemon::start_reachable_with(args, |_| {})
+    }
+
+    /// [`Daemon::start_reachable`], letting `setup` adjust the command
+    /// first (environment: the test hooks of debug builds).
+    pub fn start_reachable_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -142,7 +148,7 @@ impl Daemon {
         let socket = dir.path().join("hreg.sock");
         let mut all = vec!["--socket-mode", "666"];
         all.extend_from_slice(args);
-        Daemon::start_at(dir, socket, &all)
+        Daemon::launch(dir, socket, &[], &all, setup)
     }
 
     /// Starts `hregd` with `args`, letting `setup` adjust the command first
@@ -213,17 +219,23 @@ impl Daemon {
     /// `hregd` again on the same socket with `args`; returns how long the
     /// new one took from its start to accepting connections.
     pub fn restart(&mut self, args: &[&str]) -> Duration {
+        self.restart_with(args, |_| {})
+    }
+
+    /// [`Daemon::restart`], letting `setup` adjust the command first.
+    pub fn restart_with(&mut self, args: &[&str], setup: impl FnOnce(&mut Command)) -> Duration {
         let _ = self.child.wait();
         let started = Instant::now();
-        self.child = Command::new(binary("hregd"))
+        let mut command = Command::new(binary("hregd"));
+        command
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hregd");
+            .stderr(Stdio::piped());
+        setup(&mut command);
+        self.child = command.spawn().expect("spawn hregd");
         self.log.capture(&mut self.child);
         self.wait_ready();
         started.elapsed()

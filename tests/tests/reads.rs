@@ -705,33 +705,61 @@ fn a_client_that_never_releases_meets_its_cap_alone() {
     let hoarder = daemon.client();
     let other = daemon.client();
     let cap = hoarder.welcome().pin_entries as usize;
-    assert_eq!(cap, 1024, "the reference cap the issue names");
+    assert_eq!(
+        cap, 1024,
+        "the cap the issue names: values borrowed at once"
+    );
     // Past the inline limit: a borrowed value is a pinned block.
-    let value = checked_value(5, 200);
-    let h = hoarder.insert(&value, SHARED).unwrap();
+    let values: Vec<(Handle, Vec<u8>)> = (0..=cap as u64)
+        .map(|i| {
+            let value = checked_value(5 + i, 200);
+            (hoarder.insert(&value, SHARED).unwrap(), value)
+        })
+        .collect();
     let mut refs = Vec::with_capacity(cap);
-    for i in 0..cap {
-        match hoarder.get_ref(h) {
+    for (i, (h, _)) in values[..cap].iter().enumerate() {
+        match hoarder.get_ref(*h) {
             Ok(borrowed) => refs.push(borrowed),
             Err(e) => panic!("reference {i} of {cap}: {e}"),
         }
     }
-    match hoarder.get_ref(h) {
+    let (last, last_value) = &values[cap];
+    match hoarder.get_ref(*last) {
         Err(Error::Quota { .. }) => {}
-        other => panic!("a reference past the cap gave {other:?}, not QUOTA"),
+        other => panic!("a value past the cap gave {other:?}, not QUOTA"),
     }
-    // A plain get pins nothing: it still works.
-    assert_eq!(hoarder.get(h).unwrap(), value);
+    // A plain get pins nothing: it still works; and a value borrowed
+    // already may be borrowed again (its pin is shared).
+    assert_eq!(hoarder.get(*last).unwrap(), *last_value);
+    let again: Vec<hreg::ValueRef<'_>> = (0..2000)
+        .map(|_| hoarder.get_ref(values[0].0).unwrap())
+        .collect();
+    assert!(again.iter().all(|r| **r == values[0].1[..]));
+    drop(again);
 
     // Another session is not affected, in references or anything else.
-    let theirs: Vec<hreg::ValueRef<'_>> = (0..64).map(|_| other.get_ref(h).unwrap()).collect();
-    assert!(theirs.iter().all(|r| **r == value[..]));
+    let theirs: Vec<hreg::ValueRef<'_>> = values[..64]
+        .iter()
+        .map(|(h, _)| other.get_ref(*h).unwrap())
+        .collect();
+    assert!(theirs.iter().zip(&values).all(|(r, (_, v))| **r == v[..]));
     let mine = other.insert(&checked_value(6, 300), 0).unwrap();
     assert_eq!(other.get(mine).unwrap(), checked_value(6, 300));
     drop(theirs);
 
     // One released, one more fits; every one held is intact.
     refs.pop();
-    refs.push(hoarder.get_ref(h).expect("room for one after a release"));
-    assert!(refs.iter().all(|r| **r == value[..]));
+    refs.push(
+        hoarder
+            .get_ref(*last)
+            .expect("room for one after a release"),
+    );
+    assert!(refs
+        .iter()
+        .zip(
+            values[..cap - 1]
+                .iter()
+                .chain(std::iter::once(&values[cap]))
+        )
+        .all(|(r, (_, v))| **r == v[..]));
 }
