@@ -177,7 +177,7 @@ fn row1c_a_borrowed_value_keeps_its_bytes_whatever_another_uid_does() {
 }
 
 /// A session attached by hand (the wire protocol, in this process), with
-/// its memory and the shared domain's chunks WELCOME brought mapped.
+/// its memory and the shared domain's first chunks mapped.
 struct HandSession {
     conn: RawConn,
     memory: Mapping,
@@ -203,16 +203,24 @@ impl HandSession {
         let _header = fds.next().expect("header");
         let len = rustix::fs::fstat(&memfd).unwrap().st_size as usize;
         let memory = Mapping::map(&memfd, len, Access::ReadWrite).unwrap();
-        let shared = welcome.preload[0];
-        assert_eq!(shared.domain, 0, "the shared domain comes first");
-        let slots = (0..shared.slots as usize)
-            .map(|k| {
-                Mapping::map(fds.next().unwrap(), slot_chunk_len(k), Access::ReadOnly).unwrap()
-            })
-            .collect();
-        let heap = (0..shared.heap)
-            .map(|_| {
-                let fd = fds.next().unwrap();
+        // The shared domain's first slot chunk and first heap chunk, as a
+        // client asks for them when a read needs them.
+        conn.send(&ControlRequest::MapDomain {
+            domain: u32::from(hreg_proto::table::SHARED_DOMAIN),
+            slot_chunk: 0,
+            heap_chunk: 0,
+        });
+        let Ok(Some((Some(Reply::DomainChunks { slots, heap, .. }), chunks))) = conn.try_recv_all()
+        else {
+            panic!("no DOMAIN_CHUNKS");
+        };
+        assert_eq!((slots, heap), (1, 1), "one chunk of each kind");
+        let mut chunks = chunks.into_iter();
+        let slots = vec![
+            Mapping::map(chunks.next().unwrap(), slot_chunk_len(0), Access::ReadOnly).unwrap(),
+        ];
+        let heap = chunks
+            .map(|fd| {
                 let len = rustix::fs::fstat(&fd).unwrap().st_size as usize;
                 Mapping::map(fd, len, Access::ReadOnly).unwrap()
             })

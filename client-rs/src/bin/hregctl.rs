@@ -253,7 +253,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// The command named on the command line, if any (for usage errors, which
 /// come before there is a parsed one).
 fn typed_command() -> Option<&'static str> {
-    let names = ["put", "get", "rm", "stats", "sessions", "ls", "watch", "ping"];
+    let names = [
+        "put", "get", "rm", "stats", "sessions", "ls", "watch", "ping",
+    ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut skip_value = false;
     for arg in &args {
