@@ -46,6 +46,8 @@ impl Inner {
         let mut state = cell.lock()?;
         let cx = Context {
             ring: session.ring(cell.index())?,
+            index: cell.index(),
+            ready: session.ready_word(cell.ready_at())?,
             doorbell: cell.doorbell(),
             liveness: &**session,
             max_value_size: session.welcome().max_value_size,

@@ -38,6 +38,8 @@ pub(crate) struct RingCell {
     /// The session's generation when the ring was opened.
     generation: u64,
     index: u32,
+    /// Where the ready word of the ring's worker lies in the session memory.
+    ready_at: u64,
     doorbell: OwnedFd,
     state: Mutex<RingState>,
 }
@@ -60,6 +62,10 @@ impl RingTable {
 impl RingCell {
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+
+    pub(crate) fn ready_at(&self) -> u64 {
+        self.ready_at
     }
 
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
@@ -150,14 +156,16 @@ impl Rings {
     /// Asks the daemon for a ring; past the cap, shares one we already have.
     fn open(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
         match session.call(&ControlRequest::RingOpen)? {
-            (Reply::RingOpened { index }, fds) => {
+            (Reply::RingOpened { index, ready_at }, fds) => {
                 let doorbell = control::one_fd(fds, "RING_OPENED")?;
                 session.ring(index)?;
+                session.ready_word(ready_at)?;
                 let cell = Arc::new(RingCell {
                     session: Arc::downgrade(session),
                     pid: session.pid(),
                     generation: session.generation(),
                     index,
+                    ready_at,
                     doorbell,
                     state: Mutex::new(RingState::default()),
                 });

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use hreg_proto::pins::{self, Pin, PinTable};
-use hreg_proto::ring::{ClientRing, Layout};
+use hreg_proto::ring::{ClientRing, Layout, ReadyWord};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::sync::AtomicU32;
 use rustix::fd::OwnedFd;
@@ -115,7 +115,7 @@ impl SessionMapping {
                 "pin table of {pin_entries} entries at {pins_offset}, not where the protocol puts one"
             )));
         }
-        let len = pins::session_len(&layout, pin_entries);
+        let len = hreg_proto::ring::session_len(&layout, pin_entries);
         Ok(SessionMapping {
             map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
             layout,
@@ -127,6 +127,13 @@ impl SessionMapping {
     /// ring.
     pub(crate) fn ring(&self, index: u32) -> Option<ClientRing<'_>> {
         self.map.client_ring(self.layout, index)
+    }
+
+    /// The client's side of the ready word at `offset`, if it lies in the
+    /// session's ready area.
+    pub(crate) fn ready_word(&self, offset: usize) -> Option<ReadyWord<'_>> {
+        let area = hreg_proto::ring::ready_area_offset(&self.layout, self.pin_entries);
+        (offset >= area).then(|| self.map.client_ready(offset))?
     }
 
     /// The session's pin table.

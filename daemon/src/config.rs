@@ -61,6 +61,10 @@ pub struct Args {
     /// Rings per session (threads beyond share rings).
     #[arg(long)]
     pub max_rings: Option<u32>,
+    /// Most rings one uid may have open over all its sessions (root is
+    /// exempt; threads beyond share rings) [default: 8192].
+    #[arg(long)]
+    pub uid_max_rings: Option<usize>,
     /// Entries per submission and completion queue (a power of two).
     #[arg(long)]
     pub ring_entries: Option<u32>,
@@ -111,6 +115,7 @@ pub struct FileConfig {
     pub max_sessions: Option<usize>,
     pub uid_max_sessions: Option<usize>,
     pub max_rings: Option<u32>,
+    pub uid_max_rings: Option<usize>,
     pub ring_entries: Option<u32>,
     pub data_size: Option<u32>,
     pub log_level: Option<String>,
@@ -139,6 +144,10 @@ pub struct Config {
     pub resume_grace: std::time::Duration,
 }
 
+/// Rings one uid may have open by default: enough for 128 sessions of 64
+/// threads; past it a uid's threads share rings.
+pub const DEFAULT_UID_MAX_RINGS: usize = 8192;
+
 /// The limits a running daemon can take anew (SIGHUP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -148,6 +157,8 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Attached sessions of one uid (root is exempt).
     pub uid_max_sessions: usize,
+    /// Open rings of one uid over all its sessions (root is exempt).
+    pub uid_max_rings: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +280,10 @@ impl Config {
                     .uid_max_sessions
                     .or(file.uid_max_sessions)
                     .unwrap_or((max_sessions / 2).max(1)),
+                uid_max_rings: args
+                    .uid_max_rings
+                    .or(file.uid_max_rings)
+                    .unwrap_or(DEFAULT_UID_MAX_RINGS),
             },
             layout: Layout {
                 entries: args.ring_entries.or(file.ring_entries).unwrap_or(256),
@@ -332,6 +347,12 @@ impl Config {
             "uid_max_sessions",
             limits.uid_max_sessions,
             limits.uid_max_sessions >= 1,
+            "at least 1",
+        )?;
+        range(
+            "uid_max_rings",
+            limits.uid_max_rings,
+            limits.uid_max_rings >= 1,
             "at least 1",
         )?;
         range(

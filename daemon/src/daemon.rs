@@ -54,7 +54,7 @@ impl Daemon {
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {
-            let worker = Arc::new(Worker::new(Arc::clone(&registry))?);
+            let worker = Arc::new(Worker::new(Arc::clone(&registry), id)?);
             let runner = Arc::clone(&worker);
             threads.push(
                 std::thread::Builder::new()

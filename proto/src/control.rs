@@ -291,11 +291,17 @@ pub enum Reply {
         /// What happened, for people; at most [`MAX_TEXT`] bytes.
         message: String,
     },
-    /// A ring is ready at `index`; its doorbell eventfd is attached.
+    /// A ring is ready at `index`; the doorbell eventfd of its worker (one
+    /// per session and worker, shared by the session's rings it serves) is
+    /// attached.
     RingOpened {
         /// The ring's index: it lies at `index × ring_stride` in the
         /// session's memory.
         index: u32,
+        /// The offset in the session's memory of the ready word of the
+        /// ring's worker (see `crate::ring`): set the ring's bit there
+        /// before ringing the doorbell of a parked ring.
+        ready_at: u64,
     },
     /// The request was done.
     Ack,
@@ -521,9 +527,10 @@ impl Reply {
                 w.u32(*status);
                 w.text(message);
             }
-            Reply::RingOpened { index } => {
+            Reply::RingOpened { index, ready_at } => {
                 w.u32(kind::RING_OPENED);
                 w.u32(*index);
+                w.u64(*ready_at);
             }
             Reply::Ack => w.u32(kind::ACK),
             Reply::Stats(stats) => {
@@ -635,7 +642,10 @@ impl Reply {
                 status: r.u32()?,
                 message: r.text(MAX_TEXT)?,
             },
-            kind::RING_OPENED => Reply::RingOpened { index: r.u32()? },
+            kind::RING_OPENED => Reply::RingOpened {
+                index: r.u32()?,
+                ready_at: r.u64()?,
+            },
             kind::ACK => Reply::Ack,
             kind::STATS_REPLY => Reply::Stats(StatsReply {
                 objects: r.u64()?,
@@ -898,7 +908,10 @@ mod tests {
                 heap_from: 3,
                 heap: 4,
             },
-            Reply::RingOpened { index: 3 },
+            Reply::RingOpened {
+                index: 3,
+                ready_at: 4096,
+            },
             Reply::Ack,
             Reply::Stats(StatsReply {
                 objects: 1,

@@ -48,11 +48,16 @@ pub enum Limit {
     /// Borrowed references (`get_ref`) one session holds open; a client-side
     /// limit.
     BorrowedReferences = 18,
+    /// Rings one uid may have open over all its sessions (root is exempt).
+    UidMaxRings = 19,
+    /// One uid's share of the daemon's file descriptors (connections,
+    /// doorbells, descriptors sent and not yet read; root is exempt).
+    UidFileDescriptors = 20,
 }
 
 impl Limit {
     /// Every limit, in the order of their codes (1 on).
-    pub const ALL: [Limit; 18] = [
+    pub const ALL: [Limit; 20] = [
         Limit::MaxObjects,
         Limit::MaxBytes,
         Limit::UidMaxObjects,
@@ -71,6 +76,8 @@ impl Limit {
         Limit::FileDescriptors,
         Limit::UidWaitingConnections,
         Limit::BorrowedReferences,
+        Limit::UidMaxRings,
+        Limit::UidFileDescriptors,
     ];
 
     /// The limit's code (1 on; 0 means "not said").
@@ -110,6 +117,8 @@ impl Limit {
             Limit::FileDescriptors => "file_descriptors",
             Limit::UidWaitingConnections => "uid_waiting_connections",
             Limit::BorrowedReferences => "borrowed_references",
+            Limit::UidMaxRings => "uid_max_rings",
+            Limit::UidFileDescriptors => "uid_file_descriptors",
         }
     }
 
@@ -134,6 +143,8 @@ impl Limit {
             Limit::FileDescriptors => "the daemon's file descriptors",
             Limit::UidWaitingConnections => "connections of one uid waiting to attach",
             Limit::BorrowedReferences => "borrowed references open in one session",
+            Limit::UidMaxRings => "rings of one uid",
+            Limit::UidFileDescriptors => "the daemon's file descriptors held for one uid",
         }
     }
 
