@@ -47,7 +47,10 @@ impl Inner {
         let cx = Context {
             ring: session.ring(cell.index())?,
             index: cell.index(),
-            ready: session.ready_word(cell.ready_at())?,
+            ready: cell
+                .ready_at()
+                .map(|offset| session.ready_word(offset))
+                .transpose()?,
             doorbell: cell.doorbell(),
             liveness: &**session,
             max_value_size: session.welcome().max_value_size,

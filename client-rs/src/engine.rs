@@ -138,8 +138,9 @@ pub(crate) struct Context<'a> {
     pub ring: ClientRing<'a>,
     /// The ring's index (its bit in the ready word).
     pub index: u32,
-    /// The ready word of the ring's worker.
-    pub ready: ReadyWord<'a>,
+    /// The ready word of the ring's worker (`None`: a daemon without
+    /// ready words, which looks at the ring when its doorbell rings).
+    pub ready: Option<ReadyWord<'a>>,
     pub doorbell: BorrowedFd<'a>,
     pub liveness: &'a dyn Liveness,
     pub max_value_size: u64,
@@ -309,7 +310,9 @@ impl RingIo<'_, '_> {
 
     /// Names the parked ring in the ready word, then rings the doorbell.
     fn ring_doorbell(&self) -> Result<()> {
-        self.cx.ready.mark(self.cx.index);
+        if let Some(ready) = &self.cx.ready {
+            ready.mark(self.cx.index);
+        }
         loop {
             match rustix::io::write(self.cx.doorbell.as_fd(), &1u64.to_ne_bytes()) {
                 Ok(_) => return Ok(()),

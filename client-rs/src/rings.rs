@@ -38,8 +38,9 @@ pub(crate) struct RingCell {
     /// The session's generation when the ring was opened.
     generation: u64,
     index: u32,
-    /// Where the ready word of the ring's worker lies in the session memory.
-    ready_at: u64,
+    /// Where the ready word of the ring's worker lies in the session memory
+    /// (`None`: a daemon without ready words).
+    ready_at: Option<u64>,
     doorbell: OwnedFd,
     state: Mutex<RingState>,
 }
@@ -64,7 +65,7 @@ impl RingCell {
         self.index
     }
 
-    pub(crate) fn ready_at(&self) -> u64 {
+    pub(crate) fn ready_at(&self) -> Option<u64> {
         self.ready_at
     }
 
@@ -159,7 +160,9 @@ impl Rings {
             (Reply::RingOpened { index, ready_at }, fds) => {
                 let doorbell = control::one_fd(fds, "RING_OPENED")?;
                 session.ring(index)?;
-                session.ready_word(ready_at)?;
+                if let Some(offset) = ready_at {
+                    session.ready_word(offset)?;
+                }
                 let cell = Arc::new(RingCell {
                     session: Arc::downgrade(session),
                     pid: session.pid(),

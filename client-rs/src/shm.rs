@@ -115,7 +115,11 @@ impl SessionMapping {
                 "pin table of {pin_entries} entries at {pins_offset}, not where the protocol puts one"
             )));
         }
+        // With its ready area, or without (a daemon that predates it).
         let len = hreg_proto::ring::session_len(&layout, pin_entries);
+        let size = rustix::fs::fstat(memfd).map(|stat| stat.st_size).unwrap_or(0);
+        let without = hreg_proto::ring::ready_area_offset(&layout, pin_entries);
+        let len = if size == without as i64 { without } else { len };
         Ok(SessionMapping {
             map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
             layout,

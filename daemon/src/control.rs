@@ -1202,7 +1202,7 @@ impl Control {
         let ready_at = SessionMemory::ready_at(self.config.layout, worker.index());
         let opened = Reply::RingOpened {
             index,
-            ready_at: ready_at as u64,
+            ready_at: Some(ready_at as u64),
         };
         if !self.reply(key, &opened, &[bell.fd()]) {
             session.free_ring(index);

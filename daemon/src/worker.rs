@@ -72,6 +72,10 @@ const QUANTUM: i64 = 4;
 /// served in long runs; a newcomer is seen at the next look at `epoll`).
 const QUANTUM_ALONE: i64 = 64;
 
+/// What a uid may owe (wakes of its sessions charged between its turns)
+/// before the rest is forgiven.
+const MAX_DEBT: i64 = 64;
+
 /// The side of a worker that other threads see.
 pub struct Worker {
     /// Which ready word of a session's ready area is this worker's.
@@ -238,14 +242,20 @@ struct Share {
 
 impl Share {
     /// A new turn: `quantum` more to spend (what was left of the last one
-    /// carries over, up to one quantum).
+    /// carries over, up to one quantum; a debt, up to [`MAX_DEBT`], is paid
+    /// first).
     fn new_turn(&mut self, quantum: i64) {
-        self.deficit = self.deficit.clamp(0, quantum) + quantum;
+        self.deficit = self.deficit.clamp(-MAX_DEBT, quantum) + quantum;
     }
 
     /// Entries the next visit may serve.
     fn entries_allowed(&self) -> u32 {
         u32::try_from(self.deficit - 1).unwrap_or(0).max(1)
+    }
+
+    /// Charges a wake of one of the uid's sessions (its doorbell rang).
+    fn charge_wake(&mut self) {
+        self.deficit -= 1;
     }
 
     /// Charges one ring visit that served `entries`.
@@ -257,9 +267,9 @@ impl Share {
         self.deficit <= 0
     }
 
-    /// The uid left the round: nothing carries over.
+    /// The uid left the round: nothing carries over but a debt.
     fn forget(&mut self) {
-        self.deficit = 0;
+        self.deficit = self.deficit.min(0);
     }
 }
 
@@ -342,11 +352,14 @@ impl WorkerState {
     fn add(&mut self, mut ring: ServedRing, bell: Arc<Doorbell>, ready_at: usize) {
         let id = ring.session.id;
         if !self.sessions.contains_key(&id) {
+            // Edge-triggered: each ring of the doorbell is one event, and
+            // the counter is never read (a wake costs no system call of
+            // its own; the counter cannot reach its 2^64 - 1 cap).
             if epoll::add(
                 &self.poll,
                 bell.fd(),
                 epoll::EventData::new_u64(id),
-                epoll::EventFlags::IN,
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
             )
             .is_err()
             {
@@ -491,9 +504,13 @@ impl WorkerState {
         let Some(watched) = self.sessions.get(&session) else {
             return;
         };
-        // Drained before the take: a bit set after the take comes with a
-        // ring after the drain, seen at the next wake.
-        watched.bell.drain();
+        // The event was taken before the word: a bit set after the take
+        // comes with a ring after the event, which is another event (the
+        // doorbell is edge-triggered).
+        let uid = watched.session.peer.uid;
+        if let Some(turn) = self.uids.get_mut(&uid) {
+            turn.share.charge_wake();
+        }
         let mask = watched
             .session
             .memory

@@ -300,8 +300,10 @@ pub enum Reply {
         index: u32,
         /// The offset in the session's memory of the ready word of the
         /// ring's worker (see `crate::ring`): set the ring's bit there
-        /// before ringing the doorbell of a parked ring.
-        ready_at: u64,
+        /// before ringing the doorbell of a parked ring. `None` from a
+        /// daemon that predates ready words (the field is absent): ring the
+        /// doorbell alone.
+        ready_at: Option<u64>,
     },
     /// The request was done.
     Ack,
@@ -530,7 +532,9 @@ impl Reply {
             Reply::RingOpened { index, ready_at } => {
                 w.u32(kind::RING_OPENED);
                 w.u32(*index);
-                w.u64(*ready_at);
+                if let Some(ready_at) = ready_at {
+                    w.u64(*ready_at);
+                }
             }
             Reply::Ack => w.u32(kind::ACK),
             Reply::Stats(stats) => {
@@ -644,7 +648,7 @@ impl Reply {
             },
             kind::RING_OPENED => Reply::RingOpened {
                 index: r.u32()?,
-                ready_at: r.u64()?,
+                ready_at: r.optional_u64()?,
             },
             kind::ACK => Reply::Ack,
             kind::STATS_REPLY => Reply::Stats(StatsReply {
@@ -782,6 +786,14 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
+    /// A trailing `u64` that older peers do not send: `None` at the end.
+    fn optional_u64(&mut self) -> Result<Option<u64>, DecodeError> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        self.u64().map(Some)
+    }
+
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
@@ -910,7 +922,11 @@ mod tests {
             },
             Reply::RingOpened {
                 index: 3,
-                ready_at: 4096,
+                ready_at: Some(4096),
+            },
+            Reply::RingOpened {
+                index: 3,
+                ready_at: None,
             },
             Reply::Ack,
             Reply::Stats(StatsReply {
