@@ -16,7 +16,6 @@
 
 mod attacks;
 mod burst;
-mod rings;
 mod churn;
 mod floor;
 mod honest;
@@ -29,6 +28,7 @@ mod reads_worker;
 mod redis;
 mod report;
 mod restart;
+mod rings;
 mod scale;
 mod soak;
 mod soak_worker;

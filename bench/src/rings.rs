@@ -81,12 +81,8 @@ pub struct RingsReport {
 /// Runs the phases against a fresh hregd in `dir`.
 pub fn run(hregd: &Path, dir: &procs::WorkDir, seconds: u64) -> anyhow::Result<RingsReport> {
     dir.open_to_others()?;
-    let (mut daemon, socket) = procs::start_hregd_with(
-        hregd,
-        dir.path(),
-        HREGD_FLAGS,
-        Some(procs::HREGD_NOFILE),
-    )?;
+    let (mut daemon, socket) =
+        procs::start_hregd_with(hregd, dir.path(), HREGD_FLAGS, Some(procs::HREGD_NOFILE))?;
     let root = procs::is_root();
     let mut report = RingsReport {
         hardware: crate::report::hardware(),
@@ -151,9 +147,9 @@ pub fn run(hregd: &Path, dir: &procs::WorkDir, seconds: u64) -> anyhow::Result<R
         let median = ratios[ratios.len() / 2];
         let name = report.rounds[0][at].name.to_string();
         if median < target {
-            report
-                .failures
-                .push(format!("{name}: {median:.3} of the rate alone, target ≥ {target}"));
+            report.failures.push(format!(
+                "{name}: {median:.3} of the rate alone, target ≥ {target}"
+            ));
         }
         report.medians.push((name, median, target));
     }
@@ -328,7 +324,9 @@ impl ModeReport for RingsReport {
             self.seconds,
             self.rounds.len()
         );
-        out.push_str("| round | phase | rings held | pairs/s | ÷ alone |\n|---|---|---:|---:|---:|\n");
+        out.push_str(
+            "| round | phase | rings held | pairs/s | ÷ alone |\n|---|---|---:|---:|---:|\n",
+        );
         for (i, round) in self.rounds.iter().enumerate() {
             for p in round {
                 let _ = writeln!(

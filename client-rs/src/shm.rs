@@ -117,7 +117,9 @@ impl SessionMapping {
         }
         // With its ready area, or without (a daemon that predates it).
         let len = hreg_proto::ring::session_len(&layout, pin_entries);
-        let size = rustix::fs::fstat(memfd).map(|stat| stat.st_size).unwrap_or(0);
+        let size = rustix::fs::fstat(memfd)
+            .map(|stat| stat.st_size)
+            .unwrap_or(0);
         let without = hreg_proto::ring::ready_area_offset(&layout, pin_entries);
         let len = if size == without as i64 { without } else { len };
         Ok(SessionMapping {

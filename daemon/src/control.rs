@@ -74,13 +74,16 @@ const _: () = assert!(2 + 2 * 2 * PRELOAD_CHUNKS <= MAX_CHUNKS_PER_REPLY as usiz
 /// next one (epoll is level-triggered).
 const MESSAGES_PER_WAKEUP: usize = 8;
 
-/// Control work one uid gets per wakeup, over all its connections (a
-/// message costs 1; a SESSIONS or LIST page costs [`PAGE_COST`]). The rest
-/// waits for the next wakeup (epoll is level-triggered).
-const CONTROL_BUDGET: u32 = 16;
+/// Control work one uid gets per wakeup, over all its connections, in
+/// microseconds of the control thread: a request costs the time it took,
+/// at least [`MIN_REQUEST_COST`] (a LIST page that scans many slots costs
+/// what it scanned). The rest waits for the next wakeup (epoll is
+/// level-triggered), so another uid's request waits for at most one such
+/// share per uid.
+const CONTROL_BUDGET: u32 = 250;
 
-/// What a SESSIONS or LIST page costs of a uid's [`CONTROL_BUDGET`].
-const PAGE_COST: u32 = 4;
+/// The least a request costs of its uid's [`CONTROL_BUDGET`].
+const MIN_REQUEST_COST: u32 = 5;
 
 /// How often the connections are looked over (silent ones, hoarders).
 const SCAN_EVERY: Duration = Duration::from_millis(100);
@@ -323,10 +326,25 @@ impl Control {
         }
         keys.clear();
         keys.extend(events.iter().map(|e| e.data.u64()));
-        for hold in self.holds.values_mut() {
+        self.holds.retain(|_, hold| {
             hold.work = 0;
-        }
+            !hold.is_empty()
+        });
         Ok(())
+    }
+
+    /// Handles the events of one wakeup: the daemon's own first, then the
+    /// connections in passes (see [`Control::read_round_robin`]).
+    pub fn dispatch_all(&mut self, keys: &[u64]) {
+        let mut conns = Vec::new();
+        for &key in keys {
+            if key >= FIRST_CONN_KEY {
+                conns.push(key);
+            } else {
+                self.dispatch(key);
+            }
+        }
+        self.read_round_robin(conns);
     }
 
     /// Handles an event of the listener, the bell or a connection.
@@ -681,28 +699,51 @@ impl Control {
     /// as far as its uid's control budget for this wakeup goes, and while
     /// its descriptors in flight allow.
     fn readable(&mut self, key: u64) {
+        self.read_round_robin(vec![key]);
+    }
+
+    /// Reads the connections `keys` (readable this wakeup) one message each
+    /// per pass, up to [`MESSAGES_PER_WAKEUP`] passes: connections of one
+    /// uid share its budget in turn, whichever epoll named first.
+    fn read_round_robin(&mut self, mut keys: Vec<u64>) {
         let mut buf = vec![0u8; MAX_MESSAGE];
         for _ in 0..MESSAGES_PER_WAKEUP {
-            let Some(uid) = self.conns.get(&key).map(|c| c.peer.uid) else {
+            keys.retain(|&key| self.read_one(key, &mut buf));
+            if keys.is_empty() {
                 return;
+            }
+        }
+    }
+
+    /// Reads and handles one message of connection `key`; false when
+    /// nothing more is to be read from it this wakeup (nothing waits, its
+    /// uid's budget is spent, it is held or gone).
+    fn read_one(&mut self, key: u64, buf: &mut [u8]) -> bool {
+        loop {
+            let Some(uid) = self.conns.get(&key).map(|c| c.peer.uid) else {
+                return false;
             };
-            if self.holds.get(&uid).is_some_and(|h| h.work >= CONTROL_BUDGET) {
+            if self
+                .holds
+                .get(&uid)
+                .is_some_and(|h| h.work >= CONTROL_BUDGET)
+            {
                 // The uid had its share of this wakeup; level-triggered
                 // epoll brings the connection back at the next one.
-                return;
+                return false;
             }
             if !self.may_send_fds(key) {
                 self.hold_conn(key);
-                return;
+                return false;
             }
             let Some(conn) = self.conns.get(&key) else {
-                return;
+                return false;
             };
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
             let mut ancillary = RecvAncillaryBuffer::new(&mut space);
             let received = rustix::net::recvmsg(
                 &conn.fd,
-                &mut [IoSliceMut::new(&mut buf)],
+                &mut [IoSliceMut::new(buf)],
                 &mut ancillary,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             );
@@ -715,20 +756,30 @@ impl Control {
                 })
                 .flatten()
                 .collect();
-            match received {
-                Ok(msg) if msg.bytes == 0 => return self.close(key, "end of file"),
+            return match received {
+                Ok(msg) if msg.bytes == 0 => {
+                    self.close(key, "end of file");
+                    false
+                }
                 Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) => {
-                    return self.refuse_or_close(key, "message too long");
+                    self.refuse_or_close(key, "message too long");
+                    false
                 }
                 Ok(msg) => {
-                    if !self.request(key, &buf[..msg.bytes], fds) {
-                        return;
-                    }
+                    let began = Instant::now();
+                    let open = self.request(key, &buf[..msg.bytes], fds);
+                    let took = u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    let hold = self.hold(uid);
+                    hold.work = hold.work.saturating_add(took.max(MIN_REQUEST_COST));
+                    open
                 }
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => false,
                 Err(Errno::INTR) => continue,
-                Err(_) => return self.close(key, "socket error"),
-            }
+                Err(_) => {
+                    self.close(key, "socket error");
+                    false
+                }
+            };
         }
     }
 
@@ -751,11 +802,6 @@ impl Control {
                 return false;
             }
         };
-        let cost = match request {
-            ControlRequest::Sessions { .. } | ControlRequest::List { .. } => PAGE_COST,
-            _ => 1,
-        };
-        self.hold(uid).work += cost;
         match (request, attached) {
             (ControlRequest::Hello { version, name }, None) => self.hello(key, version, name),
             (

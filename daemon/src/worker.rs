@@ -132,7 +132,13 @@ impl Worker {
     /// Starts serving ring `index` of `session` (reset by the caller before
     /// the client learnt of it), woken by `doorbell` (the session's for
     /// this worker) with the ready word at `ready_at` in its memory.
-    pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: Arc<Doorbell>, ready_at: usize) {
+    pub fn serve(
+        &self,
+        session: Arc<Session>,
+        index: u32,
+        doorbell: Arc<Doorbell>,
+        ready_at: usize,
+    ) {
         let Some(ring) = ServedRing::new(session, index) else {
             return;
         };

@@ -111,7 +111,10 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             status: 10,
             message: "version 999 is not 1".into(),
         },
-        Reply::RingOpened { index: 2, ready_at: Some(8) },
+        Reply::RingOpened {
+            index: 2,
+            ready_at: Some(8),
+        },
         Reply::Ack,
         Reply::Stats(StatsReply {
             objects: 1,

@@ -109,8 +109,16 @@ fn doorbell(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
         let _ = session.conn.recv();
         kept.push(bell);
     }
-    // And rings that go with their session's end.
-    let (_, _, bell) = session.try_open_ring_at().expect("RING_OPENED");
+    // And rings that go with their session's end. A closed ring's index is
+    // free once its worker lets go of it, a moment after the ACK.
+    let (_, _, bell) = (0..100)
+        .find_map(|_| {
+            session.try_open_ring_at().or_else(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            })
+        })
+        .expect("RING_OPENED");
     kept.push(bell);
     drop(session);
     ready(format!("ready bells={}", kept.len()));

@@ -224,7 +224,8 @@ impl RawSession {
         self.conn
             .try_send_with_fds(&ControlRequest::RingOpen.encode(), &[])
             .ok()?;
-        let Ok(Some((Some(Reply::RingOpened { index, .. }), Some(doorbell)))) = self.conn.try_recv()
+        let Ok(Some((Some(Reply::RingOpened { index, .. }), Some(doorbell)))) =
+            self.conn.try_recv()
         else {
             return None;
         };

@@ -903,7 +903,10 @@ mod tests {
             client.push(&mut c, &entry(k));
         }
         s.cq_head_seen = s.cq_tail.wrapping_sub(4);
-        assert_eq!(server.serve(&mut s, &waker, u32::MAX, |r| *r), Err(RingError::CqHead));
+        assert_eq!(
+            server.serve(&mut s, &waker, u32::MAX, |r| *r),
+            Err(RingError::CqHead)
+        );
     }
 
     #[test]
