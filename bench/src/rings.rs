@@ -8,22 +8,19 @@
 //! are judged against the targets (≥ 0.8 idle, ≥ 0.5 busy, ≥ 0.8 own
 //! uid's idle rings) and the run fails below them.
 //!
-//! The rings are held by a ring-holder worker process ([`holder`]) that
-//! speaks the wire protocol (`hreg_tests::raw`) the way libhreg does (a
-//! parked ring is named in its ready word before the doorbell rings), from
-//! one thread: the daemon sees what 128 processes of 64 threads would make
-//! it see, without 8192 client threads competing for the machine's cores.
+//! The rings are held by a ring-holder worker process ([`holder`], over
+//! `hreg_tests::attacks::hold_rings`) that speaks the wire protocol the way
+//! libhreg does (a parked ring is named in its ready word before the
+//! doorbell rings), from one thread: the daemon sees what 128 processes of
+//! 64 threads would make it see, without 8192 client threads competing for
+//! the machine's cores.
 
 use crate::procs::{self, Lines, Proc, OTHER_UIDS};
 use crate::report::{verdict, ModeReport};
 use crate::stats::number;
 use crate::worker::Worker;
 use anyhow::Context;
-use hreg_proto::entry::Sqe;
-use hreg_proto::ring::ClientCounters;
-use hreg_proto::Opcode;
-use hreg_tests::raw::RawSession;
-use rustix::fd::{AsFd, OwnedFd};
+use hreg_tests::attacks::{hold_rings, BUSY_PERIOD};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -37,8 +34,6 @@ use std::time::{Duration, Instant};
 const OTHER_RINGS: usize = 8192;
 /// Idle rings of the honest client's own uid.
 const OWN_RINGS: usize = 4096;
-/// How often each ring of a busy holder sends a request.
-const BUSY_PERIOD: Duration = Duration::from_millis(20);
 /// Rounds of the phases; the figures are their medians.
 const ROUNDS: usize = 3;
 /// Pause after a holder got ready or went away, before the next phase (the
@@ -224,46 +219,9 @@ impl Holder {
     }
 }
 
-/// One ring a holder keeps, and its positions.
-struct Held {
-    session: usize,
-    index: u32,
-    bell: OwnedFd,
-    ready_at: Option<usize>,
-    counters: ClientCounters,
-}
-
-/// The ring holder's body (a worker process).
+/// The ring holder's body (a worker process): `hreg_tests`' ring holder,
+/// made busy by `busy` on stdin and stopped by its end.
 pub fn holder(plan: &HolderPlan) -> anyhow::Result<()> {
-    hreg_tests::raise_fd_limit(procs::BENCH_NOFILE);
-    let mut sessions: Vec<RawSession> = Vec::new();
-    let mut held: Vec<Held> = Vec::new();
-    'attach: while held.len() < plan.rings {
-        let Ok(session) = RawSession::try_attach(&plan.socket) else {
-            break;
-        };
-        sessions.push(session);
-        let at = sessions.len() - 1;
-        let session = &sessions[at];
-        let before = held.len();
-        while held.len() < plan.rings {
-            let Some((index, _, bell, ready_at)) = session.try_open_ring_ready() else {
-                if held.len() == before {
-                    break 'attach;
-                }
-                break;
-            };
-            held.push(Held {
-                session: at,
-                index,
-                bell,
-                ready_at,
-                counters: ClientCounters::default(),
-            });
-        }
-    }
-    println!("ready {}", held.len());
-    std::io::stdout().flush()?;
     let busy = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     {
@@ -279,36 +237,16 @@ pub fn holder(plan: &HolderPlan) -> anyhow::Result<()> {
             done.store(true, Ordering::Relaxed);
         });
     }
-    let request = Sqe {
-        opcode: Opcode::Get as u8,
-        handle: 1,
-        ..Sqe::default()
-    }
-    .encode();
-    while !done.load(Ordering::Relaxed) {
-        let tick = Instant::now();
-        if busy.load(Ordering::Relaxed) {
-            for ring in &mut held {
-                let session = &sessions[ring.session];
-                let Some(view) = session.ring(ring.index) else {
-                    continue;
-                };
-                while view.pop(&mut ring.counters).is_some() {}
-                view.release(&ring.counters);
-                if ring.counters.in_flight() > 0 {
-                    continue;
-                }
-                view.push(&mut ring.counters, &request);
-                if view.flush(&ring.counters) {
-                    if let Some(word) = ring.ready_at.and_then(|at| session.ready_word(at)) {
-                        word.mark(ring.index);
-                    }
-                    let _ = rustix::io::write(ring.bell.as_fd(), &1u64.to_ne_bytes());
-                }
-            }
-        }
-        std::thread::sleep(BUSY_PERIOD.saturating_sub(tick.elapsed()));
-    }
+    hold_rings(
+        &plan.socket,
+        plan.rings,
+        &busy,
+        &mut |line| {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        },
+        &done,
+    );
     Ok(())
 }
 

@@ -72,6 +72,13 @@ const QUANTUM: i64 = 4;
 /// served in long runs; a newcomer is seen at the next look at `epoll`).
 const QUANTUM_ALONE: i64 = 64;
 
+/// Wakes in a row that find no new entry before a session's doorbell is
+/// muted.
+const USELESS_WAKES: u32 = 4;
+
+/// The longest a session's doorbell stays muted.
+const MAX_MUTE: Duration = Duration::from_millis(16);
+
 /// What a uid may owe (wakes of its sessions charged between its turns)
 /// before the rest is forgiven.
 const MAX_DEBT: i64 = 64;
@@ -184,9 +191,15 @@ impl Worker {
         let mut idle_rounds = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             self.take_commands(&mut state);
+            let next_unmute = if state.muted.is_empty() {
+                None
+            } else {
+                state.unmute_due(Instant::now())
+            };
             if state.active == 0 {
-                // Every ring is parked: sleep until a doorbell or a command.
-                state.wait_events(None, &self.bell)?;
+                // Every ring is parked: sleep until a doorbell, a command,
+                // or a muted doorbell's turn.
+                state.wait_events(next_unmute, &self.bell)?;
                 now = Instant::now();
                 looked = now;
                 continue;
@@ -305,6 +318,12 @@ struct Watched {
     bell: Arc<Doorbell>,
     ready_at: usize,
     rings: Vec<RingRef>,
+    /// Wakes in a row that found no new entry.
+    useless: u32,
+    /// The last back-off; 0 after a useful wake.
+    mute: Duration,
+    /// Out of the epoll set until its back-off ends.
+    muted: bool,
 }
 
 struct WorkerState {
@@ -317,6 +336,8 @@ struct WorkerState {
     free_slots: Vec<usize>,
     next_generation: u64,
     sessions: HashMap<u64, Watched>,
+    /// Muted sessions and when their back-off ends, in that order.
+    muted: VecDeque<(Instant, u64)>,
     uids: HashMap<u32, UidTurn>,
     /// Uids with active rings, in turn order.
     round: VecDeque<u32>,
@@ -335,6 +356,7 @@ impl WorkerState {
             free_slots: Vec::new(),
             next_generation: 0,
             sessions: HashMap::new(),
+            muted: VecDeque::new(),
             uids: HashMap::new(),
             round: VecDeque::new(),
             active: 0,
@@ -379,6 +401,9 @@ impl WorkerState {
                     bell,
                     ready_at,
                     rings: Vec::new(),
+                    useless: 0,
+                    mute: Duration::ZERO,
+                    muted: false,
                 },
             );
         }
@@ -449,7 +474,9 @@ impl WorkerState {
         let Some(watched) = self.sessions.remove(&session) else {
             return;
         };
-        let _ = epoll::delete(&self.poll, watched.bell.fd());
+        if !watched.muted {
+            let _ = epoll::delete(&self.poll, watched.bell.fd());
+        }
         for at in watched.rings {
             self.drop_ring(at);
         }
@@ -502,10 +529,14 @@ impl WorkerState {
         Ok(())
     }
 
-    /// `session`'s doorbell rang: activates the rings its ready word names,
-    /// or, when it names none, those of its parked rings here that have
-    /// work (a client that knows no ready word). Either way only the
-    /// session's own rings are looked at.
+    /// `session`'s doorbell rang: activates the rings its ready word names
+    /// that have new entries (all its parked rings here with new entries
+    /// when it names none: a client that knows no ready word). Only the
+    /// session's own rings are looked at, and a wake that finds no new
+    /// entry starts no spin. A session whose doorbell keeps ringing for
+    /// nothing ([`USELESS_WAKES`] in a row) is muted: its doorbell leaves
+    /// the epoll set for a back-off (1 ms, doubling to [`MAX_MUTE`]), after
+    /// which its rings are looked at once and the doorbell watched again.
     fn woken(&mut self, session: u64, now: Instant) {
         let Some(watched) = self.sessions.get(&session) else {
             return;
@@ -517,6 +548,34 @@ impl WorkerState {
         if let Some(turn) = self.uids.get_mut(&uid) {
             turn.share.charge_wake();
         }
+        if self.look_at(session, now) {
+            if let Some(watched) = self.sessions.get_mut(&session) {
+                watched.useless = 0;
+                watched.mute = Duration::ZERO;
+            }
+            return;
+        }
+        let Some(watched) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        watched.useless += 1;
+        if watched.useless < USELESS_WAKES {
+            return;
+        }
+        watched.useless = 0;
+        watched.mute = (watched.mute * 2).clamp(Duration::from_millis(1), MAX_MUTE);
+        watched.muted = true;
+        let _ = epoll::delete(&self.poll, watched.bell.fd());
+        self.muted.push_back((now + watched.mute, session));
+    }
+
+    /// Activates the rings of `session` named in its ready word (or, when
+    /// it names none, all of its parked rings here) that have new entries;
+    /// whether there was one.
+    fn look_at(&mut self, session: u64, now: Instant) -> bool {
+        let Some(watched) = self.sessions.get(&session) else {
+            return false;
+        };
         let mask = watched
             .session
             .memory
@@ -530,17 +589,46 @@ impl WorkerState {
             .filter(|&at| {
                 self.slots[at.slot].as_ref().is_some_and(|r| {
                     !r.active
-                        && if mask != 0 {
-                            mask & ready_bit(r.ring.index()) != 0
-                        } else {
-                            r.has_work()
-                        }
+                        && (mask == 0 || mask & ready_bit(r.ring.index()) != 0)
+                        && r.has_work()
                 })
             })
             .collect();
+        let found = !named.is_empty();
         for at in named {
             self.activate(at, now);
         }
+        found
+    }
+
+    /// Watches the doorbells of muted sessions whose back-off is over
+    /// again, after a look at their rings (their rings may have work that
+    /// rang while they were muted). Returns how long until the next one is
+    /// due.
+    fn unmute_due(&mut self, now: Instant) -> Option<Duration> {
+        while let Some(&(due, session)) = self.muted.front() {
+            if due > now {
+                return Some(due - now);
+            }
+            self.muted.pop_front();
+            let Some(watched) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            watched.muted = false;
+            if epoll::add(
+                &self.poll,
+                watched.bell.fd(),
+                epoll::EventData::new_u64(session),
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
+            )
+            .is_err()
+            {
+                watched.session.close();
+                continue;
+            }
+            self.look_at(session, now);
+        }
+        None
     }
 
     /// One round of deficit round robin over the uids with active rings;

@@ -176,7 +176,11 @@ fn worker(shared: &Shared) {
         if ring.prepare_sleep(&counters) {
             loop {
                 shared.doorbell.wait();
-                if server_ready(shared).take() & ready_bit(0) != 0 {
+                // A named ring is activated only if a new entry is there
+                // (a bit left from an entry served already names nothing):
+                // the mark's release and the take's acquire make sure a
+                // new one is seen, or the worker would sleep for good.
+                if server_ready(shared).take() & ready_bit(0) != 0 && ring.has_work(&counters) {
                     break;
                 }
             }

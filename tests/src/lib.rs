@@ -74,6 +74,11 @@ impl Daemon {
     /// Starts `hregd` with `args` on a socket every uid can reach (mode
     /// 666 in a 0755 directory), for tests that run clients as other uids.
     pub fn start_reachable(args: &[&str]) -> Daemon {
+        Daemon::start_reachable_wrapped(&[], args)
+    }
+
+    /// [`Daemon::start_reachable`] under `WRAPPER...` (e.g. `prlimit`).
+    pub fn start_reachable_wrapped(wrapper: &[&str], args: &[&str]) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -81,7 +86,7 @@ impl Daemon {
         let socket = dir.path().join("hreg.sock");
         let mut all = vec!["--socket-mode", "666"];
         all.extend_from_slice(args);
-        Daemon::start_at(dir, socket, &all)
+        Daemon::launch(dir, socket, wrapper, &all, |_| {})
     }
 
     /// Starts `hregd` with `args`, letting `setup` adjust the command first
@@ -231,17 +236,7 @@ impl Daemon {
 
     /// CPU time the daemon has used so far (user and system).
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .expect("read /proc/PID/stat");
-        // Fields after the command name, which is in parentheses and may
-        // hold spaces: utime and stime are the 12th and 13th of them.
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis(ticks * 1000 / per_sec)
+        cpu_time_of(self.pid())
     }
 
     /// The share of one core the daemon used over the next `window`.
@@ -506,6 +501,20 @@ impl Drop for Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The CPU time (user + system) process `pid` has used.
+pub fn cpu_time_of(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_sec)
 }
 
 /// How long a fresh client took to attach, insert and get a value back, or
