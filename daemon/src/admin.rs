@@ -132,5 +132,6 @@ pub fn usage(
             .collect(),
         workers,
         reclaim_pending: registry.reclaim_pending(),
+        ..UsageReply::default()
     }
 }

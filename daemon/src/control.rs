@@ -36,7 +36,8 @@ use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
 use hreg_proto::control::{
-    ControlRequest, Preload, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+    ControlRequest, Preload, Reply, UidHolds, UsageReply, Welcome, WorkerUsage,
+    MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
 };
 use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::table::SHARED_DOMAIN;
@@ -495,6 +496,27 @@ impl Control {
         self.conns.len() + self.holds.values().map(|h| h.bells).sum::<usize>() + self.draining.len()
     }
 
+    /// USAGE's caps per uid and what the daemon holds for each uid (the
+    /// caller's own unless root).
+    fn usage_holds(&self, usage: &mut UsageReply, caller_uid: u32) {
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        usage.uid_max_rings = self.config.limits.uid_max_rings as u64;
+        usage.uid_max_fds = self.fds.uid_share() as u64;
+        let mut holds: Vec<UidHolds> = self
+            .holds
+            .iter()
+            .filter(|&(&uid, _)| caller_uid == ROOT || uid == caller_uid)
+            .map(|(&uid, hold)| UidHolds {
+                uid,
+                rings: narrow(hold.rings),
+                fds: narrow(hold.fds()),
+                fds_in_flight: narrow(hold.inflight),
+            })
+            .collect();
+        holds.sort_by_key(|h| h.uid);
+        usage.holds = holds;
+    }
+
     fn hold(&mut self, uid: u32) -> &mut UidHold {
         self.holds.entry(uid).or_default()
     }
@@ -886,13 +908,14 @@ impl Control {
                         ops: w.ops(),
                     })
                     .collect();
-                let usage = admin::usage(
+                let mut usage = admin::usage(
                     &self.registry,
                     self.started.elapsed(),
                     self.ops_rate.per_sec(),
                     workers,
                     caller.peer.uid,
                 );
+                self.usage_holds(&mut usage, caller.peer.uid);
                 self.reply(key, &Reply::Usage(usage), &[])
             }
         }

@@ -190,6 +190,28 @@ pub struct UsageReply {
     /// Bytes of replaced or removed values whose memory waits for
     /// reclamation (borrowed references may hold it back).
     pub reclaim_pending: u64,
+    /// Limit on the rings one uid may have open (`uid_max_rings`; 0 from a
+    /// daemon that does not say).
+    pub uid_max_rings: u64,
+    /// The descriptors one uid may hold: its share of the daemon's budget
+    /// (0 from a daemon that does not say).
+    pub uid_max_fds: u64,
+    /// What the daemon holds per uid (only the caller's own unless root).
+    pub holds: Vec<UidHolds>,
+}
+
+/// What the daemon holds for one uid (USAGE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UidHolds {
+    /// The uid.
+    pub uid: u32,
+    /// Rings open.
+    pub rings: u32,
+    /// Descriptors held for it: connections, doorbells, descriptors sent
+    /// and not yet read.
+    pub fds: u32,
+    /// Of those, descriptors sent and not yet read.
+    pub fds_in_flight: u32,
 }
 
 /// Figures of a running daemon.
@@ -604,6 +626,14 @@ impl Reply {
                     w.u64(worker.ops);
                 }
                 w.u64(u.reclaim_pending);
+                w.u64(u.uid_max_rings);
+                w.u64(u.uid_max_fds);
+                w.u32(u.holds.len() as u32);
+                for hold in &u.holds {
+                    for v in [hold.uid, hold.rings, hold.fds, hold.fds_in_flight] {
+                        w.u32(v);
+                    }
+                }
             }
             Reply::DomainChunks {
                 domain,
@@ -722,6 +752,20 @@ impl Reply {
                     });
                 }
                 usage.reclaim_pending = r.u64()?;
+                // The holds, from daemons that send them.
+                if let Some(cap) = r.optional_u64()? {
+                    usage.uid_max_rings = cap;
+                    usage.uid_max_fds = r.u64()?;
+                    let holds = r.count(16)?;
+                    for _ in 0..holds {
+                        usage.holds.push(UidHolds {
+                            uid: r.u32()?,
+                            rings: r.u32()?,
+                            fds: r.u32()?,
+                            fds_in_flight: r.u32()?,
+                        });
+                    }
+                }
                 Reply::Usage(usage)
             }
             kind::DOMAIN_CHUNKS => Reply::DomainChunks {
@@ -983,6 +1027,14 @@ mod tests {
                         ops: u64::MAX,
                     },
                 ],
+                uid_max_rings: 8192,
+                uid_max_fds: 9000,
+                holds: vec![UidHolds {
+                    uid: 1000,
+                    rings: 3,
+                    fds: 5,
+                    fds_in_flight: 1,
+                }],
             }),
         ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));

@@ -170,6 +170,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             }],
             workers: vec![WorkerUsage { rings: 3, ops: 99 }],
             reclaim_pending: 4096,
+            ..UsageReply::default()
         }),
         Reply::DomainChunks {
             domain: 1,

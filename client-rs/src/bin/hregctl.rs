@@ -421,6 +421,15 @@ impl Figures {
             .enumerate()
             .map(|(i, w)| serde_json::json!({ "worker": i, "rings": w.rings, "ops": w.ops }))
             .collect();
+        let holds: Vec<_> = u
+            .holds
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "uid": h.uid, "rings": h.rings, "fds": h.fds, "fds_in_flight": h.fds_in_flight,
+                })
+            })
+            .collect();
         serde_json::json!({
             "objects": s.objects,
             "value_bytes": s.value_bytes,
@@ -432,7 +441,9 @@ impl Figures {
             "limits": {
                 "max_objects": u.max_objects, "max_bytes": u.max_bytes,
                 "uid_max_objects": u.uid_max_objects, "uid_max_bytes": u.uid_max_bytes,
+                "uid_max_rings": u.uid_max_rings, "uid_max_fds": u.uid_max_fds,
             },
+            "holds": holds,
             "uids": uids,
             "shards": u.shards,
             "workers": workers,
@@ -479,6 +490,26 @@ impl Figures {
             .collect::<Vec<_>>();
         print_table(out, &["UID", "OBJECTS / CAP", "BYTES / CAP"], &rows)?;
         writeln!(out)?;
+        if !u.holds.is_empty() {
+            let rows = u
+                .holds
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.uid.to_string(),
+                        format!("{} / {}", h.rings, u.uid_max_rings),
+                        format!("{} / {}", h.fds, u.uid_max_fds),
+                        h.fds_in_flight.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            print_table(
+                out,
+                &["UID", "RINGS / CAP", "DESCRIPTORS / SHARE", "IN FLIGHT"],
+                &rows,
+            )?;
+            writeln!(out)?;
+        }
         let rows = u
             .workers
             .iter()
