@@ -6,7 +6,10 @@
 //!
 //! The daemon is sampled every second (CPU share of a core, resident
 //! memory, descriptors). The run fails if the honest client sees a wrong
-//! value or an error, an attack does not get going, or the daemon dies.
+//! value or an error, an attack does not get going, or the daemon dies;
+//! and if under attack the honest client keeps less than
+//! [`MIN_SHARE_KEPT`] of its baseline ops/s or its attach p99 passes
+//! [`MAX_ATTACH_P99`] (issue 18's bounds).
 
 use crate::honest;
 use crate::procs::{self, Lines, Proc, HREGD_NOFILE, OTHER_UIDS};
@@ -42,6 +45,12 @@ const MIN_NOFILE: u64 = 16_384;
 /// scans them all and finds none): what `list-flood` needs to cost
 /// anything, as in its regression test.
 const FILLER_OBJECTS: usize = 100_000;
+
+/// The least share of its baseline ops/s the honest client must keep under
+/// attack.
+pub const MIN_SHARE_KEPT: f64 = 0.5;
+/// The longest attach p99 under attack.
+pub const MAX_ATTACH_P99: Duration = Duration::from_millis(10);
 
 /// How long an attack may take to set up.
 const SETUP: Duration = Duration::from_secs(120);
@@ -234,6 +243,24 @@ pub fn run(
         None => {
             report.cpu_after = cpu_share(&daemon, IDLE_WINDOW)?;
             report.fds_after = daemon.fd_count()?;
+        }
+    }
+    if let (Some(base), Some(attacked)) = (&report.baseline, &report.attacked) {
+        let kept = attacked.honest.ops_per_sec / base.honest.ops_per_sec.max(1.0);
+        if kept < MIN_SHARE_KEPT {
+            report.failures.push(format!(
+                "the honest client kept {:.1}% of its baseline ops/s under attack (bound: ≥ {}%)",
+                kept * 100.0,
+                MIN_SHARE_KEPT * 100.0
+            ));
+        }
+        let p99 = Duration::from_secs_f64(attacked.honest.attach.p99_ns.max(0.0) / 1e9);
+        if attacked.honest.attach.count > 0 && p99 > MAX_ATTACH_P99 {
+            report.failures.push(format!(
+                "attach p99 under attack {} µs (bound: ≤ {} µs)",
+                micros(attacked.honest.attach.p99_ns),
+                MAX_ATTACH_P99.as_micros()
+            ));
         }
     }
     for phase in [&report.baseline, &report.attacked].into_iter().flatten() {
@@ -518,6 +545,16 @@ impl ModeReport for AttacksReport {
                 let _ = write!(out, " {} |", cell(p));
             }
             out.push('\n');
+        }
+        if let (Some(base), Some(attacked)) = (&self.baseline, &self.attacked) {
+            let _ = writeln!(
+                out,
+                "\nhonest ops/s under attack ÷ baseline: {:.3} (bound ≥ {}); attach p99 under attack {} µs (bound ≤ {} µs)",
+                attacked.honest.ops_per_sec / base.honest.ops_per_sec.max(1.0),
+                MIN_SHARE_KEPT,
+                micros(attacked.honest.attach.p99_ns),
+                MAX_ATTACH_P99.as_micros()
+            );
         }
         let _ = writeln!(
             out,

@@ -28,6 +28,7 @@ mod reads_worker;
 mod redis;
 mod report;
 mod restart;
+mod rings;
 mod scale;
 mod soak;
 mod soak_worker;
@@ -141,6 +142,14 @@ struct Args {
     #[arg(long, value_name = "N", conflicts_with_all = ["quick", "only", "soak", "attacks", "burst"],
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     restart: Option<u64>,
+    /// What others' rings cost a writer instead: an honest client's
+    /// insert+release pairs/s alone, while another uid holds as many rings
+    /// as the daemon lets it (idle, then each sending a request every 20
+    /// ms), and while its own uid holds 4096 idle rings; SECONDS per phase,
+    /// three rounds. Exits non-zero below issue 18's targets.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only", "soak", "attacks", "burst", "restart", "churn"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    rings: Option<u64>,
     /// (internal) Run as a worker process of a section (JSON).
     #[arg(long, hide = true, value_name = "JSON")]
     worker: Option<String>,
@@ -287,6 +296,11 @@ fn main() -> ExitCode {
             None => None,
         };
         run_burst(&args, &hregd, attack_bin.as_deref(), processes as usize)
+    } else if let Some(seconds) = args.rings {
+        run_mode(&args, "rings run", |dir| {
+            hreg_tests::raise_fd_limit(procs::BENCH_NOFILE);
+            rings::run(&hregd, dir, seconds)
+        })
     } else if let Some(objects) = args.restart {
         run_mode(&args, "restart run", |dir| {
             restart::run(&hregd, dir.path(), objects as usize)

@@ -3,7 +3,7 @@
 //! honest client of `--attacks`, one process of a `--burst`, a reading
 //! client of section 7), with what it is to do as JSON on its command line.
 
-use crate::{burst, honest, reads_worker, soak_worker};
+use crate::{burst, honest, reads_worker, rings, soak_worker};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::process::{Command, ExitCode};
@@ -16,6 +16,7 @@ pub enum Worker {
     Honest(honest::Plan),
     Burst(burst::ClientPlan),
     Reads(reads_worker::Plan),
+    RingHolder(rings::HolderPlan),
 }
 
 impl Worker {
@@ -40,6 +41,7 @@ impl Worker {
             Worker::Honest(plan) => honest::run(plan),
             Worker::Burst(plan) => burst::client(plan),
             Worker::Reads(plan) => reads_worker::run(plan),
+            Worker::RingHolder(plan) => rings::holder(plan),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

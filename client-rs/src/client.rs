@@ -46,6 +46,11 @@ impl Inner {
         let mut state = cell.lock()?;
         let cx = Context {
             ring: session.ring(cell.index())?,
+            index: cell.index(),
+            ready: cell
+                .ready_at()
+                .map(|offset| session.ready_word(offset))
+                .transpose()?,
             doorbell: cell.doorbell(),
             liveness: &**session,
             max_value_size: session.welcome().max_value_size,

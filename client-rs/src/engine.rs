@@ -1,6 +1,7 @@
 //! The data path: one batch run on one ring. It plans the batch
 //! ([`crate::plan`]), writes each round's entries and values, publishes the
-//! SQ tail and rings the doorbell only when the daemon sleeps, waits for the
+//! SQ tail and, only when the ring's worker has parked it, names the ring in
+//! the session's ready word and rings the doorbell; it waits for the
 //! round's completions (spin briefly, then futex with a 100 ms timeout that
 //! checks the control socket), and turns completions into results, fetching
 //! STAGED values piece by piece.
@@ -15,7 +16,7 @@ use crate::shm::{self, Wake};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
 use hreg_proto::handle::Handle;
-use hreg_proto::ring::{ClientCounters, ClientRing, Park};
+use hreg_proto::ring::{ClientCounters, ClientRing, Park, ReadyWord};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::Opcode;
 use rustix::fd::{AsFd, BorrowedFd};
@@ -141,6 +142,11 @@ pub(crate) trait Liveness {
 /// What the engine needs for one batch.
 pub(crate) struct Context<'a> {
     pub ring: ClientRing<'a>,
+    /// The ring's index (its bit in the ready word).
+    pub index: u32,
+    /// The ready word of the ring's worker (`None`: a daemon without
+    /// ready words, which looks at the ring when its doorbell rings).
+    pub ready: Option<ReadyWord<'a>>,
     pub doorbell: BorrowedFd<'a>,
     pub liveness: &'a dyn Liveness,
     pub max_value_size: u64,
@@ -308,7 +314,11 @@ impl RingIo<'_, '_> {
         Ok(())
     }
 
+    /// Names the parked ring in the ready word, then rings the doorbell.
     fn ring_doorbell(&self) -> Result<()> {
+        if let Some(ready) = &self.cx.ready {
+            ready.mark(self.cx.index);
+        }
         loop {
             match rustix::io::write(self.cx.doorbell.as_fd(), &1u64.to_ne_bytes()) {
                 Ok(_) => return Ok(()),

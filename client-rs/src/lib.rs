@@ -36,7 +36,7 @@ pub use borrow::{OwnedValueRef, ValueRef};
 pub use client::Client;
 pub use error::{Error, Result};
 pub use hreg_proto::control::{
-    ListFilter, ObjectInfo, SessionInfo, UidUsage, UsageReply, Welcome, WorkerUsage,
+    ListFilter, ObjectInfo, SessionInfo, UidHolds, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
 pub use hreg_proto::handle::{Handle, ParseHandleError};
 pub use hreg_proto::{Limit, Status, PROTOCOL_VERSION};

@@ -54,6 +54,9 @@ pub(crate) struct RingCell {
     /// The session's generation when the ring was opened.
     generation: u64,
     index: u32,
+    /// Where the ready word of the ring's worker lies in the session memory
+    /// (`None`: a daemon without ready words).
+    ready_at: Option<u64>,
     doorbell: OwnedFd,
     state: Mutex<RingState>,
 }
@@ -76,6 +79,10 @@ impl RingTable {
 impl RingCell {
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+
+    pub(crate) fn ready_at(&self) -> Option<u64> {
+        self.ready_at
     }
 
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
@@ -230,14 +237,18 @@ impl Rings {
     /// Asks the daemon for a ring; past the cap, shares one we already have.
     fn open(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
         match session.call(&ControlRequest::RingOpen)? {
-            (Reply::RingOpened { index }, fds) => {
+            (Reply::RingOpened { index, ready_at }, fds) => {
                 let doorbell = control::one_fd(fds, "RING_OPENED")?;
                 session.ring(index)?;
+                if let Some(offset) = ready_at {
+                    session.ready_word(offset)?;
+                }
                 let cell = Arc::new(RingCell {
                     session: Arc::downgrade(session),
                     pid: session.pid(),
                     generation: session.generation(),
                     index,
+                    ready_at,
                     doorbell,
                     state: Mutex::new(RingState::default()),
                 });

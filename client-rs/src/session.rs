@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::reads::{Chunk, ChunkSource, Reads};
 use crate::shm::{self, SessionMapping};
 use hreg_proto::control::{clip, ControlRequest, MapDomain, Reply, Welcome};
-use hreg_proto::ring::{ClientRing, Layout};
+use hreg_proto::ring::{ClientRing, Layout, ReadyWord};
 use hreg_proto::{Limit, Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -84,6 +84,10 @@ impl Session {
     }
 
     fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Arc<Session>> {
+        // Names are text: the daemon refuses control characters.
+        if name.chars().any(char::is_control) {
+            return Err(Error::Invalid);
+        }
         let hello = ControlRequest::Hello {
             version: PROTOCOL_VERSION,
             name: name.to_owned(),
@@ -271,6 +275,19 @@ impl Session {
         })
     }
 
+    /// The ready word at `offset` of the session memory (RING_OPENED names
+    /// it).
+    pub(crate) fn ready_word(&self, offset: u64) -> Result<ReadyWord<'_>> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.map.ready_word(offset))
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "ready word at {offset}, outside the session's ready area"
+                ))
+            })
+    }
+
     /// The registry's read side, as this session maps it.
     pub(crate) fn reads(&self) -> &Reads {
         &self.reads
@@ -435,7 +452,10 @@ impl Drop for Session {
 }
 
 /// The resuming thread: tries RESUME with backoff until it succeeds, the
-/// daemon refuses, `deadline` passes or the client is dropped.
+/// daemon refuses, `deadline` passes or the client is dropped. QUOTA is not
+/// a final refusal: the daemon holds a kept session's slot, but one of its
+/// caps may still be full for a moment (others detaching after the
+/// restart), so it is tried again until the grace ends.
 fn resume(me: Weak<Session>, deadline: Instant) {
     let mut pause = Duration::from_millis(5);
     loop {
@@ -445,7 +465,7 @@ fn resume(me: Weak<Session>, deadline: Instant) {
         let outcome = session.try_resume(deadline);
         let state = match outcome {
             Ok(true) => ATTACHED,
-            Ok(false) if Instant::now() + pause < deadline => AWAY,
+            Ok(false) | Err(Error::Quota { .. }) if Instant::now() + pause < deadline => AWAY,
             Ok(false) => GONE,
             Err(_) => GONE,
         };

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use hreg_proto::pins::{self, ClientPins, Pin};
-use hreg_proto::ring::{ClientRing, Layout};
+use hreg_proto::ring::{ClientRing, Layout, ReadyWord};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::sync::AtomicU32;
 use rustix::fd::OwnedFd;
@@ -119,7 +119,13 @@ impl SessionMapping {
                 "pin table of {pin_entries} entries at {pins_offset}, not where the protocol puts one"
             )));
         }
-        let len = pins::session_len(&layout, pin_entries);
+        // With its ready area, or without (a daemon that predates it).
+        let len = hreg_proto::ring::session_len(&layout, pin_entries);
+        let size = rustix::fs::fstat(memfd)
+            .map(|stat| stat.st_size)
+            .unwrap_or(0);
+        let without = hreg_proto::ring::ready_area_offset(&layout, pin_entries);
+        let len = if size == without as i64 { without } else { len };
         Ok(SessionMapping {
             map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
             layout,
@@ -132,6 +138,13 @@ impl SessionMapping {
     /// ring.
     pub(crate) fn ring(&self, index: u32) -> Option<ClientRing<'_>> {
         self.map.client_ring(self.layout, index)
+    }
+
+    /// The client's side of the ready word at `offset`, if it lies in the
+    /// session's ready area.
+    pub(crate) fn ready_word(&self, offset: usize) -> Option<ReadyWord<'_>> {
+        let area = hreg_proto::ring::ready_area_offset(&self.layout, self.pin_entries);
+        (offset >= area).then(|| self.map.client_ready(offset))?
     }
 
     /// The client's side of the session's pin table.

@@ -14,6 +14,8 @@ use hreg_proto::control::{
 };
 use hreg_proto::Status;
 use hreg_registry::{ListFilter, Registry, ROOT};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Requests per second, measured over the last whole second or more.
@@ -55,21 +57,14 @@ pub fn stats(registry: &Registry, sessions: u64, ops: u64, caller_uid: u32) -> S
     }
 }
 
-/// Attached sessions with ids from `cursor` on; all of them for root, the
-/// caller's own uid's otherwise.
-pub fn sessions_page<'a>(
-    sessions: impl Iterator<Item = &'a Session>,
-    cursor: u64,
-    caller_uid: u32,
-) -> Reply {
-    let mut visible: Vec<&Session> = sessions
-        .filter(|s| s.id >= cursor && (caller_uid == ROOT || s.peer.uid == caller_uid))
-        .collect();
-    visible.sort_by_key(|s| s.id);
+/// Attached sessions with ids from `cursor` on, from `index` (the
+/// caller's view: every session for root, the caller's own uid's
+/// otherwise); one page, found without looking at the rest.
+pub fn sessions_page(index: &BTreeMap<u64, Arc<Session>>, cursor: u64) -> Reply {
     let page = MAX_PAGE as usize;
-    let next = visible.get(page).map_or(0, |s| s.id);
+    let mut visible = index.range(cursor..).map(|(_, s)| s);
     let sessions = visible
-        .into_iter()
+        .by_ref()
         .take(page)
         .map(|s| SessionInfo {
             id: s.id,
@@ -81,6 +76,7 @@ pub fn sessions_page<'a>(
             name: s.name.clone(),
         })
         .collect();
+    let next = visible.next().map_or(0, |s| s.id);
     Reply::Sessions { sessions, next }
 }
 
@@ -163,6 +159,7 @@ pub fn usage(
         } else {
             0
         },
+        ..UsageReply::default()
     }
 }
 

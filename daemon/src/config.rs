@@ -87,6 +87,10 @@ pub struct Args {
         "Rings per session, 1 to 4096; more threads share one", DEFAULT_MAX_RINGS))]
     pub max_rings: Option<u32>,
     #[arg(long, value_name = "N", help = with_default(
+        "Rings one uid may have open over all its sessions (root is exempt); \
+         its threads beyond share rings", DEFAULT_UID_MAX_RINGS))]
+    pub uid_max_rings: Option<usize>,
+    #[arg(long, value_name = "N", help = with_default(
         "Entries per submission and completion queue, a power of two from 2 to 32768",
         DEFAULT_RING_ENTRIES))]
     pub ring_entries: Option<u32>,
@@ -157,6 +161,7 @@ pub struct FileConfig {
     pub max_sessions: Option<usize>,
     pub uid_max_sessions: Option<usize>,
     pub max_rings: Option<u32>,
+    pub uid_max_rings: Option<usize>,
     pub ring_entries: Option<u32>,
     pub data_size: Option<u32>,
     pub log_level: Option<String>,
@@ -191,6 +196,10 @@ pub struct Config {
     pub allow_overflow_uid: bool,
 }
 
+/// Rings one uid may have open by default: enough for 128 sessions of 64
+/// threads; past it a uid's threads share rings.
+pub const DEFAULT_UID_MAX_RINGS: usize = 8192;
+
 /// The limits a running daemon can take anew (SIGHUP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -200,6 +209,8 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Attached sessions of one uid (root is exempt).
     pub uid_max_sessions: usize,
+    /// Open rings of one uid over all its sessions (root is exempt).
+    pub uid_max_rings: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +359,10 @@ impl Config {
                     .uid_max_sessions
                     .or(file.uid_max_sessions)
                     .unwrap_or((max_sessions / 2).max(1)),
+                uid_max_rings: args
+                    .uid_max_rings
+                    .or(file.uid_max_rings)
+                    .unwrap_or(DEFAULT_UID_MAX_RINGS),
             },
             layout: Layout {
                 entries: args
@@ -462,6 +477,12 @@ impl Config {
             limits.max_sessions as u64,
         )?;
         range(
+            "uid_max_rings",
+            limits.uid_max_rings,
+            limits.uid_max_rings >= 1,
+            "at least 1",
+        )?;
+        range(
             "resume_grace",
             self.resume_grace.as_secs(),
             self.resume_grace.as_secs() <= 86_400,
@@ -540,6 +561,11 @@ impl Config {
             "",
         );
         line("max_rings", Some(self.layout.max_rings.to_string()), "");
+        line(
+            "uid_max_rings",
+            Some(self.limits.uid_max_rings.to_string()),
+            "",
+        );
         line("ring_entries", Some(self.layout.entries.to_string()), "");
         line("data_size", Some(self.layout.data_size.to_string()), "");
         line("log_level", Some(quoted(&self.log_level)), "");

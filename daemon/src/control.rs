@@ -7,23 +7,37 @@
 //! Everything here is non-blocking and driven by one `epoll` (the event
 //! loop is [`crate::daemon`]'s): a peer that is slow, silent or hostile can
 //! only lose its own connection, never hold up the accept loop. Work per
-//! wakeup is bounded (accepts, messages per connection, slots a LIST looks
-//! at), so one busy client cannot starve the others, the watchdog or the
-//! cleanup of closed sessions.
+//! wakeup is bounded per uid, not per connection ([`CONTROL_BUDGET`]: a uid
+//! with thousands of connections gets the same control work per wake as a
+//! uid with one), SESSIONS pages come from per-uid indexes, and so one busy
+//! uid cannot starve the others, the watchdog or the cleanup of closed
+//! sessions.
+//!
+//! What the daemon holds for a uid is counted ([`UidHold`]): its rings
+//! (`uid_max_rings`), and the descriptors it costs (connections, the
+//! doorbells of its sessions, descriptors sent and not yet read), which
+//! may take at most a share of the descriptor budget ([`FdBudget`]). A
+//! descriptor-carrying reply is sent only when the peer has read the
+//! connection's earlier ones (`SIOCOUTQ`) and its uid has fewer than
+//! [`FdBudget::inflight_cap`] in flight; until then the connection is not
+//! read (it is *held*). Descriptors in flight are charged by the kernel to
+//! hregd's user, and past its RLIMIT_NOFILE every `sendmsg` with
+//! descriptors fails (ETOOMANYREFS): no uid can bring that about alone.
 
 use crate::admin::{self, OpsRate};
 use crate::admission::{Admission, Arrival, PARKED_CAP, WAITING_SHARE};
 use crate::config::{Config, Limits};
 use crate::doorbell::Doorbell;
 use crate::listener::{Accepted, Listener};
-use crate::peer::{peer_process, Peer, Process};
+use crate::peer::{peer_process, unread_bytes, Peer, Process};
 use crate::ratelimit::warn_limited;
 use crate::session::Session;
 use crate::shm::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
 use hreg_proto::control::{
-    ControlRequest, MapDomain, Reply, Welcome, WorkerUsage, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+    ControlRequest, MapDomain, Reply, UidHolds, UsageReply, Welcome, WorkerUsage,
+    MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
 };
 use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
@@ -35,7 +49,7 @@ use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +68,23 @@ const ACCEPT_BATCH: usize = 64;
 /// next one (epoll is level-triggered).
 const MESSAGES_PER_WAKEUP: usize = 8;
 
+/// Control work one uid gets per wakeup, over all its connections, in
+/// microseconds of the control thread: a request costs the time it took,
+/// at least [`MIN_REQUEST_COST`] (a LIST page that scans many slots costs
+/// what it scanned). The rest waits for the next wakeup (epoll is
+/// level-triggered), so another uid's request waits for at most one such
+/// share per uid.
+const CONTROL_BUDGET: u32 = 250;
+
+/// The least a request costs of its uid's [`CONTROL_BUDGET`].
+const MIN_REQUEST_COST: u32 = 5;
+
+/// How often the connections are looked over (silent ones, hoarders).
+const SCAN_EVERY: Duration = Duration::from_millis(100);
+
+/// How often held connections are looked at again while there are some.
+const HELD_RECHECK: Duration = Duration::from_millis(5);
+
 /// epoll keys below this are the daemon's own (listener, signals, bell).
 pub const FIRST_CONN_KEY: u64 = 16;
 pub const LISTENER_KEY: u64 = 0;
@@ -64,6 +95,62 @@ struct Conn {
     fd: OwnedFd,
     peer: Peer,
     state: ConnState,
+    /// The session's doorbell for each worker that serves one of its rings
+    /// (made with the first such ring).
+    bells: Vec<Option<Arc<Doorbell>>>,
+    /// Indices of the rings this connection opened and has not closed.
+    rings: Vec<u32>,
+    /// Descriptors sent on this connection that the peer may not have read
+    /// yet (cleared once `SIOCOUTQ` says it read everything).
+    unread_fds: usize,
+    /// Not read (out of the epoll set) until its descriptors in flight are
+    /// read.
+    held: bool,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, peer: Peer) -> Conn {
+        Conn {
+            fd,
+            peer,
+            state: ConnState::Parked,
+            bells: Vec::new(),
+            rings: Vec::new(),
+            unread_fds: 0,
+            held: false,
+        }
+    }
+
+    fn bell_count(&self) -> usize {
+        self.bells.iter().flatten().count()
+    }
+}
+
+/// What the daemon holds for one uid, and the control work it had this
+/// wakeup.
+#[derive(Debug, Default)]
+struct UidHold {
+    /// Connections (waiting, parked, attached).
+    conns: usize,
+    /// Session doorbells (one per session and worker serving it).
+    bells: usize,
+    /// Open rings.
+    rings: usize,
+    /// Descriptors sent and maybe not read yet.
+    inflight: usize,
+    /// Control work done this wakeup.
+    work: u32,
+}
+
+impl UidHold {
+    /// Descriptors the daemon holds or has in flight for the uid.
+    fn fds(&self) -> usize {
+        self.conns + self.bells + self.inflight
+    }
+
+    fn is_empty(&self) -> bool {
+        self.conns == 0 && self.bells == 0 && self.rings == 0 && self.inflight == 0
+    }
 }
 
 enum ConnState {
@@ -107,6 +194,20 @@ impl FdBudget {
     fn allows(&self, held: usize, reserve_share: usize) -> bool {
         self.base + held + self.reserve / reserve_share < self.limit
     }
+
+    /// Descriptors one uid may hold (root is exempt): half of what is left
+    /// after the daemon's own and the reserve, so one uid never takes
+    /// everything.
+    fn uid_share(&self) -> usize {
+        (self.limit.saturating_sub(self.base + self.reserve) / 2).max(16)
+    }
+
+    /// Descriptors one uid may have in flight (sent in replies, not yet
+    /// read). The kernel charges them to hregd's user up to RLIMIT_NOFILE;
+    /// an eighth each leaves room for several uids and the daemon.
+    fn inflight_cap(&self) -> usize {
+        (self.limit / 8).clamp(2 * MAX_CHUNKS_PER_REPLY as usize, 65_536)
+    }
 }
 
 /// What the control thread owns: the listener, every connection, and the
@@ -122,6 +223,18 @@ pub struct Control {
     /// descriptor is left even to refuse a connection).
     listening: bool,
     conns: HashMap<u64, Conn>,
+    /// Attached sessions by id, all of them and per uid (SESSIONS pages).
+    sessions: BTreeMap<u64, Arc<Session>>,
+    sessions_by_uid: HashMap<u32, BTreeMap<u64, Arc<Session>>>,
+    /// What the daemon holds for each uid.
+    holds: HashMap<u32, UidHold>,
+    /// Connections not read until their descriptors in flight are read.
+    held: Vec<u64>,
+    /// Connections closed with descriptors still unread in the peer's
+    /// queue: kept open (and charged to their uid) until the peer takes or
+    /// drops them, since they stay charged to hregd's user until then.
+    draining: Vec<(OwnedFd, u32, usize)>,
+    last_scan: Instant,
     admission: Admission,
     next_key: u64,
     /// Sessions of the adopted state waiting for their clients, by id, with
@@ -165,6 +278,12 @@ impl Control {
             listener,
             listening: true,
             conns: HashMap::new(),
+            sessions: BTreeMap::new(),
+            sessions_by_uid: HashMap::new(),
+            holds: HashMap::new(),
+            held: Vec::new(),
+            draining: Vec::new(),
+            last_scan: Instant::now(),
             admission: Admission::default(),
             next_key: FIRST_CONN_KEY,
             kept,
@@ -182,9 +301,16 @@ impl Control {
         Ok(watch(&self.poll, fd, key)?)
     }
 
-    /// Waits up to `timeout` for events; returns their keys.
-    pub fn wait(&self, timeout: Duration, keys: &mut Vec<u64>) -> anyhow::Result<()> {
-        let mut events = Vec::with_capacity(256);
+    /// Waits up to `timeout` for events (less while connections are held);
+    /// returns their keys. A new wakeup: every uid's control budget is
+    /// whole again.
+    pub fn wait(&mut self, timeout: Duration, keys: &mut Vec<u64>) -> anyhow::Result<()> {
+        let mut events = Vec::with_capacity(1024);
+        let timeout = if self.held.is_empty() && self.draining.is_empty() {
+            timeout
+        } else {
+            timeout.min(HELD_RECHECK)
+        };
         let tick = rustix::time::Timespec::try_from(timeout).unwrap_or(rustix::time::Timespec {
             tv_sec: 1,
             tv_nsec: 0,
@@ -199,7 +325,25 @@ impl Control {
         }
         keys.clear();
         keys.extend(events.iter().map(|e| e.data.u64()));
+        self.holds.retain(|_, hold| {
+            hold.work = 0;
+            !hold.is_empty()
+        });
         Ok(())
+    }
+
+    /// Handles the events of one wakeup: the daemon's own first, then the
+    /// connections in passes (see [`Control::read_round_robin`]).
+    pub fn dispatch_all(&mut self, keys: &[u64]) {
+        let mut conns = Vec::new();
+        for &key in keys {
+            if key >= FIRST_CONN_KEY {
+                conns.push(key);
+            } else {
+                self.dispatch(key);
+            }
+        }
+        self.read_round_robin(conns);
     }
 
     /// Handles an event of the listener, the bell or a connection.
@@ -220,8 +364,13 @@ impl Control {
     /// need not any more, and run a reclamation pass (the workers run most
     /// of them, once enough is retired; this one catches the rest).
     pub fn tick(&mut self) {
-        self.drop_silent_connections();
-        self.give_up_kept_sessions();
+        self.release_held();
+        if self.last_scan.elapsed() >= SCAN_EVERY {
+            self.last_scan = Instant::now();
+            self.drop_silent_connections();
+            self.give_up_kept_sessions();
+            self.close_hoarders();
+        }
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
@@ -318,14 +467,57 @@ impl Control {
     }
 
     fn attached(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| matches!(c.state, ConnState::Attached(_)))
-            .count()
+        self.sessions.len()
     }
 
-    fn ring_fds(&self) -> usize {
-        self.workers.iter().map(|w| w.load()).sum()
+    /// Descriptors the daemon holds for clients: connections, session
+    /// doorbells, connections draining their last descriptors.
+    fn client_fds(&self) -> usize {
+        self.conns.len() + self.holds.values().map(|h| h.bells).sum::<usize>() + self.draining.len()
+    }
+
+    /// USAGE's caps per uid and what the daemon holds for each uid (the
+    /// caller's own unless root).
+    fn usage_holds(&self, usage: &mut UsageReply, caller_uid: u32) {
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        usage.uid_max_rings = self.config.limits.uid_max_rings as u64;
+        usage.uid_max_fds = self.fds.uid_share() as u64;
+        let mut holds: Vec<UidHolds> = self
+            .holds
+            .iter()
+            .filter(|&(&uid, _)| caller_uid == ROOT || uid == caller_uid)
+            .map(|(&uid, hold)| UidHolds {
+                uid,
+                rings: narrow(hold.rings),
+                fds: narrow(hold.fds()),
+                fds_in_flight: narrow(hold.inflight),
+            })
+            .collect();
+        holds.sort_by_key(|h| h.uid);
+        usage.holds = holds;
+    }
+
+    fn hold(&mut self, uid: u32) -> &mut UidHold {
+        self.holds.entry(uid).or_default()
+    }
+
+    fn forget_hold_if_empty(&mut self, uid: u32) {
+        if self.holds.get(&uid).is_some_and(UidHold::is_empty) {
+            self.holds.remove(&uid);
+        }
+    }
+
+    /// Whether `uid` may hold `more` descriptors beyond what it holds
+    /// (root is exempt): a refusal text naming the limit otherwise.
+    fn uid_fds_allow(&self, uid: u32, more: usize) -> Result<(), String> {
+        let held = self.holds.get(&uid).map_or(0, UidHold::fds);
+        if uid == ROOT || held + more <= self.fds.uid_share() {
+            return Ok(());
+        }
+        Err(Limit::UidFileDescriptors.refusal_text(format_args!(
+            "uid {uid} holds {held} of hregd's descriptors, its share is {}",
+            self.fds.uid_share()
+        )))
     }
 
     fn ops(&self) -> u64 {
@@ -361,7 +553,17 @@ impl Control {
 
     /// A connection just accepted: read it now, park it, or refuse it.
     fn arrive(&mut self, fd: OwnedFd, peer: Peer) {
-        if !self.fds.allows(self.conns.len() + self.ring_fds() + 1, 2) {
+        if let Err(message) = self.uid_fds_allow(peer.uid, 1) {
+            warn_limited(|| {
+                tracing::warn!(
+                    uid = peer.uid,
+                    "refused a connection: the uid's descriptor share is used"
+                )
+            });
+            refuse(&fd, Status::Quota, &message);
+            return;
+        }
+        if !self.fds.allows(self.client_fds() + 1, 2) {
             warn_limited(|| {
                 tracing::warn!(
                     uid = peer.uid,
@@ -374,19 +576,14 @@ impl Control {
         let key = self.next_key;
         self.next_key += 1;
         let arrival = self.admission.arrive(key, peer.uid);
-        self.conns.insert(
-            key,
-            Conn {
-                fd,
-                peer,
-                state: ConnState::Parked,
-            },
-        );
+        self.conns.insert(key, Conn::new(fd, peer));
+        self.hold(peer.uid).conns += 1;
         match arrival {
             Arrival::Wait => self.start_waiting(key),
             Arrival::Park => {}
             Arrival::ParkEvicting(oldest) => {
                 if let Some(conn) = self.conns.remove(&oldest) {
+                    self.hold(conn.peer.uid).conns -= 1;
                     warn_limited(|| {
                         tracing::warn!(
                             uid = peer.uid,
@@ -402,6 +599,68 @@ impl Control {
                         )),
                     );
                 }
+            }
+        }
+    }
+
+    /// Whether a reply with descriptors may go to connection `key` now: the
+    /// peer has read the ones sent before (checked with `SIOCOUTQ` and
+    /// forgotten once read), and its uid has fewer than the cap in flight.
+    fn may_send_fds(&mut self, key: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return true;
+        };
+        let uid = conn.peer.uid;
+        if conn.unread_fds > 0 {
+            if matches!(unread_bytes(&conn.fd), Ok(n) if n > 0) {
+                return false;
+            }
+            let read = std::mem::take(&mut conn.unread_fds);
+            self.hold(uid).inflight -= read;
+        }
+        self.holds.get(&uid).map_or(0, |h| h.inflight) < self.fds.inflight_cap()
+    }
+
+    /// Stops reading connection `key` until [`Control::may_send_fds`] lets
+    /// it go on (see [`Control::release_held`]).
+    fn hold_conn(&mut self, key: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.held || matches!(conn.state, ConnState::Parked) {
+            return;
+        }
+        let _ = epoll::delete(&self.poll, &conn.fd);
+        conn.held = true;
+        self.held.push(key);
+    }
+
+    /// Reads held connections again once their descriptors in flight
+    /// allow, and closes draining connections whose peers took (or
+    /// dropped) the descriptors left in their queues.
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for key in held {
+            if !self.conns.contains_key(&key) {
+                continue;
+            }
+            if !self.may_send_fds(key) {
+                self.held.push(key);
+                continue;
+            }
+            let conn = self.conns.get_mut(&key).expect("looked up");
+            conn.held = false;
+            if watch(&self.poll, conn.fd.as_fd(), key).is_err() {
+                self.close(key, "cannot watch the connection");
+            }
+        }
+        let draining = std::mem::take(&mut self.draining);
+        for (fd, uid, fds) in draining {
+            if matches!(unread_bytes(&fd), Ok(n) if n > 0) {
+                self.draining.push((fd, uid, fds));
+            } else {
+                self.hold(uid).inflight -= fds;
+                self.forget_hold_if_empty(uid);
             }
         }
     }
@@ -438,18 +697,55 @@ impl Control {
         }
     }
 
-    /// Reads up to [`MESSAGES_PER_WAKEUP`] messages waiting on a connection.
+    /// Reads up to [`MESSAGES_PER_WAKEUP`] messages waiting on a connection,
+    /// as far as its uid's control budget for this wakeup goes, and while
+    /// its descriptors in flight allow.
     fn readable(&mut self, key: u64) {
+        self.read_round_robin(vec![key]);
+    }
+
+    /// Reads the connections `keys` (readable this wakeup) one message each
+    /// per pass, up to [`MESSAGES_PER_WAKEUP`] passes: connections of one
+    /// uid share its budget in turn, whichever epoll named first.
+    fn read_round_robin(&mut self, mut keys: Vec<u64>) {
         let mut buf = vec![0u8; MAX_MESSAGE];
         for _ in 0..MESSAGES_PER_WAKEUP {
-            let Some(conn) = self.conns.get(&key) else {
+            keys.retain(|&key| self.read_one(key, &mut buf));
+            if keys.is_empty() {
                 return;
+            }
+        }
+    }
+
+    /// Reads and handles one message of connection `key`; false when
+    /// nothing more is to be read from it this wakeup (nothing waits, its
+    /// uid's budget is spent, it is held or gone).
+    fn read_one(&mut self, key: u64, buf: &mut [u8]) -> bool {
+        loop {
+            let Some(uid) = self.conns.get(&key).map(|c| c.peer.uid) else {
+                return false;
+            };
+            if self
+                .holds
+                .get(&uid)
+                .is_some_and(|h| h.work >= CONTROL_BUDGET)
+            {
+                // The uid had its share of this wakeup; level-triggered
+                // epoll brings the connection back at the next one.
+                return false;
+            }
+            if !self.may_send_fds(key) {
+                self.hold_conn(key);
+                return false;
+            }
+            let Some(conn) = self.conns.get(&key) else {
+                return false;
             };
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
             let mut ancillary = RecvAncillaryBuffer::new(&mut space);
             let received = rustix::net::recvmsg(
                 &conn.fd,
-                &mut [IoSliceMut::new(&mut buf)],
+                &mut [IoSliceMut::new(buf)],
                 &mut ancillary,
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             );
@@ -462,29 +758,43 @@ impl Control {
                 })
                 .flatten()
                 .collect();
-            match received {
-                Ok(msg) if msg.bytes == 0 => return self.close(key, "end of file"),
+            return match received {
+                Ok(msg) if msg.bytes == 0 => {
+                    self.close(key, "end of file");
+                    false
+                }
                 Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) => {
-                    return self.refuse_or_close(key, "message too long");
+                    self.refuse_or_close(key, "message too long");
+                    false
                 }
                 Ok(msg) => {
-                    if !self.request(key, &buf[..msg.bytes], fds) {
-                        return;
-                    }
+                    let began = Instant::now();
+                    let open = self.request(key, &buf[..msg.bytes], fds);
+                    let took = u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    let hold = self.hold(uid);
+                    hold.work = hold.work.saturating_add(took.max(MIN_REQUEST_COST));
+                    open
                 }
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => false,
                 Err(Errno::INTR) => continue,
-                Err(_) => return self.close(key, "socket error"),
-            }
+                Err(_) => {
+                    self.close(key, "socket error");
+                    false
+                }
+            };
         }
     }
 
     /// Handles one request (`fds`: the descriptors it came with; only
     /// RESUME takes one); returns false when the connection is gone.
     fn request(&mut self, key: u64, bytes: &[u8], fds: Vec<OwnedFd>) -> bool {
-        let attached = match self.conns.get(&key).map(|c| &c.state) {
-            Some(ConnState::Attached(session)) => Some(Arc::clone(session)),
-            Some(_) => None,
+        let (attached, uid) = match self.conns.get(&key) {
+            Some(Conn {
+                state: ConnState::Attached(session),
+                peer,
+                ..
+            }) => (Some(Arc::clone(session)), peer.uid),
+            Some(conn) => (None, conn.peer.uid),
             None => return false,
         };
         let request = match ControlRequest::decode(bytes) {
@@ -514,9 +824,17 @@ impl Control {
             }
             (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
             (ControlRequest::RingClose { index }, Some(session)) => {
-                self.ring_workers.remove(&(session.id, index));
-                for worker in &self.workers {
-                    worker.close_ring(session.id, index);
+                let opened = self.conns.get_mut(&key).and_then(|conn| {
+                    let at = conn.rings.iter().position(|&i| i == index)?;
+                    conn.rings.swap_remove(at);
+                    Some(())
+                });
+                if opened.is_some() {
+                    self.hold(uid).rings -= 1;
+                    self.ring_workers.remove(&(session.id, index));
+                    for worker in &self.workers {
+                        worker.close_ring(session.id, index);
+                    }
                 }
                 self.reply(key, &Reply::Ack, &[])
             }
@@ -534,11 +852,13 @@ impl Control {
                 false
             }
             (ControlRequest::Sessions { cursor }, Some(caller)) => {
-                let sessions = self.conns.values().filter_map(|c| match &c.state {
-                    ConnState::Attached(s) => Some(&**s),
-                    _ => None,
-                });
-                let reply = admin::sessions_page(sessions, cursor, caller.peer.uid);
+                let reply = match caller.peer.uid {
+                    ROOT => admin::sessions_page(&self.sessions, cursor),
+                    uid => admin::sessions_page(
+                        self.sessions_by_uid.get(&uid).unwrap_or(&BTreeMap::new()),
+                        cursor,
+                    ),
+                };
                 self.reply(key, &reply, &[])
             }
             (
@@ -585,13 +905,14 @@ impl Control {
                         ops: w.ops(),
                     })
                     .collect();
-                let usage = admin::usage(
+                let mut usage = admin::usage(
                     &self.registry,
                     self.started.elapsed(),
                     self.ops_rate.per_sec(),
                     workers,
                     caller.peer.uid,
                 );
+                self.usage_holds(&mut usage, caller.peer.uid);
                 self.reply(key, &Reply::Usage(usage), &[])
             }
         }
@@ -612,9 +933,17 @@ impl Control {
         false
     }
 
-    /// Whether `peer` may attach one more session: a refusal (status,
-    /// message naming the limit, reason for the log) otherwise.
-    fn admits(&self, peer: &Peer, version: u32) -> Result<(), (Status, String, &'static str)> {
+    /// Whether `peer` may attach one more session (`resuming`: the kept
+    /// session it takes back, whose slot it has already): a refusal
+    /// (status, message naming the limit, reason for the log) otherwise.
+    /// Kept sessions hold their slots until they resume or their grace
+    /// ends, so a restart does not hand them to others.
+    fn admits(
+        &self,
+        peer: &Peer,
+        version: u32,
+        resuming: Option<u64>,
+    ) -> Result<(), (Status, String, &'static str)> {
         if version != PROTOCOL_VERSION {
             let message =
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
@@ -630,19 +959,27 @@ impl Control {
             return Err((Status::Denied, message, "unmapped uid"));
         }
         let limits = self.config.limits;
-        if self.attached() >= limits.max_sessions {
+        let others_kept = |of_uid: Option<u32>| {
+            self.kept
+                .iter()
+                .filter(|(&id, (kept, _))| {
+                    Some(id) != resuming && of_uid.is_none_or(|uid| kept.key().uid == uid)
+                })
+                .count()
+        };
+        let held = self.attached() + others_kept(None);
+        if held >= limits.max_sessions {
             let message = Limit::MaxSessions.refusal_text(format_args!(
-                "{} sessions attached, the daemon's cap",
+                "{} sessions attached or kept for a resume, the daemon's cap",
                 limits.max_sessions
             ));
             return Err((Status::Quota, message, "session cap"));
         }
-        if peer.uid != ROOT && self.admission.sessions(peer.uid) >= limits.uid_max_sessions {
+        let uid_held = self.admission.sessions(peer.uid) + others_kept(Some(peer.uid));
+        if peer.uid != ROOT && uid_held >= limits.uid_max_sessions {
             let message = Limit::UidMaxSessions.refusal_text(format_args!(
-                "uid {} has {} sessions attached, the cap per uid is {}",
-                peer.uid,
-                self.admission.sessions(peer.uid),
-                limits.uid_max_sessions
+                "uid {} has {uid_held} sessions attached or kept for a resume, the cap per uid is {}",
+                peer.uid, limits.uid_max_sessions
             ));
             return Err((Status::Quota, message, "uid session cap"));
         }
@@ -653,8 +990,12 @@ impl Control {
         let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
             return false;
         };
-        if let Err((status, message, why)) = self.admits(&peer, version) {
+        if let Err((status, message, why)) = self.admits(&peer, version, None) {
             return self.refuse_hello(key, status, message, why);
+        }
+        if name.chars().any(char::is_control) {
+            let message = "the client name must be text: control characters are refused".into();
+            return self.refuse_hello(key, Status::Invalid, message, "control characters in name");
         }
         let (memory, memfd) = match SessionMemory::create(self.config.layout) {
             Ok(made) => made,
@@ -686,7 +1027,7 @@ impl Control {
         let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
             return false;
         };
-        if let Err((status, message, why)) = self.admits(&peer, version) {
+        if let Err((status, message, why)) = self.admits(&peer, version, Some(id)) {
             return self.refuse_hello(key, status, message, why);
         }
         let Some((kept, _)) = self.kept.get(&id) else {
@@ -806,6 +1147,11 @@ impl Control {
         }
         drop(memfd);
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
+        self.sessions.insert(id, Arc::clone(&session));
+        self.sessions_by_uid
+            .entry(peer.uid)
+            .or_default()
+            .insert(id, Arc::clone(&session));
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.state = ConnState::Attached(session);
         }
@@ -866,17 +1212,48 @@ impl Control {
         self.reply(key, &reply, &fds)
     }
 
+    /// RING_OPEN: a ring of the session, served by the least loaded
+    /// worker and woken through the session's doorbell for that worker
+    /// (made with the session's first ring there). Refused with QUOTA (the
+    /// client's thread then shares a ring) at the session's or the uid's
+    /// ring cap, or when a new doorbell would pass the uid's descriptor
+    /// share or the daemon's reserve.
     fn ring_open(&mut self, key: u64, session: &Arc<Session>) -> bool {
         let error = |status: Status, message: String| Reply::Error {
             status: status as u32,
             message,
         };
-        if !self.fds.allows(self.conns.len() + self.ring_fds() + 1, 1) {
-            let message = Limit::FileDescriptors.refusal_text(format_args!(
-                "descriptor reserve reached (limit {}); share a ring",
-                self.fds.limit
+        let uid = session.peer.uid;
+        let uid_rings = self.holds.get(&uid).map_or(0, |h| h.rings);
+        let cap = self.config.limits.uid_max_rings;
+        if uid != ROOT && uid_rings >= cap {
+            let message = Limit::UidMaxRings.refusal_text(format_args!(
+                "uid {uid} has {uid_rings} rings open, the cap per uid is {cap}; share a ring"
             ));
             return self.reply(key, &error(Status::Quota, message), &[]);
+        }
+        let (worker_at, worker) = self
+            .workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.load())
+            .map(|(at, w)| (at, Arc::clone(w)))
+            .expect("at least one worker");
+        let has_bell = self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.bells.get(worker_at).is_some_and(Option::is_some));
+        if !has_bell {
+            if let Err(message) = self.uid_fds_allow(uid, 1) {
+                return self.reply(key, &error(Status::Quota, message), &[]);
+            }
+            if !self.fds.allows(self.client_fds() + 1, 1) {
+                let message = Limit::FileDescriptors.refusal_text(format_args!(
+                    "descriptor reserve reached (limit {}); share a ring",
+                    self.fds.limit
+                ));
+                return self.reply(key, &error(Status::Quota, message), &[]);
+            }
         }
         let Some(index) = session.claim_ring() else {
             let message = Limit::MaxRings.refusal_text(format_args!(
@@ -885,8 +1262,8 @@ impl Control {
             ));
             return self.reply(key, &error(Status::Quota, message), &[]);
         };
-        let doorbell = match Doorbell::new() {
-            Ok(doorbell) => doorbell,
+        let bell = match self.session_bell(key, worker_at) {
+            Ok(bell) => bell,
             Err(e) => {
                 session.free_ring(index);
                 let (status, message) = os_refusal(&e, "cannot create doorbell");
@@ -896,19 +1273,41 @@ impl Control {
         if let Some(view) = session.memory.ring(index) {
             view.reset();
         }
-        if !self.reply(key, &Reply::RingOpened { index }, &[doorbell.fd()]) {
+        let ready_at = SessionMemory::ready_at(self.config.layout, worker.index());
+        let opened = Reply::RingOpened {
+            index,
+            ready_at: Some(ready_at as u64),
+        };
+        if !self.reply(key, &opened, &[bell.fd()]) {
             session.free_ring(index);
             return false;
         }
-        let (serving, worker) = self
-            .workers
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| w.load())
-            .expect("at least one worker");
-        worker.serve(Arc::clone(session), index, doorbell);
-        self.ring_workers.insert((session.id, index), serving);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.rings.push(index);
+        }
+        self.hold(uid).rings += 1;
+        worker.serve(Arc::clone(session), index, bell, ready_at);
+        self.ring_workers.insert((session.id, index), worker_at);
         true
+    }
+
+    /// The session's doorbell for worker `worker_at`, made (and counted
+    /// against its uid) on first use.
+    fn session_bell(&mut self, key: u64, worker_at: usize) -> std::io::Result<Arc<Doorbell>> {
+        let workers = self.workers.len();
+        let conn = self
+            .conns
+            .get_mut(&key)
+            .ok_or_else(|| std::io::Error::other("connection gone"))?;
+        conn.bells.resize(workers, None);
+        if let Some(bell) = &conn.bells[worker_at] {
+            return Ok(Arc::clone(bell));
+        }
+        let bell = Arc::new(Doorbell::new()?);
+        conn.bells[worker_at] = Some(Arc::clone(&bell));
+        let uid = conn.peer.uid;
+        self.hold(uid).bells += 1;
+        Ok(bell)
     }
 
     /// Sends a reply; a peer that cannot take it loses its connection.
@@ -917,7 +1316,16 @@ impl Control {
             return false;
         };
         match send(conn.fd.as_fd(), reply, fds) {
-            Ok(()) => true,
+            Ok(()) => {
+                if !fds.is_empty() {
+                    let uid = conn.peer.uid;
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        conn.unread_fds += fds.len();
+                    }
+                    self.hold(uid).inflight += fds.len();
+                }
+                true
+            }
             Err(_) => {
                 self.close(key, "cannot send reply");
                 false
@@ -944,9 +1352,24 @@ impl Control {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
-        if !matches!(conn.state, ConnState::Parked) {
+        if !matches!(conn.state, ConnState::Parked) && !conn.held {
             let _ = epoll::delete(&self.poll, &conn.fd);
         }
+        let uid = conn.peer.uid;
+        let bells = conn.bell_count();
+        let hold = self.hold(uid);
+        hold.conns -= 1;
+        hold.bells -= bells;
+        hold.rings -= conn.rings.len();
+        if conn.unread_fds > 0 {
+            if matches!(unread_bytes(&conn.fd), Ok(n) if n > 0) {
+                // Still charged to hregd's user while the peer holds them.
+                self.draining.push((conn.fd, uid, conn.unread_fds));
+            } else {
+                self.hold(uid).inflight -= conn.unread_fds;
+            }
+        }
+        self.forget_hold_if_empty(uid);
         match conn.state {
             ConnState::Parked => {
                 self.admission.unpark(key, conn.peer.uid);
@@ -967,6 +1390,13 @@ impl Control {
                     }
                 }
                 self.admission.detached(conn.peer.uid);
+                self.sessions.remove(&session.id);
+                if let Some(own) = self.sessions_by_uid.get_mut(&uid) {
+                    own.remove(&session.id);
+                    if own.is_empty() {
+                        self.sessions_by_uid.remove(&uid);
+                    }
+                }
                 tracing::info!(
                     session = session.id,
                     pid = session.peer.pid,
@@ -985,7 +1415,7 @@ impl Control {
                     self.ring_workers.remove(&ring);
                 }
                 for worker in &self.workers {
-                    worker.nudge();
+                    worker.close_session(session.id);
                 }
             }
         }
@@ -1003,11 +1433,17 @@ impl Control {
         }
     }
 
+    /// Refuses connections that sent nothing within [`HELLO_TIMEOUT`] of
+    /// being read. One whose HELLO waits unread (the daemon's own backlog,
+    /// or its uid's turn) is not silent.
     fn drop_silent_connections(&mut self) {
         let silent: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::Waiting { since } if since.elapsed() > HELLO_TIMEOUT))
+            .filter(|(_, c)| {
+                matches!(c.state, ConnState::Waiting { since } if since.elapsed() > HELLO_TIMEOUT)
+                    && !has_bytes_waiting(&c.fd)
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in silent {
@@ -1025,6 +1461,15 @@ fn watch(poll: &OwnedFd, fd: impl AsFd, key: u64) -> rustix::io::Result<()> {
         fd,
         epoll::EventData::new_u64(key),
         epoll::EventFlags::IN,
+    )
+}
+
+/// Whether the peer sent something we have not read yet.
+fn has_bytes_waiting(fd: &OwnedFd) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(
+        rustix::net::recv(fd, &mut probe, RecvFlags::DONTWAIT | RecvFlags::PEEK),
+        Ok((_, n)) if n > 0
     )
 }
 
@@ -1144,7 +1589,7 @@ mod tests {
             )
             .unwrap();
             let registry = Arc::new(Registry::new(config.shards, config.limits.registry).unwrap());
-            let workers = vec![Arc::new(Worker::new(Arc::clone(&registry)).unwrap())];
+            let workers = vec![Arc::new(Worker::new(Arc::clone(&registry), 0).unwrap())];
             Harness {
                 control: Control::new(config, registry, workers, listener, Vec::new()).unwrap(),
                 _dir: dir,

@@ -54,7 +54,7 @@ impl Daemon {
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for id in 0..config.workers {
-            let worker = Arc::new(Worker::new(Arc::clone(&registry))?);
+            let worker = Arc::new(Worker::new(Arc::clone(&registry), id)?);
             let runner = Arc::clone(&worker);
             threads.push(
                 std::thread::Builder::new()
@@ -91,13 +91,13 @@ impl Daemon {
         let mut last_status = String::new();
         'serve: loop {
             self.control.wait(period, &mut keys)?;
-            for &key in &keys {
-                match key {
-                    STOP_KEY => break 'serve,
-                    RELOAD_KEY => self.reload(),
-                    key => self.control.dispatch(key),
-                }
+            if keys.contains(&STOP_KEY) {
+                break 'serve;
             }
+            if keys.contains(&RELOAD_KEY) {
+                self.reload();
+            }
+            self.control.dispatch_all(&keys);
             self.control.tick();
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);

@@ -1,6 +1,7 @@
 //! Who is on the other end of a connection: `SO_PEERCRED`, read with libc
-//! into a plain `ucred`; and the peer's process as a pidfd
-//! (`SO_PEERPIDFD`), to know when it has exited.
+//! into a plain `ucred`; the peer's process as a pidfd (`SO_PEERPIDFD`),
+//! to know when it has exited; and how much of what we sent it has not read
+//! yet (`SIOCOUTQ`).
 //!
 //! Not rustix's `socket_peercred`: its `UCred` holds a non-zero `Pid`, and
 //! the kernel reports pid 0 for a peer outside the daemon's pid namespace
@@ -27,6 +28,27 @@ pub struct Peer {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Bytes sent on a connected Unix socket that its peer has not read yet
+/// (`SIOCOUTQ`: for `AF_UNIX`, what still sits in the peer's receive
+/// queue). 0 means every message sent, and the descriptors attached to
+/// them, has been taken.
+pub fn unread_bytes(socket: impl AsFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at
+    // a live, writable c_int; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            socket.as_fd().as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
 }
 
 /// The credentials of the peer of a connected Unix socket.

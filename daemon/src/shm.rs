@@ -74,9 +74,15 @@ impl SessionMemory {
         })
     }
 
-    /// Bytes of a session's memory: its rings, then its pin table.
+    /// Bytes of a session's memory: its rings, its pin table, then its
+    /// ready area (see `hreg_proto::ring`).
     pub fn len(layout: Layout) -> usize {
-        pins::session_len(&layout, PIN_ENTRIES)
+        hreg_proto::ring::session_len(&layout, PIN_ENTRIES)
+    }
+
+    /// Where worker `worker`'s ready word lies in a session's memory.
+    pub fn ready_at(layout: Layout, worker: usize) -> usize {
+        hreg_proto::ring::ready_word_offset(&layout, PIN_ENTRIES, worker)
     }
 
     /// Where the pin table lies: after the rings.

@@ -1,10 +1,29 @@
 //! Ring workers: threads that serve the rings assigned to them.
 //!
-//! A worker polls its rings while there is work, spins (yielding) for a short
-//! while when there is none, then announces NEED_WAKEUP on every ring and
-//! sleeps in `epoll` on the rings' doorbell eventfds. A ring whose completion
-//! queue is full is skipped, so one slow client cannot stall the others; a
-//! ring whose counters make no sense closes its session.
+//! A worker's work follows the rings that have work, never the rings that
+//! exist. Each ring it serves is *active* (in its uid's queue, polled) or
+//! *parked* (NEED_WAKEUP set, never looked at). A ring with nothing to do
+//! for [`SPIN`] is parked: NEED_WAKEUP, a fence, and a last look at its SQ
+//! (see `hreg_proto::handoff`). A client that finds its ring parked after
+//! publishing names it in its session's ready word for this worker and rings
+//! the session's doorbell for this worker (one eventfd per session and
+//! worker, in this worker's `epoll` set, keyed by the session). The worker
+//! takes the ready word and activates the rings it names; a wake that names
+//! none of the session's rings costs a look at that session's parked rings
+//! here (a client that knows no ready word still gets served) and no spin.
+//! While busy, the worker looks at `epoll` without blocking every
+//! [`EVENTS_EVERY`]; with nothing active, it blocks there.
+//!
+//! Active rings are served in deficit round robin over uids ([`Share`]):
+//! each turn a uid gets a quantum of cost, which counts ring visits and
+//! entries served, spread round robin over its active rings; a uid with no
+//! active ring leaves the round, so its share goes to the others. A uid's
+//! share of a busy worker is the same with one ring or thousands. Root is in
+//! the round like everyone.
+//!
+//! A ring whose completion queue is full is skipped, so one slow client
+//! cannot stall the others; a ring whose counters make no sense closes its
+//! session.
 
 use crate::doorbell::Doorbell;
 use crate::ratelimit::warn_limited;
@@ -15,32 +34,59 @@ use hreg_proto::entry::{
     cqe_flags, Cqe, RingRequest, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY,
 };
 use hreg_proto::handle::Handle;
-use hreg_proto::ring::{ServerRing, SharedRing, Wake};
+use hreg_proto::ring::{ready_bit, ServerRing, SharedRing, Wake};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::{Limit, Status};
 use hreg_registry::{Holder, Refusal, Registry};
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a worker keeps polling after its last piece of work.
+/// How long a ring stays active after its last piece of work.
 const SPIN: Duration = Duration::from_micros(50);
 
-/// Empty polls between yields while spinning.
+/// How often a busy worker looks for wakes of parked rings.
+const EVENTS_EVERY: Duration = Duration::from_micros(20);
+
+/// Empty rounds between yields while spinning.
 const YIELD_EVERY: u32 = 256;
 
-/// Empty polls between reads of the clock while spinning (a clock read
+/// Empty rounds between reads of the clock while spinning (a clock read
 /// costs more than a poll of an idle ring).
 const CLOCK_EVERY: u32 = 32;
 
-/// epoll key of the worker's own command doorbell.
+/// epoll key of the worker's own command doorbell (session ids key the
+/// sessions' doorbells).
 const COMMAND_KEY: u64 = u64::MAX;
+
+/// A uid's quantum per turn when other uids wait: small, so that a client
+/// with one request in flight waits for a few of another uid's requests at
+/// most.
+const QUANTUM: i64 = 4;
+
+/// A uid's quantum per turn when it is alone in the round (batches are
+/// served in long runs; a newcomer is seen at the next look at `epoll`).
+const QUANTUM_ALONE: i64 = 64;
+
+/// Wakes in a row that find no new entry before a session's doorbell is
+/// muted.
+const USELESS_WAKES: u32 = 4;
+
+/// The longest a session's doorbell stays muted.
+const MAX_MUTE: Duration = Duration::from_millis(16);
+
+/// What a uid may owe (wakes of its sessions charged between its turns)
+/// before the rest is forgiven.
+const MAX_DEBT: i64 = 64;
 
 /// The side of a worker that other threads see.
 pub struct Worker {
+    /// Which ready word of a session's ready area is this worker's.
+    index: usize,
     /// Reclamation passes run on workers, after the requests that retire
     /// blocks.
     registry: Arc<Registry>,
@@ -55,13 +101,16 @@ pub struct Worker {
 }
 
 enum Command {
-    Serve(Box<ServedRing>),
+    Serve(Box<ServedRing>, Arc<Doorbell>, usize),
     Close { session: u64, index: u32 },
+    CloseSession(u64),
 }
 
 impl Worker {
-    pub fn new(registry: Arc<Registry>) -> io::Result<Worker> {
+    /// Worker number `index` (its ready word in every session's ready area).
+    pub fn new(registry: Arc<Registry>, index: usize) -> io::Result<Worker> {
         Ok(Worker {
+            index,
             registry,
             commands: Mutex::default(),
             has_commands: AtomicBool::new(false),
@@ -70,6 +119,11 @@ impl Worker {
             ops: CachePadded::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
         })
+    }
+
+    /// Which ready word of a session's ready area is this worker's.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Rings this worker serves (for picking the least loaded).
@@ -83,13 +137,20 @@ impl Worker {
     }
 
     /// Starts serving ring `index` of `session` (reset by the caller before
-    /// the client learnt of it), woken by `doorbell`.
-    pub fn serve(&self, session: Arc<Session>, index: u32, doorbell: Doorbell) {
-        let Some(ring) = ServedRing::new(session, index, doorbell) else {
+    /// the client learnt of it), woken by `doorbell` (the session's for
+    /// this worker) with the ready word at `ready_at` in its memory.
+    pub fn serve(
+        &self,
+        session: Arc<Session>,
+        index: u32,
+        doorbell: Arc<Doorbell>,
+        ready_at: usize,
+    ) {
+        let Some(ring) = ServedRing::new(session, index) else {
             return;
         };
         self.rings.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Serve(Box::new(ring)));
+        self.send(Command::Serve(Box::new(ring), doorbell, ready_at));
     }
 
     /// Stops serving a ring; its index is freed once the worker lets go.
@@ -97,9 +158,10 @@ impl Worker {
         self.send(Command::Close { session, index });
     }
 
-    /// Wakes the worker so it notices closed sessions.
-    pub fn nudge(&self) {
-        self.bell.ring();
+    /// Stops serving every ring of a closed session and lets go of its
+    /// doorbell.
+    pub fn close_session(&self, session: u64) {
+        self.send(Command::CloseSession(session));
     }
 
     pub fn stop(&self) {
@@ -123,62 +185,51 @@ impl Worker {
             epoll::EventData::new_u64(COMMAND_KEY),
             epoll::EventFlags::IN,
         )?;
-        let mut state = WorkerState {
-            poll,
-            rings: Vec::new(),
-            scratch: Vec::new(),
-        };
-        let mut last_work = Instant::now();
-        let mut idle_polls = 0u32;
-        let mut events = Vec::with_capacity(64);
+        let mut state = WorkerState::new(poll);
+        let mut now = Instant::now();
+        let mut looked = now;
+        let mut idle_rounds = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             self.take_commands(&mut state);
-            let (entries, public) = state.serve_all();
+            let next_unmute = if state.muted.is_empty() {
+                None
+            } else {
+                state.unmute_due(Instant::now())
+            };
+            if state.active == 0 {
+                // Every ring is parked: sleep until a doorbell, a command,
+                // or a muted doorbell's turn.
+                state.wait_events(next_unmute, &self.bell)?;
+                now = Instant::now();
+                looked = now;
+                continue;
+            }
+            if now.duration_since(looked) >= EVENTS_EVERY {
+                state.wait_events(Some(Duration::ZERO), &self.bell)?;
+                looked = now;
+            }
+            let (entries, public) = state.round(now);
             if self.registry.reclaim_due() {
                 self.registry.reclaim();
             }
             if entries > 0 {
                 self.ops.fetch_add(public, Ordering::Relaxed);
-                last_work = Instant::now();
+                idle_rounds = 0;
+                now = Instant::now();
                 continue;
             }
-            idle_polls = idle_polls.wrapping_add(1);
-            if !idle_polls.is_multiple_of(CLOCK_EVERY) || last_work.elapsed() < SPIN {
-                // Mostly a CPU pause (a syscall per empty poll would delay
-                // noticing work); a yield now and then lets a client that
-                // shares this core run.
-                if idle_polls.is_multiple_of(YIELD_EVERY) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-                continue;
+            idle_rounds = idle_rounds.wrapping_add(1);
+            if idle_rounds.is_multiple_of(CLOCK_EVERY) {
+                now = Instant::now();
             }
-            // Announce sleep, then look once more: a client that published
-            // its tail before seeing the flag is caught by this re-check.
-            if !state.begin_sleep() || !lock(&self.commands).is_empty() {
-                state.end_sleep();
-                continue;
+            // Mostly a CPU pause (a syscall per empty round would delay
+            // noticing work); a yield now and then lets a client that shares
+            // this core run.
+            if idle_rounds.is_multiple_of(YIELD_EVERY) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
             }
-            events.clear();
-            match epoll::wait(
-                &state.poll,
-                rustix::buffer::spare_capacity(&mut events),
-                None,
-            ) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            for event in &events {
-                let key = event.data.u64();
-                if key == COMMAND_KEY {
-                    self.bell.drain();
-                } else if let Some(ring) = state.rings.iter().find(|r| r.key() == key) {
-                    ring.doorbell.drain();
-                }
-            }
-            state.end_sleep();
-            last_work = Instant::now();
         }
         Ok(())
     }
@@ -186,133 +237,496 @@ impl Worker {
     fn take_commands(&self, state: &mut WorkerState) {
         // Cleared before the take: a command queued meanwhile sets it again.
         if !self.has_commands.swap(false, Ordering::Acquire) {
-            self.count_rings(state);
             return;
         }
         let commands = std::mem::take(&mut *lock(&self.commands));
         for command in commands {
             match command {
-                Command::Serve(ring) => state.add(*ring),
-                Command::Close { session, index } => {
-                    state.remove(|r| r.session.id == session && r.ring.index() == index);
-                }
+                Command::Serve(ring, bell, ready_at) => state.add(*ring, bell, ready_at),
+                Command::Close { session, index } => state.remove_ring(session, index),
+                Command::CloseSession(session) => state.remove_session(session),
             }
         }
-        self.count_rings(state);
-    }
-
-    /// Stops serving closed sessions' rings (dropping a ServedRing frees its
-    /// index) and publishes how many are left.
-    fn count_rings(&self, state: &mut WorkerState) {
-        let before = state.rings.len();
-        state.remove(|r| r.session.is_closed());
-        if state.rings.len() != before || !state.rings.is_empty() {
-            self.rings.store(state.rings.len(), Ordering::Relaxed);
-        }
+        self.rings.store(state.ring_count, Ordering::Relaxed);
     }
 }
 
+/// What a uid may still spend in its turn: the one place where the cost of
+/// serving is counted (a ring visit, an entry served; work of any other kind
+/// a worker does for a uid must be charged here too).
+#[derive(Debug, Default)]
+struct Share {
+    deficit: i64,
+}
+
+impl Share {
+    /// A new turn: `quantum` more to spend (what was left of the last one
+    /// carries over, up to one quantum; a debt, up to [`MAX_DEBT`], is paid
+    /// first).
+    fn new_turn(&mut self, quantum: i64) {
+        self.deficit = self.deficit.clamp(-MAX_DEBT, quantum) + quantum;
+    }
+
+    /// Entries the next visit may serve.
+    fn entries_allowed(&self) -> u32 {
+        u32::try_from(self.deficit - 1).unwrap_or(0).max(1)
+    }
+
+    /// Charges a wake of one of the uid's sessions (its doorbell rang).
+    fn charge_wake(&mut self) {
+        self.deficit -= 1;
+    }
+
+    /// Charges one ring visit that served `entries`.
+    fn charge_visit(&mut self, entries: u32) {
+        self.deficit -= 1 + i64::from(entries);
+    }
+
+    fn spent(&self) -> bool {
+        self.deficit <= 0
+    }
+
+    /// The uid left the round: nothing carries over but a debt.
+    fn forget(&mut self) {
+        self.deficit = self.deficit.min(0);
+    }
+}
+
+/// One uid on this worker: its active rings in the order they are visited,
+/// and its share.
+#[derive(Default)]
+struct UidTurn {
+    active: VecDeque<RingRef>,
+    share: Share,
+    in_round: bool,
+    /// Rings of the uid on this worker (the entry goes when it is 0).
+    rings: usize,
+}
+
+/// A ring in a queue: its slot and the slot's generation then (a slot
+/// reused since makes the reference stale).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RingRef {
+    slot: usize,
+    generation: u64,
+}
+
+/// A session with rings on this worker: its doorbell (in the epoll set,
+/// keyed by the session id) and its rings here.
+struct Watched {
+    session: Arc<Session>,
+    bell: Arc<Doorbell>,
+    ready_at: usize,
+    rings: Vec<RingRef>,
+    /// Wakes in a row that found no new entry.
+    useless: u32,
+    /// The last back-off; 0 after a useful wake.
+    mute: Duration,
+    /// Out of the epoll set until its back-off ends.
+    muted: bool,
+}
+
 struct WorkerState {
-    /// The epoll set of the worker's doorbell and its rings' doorbells.
-    /// Every ring in `rings` is in it, and no other: a ring leaves it before
-    /// it is dropped (see [`WorkerState::remove`]), because the client
-    /// keeps a copy of the doorbell and epoll forgets a file only when every
-    /// copy is closed.
+    /// The epoll set of the worker's doorbell and its sessions' doorbells.
+    /// A doorbell leaves it before it is dropped (see
+    /// [`WorkerState::remove_session`]), because the client keeps a copy
+    /// and epoll forgets a file only when every copy is closed.
     poll: OwnedFd,
-    rings: Vec<ServedRing>,
+    slots: Vec<Option<ServedRing>>,
+    free_slots: Vec<usize>,
+    next_generation: u64,
+    sessions: HashMap<u64, Watched>,
+    /// Muted sessions and when their back-off ends, in that order.
+    muted: VecDeque<(Instant, u64)>,
+    uids: HashMap<u32, UidTurn>,
+    /// Uids with active rings, in turn order.
+    round: VecDeque<u32>,
+    active: usize,
+    ring_count: usize,
+    events: Vec<epoll::Event>,
     /// Where a value from a client's data area is copied before use.
     scratch: Vec<u8>,
 }
 
 impl WorkerState {
-    /// Starts serving `ring`; a ring whose doorbell cannot be watched
-    /// closes its session.
-    fn add(&mut self, ring: ServedRing) {
-        if epoll::add(
-            &self.poll,
-            &ring.doorbell,
-            epoll::EventData::new_u64(ring.key()),
-            epoll::EventFlags::IN,
-        )
-        .is_err()
-        {
-            ring.session.close();
+    fn new(poll: OwnedFd) -> WorkerState {
+        WorkerState {
+            poll,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            next_generation: 0,
+            sessions: HashMap::new(),
+            muted: VecDeque::new(),
+            uids: HashMap::new(),
+            round: VecDeque::new(),
+            active: 0,
+            ring_count: 0,
+            events: Vec::with_capacity(256),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn ring(&mut self, at: RingRef) -> Option<&mut ServedRing> {
+        self.slots
+            .get_mut(at.slot)?
+            .as_mut()
+            .filter(|r| r.generation == at.generation)
+    }
+
+    /// Starts serving `ring`, active (a new ring's flags are clear, so its
+    /// client will not ring for it); the session's doorbell joins the epoll
+    /// set with its first ring here. A doorbell that cannot be watched
+    /// closes the session.
+    fn add(&mut self, mut ring: ServedRing, bell: Arc<Doorbell>, ready_at: usize) {
+        let id = ring.session.id;
+        if !self.sessions.contains_key(&id) {
+            // Edge-triggered: each ring of the doorbell is one event, and
+            // the counter is never read (a wake costs no system call of
+            // its own; the counter cannot reach its 2^64 - 1 cap).
+            if epoll::add(
+                &self.poll,
+                bell.fd(),
+                epoll::EventData::new_u64(id),
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
+            )
+            .is_err()
+            {
+                ring.session.close();
+                return;
+            }
+            self.sessions.insert(
+                id,
+                Watched {
+                    session: Arc::clone(&ring.session),
+                    bell,
+                    ready_at,
+                    rings: Vec::new(),
+                    useless: 0,
+                    mute: Duration::ZERO,
+                    muted: false,
+                },
+            );
+        }
+        self.next_generation += 1;
+        ring.generation = self.next_generation;
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let at = RingRef {
+            slot,
+            generation: ring.generation,
+        };
+        let uid = ring.session.peer.uid;
+        self.slots[slot] = Some(ring);
+        self.sessions.get_mut(&id).expect("added").rings.push(at);
+        self.uids.entry(uid).or_default().rings += 1;
+        self.ring_count += 1;
+        self.activate(at, Instant::now());
+    }
+
+    /// Makes a parked ring active: NEED_WAKEUP cleared, in its uid's queue.
+    fn activate(&mut self, at: RingRef, now: Instant) {
+        let Some(ring) = self.ring(at) else {
+            return;
+        };
+        if ring.active {
             return;
         }
-        self.rings.push(ring);
+        ring.ring.view().end_sleep();
+        ring.active = true;
+        ring.last_work = now;
+        let uid = ring.session.peer.uid;
+        self.active += 1;
+        let turn = self.uids.entry(uid).or_default();
+        turn.active.push_back(at);
+        if !turn.in_round {
+            turn.in_round = true;
+            self.round.push_back(uid);
+        }
     }
 
-    /// Stops serving the rings that match `gone`: out of the epoll set,
-    /// then dropped.
-    fn remove(&mut self, gone: impl Fn(&ServedRing) -> bool) {
-        let poll = &self.poll;
-        self.rings.retain(|ring| {
-            if gone(ring) {
-                let _ = epoll::delete(poll, &ring.doorbell);
-                false
-            } else {
-                true
-            }
+    /// Stops serving ring `index` of `session` (dropping a ServedRing frees
+    /// its index).
+    fn remove_ring(&mut self, session: u64, index: u32) {
+        let Some(watched) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let found = watched.rings.iter().position(|&at| {
+            self.slots[at.slot]
+                .as_ref()
+                .is_some_and(|r| r.generation == at.generation && r.ring.index() == index)
         });
+        let Some(pos) = found else {
+            return;
+        };
+        let at = watched.rings.swap_remove(pos);
+        let last = watched.rings.is_empty();
+        self.drop_ring(at);
+        if last {
+            self.remove_session(session);
+        }
     }
 
-    /// Serves every ring once; returns the entries and the public requests
-    /// served.
-    fn serve_all(&mut self) -> (u64, u64) {
-        let mut served = (0, 0);
-        for ring in &mut self.rings {
-            match ring.serve(&mut self.scratch) {
-                Ok((entries, public)) => {
-                    served.0 += entries;
-                    served.1 += public;
-                }
-                Err(reason) => {
-                    let session = &ring.session;
-                    warn_limited(|| {
-                        tracing::warn!(
-                            session = session.id,
-                            pid = session.peer.pid,
-                            uid = session.peer.uid,
-                            reason,
-                            "closing hostile session"
-                        )
-                    });
-                    session.close();
-                }
+    /// Stops serving every ring of `session` here and lets go of its
+    /// doorbell (out of the epoll set first).
+    fn remove_session(&mut self, session: u64) {
+        let Some(watched) = self.sessions.remove(&session) else {
+            return;
+        };
+        if !watched.muted {
+            let _ = epoll::delete(&self.poll, watched.bell.fd());
+        }
+        for at in watched.rings {
+            self.drop_ring(at);
+        }
+    }
+
+    fn drop_ring(&mut self, at: RingRef) {
+        let Some(ring) = self.slots.get_mut(at.slot).and_then(Option::take) else {
+            return;
+        };
+        self.free_slots.push(at.slot);
+        self.ring_count -= 1;
+        if ring.active {
+            // Its queue entry goes stale and is skipped.
+            self.active -= 1;
+        }
+        let uid = ring.session.peer.uid;
+        if let Some(turn) = self.uids.get_mut(&uid) {
+            turn.rings -= 1;
+            if turn.rings == 0 && !turn.in_round {
+                self.uids.remove(&uid);
             }
         }
-        self.remove(|r| r.session.is_closed());
+    }
+
+    /// Waits for doorbells up to `timeout` (`None`: until one rings) and
+    /// activates the rings they name.
+    fn wait_events(&mut self, timeout: Option<Duration>, commands: &Doorbell) -> io::Result<()> {
+        self.events.clear();
+        let timeout = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        match epoll::wait(
+            &self.poll,
+            rustix::buffer::spare_capacity(&mut self.events),
+            timeout.as_ref(),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        let keys: Vec<u64> = self.events.iter().map(|e| e.data.u64()).collect();
+        for key in keys {
+            if key == COMMAND_KEY {
+                commands.drain();
+            } else {
+                self.woken(key, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// `session`'s doorbell rang: activates the rings its ready word names
+    /// that have new entries (all its parked rings here with new entries
+    /// when it names none: a client that knows no ready word). Only the
+    /// session's own rings are looked at, and a wake that finds no new
+    /// entry starts no spin. A session whose doorbell keeps ringing for
+    /// nothing ([`USELESS_WAKES`] in a row) is muted: its doorbell leaves
+    /// the epoll set for a back-off (1 ms, doubling to [`MAX_MUTE`]), after
+    /// which its rings are looked at once and the doorbell watched again.
+    fn woken(&mut self, session: u64, now: Instant) {
+        let Some(watched) = self.sessions.get(&session) else {
+            return;
+        };
+        // The event was taken before the word: a bit set after the take
+        // comes with a ring after the event, which is another event (the
+        // doorbell is edge-triggered).
+        let uid = watched.session.peer.uid;
+        if let Some(turn) = self.uids.get_mut(&uid) {
+            turn.share.charge_wake();
+        }
+        if self.look_at(session, now) {
+            if let Some(watched) = self.sessions.get_mut(&session) {
+                watched.useless = 0;
+                watched.mute = Duration::ZERO;
+            }
+            return;
+        }
+        let Some(watched) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        watched.useless += 1;
+        if watched.useless < USELESS_WAKES {
+            return;
+        }
+        watched.useless = 0;
+        watched.mute = (watched.mute * 2).clamp(Duration::from_millis(1), MAX_MUTE);
+        watched.muted = true;
+        let _ = epoll::delete(&self.poll, watched.bell.fd());
+        self.muted.push_back((now + watched.mute, session));
+    }
+
+    /// Activates the rings of `session` named in its ready word (or, when
+    /// it names none, all of its parked rings here) that have new entries;
+    /// whether there was one.
+    fn look_at(&mut self, session: u64, now: Instant) -> bool {
+        let Some(watched) = self.sessions.get(&session) else {
+            return false;
+        };
+        let mask = watched
+            .session
+            .memory
+            .mapping()
+            .server_ready(watched.ready_at)
+            .map_or(0, |ready| ready.take());
+        let named: Vec<RingRef> = watched
+            .rings
+            .iter()
+            .copied()
+            .filter(|&at| {
+                self.slots[at.slot].as_ref().is_some_and(|r| {
+                    !r.active
+                        && (mask == 0 || mask & ready_bit(r.ring.index()) != 0)
+                        && r.has_work()
+                })
+            })
+            .collect();
+        let found = !named.is_empty();
+        for at in named {
+            self.activate(at, now);
+        }
+        found
+    }
+
+    /// Watches the doorbells of muted sessions whose back-off is over
+    /// again, after a look at their rings (their rings may have work that
+    /// rang while they were muted). Returns how long until the next one is
+    /// due.
+    fn unmute_due(&mut self, now: Instant) -> Option<Duration> {
+        while let Some(&(due, session)) = self.muted.front() {
+            if due > now {
+                return Some(due - now);
+            }
+            self.muted.pop_front();
+            let Some(watched) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            watched.muted = false;
+            if epoll::add(
+                &self.poll,
+                watched.bell.fd(),
+                epoll::EventData::new_u64(session),
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
+            )
+            .is_err()
+            {
+                watched.session.close();
+                continue;
+            }
+            self.look_at(session, now);
+        }
+        None
+    }
+
+    /// One round of deficit round robin over the uids with active rings;
+    /// returns the entries and the public requests served.
+    fn round(&mut self, now: Instant) -> (u64, u64) {
+        let mut served = (0, 0);
+        let quantum = if self.round.len() > 1 {
+            QUANTUM
+        } else {
+            QUANTUM_ALONE
+        };
+        let mut closing = Vec::new();
+        for _ in 0..self.round.len() {
+            let Some(uid) = self.round.pop_front() else {
+                break;
+            };
+            let Some(turn) = self.uids.get_mut(&uid) else {
+                continue;
+            };
+            turn.share.new_turn(quantum);
+            // Each active ring is visited at most once per turn.
+            for _ in 0..turn.active.len() {
+                if turn.share.spent() {
+                    break;
+                }
+                let Some(at) = turn.active.pop_front() else {
+                    break;
+                };
+                let Some(ring) = self.slots[at.slot]
+                    .as_mut()
+                    .filter(|r| r.generation == at.generation && r.active)
+                else {
+                    continue;
+                };
+                if ring.session.is_closed() {
+                    closing.push(ring.session.id);
+                    turn.active.push_back(at);
+                    continue;
+                }
+                match ring.serve(&mut self.scratch, turn.share.entries_allowed()) {
+                    Ok((entries, public)) => {
+                        turn.share.charge_visit(entries);
+                        served.0 += u64::from(entries);
+                        served.1 += public;
+                        if entries > 0 {
+                            ring.last_work = now;
+                        } else if now.duration_since(ring.last_work) >= SPIN && ring.park() {
+                            ring.active = false;
+                            self.active -= 1;
+                            continue;
+                        }
+                        turn.active.push_back(at);
+                    }
+                    Err(reason) => {
+                        let session = &ring.session;
+                        warn_limited(|| {
+                            tracing::warn!(
+                                session = session.id,
+                                pid = session.peer.pid,
+                                uid = session.peer.uid,
+                                reason,
+                                "closing hostile session"
+                            )
+                        });
+                        session.close();
+                        closing.push(session.id);
+                        turn.active.push_back(at);
+                    }
+                }
+            }
+            if turn.active.is_empty() {
+                turn.in_round = false;
+                turn.share.forget();
+                if turn.rings == 0 {
+                    self.uids.remove(&uid);
+                }
+            } else {
+                self.round.push_back(uid);
+            }
+        }
+        for session in closing {
+            self.remove_session(session);
+        }
         served
-    }
-
-    /// Sets NEED_WAKEUP on every ring; returns false when one of them has
-    /// work after all. A ring whose CQ is full has none: it cannot be
-    /// served until its client frees completions, and a client that wants
-    /// service rings the doorbell (a well-behaved one never has more
-    /// entries in flight than its CQ holds, so it never gets here).
-    fn begin_sleep(&self) -> bool {
-        let mut idle = true;
-        for ring in &self.rings {
-            idle &= ring.ring.view().prepare_sleep(ring.ring.counters());
-        }
-        idle
-    }
-
-    fn end_sleep(&self) {
-        for ring in &self.rings {
-            ring.ring.view().end_sleep();
-        }
     }
 }
 
 /// One ring as its worker sees it: the ring (its mapping held alive, the
-/// daemon's own positions), its doorbell, and what its requests leave
-/// behind between entries (a large value in pieces).
+/// daemon's own positions), whether it is active, and what its requests
+/// leave behind between entries (a large value in pieces).
 struct ServedRing {
     session: Arc<Session>,
     ring: SharedRing,
-    doorbell: Doorbell,
     staging: Staging,
+    /// Tells this ring from a later one in the same slot.
+    generation: u64,
+    active: bool,
+    last_work: Instant,
 }
 
 impl Drop for ServedRing {
@@ -333,35 +747,53 @@ impl Wake for FutexWake {
 }
 
 impl ServedRing {
-    fn new(session: Arc<Session>, index: u32, doorbell: Doorbell) -> Option<ServedRing> {
+    fn new(session: Arc<Session>, index: u32) -> Option<ServedRing> {
         let ring = session.memory.shared_ring(index)?;
         Some(ServedRing {
             session,
             ring,
-            doorbell,
             staging: Staging::default(),
+            generation: 0,
+            active: false,
+            last_work: Instant::now(),
         })
     }
 
-    fn key(&self) -> u64 {
-        (self.session.id << 16) | u64::from(self.ring.index())
+    /// Whether the next submission is published.
+    fn has_work(&self) -> bool {
+        self.ring.view().has_work(self.ring.counters())
     }
 
-    /// Serves what the ring holds, as far as the CQ has room. Returns the
-    /// entries and the public requests served, or why the session must close.
-    fn serve(&mut self, scratch: &mut Vec<u8>) -> Result<(u64, u64), &'static str> {
+    /// Parks the ring (NEED_WAKEUP, fence, a last look): false, and the
+    /// ring stays active, when it has work after all. A ring whose CQ is
+    /// full counts as idle: it cannot be served until its client frees
+    /// completions, and a client that wants service names it and rings.
+    fn park(&self) -> bool {
+        let view = self.ring.view();
+        if view.prepare_sleep(self.ring.counters()) {
+            true
+        } else {
+            view.end_sleep();
+            false
+        }
+    }
+
+    /// Serves what the ring holds, as far as the CQ has room and at most
+    /// `max` entries. Returns the entries and the public requests served,
+    /// or why the session must close.
+    fn serve(&mut self, scratch: &mut Vec<u8>, max: u32) -> Result<(u32, u64), &'static str> {
         let (view, counters) = self.ring.get();
         let session = &*self.session;
         let staging = &mut self.staging;
         let mut public = 0;
         let served = view
-            .serve(counters, &FutexWake, |raw| {
+            .serve(counters, &FutexWake, max, |raw| {
                 let (cqe, is_public) = execute(raw, view, session, staging, scratch);
                 public += u64::from(is_public);
                 cqe.encode()
             })
             .map_err(|_| "CQ head outside the ring")?;
-        Ok((u64::from(served), public))
+        Ok((served, public))
     }
 }
 
@@ -676,7 +1108,7 @@ mod tests {
                 Arc::new(AtomicUsize::new(0)),
             ));
             let index = session.claim_ring().unwrap();
-            let ring = ServedRing::new(session, index, Doorbell::new().unwrap()).unwrap();
+            let ring = ServedRing::new(session, index).unwrap();
             Bench {
                 ring,
                 counters: ClientCounters::default(),
@@ -701,7 +1133,7 @@ mod tests {
             for sqe in sqes {
                 client.push(&mut self.counters, &sqe.encode());
             }
-            let (served, _) = self.ring.serve(&mut self.scratch).unwrap();
+            let (served, _) = self.ring.serve(&mut self.scratch, u32::MAX).unwrap();
             assert_eq!(served as usize, sqes.len());
             let cqes = (0..sqes.len())
                 .map(|_| Cqe::decode(&client.pop(&mut self.counters).unwrap()))
@@ -795,7 +1227,7 @@ mod tests {
         let invalid = Status::Invalid as u32;
         assert_eq!(statuses, [invalid, invalid, invalid, Status::Buffer as u32]);
         assert_eq!(done[3].value_len, 5, "BUFFER says how much is needed");
-        assert_eq!(bench.ring.serve(&mut Vec::new()).unwrap(), (0, 0));
+        assert_eq!(bench.ring.serve(&mut Vec::new(), u32::MAX).unwrap(), (0, 0));
     }
 
     #[test]

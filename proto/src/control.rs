@@ -207,6 +207,28 @@ pub struct UsageReply {
     /// reclamation (borrowed references may hold it back); root only, 0
     /// for any other caller (it would count other uids' private values).
     pub reclaim_pending: u64,
+    /// Limit on the rings one uid may have open (`uid_max_rings`; 0 from a
+    /// daemon that does not say).
+    pub uid_max_rings: u64,
+    /// The descriptors one uid may hold: its share of the daemon's budget
+    /// (0 from a daemon that does not say).
+    pub uid_max_fds: u64,
+    /// What the daemon holds per uid (only the caller's own unless root).
+    pub holds: Vec<UidHolds>,
+}
+
+/// What the daemon holds for one uid (USAGE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UidHolds {
+    /// The uid.
+    pub uid: u32,
+    /// Rings open.
+    pub rings: u32,
+    /// Descriptors held for it: connections, doorbells, descriptors sent
+    /// and not yet read.
+    pub fds: u32,
+    /// Of those, descriptors sent and not yet read.
+    pub fds_in_flight: u32,
 }
 
 /// Figures of a running daemon.
@@ -286,11 +308,19 @@ pub enum Reply {
         /// What happened, for people; at most [`MAX_TEXT`] bytes.
         message: String,
     },
-    /// A ring is ready at `index`; its doorbell eventfd is attached.
+    /// A ring is ready at `index`; the doorbell eventfd of its worker (one
+    /// per session and worker, shared by the session's rings it serves) is
+    /// attached.
     RingOpened {
         /// The ring's index: it lies at `index × ring_stride` in the
         /// session's memory.
         index: u32,
+        /// The offset in the session's memory of the ready word of the
+        /// ring's worker (see `crate::ring`): set the ring's bit there
+        /// before ringing the doorbell of a parked ring. `None` from a
+        /// daemon that predates ready words (the field is absent): ring the
+        /// doorbell alone.
+        ready_at: Option<u64>,
     },
     /// The request was done.
     Ack,
@@ -511,9 +541,12 @@ impl Reply {
                 w.u32(*status);
                 w.text(message);
             }
-            Reply::RingOpened { index } => {
+            Reply::RingOpened { index, ready_at } => {
                 w.u32(kind::RING_OPENED);
                 w.u32(*index);
+                if let Some(ready_at) = ready_at {
+                    w.u64(*ready_at);
+                }
             }
             Reply::Ack => w.u32(kind::ACK),
             Reply::Stats(stats) => {
@@ -585,6 +618,14 @@ impl Reply {
                     w.u64(worker.ops);
                 }
                 w.u64(u.reclaim_pending);
+                w.u64(u.uid_max_rings);
+                w.u64(u.uid_max_fds);
+                w.u32(u.holds.len() as u32);
+                for hold in &u.holds {
+                    for v in [hold.uid, hold.rings, hold.fds, hold.fds_in_flight] {
+                        w.u32(v);
+                    }
+                }
             }
             Reply::DomainChunks {
                 domain,
@@ -627,7 +668,10 @@ impl Reply {
                 status: r.u32()?,
                 message: r.text(MAX_TEXT)?,
             },
-            kind::RING_OPENED => Reply::RingOpened { index: r.u32()? },
+            kind::RING_OPENED => Reply::RingOpened {
+                index: r.u32()?,
+                ready_at: r.optional_u64()?,
+            },
             kind::ACK => Reply::Ack,
             kind::STATS_REPLY => Reply::Stats(StatsReply {
                 objects: r.u64()?,
@@ -702,6 +746,20 @@ impl Reply {
                     });
                 }
                 usage.reclaim_pending = r.u64()?;
+                // The holds, from daemons that send them.
+                if let Some(cap) = r.optional_u64()? {
+                    usage.uid_max_rings = cap;
+                    usage.uid_max_fds = r.u64()?;
+                    let holds = r.count(16)?;
+                    for _ in 0..holds {
+                        usage.holds.push(UidHolds {
+                            uid: r.u32()?,
+                            rings: r.u32()?,
+                            fds: r.u32()?,
+                            fds_in_flight: r.u32()?,
+                        });
+                    }
+                }
                 Reply::Usage(usage)
             }
             kind::DOMAIN_CHUNKS => Reply::DomainChunks {
@@ -766,6 +824,14 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
+    /// A trailing `u64` that older peers do not send: `None` at the end.
+    fn optional_u64(&mut self) -> Result<Option<u64>, DecodeError> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        self.u64().map(Some)
+    }
+
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
@@ -878,7 +944,14 @@ mod tests {
                 heap_from: 3,
                 heap: 4,
             },
-            Reply::RingOpened { index: 3 },
+            Reply::RingOpened {
+                index: 3,
+                ready_at: Some(4096),
+            },
+            Reply::RingOpened {
+                index: 3,
+                ready_at: None,
+            },
             Reply::Ack,
             Reply::Stats(StatsReply {
                 objects: 1,
@@ -936,6 +1009,14 @@ mod tests {
                         ops: u64::MAX,
                     },
                 ],
+                uid_max_rings: 8192,
+                uid_max_fds: 9000,
+                holds: vec![UidHolds {
+                    uid: 1000,
+                    rings: 3,
+                    fds: 5,
+                    fds_in_flight: 1,
+                }],
             }),
         ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));

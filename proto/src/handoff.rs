@@ -14,7 +14,7 @@
 //! sees the other's store, so either the sleeper does not sleep or the
 //! publisher wakes it.
 
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `sq_flags`: the daemon's worker sleeps; ring the doorbell after publishing.
 pub const SQ_NEED_WAKEUP: u32 = 0x1;
@@ -50,6 +50,15 @@ pub fn stamp(counter: u32, entries: u32) -> u16 {
 }
 
 // Client side: producer of submissions, consumer of completions.
+
+/// Names a parked ring to its worker: sets `bit` in the session's ready word
+/// for that worker (release: the ring's published entries are visible to
+/// whoever takes the bit). Called after [`after_submissions`] returned true,
+/// before the doorbell is rung.
+#[inline]
+pub fn mark_ready(ready: &AtomicU64, bit: u64) {
+    ready.fetch_or(bit, Ordering::Release);
+}
 
 /// Called after the submissions before `tail` were published (each by its
 /// stamp, with release ordering): stores the SQ tail, then fences. Returns
@@ -119,6 +128,14 @@ pub fn begin_submission_wait(words: Words<'_>, idle: impl FnOnce() -> bool) -> b
     words.sq_flags.store(SQ_NEED_WAKEUP, Ordering::Relaxed);
     fence(Ordering::SeqCst);
     idle()
+}
+
+/// Takes the rings named ready since the last take (the worker, after it
+/// drained the doorbell: a bit set after this take comes with a ring of the
+/// doorbell after the drain, so it is seen at the next wake).
+#[inline]
+pub fn take_ready(ready: &AtomicU64) -> u64 {
+    ready.swap(0, Ordering::Acquire)
 }
 
 /// Clears NEED_WAKEUP: the worker is awake and looks at the ring again.

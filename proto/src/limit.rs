@@ -51,11 +51,16 @@ pub enum Limit {
     /// Reference-table entries one uid's sessions hold together (an entry
     /// per session and object it references, whatever the count).
     UidMaxReferences = 19,
+    /// Rings one uid may have open over all its sessions (root is exempt).
+    UidMaxRings = 20,
+    /// One uid's share of the daemon's file descriptors (connections,
+    /// doorbells, descriptors sent and not yet read; root is exempt).
+    UidFileDescriptors = 21,
 }
 
 impl Limit {
     /// Every limit, in the order of their codes (1 on).
-    pub const ALL: [Limit; 19] = [
+    pub const ALL: [Limit; 21] = [
         Limit::MaxObjects,
         Limit::MaxBytes,
         Limit::UidMaxObjects,
@@ -75,6 +80,8 @@ impl Limit {
         Limit::UidWaitingConnections,
         Limit::BorrowedReferences,
         Limit::UidMaxReferences,
+        Limit::UidMaxRings,
+        Limit::UidFileDescriptors,
     ];
 
     /// The limit's code (1 on; 0 means "not said").
@@ -115,6 +122,8 @@ impl Limit {
             Limit::UidWaitingConnections => "uid_waiting_connections",
             Limit::BorrowedReferences => "borrowed_references",
             Limit::UidMaxReferences => "uid_max_references",
+            Limit::UidMaxRings => "uid_max_rings",
+            Limit::UidFileDescriptors => "uid_file_descriptors",
         }
     }
 
@@ -140,6 +149,8 @@ impl Limit {
             Limit::UidWaitingConnections => "connections of one uid waiting to attach",
             Limit::BorrowedReferences => "borrowed references (or their bytes) open in one session",
             Limit::UidMaxReferences => "objects one uid's sessions may reference",
+            Limit::UidMaxRings => "rings of one uid",
+            Limit::UidFileDescriptors => "the daemon's file descriptors held for one uid",
         }
     }
 

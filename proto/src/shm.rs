@@ -156,6 +156,17 @@ mod real {
             unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
         }
 
+        /// The `u64` at `offset` (inside the mapping, 8-byte aligned:
+        /// checked).
+        #[inline]
+        pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+            assert!(self.holds(offset, 8) && offset.is_multiple_of(8));
+            // SAFETY: inside the mapping and aligned (asserted), mapped while
+            // `self` is borrowed; AtomicU64 has the layout of a u64 and
+            // tolerates writers in other processes.
+            unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
+        }
+
         /// The eight words of the 64-byte entry at `offset` (inside the
         /// mapping, 64-byte aligned: checked).
         #[inline]
@@ -236,6 +247,10 @@ mod model {
         header: Vec<AtomicU32>,
         entries: Vec<AtomicU64>,
         entries_at: usize,
+        /// One ready word (see `crate::ring::ReadyMask`), right after the
+        /// ring.
+        ready: AtomicU64,
+        ready_at: usize,
         len: usize,
     }
 
@@ -251,7 +266,9 @@ mod model {
                 header,
                 entries: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 entries_at: crate::ring::HEADER_SIZE,
-                len: layout.ring_stride(),
+                ready: AtomicU64::new(0),
+                ready_at: layout.ring_stride(),
+                len: layout.ring_stride() + 64,
             }
         }
 
@@ -261,6 +278,8 @@ mod model {
                 header: Vec::new(),
                 entries: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
                 entries_at: 0,
+                ready: AtomicU64::new(0),
+                ready_at: usize::MAX,
                 len,
             }
         }
@@ -281,6 +300,12 @@ mod model {
 
         pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
             &self.header[offset / 64]
+        }
+
+        /// The ready word (the one `u64` the model holds outside entries).
+        pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+            assert_eq!(offset, self.ready_at, "the model's one ready word");
+            &self.ready
         }
 
         pub(crate) fn entry_at(&self, offset: usize) -> &[AtomicU64; 8] {

@@ -100,7 +100,10 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             status: 10,
             message: "version 999 is not 1".into(),
         },
-        Reply::RingOpened { index: 2 },
+        Reply::RingOpened {
+            index: 2,
+            ready_at: Some(8),
+        },
         Reply::Ack,
         Reply::Stats(StatsReply {
             objects: 1,
@@ -158,6 +161,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             }],
             workers: vec![WorkerUsage { rings: 3, ops: 99 }],
             reclaim_pending: 4096,
+            ..UsageReply::default()
         }),
         Reply::DomainChunks {
             domain: 1,

@@ -1,6 +1,7 @@
 //! A loom model of one ring: 2 entries, 3 requests, the real client and
 //! server sides of `hreg_proto::ring` (stamp publication, the client's wait
-//! loop, the server's serve step and sleep check, the `handoff` ordering
+//! loop, the server's serve step and its parking of the ring, the session's
+//! ready word that names a parked ring to its worker, the `handoff` ordering
 //! functions) over a mapping of loom atomics, with the sleeping behind
 //! loom's primitives (a futex for the client, an eventfd-like doorbell for
 //! the daemon). loom explores the interleavings and fails on a lost,
@@ -13,7 +14,7 @@
 #![cfg(hreg_loom)]
 
 use hreg_proto::entry::ENTRY_SIZE;
-use hreg_proto::ring::{ClientCounters, Layout, Park, ServerCounters, Wake};
+use hreg_proto::ring::{ready_bit, ClientCounters, Layout, Park, ServerCounters, Wake};
 use hreg_proto::shm::Mapping;
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
@@ -113,6 +114,19 @@ fn message(bytes: &[u8; ENTRY_SIZE]) -> u64 {
     message
 }
 
+/// Where the model keeps the ready word: right after the ring.
+fn ready_at() -> usize {
+    LAYOUT.ring_stride()
+}
+
+fn ready(shared: &Shared) -> hreg_proto::ring::ReadyWord<'_> {
+    shared.map.client_ready(ready_at()).unwrap()
+}
+
+fn server_ready(shared: &Shared) -> hreg_proto::ring::ReadyMask<'_> {
+    shared.map.server_ready(ready_at()).unwrap()
+}
+
 /// The client: submits at most `entries` at a time, then waits for each
 /// completion. Returns what it received, in order.
 fn client(shared: &Shared) -> Vec<u64> {
@@ -127,6 +141,8 @@ fn client(shared: &Shared) -> Vec<u64> {
             ring.push(&mut counters, &entry(m));
         }
         if ring.flush(&counters) {
+            // Parked: name the ring in the ready word, then ring.
+            ready(shared).mark(0);
             shared.doorbell.ring();
         }
         for _ in next..=last {
@@ -147,7 +163,7 @@ fn worker(shared: &Shared) {
     let mut served = 0;
     while served < MESSAGES {
         let n = ring
-            .serve(&mut counters, &shared.futex, |request| {
+            .serve(&mut counters, &shared.futex, u32::MAX, |request| {
                 entry(message(request) * 10)
             })
             .unwrap();
@@ -155,8 +171,19 @@ fn worker(shared: &Shared) {
         if n > 0 {
             continue;
         }
+        // Park the ring; it is served again only once a wake names it in
+        // the ready word (a wake that names nothing keeps it parked).
         if ring.prepare_sleep(&counters) {
-            shared.doorbell.wait();
+            loop {
+                shared.doorbell.wait();
+                // A named ring is activated only if a new entry is there
+                // (a bit left from an entry served already names nothing):
+                // the mark's release and the take's acquire make sure a
+                // new one is seen, or the worker would sleep for good.
+                if server_ready(shared).take() & ready_bit(0) != 0 && ring.has_work(&counters) {
+                    break;
+                }
+            }
         }
         ring.end_sleep();
     }

@@ -106,7 +106,10 @@ fn the_kind_table_is_the_codec() {
             status: 0,
             message: String::new(),
         },
-        Reply::RingOpened { index: 0 },
+        Reply::RingOpened {
+            index: 0,
+            ready_at: Some(0),
+        },
         Reply::Ack,
         Reply::Stats(StatsReply::default()),
         Reply::Error {

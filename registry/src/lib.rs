@@ -77,8 +77,10 @@ pub const ROOT: u32 = 0;
 /// Shards a registry has unless told otherwise (a power of two).
 pub const DEFAULT_SHARDS: usize = 64;
 
-/// Slots one LIST request looks at, at most.
-pub const LIST_SCAN_BUDGET: usize = 65_536;
+/// Slots one LIST request looks at, at most: a few hundred microseconds of
+/// the control thread, so that a uid listing in a loop delays another
+/// uid's requests by little (the daemon serves uids in turn).
+pub const LIST_SCAN_BUDGET: usize = 4096;
 
 /// The highest generation a slot may carry; a slot killed at it is retired,
 /// so an old handle can never match again.

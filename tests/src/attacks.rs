@@ -116,8 +116,16 @@ fn doorbell(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
         let _ = session.conn.recv();
         kept.push(bell);
     }
-    // And rings that go with their session's end.
-    let (_, _, bell) = session.try_open_ring_at().expect("RING_OPENED");
+    // And rings that go with their session's end. A closed ring's index is
+    // free once its worker lets go of it, a moment after the ACK.
+    let (_, _, bell) = (0..100)
+        .find_map(|_| {
+            session.try_open_ring_at().or_else(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            })
+        })
+        .expect("RING_OPENED");
     kept.push(bell);
     drop(session);
     ready(format!("ready bells={}", kept.len()));
@@ -442,5 +450,186 @@ mod tests {
             Held::parse("held open=x quota=1 other=0 closed=0 message="),
             None
         );
+    }
+}
+
+/// How often each ring of a busy [`hold_rings`] sends a request.
+pub const BUSY_PERIOD: Duration = Duration::from_millis(20);
+
+/// One ring [`hold_rings`] keeps, and its positions.
+struct HeldRing {
+    session: usize,
+    index: u32,
+    bell: OwnedFd,
+    ready_at: Option<usize>,
+    counters: ClientCounters,
+}
+
+/// Holds up to `count` rings over as many sessions as it takes (64 rings
+/// each by default), as many as the daemon lets this uid open; says `ready
+/// N` with how many it got. Then, until `stop`, while `busy` is set, each
+/// ring sends one cheap request (a GET of a handle that names nothing)
+/// every [`BUSY_PERIOD`], the way libhreg does it (a parked ring is named
+/// in its ready word before the doorbell rings), from this one thread: the
+/// daemon sees what `count / 64` processes of 64 threads would make it see.
+pub fn hold_rings(
+    socket: &Path,
+    count: usize,
+    busy: &AtomicBool,
+    say: &mut dyn FnMut(String),
+    stop: &AtomicBool,
+) {
+    raise_fd_limit(u64::MAX);
+    let mut sessions: Vec<RawSession> = Vec::new();
+    let mut held: Vec<HeldRing> = Vec::new();
+    'attach: while held.len() < count {
+        let Ok(session) = RawSession::try_attach(socket) else {
+            break;
+        };
+        sessions.push(session);
+        let at = sessions.len() - 1;
+        let before = held.len();
+        while held.len() < count {
+            let Some((index, _, bell, ready_at)) = sessions[at].try_open_ring_ready() else {
+                if held.len() == before {
+                    break 'attach;
+                }
+                break;
+            };
+            held.push(HeldRing {
+                session: at,
+                index,
+                bell,
+                ready_at,
+                counters: ClientCounters::default(),
+            });
+        }
+    }
+    say(format!("ready {}", held.len()));
+    let request = Sqe {
+        opcode: Opcode::Get as u8,
+        handle: 1,
+        ..Sqe::default()
+    }
+    .encode();
+    while !stop.load(Ordering::Relaxed) {
+        let tick = std::time::Instant::now();
+        if busy.load(Ordering::Relaxed) {
+            for ring in &mut held {
+                let session = &sessions[ring.session];
+                let Some(view) = session.ring(ring.index) else {
+                    continue;
+                };
+                while view.pop(&mut ring.counters).is_some() {}
+                view.release(&ring.counters);
+                if ring.counters.in_flight() > 0 {
+                    continue;
+                }
+                view.push(&mut ring.counters, &request);
+                if view.flush(&ring.counters) {
+                    if let Some(word) = ring.ready_at.and_then(|at| session.ready_word(at)) {
+                        word.mark(ring.index);
+                    }
+                    ring_bell(&ring.bell);
+                }
+            }
+        }
+        std::thread::sleep(BUSY_PERIOD.saturating_sub(tick.elapsed()));
+    }
+}
+
+/// Issue 18, row 14: 64 rings of one session, idle, whose doorbells (and
+/// ready word, naming each ring) the client rings in a loop. Says `ready
+/// rings=N`.
+pub fn ring_own_doorbells(socket: &Path, say: &mut dyn FnMut(String), stop: &AtomicBool) {
+    let session = RawSession::attach(socket);
+    let mut rings = Vec::new();
+    while let Some((index, _, bell, ready_at)) = session.try_open_ring_ready() {
+        rings.push((index, bell, ready_at));
+    }
+    // Let every ring park first.
+    std::thread::sleep(Duration::from_millis(50));
+    say(format!("ready rings={}", rings.len()));
+    // One ring every 50 µs or so: each wakes a worker that went back to
+    // sleep meanwhile, the most wakes for the least of the attacker's CPU.
+    while !stop.load(Ordering::Relaxed) {
+        for (index, bell, ready_at) in &rings {
+            if let Some(word) = ready_at.and_then(|at| session.ready_word(at)) {
+                word.mark(*index);
+            }
+            ring_bell(bell);
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// Issue 18, row 15: `conns` sessions each send `requests` MAP_DOMAIN
+/// requests (each answered with descriptors) and never read a reply. Says
+/// `ready sent=N` with the requests that went out.
+pub fn unread_descriptors(
+    socket: &Path,
+    conns: usize,
+    requests: usize,
+    say: &mut dyn FnMut(String),
+    stop: &AtomicBool,
+) {
+    raise_fd_limit(u64::MAX);
+    let map = ControlRequest::MapDomain {
+        domain: u32::from(hreg_proto::table::SHARED_DOMAIN),
+        slots_from: 0,
+        heap_from: 0,
+    }
+    .encode();
+    let mut sessions = Vec::new();
+    let mut sent = 0;
+    for _ in 0..conns {
+        let Ok(session) = RawSession::try_attach(socket) else {
+            break;
+        };
+        for _ in 0..requests {
+            // Never blocking: a daemon that stops reading us is the point.
+            let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+            if rustix::net::send(&session.conn.fd, &map, flags).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sessions.push(session);
+    }
+    say(format!("ready sent={sent}"));
+    while !stop.load(Ordering::Relaxed) {
+        pause();
+    }
+}
+
+/// Issue 18, row 8: `sessions` sessions (and `idle` connections that say
+/// nothing) of one uid, each session asking SESSIONS over and over,
+/// pipelined, never waiting. Says `ready sessions=N idle=M`.
+pub fn sessions_flood(
+    socket: &Path,
+    sessions: usize,
+    idle: usize,
+    say: &mut dyn FnMut(String),
+    stop: &AtomicBool,
+) {
+    raise_fd_limit(u64::MAX);
+    let attached: Vec<RawSession> = (0..sessions)
+        .map_while(|_| RawSession::try_attach(socket).ok())
+        .collect();
+    let silent = silent_connections(socket, idle);
+    say(format!(
+        "ready sessions={} idle={}",
+        attached.len(),
+        silent.len()
+    ));
+    let ask = ControlRequest::Sessions { cursor: 0 }.encode();
+    while !stop.load(Ordering::Relaxed) {
+        for session in &attached {
+            // Read what came (never blocking), then ask again.
+            while matches!(session.conn.try_recv_now(), Ok(Some(_))) {}
+            let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+            let _ = rustix::net::send(&session.conn.fd, &ask, flags);
+        }
+        pause();
     }
 }

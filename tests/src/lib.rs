@@ -138,9 +138,22 @@ impl Daemon {
         Daemon::start_reachable_with(args, |_| {})
     }
 
+    /// [`Daemon::start_reachable`] under `WRAPPER...` (e.g. `prlimit`).
+    pub fn start_reachable_wrapped(wrapper: &[&str], args: &[&str]) -> Daemon {
+        Daemon::launch_reachable(wrapper, args, |_| {})
+    }
+
     /// [`Daemon::start_reachable`], letting `setup` adjust the command
     /// first (environment: the test hooks of debug builds).
     pub fn start_reachable_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
+        Daemon::launch_reachable(&[], args, setup)
+    }
+
+    fn launch_reachable(
+        wrapper: &[&str],
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -148,7 +161,7 @@ impl Daemon {
         let socket = dir.path().join("hreg.sock");
         let mut all = vec!["--socket-mode", "666"];
         all.extend_from_slice(args);
-        Daemon::launch(dir, socket, &[], &all, setup)
+        Daemon::launch(dir, socket, wrapper, &all, setup)
     }
 
     /// Starts `hregd` with `args`, letting `setup` adjust the command first
@@ -316,17 +329,7 @@ impl Daemon {
 
     /// CPU time the daemon has used so far (user and system).
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .expect("read /proc/PID/stat");
-        // Fields after the command name, which is in parentheses and may
-        // hold spaces: utime and stime are the 12th and 13th of them.
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis(ticks * 1000 / per_sec)
+        cpu_time_of(self.pid())
     }
 
     /// The share of one core the daemon used over the next `window`.
@@ -606,6 +609,20 @@ impl Drop for Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The CPU time (user + system) process `pid` has used.
+pub fn cpu_time_of(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_sec)
 }
 
 /// How long a fresh client took to attach, insert and get a value back, or

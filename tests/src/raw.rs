@@ -224,12 +224,41 @@ impl RawSession {
         self.conn
             .try_send_with_fds(&ControlRequest::RingOpen.encode(), &[])
             .ok()?;
-        let Ok(Some((Some(Reply::RingOpened { index }), Some(doorbell)))) = self.conn.try_recv()
+        let Ok(Some((Some(Reply::RingOpened { index, .. }), Some(doorbell)))) =
+            self.conn.try_recv()
         else {
             return None;
         };
         let ring = self.map.client_ring(self.layout(), index)?;
         Some((index, ring, doorbell))
+    }
+
+    /// Opens a ring as a client that follows the ready word does; returns
+    /// the ring, its doorbell and where its ready word lies.
+    /// (`None` for the ready word: a daemon without ready words.)
+    pub fn try_open_ring_ready(&self) -> Option<(u32, ClientRing<'_>, OwnedFd, Option<usize>)> {
+        self.conn
+            .try_send_with_fds(&ControlRequest::RingOpen.encode(), &[])
+            .ok()?;
+        let Ok(Some((Some(Reply::RingOpened { index, ready_at }), Some(doorbell)))) =
+            self.conn.try_recv()
+        else {
+            return None;
+        };
+        let ring = self.map.client_ring(self.layout(), index)?;
+        let ready_at = ready_at.and_then(|at| usize::try_from(at).ok());
+        Some((index, ring, doorbell, ready_at))
+    }
+
+    /// The client's side of ring `index` (opened before).
+    pub fn ring(&self, index: u32) -> Option<ClientRing<'_>> {
+        self.map.client_ring(self.layout(), index)
+    }
+
+    /// The client's side of the ready word at `offset` (see
+    /// [`RawSession::try_open_ring_ready`]).
+    pub fn ready_word(&self, offset: usize) -> Option<hreg_proto::ring::ReadyWord<'_>> {
+        self.map.client_ready(offset)
     }
 
     /// Bytes of the session mapping.

@@ -257,6 +257,18 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
     single("hreg_uptime_seconds", &json["uptime_secs"]);
     single("hreg_max_objects", &json["limits"]["max_objects"]);
     single("hreg_max_bytes", &json["limits"]["max_bytes"]);
+    single("hreg_uid_max_rings", &json["limits"]["uid_max_rings"]);
+    single("hreg_uid_max_descriptors", &json["limits"]["uid_max_fds"]);
+    for hold in json["holds"].as_array().unwrap() {
+        let label = vec![("uid", hold["uid"].to_string())];
+        for (name, v) in [
+            ("hreg_uid_rings", &hold["rings"]),
+            ("hreg_uid_descriptors", &hold["fds"]),
+            ("hreg_uid_descriptors_in_flight", &hold["fds_in_flight"]),
+        ] {
+            series.push((name.to_string(), label.clone(), num(v)));
+        }
+    }
     for uid in json["uids"].as_array().unwrap() {
         let label = vec![("uid", uid["uid"].to_string())];
         for (name, v) in [

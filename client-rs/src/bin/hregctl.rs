@@ -642,7 +642,11 @@ impl Figures {
             .enumerate()
             .map(|(i, w)| serde_json::json!({ "worker": i, "rings": w.rings, "ops": w.ops }))
             .collect();
-        let (least, most) = shard_range(&u.shards);
+        let holds: Vec<_> = u
+            .holds
+            .iter()
+            .map(|h| {
+                let (least, most) = shard_range(&u.shards);
         let mut doc = serde_json::json!({
             "objects": s.objects,
             "value_bytes": s.value_bytes,
@@ -655,7 +659,9 @@ impl Figures {
                 "max_objects": u.max_objects, "max_bytes": u.max_bytes,
                 "uid_max_objects": u.uid_max_objects, "uid_max_bytes": u.uid_max_bytes,
                 "uid_max_references": u.uid_max_references,
+                "uid_max_rings": u.uid_max_rings, "uid_max_fds": u.uid_max_fds,
             },
+            "holds": holds,
             "uids": uids,
             "workers": workers,
             "shard_count": u.shards.len(),
@@ -708,6 +714,26 @@ impl Figures {
             &rows,
         )?;
         writeln!(out)?;
+        if !u.holds.is_empty() {
+            let rows = u
+                .holds
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.uid.to_string(),
+                        format!("{} / {}", h.rings, u.uid_max_rings),
+                        format!("{} / {}", h.fds, u.uid_max_fds),
+                        h.fds_in_flight.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            print_table(
+                out,
+                &["UID", "RINGS / CAP", "DESCRIPTORS / SHARE", "IN FLIGHT"],
+                &rows,
+            )?;
+            writeln!(out)?;
+        }
         let rows = u
             .workers
             .iter()

@@ -15,6 +15,17 @@
 //!         ...    data area: data_size bytes
 //! ```
 //!
+//! After the pin table (see [`crate::pins`]) the session memory ends with
+//! its *ready area* ([`READY_AREA`] bytes): one 64-byte line per daemon
+//! worker, whose first 8 bytes are a `u64` *ready word*. A worker serves
+//! only the rings it knows to be *active*; a ring with nothing to do for a
+//! while is *parked* (NEED_WAKEUP set). A client that finds its ring parked
+//! after publishing sets the ring's bit (`1 << (index % 64)`) in the ready
+//! word of the ring's worker ([`ReadyWord::mark`]), then rings the session's
+//! doorbell for that worker; the worker takes the word
+//! ([`ReadyMask::take`]) and activates the rings it names. So a worker's
+//! work follows the rings that have work, never the rings that exist.
+//!
 //! Positions are free-running `u32` counters; an entry lives at
 //! `counter % entries`. An entry is published by its *stamp* (the lap
 //! `counter / entries`, plus one, as a `u16`), stored last with release
@@ -60,7 +71,7 @@
 use crate::entry::ENTRY_SIZE;
 use crate::handoff::{self, Words};
 use crate::shm::{Access, Mapping};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicU64};
 #[cfg(not(hreg_loom))]
 use std::sync::Arc;
 
@@ -90,6 +101,37 @@ pub const MIN_DATA_SIZE: u32 = 64;
 /// Completions a server publishes at a time within a long batch, so the
 /// client reads the first ones while the rest are served.
 pub const PUBLISH_EVERY: u32 = 16;
+
+/// Bytes of a session memory's ready area, after its pin table: one 64-byte
+/// line per worker ([`MAX_READY_WORDS`]), the ready word in its first 8
+/// bytes.
+pub const READY_AREA: usize = 4096;
+
+/// Ready words in the ready area: the most workers a daemon may run.
+pub const MAX_READY_WORDS: usize = READY_AREA / 64;
+
+/// Bytes of a session's memory: its rings, its pin table of `pin_entries`
+/// entries, then its ready area.
+pub fn session_len(layout: &Layout, pin_entries: usize) -> usize {
+    ready_area_offset(layout, pin_entries) + READY_AREA
+}
+
+/// Where a session memory's ready area starts (after the pin table).
+pub fn ready_area_offset(layout: &Layout, pin_entries: usize) -> usize {
+    crate::pins::session_len(layout, pin_entries)
+}
+
+/// The offset of worker `worker`'s ready word in a session's memory.
+pub fn ready_word_offset(layout: &Layout, pin_entries: usize, worker: usize) -> usize {
+    ready_area_offset(layout, pin_entries) + 64 * (worker % MAX_READY_WORDS)
+}
+
+/// The bit that names ring `index` in a ready word (rings 64 apart share a
+/// bit: the worker then looks at each of them).
+#[inline]
+pub fn ready_bit(index: u32) -> u64 {
+    1 << (index % 64)
+}
 
 /// The geometry of a session's rings, as WELCOME announces it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +346,23 @@ impl<'a> RingMem<'a> {
 }
 
 impl Mapping {
+    /// The client's side of a ready word at `offset` (RING_OPENED names
+    /// it): `None` unless it lies 8-aligned inside this writable mapping.
+    pub fn client_ready(&self, offset: usize) -> Option<ReadyWord<'_>> {
+        self.ready_word_ok(offset)
+            .then(|| ReadyWord(self.u64_at(offset)))
+    }
+
+    /// The daemon's side of a ready word at `offset`.
+    pub fn server_ready(&self, offset: usize) -> Option<ReadyMask<'_>> {
+        self.ready_word_ok(offset)
+            .then(|| ReadyMask(self.u64_at(offset)))
+    }
+
+    fn ready_word_ok(&self, offset: usize) -> bool {
+        self.access() == Access::ReadWrite && offset.is_multiple_of(8) && self.holds(offset, 8)
+    }
+
     /// The client's side of ring `index`: `None` if this mapping cannot
     /// hold it (read-only, too small, bad layout).
     pub fn client_ring(&self, layout: Layout, index: u32) -> Option<ClientRing<'_>> {
@@ -336,6 +395,35 @@ pub trait Wake {
     /// Wakes whoever sleeps on `word`, the CQ tail (a futex wake that
     /// crosses processes).
     fn wake(&self, word: &AtomicU32);
+}
+
+/// The client's side of a session's ready word for one worker: it can only
+/// name rings.
+#[derive(Clone, Copy)]
+pub struct ReadyWord<'a>(&'a AtomicU64);
+
+impl ReadyWord<'_> {
+    /// Names ring `index` as having new entries (call after
+    /// [`ClientRing::flush`] said the ring is parked, then ring the
+    /// doorbell).
+    #[inline]
+    pub fn mark(&self, index: u32) {
+        handoff::mark_ready(self.0, ready_bit(index));
+    }
+}
+
+/// The daemon's side of a session's ready word for one worker: it can only
+/// take what clients named.
+#[derive(Clone, Copy)]
+pub struct ReadyMask<'a>(&'a AtomicU64);
+
+impl ReadyMask<'_> {
+    /// The bits set since the last take (the word is left 0). Take after
+    /// draining the doorbell.
+    #[inline]
+    pub fn take(&self) -> u64 {
+        handoff::take_ready(self.0)
+    }
 }
 
 /// The client's positions in one ring: where its next submission goes and
@@ -559,7 +647,8 @@ impl<'a> ServerRing<'a> {
         counters.cq_tail.wrapping_sub(cq_head) >= self.entries()
     }
 
-    /// Serves what the ring holds, as far as the CQ has room: `answer` gets
+    /// Serves what the ring holds, as far as the CQ has room and at most
+    /// `max` entries (at least one is served when there is work): `answer` gets
     /// a copy of each submission (already out of shared memory) and returns
     /// its completion. Completions are published every [`PUBLISH_EVERY`]
     /// and at the end, waking the client through `waker` when it sleeps.
@@ -568,6 +657,7 @@ impl<'a> ServerRing<'a> {
         &self,
         counters: &mut ServerCounters,
         waker: &impl Wake,
+        max: u32,
         mut answer: impl FnMut(&[u8; ENTRY_SIZE]) -> [u8; ENTRY_SIZE],
     ) -> Result<u32, RingError> {
         if !self.has_work(counters) {
@@ -581,7 +671,7 @@ impl<'a> ServerRing<'a> {
             }
             counters.cq_head_seen = cq_head;
         }
-        let room = entries - counters.cq_tail.wrapping_sub(counters.cq_head_seen);
+        let room = (entries - counters.cq_tail.wrapping_sub(counters.cq_head_seen)).min(max.max(1));
         let mut served = 0;
         while served < room && self.has_work(counters) {
             let request = self.0 .0.read_entry(self.0 .0.sq_at(counters.sq_head));
@@ -761,7 +851,7 @@ mod tests {
             }
             assert!(!client.flush(&c), "nobody sleeps");
             let served = server
-                .serve(&mut s, &waker, |req| {
+                .serve(&mut s, &waker, u32::MAX, |req| {
                     let mut done = *req;
                     done[1] = 0xAA;
                     done
@@ -786,7 +876,7 @@ mod tests {
         for k in 0..4 {
             client.push(&mut c, &entry(k));
         }
-        assert_eq!(server.serve(&mut s, &waker, |r| *r).unwrap(), 4);
+        assert_eq!(server.serve(&mut s, &waker, u32::MAX, |r| *r).unwrap(), 4);
         assert!(!server.has_work(&s));
         assert!(server.prepare_sleep(&s));
         server.end_sleep();
@@ -805,7 +895,7 @@ mod tests {
         assert!(client.flush(&c), "the server announced its sleep");
         server.end_sleep();
         let waker = Counted(std::cell::Cell::new(0));
-        assert_eq!(server.serve(&mut s, &waker, |r| *r).unwrap(), 1);
+        assert_eq!(server.serve(&mut s, &waker, u32::MAX, |r| *r).unwrap(), 1);
         // The client claims to have read completions it never got.
         map.u32_at(CQ_HEAD)
             .store(1000, crate::sync::Ordering::Relaxed);
@@ -813,7 +903,10 @@ mod tests {
             client.push(&mut c, &entry(k));
         }
         s.cq_head_seen = s.cq_tail.wrapping_sub(4);
-        assert_eq!(server.serve(&mut s, &waker, |r| *r), Err(RingError::CqHead));
+        assert_eq!(
+            server.serve(&mut s, &waker, u32::MAX, |r| *r),
+            Err(RingError::CqHead)
+        );
     }
 
     #[test]

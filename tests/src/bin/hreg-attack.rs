@@ -7,8 +7,17 @@
 //! HELLO (`hreg_tests::attacks::hold_silent`); prints `ready silent=N`, and
 //! when its stdin closes, a `held ...` line saying what the daemon did with
 //! them.
+//!
+//! Issue 18's holders, each printing one `ready ...` line:
+//! `hreg-attack SOCKET rings N [busy]` holds N rings (idle, or each sending
+//! a request every 20 ms); `hreg-attack SOCKET own-doorbells` rings its own
+//! doorbells in a loop; `hreg-attack SOCKET unread-fds CONNS REQUESTS` sends
+//! MAP_DOMAIN requests and never reads the replies; `hreg-attack SOCKET
+//! sessions-flood SESSIONS IDLE` asks SESSIONS without pause.
 
-use hreg_tests::attacks::{hold_silent, Attack};
+use hreg_tests::attacks::{
+    hold_rings, hold_silent, ring_own_doorbells, sessions_flood, unread_descriptors, Attack,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +37,37 @@ fn main() -> ExitCode {
                 socket,
                 Box::new(move |socket, say, stop| hold_silent(socket, count, say, stop)),
             )
+        }
+        [socket, rings, count, rest @ ..] if rings == "rings" => {
+            let Ok(count) = count.parse::<usize>() else {
+                eprintln!("hreg-attack: N must be a number, not {count:?}");
+                return ExitCode::from(2);
+            };
+            let busy = rest.first().is_some_and(|w| w == "busy");
+            (
+                socket,
+                Box::new(move |socket, say, stop| {
+                    hold_rings(socket, count, &AtomicBool::new(busy), say, stop)
+                }),
+            )
+        }
+        [socket, own] if own == "own-doorbells" => (socket, Box::new(ring_own_doorbells)),
+        [socket, what, a, b] if what == "unread-fds" || what == "sessions-flood" => {
+            let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) else {
+                eprintln!("hreg-attack: {what} takes two numbers");
+                return ExitCode::from(2);
+            };
+            if what == "unread-fds" {
+                (
+                    socket,
+                    Box::new(move |socket, say, stop| unread_descriptors(socket, a, b, say, stop)),
+                )
+            } else {
+                (
+                    socket,
+                    Box::new(move |socket, say, stop| sessions_flood(socket, a, b, say, stop)),
+                )
+            }
         }
         [socket, name] => {
             let Some(attack) = Attack::from_name(name) else {

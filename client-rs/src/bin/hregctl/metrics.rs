@@ -171,6 +171,46 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         "uid",
         uid(&|_| usage.uid_max_bytes),
     );
+    e.single(
+        "hreg_uid_max_rings",
+        Gauge,
+        "Limit on the rings one uid may have open (uid_max_rings; root is exempt).",
+        usage.uid_max_rings,
+    );
+    e.single(
+        "hreg_uid_max_descriptors",
+        Gauge,
+        "The descriptors one uid may hold: its share of the daemon's (root is exempt).",
+        usage.uid_max_fds,
+    );
+    let held = |figure: &dyn Fn(&hreg::UidHolds) -> u32| {
+        usage
+            .holds
+            .iter()
+            .map(|h| (h.uid.to_string(), u64::from(figure(h))))
+            .collect::<Vec<_>>()
+    };
+    e.labelled(
+        "hreg_uid_rings",
+        Gauge,
+        "Rings a uid has open (all uids for root, the caller's own otherwise).",
+        "uid",
+        held(&|h| h.rings),
+    );
+    e.labelled(
+        "hreg_uid_descriptors",
+        Gauge,
+        "Descriptors the daemon holds for a uid: connections, doorbells, descriptors sent and not yet read.",
+        "uid",
+        held(&|h| h.fds),
+    );
+    e.labelled(
+        "hreg_uid_descriptors_in_flight",
+        Gauge,
+        "Descriptors sent to a uid's connections and not yet read.",
+        "uid",
+        held(&|h| h.fds_in_flight),
+    );
     e.labelled(
         "hreg_uid_max_references",
         Gauge,
