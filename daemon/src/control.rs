@@ -369,7 +369,6 @@ impl Control {
             self.last_scan = Instant::now();
             self.drop_silent_connections();
             self.give_up_kept_sessions();
-            self.close_hoarders();
         }
         self.resume_listening();
         let ops = self.ops();
@@ -1355,6 +1354,15 @@ impl Control {
         if !matches!(conn.state, ConnState::Parked) && !conn.held {
             let _ = epoll::delete(&self.poll, &conn.fd);
         }
+        // Its process may still read what it borrowed: its pins stay
+        // honoured until that process is gone (asked before the descriptor
+        // may move to the draining list).
+        let process = match &conn.state {
+            ConnState::Attached(session) if session.reader.holds_pins() => {
+                Some(peer_process(&conn.fd, conn.peer.pid))
+            }
+            _ => None,
+        };
         let uid = conn.peer.uid;
         let bells = conn.bell_count();
         let hold = self.hold(uid);
@@ -1380,14 +1388,10 @@ impl Control {
                 }
             }
             ConnState::Attached(session) => {
-                // Its process may still read what it borrowed: its pins
-                // stay honoured until that process is gone.
-                if session.reader.holds_pins() {
-                    match peer_process(&conn.fd, conn.peer.pid) {
-                        Process::Running(pidfd) => session.reader.outlive(Some(pidfd)),
-                        Process::Unknown => session.reader.outlive(None),
-                        Process::Gone => {}
-                    }
+                match process {
+                    Some(Process::Running(pidfd)) => session.reader.outlive(Some(pidfd)),
+                    Some(Process::Unknown) => session.reader.outlive(None),
+                    Some(Process::Gone) | None => {}
                 }
                 self.admission.detached(conn.peer.uid);
                 self.sessions.remove(&session.id);

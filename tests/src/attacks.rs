@@ -576,8 +576,8 @@ pub fn unread_descriptors(
     raise_fd_limit(u64::MAX);
     let map = ControlRequest::MapDomain {
         domain: u32::from(hreg_proto::table::SHARED_DOMAIN),
-        slots_from: 0,
-        heap_from: 0,
+        slot_chunk: 0,
+        heap_chunk: 0,
     }
     .encode();
     let mut sessions = Vec::new();

@@ -646,7 +646,12 @@ impl Figures {
             .holds
             .iter()
             .map(|h| {
-                let (least, most) = shard_range(&u.shards);
+                serde_json::json!({
+                    "uid": h.uid, "rings": h.rings, "fds": h.fds, "fds_in_flight": h.fds_in_flight,
+                })
+            })
+            .collect();
+        let (least, most) = shard_range(&u.shards);
         let mut doc = serde_json::json!({
             "objects": s.objects,
             "value_bytes": s.value_bytes,
