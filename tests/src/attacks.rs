@@ -431,28 +431,6 @@ fn hog(socket: &Path, ready: &mut dyn FnMut(String), stop: &AtomicBool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_held_line_reads_back() {
-        let held = Held {
-            open: 4128,
-            quota: 872,
-            other_refusals: 3,
-            closed: 1,
-            quota_message: "uid 65534 has more than 4096 connections waiting".into(),
-        };
-        assert_eq!(Held::parse(&held.line()), Some(held));
-        assert_eq!(Held::parse("ready silent=5"), None);
-        assert_eq!(
-            Held::parse("held open=x quota=1 other=0 closed=0 message="),
-            None
-        );
-    }
-}
-
 /// How often each ring of a busy [`hold_rings`] sends a request.
 pub const BUSY_PERIOD: Duration = Duration::from_millis(20);
 
@@ -631,5 +609,27 @@ pub fn sessions_flood(
             let _ = rustix::net::send(&session.conn.fd, &ask, flags);
         }
         pause();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_line_reads_back() {
+        let held = Held {
+            open: 4128,
+            quota: 872,
+            other_refusals: 3,
+            closed: 1,
+            quota_message: "uid 65534 has more than 4096 connections waiting".into(),
+        };
+        assert_eq!(Held::parse(&held.line()), Some(held));
+        assert_eq!(Held::parse("ready silent=5"), None);
+        assert_eq!(
+            Held::parse("held open=x quota=1 other=0 closed=0 message="),
+            None
+        );
     }
 }
