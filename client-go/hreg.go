@@ -188,7 +188,6 @@ func Connect(socket string) (*Client, error) {
 	var c *C.hreg_client
 	if r := C.go_connect(path, &c); r.status != C.HREG_OK {
 		return nil, resultError(r, "connect", 0) // the paths tried, the limit, ...
-		return nil, err
 	}
 	C.hreg_bind_ring_pool(c, C.size_t(ringPool()))
 	client := &Client{c: c, local: openLocalReads(c), calls: make(chan struct{}, ringPool())}
