@@ -222,7 +222,10 @@ mod tests {
         match peer_process(&conn, pid) {
             Process::Gone => {}
             Process::Running(pidfd) => {
-                let mut poll = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+                let mut poll = [rustix::event::PollFd::new(
+                    &pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
                 assert_eq!(rustix::event::poll(&mut poll, None).unwrap(), 1);
                 assert!(poll[0].revents().contains(rustix::event::PollFlags::IN));
             }
