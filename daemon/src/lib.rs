@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod bound;
 pub mod config;
 pub mod control;
 pub mod daemon;

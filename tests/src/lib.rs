@@ -584,6 +584,16 @@ impl Helper {
         line.trim_end().to_string()
     }
 
+    /// Sends one line (a command) to the helper's stdin and returns the
+    /// line it answers.
+    pub fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{command}").expect("write to the helper");
+        stdin.flush().expect("flush the helper's stdin");
+        self.line()
+    }
+
     /// Closes the helper's stdin and waits for it to exit successfully.
     pub fn finish(mut self) {
         drop(self.child.stdin.take());
