@@ -313,18 +313,7 @@ impl Daemon {
     pub fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/PID/status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+        memory::kb_field(&status, field).unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 
     /// CPU time the daemon has used so far (user and system).

@@ -76,19 +76,7 @@ impl Footprint {
 /// touched (its `Rss` in `smaps`).
 pub fn footprint(pid: i32) -> Footprint {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
-    };
+    let field = |name: &str| kb_field(&status, name).unwrap_or(0);
     let mut seen = HashSet::new();
     let mut memfds = 0;
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
@@ -109,14 +97,8 @@ pub fn footprint(pid: i32) -> Footprint {
         // The mapping's fields, up to the next mapping's header.
         let mut rss = 0;
         while let Some(line) = lines.next_if(|l| !is_mapping_header(l)) {
-            if let Some(kb) = line.strip_prefix("Rss:") {
-                rss = kb
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0)
-                    * 1024;
+            if let Some(bytes) = kb_field(line, "Rss") {
+                rss = bytes;
             }
         }
         if name.starts_with("/memfd:") {
@@ -130,6 +112,21 @@ pub fn footprint(pid: i32) -> Footprint {
         memfds,
         heap: heap_bytes(pid),
     }
+}
+
+/// The value of the first line `FIELD: N kB` of `text` (`/proc/PID/status`,
+/// `smaps`), in bytes.
+pub fn kb_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kb| kb * 1024)
 }
 
 /// Bytes of the pages allocated to the file at `path`, or 0 if `seen`

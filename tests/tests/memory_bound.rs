@@ -101,7 +101,8 @@ fn every_attack_at_once_stays_under_the_stated_bound() {
     let raise: u64 = std::env::var("HREG_BOUND_RAISE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(1);
     let stated = flags(1);
     let stated: Vec<&str> = stated.iter().map(String::as_str).collect();
     let mut with_socket = vec!["--socket", "/unused"];
