@@ -194,6 +194,20 @@ fn every_attack_at_once_stays_under_the_stated_bound() {
         );
         let retained = retainer.join().expect("the retainers");
         std::thread::sleep(ATTACK_TIME.saturating_sub(began.elapsed()));
+        // What each uid is charged for while every attack runs.
+        let charged: Vec<String> = monitor
+            .usage()
+            .expect("usage")
+            .uids
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}: {} objects, {} value bytes, {} references",
+                    u.uid, u.objects, u.value_bytes, u.references
+                )
+            })
+            .collect();
+        println!("charged while the attacks run: {}", charged.join("; "));
         let mut said = Vec::new();
         for mut helper in [walker, fragmenter] {
             helper.close_input();
