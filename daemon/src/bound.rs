@@ -130,8 +130,9 @@ pub fn settings_of(flags: &[&str]) -> Result<Config, String> {
     Config::from_args(&args).map_err(|e| e.to_string())
 }
 
-/// The terms whatever the uids: thread buffers, the shared domain's idle
-/// heap pages and labels, and the reclamation a pass has not looked at yet.
+/// The terms whatever the uids: thread buffers, stacks, what malloc keeps,
+/// the shared domain's idle heap pages and labels, and the reclamation a
+/// pass has not looked at yet.
 pub fn fixed_terms(config: &Config) -> Vec<Term> {
     let threads = config.workers as u64 + 1;
     let max_value = config.limits.registry.max_value_size as u64;
