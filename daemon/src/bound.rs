@@ -162,7 +162,7 @@ pub fn fixed_terms(config: &Config) -> Vec<Term> {
         Term {
             name: "shared heap overhead",
             bytes: HEAP_IDLE_MAX + MAX_HEAP_CHUNKS as u64 * PAGE,
-            why: "the shared domain's heap keeps up to 256 KiB of free pages, and a label \
+            why: "the shared domain's heap keeps up to 4 MiB of free pages, and a label \
                   page per heap chunk (at most 1024 chunks)",
         },
         Term {
@@ -238,7 +238,7 @@ pub fn uid_terms(config: &Config, shape: UidShape) -> Vec<Term> {
         Term {
             name: "own heap overhead",
             bytes: HEAP_IDLE_MAX + MAX_HEAP_CHUNKS as u64 * PAGE,
-            why: "the uid's private domain's heap keeps up to 256 KiB of free pages and a \
+            why: "the uid's private domain's heap keeps up to 4 MiB of free pages and a \
                   label page per chunk (at most 1024)",
         },
         Term {

@@ -392,7 +392,7 @@ impl Registry {
     }
 
     /// Bytes of heap pages allocated now, over every domain: at most the
-    /// pages live blocks touch, a page per heap chunk and 256 KiB per
+    /// pages live blocks touch, a page per heap chunk and 4 MiB per
     /// domain (`heap::IDLE_MAX`).
     pub fn heap_resident(&self) -> u64 {
         self.domains
