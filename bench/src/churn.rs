@@ -27,6 +27,7 @@ use crate::report::{verdict, ModeReport};
 use crate::stats::{number, Rng};
 use anyhow::Context;
 use hreg::{Client, Handle};
+use hreg_proto::locks::lock;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -164,7 +165,7 @@ struct Counts {
 
 impl Counts {
     fn error(&self, what: String) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = lock(&self.errors);
         if errors.len() < 20 {
             errors.push(what);
         }

@@ -15,7 +15,7 @@
 use crate::readloop::{self, Keys, Placement, Shape};
 use crate::stats::{Recorder, Rep};
 use crossbeam_utils::CachePadded;
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadOnly, ReadWrite};
 use hreg_proto::table::{Payload, Read, Slot, SlotView, INLINE_VALUE, SLOT_SIZE};
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -243,7 +243,7 @@ pub fn seqlock(slots: usize, per_rep: Duration, reps: usize) -> anyhow::Result<V
 fn fill_slots(fd: &OwnedFd, slots: usize, ready: &OwnedFd, stop: &OwnedFd) -> i32 {
     // SAFETY: prctl(2) is async-signal-safe.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let Ok(map) = Mapping::map(fd, slots * SLOT_SIZE, Access::ReadWrite) else {
+    let Ok(map) = Mapping::<ReadWrite>::map(fd, slots * SLOT_SIZE) else {
         return 1;
     };
     for i in 0..slots {
@@ -281,7 +281,7 @@ fn read_slots(
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )?;
-    let map = Mapping::map(&read_only, slots * SLOT_SIZE, Access::ReadOnly)?;
+    let map = Mapping::<ReadOnly>::map(&read_only, slots * SLOT_SIZE)?;
     let table = slot_words(&map);
     let mut cases: Vec<SeqlockCase> = Vec::new();
     for reader in SlotReader::ALL {
@@ -325,7 +325,7 @@ fn read_slots(
 }
 
 /// The slots of `map` as arrays of eight words, for [`least_read`].
-fn slot_words(map: &Mapping) -> &[[AtomicU64; 8]] {
+fn slot_words(map: &Mapping<ReadOnly>) -> &[[AtomicU64; 8]] {
     let base = map.address_of(0).expect("offset 0 is mapped");
     // SAFETY: a mapping is page-aligned and stays mapped while borrowed
     // (the slice borrows `map`); it holds `len / 64` whole arrays of eight

@@ -5,6 +5,7 @@
 //! and what `/proc` says about a child (memory, descriptors, CPU time).
 
 use anyhow::{bail, Context};
+use hreg_proto::locks::lock;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -47,7 +48,7 @@ struct Live {
 }
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&LIVE)
 }
 
 /// On SIGINT or SIGTERM: kill the children, remove the directory, exit 130.

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 
+use hreg_proto::locks::lock;
 use hreg_proto::Status;
 use hreg_rs::{Client, Completion, Error, Handle, Op, OwnedValueRef};
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use std::sync::{Mutex, OnceLock};
 pub struct hreg_client {
     /// Open references (`hreg_get_ref`), by token. Declared first: dropped
     /// before the client, so `hreg_disconnect` releases them all.
-    refs: Mutex<RefTable>,
+    refs: Mutex<OpenRefs>,
     client: Client,
 }
 
@@ -32,7 +33,7 @@ const MAX_REFS: usize = hreg_proto::pins::PIN_ENTRIES;
 
 /// A client's open references. Tokens are never 0 and never reused.
 #[derive(Default)]
-struct RefTable {
+struct OpenRefs {
     last: u64,
     open: HashMap<u64, OwnedValueRef>,
 }
@@ -858,7 +859,7 @@ pub unsafe extern "C" fn hreg_get_ref(
             Ok(value) => value,
             Err(e) => return status_of(&e),
         };
-        let mut refs = whole.refs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refs = lock(&whole.refs);
         if refs.open.len() >= MAX_REFS {
             return QUOTA;
         }
@@ -892,12 +893,7 @@ pub unsafe extern "C" fn hreg_ref_release(c: *mut hreg_client, r#ref: u64) -> c_
             Ok(whole) => whole,
             Err(status) => return status,
         };
-        let released = whole
-            .refs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open
-            .remove(&r#ref);
+        let released = lock(&whole.refs).open.remove(&r#ref);
         match released {
             Some(value) => {
                 drop(value);

@@ -5,9 +5,9 @@
 //! (`table`, `handle`); the binding does the seqlock read itself, and asks
 //! the client (a normal get) whenever it cannot.
 
-use crate::reads::Reads;
+use crate::reads::RegistryView;
 use crate::Client;
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadOnly};
 use hreg_proto::table::{MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub struct MappedChunk {
 }
 
 impl MappedChunk {
-    fn of(map: &Mapping) -> Option<MappedChunk> {
+    fn of(map: &Mapping<ReadOnly>) -> Option<MappedChunk> {
         Some(MappedChunk {
             base: map.address_of(0)?,
             len: map.len(),
@@ -37,7 +37,7 @@ impl MappedChunk {
 /// will make mapped, even after the client is dropped (the session ends
 /// with the client; the memory stays readable until this is dropped).
 pub struct MappedReads {
-    reads: Arc<Reads>,
+    reads: Arc<RegistryView>,
 }
 
 impl MappedReads {
@@ -65,8 +65,9 @@ impl MappedReads {
         slots: &mut [Option<MappedChunk>],
         heap: &mut [Option<MappedChunk>],
     ) -> (usize, usize) {
-        let mut slot_maps: [Option<&Mapping>; MAX_SLOT_CHUNKS] = [None; MAX_SLOT_CHUNKS];
-        let mut heap_maps: Vec<Option<&Mapping>> = vec![None; heap.len().min(MAX_HEAP_CHUNKS)];
+        let mut slot_maps: [Option<&Mapping<ReadOnly>>; MAX_SLOT_CHUNKS] = [None; MAX_SLOT_CHUNKS];
+        let mut heap_maps: Vec<Option<&Mapping<ReadOnly>>> =
+            vec![None; heap.len().min(MAX_HEAP_CHUNKS)];
         let counts = self
             .reads
             .mapped_chunks(domain, &mut slot_maps, &mut heap_maps);

@@ -8,21 +8,21 @@
 #![allow(unsafe_code)]
 
 use crate::error::Result;
+use crate::mapped::PinnedBlock;
 use crate::reads::Borrowed;
-use crate::session::Session;
-use crate::shm::PinnedBlock;
+use crate::session::ClientSession;
 use hreg_proto::handle::Handle;
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// A borrowed value, with what keeps its session alive: `K` is `&Session`
-/// or `Arc<Session>`.
+/// A borrowed value, with what keeps its session alive: `K` is `&ClientSession`
+/// or `Arc<ClientSession>`.
 ///
 /// Invariant: a `Pinned` block belongs to `session` (its pin is in that
 /// session's table, its chunk in that session's reads); only
 /// [`borrow`] makes one, from the session it is given. The block is
 /// declared first: it drops (and unpins) before the session can.
-enum Value<K: Deref<Target = Session>> {
+enum Value<K: Deref<Target = ClientSession>> {
     Pinned { block: PinnedBlock, _session: K },
     Copied(Vec<u8>),
 }
@@ -30,7 +30,7 @@ enum Value<K: Deref<Target = Session>> {
 /// Borrows the value of `handle` from `session`'s shared memory, or takes
 /// the copy `fallback` fetches (through the ring) when it cannot be read
 /// here.
-fn borrow<K: Deref<Target = Session>>(
+fn borrow<K: Deref<Target = ClientSession>>(
     session: K,
     handle: Handle,
     fallback: impl FnOnce() -> Result<Vec<u8>>,
@@ -49,7 +49,7 @@ fn borrow<K: Deref<Target = Session>>(
     })
 }
 
-impl<K: Deref<Target = Session>> Value<K> {
+impl<K: Deref<Target = ClientSession>> Value<K> {
     fn bytes(&self) -> &[u8] {
         match self {
             // SAFETY: the block is this session's (the type's invariant),
@@ -62,7 +62,7 @@ impl<K: Deref<Target = Session>> Value<K> {
     }
 }
 
-impl<K: Deref<Target = Session>> std::fmt::Debug for Value<K> {
+impl<K: Deref<Target = ClientSession>> std::fmt::Debug for Value<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValueRef")
             .field("len", &self.bytes().len())
@@ -74,7 +74,7 @@ impl<K: Deref<Target = Session>> std::fmt::Debug for Value<K> {
 /// A value borrowed by [`crate::Client::get_ref`]: the bytes in place,
 /// unchanged until this is dropped.
 #[derive(Debug)]
-pub struct ValueRef<'c>(Value<&'c Session>);
+pub struct ValueRef<'c>(Value<&'c ClientSession>);
 
 /// A value borrowed by [`crate::Client::get_ref_owned`]: like
 /// [`ValueRef`], but it keeps the session (not the client) alive itself, so
@@ -82,11 +82,11 @@ pub struct ValueRef<'c>(Value<&'c Session>);
 /// threads freely. The session's mappings stay until the last one is
 /// dropped.
 #[derive(Debug)]
-pub struct OwnedValueRef(Value<Arc<Session>>);
+pub struct OwnedValueRef(Value<Arc<ClientSession>>);
 
 impl<'c> ValueRef<'c> {
     pub(crate) fn new(
-        session: &'c Session,
+        session: &'c ClientSession,
         handle: Handle,
         fallback: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<ValueRef<'c>> {
@@ -96,7 +96,7 @@ impl<'c> ValueRef<'c> {
 
 impl OwnedValueRef {
     pub(crate) fn new(
-        session: Arc<Session>,
+        session: Arc<ClientSession>,
         handle: Handle,
         fallback: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<OwnedValueRef> {

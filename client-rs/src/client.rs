@@ -8,7 +8,7 @@ use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
 use crate::reads::{Output, Resolved};
 use crate::rings::Rings;
-use crate::session::Session;
+use crate::session::ClientSession;
 use crate::{Completion, Op, Stats};
 use hreg_proto::control::{
     ControlRequest, ListFilter, ObjectInfo, Reply, SessionInfo, UsageReply, Welcome,
@@ -30,7 +30,7 @@ pub struct Client {
 }
 
 struct Inner {
-    session: Arc<Session>,
+    session: Arc<ClientSession>,
     rings: Rings,
 }
 
@@ -95,13 +95,13 @@ impl Client {
     pub fn connect_named(path: Option<&Path>, name: &str) -> Result<Client> {
         Ok(Client {
             inner: Arc::new(Inner {
-                session: Session::connect(path, name)?,
+                session: ClientSession::connect(path, name)?,
                 rings: Rings::default(),
             }),
         })
     }
 
-    pub(crate) fn session(&self) -> &Arc<Session> {
+    pub(crate) fn session(&self) -> &Arc<ClientSession> {
         &self.inner.session
     }
 
@@ -324,12 +324,7 @@ impl Client {
         self.inner
             .session
             .request(&ControlRequest::Stats, "STATS", |reply| match reply {
-                Reply::Stats(s) => Some(Stats {
-                    objects: s.objects,
-                    value_bytes: s.value_bytes,
-                    sessions: s.sessions,
-                    ops: s.ops,
-                }),
+                Reply::Stats(stats) => Some(stats),
                 _ => None,
             })
     }
@@ -431,8 +426,7 @@ mod tests {
         fds: Vec<OwnedFd>,
     ) -> (PathBuf, std::thread::JoinHandle<ControlRequest>) {
         use rustix::net::{
-            AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-            SocketAddrUnix, SocketFlags, SocketType,
+            AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
         };
         let path =
             std::env::temp_dir().join(format!("hreg-fake-{tag}-{}.sock", std::process::id()));
@@ -455,19 +449,7 @@ mod tests {
             let hello = ControlRequest::decode(&buf[..n]).unwrap();
             let bytes = reply.encode();
             let fds: Vec<_> = fds.iter().map(rustix::fd::AsFd::as_fd).collect();
-            let mut space =
-                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
-            let mut cmsg = SendAncillaryBuffer::new(&mut space);
-            if !fds.is_empty() {
-                assert!(cmsg.push(SendAncillaryMessage::ScmRights(&fds)));
-            }
-            rustix::net::sendmsg(
-                &conn,
-                &[std::io::IoSlice::new(&bytes)],
-                &mut cmsg,
-                SendFlags::empty(),
-            )
-            .unwrap();
+            hreg_proto::fd_passing::send(&conn, &bytes, &fds, SendFlags::empty()).unwrap();
             // Wait for the client to hang up.
             let _ = rustix::net::recv(&conn, &mut buf, RecvFlags::empty());
             hello
@@ -536,17 +518,16 @@ mod tests {
             resume_grace_ms: 0,
         };
         let memfd =
-            || crate::shm::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);
+            || crate::mapped::tests::sealed_memfd(hreg_proto::pins::session_len(&layout, 8) as u64);
         // A header of instance 5, as the daemon's.
         let header = || {
-            let fd = crate::shm::tests::sealed_memfd(hreg_proto::table::header::LEN as u64);
-            let map = hreg_proto::shm::Mapping::map(
+            let fd = crate::mapped::tests::sealed_memfd(hreg_proto::table::header::LEN as u64);
+            let map = hreg_proto::shm::Mapping::<hreg_proto::shm::ReadWrite>::map(
                 &fd,
                 hreg_proto::table::header::LEN,
-                hreg_proto::shm::Access::ReadWrite,
             )
             .unwrap();
-            hreg_proto::table::header::Header::init(&map, 5).unwrap();
+            hreg_proto::table::header::HeaderWriter::init(&map, 5).unwrap();
             fd
         };
         let refused = |tag: &str, welcome: Welcome, fds: Vec<OwnedFd>| {

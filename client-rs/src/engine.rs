@@ -11,8 +11,8 @@
 //! daemon is still there ([`Liveness`]).
 
 use crate::error::{Error, Result};
+use crate::mapped::{self, WaitEnded};
 use crate::plan::{self, Shape, Step, StepKind};
-use crate::shm::{self, Wake};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
 use hreg_proto::handle::Handle;
@@ -382,7 +382,10 @@ impl Park for Waiting<'_> {
     }
 
     fn sleep(&mut self, word: &AtomicU32, seen: u32) -> Result<()> {
-        if matches!(shm::futex_wait(word, seen, SLEEP_TIME)?, Wake::TimedOut) {
+        if matches!(
+            mapped::futex_wait(word, seen, SLEEP_TIME)?,
+            WaitEnded::TimedOut
+        ) {
             self.liveness.check_alive_within(Duration::ZERO)?;
         }
         Ok(())

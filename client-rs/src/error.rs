@@ -11,7 +11,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A bad argument: handle 0, unknown flags, unknown opcode.
-    #[error("invalid argument")]
+    #[error("{}", Status::Invalid.message())]
     Invalid,
     /// The handle names no live object: removed, released by its last
     /// holder, or never issued by this daemon.
@@ -30,7 +30,7 @@ pub enum Error {
         limit: Option<u64>,
     },
     /// The caller's buffer is too small; `needed` bytes would do.
-    #[error("buffer too small: {needed} bytes needed")]
+    #[error("{}: {needed} bytes needed", Status::Buffer.message())]
     Buffer {
         /// The value's length: the room it needs.
         needed: usize,
@@ -44,7 +44,7 @@ pub enum Error {
         message: Option<String>,
     },
     /// RELEASE without a reference held.
-    #[error("no reference held on this handle")]
+    #[error("{}", Status::NotHeld.message())]
     NotHeld,
     /// No daemon accepted a connection at any of the paths tried.
     #[error("{}", display_connect(.tried, .reason))]
@@ -67,19 +67,19 @@ pub enum Error {
     /// says STALE); a RETAIN or RELEASE may have been counted; an INSERT may
     /// have made an object whose handle was never returned: it is this
     /// session's, and goes when the session ends (unless DETACHED).
-    #[error("the daemon went away")]
+    #[error("{}", Status::Disconnected.message())]
     Disconnected,
     /// The daemon speaks another protocol version.
-    #[error("protocol versions differ: {message}")]
+    #[error("{}: {message}", Status::Version.message())]
     Version {
         /// What the daemon said, or which versions differ.
         message: String,
     },
     /// The peer broke the protocol.
-    #[error("the peer broke the protocol: {0}")]
+    #[error("{}: {}", Status::Protocol.message(), .0)]
     Protocol(String),
     /// An operating-system error.
-    #[error("operating-system error: {}", plain_io(.0))]
+    #[error("{}: {}", Status::Io.message(), plain_io(.0))]
     Io(#[from] std::io::Error),
 }
 

@@ -21,14 +21,14 @@
 mod binding;
 mod borrow;
 mod client;
-mod control;
+mod control_socket;
 mod engine;
 mod error;
+mod mapped;
 mod plan;
 mod reads;
 mod rings;
 mod session;
-mod shm;
 
 #[doc(hidden)]
 pub use binding::{MappedChunk, MappedReads};
@@ -100,16 +100,6 @@ pub enum Completion {
     Done,
 }
 
-/// The registry's figures, from [`Client::stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Live objects: all for root; for another uid, its own private objects
-    /// and every SHARED one (never another uid's private ones).
-    pub objects: u64,
-    /// Bytes of the values of those objects.
-    pub value_bytes: u64,
-    /// Attached sessions.
-    pub sessions: u64,
-    /// Data-path requests served since the daemon started.
-    pub ops: u64,
-}
+/// The registry's figures, from [`Client::stats`]: the daemon's
+/// STATS_REPLY as the protocol defines it.
+pub use hreg_proto::control::StatsReply as Stats;

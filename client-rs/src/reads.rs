@@ -19,10 +19,11 @@
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
-use crate::shm::{OwnedMapping, PinnedBlock};
+use crate::mapped::{OwnedMapping, PinnedBlock};
 use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
+use hreg_proto::locks::lock;
 use hreg_proto::pins::{Borrow, ClientPins};
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadOnly};
 use hreg_proto::table::{
     header::Header, slot_chunk_len, slot_place, Read, SlotView, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
 };
@@ -72,8 +73,8 @@ enum Mapped {
 
 /// One domain's chunks, as far as this session has mapped them.
 struct DomainMaps {
-    slots: [OnceLock<OwnedMapping>; MAX_SLOT_CHUNKS],
-    heap: Box<[OnceLock<OwnedMapping>]>,
+    slots: [OnceLock<OwnedMapping<ReadOnly>>; MAX_SLOT_CHUNKS],
+    heap: Box<[OnceLock<OwnedMapping<ReadOnly>>]>,
     /// When mapping each chunk last failed, in milliseconds since the
     /// session's reads began, plus one (0: never).
     slots_failed: [AtomicU64; MAX_SLOT_CHUNKS],
@@ -94,13 +95,13 @@ impl DomainMaps {
     }
 
     #[inline]
-    fn heap_chunk(&self, chunk: u16) -> Option<&Mapping> {
+    fn heap_chunk(&self, chunk: u16) -> Option<&Mapping<ReadOnly>> {
         self.heap.get(usize::from(chunk))?.get().map(|m| &**m)
     }
 
     /// Where `chunk`'s mapping goes, and its failure time; `None` for a
     /// chunk no domain has.
-    fn place(&self, chunk: Chunk) -> Option<(&OnceLock<OwnedMapping>, &AtomicU64)> {
+    fn place(&self, chunk: Chunk) -> Option<(&OnceLock<OwnedMapping<ReadOnly>>, &AtomicU64)> {
         match chunk {
             Chunk::Slots(k) => Some((self.slots.get(k)?, self.slots_failed.get(k)?)),
             Chunk::Heap(k) => Some((self.heap.get(k)?, self.heap_failed.get(k)?)),
@@ -194,9 +195,9 @@ pub(crate) enum Borrowed {
 type DomainGroup = Box<[OnceLock<DomainMaps>]>;
 
 /// The registry's read side as this session sees it.
-pub(crate) struct Reads {
+pub(crate) struct RegistryView {
     instance: u16,
-    header: OwnedMapping,
+    header: OwnedMapping<ReadOnly>,
     /// Domains in groups, a group made when one of its domains is first
     /// read (2^14 domains; most sessions read two).
     groups: Box<[OnceLock<DomainGroup>]>,
@@ -206,15 +207,15 @@ pub(crate) struct Reads {
     began: Instant,
     ring_only: bool,
     /// Moves on after chunks are mapped (for bindings that cache the
-    /// chunks' addresses: [`Reads::mapped_chunks`]).
+    /// chunks' addresses: [`RegistryView::mapped_chunks`]).
     mapped: AtomicU64,
 }
 
-impl Reads {
+impl RegistryView {
     /// The read side of a registry whose header `header` (read-only) is,
     /// and whose handles carry `instance`.
-    pub(crate) fn new(header: &OwnedFd, instance: u32) -> Result<Reads> {
-        let header = OwnedMapping::sealed(header, None, Access::ReadOnly)?;
+    pub(crate) fn new(header: &OwnedFd, instance: u32) -> Result<RegistryView> {
+        let header = OwnedMapping::sealed(header, None)?;
         let found = Header::new(&header)
             .ok_or_else(|| {
                 Error::Protocol("the registry header is not one this client reads".into())
@@ -225,7 +226,7 @@ impl Reads {
                 "WELCOME names instance {instance}, the registry header {found}"
             )));
         }
-        Ok(Reads {
+        Ok(RegistryView {
             instance: found,
             header,
             groups: (0..MAX_DOMAINS / GROUP).map(|_| OnceLock::new()).collect(),
@@ -276,7 +277,7 @@ impl Reads {
         if maps.denied.load(Ordering::Relaxed) || (last != 0 && now < last + RETRY_MAP_MS) {
             return Ok(Mapped::No);
         }
-        let _one = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock(&self.fetching);
         if place.get().is_some() {
             return Ok(Mapped::Yes);
         }
@@ -297,7 +298,7 @@ impl Reads {
             Chunk::Slots(k) => Some(slot_chunk_len(k)),
             Chunk::Heap(_) => None,
         };
-        match OwnedMapping::sealed(&fd, len, Access::ReadOnly) {
+        match OwnedMapping::sealed(&fd, len) {
             Ok(map) => {
                 let _ = place.set(map);
                 self.mapped.fetch_add(1, Ordering::Release);
@@ -312,8 +313,8 @@ impl Reads {
 
     /// For bindings that read slots themselves (libhreg's Go support): the
     /// registry header, and a counter that moves on after chunks are mapped
-    /// (a binding re-asks [`Reads::mapped_chunks`] when it changed).
-    pub(crate) fn header_and_counter(&self) -> (&Mapping, &AtomicU64) {
+    /// (a binding re-asks [`RegistryView::mapped_chunks`] when it changed).
+    pub(crate) fn header_and_counter(&self) -> (&Mapping<ReadOnly>, &AtomicU64) {
         (&self.header, &self.mapped)
     }
 
@@ -325,12 +326,12 @@ impl Reads {
     pub(crate) fn mapped_chunks<'a>(
         &'a self,
         domain: u16,
-        slots: &mut [Option<&'a Mapping>],
-        heap: &mut [Option<&'a Mapping>],
+        slots: &mut [Option<&'a Mapping<ReadOnly>>],
+        heap: &mut [Option<&'a Mapping<ReadOnly>>],
     ) -> (usize, usize) {
         fn report<'a>(
-            list: &'a [OnceLock<OwnedMapping>],
-            out: &mut [Option<&'a Mapping>],
+            list: &'a [OnceLock<OwnedMapping<ReadOnly>>],
+            out: &mut [Option<&'a Mapping<ReadOnly>>],
         ) -> usize {
             out.fill(None);
             let mut needed = 0;
@@ -367,7 +368,7 @@ impl Reads {
         &'a self,
         source: &dyn ChunkSource,
         parts: &HandleParts,
-    ) -> Result<Option<(&'a DomainMaps, SlotView<'a>)>> {
+    ) -> Result<Option<(&'a DomainMaps, SlotView<'a, ReadOnly>)>> {
         if parts.instance != self.instance {
             return Err(Error::Stale);
         }
@@ -493,7 +494,11 @@ impl Reads {
     }
 
     /// A copy of the value kept in `view`'s slot.
-    fn copy_inline(&self, view: &SlotView<'_>, parts: &HandleParts) -> Result<Option<Borrowed>> {
+    fn copy_inline(
+        &self,
+        view: &SlotView<'_, ReadOnly>,
+        parts: &HandleParts,
+    ) -> Result<Option<Borrowed>> {
         let mut value = Vec::new();
         for _ in 0..TORN_RETRIES {
             let read = {

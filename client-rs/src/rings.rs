@@ -9,17 +9,18 @@
 //! Go's that run calls on ever-changing OS threads), a call takes a free
 //! ring of a small pool the client shares, whatever its thread.
 
-use crate::control;
+use crate::control_socket;
 use crate::engine::RingState;
 use crate::error::{Error, Result};
+use crate::mapped;
 use crate::reads::thread_number;
-use crate::session::{refusal, Session};
-use crate::shm;
+use crate::session::{refusal, ClientSession};
 use hreg_proto::control::{ControlRequest, Reply};
+use hreg_proto::locks::lock;
 use hreg_proto::Status;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 
 /// A client's rings: those its threads opened that may still be alive, and
 /// the one threads share once the daemon has no more rings for it; or, in
@@ -49,7 +50,7 @@ struct RingTable {
 /// behind a lock that only its own thread takes (or the sharing threads,
 /// past the cap).
 pub(crate) struct RingCell {
-    session: Weak<Session>,
+    session: Weak<ClientSession>,
     pid: u32,
     /// The session's generation when the ring was opened.
     generation: u64,
@@ -100,7 +101,7 @@ impl Drop for RingCell {
     fn drop(&mut self) {
         // Only the process that opened the ring closes it, and only while
         // the session lives (otherwise the daemon frees it with the session).
-        if self.pid != shm::current_pid() {
+        if self.pid != mapped::current_pid() {
             return;
         }
         if let Some(session) = self.session.upgrade() {
@@ -115,7 +116,7 @@ impl Drop for RingCell {
 /// This thread's rings, one per session it has used.
 struct LocalRing {
     session_key: u64,
-    session: Weak<Session>,
+    session: Weak<ClientSession>,
     ring: Arc<RingCell>,
 }
 
@@ -127,7 +128,7 @@ impl Rings {
     fn lock(&self) -> MutexGuard<'_, RingTable> {
         // The table holds only weak and strong pointers; a panic while it
         // was locked leaves it consistent.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.table)
     }
 
     /// Switches to pool mode with up to `rings` rings; false if already
@@ -143,7 +144,7 @@ impl Rings {
     }
 
     /// The ring a call on this thread uses: its own, or one of the pool.
-    pub(crate) fn pick(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+    pub(crate) fn pick(&self, session: &Arc<ClientSession>) -> Result<Arc<RingCell>> {
         match self.pool.get() {
             Some(pool) => self.pooled(pool, session),
             None => self.for_this_thread(session),
@@ -153,7 +154,7 @@ impl Rings {
     /// A ring of the pool: a free one of this session generation, else a
     /// new one in a place that has none (or a dead one), else the busy one
     /// this thread's number picks (the caller waits for its lock).
-    fn pooled(&self, pool: &Pool, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+    fn pooled(&self, pool: &Pool, session: &Arc<ClientSession>) -> Result<Arc<RingCell>> {
         let generation = session.generation();
         let current = |place: &Option<Arc<RingCell>>| {
             place
@@ -174,7 +175,7 @@ impl Rings {
             }
         }
         for place in pool.places.iter() {
-            let mut place = place.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut place = lock(place);
             if current(&place).is_none() {
                 let cell = self.open(session)?;
                 *place = Some(cell.clone());
@@ -182,7 +183,7 @@ impl Rings {
             }
         }
         let mine = &pool.places[thread_number() % pool.places.len()];
-        let mut place = mine.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut place = lock(mine);
         match current(&place) {
             Some(cell) => Ok(cell),
             // Replaced meanwhile by a resume: open anew.
@@ -195,7 +196,7 @@ impl Rings {
     }
 
     /// This thread's ring for `session`, opening one on first use.
-    pub(crate) fn for_this_thread(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+    pub(crate) fn for_this_thread(&self, session: &Arc<ClientSession>) -> Result<Arc<RingCell>> {
         let key = session.key();
         let generation = session.generation();
         let found = LOCAL_RINGS.try_with(|rings| {
@@ -235,10 +236,10 @@ impl Rings {
     }
 
     /// Asks the daemon for a ring; past the cap, shares one we already have.
-    fn open(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+    fn open(&self, session: &Arc<ClientSession>) -> Result<Arc<RingCell>> {
         match session.call(&ControlRequest::RingOpen)? {
             (Reply::RingOpened { index, ready_at }, fds) => {
-                let doorbell = control::one_fd(fds, "RING_OPENED")?;
+                let doorbell = control_socket::one_fd(fds, "RING_OPENED")?;
                 session.ring(index)?;
                 if let Some(offset) = ready_at {
                     session.ready_word(offset)?;
@@ -279,7 +280,7 @@ impl Rings {
     }
 
     /// A ring for a thread that cannot keep one of its own.
-    fn shared(&self, session: &Arc<Session>) -> Result<Arc<RingCell>> {
+    fn shared(&self, session: &Arc<ClientSession>) -> Result<Arc<RingCell>> {
         {
             let mut table = self.lock();
             table.forget_stale(session.generation());

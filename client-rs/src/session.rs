@@ -7,18 +7,19 @@
 //! daemon kept no state, the grace passed, the session was refused, or
 //! this is a forked child of the process that connected).
 
-use crate::control::{self, Peek};
+use crate::control_socket::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
-use crate::reads::{Chunk, ChunkSource, Reads};
-use crate::shm::{self, SessionMapping};
+use crate::mapped::{self, SessionMapping};
+use crate::reads::{Chunk, ChunkSource, RegistryView};
 use hreg_proto::control::{clip, ControlRequest, MapDomain, Reply, Welcome};
+use hreg_proto::locks::{lock, read, write};
 use hreg_proto::ring::{ClientRing, Layout, ReadyWord};
 use hreg_proto::{Limit, Status, MAX_CLIENT_NAME, MAX_VALUE_SIZE_LIMIT, PROTOCOL_VERSION};
 use rustix::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 /// The session serves.
@@ -36,7 +37,7 @@ const RESUME_ATTEMPT: Duration = Duration::from_secs(5);
 /// a thread's ring list.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
-pub(crate) struct Session {
+pub(crate) struct ClientSession {
     /// Unique in this process (unlike the daemon's session id, which a
     /// restarted daemon may give again).
     key: u64,
@@ -53,37 +54,37 @@ pub(crate) struct Session {
     map: SessionMapping,
     /// Shared with bindings that read the mappings themselves
     /// ([`crate::MappedReads`]): they stay mapped while either holds them.
-    reads: Arc<Reads>,
+    reads: Arc<RegistryView>,
     welcome: Welcome,
     /// [`ATTACHED`], [`AWAY`] or [`GONE`].
     state: AtomicU8,
     /// How many times the session resumed: rings opened before are dead.
     generation: AtomicU64,
     /// This session, for the thread that resumes it.
-    me: Weak<Session>,
+    me: Weak<ClientSession>,
 }
 
-impl Session {
+impl ClientSession {
     /// Connects to `path` (or the default place: the first of
     /// [`default_socket_paths`] that accepts) and says HELLO as `name`
     /// (cut to 64 bytes).
-    pub(crate) fn connect(path: Option<&Path>, name: &str) -> Result<Arc<Session>> {
-        shm::install_fork_hook();
+    pub(crate) fn connect(path: Option<&Path>, name: &str) -> Result<Arc<ClientSession>> {
+        mapped::install_fork_hook();
         let paths = match path {
             Some(p) => vec![p.to_path_buf()],
             None => default_socket_paths(),
         };
         let mut failed = Vec::new();
         for p in paths {
-            match control::connect(&p) {
-                Ok(sock) => return Session::handshake(sock, &p, clip(name, MAX_CLIENT_NAME)),
+            match control_socket::connect(&p) {
+                Ok(sock) => return ClientSession::handshake(sock, &p, clip(name, MAX_CLIENT_NAME)),
                 Err(e) => failed.push((p, e)),
             }
         }
         Err(crate::error::connect_failed(failed, path.is_none()))
     }
 
-    fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Arc<Session>> {
+    fn handshake(sock: OwnedFd, path: &Path, name: &str) -> Result<Arc<ClientSession>> {
         // Names are text: the daemon refuses control characters.
         if name.chars().any(char::is_control) {
             return Err(Error::Invalid);
@@ -92,7 +93,7 @@ impl Session {
             version: PROTOCOL_VERSION,
             name: name.to_owned(),
         };
-        let (reply, fds) = match control::call(&sock, &hello) {
+        let (reply, fds) = match control_socket::call(&sock, &hello) {
             // A daemon that is going away (killed with connections still in
             // its backlog) closes them unanswered: nobody is there to reach.
             Err(Error::Disconnected) => {
@@ -149,11 +150,11 @@ impl Session {
             welcome.pin_entries,
             welcome.pin_bytes,
         )?;
-        let reads = Arc::new(Reads::new(&header, welcome.instance)?);
+        let reads = Arc::new(RegistryView::new(&header, welcome.instance)?);
         let resumable = welcome.resume_grace_ms > 0 && welcome.resume_token != [0; 16];
-        Ok(Arc::new_cyclic(|me| Session {
+        Ok(Arc::new_cyclic(|me| ClientSession {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            pid: shm::current_pid(),
+            pid: mapped::current_pid(),
             path: path.to_path_buf(),
             sock: RwLock::new(Arc::new(sock)),
             control: Mutex::new(()),
@@ -169,7 +170,7 @@ impl Session {
 
     /// The control socket now.
     fn sock(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.sock.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&read(&self.sock))
     }
 
     /// How many times the session resumed (rings of an earlier generation
@@ -210,7 +211,7 @@ impl Session {
         let Some(memfd) = &self.memfd else {
             return Err(Error::Disconnected);
         };
-        let Ok(sock) = control::connect(&self.path) else {
+        let Ok(sock) = control_socket::connect(&self.path) else {
             return Ok(false);
         };
         let request = ControlRequest::Resume {
@@ -221,8 +222,8 @@ impl Session {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(RESUME_ATTEMPT);
-        let answer = control::send_with_fds(&sock, &request, &[memfd.as_fd()])
-            .and_then(|()| control::recv_within(&sock, wait));
+        let answer = control_socket::send_with_fds(&sock, &request, &[memfd.as_fd()])
+            .and_then(|()| control_socket::recv_within(&sock, wait));
         let reply = match answer {
             Ok((reply, _fds)) => reply,
             Err(Error::Disconnected | Error::Io(_)) => return Ok(false),
@@ -241,7 +242,7 @@ impl Session {
                         ) =>
             {
                 let _guard = self.lock_control();
-                *self.sock.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(sock);
+                *write(&self.sock) = Arc::new(sock);
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 Ok(true)
             }
@@ -289,12 +290,12 @@ impl Session {
     }
 
     /// The registry's read side, as this session maps it.
-    pub(crate) fn reads(&self) -> &Reads {
+    pub(crate) fn reads(&self) -> &RegistryView {
         &self.reads
     }
 
     /// The read side, shared (for [`crate::MappedReads`]).
-    pub(crate) fn reads_shared(&self) -> Arc<Reads> {
+    pub(crate) fn reads_shared(&self) -> Arc<RegistryView> {
         Arc::clone(&self.reads)
     }
 
@@ -331,7 +332,7 @@ impl Session {
     /// Fails when the daemon is away or gone, or we are a forked child.
     #[inline]
     pub(crate) fn check_usable(&self) -> Result<()> {
-        if self.pid != shm::current_pid() || self.state.load(Ordering::Acquire) != ATTACHED {
+        if self.pid != mapped::current_pid() || self.state.load(Ordering::Acquire) != ATTACHED {
             return Err(Error::Disconnected);
         }
         Ok(())
@@ -339,7 +340,7 @@ impl Session {
 
     fn lock_control(&self) -> MutexGuard<'_, ()> {
         // The guarded value is `()`: a panic elsewhere leaves nothing broken.
-        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.control)
     }
 
     /// One control request and its reply.
@@ -347,7 +348,7 @@ impl Session {
         self.check_usable()?;
         let _guard = self.lock_control();
         self.check_usable()?;
-        match control::call(&*self.sock(), request) {
+        match control_socket::call(&*self.sock(), request) {
             Err(Error::Disconnected) => {
                 self.lost();
                 Err(Error::Disconnected)
@@ -379,7 +380,7 @@ impl Session {
     }
 }
 
-impl ChunkSource for Session {
+impl ChunkSource for ClientSession {
     fn map_chunk(&self, domain: u16, chunk: Chunk) -> Result<Option<OwnedFd>> {
         // Chunk indexes are below MAX_HEAP_CHUNKS: they fit.
         let (slot_chunk, heap_chunk) = match chunk {
@@ -415,7 +416,7 @@ impl ChunkSource for Session {
     }
 }
 
-impl Liveness for Session {
+impl Liveness for ClientSession {
     /// Waits up to `grace` for the socket to show EOF or SHUTDOWN (zero: just
     /// a look); DISCONNECTED (sticky) if it does.
     fn check_alive_within(&self, grace: Duration) -> Result<()> {
@@ -425,7 +426,7 @@ impl Liveness for Session {
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         };
-        match control::peek(&*self.sock(), guard.is_some(), grace)? {
+        match control_socket::peek(&*self.sock(), guard.is_some(), grace)? {
             Peek::Gone => {
                 drop(guard);
                 self.lost();
@@ -436,9 +437,9 @@ impl Liveness for Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for ClientSession {
     fn drop(&mut self) {
-        if self.pid != shm::current_pid() {
+        if self.pid != mapped::current_pid() {
             // A forked child: the session is the parent's. Send nothing; the
             // mapping leaks (SessionMapping::drop skips it) and our copy of
             // the socket closes without ending the parent's session.
@@ -446,7 +447,7 @@ impl Drop for Session {
         }
         if self.state.load(Ordering::Acquire) == ATTACHED {
             let _guard = self.lock_control();
-            let _ = control::send(&*self.sock(), &ControlRequest::Goodbye);
+            let _ = control_socket::send(&*self.sock(), &ControlRequest::Goodbye);
         }
     }
 }
@@ -456,7 +457,7 @@ impl Drop for Session {
 /// a final refusal: the daemon holds a kept session's slot, but one of its
 /// caps may still be full for a moment (others detaching after the
 /// restart), so it is tried again until the grace ends.
-fn resume(me: Weak<Session>, deadline: Instant) {
+fn resume(me: Weak<ClientSession>, deadline: Instant) {
     let mut pause = Duration::from_millis(5);
     loop {
         let Some(session) = me.upgrade() else {

@@ -3,7 +3,7 @@
 //! them to the signals (stop, reload) and to systemd (watchdog, status).
 
 use crate::config::{Args, Config};
-use crate::control::{Control, FIRST_CONN_KEY};
+use crate::control_plane::{Control, FIRST_CONN_KEY};
 use crate::listener::Listener;
 use crate::state::{Keeping, Passed};
 use crate::worker::Worker;

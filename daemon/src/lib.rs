@@ -2,8 +2,8 @@
 //! benchmarked in process.
 //!
 //! It serves the registry of objects (the `hreg-registry` crate) to the
-//! sessions of attached clients ([`session`], their shared memory in [`shm`]):
-//! the control socket ([`control`]), the ring workers ([`worker`]), the
+//! sessions of attached clients ([`session`], their shared memory in [`session_memory`]):
+//! the control socket ([`control_plane`]), the ring workers ([`worker`]), the
 //! settings ([`config`]), where logs go ([`logging`]) and rate-limited
 //! warnings ([`ratelimit`]), where the registry is kept across restarts
 //! ([`state`]), and the memory all that may take, from the settings
@@ -16,7 +16,7 @@ pub mod admin;
 pub mod admission;
 pub mod bound;
 pub mod config;
-pub mod control;
+pub mod control_plane;
 pub mod daemon;
 pub mod doorbell;
 pub mod listener;
@@ -24,7 +24,6 @@ pub mod logging;
 pub mod peer;
 pub mod ratelimit;
 pub mod session;
-pub mod shm;
+pub mod session_memory;
 pub mod state;
-pub mod sync;
 pub mod worker;

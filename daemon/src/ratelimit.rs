@@ -2,6 +2,7 @@
 //! want to warn thousands of times a second; the log takes a few lines per
 //! second and a count of what was left out.
 
+use hreg_proto::locks::lock;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ static WARNINGS: Mutex<Window> = Mutex::new(Window {
 /// When a new second starts after some were dropped, says how many.
 pub fn warn_limited(warn: impl FnOnce()) {
     let allowed = {
-        let mut window = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window = lock(&WARNINGS);
         let now = Instant::now();
         if window
             .started

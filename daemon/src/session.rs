@@ -10,10 +10,10 @@
 
 use crate::doorbell::Doorbell;
 use crate::peer::Peer;
-use crate::shm::SessionMemory;
-use crate::sync::lock;
+use crate::session_memory::SessionMemory;
+use hreg_proto::locks::lock;
 use hreg_proto::pins::{self, PIN_ENTRIES};
-use hreg_registry::{Holder, Reader, Registry};
+use hreg_registry::{Holder, ReaderRegistration, Registry};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +25,8 @@ pub struct Session {
     pub memory: SessionMemory,
     /// The session as a reader whose borrowed references hold blocks back
     /// (registered while the session lives; longer when told to outlive
-    /// it, see `crate::control`'s close).
-    pub reader: Reader,
+    /// it, see `crate::control_plane`'s close).
+    pub reader: ReaderRegistration,
     registry: Arc<Registry>,
     open_rings: Mutex<Vec<bool>>,
     closed: AtomicBool,

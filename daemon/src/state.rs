@@ -19,11 +19,7 @@ use hreg_registry::{
 };
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
-use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketType,
-};
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
+use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketType};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,18 +62,13 @@ impl SystemdKeeper {
             rustix::net::SocketFlags::CLOEXEC,
             None,
         )?;
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(std::io::Error::other("no room for a descriptor"));
-        }
-        let sent = rustix::net::sendmsg_addr(
+        let sent = hreg_proto::fd_passing::send_to(
             &sock,
             &self.socket,
-            &[IoSlice::new(message.as_bytes())],
-            &mut control,
-            SendFlags::NOSIGNAL,
+            message.as_bytes(),
+            &fds,
+            SendFlags::empty(),
         )?;
         if sent != message.len() {
             return Err(std::io::Error::other("short notify message"));

@@ -28,12 +28,12 @@
 use crate::doorbell::Doorbell;
 use crate::ratelimit::warn_limited;
 use crate::session::Session;
-use crate::sync::lock;
 use crossbeam_utils::CachePadded;
 use hreg_proto::entry::{
     cqe_flags, Cqe, RingRequest, Sqe, ValueSource, ENTRY_SIZE, INLINE_CAPACITY,
 };
 use hreg_proto::handle::Handle;
+use hreg_proto::locks::lock;
 use hreg_proto::ring::{ready_bit, ServerRing, SharedRing, Wake};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::{Limit, Status};
@@ -1071,7 +1071,7 @@ mod tests {
 
     use super::*;
     use crate::peer::Peer;
-    use crate::shm::SessionMemory;
+    use crate::session_memory::SessionMemory;
     use hreg_proto::entry::{sqe_flags, Cqe};
     use hreg_proto::ring::{ClientCounters, Layout};
     use hreg_proto::{flags, Opcode};
@@ -1084,14 +1084,14 @@ mod tests {
         max_rings: 2,
     };
 
-    struct Bench {
+    struct RingHarness {
         ring: ServedRing,
         counters: ClientCounters,
         scratch: Vec<u8>,
     }
 
-    impl Bench {
-        fn new(limits: Limits) -> Bench {
+    impl RingHarness {
+        fn new(limits: Limits) -> RingHarness {
             let registry = Arc::new(Registry::new(4, limits).unwrap());
             let session = Arc::new(Session::new(
                 registry.holder(1000).unwrap(),
@@ -1109,7 +1109,7 @@ mod tests {
             ));
             let index = session.claim_ring().unwrap();
             let ring = ServedRing::new(session, index).unwrap();
-            Bench {
+            RingHarness {
                 ring,
                 counters: ClientCounters::default(),
                 scratch: Vec::new(),
@@ -1198,20 +1198,20 @@ mod tests {
 
     #[test]
     fn inline_values_travel_both_ways_in_one_batch() {
-        let mut bench = Bench::new(Limits::default());
-        let done = bench.run(&[], &[inline_insert(b"hello", 0)]);
+        let mut harness = RingHarness::new(Limits::default());
+        let done = harness.run(&[], &[inline_insert(b"hello", 0)]);
         assert_eq!(done[0].status, OK);
         let h = done[0].handle;
-        let done = bench.run(
+        let done = harness.run(
             &[],
             &[get(h, 0, 64), on(Opcode::Retain, h), on(Opcode::Release, h)],
         );
         assert!(done.iter().all(|c| c.status == OK));
         assert_eq!(done[0].entry_flags, cqe_flags::INLINE);
         assert_eq!(&done[0].inline[..done[0].value_len as usize], b"hello");
-        assert_eq!(bench.session().holder.reference_count(), 1);
+        assert_eq!(harness.session().holder.reference_count(), 1);
         // Bad entries are answered, each on its own, and the ring goes on.
-        let done = bench.run(
+        let done = harness.run(
             &[],
             &[
                 on(Opcode::Get, 0),
@@ -1227,12 +1227,15 @@ mod tests {
         let invalid = Status::Invalid as u32;
         assert_eq!(statuses, [invalid, invalid, invalid, Status::Buffer as u32]);
         assert_eq!(done[3].value_len, 5, "BUFFER says how much is needed");
-        assert_eq!(bench.ring.serve(&mut Vec::new(), u32::MAX).unwrap(), (0, 0));
+        assert_eq!(
+            harness.ring.serve(&mut Vec::new(), u32::MAX).unwrap(),
+            (0, 0)
+        );
     }
 
     #[test]
     fn values_in_the_data_area_and_in_pieces() {
-        let mut bench = Bench::new(Limits::default());
+        let mut harness = RingHarness::new(Limits::default());
         // 48 bytes through the data area.
         let value: Vec<u8> = (0..48).collect();
         let insert = Sqe {
@@ -1240,52 +1243,55 @@ mod tests {
             data_len: 48,
             ..Sqe::default()
         };
-        let h = bench.run(&value, &[insert])[0].handle;
-        let done = bench.run(&[], &[get(h, 64, 64)]);
+        let h = harness.run(&value, &[insert])[0].handle;
+        let done = harness.run(&[], &[get(h, 64, 64)]);
         assert_eq!(done[0].entry_flags, cqe_flags::IN_DATA);
-        assert_eq!(bench.data(done[0].data_off, 48), value);
+        assert_eq!(harness.data(done[0].data_off, 48), value);
         // 100 bytes in pieces: staged in, then a GET whose region is too
         // small is answered STAGED and read back in pieces.
         let big: Vec<u8> = (0..100).map(|i| i as u8 ^ 0x5a).collect();
-        bench.run(&big[..64], &[stage(Opcode::StageWrite, 0, 64)]);
-        bench.run(&big[64..], &[stage(Opcode::StageWrite, 64, 36)]);
-        assert_eq!(bench.session().holder.staged_bytes(), 100);
+        harness.run(&big[..64], &[stage(Opcode::StageWrite, 0, 64)]);
+        harness.run(&big[64..], &[stage(Opcode::StageWrite, 64, 36)]);
+        assert_eq!(harness.session().holder.staged_bytes(), 100);
         let insert = Sqe {
             entry_flags: sqe_flags::STAGED,
             data_len: 100,
             ..inline_insert(b"", flags::SHARED)
         };
-        let done = bench.run(&[], &[insert]);
+        let done = harness.run(&[], &[insert]);
         assert_eq!(done[0].status, OK);
-        assert_eq!(bench.session().holder.staged_bytes(), 0, "used up");
+        assert_eq!(harness.session().holder.staged_bytes(), 0, "used up");
         let big_h = done[0].handle;
-        let done = bench.run(&[], &[get(big_h, 32, 1000)]);
+        let done = harness.run(&[], &[get(big_h, 32, 1000)]);
         assert_eq!(done[0].entry_flags, cqe_flags::STAGED);
         assert_eq!(done[0].value_len, 100);
-        assert_eq!(bench.session().holder.staged_bytes(), 100, "a snapshot");
+        assert_eq!(harness.session().holder.staged_bytes(), 100, "a snapshot");
         let mut read = Vec::new();
         while read.len() < 100 {
-            let done = bench.run(&[], &[stage(Opcode::StageRead, read.len() as u64, 64)]);
-            read.extend(bench.data(0, done[0].value_len as usize));
+            let done = harness.run(&[], &[stage(Opcode::StageRead, read.len() as u64, 64)]);
+            read.extend(harness.data(0, done[0].value_len as usize));
         }
         assert_eq!(read, big);
-        assert_eq!(bench.session().holder.staged_bytes(), 0, "read back");
+        assert_eq!(harness.session().holder.staged_bytes(), 0, "read back");
         // A STAGED insert whose length is not the staged one is INVALID.
         let insert = Sqe {
             entry_flags: sqe_flags::STAGED,
             data_len: 7,
             ..inline_insert(b"", 0)
         };
-        assert_eq!(bench.run(&[], &[insert])[0].status, Status::Invalid as u32);
+        assert_eq!(
+            harness.run(&[], &[insert])[0].status,
+            Status::Invalid as u32
+        );
     }
 
     #[test]
     fn a_quota_completion_names_its_limit() {
-        let mut bench = Bench::new(Limits {
+        let mut harness = RingHarness::new(Limits {
             max_objects: 1,
             ..Limits::default()
         });
-        let done = bench.run(&[], &[inline_insert(b"a", 0), inline_insert(b"b", 0)]);
+        let done = harness.run(&[], &[inline_insert(b"a", 0), inline_insert(b"b", 0)]);
         assert_eq!(done[0].status, OK);
         assert_eq!(done[1].status, Status::Quota as u32);
         assert_eq!(done[1].value_len, Limit::MaxObjects.code());
@@ -1298,21 +1304,21 @@ mod tests {
             uid_max_bytes: 100,
             ..Limits::default()
         };
-        let mut bench = Bench::new(limits);
+        let mut harness = RingHarness::new(limits);
         let chunk = [1u8; 64];
-        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 0, 64)]);
+        let done = harness.run(&chunk, &[stage(Opcode::StageWrite, 0, 64)]);
         assert_eq!(done[0].status, OK);
         // 128 staged bytes would pass the uid's 100.
-        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64)]);
+        let done = harness.run(&chunk, &[stage(Opcode::StageWrite, 64, 64)]);
         assert_eq!(done[0].status, Status::Quota as u32);
         assert_eq!(done[0].value_len, Limit::UidMaxBytes.code());
-        assert_eq!(bench.session().holder.staged_bytes(), 64);
+        assert_eq!(harness.session().holder.staged_bytes(), 64);
         // Past the value size: TOO_BIG, and nothing more is charged.
-        let done = bench.run(&chunk, &[stage(Opcode::StageWrite, 64, 64 * 16)]);
+        let done = harness.run(&chunk, &[stage(Opcode::StageWrite, 64, 64 * 16)]);
         assert_ne!(done[0].status, OK);
         // The ring's end gives the charge back.
-        let session = Arc::clone(&bench.ring.session);
-        drop(bench);
+        let session = Arc::clone(&harness.ring.session);
+        drop(harness);
         assert_eq!(session.holder.staged_bytes(), 0);
     }
 }

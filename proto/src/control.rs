@@ -458,7 +458,7 @@ impl ControlRequest {
 
     /// The request in one packet; an error for anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<ControlRequest, DecodeError> {
-        let mut r = Reader(bytes);
+        let mut r = Decoder(bytes);
         let request = match r.u32()? {
             kind::HELLO => {
                 if r.take(4)? != HELLO_MAGIC {
@@ -645,7 +645,7 @@ impl Reply {
 
     /// The reply in one packet; an error for anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Reply, DecodeError> {
-        let mut r = Reader(bytes);
+        let mut r = Decoder(bytes);
         let reply = match r.u32()? {
             kind::WELCOME => Reply::Welcome(Welcome {
                 version: r.u32()?,
@@ -807,9 +807,9 @@ pub fn clip(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-struct Reader<'a>(&'a [u8]);
+struct Decoder<'a>(&'a [u8]);
 
-impl<'a> Reader<'a> {
+impl<'a> Decoder<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Short);

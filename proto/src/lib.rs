@@ -4,7 +4,9 @@
 //! and opcodes (with the numeric values of the C API), the handle encoding, the
 //! 64-byte ring entries, the control-socket messages and the layout of a
 //! session's shared memory, and the two sides of the ring protocol over it.
-//! It does no I/O and starts no threads. `unsafe` lives in two modules:
+//! Its one piece of I/O is how a control message and its descriptors cross
+//! a Unix socket ([`fd_passing`]), which the daemon and clients share; it
+//! starts no threads. `unsafe` lives in two modules:
 //! [`shm`], which maps shared memory and hands out atomics over it, and
 //! [`atomic_copy`], which copies bytes another process may be writing.
 //! `PROTOCOL.md` beside this crate describes the same bytes for clients
@@ -16,9 +18,11 @@
 pub mod atomic_copy;
 pub mod control;
 pub mod entry;
+pub mod fd_passing;
 pub mod handle;
 pub mod handoff;
 pub mod limit;
+pub mod locks;
 pub mod pins;
 pub mod ring;
 pub mod shm;

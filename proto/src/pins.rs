@@ -89,6 +89,15 @@
 //! ```
 //!
 //! ```compile_fail
+//! // A client cannot pin through a read-only mapping: pins are stores.
+//! use hreg_proto::pins::ClientPins;
+//! use hreg_proto::shm::{Mapping, ReadOnly};
+//! fn pins(map: &Mapping<ReadOnly>) {
+//!     let _pins = ClientPins::new(map, 0, 8, 1 << 20);
+//! }
+//! ```
+//!
+//! ```compile_fail
 //! // The daemon's side only reads: it cannot pin.
 //! use hreg_proto::pins::{pin_table_len, PinName, PinScan};
 //! use hreg_proto::shm::Mapping;
@@ -103,7 +112,7 @@
 //! functions.
 
 use crate::handle::MAX_DOMAINS;
-use crate::shm::{Access, Mapping};
+use crate::shm::{Access, LoadOnly, Mapping, ReadWrite};
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::table::{HeapAddress, Located, SlotView, MAX_HEAP_CHUNK, MAX_HEAP_CHUNKS};
 
@@ -253,15 +262,21 @@ impl PinName {
 }
 
 /// The words of a session's pin table, borrowed from the session's mapping.
-#[derive(Clone, Copy)]
-struct Table<'a> {
-    map: &'a Mapping,
+struct Table<'a, A: Access> {
+    map: &'a Mapping<A>,
     at: usize,
     entries: usize,
 }
 
-impl<'a> Table<'a> {
-    fn new(map: &'a Mapping, at: usize, entries: usize) -> Option<Table<'a>> {
+impl<A: Access> Clone for Table<'_, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A: Access> Copy for Table<'_, A> {}
+
+impl<'a, A: Access> Table<'a, A> {
+    fn new(map: &'a Mapping<A>, at: usize, entries: usize) -> Option<Table<'a, A>> {
         (at.is_multiple_of(64) && map.holds(at, pin_table_len(entries))).then_some(Table {
             map,
             at,
@@ -269,6 +284,14 @@ impl<'a> Table<'a> {
         })
     }
 
+    /// The word at `offset` of the table, to load.
+    fn loads(&self, offset: usize) -> &'a LoadOnly {
+        let offset = self.at + offset;
+        &self.map.entry_loads(offset / 64 * 64)[offset % 64 / 8]
+    }
+}
+
+impl<'a> Table<'a, ReadWrite> {
     fn word(&self, offset: usize) -> &'a AtomicU64 {
         let offset = self.at + offset;
         &self.map.entry_at(offset / 64 * 64)[offset % 64 / 8]
@@ -287,7 +310,7 @@ impl<'a> Table<'a> {
 /// each as a [`Pin`].
 #[derive(Clone, Copy)]
 pub struct ClientPins<'a> {
-    table: Table<'a>,
+    table: Table<'a, ReadWrite>,
     /// Bytes of values this client may hold pinned at once (WELCOME's
     /// `pin bytes`).
     budget: u64,
@@ -369,10 +392,12 @@ impl<'a> ClientPins<'a> {
     /// The table of `entries` entries at `at` in `map` (the session's
     /// memory, which this process writes), if the mapping holds it
     /// (64-byte aligned), for a client that may hold `budget` bytes pinned.
-    pub fn new(map: &'a Mapping, at: usize, entries: usize, budget: u64) -> Option<ClientPins<'a>> {
-        if map.access() != Access::ReadWrite {
-            return None;
-        }
+    pub fn new(
+        map: &'a Mapping<ReadWrite>,
+        at: usize,
+        entries: usize,
+        budget: u64,
+    ) -> Option<ClientPins<'a>> {
         Some(ClientPins {
             table: Table::new(map, at, entries)?,
             budget,
@@ -384,7 +409,12 @@ impl<'a> ClientPins<'a> {
     /// slot still names the block.
     #[inline]
     #[must_use = "a pinned borrow unpins when dropped: keep it while the block is read"]
-    pub fn borrow(&self, slot: &SlotView<'_>, domain: u16, generation: u16) -> Borrow<'a> {
+    pub fn borrow<S: Access>(
+        &self,
+        slot: &SlotView<'_, S>,
+        domain: u16,
+        generation: u16,
+    ) -> Borrow<'a> {
         let (at, len) = match slot.locate(generation) {
             Located::Heap { at, len } => (at, len),
             Located::Inline { .. } => return Borrow::Inline,
@@ -506,22 +536,28 @@ impl<'a> ClientPins<'a> {
 
 /// The daemon's side of a session's pin table: it only reads, and what it
 /// reads is the client's word.
-#[derive(Clone, Copy)]
-pub struct PinScan<'a> {
-    table: Table<'a>,
+pub struct PinScan<'a, A: Access> {
+    table: Table<'a, A>,
 }
 
-impl<'a> PinScan<'a> {
+impl<A: Access> Clone for PinScan<'_, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A: Access> Copy for PinScan<'_, A> {}
+
+impl<'a, A: Access> PinScan<'a, A> {
     /// The table of `entries` entries at `at` in `map`, if the mapping
     /// holds it (64-byte aligned).
-    pub fn new(map: &'a Mapping, at: usize, entries: usize) -> Option<PinScan<'a>> {
+    pub fn new(map: &'a Mapping<A>, at: usize, entries: usize) -> Option<PinScan<'a, A>> {
         Table::new(map, at, entries).map(|table| PinScan { table })
     }
 
     /// Entries the client says it has used (a hint, clamped to the table:
     /// a client that lies only makes its own borrowed bytes unsafe).
     fn used_entries(&self) -> usize {
-        usize::try_from(self.table.word(USED_AT).load(Ordering::Acquire))
+        usize::try_from(self.table.loads(USED_AT).load(Ordering::Acquire))
             .map_or(self.table.entries, |n| n.min(self.table.entries))
     }
 
@@ -531,8 +567,8 @@ impl<'a> PinScan<'a> {
         for index in 0..self.used_entries() {
             // Acquire: a client's reads of a block it unpinned happen before
             // whatever the daemon does with the block after seeing it free.
-            if let Some(name) = PinName::from_word(self.table.entry(index).load(Ordering::Acquire))
-            {
+            let word = self.table.loads(ENTRIES_AT + index * 8);
+            if let Some(name) = PinName::from_word(word.load(Ordering::Acquire)) {
                 each(name);
             }
         }
@@ -599,7 +635,7 @@ mod tests {
         .is_none());
     }
 
-    fn names(scan: &PinScan<'_>) -> Vec<PinName> {
+    fn names<A: Access>(scan: &PinScan<'_, A>) -> Vec<PinName> {
         let mut seen = Vec::new();
         scan.scan(|name| seen.push(name));
         seen.sort();
@@ -650,11 +686,11 @@ mod tests {
             .unwrap();
         drop((big, shared, fits, short));
         assert!(pins.pin(b, 100_000).is_some(), "the budget given back");
-        // A read-only mapping has no client's side.
+        // A read-only mapping has no client's side (a compile_fail
+        // doctest above), but can be scanned.
         let fd = rustix::fs::memfd_create("pins", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, pin_table_len(8) as u64).unwrap();
-        let map = Mapping::map(&fd, pin_table_len(8), Access::ReadOnly).unwrap();
-        assert!(ClientPins::new(&map, 0, 8, 1 << 20).is_none());
+        let map = Mapping::<crate::shm::ReadOnly>::map(&fd, pin_table_len(8)).unwrap();
         assert!(PinScan::new(&map, 0, 8).is_some());
     }
 

@@ -30,8 +30,8 @@
 //! The `loom` model `tests/loom_table.rs` checks this protocol on these
 //! functions.
 
-use crate::shm::Mapping;
-use crate::sync::{fence, AtomicU64, Ordering};
+use crate::shm::{Access, LoadOnly, Mapping, ReadWrite};
+use crate::sync::{fence, Ordering};
 
 /// The domain of SHARED objects.
 pub const SHARED_DOMAIN: u16 = 0;
@@ -292,25 +292,42 @@ pub enum Located {
     Torn,
 }
 
-/// One slot of a slot chunk, borrowed from the mapping that holds it.
-#[derive(Clone, Copy)]
-pub struct SlotView<'a> {
-    map: &'a Mapping,
+/// One slot of a slot chunk, borrowed from the mapping that holds it. Any
+/// view reads the slot; only a view over a [`ReadWrite`] mapping (the
+/// daemon's) writes it.
+///
+/// ```compile_fail
+/// // A client cannot write a slot: its chunks are mapped read-only.
+/// use hreg_proto::shm::{Mapping, ReadOnly};
+/// use hreg_proto::table::{Slot, SlotView};
+/// fn write(chunk: &Mapping<ReadOnly>) {
+///     SlotView::new(chunk, 0).unwrap().write(&Slot::free(1));
+/// }
+/// ```
+pub struct SlotView<'a, A: Access> {
+    map: &'a Mapping<A>,
     at: usize,
 }
 
-impl<'a> SlotView<'a> {
+impl<A: Access> Clone for SlotView<'_, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A: Access> Copy for SlotView<'_, A> {}
+
+impl<'a, A: Access> SlotView<'a, A> {
     /// Slot `index` of the slot chunk mapped by `map` (the chunk's own
     /// numbering), if the mapping holds it.
     #[inline]
-    pub fn new(map: &'a Mapping, index: usize) -> Option<SlotView<'a>> {
+    pub fn new(map: &'a Mapping<A>, index: usize) -> Option<SlotView<'a, A>> {
         let at = index.checked_mul(SLOT_SIZE)?;
         map.holds(at, SLOT_SIZE).then_some(SlotView { map, at })
     }
 
     #[inline]
-    fn words(&self) -> &'a [AtomicU64; 8] {
-        self.map.entry_at(self.at)
+    fn words(&self) -> &'a [LoadOnly; 8] {
+        self.map.entry_loads(self.at)
     }
 
     /// The slot's current version, read by the seqlock protocol; `None`
@@ -368,7 +385,7 @@ impl<'a> SlotView<'a> {
         &self,
         generation: u16,
         output: impl FnOnce(usize) -> Option<&'o mut [u8]>,
-        heap: impl FnOnce(u16) -> Option<&'a Mapping>,
+        heap: impl FnOnce(u16) -> Option<&'a Mapping<A>>,
     ) -> Read {
         let words = self.words();
         let head = words[0].load(Ordering::Acquire);
@@ -427,12 +444,15 @@ impl<'a> SlotView<'a> {
             Read::Torn
         }
     }
+}
 
+/// The writer's side: only over the daemon's [`ReadWrite`] mapping.
+impl SlotView<'_, ReadWrite> {
     /// Writes a new version of the slot (the daemon's side; the caller is
     /// the slot's only writer). Readers see the old version or the new one,
     /// whole: the sequence is odd while the words change.
     pub fn write(&self, slot: &Slot) {
-        let words = self.words();
+        let words = self.map.entry_at(self.at);
         let head = words[0].load(Ordering::Relaxed);
         let seq = head as u32;
         words[0].store(
@@ -602,7 +622,7 @@ mod tests {
 /// offset 192  1 if the daemon that wrote it stopped cleanly (u64)
 /// ```
 pub mod header {
-    use crate::shm::Mapping;
+    use crate::shm::{Access, LoadOnly, Mapping, ReadWrite};
     use crate::sync::{AtomicU64, Ordering};
 
     /// Bytes of the header.
@@ -616,15 +636,40 @@ pub mod header {
     pub const STOPPED_AT: usize = 128;
     const CLEAN_AT: usize = 192;
 
-    /// The header, borrowed from its mapping.
-    #[derive(Clone, Copy)]
-    pub struct Header<'a> {
-        map: &'a Mapping,
+    /// The header as readers see it (every session, and the daemon when it
+    /// only looks), borrowed from its mapping.
+    ///
+    /// ```compile_fail
+    /// // A client cannot write the header: a reader's view has no stores.
+    /// use hreg_proto::shm::{Mapping, ReadOnly};
+    /// use hreg_proto::table::header::Header;
+    /// fn stop(map: &Mapping<ReadOnly>) {
+    ///     Header::new(map).unwrap().set_stopped(true);
+    /// }
+    /// ```
+    ///
+    /// ```compile_fail
+    /// // Nor make itself the writer: that takes a read/write mapping.
+    /// use hreg_proto::shm::{Mapping, ReadOnly};
+    /// use hreg_proto::table::header::HeaderWriter;
+    /// fn stop(map: &Mapping<ReadOnly>) {
+    ///     HeaderWriter::new(map).unwrap().set_stopped(true);
+    /// }
+    /// ```
+    pub struct Header<'a, A: Access> {
+        map: &'a Mapping<A>,
     }
 
-    impl<'a> Header<'a> {
+    impl<A: Access> Clone for Header<'_, A> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<A: Access> Copy for Header<'_, A> {}
+
+    impl<'a, A: Access> Header<'a, A> {
         /// The header in `map`, if it holds one of this version.
-        pub fn new(map: &'a Mapping) -> Option<Header<'a>> {
+        pub fn new(map: &'a Mapping<A>) -> Option<Header<'a, A>> {
             if !map.holds(0, LEN) {
                 return None;
             }
@@ -634,23 +679,8 @@ pub mod header {
                 .then_some(header)
         }
 
-        /// Writes a fresh header for `instance` (the daemon's side).
-        pub fn init(map: &'a Mapping, instance: u16) -> Option<Header<'a>> {
-            if !map.holds(0, LEN) {
-                return None;
-            }
-            let header = Header { map };
-            header.word(8).store(
-                u64::from(VERSION) | (u64::from(instance) << 32),
-                Ordering::Relaxed,
-            );
-            header.word(STOPPED_AT).store(0, Ordering::Relaxed);
-            header.word(0).store(MAGIC, Ordering::Release);
-            Some(header)
-        }
-
-        fn word(&self, offset: usize) -> &'a AtomicU64 {
-            &self.map.entry_at(offset / 64 * 64)[offset % 64 / 8]
+        fn word(&self, offset: usize) -> &'a LoadOnly {
+            &self.map.entry_loads(offset / 64 * 64)[offset % 64 / 8]
         }
 
         /// The instance bits every handle of this registry carries.
@@ -662,7 +692,7 @@ pub mod header {
         /// daemon never rewrites a header's magic or version): no check
         /// again, for hot paths.
         #[inline]
-        pub fn accepted(map: &'a Mapping) -> Header<'a> {
+        pub fn accepted(map: &'a Mapping<A>) -> Header<'a, A> {
             Header { map }
         }
 
@@ -677,6 +707,41 @@ pub mod header {
         pub fn clean(&self) -> bool {
             self.word(CLEAN_AT).load(Ordering::Acquire) != 0
         }
+    }
+
+    /// The daemon's side of the header: it writes the header in its own
+    /// read/write mapping, and reads it as any [`Header`] does.
+    #[derive(Clone, Copy)]
+    pub struct HeaderWriter<'a> {
+        reader: Header<'a, ReadWrite>,
+    }
+
+    impl<'a> HeaderWriter<'a> {
+        /// The header in `map`, if it holds one of this version.
+        pub fn new(map: &'a Mapping<ReadWrite>) -> Option<HeaderWriter<'a>> {
+            Header::new(map).map(|reader| HeaderWriter { reader })
+        }
+
+        /// Writes a fresh header for `instance`.
+        pub fn init(map: &'a Mapping<ReadWrite>, instance: u16) -> Option<HeaderWriter<'a>> {
+            if !map.holds(0, LEN) {
+                return None;
+            }
+            let header = HeaderWriter {
+                reader: Header { map },
+            };
+            header.word(8).store(
+                u64::from(VERSION) | (u64::from(instance) << 32),
+                Ordering::Relaxed,
+            );
+            header.word(STOPPED_AT).store(0, Ordering::Relaxed);
+            header.word(0).store(MAGIC, Ordering::Release);
+            Some(header)
+        }
+
+        fn word(&self, offset: usize) -> &'a AtomicU64 {
+            &self.reader.map.entry_at(offset / 64 * 64)[offset % 64 / 8]
+        }
 
         /// Marks the registry cleanly stopped (the daemon's last word), or
         /// in use again (a daemon that adopted it).
@@ -690,6 +755,13 @@ pub mod header {
         pub fn set_stopped(&self, stopped: bool) {
             self.word(STOPPED_AT)
                 .store(u64::from(stopped), Ordering::Release);
+        }
+    }
+
+    impl<'a> std::ops::Deref for HeaderWriter<'a> {
+        type Target = Header<'a, ReadWrite>;
+        fn deref(&self) -> &Header<'a, ReadWrite> {
+            &self.reader
         }
     }
 }

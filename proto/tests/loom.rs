@@ -15,7 +15,7 @@
 
 use hreg_proto::entry::ENTRY_SIZE;
 use hreg_proto::ring::{ready_bit, ClientCounters, Layout, Park, ServerCounters, Wake};
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadWrite};
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use std::convert::Infallible;
@@ -93,7 +93,7 @@ impl Doorbell {
 }
 
 struct Shared {
-    map: Mapping,
+    map: Mapping<ReadWrite>,
     futex: Futex,
     doorbell: Doorbell,
 }

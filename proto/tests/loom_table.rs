@@ -12,7 +12,7 @@
 #![cfg(hreg_loom)]
 
 use hreg_proto::pins::{self, pin_table_len, Borrow, ClientPins, PinName, PinScan};
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadWrite};
 use hreg_proto::table::{HeapAddress, Payload, Read, Slot, SlotView, INLINE_VALUE, SLOT_SIZE};
 use loom::sync::{Arc, Mutex};
 
@@ -180,7 +180,11 @@ fn a_pinned_block_is_not_reused() {
 
 /// Borrows a value of the heap: pinned, read twice, unpinned; panics if
 /// the block changed while pinned.
-fn borrow_and_read(slots: &Mapping, heap: &Mapping, session: &Mapping) {
+fn borrow_and_read(
+    slots: &Mapping<ReadWrite>,
+    heap: &Mapping<ReadWrite>,
+    session: &Mapping<ReadWrite>,
+) {
     let pins = ClientPins::new(session, 0, PINS, 1 << 20).unwrap();
     let slot = SlotView::new(slots, 0).unwrap();
     let (pin, at) = loop {

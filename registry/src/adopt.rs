@@ -343,7 +343,7 @@ impl Registry {
         let sessions = registry.rebuild_references(&store, pieces.sessions, apply, &mut report)?;
         if apply {
             registry.drop_unreferenced(&domains, &mut report);
-            let view = header::Header::new(registry.header.mapping()).expect("checked above");
+            let view = header::HeaderWriter::new(registry.header.mapping()).expect("checked above");
             view.set_clean(false);
             // The adopted heap's blocks wait until the kept sessions are
             // back: the gaps (values retired before the restart, which a
@@ -622,7 +622,7 @@ impl Registry {
     /// Marks the kept state cleanly stopped: the daemon's last word, once
     /// nothing is in flight.
     pub fn mark_clean(&self) {
-        if let Some(view) = header::Header::new(self.header.mapping()) {
+        if let Some(view) = header::HeaderWriter::new(self.header.mapping()) {
             view.set_clean(true);
         }
     }

@@ -37,6 +37,8 @@ use crate::heap::Heap;
 use crate::memory::Chunk;
 use crate::store::{names, Store};
 use crossbeam_utils::CachePadded;
+use hreg_proto::locks::lock;
+use hreg_proto::shm::ReadWrite;
 use hreg_proto::table::{
     slot_chunk_len, slot_chunk_slots, slot_place, HeapAddress, Payload, Slot, SlotView,
     INLINE_VALUE, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
@@ -419,23 +421,17 @@ impl Domain {
         &self,
         live: Vec<(HeapAddress, u64)>,
     ) -> Result<Vec<(HeapAddress, u64)>, String> {
-        self.heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .adopt(&self.heap_chunks, live)
+        lock(&self.heap).adopt(&self.heap_chunks, live)
     }
 
     /// Frees a gap [`Domain::adopt_heap`] returned.
     pub fn free_gap(&self, at: HeapAddress, len: u64) {
-        self.heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .free_gap(&self.heap_chunks, at, len);
+        lock(&self.heap).free_gap(&self.heap_chunks, at, len);
     }
 
     /// Slot `index` and its facts, if its chunk exists.
     #[inline]
-    pub fn slot(&self, index: u32) -> Option<(SlotView<'_>, &SlotMeta)> {
+    pub fn slot(&self, index: u32) -> Option<(SlotView<'_, ReadWrite>, &SlotMeta)> {
         let (chunk, at) = slot_place(index);
         let view = SlotView::new(self.slot_chunks.get(chunk)?.get()?.mapping(), at)?;
         Some((view, &self.meta[chunk].get()?[at]))
@@ -492,7 +488,7 @@ impl Domain {
         {
             return Ok(());
         }
-        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let _grow = lock(&self.grow);
         let made = match self.slot_chunks[chunk].get() {
             Some(made) => made,
             None => {
@@ -529,7 +525,7 @@ impl Domain {
             return Ok(Payload::Inline(bytes));
         }
         let (at, chunks) = {
-            let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+            let mut heap = lock(&self.heap);
             let at = heap
                 .alloc(&self.heap_chunks, value.len() as u64)
                 .map_err(|_| Limit::HeapMemory)?;
@@ -549,10 +545,7 @@ impl Domain {
     /// Frees the block of a `len`-byte value that no reader can reach any
     /// more (never published, or reclaimed).
     pub fn free_block(&self, at: HeapAddress, len: u64) {
-        self.heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .free(&self.heap_chunks, at, len);
+        lock(&self.heap).free(&self.heap_chunks, at, len);
     }
 
     fn heap_chunk(&self, index: u16) -> Option<&Chunk> {
@@ -582,14 +575,11 @@ impl Domain {
 
     /// Bytes of heap blocks in use (block sizes).
     pub fn heap_in_use(&self) -> u64 {
-        self.heap.lock().unwrap_or_else(|e| e.into_inner()).in_use()
+        lock(&self.heap).in_use()
     }
 
     /// Bytes of heap pages allocated (what the heap takes in memory).
     pub fn heap_resident(&self) -> u64 {
-        self.heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .resident()
+        lock(&self.heap).resident()
     }
 }

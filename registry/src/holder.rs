@@ -5,8 +5,9 @@
 
 use crate::limits::Counters;
 use crate::refs::{RefTable, SessionKey};
+use hreg_proto::locks::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Who asks, and the references they hold: one per session. Made by
 /// [`crate::Registry::holder`], or given back by an adopted state
@@ -70,8 +71,4 @@ impl Holder {
     pub fn staged_bytes(&self) -> u64 {
         self.staged.load(Ordering::Relaxed)
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

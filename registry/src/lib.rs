@@ -43,7 +43,7 @@ pub use holder::Holder;
 pub use hreg_proto::control::ListFilter;
 pub use limits::{session_staging_cap, Counters, Limits, Usage, REFERENCE_BYTES};
 pub use memory::Chunk;
-pub use reclaim::Reader;
+pub use reclaim::ReaderRegistration;
 pub use refs::SessionKey;
 pub use refusal::Refusal;
 pub use store::{
@@ -74,15 +74,15 @@ pub mod memory_facts {
 }
 
 use crate::domain::{Domain, Shard};
-use crate::holder::lock;
 use crate::limits::{Charge, LimitCell};
 use crate::reclaim::{Reclaimer, Retired};
 use crate::refs::{RefTable, PURGE_FLOOR};
 use crossbeam_utils::CachePadded;
 use hreg_proto::control::ObjectInfo;
 use hreg_proto::handle::{Handle, HandleParts, INSTANCE_MASK, MAX_DOMAINS};
+use hreg_proto::locks::{self, lock};
 use hreg_proto::pins;
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadWrite};
 use hreg_proto::table::{header, Payload, Slot, SHARED_DOMAIN};
 use hreg_proto::{flags, Limit, Opcode, Status};
 use rustix::fd::BorrowedFd;
@@ -186,7 +186,7 @@ impl Registry {
         let shards = shards.clamp(1, 1024).next_power_of_two();
         let header = Chunk::create(&*store, names::HEADER, header::LEN)?;
         header.allocate(0, header::LEN as u64)?;
-        header::Header::init(header.mapping(), instance).expect("the header fits its chunk");
+        header::HeaderWriter::init(header.mapping(), instance).expect("the header fits its chunk");
         let shared = Domain::new(&store, SHARED_DOMAIN, None, shards, seed)?;
         let registry = Registry::assemble(store, instance, shards, header, limits, seed);
         let _ = registry.domains[usize::from(SHARED_DOMAIN)].set(Arc::new(shared));
@@ -233,7 +233,7 @@ impl Registry {
     /// Tells clients whether the daemon serves this registry (readers in
     /// other processes stop resolving handles locally when it does not).
     pub fn set_serving(&self, serving: bool) {
-        if let Some(header) = header::Header::new(self.header.mapping()) {
+        if let Some(header) = header::HeaderWriter::new(self.header.mapping()) {
             header.set_stopped(!serving);
         }
     }
@@ -262,16 +262,16 @@ impl Registry {
     /// Registers a session of `holder`'s uid whose pin table lies at
     /// `pins_at` in `map`: reclamation honours its borrowed references, up
     /// to `budget` bytes of blocks they hold back, for as long as the
-    /// returned reader lives (or its process, [`Reader::outlive`]). Which
+    /// returned reader lives (or its process, [`ReaderRegistration::outlive`]). Which
     /// domains the session may map is asked of the registry at each pass,
     /// so a domain made meanwhile counts at once.
     pub fn reader(
         &self,
         holder: &Holder,
-        map: Arc<Mapping>,
+        map: Arc<Mapping<ReadWrite>>,
         pins_at: usize,
         budget: u64,
-    ) -> Reader {
+    ) -> ReaderRegistration {
         reclaim::test_pause(holder.uid);
         self.reclaim.register(holder.uid, map, pins_at, budget)
     }
@@ -297,10 +297,10 @@ impl Registry {
     }
 
     fn uid_counters(&self, uid: u32) -> Arc<Counters> {
-        if let Some(counters) = read_lock(&self.uids).get(&uid) {
+        if let Some(counters) = locks::read(&self.uids).get(&uid) {
             return Arc::clone(counters);
         }
-        Arc::clone(write(&self.uids).entry(uid).or_default())
+        Arc::clone(locks::write(&self.uids).entry(uid).or_default())
     }
 
     /// The limits in force.
@@ -321,7 +321,7 @@ impl Registry {
     /// What each uid is charged for now (uids charged for nothing and
     /// holding no reference are left out).
     pub fn usage_by_uid(&self) -> Vec<(u32, Usage)> {
-        let mut list: Vec<(u32, Usage)> = read_lock(&self.uids)
+        let mut list: Vec<(u32, Usage)> = locks::read(&self.uids)
             .iter()
             .map(|(&uid, counters)| (uid, counters.usage()))
             .filter(|(_, usage)| *usage != Usage::default())
@@ -1140,17 +1140,6 @@ fn next_insert_shard() -> usize {
         next.set(shard.wrapping_add(1));
         shard
     })
-}
-
-// A panic while a lock is held leaves data that is consistent wherever a
-// lock can be released (each critical section completes or changes nothing),
-// so poisoning is ignored rather than spread.
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// 64 random bits from the kernel (instance bits, resume tokens, seeds).

@@ -12,7 +12,7 @@
 //! SIGBUS; free pages are given back (punched) again (`crate::heap`).
 
 use crate::store::Store;
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadWrite};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FallocateFlags, Mode, OFlags};
 use std::io;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Chunk {
     fd: OwnedFd,
-    map: Arc<Mapping>,
+    map: Arc<Mapping<ReadWrite>>,
     /// The read-only reopen clients get, made once: every client is sent
     /// the same open file (read-only, so sharing it shares nothing a client
     /// could change).
@@ -44,7 +44,7 @@ impl Chunk {
             .ok()
             .filter(|&len| len > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty chunk"))?;
-        let map = Arc::new(Mapping::map(&fd, len, Access::ReadWrite)?);
+        let map = Arc::new(Mapping::<ReadWrite>::map(&fd, len)?);
         Ok(Chunk {
             fd,
             map,
@@ -63,7 +63,7 @@ impl Chunk {
     }
 
     /// The daemon's mapping.
-    pub fn mapping(&self) -> &Arc<Mapping> {
+    pub fn mapping(&self) -> &Arc<Mapping<ReadWrite>> {
         &self.map
     }
 
@@ -155,8 +155,8 @@ mod tests {
         assert!(rustix::fs::ftruncate(chunk.fd(), 1).is_err(), "sealed");
         let ro = chunk.read_only().unwrap();
         assert!(rustix::io::write(ro, b"x").is_err());
-        assert!(Mapping::map(ro, 1 << 16, Access::ReadWrite).is_err());
-        let view = Mapping::map(ro, 1 << 16, Access::ReadOnly).unwrap();
+        assert!(Mapping::<ReadWrite>::map(ro, 1 << 16).is_err());
+        let view = Mapping::<hreg_proto::shm::ReadOnly>::map(ro, 1 << 16).unwrap();
         let mut out = [0u8; 5];
         assert!(view.load(100, &mut out));
         assert_eq!(&out, b"bytes");

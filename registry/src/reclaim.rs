@@ -19,10 +19,10 @@
 //! What pins hold back is charged to the uids of the sessions holding the
 //! pins (the retirer's own quota is given back when it retires), and no
 //! session's pins are honoured past the byte budget it was told (its
-//! [`Reader`]'s): a session that lies in its table harms only its own
+//! [`ReaderRegistration`]'s): a session that lies in its table harms only its own
 //! borrowed bytes. A session that ends while its process lives on may
 //! still be reading what it borrowed: its reader stays registered
-//! ([`Reader::outlive`]) until that process is gone or its table holds no
+//! ([`ReaderRegistration::outlive`]) until that process is gone or its table holds no
 //! pin ([`Reclaimer::prune`]).
 //!
 //! A daemon that adopts a kept state cannot see the pin tables of the
@@ -34,10 +34,10 @@
 //! the restart follow the rule above. Quarantined bytes count against no
 //! quota: they are bounded by the heap that was adopted.
 
-use crate::holder::lock;
 use crossbeam_utils::CachePadded;
+use hreg_proto::locks::lock;
 use hreg_proto::pins::{self, PinName, PinScan, PIN_ENTRIES};
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadWrite};
 use hreg_proto::table::HeapAddress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -95,7 +95,7 @@ impl Retired {
 #[derive(Debug)]
 pub(crate) struct ReaderState {
     uid: u32,
-    map: Arc<Mapping>,
+    map: Arc<Mapping<ReadWrite>>,
     pins_at: usize,
     /// Bytes of held-back blocks its pins are honoured for.
     budget: u64,
@@ -103,7 +103,7 @@ pub(crate) struct ReaderState {
 }
 
 impl ReaderState {
-    fn table(&self) -> Option<PinScan<'_>> {
+    fn table(&self) -> Option<PinScan<'_, ReadWrite>> {
         PinScan::new(&self.map, self.pins_at, PIN_ENTRIES)
     }
 }
@@ -127,24 +127,24 @@ pub(crate) struct Readers {
 
 /// A session registered as a reader ([`crate::Registry::reader`]):
 /// reclamation honours its pins while this lives (and, once it has been
-/// told to, while its process does: [`Reader::outlive`]). Dropping it
+/// told to, while its process does: [`ReaderRegistration::outlive`]). Dropping it
 /// deregisters the session unless it outlives it.
-pub struct Reader {
+pub struct ReaderRegistration {
     id: u64,
     state: Arc<ReaderState>,
     readers: Arc<Mutex<Readers>>,
 }
 
-impl std::fmt::Debug for Reader {
+impl std::fmt::Debug for ReaderRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader")
+        f.debug_struct("ReaderRegistration")
             .field("uid", &self.state.uid)
             .field("held_back", &self.held_back())
             .finish()
     }
 }
 
-impl Reader {
+impl ReaderRegistration {
     /// The uid of the session.
     pub fn uid(&self) -> u32 {
         self.state.uid
@@ -173,7 +173,7 @@ impl Reader {
     }
 }
 
-impl Drop for Reader {
+impl Drop for ReaderRegistration {
     fn drop(&mut self) {
         let mut readers = lock(&self.readers);
         if readers
@@ -329,7 +329,13 @@ impl Reclaimer {
 
     /// Registers a session of `uid` whose pin table lies at `pins_at` in
     /// `map`, honoured for up to `budget` bytes of held-back blocks.
-    pub fn register(&self, uid: u32, map: Arc<Mapping>, pins_at: usize, budget: u64) -> Reader {
+    pub fn register(
+        &self,
+        uid: u32,
+        map: Arc<Mapping<ReadWrite>>,
+        pins_at: usize,
+        budget: u64,
+    ) -> ReaderRegistration {
         let state = Arc::new(ReaderState {
             uid,
             map,
@@ -348,7 +354,7 @@ impl Reclaimer {
             },
         );
         drop(readers);
-        Reader {
+        ReaderRegistration {
             id,
             state,
             readers: Arc::clone(&self.readers),

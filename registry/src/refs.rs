@@ -31,7 +31,7 @@
 use crate::limits::Counters;
 use crate::store::{names, Store};
 use crate::Chunk;
-use hreg_proto::shm::Mapping;
+use hreg_proto::shm::{Mapping, ReadWrite};
 use hreg_proto::Limit;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,7 @@ pub(crate) struct RefTable {
     key: SessionKey,
     /// The counters of the uid the entries count against.
     counters: Arc<Counters>,
-    map: Arc<Mapping>,
+    map: Arc<Mapping<ReadWrite>>,
     /// Where the record is kept, and its name there.
     kept: Option<(Arc<dyn Store>, String, u32)>,
     capacity: usize,

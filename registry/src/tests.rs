@@ -5,7 +5,7 @@
 
 use super::*;
 use hreg_proto::pins::{pin_table_len, Borrow, ClientPins, Pin, PIN_ENTRIES};
-use hreg_proto::shm::Access;
+use hreg_proto::shm::{ReadOnly, ReadWrite};
 use hreg_proto::table::{slot_place, Read, SlotView};
 use proptest::prelude::*;
 use std::collections::HashSet;
@@ -612,15 +612,15 @@ fn removed_objects_leave_no_references_behind() {
 /// A client's view of one domain: its chunks, mapped read-only from the
 /// descriptors the registry hands out.
 struct ClientView {
-    slots: Vec<Mapping>,
-    heap: Vec<Mapping>,
+    slots: Vec<Mapping<ReadOnly>>,
+    heap: Vec<Mapping<ReadOnly>>,
 }
 
 impl ClientView {
     fn map(registry: &Registry, uid: u32, domain: u16) -> Result<ClientView, Status> {
         let map = |fd: rustix::fd::BorrowedFd<'_>| {
             let len = rustix::fs::fstat(fd).unwrap().st_size as usize;
-            Mapping::map(fd, len, Access::ReadOnly).unwrap()
+            Mapping::<ReadOnly>::map(fd, len).unwrap()
         };
         let mut view = ClientView {
             slots: Vec::new(),
@@ -713,7 +713,7 @@ fn clients_read_their_domains_without_the_daemon() {
 }
 
 /// A session's memory for a test: its pin table at offset 0.
-fn session_memory() -> Arc<Mapping> {
+fn session_memory() -> Arc<Mapping<ReadWrite>> {
     Arc::new(Mapping::anonymous(pin_table_len(PIN_ENTRIES)).unwrap())
 }
 

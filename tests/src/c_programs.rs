@@ -60,10 +60,7 @@ fn lib_dir() -> PathBuf {
 /// the executable.
 pub fn program(source: &Path) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut built = hreg_proto::locks::lock(BUILT.get_or_init(Default::default));
     if let Some(exe) = built.get(source) {
         return exe.clone();
     }

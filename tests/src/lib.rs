@@ -22,6 +22,7 @@ pub mod readme;
 pub mod readside;
 pub mod restart_load;
 
+use hreg_proto::locks::lock;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,12 +112,6 @@ impl StderrLog {
             eprintln!("--- {what}:\n{text}--- end of {what}");
         }
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Daemon {

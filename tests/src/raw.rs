@@ -4,15 +4,11 @@
 
 use hreg_proto::control::{ControlRequest, Reply, Welcome, MAX_CHUNKS_PER_REPLY, MAX_MESSAGE};
 use hreg_proto::entry::{Cqe, Sqe, ENTRY_SIZE};
+use hreg_proto::fd_passing;
 use hreg_proto::ring::{ClientCounters, ClientRing, Layout};
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadWrite};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-};
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 use std::path::Path;
 use std::time::Instant;
 
@@ -50,14 +46,7 @@ impl RawConn {
 
     /// Sends raw bytes as one packet.
     pub fn send_bytes(&self, bytes: &[u8]) {
-        let mut control = SendAncillaryBuffer::default();
-        rustix::net::sendmsg(
-            &self.fd,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
-        .expect("send");
+        fd_passing::send(&self.fd, bytes, &[], SendFlags::empty()).expect("send");
     }
 
     pub fn send(&self, request: &ControlRequest) {
@@ -72,18 +61,7 @@ impl RawConn {
         bytes: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> rustix::io::Result<usize> {
-        let mut space =
-            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if !fds.is_empty() {
-            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
-        }
-        rustix::net::sendmsg(
-            &self.fd,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
+        fd_passing::send(&self.fd, bytes, fds, SendFlags::empty())
     }
 
     /// Like [`RawConn::recv`] but never panics: `Ok(None)` at EOF, an error
@@ -117,27 +95,12 @@ impl RawConn {
         flags: RecvFlags,
     ) -> rustix::io::Result<Option<(Option<Reply>, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut space = vec![
-            MaybeUninit::<u8>::uninit();
-            rustix::cmsg_space!(ScmRights(MAX_CHUNKS_PER_REPLY as usize + 2))
-        ];
-        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-        let msg = rustix::net::recvmsg(
-            &self.fd,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC | flags,
-        )?;
-        if msg.bytes == 0 {
+        let packet =
+            fd_passing::recv(&self.fd, &mut buf, MAX_CHUNKS_PER_REPLY as usize + 2, flags)?;
+        if packet.len == 0 {
             return Ok(None);
         }
-        let mut fds = Vec::new();
-        for message in ancillary.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        Ok(Some((Reply::decode(&buf[..msg.bytes]).ok(), fds)))
+        Ok(Some((Reply::decode(&buf[..packet.len]).ok(), packet.fds)))
     }
 
     /// Sets how long a receive waits before failing with `EAGAIN`.
@@ -163,7 +126,7 @@ impl RawConn {
 pub struct RawSession {
     pub conn: RawConn,
     pub welcome: Welcome,
-    map: Mapping,
+    map: Mapping<ReadWrite>,
     _memfd: OwnedFd,
 }
 
@@ -189,7 +152,7 @@ impl RawSession {
             _ => return Err(Box::new(None)),
         };
         let len = rustix::fs::fstat(&memfd).expect("fstat").st_size as usize;
-        let map = Mapping::map(&memfd, len, Access::ReadWrite).expect("mmap");
+        let map = Mapping::map(&memfd, len).expect("mmap");
         Ok(RawSession {
             conn,
             welcome,

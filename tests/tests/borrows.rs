@@ -23,7 +23,7 @@ use hreg::Handle;
 use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::handle::HandleParts;
 use hreg_proto::pins::{Borrow, ClientPins};
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadOnly, ReadWrite};
 use hreg_proto::table::{slot_chunk_len, slot_place, SlotView};
 use hreg_tests::raw::RawConn;
 use hreg_tests::{
@@ -176,12 +176,12 @@ fn row1c_a_borrowed_value_keeps_its_bytes_whatever_another_uid_does() {
 /// its memory and the shared domain's first chunks mapped.
 struct HandSession {
     conn: RawConn,
-    memory: Mapping,
+    memory: Mapping<ReadWrite>,
     pins_at: usize,
     pin_entries: usize,
     pin_bytes: u64,
-    slots: Vec<Mapping>,
-    heap: Vec<Mapping>,
+    slots: Vec<Mapping<ReadOnly>>,
+    heap: Vec<Mapping<ReadOnly>>,
 }
 
 impl HandSession {
@@ -198,7 +198,7 @@ impl HandSession {
         let memfd = fds.next().expect("session memory");
         let _header = fds.next().expect("header");
         let len = rustix::fs::fstat(&memfd).unwrap().st_size as usize;
-        let memory = Mapping::map(&memfd, len, Access::ReadWrite).unwrap();
+        let memory = Mapping::map(&memfd, len).unwrap();
         // The shared domain's first slot chunk and first heap chunk, as a
         // client asks for them when a read needs them.
         conn.send(&ControlRequest::MapDomain {
@@ -212,13 +212,11 @@ impl HandSession {
         };
         assert_eq!((slots, heap), (1, 1), "one chunk of each kind");
         let mut chunks = chunks.into_iter();
-        let slots = vec![
-            Mapping::map(chunks.next().unwrap(), slot_chunk_len(0), Access::ReadOnly).unwrap(),
-        ];
+        let slots = vec![Mapping::map(chunks.next().unwrap(), slot_chunk_len(0)).unwrap()];
         let heap = chunks
             .map(|fd| {
                 let len = rustix::fs::fstat(&fd).unwrap().st_size as usize;
-                Mapping::map(fd, len, Access::ReadOnly).unwrap()
+                Mapping::map(fd, len).unwrap()
             })
             .collect();
         HandSession {

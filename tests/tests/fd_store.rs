@@ -21,11 +21,10 @@
 //! across `daemon-reload`), nor the unit's sandboxing.
 
 use hreg::{Client, Error, Handle, DETACHED};
+use hreg_proto::fd_passing;
 use hreg_tests::{binary, checked_value, wait_until, PATIENCE};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
+use rustix::net::RecvFlags;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -95,24 +94,12 @@ impl Manager {
     fn drain(&mut self) {
         loop {
             let mut buf = [0u8; 4096];
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(16))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
-                &self.notify,
-                &mut [IoSliceMut::new(&mut buf)],
-                &mut control,
-                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-            );
+            let received = fd_passing::recv(&self.notify, &mut buf, 16, RecvFlags::DONTWAIT);
             let Ok(received) = received else {
                 return;
             };
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            for message in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(passed) = message {
-                    fds.extend(passed);
-                }
-            }
-            let text = String::from_utf8_lossy(&buf[..received.bytes]).into_owned();
+            let fds = received.fds;
+            let text = String::from_utf8_lossy(&buf[..received.len]).into_owned();
             let lines: Vec<&str> = text.lines().collect();
             let name = lines
                 .iter()

@@ -67,10 +67,20 @@
 //! let ring = map.client_ring(layout, 0).unwrap();
 //! ring.reset();
 //! ```
+//!
+//! ```compile_fail
+//! // Rings live only in writable memory: no ring over a read-only mapping.
+//! use hreg_proto::ring::Layout;
+//! use hreg_proto::shm::{Mapping, ReadOnly};
+//! fn ring(map: &Mapping<ReadOnly>) {
+//!     let layout = Layout { entries: 2, data_size: 64, max_rings: 1 };
+//!     let _ = map.client_ring(layout, 0);
+//! }
+//! ```
 
 use crate::entry::ENTRY_SIZE;
 use crate::handoff::{self, Words};
-use crate::shm::{Access, Mapping};
+use crate::shm::{Mapping, ReadWrite};
 use crate::sync::{AtomicU32, AtomicU64};
 #[cfg(not(hreg_loom))]
 use std::sync::Arc;
@@ -222,18 +232,18 @@ fn stamp(counter: u32, entries: u32) -> u16 {
 /// when the view was made).
 #[derive(Clone, Copy)]
 struct RingMem<'a> {
-    map: &'a Mapping,
+    map: &'a Mapping<ReadWrite>,
     /// Offset of the ring in the mapping.
     at: usize,
     layout: Layout,
 }
 
 impl<'a> RingMem<'a> {
-    /// The view of ring `index` of `map`, if the mapping is writable, the
-    /// layout valid and the ring inside the mapping.
-    fn new(map: &'a Mapping, layout: Layout, index: u32) -> Option<RingMem<'a>> {
+    /// The view of ring `index` of `map`, if the layout is valid and the
+    /// ring inside the mapping.
+    fn new(map: &'a Mapping<ReadWrite>, layout: Layout, index: u32) -> Option<RingMem<'a>> {
         layout.validate().ok()?;
-        if index >= layout.max_rings || map.access() != Access::ReadWrite {
+        if index >= layout.max_rings {
             return None;
         }
         let at = index as usize * layout.ring_stride();
@@ -345,9 +355,10 @@ impl<'a> RingMem<'a> {
     }
 }
 
-impl Mapping {
+/// Rings and ready words exist only in writable memory (a session's).
+impl Mapping<ReadWrite> {
     /// The client's side of a ready word at `offset` (RING_OPENED names
-    /// it): `None` unless it lies 8-aligned inside this writable mapping.
+    /// it): `None` unless it lies 8-aligned inside this mapping.
     pub fn client_ready(&self, offset: usize) -> Option<ReadyWord<'_>> {
         self.ready_word_ok(offset)
             .then(|| ReadyWord(self.u64_at(offset)))
@@ -360,11 +371,11 @@ impl Mapping {
     }
 
     fn ready_word_ok(&self, offset: usize) -> bool {
-        self.access() == Access::ReadWrite && offset.is_multiple_of(8) && self.holds(offset, 8)
+        offset.is_multiple_of(8) && self.holds(offset, 8)
     }
 
     /// The client's side of ring `index`: `None` if this mapping cannot
-    /// hold it (read-only, too small, bad layout).
+    /// hold it (too small, bad layout).
     pub fn client_ring(&self, layout: Layout, index: u32) -> Option<ClientRing<'_>> {
         RingMem::new(self, layout, index).map(|mem| ClientRing(Ring(mem)))
     }
@@ -726,7 +737,7 @@ impl<'a> ServerRing<'a> {
 /// `Arc`, its server counters, and a view borrowed per use.
 #[cfg(not(hreg_loom))]
 pub struct SharedRing {
-    map: Arc<Mapping>,
+    map: Arc<Mapping<ReadWrite>>,
     layout: Layout,
     index: u32,
     counters: ServerCounters,
@@ -735,7 +746,7 @@ pub struct SharedRing {
 #[cfg(not(hreg_loom))]
 impl SharedRing {
     /// Ring `index` of `map`, if the mapping holds it.
-    pub fn new(map: Arc<Mapping>, layout: Layout, index: u32) -> Option<SharedRing> {
+    pub fn new(map: Arc<Mapping<ReadWrite>>, layout: Layout, index: u32) -> Option<SharedRing> {
         map.server_ring(layout, index)?;
         Some(SharedRing {
             map,

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use hreg_proto::pins::{self, ClientPins, Pin};
 use hreg_proto::ring::{ClientRing, Layout, ReadyWord};
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Access, Mapping, ReadOnly, ReadWrite};
 use hreg_proto::sync::AtomicU32;
 use rustix::fd::OwnedFd;
 use rustix::thread::futex;
@@ -22,13 +22,13 @@ use std::time::Duration;
 /// A mapping this process made; a forked child leaves it mapped (its
 /// parent's threads may be reading it through copies the child inherited).
 #[derive(Debug)]
-pub(crate) struct OwnedMapping {
-    map: ManuallyDrop<Mapping>,
+pub(crate) struct OwnedMapping<A: Access> {
+    map: ManuallyDrop<Mapping<A>>,
     /// The process that mapped it.
     owner: u32,
 }
 
-impl OwnedMapping {
+impl<A: Access> OwnedMapping<A> {
     /// Maps all of `fd`, of `len` bytes when given. Memory this client
     /// writes (the session's) must be a memfd the daemon sealed against
     /// shrinking and growing (checked: otherwise it could be shrunk under
@@ -36,13 +36,13 @@ impl OwnedMapping {
     /// the daemon's state directory, which cannot be sealed: a read-only
     /// descriptor of a file only the daemon's uid can resize, and the
     /// daemon never resizes its chunks.
-    pub(crate) fn sealed(fd: &OwnedFd, len: Option<usize>, access: Access) -> Result<OwnedMapping> {
+    pub(crate) fn sealed(fd: &OwnedFd, len: Option<usize>) -> Result<OwnedMapping<A>> {
         let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| {
             seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW)
         });
         let read_only = rustix::fs::fcntl_getfl(fd)
             .is_ok_and(|flags| flags & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDONLY);
-        if !(sealed || (access == Access::ReadOnly && read_only)) {
+        if !(sealed || (!A::WRITABLE && read_only)) {
             return Err(Error::Protocol(
                 "shared memory is not sealed against shrinking and growing".into(),
             ));
@@ -56,20 +56,20 @@ impl OwnedMapping {
             )));
         }
         Ok(OwnedMapping {
-            map: ManuallyDrop::new(Mapping::map(fd, size, access)?),
+            map: ManuallyDrop::new(Mapping::map(fd, size)?),
             owner: current_pid(),
         })
     }
 }
 
-impl std::ops::Deref for OwnedMapping {
-    type Target = Mapping;
-    fn deref(&self) -> &Mapping {
+impl<A: Access> std::ops::Deref for OwnedMapping<A> {
+    type Target = Mapping<A>;
+    fn deref(&self) -> &Mapping<A> {
         &self.map
     }
 }
 
-impl Drop for OwnedMapping {
+impl<A: Access> Drop for OwnedMapping<A> {
     fn drop(&mut self) {
         if self.owner == current_pid() {
             // SAFETY: dropped once, here; nothing uses the mapping after
@@ -83,7 +83,7 @@ impl Drop for OwnedMapping {
 /// read/write.
 #[derive(Debug)]
 pub(crate) struct SessionMapping {
-    map: OwnedMapping,
+    map: OwnedMapping<ReadWrite>,
     layout: Layout,
     pin_entries: usize,
     /// Bytes of values the session may hold borrowed at once.
@@ -127,7 +127,7 @@ impl SessionMapping {
         let without = hreg_proto::ring::ready_area_offset(&layout, pin_entries);
         let len = if size == without as i64 { without } else { len };
         Ok(SessionMapping {
-            map: OwnedMapping::sealed(memfd, Some(len), Access::ReadWrite)?,
+            map: OwnedMapping::sealed(memfd, Some(len))?,
             layout,
             pin_entries,
             pin_bytes,
@@ -194,7 +194,7 @@ impl PinnedBlock {
     /// (`hreg_proto::pins`); the caller keeps that session alive for longer
     /// than the block it gets.
     pub(crate) unsafe fn new(
-        map: &Mapping,
+        map: &Mapping<ReadOnly>,
         offset: usize,
         len: usize,
         pin: Pin<'_>,
@@ -228,7 +228,7 @@ impl PinnedBlock {
 }
 
 /// How a futex wait ended.
-pub(crate) enum Wake {
+pub(crate) enum WaitEnded {
     /// Woken, interrupted, or the word no longer held the value.
     Changed,
     TimedOut,
@@ -236,13 +236,13 @@ pub(crate) enum Wake {
 
 /// Sleeps while the ring's CQ tail word (`word`) still equals `seen`, at most
 /// `timeout`. A shared futex: the daemon wakes it from another process.
-pub(crate) fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) -> Result<Wake> {
+pub(crate) fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) -> Result<WaitEnded> {
     let ts = rustix::time::Timespec::try_from(timeout)
         .map_err(|_| Error::Io(std::io::Error::other("futex timeout out of range")))?;
     match futex::wait(word, futex::Flags::empty(), seen, Some(&ts)) {
-        Ok(()) => Ok(Wake::Changed),
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(Wake::Changed),
-        Err(rustix::io::Errno::TIMEDOUT) => Ok(Wake::TimedOut),
+        Ok(()) => Ok(WaitEnded::Changed),
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(WaitEnded::Changed),
+        Err(rustix::io::Errno::TIMEDOUT) => Ok(WaitEnded::TimedOut),
         Err(e) => Err(e.into()),
     }
 }
@@ -357,11 +357,11 @@ pub(crate) mod tests {
         let word = AtomicU32::new(5);
         assert!(matches!(
             futex_wait(&word, 4, Duration::from_millis(1)),
-            Ok(Wake::Changed)
+            Ok(WaitEnded::Changed)
         ));
         assert!(matches!(
             futex_wait(&word, 5, Duration::from_millis(1)),
-            Ok(Wake::TimedOut)
+            Ok(WaitEnded::TimedOut)
         ));
     }
 }

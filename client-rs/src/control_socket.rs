@@ -5,15 +5,11 @@
 
 use crate::error::{Error, Result};
 use hreg_proto::control::{ControlRequest, Reply, MAX_MESSAGE};
+use hreg_proto::fd_passing;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-};
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,20 +40,7 @@ pub(crate) fn send_with_fds(
 ) -> Result<()> {
     let bytes = request.encode();
     loop {
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut ancillary = SendAncillaryBuffer::new(&mut space);
-        if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(Error::Protocol(
-                "too many descriptors for one request".into(),
-            ));
-        }
-        let sent = rustix::net::sendmsg(
-            sock.as_fd(),
-            &[IoSlice::new(&bytes)],
-            &mut ancillary,
-            SendFlags::NOSIGNAL,
-        );
-        match sent {
+        match fd_passing::send(sock.as_fd(), &bytes, fds, SendFlags::empty()) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(n) => {
                 return Err(Error::Protocol(format!(
@@ -108,15 +91,12 @@ pub(crate) fn recv_within(sock: impl AsFd, deadline: Duration) -> Result<(Reply,
 /// EOF and SHUTDOWN give [`Error::Disconnected`].
 pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = [MaybeUninit::<u8>::uninit();
-        rustix::cmsg_space!(ScmRights(
-            hreg_proto::control::MAX_CHUNKS_PER_REPLY as usize
-        ))];
-    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let mut flags = RecvFlags::CMSG_CLOEXEC;
-    let msg = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match rustix::net::recvmsg(sock.as_fd(), &mut iov, &mut cmsg, flags) {
+    let max_fds = hreg_proto::control::MAX_CHUNKS_PER_REPLY as usize;
+    let mut flags = RecvFlags::empty();
+    // Every descriptor that came is owned by the packet, so each one we do
+    // not want is closed whatever happens next.
+    let packet = loop {
+        match fd_passing::recv(sock.as_fd(), &mut buf, max_fds, flags) {
             Err(Errno::INTR) => continue,
             // A peer that closed with our request unread resets the
             // connection, and the error comes before what it sent us (a
@@ -128,33 +108,25 @@ pub(crate) fn recv(sock: impl AsFd) -> Result<(Reply, Vec<OwnedFd>)> {
             other => break other?,
         }
     };
-    // Take ownership of every descriptor first, so that each one we do not
-    // want is closed whatever happens next.
-    let mut fds = Vec::new();
-    for message in cmsg.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
-    if msg.bytes == 0 {
+    if packet.len == 0 {
         return Err(Error::Disconnected);
     }
-    if msg.flags.contains(ReturnFlags::TRUNC) {
+    if packet.truncated {
         return Err(Error::Protocol(format!(
             "control packet longer than {MAX_MESSAGE} bytes"
         )));
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
+    if packet.fds_truncated {
         return Err(Error::Protocol(
             "too many descriptors attached to a reply".into(),
         ));
     }
-    let reply = Reply::decode(&buf[..msg.bytes.min(buf.len())])
+    let reply = Reply::decode(&buf[..packet.len.min(buf.len())])
         .map_err(|e| Error::Protocol(format!("bad control reply: {e}")))?;
     if reply == Reply::Shutdown {
         return Err(Error::Disconnected);
     }
-    Ok((reply, fds))
+    Ok((reply, packet.fds))
 }
 
 /// Sends `request` and receives its reply (within [`REPLY_DEADLINE`]). The

@@ -23,6 +23,11 @@
 //! read (it is *held*). Descriptors in flight are charged by the kernel to
 //! hregd's user, and past its RLIMIT_NOFILE every `sendmsg` with
 //! descriptors fails (ETOOMANYREFS): no uid can bring that about alone.
+//!
+//! How a packet comes in and goes out on one connection, and the budget
+//! itself, are [`transport`]'s; what is here is the routing of requests
+//! and the connections' lifecycle. A handler says whether the connection
+//! is still there ([`Connection`]).
 
 use crate::admin::{self, OpsRate};
 use crate::admission::{Admission, Arrival, PARKED_CAP, WAITING_SHARE};
@@ -32,12 +37,11 @@ use crate::listener::{Accepted, Listener};
 use crate::peer::{peer_process, unread_bytes, Peer, Process};
 use crate::ratelimit::warn_limited;
 use crate::session::Session;
-use crate::shm::SessionMemory;
+use crate::session_memory::SessionMemory;
 use crate::worker::Worker;
 use anyhow::Context;
 use hreg_proto::control::{
-    ControlRequest, MapDomain, Reply, UidHolds, UsageReply, Welcome, WorkerUsage,
-    MAX_CHUNKS_PER_REPLY, MAX_MESSAGE,
+    ControlRequest, MapDomain, Reply, UidHolds, UsageReply, Welcome, WorkerUsage, MAX_MESSAGE,
 };
 use hreg_proto::pins::PIN_ENTRIES;
 use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
@@ -45,16 +49,13 @@ use hreg_registry::{Holder, KeptSession, Registry, ROOT};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use transport::{has_bytes_waiting, os_refusal, refuse, send, FdBudget};
+
+mod transport;
 
 /// A connection must say HELLO within this time of being read, or it is
 /// refused.
@@ -89,6 +90,58 @@ const HELD_RECHECK: Duration = Duration::from_millis(5);
 pub const FIRST_CONN_KEY: u64 = 16;
 pub const LISTENER_KEY: u64 = 0;
 pub const BELL_KEY: u64 = 1;
+
+/// The first message of a connection, past its version: HELLO (a new
+/// session) or RESUME (a kept one taken back, with its memory).
+enum Handshake {
+    Hello {
+        name: String,
+    },
+    Resume {
+        id: u64,
+        token: [u8; 16],
+        fds: Vec<OwnedFd>,
+    },
+}
+
+/// A session HELLO or RESUME admitted, to be welcomed.
+struct Admitted {
+    peer: Peer,
+    name: String,
+    holder: Holder,
+    memory: SessionMemory,
+    memfd: OwnedFd,
+    resumed: bool,
+}
+
+/// Why a HELLO or RESUME is refused: the status and text the client gets
+/// (a message naming the limit, for QUOTA), and the reason for the log.
+struct Refusal {
+    status: Status,
+    message: String,
+    why: &'static str,
+}
+
+impl Refusal {
+    fn new(status: Status, message: String, why: &'static str) -> Refusal {
+        Refusal {
+            status,
+            message,
+            why,
+        }
+    }
+}
+
+/// Whether a connection is still there after handling what it sent: a
+/// handler that closed it says so, and its caller stops using its key.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Connection {
+    /// Still there: more may be read from it and sent to it.
+    Open,
+    /// Closed (refused, gone, or it could not take a reply).
+    Closed,
+}
 
 /// A connection and where it stands.
 struct Conn {
@@ -161,53 +214,6 @@ enum ConnState {
         since: Instant,
     },
     Attached(Arc<Session>),
-}
-
-/// How many descriptors the daemon may hold, and how many it keeps back.
-///
-/// Every connection holds one descriptor and every ring one (its
-/// doorbell). When few are left, new rings are refused (the client's
-/// thread shares one of its session's rings) and new connections are
-/// refused with a reply that names the limit, so a newcomer always hears
-/// an answer and the daemon keeps room to work.
-struct FdBudget {
-    limit: usize,
-    /// Descriptors the daemon holds for itself (measured at start).
-    base: usize,
-    reserve: usize,
-}
-
-impl FdBudget {
-    fn measure() -> FdBudget {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .map_or(usize::MAX, |n| n as usize);
-        let base = std::fs::read_dir("/proc/self/fd").map_or(64, |dir| dir.count());
-        FdBudget {
-            limit,
-            base,
-            reserve: (limit / 8).clamp(4, 64),
-        }
-    }
-
-    /// Whether `held` more descriptors leave the reserve intact.
-    fn allows(&self, held: usize, reserve_share: usize) -> bool {
-        self.base + held + self.reserve / reserve_share < self.limit
-    }
-
-    /// Descriptors one uid may hold (root is exempt): half of what is left
-    /// after the daemon's own and the reserve, so one uid never takes
-    /// everything.
-    fn uid_share(&self) -> usize {
-        (self.limit.saturating_sub(self.base + self.reserve) / 2).max(16)
-    }
-
-    /// Descriptors one uid may have in flight (sent in replies, not yet
-    /// read). The kernel charges them to hregd's user up to RLIMIT_NOFILE;
-    /// an eighth each leaves room for several uids and the daemon.
-    fn inflight_cap(&self) -> usize {
-        (self.limit / 8).clamp(2 * MAX_CHUNKS_PER_REPLY as usize, 65_536)
-    }
 }
 
 /// What the control thread owns: the listener, every connection, and the
@@ -325,11 +331,16 @@ impl Control {
         }
         keys.clear();
         keys.extend(events.iter().map(|e| e.data.u64()));
+        self.new_wakeup();
+        Ok(())
+    }
+
+    /// A new wakeup: every uid's control work starts from nothing again.
+    fn new_wakeup(&mut self) {
         self.holds.retain(|_, hold| {
             hold.work = 0;
             !hold.is_empty()
         });
-        Ok(())
     }
 
     /// Handles the events of one wakeup: the daemon's own first, then the
@@ -740,39 +751,22 @@ impl Control {
             let Some(conn) = self.conns.get(&key) else {
                 return false;
             };
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
-            let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
-                &conn.fd,
-                &mut [IoSliceMut::new(buf)],
-                &mut ancillary,
-                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-            );
-            // Owned at once: any a request does not take are closed unread.
-            let fds: Vec<OwnedFd> = ancillary
-                .drain()
-                .filter_map(|message| match message {
-                    RecvAncillaryMessage::ScmRights(fds) => Some(fds),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            return match received {
-                Ok(msg) if msg.bytes == 0 => {
+            return match transport::receive(&conn.fd, buf) {
+                Ok(packet) if packet.len == 0 => {
                     self.close(key, "end of file");
                     false
                 }
-                Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) => {
+                Ok(packet) if packet.truncated => {
                     self.refuse_or_close(key, "message too long");
                     false
                 }
-                Ok(msg) => {
+                Ok(packet) => {
                     let began = Instant::now();
-                    let open = self.request(key, &buf[..msg.bytes], fds);
+                    let connection = self.request(key, &buf[..packet.len], packet.fds);
                     let took = u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX);
                     let hold = self.hold(uid);
                     hold.work = hold.work.saturating_add(took.max(MIN_REQUEST_COST));
-                    open
+                    connection == Connection::Open
                 }
                 Err(Errno::AGAIN) => false,
                 Err(Errno::INTR) => continue,
@@ -785,8 +779,8 @@ impl Control {
     }
 
     /// Handles one request (`fds`: the descriptors it came with; only
-    /// RESUME takes one); returns false when the connection is gone.
-    fn request(&mut self, key: u64, bytes: &[u8], fds: Vec<OwnedFd>) -> bool {
+    /// RESUME takes one); whether the connection is still there.
+    fn request(&mut self, key: u64, bytes: &[u8], fds: Vec<OwnedFd>) -> Connection {
         let (attached, uid) = match self.conns.get(&key) {
             Some(Conn {
                 state: ConnState::Attached(session),
@@ -794,17 +788,19 @@ impl Control {
                 ..
             }) => (Some(Arc::clone(session)), peer.uid),
             Some(conn) => (None, conn.peer.uid),
-            None => return false,
+            None => return Connection::Closed,
         };
         let request = match ControlRequest::decode(bytes) {
             Ok(request) => request,
             Err(e) => {
                 self.refuse_or_close(key, &format!("bad message: {e}"));
-                return false;
+                return Connection::Closed;
             }
         };
         match (request, attached) {
-            (ControlRequest::Hello { version, name }, None) => self.hello(key, version, name),
+            (ControlRequest::Hello { version, name }, None) => {
+                self.handshake(key, version, Handshake::Hello { name })
+            }
             (
                 ControlRequest::Resume {
                     version,
@@ -812,14 +808,21 @@ impl Control {
                     token,
                 },
                 None,
-            ) => self.resume(key, version, session_id, token, fds),
+            ) => {
+                let how = Handshake::Resume {
+                    id: session_id,
+                    token,
+                    fds,
+                };
+                self.handshake(key, version, how)
+            }
             (ControlRequest::Hello { .. } | ControlRequest::Resume { .. }, Some(_)) => {
                 self.close(key, "second HELLO");
-                false
+                Connection::Closed
             }
             (_, None) => {
                 self.refuse_or_close(key, "first message must be HELLO or RESUME");
-                false
+                Connection::Closed
             }
             (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
             (ControlRequest::RingClose { index }, Some(session)) => {
@@ -848,7 +851,7 @@ impl Control {
             }
             (ControlRequest::Goodbye, Some(_)) => {
                 self.close(key, "goodbye");
-                false
+                Connection::Closed
             }
             (ControlRequest::Sessions { cursor }, Some(caller)) => {
                 let reply = match caller.peer.uid {
@@ -917,19 +920,37 @@ impl Control {
         }
     }
 
-    /// Refuses HELLO with `status` and a message naming the limit.
-    fn refuse_hello(&mut self, key: u64, status: Status, message: String, why: &str) -> bool {
-        warn_limited(|| tracing::warn!(reason = why, "refused attach: {message}"));
-        let _ = self.reply(
-            key,
-            &Reply::Refused {
-                status: status as u32,
+    /// HELLO or RESUME from connection `key`: the session admitted and
+    /// welcomed, or the connection refused and closed, here and nowhere
+    /// else.
+    fn handshake(&mut self, key: u64, version: u32, how: Handshake) -> Connection {
+        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
+            return Connection::Closed;
+        };
+        let admitted = match how {
+            Handshake::Hello { name } => self.hello(peer, version, name),
+            Handshake::Resume { id, token, fds } => self.resume(peer, version, id, token, fds),
+        };
+        match admitted.and_then(|admitted| self.attach(key, admitted)) {
+            Ok(connection) => connection,
+            Err(Refusal {
+                status,
                 message,
-            },
-            &[],
-        );
-        self.close(key, why);
-        false
+                why,
+            }) => {
+                warn_limited(|| tracing::warn!(reason = why, "refused attach: {message}"));
+                let _ = self.reply(
+                    key,
+                    &Reply::Refused {
+                        status: status as u32,
+                        message,
+                    },
+                    &[],
+                );
+                self.close(key, why);
+                Connection::Closed
+            }
+        }
     }
 
     /// Whether `peer` may attach one more session (`resuming`: the kept
@@ -937,16 +958,11 @@ impl Control {
     /// (status, message naming the limit, reason for the log) otherwise.
     /// Kept sessions hold their slots until they resume or their grace
     /// ends, so a restart does not hand them to others.
-    fn admits(
-        &self,
-        peer: &Peer,
-        version: u32,
-        resuming: Option<u64>,
-    ) -> Result<(), (Status, String, &'static str)> {
+    fn admits(&self, peer: &Peer, version: u32, resuming: Option<u64>) -> Result<(), Refusal> {
         if version != PROTOCOL_VERSION {
             let message =
                 format!("daemon speaks protocol {PROTOCOL_VERSION}, client sent {version}");
-            return Err((Status::Version, message, "version mismatch"));
+            return Err(Refusal::new(Status::Version, message, "version mismatch"));
         }
         if !self.config.allow_overflow_uid && crate::peer::is_unmapped(peer.uid) {
             let message = format!(
@@ -955,7 +971,7 @@ impl Control {
                  host's user namespace, or set allow_overflow_uid to let them share one domain",
                 peer.uid
             );
-            return Err((Status::Denied, message, "unmapped uid"));
+            return Err(Refusal::new(Status::Denied, message, "unmapped uid"));
         }
         let limits = self.config.limits;
         let others_kept = |of_uid: Option<u32>| {
@@ -972,7 +988,7 @@ impl Control {
                 "{} sessions attached or kept for a resume, the daemon's cap",
                 limits.max_sessions
             ));
-            return Err((Status::Quota, message, "session cap"));
+            return Err(Refusal::new(Status::Quota, message, "session cap"));
         }
         let uid_held = self.admission.sessions(peer.uid) + others_kept(Some(peer.uid));
         if peer.uid != ROOT && uid_held >= limits.uid_max_sessions {
@@ -980,75 +996,85 @@ impl Control {
                 "uid {} has {uid_held} sessions attached or kept for a resume, the cap per uid is {}",
                 peer.uid, limits.uid_max_sessions
             ));
-            return Err((Status::Quota, message, "uid session cap"));
+            return Err(Refusal::new(Status::Quota, message, "uid session cap"));
         }
         Ok(())
     }
 
-    fn hello(&mut self, key: u64, version: u32, name: String) -> bool {
-        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
-            return false;
-        };
-        if let Err((status, message, why)) = self.admits(&peer, version, None) {
-            return self.refuse_hello(key, status, message, why);
-        }
+    /// HELLO: a new session for `peer`, if it may have one.
+    fn hello(&mut self, peer: Peer, version: u32, name: String) -> Result<Admitted, Refusal> {
+        self.admits(&peer, version, None)?;
         if name.chars().any(char::is_control) {
             let message = "the client name must be text: control characters are refused".into();
-            return self.refuse_hello(key, Status::Invalid, message, "control characters in name");
+            return Err(Refusal::new(
+                Status::Invalid,
+                message,
+                "control characters in name",
+            ));
         }
         let (memory, memfd) = match SessionMemory::create(self.config.layout) {
             Ok(made) => made,
             Err(e) => {
                 let (status, message) = os_refusal(&e, "cannot create session memory");
-                return self.refuse_hello(key, status, message, "no memory");
+                return Err(Refusal::new(status, message, "no memory"));
             }
         };
         let holder = match self.registry.holder(peer.uid) {
             Ok(holder) => holder,
             Err(e) => {
                 let (status, message) = os_refusal(&e, "cannot create the session's record");
-                return self.refuse_hello(key, status, message, "no memory");
+                return Err(Refusal::new(status, message, "no memory"));
             }
         };
-        self.attach(key, peer, name, holder, memory, memfd, false)
+        Ok(Admitted {
+            peer,
+            name,
+            holder,
+            memory,
+            memfd,
+            resumed: false,
+        })
     }
 
     /// RESUME: gives a kept session back to its client, with the session
     /// memory the client brought (its pin table as it left it, fresh rings).
     fn resume(
         &mut self,
-        key: u64,
+        peer: Peer,
         version: u32,
         id: u64,
         token: [u8; 16],
         fds: Vec<OwnedFd>,
-    ) -> bool {
-        let Some(peer) = self.conns.get(&key).map(|c| c.peer) else {
-            return false;
-        };
-        if let Err((status, message, why)) = self.admits(&peer, version, Some(id)) {
-            return self.refuse_hello(key, status, message, why);
-        }
+    ) -> Result<Admitted, Refusal> {
+        self.admits(&peer, version, Some(id))?;
         let Some((kept, _)) = self.kept.get(&id) else {
             let message = format!(
                 "no session {id} to resume: the daemon did not keep its state, or the grace period passed"
             );
-            return self.refuse_hello(key, Status::Stale, message, "unknown session");
+            return Err(Refusal::new(Status::Stale, message, "unknown session"));
         };
         let owner = kept.key();
         if owner.uid != peer.uid || !same_secret(&owner.token, &token) {
             let message = format!("session {id} is not this client's to resume");
-            return self.refuse_hello(key, Status::Denied, message, "resume denied");
+            return Err(Refusal::new(Status::Denied, message, "resume denied"));
         }
         let Some(memfd) = fds.into_iter().next() else {
             let message = "RESUME must carry the session's memory".to_owned();
-            return self.refuse_hello(key, Status::Protocol, message, "resume without memory");
+            return Err(Refusal::new(
+                Status::Protocol,
+                message,
+                "resume without memory",
+            ));
         };
         let memory = match SessionMemory::adopt(&memfd, self.config.layout) {
             Ok(memory) => memory,
             Err(e) => {
                 let message = format!("the session memory brought back does not fit: {e}");
-                return self.refuse_hello(key, Status::Protocol, message, "resume with bad memory");
+                return Err(Refusal::new(
+                    Status::Protocol,
+                    message,
+                    "resume with bad memory",
+                ));
             }
         };
         let (kept, _) = self.kept.remove(&id).expect("found above");
@@ -1059,32 +1085,29 @@ impl Control {
             uid = peer.uid,
             "kept session resumed"
         );
-        self.attach(
-            key,
+        Ok(Admitted {
             peer,
-            format!("resumed #{id}"),
-            kept.holder,
+            name: format!("resumed #{id}"),
+            holder: kept.holder,
             memory,
             memfd,
-            true,
-        )
+            resumed: true,
+        })
     }
 
     /// Sends WELCOME with the session's memory and the registry header, and
     /// marks the connection attached. A session that cannot attach ends
     /// here (its references released, its record removed), whether it was
-    /// new or `resumed`.
-    #[allow(clippy::too_many_arguments)]
-    fn attach(
-        &mut self,
-        key: u64,
-        peer: Peer,
-        name: String,
-        holder: Holder,
-        memory: SessionMemory,
-        memfd: OwnedFd,
-        resumed: bool,
-    ) -> bool {
+    /// new or resumed.
+    fn attach(&mut self, key: u64, admitted: Admitted) -> Result<Connection, Refusal> {
+        let Admitted {
+            peer,
+            name,
+            holder,
+            memory,
+            memfd,
+            resumed,
+        } = admitted;
         let registry = Arc::clone(&self.registry);
         let header =
             match injected_attach_failure(resumed).and_then(|()| registry.header_for_client()) {
@@ -1094,7 +1117,7 @@ impl Control {
                     // references released, its record removed.
                     self.registry.release_all(&holder);
                     let (status, message) = os_refusal(&e, "cannot open the registry header");
-                    return self.refuse_hello(key, status, message, "no descriptor");
+                    return Err(Refusal::new(status, message, "no descriptor"));
                 }
             };
         let limits = self.config.limits;
@@ -1141,8 +1164,8 @@ impl Control {
             Arc::clone(&self.bell),
             Arc::clone(&self.live_sessions),
         ));
-        if !self.reply(key, &Reply::Welcome(welcome), &fds) {
-            return false;
+        if let Connection::Closed = self.reply(key, &Reply::Welcome(welcome), &fds) {
+            return Ok(Connection::Closed);
         }
         drop(memfd);
         tracing::info!(session = id, pid = peer.pid, uid = peer.uid, name = %session.name, "session attached");
@@ -1157,7 +1180,7 @@ impl Control {
         if let Some(next) = self.admission.done_waiting(peer.uid, true) {
             self.start_waiting(next);
         }
-        true
+        Ok(Connection::Open)
     }
 
     /// MAP_DOMAIN: a read-only descriptor of the slot chunk and of the heap
@@ -1170,7 +1193,7 @@ impl Control {
         domain: u32,
         slot_chunk: u32,
         heap_chunk: u32,
-    ) -> bool {
+    ) -> Connection {
         let wanted = |chunk: u32| (chunk != MapDomain::NONE).then_some(chunk as usize);
         let registry = Arc::clone(&self.registry);
         let uid = session.peer.uid;
@@ -1217,7 +1240,7 @@ impl Control {
     /// client's thread then shares a ring) at the session's or the uid's
     /// ring cap, or when a new doorbell would pass the uid's descriptor
     /// share or the daemon's reserve.
-    fn ring_open(&mut self, key: u64, session: &Arc<Session>) -> bool {
+    fn ring_open(&mut self, key: u64, session: &Arc<Session>) -> Connection {
         let error = |status: Status, message: String| Reply::Error {
             status: status as u32,
             message,
@@ -1277,9 +1300,9 @@ impl Control {
             index,
             ready_at: Some(ready_at as u64),
         };
-        if !self.reply(key, &opened, &[bell.fd()]) {
+        if let Connection::Closed = self.reply(key, &opened, &[bell.fd()]) {
             session.free_ring(index);
-            return false;
+            return Connection::Closed;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.rings.push(index);
@@ -1287,7 +1310,7 @@ impl Control {
         self.hold(uid).rings += 1;
         worker.serve(Arc::clone(session), index, bell, ready_at);
         self.ring_workers.insert((session.id, index), worker_at);
-        true
+        Connection::Open
     }
 
     /// The session's doorbell for worker `worker_at`, made (and counted
@@ -1310,9 +1333,9 @@ impl Control {
     }
 
     /// Sends a reply; a peer that cannot take it loses its connection.
-    fn reply(&mut self, key: u64, reply: &Reply, fds: &[BorrowedFd<'_>]) -> bool {
+    fn reply(&mut self, key: u64, reply: &Reply, fds: &[BorrowedFd<'_>]) -> Connection {
         let Some(conn) = self.conns.get(&key) else {
-            return false;
+            return Connection::Closed;
         };
         match send(conn.fd.as_fd(), reply, fds) {
             Ok(()) => {
@@ -1323,11 +1346,11 @@ impl Control {
                     }
                     self.hold(uid).inflight += fds.len();
                 }
-                true
+                Connection::Open
             }
             Err(_) => {
                 self.close(key, "cannot send reply");
-                false
+                Connection::Closed
             }
         }
     }
@@ -1468,43 +1491,6 @@ fn watch(poll: &OwnedFd, fd: impl AsFd, key: u64) -> rustix::io::Result<()> {
     )
 }
 
-/// Whether the peer sent something we have not read yet.
-fn has_bytes_waiting(fd: &OwnedFd) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(
-        rustix::net::recv(fd, &mut probe, RecvFlags::DONTWAIT | RecvFlags::PEEK),
-        Ok((_, n)) if n > 0
-    )
-}
-
-/// Sends REFUSED on a connection that is about to be closed (best effort).
-/// What the peer sent is read away first: closing a socket with unread
-/// data resets the connection, and the peer then sees the reset before our
-/// reply.
-fn refuse(fd: &OwnedFd, status: Status, message: &str) {
-    let mut sink = [0u8; 256];
-    while matches!(
-        rustix::net::recv(fd, &mut sink, RecvFlags::DONTWAIT),
-        Ok((_, n)) if n > 0
-    ) {}
-    let reply = Reply::Refused {
-        status: status as u32,
-        message: message.to_string(),
-    };
-    let _ = send(fd.as_fd(), &reply, &[]);
-}
-
-/// The status and text for `what` failing with `e`: QUOTA naming
-/// [`Limit::FileDescriptors`] when descriptors ran out, else IO.
-fn os_refusal(e: &std::io::Error, what: &str) -> (Status, String) {
-    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-        let message = Limit::FileDescriptors.refusal_text(format_args!("{what}: {e}"));
-        (Status::Quota, message)
-    } else {
-        (Status::Io, format!("{what}: {e}"))
-    }
-}
-
 /// A test hook of debug builds: `HREG_TEST_FAIL_ATTACH=hello:N` (or
 /// `resume:N`) makes the next N attaches of that kind fail after their
 /// holder is made, as if the registry header could not be reopened.
@@ -1536,27 +1522,6 @@ fn same_secret(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Sends one message, with the descriptors `fds` (at most
-/// [`MAX_CHUNKS_PER_REPLY`]), never blocking and never raising SIGPIPE.
-fn send(socket: BorrowedFd<'_>, reply: &Reply, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    let bytes = reply.encode();
-    let mut space = [MaybeUninit::<u8>::uninit();
-        rustix::cmsg_space!(ScmRights(MAX_CHUNKS_PER_REPLY as usize))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(std::io::Error::other(
-            "too many descriptors for one message",
-        ));
-    }
-    rustix::net::sendmsg(
-        socket,
-        &[IoSlice::new(&bytes)],
-        &mut ancillary,
-        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     //! The control thread's decisions with socket pairs for connections
@@ -1565,7 +1530,7 @@ mod tests {
     use super::*;
     use crate::config::Args;
     use hreg_proto::control::{ListFilter, StatsReply};
-    use rustix::net::{AddressFamily, SocketType};
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 
     struct Harness {
         control: Control,
@@ -1625,8 +1590,17 @@ mod tests {
         /// returns the reply, if one came.
         fn ask(&mut self, peer: &TestPeer, request: &ControlRequest) -> Option<Reply> {
             rustix::net::send(&peer.fd, &request.encode(), SendFlags::empty()).unwrap();
-            self.control.dispatch(peer.key);
+            self.dispatch(peer.key);
             reply(peer)
+        }
+
+        /// Lets the control thread handle an event of `key` in a wakeup
+        /// of its own, as the event loop would (each uid's work budget
+        /// starts afresh; otherwise a slow WELCOME on a loaded machine
+        /// would leave the next request of its uid unread).
+        fn dispatch(&mut self, key: u64) {
+            self.control.new_wakeup();
+            self.control.dispatch(key);
         }
 
         fn hello(&mut self, peer: &TestPeer, version: u32) -> Option<Reply> {
@@ -1667,7 +1641,7 @@ mod tests {
         assert_eq!(status, Status::Protocol as u32);
         let peer = h.connect(1000);
         rustix::net::send(&peer.fd, b"garbage", SendFlags::empty()).unwrap();
-        h.control.dispatch(peer.key);
+        h.dispatch(peer.key);
         assert_eq!(refused(reply(&peer)).0, Status::Protocol as u32);
         let peer = h.connect(1000);
         assert!(matches!(
@@ -1748,7 +1722,7 @@ mod tests {
             h.control.conns[&parked.key].state,
             ConnState::Waiting { .. }
         ));
-        h.control.dispatch(parked.key);
+        h.dispatch(parked.key);
         assert!(matches!(reply(&parked), Some(Reply::Welcome(_))));
     }
 

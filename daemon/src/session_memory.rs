@@ -11,7 +11,7 @@
 
 use hreg_proto::pins::{self, PIN_ENTRIES};
 use hreg_proto::ring::{Layout, ServerRing, SharedRing};
-use hreg_proto::shm::{Access, Mapping};
+use hreg_proto::shm::{Mapping, ReadWrite};
 use rustix::fd::OwnedFd;
 use rustix::fs::SealFlags;
 use std::io;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// The mapped memory of one session.
 pub struct SessionMemory {
-    map: Arc<Mapping>,
+    map: Arc<Mapping<ReadWrite>>,
     layout: Layout,
 }
 
@@ -28,7 +28,7 @@ impl SessionMemory {
     pub fn create(layout: Layout) -> io::Result<(SessionMemory, OwnedFd)> {
         let len = SessionMemory::len(layout);
         let fd = hreg_registry::sealed_memfd("hreg-session", len as u64)?;
-        let map = Mapping::map(&fd, len, Access::ReadWrite)?;
+        let map = Mapping::map(&fd, len)?;
         Ok((
             SessionMemory {
                 map: Arc::new(map),
@@ -58,7 +58,7 @@ impl SessionMemory {
             ));
         }
         let memory = SessionMemory {
-            map: Arc::new(Mapping::map(fd, len, Access::ReadWrite)?),
+            map: Arc::new(Mapping::map(fd, len)?),
             layout,
         };
         memory.map.discard(0, SessionMemory::pins_offset(layout));
@@ -91,7 +91,7 @@ impl SessionMemory {
     }
 
     /// The mapping, shared (the registry reads the pin table through it).
-    pub fn shared_mapping(&self) -> Arc<Mapping> {
+    pub fn shared_mapping(&self) -> Arc<Mapping<ReadWrite>> {
         Arc::clone(&self.map)
     }
 
@@ -110,7 +110,7 @@ impl SessionMemory {
     }
 
     /// The mapping itself (tests play the client's side over it).
-    pub fn mapping(&self) -> &Mapping {
+    pub fn mapping(&self) -> &Mapping<ReadWrite> {
         &self.map
     }
 
