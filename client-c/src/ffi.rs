@@ -318,7 +318,7 @@ unsafe fn prepare<'a>(op: &hreg_op, max_value: usize) -> Result<Op<'a>, c_int> {
         O::Retain => Op::Retain(handle(op.handle)?),
         O::Release => Op::Release(handle(op.handle)?),
         O::Remove => Op::Remove(handle(op.handle)?),
-        O::StageWrite | O::StageRead => return Err(INVALID),
+        O::StageWrite | O::StageRead | O::Reserve | O::Sync => return Err(INVALID),
     })
 }
 

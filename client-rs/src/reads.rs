@@ -421,6 +421,9 @@ impl Reads {
                 Read::Value { len } => return Resolved::Value(len as usize),
                 Read::Buffer { len } => return Resolved::Buffer(len as usize),
                 Read::Stale => return Resolved::Stale,
+                // Granted ahead, its insert not applied yet: the daemon
+                // says when it is (`crate::engine` asks again).
+                Read::Reserved { .. } => return Resolved::Ring,
                 Read::Unmapped { chunk } if !fetched => {
                     fetched = true;
                     if !matches!(self.fetch(source, parts.domain, chunk), Ok(true)) {
@@ -461,6 +464,8 @@ impl Reads {
                 // A handle already gone is STALE, and a value kept in its
                 // slot needs no pin (it is copied), before any QUOTA.
                 Borrow::Stale => return Err(Error::Stale),
+                // Not filled yet: through the ring, which waits for it.
+                Borrow::Reserved => return Ok(None),
                 Borrow::Inline => return self.copy_inline(&view, &parts),
                 Borrow::Refused => return Err(Error::quota(Limit::BorrowedReferences)),
             };
@@ -504,8 +509,11 @@ impl Reads {
                 Read::Value { .. } => return Ok(Some(Borrowed::Copied(value))),
                 Read::Stale => return Err(Error::Stale),
                 Read::Torn => std::hint::spin_loop(),
-                // Moved to the heap meanwhile: the caller's ring fallback.
-                Read::Buffer { .. } | Read::Unmapped { .. } => return Ok(None),
+                // Moved to the heap meanwhile, or reserved: the caller's
+                // ring fallback.
+                Read::Buffer { .. } | Read::Unmapped { .. } | Read::Reserved { .. } => {
+                    return Ok(None)
+                }
             }
         }
         Ok(None)

@@ -39,6 +39,14 @@ pub mod cqe_flags {
     /// The value was too large for the region given and waits in the ring's
     /// staging buffer; fetch it with STAGE_READ.
     pub const STAGED: u16 = 0x4;
+    /// With STALE: the handle is granted ahead to a session whose insert
+    /// is not applied yet (it may have returned in another process): ask
+    /// again shortly, and take STALE only after a bounded wait.
+    pub const RESERVED: u16 = 0x8;
+    /// On RESERVE's completion: the daemon applies posted writes, so the
+    /// session may post (absent: write synchronously; a daemon that keeps
+    /// its state across restarts grants nothing yet).
+    pub const POSTING: u16 = 0x10;
 }
 
 /// A submission entry.
@@ -475,7 +483,7 @@ impl RingRequest {
             }
             Opcode::Reserve => {
                 plain_range()?;
-                if len % 8 != 0 || !(8..=8 * MAX_GRANT).contains(&len) {
+                if !len.is_multiple_of(8) || !(8..=8 * MAX_GRANT).contains(&len) {
                     return invalid;
                 }
                 RingRequest::Reserve {

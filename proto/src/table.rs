@@ -183,8 +183,8 @@ pub const STATE_FREE: u64 = 0;
 pub const STATE_INLINE: u64 = 1;
 /// Slot state: the value is in the domain's heap, at word 2's address.
 pub const STATE_HEAP: u64 = 2;
-/// Slot state: no object yet; reserved for the session whose id is in the
-/// length word's low 32 bits (a handle granted ahead, issue 19).
+/// Slot state: no object yet; reserved for the session whose id is in
+/// word 2 (a handle granted ahead, issue 19).
 pub const STATE_RESERVED: u64 = 3;
 
 impl Slot {

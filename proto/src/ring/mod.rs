@@ -696,6 +696,27 @@ impl<'a> ServerRing<'a> {
         Ok(served)
     }
 
+    /// Takes up to `max` published submissions without completing them:
+    /// `apply` gets a copy of each. For a ring whose session ends: what its
+    /// client posted is applied before the daemon cleans up after it, and
+    /// no completion is written (nobody reads them; the CQ may be full).
+    /// A well-behaved client has at most `entries` unserved.
+    pub fn drain(
+        &self,
+        counters: &mut ServerCounters,
+        max: u32,
+        mut apply: impl FnMut(&[u8; ENTRY_SIZE]),
+    ) -> u32 {
+        let mut taken = 0;
+        while taken < max && self.has_work(counters) {
+            let request = self.0 .0.read_entry(self.0 .0.sq_at(counters.sq_head));
+            apply(&request);
+            counters.sq_head = counters.sq_head.wrapping_add(1);
+            taken += 1;
+        }
+        taken
+    }
+
     fn publish(&self, counters: &ServerCounters, waker: &impl Wake) {
         let words = self.0 .0.words();
         if handoff::publish_completions(words, counters.sq_head, counters.cq_tail) {
