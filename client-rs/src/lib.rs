@@ -25,6 +25,7 @@ mod control;
 mod engine;
 mod error;
 mod plan;
+mod posted;
 mod reads;
 mod rings;
 mod session;

@@ -24,7 +24,8 @@ use hreg_proto::handle::{Handle, HandleParts, MAX_DOMAINS};
 use hreg_proto::pins::{Borrow, ClientPins};
 use hreg_proto::shm::{Access, Mapping};
 use hreg_proto::table::{
-    header::Header, slot_chunk_len, slot_place, Read, SlotView, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
+    header::Header, slot_chunk_len, slot_place, Located, Read, SlotView, MAX_HEAP_CHUNKS,
+    MAX_SLOT_CHUNKS,
 };
 use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
@@ -129,6 +130,20 @@ impl Output<'_> {
             }
         }
     }
+}
+
+/// What a handle's slot holds, as [`Reads::probe`] found it here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A live object.
+    Live,
+    /// No object of this handle.
+    Stale,
+    /// Granted ahead to the session whose id's low 32 bits these are; its
+    /// insert is not applied yet.
+    Reserved { session: u32 },
+    /// Not readable here.
+    Unknown,
 }
 
 /// What a local read came to (small, so the hot path moves little).
@@ -435,6 +450,29 @@ impl Reads {
             }
         }
         Resolved::Ring
+    }
+
+    /// What `handle`'s slot holds now, read here without copying the
+    /// value (for writes answered without the daemon).
+    pub(crate) fn probe(&self, source: &dyn ChunkSource, handle: Handle) -> Probe {
+        if self.ring_only {
+            return Probe::Unknown;
+        }
+        let parts = HandleParts::decode(handle.get());
+        let view = match self.slot(source, &parts) {
+            Ok(Some((_, view))) => view,
+            Err(Error::Stale) => return Probe::Stale,
+            Ok(None) | Err(_) => return Probe::Unknown,
+        };
+        for _ in 0..TORN_RETRIES {
+            match view.locate(parts.generation) {
+                Located::Stale => return Probe::Stale,
+                Located::Reserved { session } => return Probe::Reserved { session },
+                Located::Inline { .. } | Located::Heap { .. } => return Probe::Live,
+                Located::Torn => std::hint::spin_loop(),
+            }
+        }
+        Probe::Unknown
     }
 
     /// Borrows the value of `handle`: pins its block in `pins` (the pin

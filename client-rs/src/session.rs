@@ -10,6 +10,7 @@
 use crate::control::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
+use crate::posted::Posting;
 use crate::reads::{Chunk, ChunkSource, Reads};
 use crate::shm::{self, SessionMapping};
 use hreg_proto::control::{clip, ControlRequest, MapDomain, Reply, Welcome};
@@ -61,6 +62,9 @@ pub(crate) struct Session {
     generation: AtomicU64,
     /// This session, for the thread that resumes it.
     me: Weak<Session>,
+    /// Posted writes: handles ahead, credit, references, late failures
+    /// (the client's, over all its rings).
+    pub(crate) posting: Posting,
 }
 
 impl Session {
@@ -164,6 +168,7 @@ impl Session {
             state: AtomicU8::new(ATTACHED),
             generation: AtomicU64::new(0),
             me: me.clone(),
+            posting: Posting::default(),
         }))
     }
 

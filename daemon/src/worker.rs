@@ -836,7 +836,7 @@ fn execute(
         Ok(RingRequest::StageWrite { .. }
             | RingRequest::StageRead { .. }
             | RingRequest::Reserve { .. }
-            | RingRequest::Sync)
+            | RingRequest::Sync { .. })
     );
     // A posted release of an object that died meanwhile is done: the
     // reference died with the object.
@@ -859,6 +859,14 @@ fn execute(
             return (cqe, public);
         }
     };
+    if refusal.status() == Status::Stale
+        && sqe.handle != 0
+        && Handle::new(sqe.handle).is_some_and(|h| session.registry().reserved_for(h).is_some())
+    {
+        // Granted ahead, its insert not applied yet (it may have returned
+        // in another process): the client asks again.
+        cqe.entry_flags |= cqe_flags::RESERVED;
+    }
     cqe.status = refusal.status() as u32;
     if refusal.status() == Status::Quota {
         // The client learns which limit from the completion, the operator
@@ -978,7 +986,10 @@ impl Run<'_, '_> {
                 want,
             } => self.reserve(shared, region_off, want),
             // Entries are applied in order: every earlier one is.
-            RingRequest::Sync => Ok(()),
+            RingRequest::Sync { give_back } => {
+                self.cqe.handle = registry.give_back_credit(holder, give_back);
+                Ok(())
+            }
             RingRequest::Replace { handle, value } => {
                 let bytes = self.value_in(value, registry, scratch)?;
                 registry.replace(holder, handle, bytes)?;
@@ -1057,7 +1068,7 @@ impl Run<'_, '_> {
         } = self;
         let registry = session.registry();
         let holder = &session.holder;
-        let read = registry.get_with(holder, handle, |value| {
+        registry.get_with(holder, handle, |value| {
             cqe.value_len = value.len() as u32;
             if value.len() as u64 > capacity {
                 return Err(Status::Buffer.into());
@@ -1076,17 +1087,7 @@ impl Run<'_, '_> {
                 cqe.entry_flags = cqe_flags::STAGED;
             }
             Ok(())
-        });
-        match read {
-            Ok(done) => done,
-            Err(Status::Stale) if registry.reserved_for(handle).is_some() => {
-                // Granted ahead, its insert not applied yet: the reader
-                // asks again (the insert may have returned already).
-                cqe.entry_flags = cqe_flags::RESERVED;
-                Err(Status::Stale.into())
-            }
-            Err(status) => Err(status.into()),
-        }
+        })?
     }
 
     /// RESERVE: handles granted ahead written into the data area at

@@ -111,7 +111,10 @@ pub fn ring_entry(data: &[u8]) {
             assert!((1..=entry::MAX_GRANT).contains(&want), "{request:?}");
             assert!(inside(region_off, want * 8), "{request:?}");
         }
-        entry::RingRequest::Sync => assert!(!entry::RingRequest::is_posted(&sqe)),
+        entry::RingRequest::Sync { give_back } => {
+            assert!(!entry::RingRequest::is_posted(&sqe));
+            assert_eq!(give_back, sqe.inline_u64());
+        }
     }
     // Only INSERT (into a named handle), RETAIN and RELEASE may be posted.
     if entry::RingRequest::is_posted(&sqe) {

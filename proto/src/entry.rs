@@ -380,8 +380,14 @@ pub enum RingRequest {
         /// [`MAX_GRANT`].
         want: usize,
     },
-    /// Complete once every earlier entry of the ring is applied.
-    Sync,
+    /// Complete once every earlier entry of the ring is applied, giving
+    /// back up to `give_back` bytes of the session's byte credit (the
+    /// entry's first inline `u64`; 0: none), for a client that met a byte
+    /// limit with credit unspent.
+    Sync {
+        /// Bytes of credit given back.
+        give_back: u64,
+    },
 }
 
 /// Most handles one RESERVE may grant.
@@ -492,7 +498,9 @@ impl RingRequest {
                     want: len / 8,
                 }
             }
-            Opcode::Sync => RingRequest::Sync,
+            Opcode::Sync => RingRequest::Sync {
+                give_back: sqe.inline_u64(),
+            },
         })
     }
 
@@ -677,7 +685,7 @@ mod request_tests {
         );
         assert_eq!(
             RingRequest::from_sqe(&entry(Opcode::Sync), 64),
-            Ok(RingRequest::Sync)
+            Ok(RingRequest::Sync { give_back: 0 })
         );
         let raw = Sqe {
             data_off: 32,

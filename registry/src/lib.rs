@@ -604,6 +604,13 @@ impl Registry {
                 if self.charge_ahead(&holder.usage, &limits, 1, 0).is_err() {
                     break 'shards;
                 }
+                // It holds the reference-table entry its insert will take
+                // (unless DETACHED), so that a posted insert never meets
+                // `uid_max_references`.
+                if !self.room_for_a_reference_ahead(holder, &limits) {
+                    self.give_back_ahead(&holder.usage, 1, 0);
+                    break 'shards;
+                }
                 let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
                     Ok(Some(index)) => index,
                     Ok(None) | Err(_) => {
@@ -669,6 +676,28 @@ impl Registry {
         (mine.0.min(all.0), mine.1.min(all.1))
     }
 
+    /// Whether `holder`'s uid has reference-table entries left for the
+    /// handles it holds ahead, this one included (counted already: dead
+    /// entries are purged first when at the limit).
+    fn room_for_a_reference_ahead(&self, holder: &Holder, limits: &Limits) -> bool {
+        let within = || holder.usage.references_committed() <= limits.uid_max_references;
+        if within() {
+            return true;
+        }
+        self.make_room_for_a_reference(holder);
+        within()
+    }
+
+    /// Gives back up to `bytes` of `holder`'s byte credit (its client
+    /// will not spend them: it met a byte limit); what was given back.
+    pub fn give_back_credit(&self, holder: &Holder, bytes: u64) -> u64 {
+        let mut ahead = lock(&holder.ahead);
+        let back = bytes.min(ahead.credit);
+        ahead.credit -= back;
+        self.give_back_ahead(&holder.usage, 0, back);
+        back
+    }
+
     /// Whether this registry grants handles ahead (see
     /// [`Registry::reserve`]).
     pub fn posting_allowed(&self) -> bool {
@@ -728,9 +757,6 @@ impl Registry {
             return Err(Status::Invalid.into());
         }
         let detached = obj_flags & flags::DETACHED != 0;
-        if !detached {
-            self.make_room_for_a_reference(holder);
-        }
         let shard_index = self.shard_of(index);
         let mut shard = lock(&domain.shards[shard_index]);
         let Some((view, meta)) = domain.slot(index) else {
@@ -774,9 +800,12 @@ impl Registry {
                 return Err(limit.into());
             }
         };
+        // The reference-table entry the handle held ahead becomes the
+        // object's reference (no limit: it was counted), or goes with the
+        // reservation, for a DETACHED one.
         let purge = !detached && {
             let mut refs = lock(&holder.refs);
-            if let Err(limit) = refs.add(into.get(), self.limits.uid_max_references()) {
+            if let Err(limit) = refs.add(into.get(), u64::MAX) {
                 drop(refs);
                 give_credit_back(&mut lock(&holder.ahead));
                 release_payload(domain, payload, value.len());
@@ -829,35 +858,54 @@ impl Registry {
         let (handles, credit) = {
             let mut ahead = lock(&holder.ahead);
             let credit = std::mem::take(&mut ahead.credit);
-            (std::mem::take(&mut ahead.handles), credit)
+            (ahead.handles.iter().copied().collect::<Vec<u64>>(), credit)
         };
         self.give_back_ahead(&holder.usage, 0, credit);
         for handle in handles {
             let Some(handle) = Handle::new(handle) else {
                 continue;
             };
-            let Ok((domain, index, generation)) = self.locate(handle) else {
+            let Ok((domain, index, _)) = self.locate(handle) else {
                 continue;
             };
             let mut shard = lock(&domain.shards[self.shard_of(index)]);
-            let Some((view, _)) = domain.slot(index) else {
-                continue;
-            };
-            let slot = view.current();
-            if slot.generation != generation
-                || slot.payload
-                    != (Payload::Reserved {
-                        session: holder.id(),
-                    })
-            {
-                continue;
-            }
-            domain.write_slot(index, &Slot::free(generation.wrapping_add(1)));
-            if generation.wrapping_add(1) != LAST_GENERATION {
-                shard.free.push_back(index);
-            }
-            self.give_back_ahead(&holder.usage, 1, 0);
+            self.give_back_reserved(holder, domain, &mut shard, index, handle);
         }
+    }
+
+    /// Gives back `handle`, granted ahead to `holder`'s session and not
+    /// used (a RELEASE of it: its client returns what it will not use):
+    /// its slot is freed with its generation moved on, so the handle stays
+    /// STALE, and the reservation is no longer counted. False when the
+    /// handle is no such thing. The caller holds the slot's shard lock.
+    fn give_back_reserved(
+        &self,
+        holder: &Holder,
+        domain: &Domain,
+        shard: &mut Shard,
+        index: u32,
+        handle: Handle,
+    ) -> bool {
+        let generation = HandleParts::decode(handle.get()).generation;
+        let Some((view, _)) = domain.slot(index) else {
+            return false;
+        };
+        let slot = view.current();
+        if slot.generation != generation
+            || slot.payload
+                != (Payload::Reserved {
+                    session: holder.id(),
+                })
+            || !lock(&holder.ahead).handles.remove(&handle.get())
+        {
+            return false;
+        }
+        domain.write_slot(index, &Slot::free(generation.wrapping_add(1)));
+        if generation.wrapping_add(1) != LAST_GENERATION {
+            shard.free.push_back(index);
+        }
+        self.give_back_ahead(&holder.usage, 1, 0);
+        true
     }
 
     /// Calls `read` with a copy of the value, taken under its shard's lock:
@@ -964,6 +1012,9 @@ impl Registry {
         let mut shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = match live_slot(domain, index, generation) {
             Ok(slot) => slot,
+            Err(_) if self.give_back_reserved(holder, domain, &mut shard, index, handle) => {
+                return Ok(());
+            }
             Err(status) => {
                 // The object died under this reference: the entry goes too.
                 lock(&holder.refs).forget(handle.get());
@@ -1098,7 +1149,7 @@ impl Registry {
     /// referenced since the session last looked, so that a session kept at
     /// its limit does not walk its table on every refused request.
     fn make_room_for_a_reference(&self, holder: &Holder) {
-        if holder.usage.references() >= self.limits.uid_max_references()
+        if holder.usage.references_committed() >= self.limits.uid_max_references()
             && lock(&holder.refs).purged_upto != self.orphaned.load(Ordering::Relaxed)
         {
             self.purge_dead_references(holder);

@@ -155,27 +155,10 @@ impl Counters {
         max_objects: u64,
         max_bytes: u64,
     ) -> Result<(), Exceeded> {
-        let total_objects = self
-            .objects
-            .fetch_add(objects, Ordering::Relaxed)
-            .saturating_add(objects)
-            .saturating_add(self.reserved.load(Ordering::Relaxed));
-        let total_bytes = self
-            .bytes
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes)
-            .saturating_add(self.staged.load(Ordering::Relaxed))
-            .saturating_add(self.held.load(Ordering::Relaxed))
-            .saturating_add(self.credit.load(Ordering::Relaxed));
-        let exceeded = if total_objects > max_objects {
-            Exceeded::Objects
-        } else if total_bytes > max_bytes {
-            Exceeded::Bytes
-        } else {
-            return Ok(());
-        };
-        self.give_back(objects, bytes);
-        Err(exceeded)
+        self.objects.fetch_add(objects, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.within(max_objects, max_bytes)
+            .inspect_err(|_| self.give_back(objects, bytes))
     }
 
     /// Grants ahead `handles` reserved slots and `credit` bytes, unless
@@ -188,27 +171,22 @@ impl Counters {
         max_objects: u64,
         max_bytes: u64,
     ) -> Result<(), Exceeded> {
-        let total_objects = self
-            .reserved
-            .fetch_add(handles, Ordering::Relaxed)
-            .saturating_add(handles)
-            .saturating_add(self.objects.load(Ordering::Relaxed));
-        let total_bytes = self
-            .credit
-            .fetch_add(credit, Ordering::Relaxed)
-            .saturating_add(credit)
-            .saturating_add(self.bytes.load(Ordering::Relaxed))
-            .saturating_add(self.staged.load(Ordering::Relaxed))
-            .saturating_add(self.held.load(Ordering::Relaxed));
-        let exceeded = if total_objects > max_objects {
-            Exceeded::Objects
-        } else if total_bytes > max_bytes {
-            Exceeded::Bytes
+        self.reserved.fetch_add(handles, Ordering::Relaxed);
+        self.credit.fetch_add(credit, Ordering::Relaxed);
+        self.within(max_objects, max_bytes)
+            .inspect_err(|_| self.give_back_ahead(handles, credit))
+    }
+
+    /// Whether what is counted (after an addition) is within the maximums.
+    fn within(&self, max_objects: u64, max_bytes: u64) -> Result<(), Exceeded> {
+        let (objects, bytes) = self.committed();
+        if objects > max_objects {
+            Err(Exceeded::Objects)
+        } else if bytes > max_bytes {
+            Err(Exceeded::Bytes)
         } else {
-            return Ok(());
-        };
-        self.give_back_ahead(handles, credit);
-        Err(exceeded)
+            Ok(())
+        }
     }
 
     /// An insert into a reserved handle: the reservation becomes an
@@ -287,7 +265,11 @@ impl Counters {
 
     /// Counts one more reference-table entry unless that passes `max`.
     pub(crate) fn reserve_reference(&self, max: u64) -> bool {
-        let entries = self.references.fetch_add(1, Ordering::Relaxed);
+        // Each handle granted ahead holds the entry its insert will take.
+        let entries = self
+            .references
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(self.reserved.load(Ordering::Relaxed));
         if entries >= max {
             self.references.fetch_sub(1, Ordering::Relaxed);
             return false;
@@ -305,9 +287,13 @@ impl Counters {
         self.references.fetch_sub(entries, Ordering::Relaxed);
     }
 
-    /// Reference-table entries counted now.
-    pub(crate) fn references(&self) -> u64 {
-        self.references.load(Ordering::Relaxed)
+    /// Reference-table entries counted now and held by handles granted
+    /// ahead (each holds the entry its insert will take): what
+    /// `uid_max_references` is held against.
+    pub(crate) fn references_committed(&self) -> u64 {
+        self.references
+            .load(Ordering::Relaxed)
+            .saturating_add(self.reserved.load(Ordering::Relaxed))
     }
 
     pub(crate) fn usage(&self) -> Usage {

@@ -39,7 +39,11 @@ fn a_granted_handle_is_filled_by_its_session_alone() {
         registry.get_with(&bob, h, |v| v.to_vec()),
         Err(Status::Stale)
     );
-    assert_eq!(registry.release(&alice, h), Err(Status::Stale));
+    assert_eq!(
+        registry.release(&bob, h),
+        Err(Status::Stale),
+        "not bob's to give back"
+    );
     // Only alice's session may fill it, with the flags of its domain.
     assert_eq!(
         registry.insert_into(&bob, h, b"x", flags::SHARED),
@@ -137,7 +141,15 @@ fn credit_counts_against_the_byte_quota_and_past_it_inserts_are_charged() {
         registry.insert_into(&alice, handles[1], &[2; 60], 0),
         Err(Refusal::quota(Limit::UidMaxBytes))
     );
-    // A refused insert leaves the reservation.
+    // A refused insert leaves the reservation; a release gives it back.
+    assert_eq!(registry.reserved_for(handles[2]), Some(alice.id()));
+    registry.release(&alice, handles[2]).unwrap();
+    assert_eq!(registry.reserved_for(handles[2]), None);
+    assert_eq!(registry.release(&alice, handles[2]), Err(Status::Stale));
+    assert_eq!(
+        registry.insert_into(&alice, handles[2], b"z", 0),
+        Err(Status::Invalid.into())
+    );
     assert_eq!(registry.reserved_for(handles[1]), Some(alice.id()));
     registry
         .insert_into(&alice, handles[1], &[2; 12], 0)
@@ -212,4 +224,47 @@ fn a_registry_that_keeps_state_grants_nothing() {
     assert_eq!(grant(&registry, &alice, true, 4), (Vec::new(), 0));
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_granted_handle_holds_the_reference_its_insert_takes() {
+    let limits = Limits {
+        uid_max_references: 3,
+        ..LIMITS
+    };
+    let registry = Registry::with_instance(4, limits, 3, 1).unwrap();
+    let alice = registry.holder(1000).unwrap();
+    let (handles, _) = grant(&registry, &alice, false, 8);
+    assert_eq!(handles.len(), 3, "one reference each, 3 at most");
+    assert_eq!(
+        registry.insert(&alice, b"sync", 0),
+        Err(Refusal::quota(Limit::UidMaxReferences))
+    );
+    registry.insert_into(&alice, handles[0], b"a", 0).unwrap();
+    registry
+        .insert_into(&alice, handles[1], b"b", flags::DETACHED)
+        .unwrap();
+    // The DETACHED one took none: room for one synchronous insert.
+    registry.insert(&alice, b"sync", 0).unwrap();
+    registry.insert_into(&alice, handles[2], b"c", 0).unwrap();
+    assert_eq!(alice.reference_count(), 3);
+    // Given back, a granted handle's reference goes too.
+    registry.release(&alice, handles[0]).unwrap();
+    let (more, _) = grant(&registry, &alice, false, 8);
+    assert_eq!(more.len(), 1);
+    registry.release(&alice, more[0]).unwrap();
+    registry.insert(&alice, b"again", 0).unwrap();
+}
+
+#[test]
+fn credit_is_given_back_on_request() {
+    let registry = Registry::with_instance(4, LIMITS, 3, 1).unwrap();
+    let alice = registry.holder(1000).unwrap();
+    let (_, credit) = grant(&registry, &alice, false, 1);
+    assert_eq!(registry.give_back_credit(&alice, 100), 100);
+    assert_eq!(alice.ahead().1, credit - 100);
+    assert_eq!(registry.give_back_credit(&alice, u64::MAX), credit - 100);
+    assert_eq!(alice.ahead().1, 0);
+    // All of the uid's bytes are its own again.
+    registry.insert(&alice, &[0; 64], 0).unwrap();
 }

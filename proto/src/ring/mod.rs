@@ -405,10 +405,11 @@ pub struct ReadyWord<'a>(&'a AtomicU64);
 impl ReadyWord<'_> {
     /// Names ring `index` as having new entries (call after
     /// [`ClientRing::flush`] said the ring is parked, then ring the
-    /// doorbell).
+    /// doorbell if this returns true: false means an earlier mark's wake
+    /// is still to be taken, and covers these entries).
     #[inline]
-    pub fn mark(&self, index: u32) {
-        handoff::mark_ready(self.0, ready_bit(index));
+    pub fn mark(&self, index: u32) -> bool {
+        handoff::mark_ready(self.0, ready_bit(index))
     }
 }
 
