@@ -31,7 +31,7 @@ import (
 // (hreg_bind_layout_get) and reads in Go only when they agree; the tests
 // compare them too.
 const (
-	layoutVersion   = 1
+	layoutVersion   = 2
 	headerLen       = 4096
 	headerStoppedAt = 128
 	slotSize        = 64

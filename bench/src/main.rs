@@ -117,6 +117,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "NAME,..", requires = "attacks",
           value_parser = attack_name)]
     attack: Vec<hreg_tests::attacks::Attack>,
+    /// With --attacks: exit non-zero when issue 18's bounds (the honest
+    /// client keeps half its baseline ops/s, attach p99 within 10 ms) are
+    /// missed, not only on a wrong value, an error or the daemon's death.
+    #[arg(long, requires = "attacks")]
+    fail_on_targets: bool,
     /// The hreg-attack binary [default: `hreg-attack` next to this executable].
     #[arg(long, value_name = "PATH")]
     hreg_attack: Option<PathBuf>,
@@ -331,7 +336,14 @@ fn run_attacks(args: &Args, hregd: &Path, attack_bin: &Path, seconds: u64) -> an
             [] => hreg_tests::attacks::Attack::ALL.to_vec(),
             some => some.to_vec(),
         };
-        attacks::run(hregd, attack_bin, dir, seconds, &chosen)
+        attacks::run(
+            hregd,
+            attack_bin,
+            dir,
+            seconds,
+            &chosen,
+            args.fail_on_targets,
+        )
     })
 }
 

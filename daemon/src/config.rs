@@ -118,10 +118,10 @@ pub struct Args {
          its client to come back, 0 to 86400; then its references are dropped as if \
          its client had died", DEFAULT_RESUME_GRACE))]
     pub resume_grace: Option<u64>,
-    /// Serve clients whose uid is unmapped in hregd's user namespace (they
-    /// all show as the overflow uid, 65534, and share its domain); refused
-    /// by default. Matters only when hregd runs in a user namespace.
-    #[arg(long)]
+    #[arg(long, help = with_default(
+        "Serve clients whose uid is unmapped in hregd's user namespace (they all show \
+         as the overflow uid, 65534, and share its domain); matters only when hregd \
+         runs in a user namespace", "refused"))]
     pub allow_overflow_uid: bool,
 }
 
@@ -808,6 +808,9 @@ mod tests {
             }
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
             assert!(help.contains(" [default: "), "--{long}: {help}");
+            if !arg.get_action().takes_values() {
+                continue; // a switch: nothing to type
+            }
             let names = arg.get_value_names().unwrap_or_default();
             assert!(
                 names.iter().all(|n| [

@@ -5,14 +5,16 @@
 //! sessions of attached clients ([`session`], their shared memory in [`shm`]):
 //! the control socket ([`control`]), the ring workers ([`worker`]), the
 //! settings ([`config`]), where logs go ([`logging`]) and rate-limited
-//! warnings ([`ratelimit`]), and where the registry is kept across restarts
-//! ([`state`]). `unsafe` is confined to [`peer`] (reading `SO_PEERCRED`)
+//! warnings ([`ratelimit`]), where the registry is kept across restarts
+//! ([`state`]), and the memory all that may take, from the settings
+//! ([`bound`]). `unsafe` is confined to [`peer`] (reading `SO_PEERCRED`)
 //! and [`state`] (taking the descriptors systemd passed).
 
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod admission;
+pub mod bound;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -217,7 +217,20 @@ mod tests {
         let (conn, _) = listener.accept().unwrap();
         let pid = child.id() as i32;
         child.wait().unwrap();
-        assert!(matches!(peer_process(&conn, pid), Process::Gone));
+        // Gone, or (kernels that give pidfds of reaped processes) a pidfd
+        // that already says it has exited.
+        match peer_process(&conn, pid) {
+            Process::Gone => {}
+            Process::Running(pidfd) => {
+                let mut poll = [rustix::event::PollFd::new(
+                    &pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                assert_eq!(rustix::event::poll(&mut poll, None).unwrap(), 1);
+                assert!(poll[0].revents().contains(rustix::event::PollFlags::IN));
+            }
+            Process::Unknown => panic!("a peer that exited is not known as such"),
+        }
     }
 
     #[test]

@@ -66,11 +66,11 @@ const COMMAND_KEY: u64 = u64::MAX;
 /// A uid's quantum per turn when other uids wait: small, so that a client
 /// with one request in flight waits for a few of another uid's requests at
 /// most.
-const QUANTUM: i64 = 4;
+pub(crate) const QUANTUM: i64 = 4;
 
 /// A uid's quantum per turn when it is alone in the round (batches are
 /// served in long runs; a newcomer is seen at the next look at `epoll`).
-const QUANTUM_ALONE: i64 = 64;
+pub(crate) const QUANTUM_ALONE: i64 = 64;
 
 /// Wakes in a row that find no new entry before a session's doorbell is
 /// muted.

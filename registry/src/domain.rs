@@ -60,7 +60,7 @@ pub(crate) fn record_len(shards: usize) -> usize {
 }
 
 /// Slot-table pages allocated ahead of the last slot handed out.
-const SLOTS_AHEAD: u64 = 256 << 10;
+pub(crate) const SLOTS_AHEAD: u64 = 256 << 10;
 
 /// The daemon's own facts about a slot, changed only under its shard's
 /// lock (atomics so that LIST may read them without it).

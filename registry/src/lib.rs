@@ -51,6 +51,28 @@ pub use store::{
     Store,
 };
 
+/// What the registry keeps in memory per unit of what it holds: the
+/// constants its parts are built with, for the daemon's stated memory
+/// bound (`hregd::bound`), so that the bound and the code have one source.
+pub mod memory_facts {
+    /// Pages: the unit in which heaps and slot tables are allocated and
+    /// given back.
+    pub const PAGE: u64 = crate::heap::PAGE;
+    /// Bytes of whole free pages a domain's heap keeps allocated at most.
+    pub const HEAP_IDLE_MAX: u64 = crate::heap::IDLE_MAX;
+    /// Bytes of slot-table pages allocated ahead of the last slot made.
+    pub const SLOTS_AHEAD: u64 = crate::domain::SLOTS_AHEAD;
+    /// Daemon-private bytes per slot (reference counts, payer), kept for
+    /// every slot of every slot chunk made.
+    pub const SLOT_META_BYTES: u64 = std::mem::size_of::<crate::domain::SlotMeta>() as u64;
+    /// Bytes retired without a reclamation pass being due, at most.
+    pub const RECLAIM_PASS_BYTES: u64 = crate::reclaim::PASS_BYTES;
+    /// Bytes of the smallest reference table a session has (every session
+    /// has one, empty or not).
+    pub const FIRST_REFERENCE_TABLE: u64 =
+        (crate::refs::ENTRIES_AT + crate::refs::FIRST_CAPACITY * crate::refs::ENTRY) as u64;
+}
+
 use crate::domain::{Domain, Shard};
 use crate::holder::lock;
 use crate::limits::{Charge, LimitCell};
@@ -378,7 +400,7 @@ impl Registry {
     }
 
     /// Bytes of heap pages allocated now, over every domain: at most the
-    /// pages live blocks touch, a page per heap chunk and 256 KiB per
+    /// pages live blocks touch, a page per heap chunk and 4 MiB per
     /// domain (`heap::IDLE_MAX`).
     pub fn heap_resident(&self) -> u64 {
         self.domains

@@ -52,7 +52,7 @@ const STRIPES: usize = 8;
 const PASS_FLOOR: usize = 64;
 
 /// Bytes retired past which a pass is due, however few the blocks.
-const PASS_BYTES: u64 = 4 << 20;
+pub(crate) const PASS_BYTES: u64 = 4 << 20;
 
 /// Blocks held back are looked at again at most this often when nothing
 /// new was retired (milliseconds).

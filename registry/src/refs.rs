@@ -38,9 +38,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"HREGSES1");
-const ENTRIES_AT: usize = 64;
-const ENTRY: usize = 16;
-const FIRST_CAPACITY: usize = 256;
+pub(crate) const ENTRIES_AT: usize = 64;
+pub(crate) const ENTRY: usize = 16;
+pub(crate) const FIRST_CAPACITY: usize = 256;
 
 const EMPTY: u64 = 0;
 const USED: u64 = 1;

@@ -313,18 +313,7 @@ impl Daemon {
     pub fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/PID/status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+        memory::kb_field(&status, field).unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 
     /// CPU time the daemon has used so far (user and system).
@@ -591,6 +580,16 @@ impl Helper {
         let mut line = String::new();
         self.out.read_line(&mut line).expect("read helper output");
         line.trim_end().to_string()
+    }
+
+    /// Sends one line (a command) to the helper's stdin and returns the
+    /// line it answers.
+    pub fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{command}").expect("write to the helper");
+        stdin.flush().expect("flush the helper's stdin");
+        self.line()
     }
 
     /// Closes the helper's stdin and waits for it to exit successfully.

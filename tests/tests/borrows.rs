@@ -30,7 +30,6 @@ use hreg_tests::{
     checked_value, is_root, required_in_ci, wait_until, Daemon, Helper, NOBODY, OTHER_USER,
 };
 use rustix::process::Signal;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The uid whose borrowed values are attacked.
@@ -61,10 +60,7 @@ impl Borrower {
     }
 
     fn ask(&mut self, line: &str) -> String {
-        let stdin = self.0.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{line}").expect("write to hreg-borrower");
-        stdin.flush().expect("flush");
-        self.0.line()
+        self.0.ask(line)
     }
 
     fn insert(&mut self, len: u64, seed: u64, shared: bool) -> Handle {

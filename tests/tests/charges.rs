@@ -9,7 +9,6 @@
 //! issue's figure is for 1000000).
 
 use hreg_tests::{binary, is_root, required_in_ci, Daemon, Helper, NOBODY};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -30,10 +29,7 @@ impl Tenant {
 
     /// Runs one command; its line of output.
     fn ask(&mut self, command: &str) -> String {
-        let stdin = self.0.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{command}").expect("write to the tenant");
-        stdin.flush().expect("flush");
-        self.0.line()
+        self.0.ask(command)
     }
 }
 

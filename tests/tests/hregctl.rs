@@ -258,7 +258,7 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
     single("hreg_max_objects", &json["limits"]["max_objects"]);
     single("hreg_max_bytes", &json["limits"]["max_bytes"]);
     single("hreg_uid_max_rings", &json["limits"]["uid_max_rings"]);
-    single("hreg_uid_max_descriptors", &json["limits"]["uid_max_fds"]);
+    single("hreg_uid_descriptor_share", &json["limits"]["uid_max_fds"]);
     for hold in json["holds"].as_array().unwrap() {
         let label = vec![("uid", hold["uid"].to_string())];
         for (name, v) in [

@@ -48,9 +48,9 @@ const SHORT_GRACE: Duration = Duration::from_secs(3);
 /// How far the daemon's private memory may stay above its baseline after
 /// the load (allocator caches, the reference counts of slots made).
 const ANON_SLACK: u64 = 2 << 20;
-/// Pages the heap allocates ahead of the next block it cuts
+/// Free pages a heap may keep allocated beyond its blocks
 /// (`hreg_registry`'s heap).
-const ALLOCATED_AHEAD: u64 = 256 << 10;
+const ALLOCATED_AHEAD: u64 = hreg_registry::memory_facts::HEAP_IDLE_MAX;
 
 /// How many rounds of each signal: `HREG_RESTART_ROUNDS`, or the default
 /// of the build.

@@ -8,10 +8,20 @@
 //!   repeated; print the handle.
 //! - `get HANDLE`: print `value TEXT` (the value's first 32 bytes, lossy)
 //!   or `error STATUS`.
-//! - `class-walk BYTES`: issue 17 row 2. For 24 value sizes from 49 B to
-//!   56 KiB, smallest first: insert values of that size until the uid's
-//!   quota refuses one (or BYTES of them are in), then remove them all.
-//!   Print `walked sizes=24 inserted=N refused=R`.
+//! - `class-walk BYTES [loop]`: issue 17 row 2. For 24 value sizes from
+//!   49 B to 56 KiB, smallest first: insert values of that size until the
+//!   uid's quota refuses one (or BYTES of them are in), then remove them
+//!   all. Print `walked sizes=24 rounds=K classes=C inserted=N refused=R`
+//!   (K whole walks, C sizes filled in all); with `loop`, walk again and
+//!   again until stdin closes (the size being filled is finished), then
+//!   print it.
+//! - `fragment BYTES`: issue 17 row 16, until stdin closes. For 8 SHARED
+//!   value sizes from 64 KiB to 1 MiB, smallest first: insert values of
+//!   that size until the quota refuses one (or BYTES are in), then remove
+//!   all but every fourth, so the next, larger size finds only holes too
+//!   small; after the largest, remove everything and start again. Once
+//!   stdin closes (checked between sizes), print `fragmented rounds=K
+//!   inserted=N kept=M` (K rounds begun, M the most values kept at once).
 //!
 //! Modes that need no daemon (SOCKET is ignored):
 //! - `hold-lock PATH`: open PATH read-only and take an exclusive `flock`
@@ -25,6 +35,7 @@
 use hreg::{Client, Handle, DETACHED};
 use std::io::{BufRead, Read};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,7 +48,12 @@ fn main() -> ExitCode {
     let outcome: Result<String, String> = match words.as_slice() {
         ["put", len, text] => connect().and_then(|c| put(&c, number(len), text)),
         ["get", handle] => connect().map(|c| get(&c, number(handle) as u64)),
-        ["class-walk", bytes] => connect().map(|c| class_walk(&c, number(bytes) as u64)),
+        ["class-walk", bytes] => connect().map(|c| class_walk(&c, number(bytes) as u64, None)),
+        ["class-walk", bytes, "loop"] => connect()
+            .map(|c| until_stdin_closes(|stop| class_walk(&c, number(bytes) as u64, Some(stop)))),
+        ["fragment", bytes] => {
+            connect().map(|c| until_stdin_closes(|stop| fragment(&c, number(bytes) as u64, stop)))
+        }
         ["hold-lock", path] => hold_lock(path),
         ["swap", a, b] => swap(a, b),
         ["plant", path, len] => return plant(path, number(len) as u64),
@@ -80,47 +96,111 @@ fn get(client: &Client, handle: u64) -> String {
     }
 }
 
-/// Issue 17 row 2: each size class in turn filled to the uid's byte
-/// quota, then emptied.
-fn class_walk(client: &Client, bytes: u64) -> String {
-    const SIZES: usize = 24;
-    let (first, last) = (49f64, 56.0 * 1024.0);
-    let (mut inserted, mut refused) = (0u64, 0u64);
-    for k in 0..SIZES {
-        let len = (first * (last / first).powf(k as f64 / (SIZES - 1) as f64)) as usize;
-        let value = vec![k as u8; len];
-        let mut held = Vec::new();
-        let mut total = 0u64;
-        while total + len as u64 <= bytes {
-            let mut batch: Vec<hreg::Op<'_>> = (0..64)
-                .map(|_| hreg::Op::Insert {
-                    value: &value,
-                    flags: 0,
-                })
-                .collect();
-            let Ok(results) = client.submit(&mut batch) else {
-                break;
-            };
-            let before = held.len();
-            for result in results {
-                match result {
-                    Ok(hreg::Completion::Inserted(h)) => held.push(h),
-                    _ => refused += 1,
-                }
-            }
-            total += ((held.len() - before) * len) as u64;
-            if held.len() - before < 64 {
-                break;
+/// Runs `work` until stdin closes (`stop` is set then); its outcome.
+fn until_stdin_closes(work: impl FnOnce(&AtomicBool) -> String) -> String {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        STOP.store(true, Ordering::Relaxed);
+    });
+    work(&STOP)
+}
+
+/// Inserts `len`-byte values (`flags`) in batches of 64 until one is
+/// refused or `bytes` of them are in; returns their handles and how many
+/// were refused.
+fn fill(client: &Client, len: usize, flags: u32, bytes: u64) -> (Vec<Handle>, u64) {
+    let value = vec![len as u8; len];
+    let (mut held, mut refused) = (Vec::new(), 0u64);
+    while ((held.len() + 1) * len) as u64 <= bytes {
+        let mut batch: Vec<hreg::Op<'_>> = (0..64)
+            .map(|_| hreg::Op::Insert {
+                value: &value,
+                flags,
+            })
+            .collect();
+        let Ok(results) = client.submit(&mut batch) else {
+            break;
+        };
+        let before = held.len();
+        for result in results {
+            match result {
+                Ok(hreg::Completion::Inserted(h)) => held.push(h),
+                _ => refused += 1,
             }
         }
-        inserted += held.len() as u64;
-        for chunk in held.chunks(64) {
-            let mut removes: Vec<hreg::Op<'_>> =
-                chunk.iter().map(|&h| hreg::Op::Remove(h)).collect();
-            let _ = client.submit(&mut removes);
+        if held.len() - before < 64 {
+            break;
         }
     }
-    format!("walked sizes={SIZES} inserted={inserted} refused={refused}")
+    (held, refused)
+}
+
+/// Removes every object in `handles`, in batches.
+fn remove_all(client: &Client, handles: &[Handle]) {
+    for chunk in handles.chunks(64) {
+        let mut removes: Vec<hreg::Op<'_>> = chunk.iter().map(|&h| hreg::Op::Remove(h)).collect();
+        let _ = client.submit(&mut removes);
+    }
+}
+
+/// Issue 17 row 2: each size class in turn filled to the uid's byte
+/// quota, then emptied: every size once, or over and over `until` it is
+/// set.
+fn class_walk(client: &Client, bytes: u64, until: Option<&AtomicBool>) -> String {
+    const SIZES: usize = 24;
+    let (first, last) = (49f64, 56.0 * 1024.0);
+    let (mut inserted, mut refused, mut classes) = (0u64, 0u64, 0usize);
+    loop {
+        let k = classes % SIZES;
+        let len = (first * (last / first).powf(k as f64 / (SIZES - 1) as f64)) as usize;
+        let (held, no) = fill(client, len, 0, bytes);
+        inserted += held.len() as u64;
+        refused += no;
+        remove_all(client, &held);
+        classes += 1;
+        let done = match until {
+            None => classes == SIZES,
+            Some(stop) => stop.load(Ordering::Relaxed),
+        };
+        if done {
+            break;
+        }
+    }
+    let rounds = classes / SIZES;
+    format!(
+        "walked sizes={SIZES} rounds={rounds} classes={classes} inserted={inserted} \
+         refused={refused}"
+    )
+}
+
+/// Issue 17 row 16: the SHARED heap fragmented over large sizes until
+/// `stop`.
+fn fragment(client: &Client, bytes: u64, stop: &AtomicBool) -> String {
+    let (mut inserted, mut most_kept, mut rounds) = (0u64, 0usize, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let mut kept = Vec::new();
+        for k in 0..8 {
+            if k > 0 && stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let len = (64 << 10) + k * (128 << 10) - 1;
+            let (held, _) = fill(client, len, hreg::SHARED, bytes);
+            inserted += held.len() as u64;
+            let go: Vec<Handle> = held
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 4 != 0)
+                .map(|(_, &h)| h)
+                .collect();
+            remove_all(client, &go);
+            kept.extend(held.iter().step_by(4));
+            most_kept = most_kept.max(kept.len());
+        }
+        remove_all(client, &kept);
+        rounds += 1;
+    }
+    format!("fragmented rounds={rounds} inserted={inserted} kept={most_kept}")
 }
 
 fn hold_lock(path: &str) -> Result<String, String> {

@@ -178,7 +178,7 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         usage.uid_max_rings,
     );
     e.single(
-        "hreg_uid_max_descriptors",
+        "hreg_uid_descriptor_share",
         Gauge,
         "The descriptors one uid may hold: its share of the daemon's (root is exempt).",
         usage.uid_max_fds,
