@@ -394,6 +394,13 @@ impl WorkerState {
                 ring.session.close();
                 return;
             }
+            // Bits already in the session's ready word for this worker name
+            // no ring it serves (a daemon before a restart left them, or
+            // rings of the session here that went): cleared, since a client
+            // does not ring again for a bit still set.
+            if let Some(ready) = ring.session.memory.mapping().server_ready(ready_at) {
+                ready.take();
+            }
             self.sessions.insert(
                 id,
                 Watched {
