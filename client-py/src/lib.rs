@@ -10,13 +10,14 @@
 //! and releases the GIL around every call that may wait for the daemon.
 //! The protocol itself is all in the `hreg` crate.
 
+use hreg::locks::lock;
 use hreg::{Completion, Error, Handle, Limit, Op};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PySlice};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 /// `hreg._errors`, where the exception classes live (plain Python, so that
 /// `InvalidArgument` can also be a `ValueError`).
@@ -214,7 +215,7 @@ struct Client {
 
 impl Client {
     fn client(&self, py: Python<'_>, call: Call) -> PyResult<hreg::Client> {
-        let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = lock(&self.inner);
         guard.clone().ok_or_else(|| {
             match errors_module(py).and_then(|m| {
                 m.getattr("Disconnected")?
@@ -524,11 +525,7 @@ impl Client {
     /// objects stay). Calling it again does nothing; any other call after
     /// it raises Disconnected.
     fn close(&self, py: Python<'_>) {
-        let client = self
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let client = lock(&self.inner).take();
         // Dropping the last clone sends GOODBYE: let other threads run.
         py.allow_threads(|| drop(client));
     }
@@ -536,10 +533,7 @@ impl Client {
     /// Whether ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        lock(&self.inner).is_none()
     }
 
     /// The session's id, as the daemon numbers sessions.
@@ -581,7 +575,7 @@ impl Client {
     }
 
     fn __repr__(&self) -> String {
-        match &*self.inner.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*lock(&self.inner) {
             Some(c) => format!("<hreg.Client session={}>", c.session_id()),
             None => "<hreg.Client closed>".to_owned(),
         }

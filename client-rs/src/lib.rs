@@ -39,6 +39,10 @@ pub use hreg_proto::control::{
     ListFilter, ObjectInfo, SessionInfo, UidHolds, UidUsage, UsageReply, Welcome, WorkerUsage,
 };
 pub use hreg_proto::handle::{Handle, ParseHandleError};
+/// The workspace's one rule for locks (a poisoned lock is still used: its
+/// data stays consistent), for the bindings built on this crate.
+#[doc(hidden)]
+pub use hreg_proto::locks;
 pub use hreg_proto::{Limit, Status, PROTOCOL_VERSION};
 pub use session::default_socket_paths;
 
