@@ -351,7 +351,10 @@ static void test_stats(hreg_client *c)
     CHECK(b.ops > a.ops);
     hreg_client *other = connect_ok();
     EXPECT(hreg_stats_get(other, &b), HREG_OK);
-    CHECK(b.sessions == a.sessions + 1);
+    /* Counted: this one and the other at least, one more than before at
+     * most (a session that ended before may still have been counted then:
+     * the daemon lets go of it when its workers have). */
+    CHECK(b.sessions >= 2 && b.sessions <= a.sessions + 1);
     hreg_disconnect(other);
     EXPECT(hreg_release(c, h), HREG_OK);
 
