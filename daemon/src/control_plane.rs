@@ -151,8 +151,10 @@ struct Conn {
     /// The session's doorbell for each worker that serves one of its rings
     /// (made with the first such ring).
     bells: Vec<Option<Arc<Doorbell>>>,
-    /// Indices of the rings this connection opened and has not closed.
-    rings: Vec<u32>,
+    /// The rings this connection opened and has not closed: each one's
+    /// index and the worker serving it (what USAGE counts per worker, since
+    /// a worker's own count changes only when it wakes).
+    rings: Vec<(u32, usize)>,
     /// Descriptors sent on this connection that the peer may not have read
     /// yet (cleared once `SIOCOUTQ` says it read everything).
     unread_fds: usize,
@@ -252,10 +254,6 @@ pub struct Control {
     started: Instant,
     ops_rate: OpsRate,
     fds: FdBudget,
-    /// The worker serving each open ring of an attached session, by
-    /// (session id, ring index): what USAGE counts, since a worker's own
-    /// count changes only when it wakes.
-    ring_workers: std::collections::BTreeMap<(u64, u32), usize>,
 }
 
 impl Control {
@@ -297,7 +295,6 @@ impl Control {
             started: Instant::now(),
             ops_rate: OpsRate::default(),
             fds: FdBudget::measure(),
-            ring_workers: Default::default(),
         })
     }
 
@@ -827,13 +824,12 @@ impl Control {
             (ControlRequest::RingOpen, Some(session)) => self.ring_open(key, &session),
             (ControlRequest::RingClose { index }, Some(session)) => {
                 let opened = self.conns.get_mut(&key).and_then(|conn| {
-                    let at = conn.rings.iter().position(|&i| i == index)?;
+                    let at = conn.rings.iter().position(|&(i, _)| i == index)?;
                     conn.rings.swap_remove(at);
                     Some(())
                 });
                 if opened.is_some() {
                     self.hold(uid).rings -= 1;
-                    self.ring_workers.remove(&(session.id, index));
                     for worker in &self.workers {
                         worker.close_ring(session.id, index);
                     }
@@ -884,20 +880,12 @@ impl Control {
                 Some(caller),
             ) => self.map_domain(key, &caller, domain, slot_chunk, heap_chunk),
             (ControlRequest::Usage, Some(caller)) => {
-                let attached: std::collections::HashSet<u64> = self
+                let serving = self
                     .conns
                     .values()
-                    .filter_map(|c| match &c.state {
-                        ConnState::Attached(s) if !s.is_closed() => Some(s.id),
-                        _ => None,
-                    })
-                    .collect();
-                self.ring_workers
-                    .retain(|(session, _), _| attached.contains(session));
-                let rings = admin::rings_per_worker(
-                    self.ring_workers.values().copied(),
-                    self.workers.len(),
-                );
+                    .filter(|c| matches!(&c.state, ConnState::Attached(s) if !s.is_closed()))
+                    .flat_map(|c| c.rings.iter().map(|&(_, worker)| worker));
+                let rings = admin::rings_per_worker(serving, self.workers.len());
                 let workers = self
                     .workers
                     .iter()
@@ -1305,11 +1293,10 @@ impl Control {
             return Connection::Closed;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.rings.push(index);
+            conn.rings.push((index, worker_at));
         }
         self.hold(uid).rings += 1;
         worker.serve(Arc::clone(session), index, bell, ready_at);
-        self.ring_workers.insert((session.id, index), worker_at);
         Connection::Open
     }
 
@@ -1433,14 +1420,6 @@ impl Control {
                     "session detached"
                 );
                 session.close();
-                let rings: Vec<(u64, u32)> = self
-                    .ring_workers
-                    .range((session.id, 0)..=(session.id, u32::MAX))
-                    .map(|(ring, _)| *ring)
-                    .collect();
-                for ring in rings {
-                    self.ring_workers.remove(&ring);
-                }
                 for worker in &self.workers {
                     worker.close_session(session.id);
                 }

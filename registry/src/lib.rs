@@ -384,21 +384,22 @@ impl Registry {
     /// Bytes of the heap blocks values occupy now, over every domain (block
     /// sizes: a value's length rounded up to 16 bytes).
     pub fn heap_in_use(&self) -> u64 {
-        self.domains
-            .iter()
-            .filter_map(OnceLock::get)
-            .map(|domain| domain.heap_in_use())
-            .sum()
+        self.sum_over_domains(Domain::heap_in_use)
     }
 
     /// Bytes of heap pages allocated now, over every domain: at most the
     /// pages live blocks touch, a page per heap chunk and 4 MiB per
     /// domain (`heap::IDLE_MAX`).
     pub fn heap_resident(&self) -> u64 {
+        self.sum_over_domains(Domain::heap_resident)
+    }
+
+    /// `figure` summed over the domains made so far.
+    fn sum_over_domains(&self, figure: impl Fn(&Domain) -> u64) -> u64 {
         self.domains
             .iter()
             .filter_map(OnceLock::get)
-            .map(|domain| domain.heap_resident())
+            .map(|d| figure(d))
             .sum()
     }
 
