@@ -180,7 +180,7 @@ func parseCases(text string) ([]string, []*confCase, error) {
 
 // The single ops and batch ops this runner can express.
 var (
-	knownOps      = map[string]bool{"insert": true, "get": true, "get_into": true, "replace": true, "retain": true, "release": true, "remove": true, "objects": true}
+	knownOps      = map[string]bool{"insert": true, "get": true, "get_into": true, "replace": true, "retain": true, "release": true, "remove": true, "objects": true, "flush": true}
 	knownBatchOps = map[string]bool{"insert": true, "get": true, "replace": true, "retain": true, "release": true, "remove": true, "raw": true}
 )
 
@@ -304,7 +304,7 @@ func handleArg(args []string, i int) (Handle, error) {
 
 // execute runs one single op; handles are numbers by now.
 func execute(c *Client, op string, args []string) (outcome, error) {
-	want := map[string]int{"insert": 2, "get": 1, "get_into": 2, "replace": 2, "retain": 1, "release": 1, "remove": 1, "objects": 0}
+	want := map[string]int{"insert": 2, "get": 1, "get_into": 2, "replace": 2, "retain": 1, "release": 1, "remove": 1, "objects": 0, "flush": 0}
 	n, known := want[op]
 	if !known {
 		return outcome{}, fmt.Errorf("the %s runner does not know the op `%s`", language, op)
@@ -314,7 +314,7 @@ func execute(c *Client, op string, args []string) (outcome, error) {
 	}
 	var h Handle
 	var err error
-	if op != "insert" && op != "objects" {
+	if op != "insert" && op != "objects" && op != "flush" {
 		if h, err = handleArg(args, 0); err != nil {
 			return outcome{}, err
 		}
@@ -373,6 +373,8 @@ func execute(c *Client, op string, args []string) (outcome, error) {
 		return done(c.Release(h))
 	case "remove":
 		return done(c.Remove(h))
+	case "flush":
+		return done(c.Flush())
 	default: // objects
 		s, err := c.Stats()
 		if err != nil {

@@ -79,6 +79,17 @@ static go_result go_replace(hreg_client *c, hreg_handle h, const void *d, size_t
 static go_result go_retain(hreg_client *c, hreg_handle h) {
 	return go_done(hreg_retain(c, h), 0);
 }
+// A release applied when it returns (a batch of one is never posted): this
+// package reads slots itself, where a posted release of the last reference
+// would stay unseen by this client until the daemon applies it.
+static int go_release(hreg_client *c, hreg_handle h) {
+	hreg_op op;
+	memset(&op, 0, sizeof op);
+	op.opcode = HREG_OP_RELEASE;
+	op.handle = h;
+	int s = hreg_submit(c, &op, 1);
+	return s != HREG_OK && op.status == HREG_OK ? s : op.status;
+}
 */
 import "C"
 
@@ -425,12 +436,16 @@ func (c *Client) Retain(h Handle) error {
 // Release drops one of this session's references to h; the object dies
 // with its last reference (unless Detached). Errors: ErrInvalid, ErrStale,
 // ErrNotHeld, ErrDisconnected.
+//
+// Unlike Insert and Retain, Release waits for the daemon: Get reads values
+// in this process, where a release not applied yet would leave the object
+// visible to this client.
 func (c *Client) Release(h Handle) error {
 	cc, err := c.acquire("release", h)
 	if err != nil {
 		return err
 	}
-	status := C.hreg_release(cc, C.hreg_handle(h))
+	status := C.go_release(cc, C.hreg_handle(h))
 	c.done()
 	c.called(status)
 	return statusError(status, "release", h)

@@ -378,7 +378,13 @@ void hreg_disconnect(struct hreg_client *c);
  * HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*out` is written
  * only on success.
  *
- * Blocks until the daemon has answered.
+ * A value of up to 32 bytes is usually *posted*: put in the ring, under a
+ * handle the daemon granted this session ahead, without waiting for the
+ * daemon. The handle returned resolves at once, here and in any process
+ * that receives it, and the insert is applied even if this process dies
+ * right after; every failure it could meet is reported here, as for any
+ * insert. Otherwise (a larger value, no handle or byte credit left) it
+ * blocks until the daemon has answered.
  *
  * # Safety
  * `c` is NULL or a live client; `data` is NULL or points to `len` readable
@@ -437,7 +443,11 @@ int hreg_replace(struct hreg_client *c, hreg_handle h, const void *data, size_t 
  * HREG_ERR_DENIED (another user's unshared object); HREG_ERR_QUOTA;
  * HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
  *
- * Blocks until the daemon has answered.
+ * When the session holds a reference to `h` already, this is usually
+ * posted: answered here (STALE when the object is gone) and applied later;
+ * an object removed by another session meanwhile makes it a late failure,
+ * which the next `hreg_flush` returns. Otherwise it blocks until the
+ * daemon has answered.
  *
  * # Safety
  * `c` is NULL or a live client.
@@ -452,7 +462,11 @@ int hreg_retain(struct hreg_client *c, hreg_handle h);
  * HREG_ERR_NOT_HELD (this session holds no reference, whoever owns the
  * object); HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
  *
- * Blocks until the daemon has answered.
+ * Usually posted: answered here, from this session's own count of its
+ * references and a read of the slot, and applied before any later write
+ * of this thread and before the next `hreg_flush` returns; until then
+ * other processes may still see the object (this client does not). An
+ * object removed by another session meanwhile makes it a no-op.
  *
  * # Safety
  * `c` is NULL or a live client.

@@ -319,7 +319,7 @@ unsafe fn prepare<'a>(op: &hreg_op, max_value: usize) -> Result<Op<'a>, c_int> {
         O::Retain => Op::Retain(handle(op.handle)?),
         O::Release => Op::Release(handle(op.handle)?),
         O::Remove => Op::Remove(handle(op.handle)?),
-        O::StageWrite | O::StageRead => return Err(INVALID),
+        O::StageWrite | O::StageRead | O::Reserve | O::Sync => return Err(INVALID),
     })
 }
 
@@ -542,7 +542,13 @@ pub unsafe extern "C" fn hreg_disconnect(c: *mut hreg_client) {
 /// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO. `*out` is written
 /// only on success.
 ///
-/// Blocks until the daemon has answered.
+/// A value of up to 32 bytes is usually *posted*: put in the ring, under a
+/// handle the daemon granted this session ahead, without waiting for the
+/// daemon. The handle returned resolves at once, here and in any process
+/// that receives it, and the insert is applied even if this process dies
+/// right after; every failure it could meet is reported here, as for any
+/// insert. Otherwise (a larger value, no handle or byte credit left) it
+/// blocks until the daemon has answered.
 ///
 /// # Safety
 /// `c` is NULL or a live client; `data` is NULL or points to `len` readable
@@ -556,18 +562,27 @@ pub unsafe extern "C" fn hreg_insert(
     out: *mut hreg_handle,
 ) -> c_int {
     guard(|| {
-        if out.is_null() {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        if out.is_null() || hreg_proto::Opcode::Insert.check_flags(flags).is_err() {
             return INVALID;
         }
-        let mut op = new_op(hreg_opcode::HREG_OP_INSERT, 0, data.cast_mut(), len);
-        op.flags = flags;
-        // SAFETY: passed on from the caller; INSERT only reads `data`.
-        let status = unsafe { one(c, &mut op) };
-        if status == OK {
-            // SAFETY: `out` is non-NULL and writable (caller's contract).
-            unsafe { out.write(op.handle) };
+        // SAFETY: passed on from the caller; the value is only read.
+        let value = match unsafe { value(data, len) } {
+            Ok(value) => value,
+            Err(status) => return status,
+        };
+        match client.insert(value, flags) {
+            Ok(h) => {
+                // SAFETY: `out` is non-NULL and writable (caller's contract).
+                unsafe { out.write(h.get()) };
+                OK
+            }
+            Err(e) => status_of(&e),
         }
-        status
     })
 }
 
@@ -660,15 +675,27 @@ pub unsafe extern "C" fn hreg_replace(
 /// HREG_ERR_DENIED (another user's unshared object); HREG_ERR_QUOTA;
 /// HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
 ///
-/// Blocks until the daemon has answered.
+/// When the session holds a reference to `h` already, this is usually
+/// posted: answered here (STALE when the object is gone) and applied later;
+/// an object removed by another session meanwhile makes it a late failure,
+/// which the next `hreg_flush` returns. Otherwise it blocks until the
+/// daemon has answered.
 ///
 /// # Safety
 /// `c` is NULL or a live client.
 #[no_mangle]
 pub unsafe extern "C" fn hreg_retain(c: *mut hreg_client, h: hreg_handle) -> c_int {
-    let mut op = new_op(hreg_opcode::HREG_OP_RETAIN, h, std::ptr::null_mut(), 0);
-    // SAFETY: passed on from the caller; the op has no buffer.
-    guard(|| unsafe { one(c, &mut op) })
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        match handle(h) {
+            Ok(h) => client.retain(h).map_or_else(|e| status_of(&e), |()| OK),
+            Err(status) => status,
+        }
+    })
 }
 
 /// Drops one of this session's references to `h`; the object dies when no
@@ -678,15 +705,27 @@ pub unsafe extern "C" fn hreg_retain(c: *mut hreg_client, h: hreg_handle) -> c_i
 /// HREG_ERR_NOT_HELD (this session holds no reference, whoever owns the
 /// object); HREG_ERR_DISCONNECTED; HREG_ERR_PROTOCOL; HREG_ERR_IO.
 ///
-/// Blocks until the daemon has answered.
+/// Usually posted: answered here, from this session's own count of its
+/// references and a read of the slot, and applied before any later write
+/// of this thread and before the next `hreg_flush` returns; until then
+/// other processes may still see the object (this client does not). An
+/// object removed by another session meanwhile makes it a no-op.
 ///
 /// # Safety
 /// `c` is NULL or a live client.
 #[no_mangle]
 pub unsafe extern "C" fn hreg_release(c: *mut hreg_client, h: hreg_handle) -> c_int {
-    let mut op = new_op(hreg_opcode::HREG_OP_RELEASE, h, std::ptr::null_mut(), 0);
-    // SAFETY: passed on from the caller; the op has no buffer.
-    guard(|| unsafe { one(c, &mut op) })
+    guard(|| {
+        // SAFETY: passed on from the caller.
+        let client = match unsafe { client(c) } {
+            Ok(client) => client,
+            Err(status) => return status,
+        };
+        match handle(h) {
+            Ok(h) => client.release(h).map_or_else(|e| status_of(&e), |()| OK),
+            Err(status) => status,
+        }
+    })
 }
 
 /// Kills the object `h` now, whoever references it (the creator's uid, or

@@ -40,7 +40,7 @@ STATUS_NAMES = {
 }
 
 # The single ops and batch ops this runner can express.
-OPS = {"insert", "get", "get_into", "replace", "retain", "release", "remove", "objects"}
+OPS = {"insert", "get", "get_into", "replace", "retain", "release", "remove", "objects", "flush"}
 BATCH_OPS = {"insert", "get", "replace", "retain", "release", "remove"}
 FLAGS = {
     "none": {},
@@ -233,6 +233,8 @@ def execute(c: hreg.Client, op: str, args: List[str]) -> Outcome:
             getattr(c, op)(int(args[0]))
         elif op == "objects":
             return Outcome("OK", c.stats()["objects"])
+        elif op == "flush":
+            c.flush()
         else:
             raise CaseError(f"the {LANGUAGE} runner does not know the op `{op}`")
         return Outcome("OK")

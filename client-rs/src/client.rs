@@ -6,14 +6,17 @@
 use crate::borrow::{OwnedValueRef, ValueRef};
 use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
-use crate::reads::{Output, Resolved};
-use crate::rings::Rings;
+use crate::posted::Write;
+use crate::reads::{Output, Probe, Resolved};
+use crate::rings::{RingCell, Rings};
 use crate::session::ClientSession;
 use crate::{Completion, Op, Stats};
 use hreg_proto::control::{
     ControlRequest, ListFilter, ObjectInfo, Reply, SessionInfo, UsageReply, Welcome,
 };
+use hreg_proto::entry::{sqe_flags, Sqe, INLINE_CAPACITY};
 use hreg_proto::handle::Handle;
+use hreg_proto::{Limit, Opcode};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,19 +46,211 @@ impl Inner {
         let session = &self.session;
         session.check_usable()?;
         let cell = self.rings.pick(session)?;
+        self.on_ring(&cell, body)
+    }
+
+    /// Runs `body` on ring `cell`, its state locked.
+    fn on_ring<T>(
+        &self,
+        cell: &RingCell,
+        body: impl FnOnce(&Context<'_>, &mut RingState) -> Result<T>,
+    ) -> Result<T> {
         let mut state = cell.lock()?;
-        let cx = Context {
-            ring: session.ring(cell.index())?,
-            index: cell.index(),
-            ready: cell
-                .ready_at()
-                .map(|offset| session.ready_word(offset))
-                .transpose()?,
-            doorbell: cell.doorbell(),
-            liveness: &**session,
-            max_value_size: session.welcome().max_value_size,
+        cell.run(&self.session, &mut state, body)
+    }
+
+    /// Inserts without waiting when it can: a handle granted ahead of the
+    /// kind (the pool refilled first when empty: the only wait), credit for
+    /// the value's bytes, a value that fits in the entry. `None`: insert
+    /// synchronously (what any insert the daemon could refuse does, so
+    /// QUOTA and TOO_BIG come back exactly as before).
+    fn post_insert(&self, value: &[u8], flags: u32) -> Result<Option<Handle>> {
+        let posting = &self.session.posting;
+        if value.len() > INLINE_CAPACITY
+            || value.len() as u64 > self.session.welcome().max_value_size
+            || Opcode::Insert.check_flags(flags).is_err()
+            || !posting.may_post()
+        {
+            return Ok(None);
+        }
+        let generation = self.session.generation();
+        let shared = flags & crate::SHARED != 0;
+        let handle = match posting.take(generation, shared) {
+            Some(handle) => handle,
+            None => {
+                let want = posting.next_batch(generation, shared);
+                let mut fresh = Vec::new();
+                let grant = self
+                    .with_ring(|cx, state| engine::reserve(cx, state, shared, want, &mut fresh))?;
+                posting.granted(generation, shared, &fresh, grant.credit, grant.posting);
+                match posting.take(generation, shared) {
+                    Some(handle) if grant.posting => handle,
+                    _ => return Ok(None),
+                }
+            }
         };
-        body(&cx, &mut state)
+        let len = value.len() as u64;
+        if !posting.spend(len) {
+            posting.put_back(generation, shared, handle);
+            return Ok(None);
+        }
+        let mut sqe = Sqe {
+            opcode: Opcode::Insert as u8,
+            entry_flags: sqe_flags::POSTED | sqe_flags::INLINE,
+            obj_flags: flags,
+            handle: handle.get(),
+            data_len: value.len() as u32,
+            ..Sqe::default()
+        };
+        sqe.inline[..value.len()].copy_from_slice(value);
+        self.with_ring(|cx, state| engine::post(cx, state, sqe, None))?;
+        if flags & crate::DETACHED == 0 {
+            posting.refs.add(handle);
+        }
+        Ok(Some(handle))
+    }
+
+    /// Posts a RETAIN or RELEASE when the daemon applies posted writes and
+    /// the answer is known here: from this session's own count of its
+    /// references (NOT_HELD) and a read of the slot (STALE). `None`: do it
+    /// synchronously (a slot not readable here, a first reference to an
+    /// object, which may pass `uid_max_references`, a daemon that does not
+    /// take posted writes).
+    fn post_reference(&self, handle: Handle, retain: bool) -> Result<Option<Result<()>>> {
+        let posting = &self.session.posting;
+        let session = &self.session;
+        if !posting.posting() || session.may_read_here().is_err() {
+            return Ok(None);
+        }
+        // A release of its last reference posted before: applied first, so
+        // that this write finds the object as the daemon will.
+        self.own_release_applied(handle)?;
+        let mut probe = session.reads().probe(&**session, handle);
+        if let Probe::Reserved { session: owner } = probe {
+            if owner == session.welcome().session_id as u32 {
+                // This client's own insert, posted on another ring: applied
+                // first, so that this write comes after it.
+                self.settle_all()?;
+                probe = session.reads().probe(&**session, handle);
+            }
+        }
+        match probe {
+            Probe::Live => {}
+            Probe::Stale => {
+                posting.refs.forget(handle);
+                return Ok(Some(Err(Error::Stale)));
+            }
+            Probe::Reserved { .. } | Probe::Unknown => return Ok(None),
+        }
+        let mut last = false;
+        if retain {
+            let held = posting.refs.held(handle);
+            if held == 0 || held >= u32::MAX - 1 {
+                return Ok(None);
+            }
+            posting.refs.add(handle);
+        } else {
+            match posting.refs.take(handle) {
+                Some(was_last) => last = was_last,
+                None => return Ok(Some(Err(Error::NotHeld))),
+            }
+        }
+        let sqe = Sqe {
+            opcode: if retain {
+                Opcode::Retain
+            } else {
+                Opcode::Release
+            } as u8,
+            entry_flags: sqe_flags::POSTED,
+            handle: handle.get(),
+            ..Sqe::default()
+        };
+        let drop = last.then_some(handle);
+        self.with_ring(|cx, state| engine::post(cx, state, sqe, drop))?;
+        Ok(Some(Ok(())))
+    }
+
+    /// Before a synchronous write: every write this client posted, on any
+    /// of its rings, is applied first (a ring keeps its own order; this
+    /// keeps the client's, across rings: a Go goroutine's calls, or a
+    /// thread's after another's, may use different rings).
+    #[inline]
+    fn after_posted(&self) -> Result<()> {
+        if self
+            .session
+            .posting
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            self.settle_all()?;
+        }
+        Ok(())
+    }
+
+    /// Read-your-writes for posted releases: a read of a handle whose last
+    /// reference this client released, by a RELEASE not applied yet, waits
+    /// until it is (then the read finds it STALE, as after a synchronous
+    /// release).
+    #[inline]
+    fn own_release_applied(&self, handle: Handle) -> Result<()> {
+        if self.session.posting.dropping.pending(handle) {
+            self.settle_all()?;
+        }
+        Ok(())
+    }
+
+    /// After a byte limit: gives back the credit this client holds, and
+    /// says whether it held any (then the write is worth trying again).
+    fn give_back_credit(&self) -> Result<bool> {
+        let credit = self.session.posting.take_credit();
+        if credit == 0 {
+            return Ok(false);
+        }
+        let mut sqe = Sqe {
+            opcode: Opcode::Sync as u8,
+            ..Sqe::default()
+        };
+        sqe.set_inline_u64(credit);
+        self.with_ring(|cx, state| engine::exchange_one(cx, state, sqe))?;
+        Ok(true)
+    }
+
+    /// What this client holds ahead that counts against `limit` is given
+    /// back (handles, or byte credit); whether there was any.
+    fn give_back_for(&self, limit: Option<Limit>) -> Result<bool> {
+        match limit {
+            Some(Limit::UidMaxObjects | Limit::MaxObjects | Limit::UidMaxReferences) => {
+                self.give_back_handles()
+            }
+            Some(Limit::UidMaxBytes | Limit::MaxBytes) => self.give_back_credit(),
+            _ => Ok(false),
+        }
+    }
+
+    /// Gives back every handle granted ahead this client has not used (a
+    /// RELEASE of each); false when it held none.
+    fn give_back_handles(&self) -> Result<bool> {
+        let handles = self.session.posting.drain(self.session.generation());
+        if handles.is_empty() {
+            return Ok(false);
+        }
+        let mut ops: Vec<Op<'_>> = handles.into_iter().map(Op::Release).collect();
+        for chunk in ops.chunks_mut(256) {
+            // Each is given back, or already gone with its session.
+            self.with_ring(|cx, state| engine::run(cx, state, chunk))?;
+        }
+        Ok(true)
+    }
+
+    /// Waits until every write posted on any of this client's rings is
+    /// applied (before a flush, and before requests whose figures must
+    /// count this client's writes: STATS, USAGE, SESSIONS, LIST).
+    fn settle_all(&self) -> Result<()> {
+        for cell in self.rings.cells(&self.session) {
+            self.on_ring(&cell, engine::settle)?;
+        }
+        Ok(())
     }
 }
 
@@ -175,10 +370,16 @@ impl Client {
                 .find(|&k| matches!(ops[k], Op::Get { .. } | Op::GetOwned { .. }))
                 .unwrap_or(ops.len());
             let run = &mut ops[at..end];
-            results.extend(
-                self.inner
-                    .with_ring(|cx, state| engine::run(cx, state, run))?,
-            );
+            self.inner.after_posted()?;
+            let done = self
+                .inner
+                .with_ring(|cx, state| engine::run(cx, state, run))?;
+            for (op, result) in run.iter().zip(&done) {
+                if let Some(write) = Write::of(op) {
+                    self.inner.session.posting.refs.note(write, result);
+                }
+            }
+            results.extend(done);
             at = end;
         }
         Ok(results)
@@ -209,6 +410,9 @@ impl Client {
     #[inline]
     fn read_here(&self, handle: Handle, out: &mut Output<'_>) -> Resolved {
         let session = &self.inner.session;
+        if let Err(e) = self.inner.own_release_applied(handle) {
+            return Resolved::Failed(Box::new(e));
+        }
         if let Err(e) = session.may_read_here() {
             return Resolved::Failed(Box::new(e));
         }
@@ -219,14 +423,44 @@ impl Client {
     /// the result vector: nothing is allocated unless the op returns a value
     /// (GET owned) or fails.
     fn one(&self, op: Op<'_>) -> Result<Completion> {
-        self.inner
-            .with_ring(|cx, state| engine::run_one(cx, state, op))
+        let write = Write::of(&op);
+        if write.is_some() || matches!(op, Op::Replace { .. }) {
+            self.inner.after_posted()?;
+        }
+        let result = self
+            .inner
+            .with_ring(|cx, state| engine::run_one(cx, state, op));
+        if let Some(write) = write {
+            self.inner.session.posting.refs.note(write, &result);
+        }
+        result
     }
 
     /// Creates an object holding `value`. `flags`: [`crate::SHARED`],
     /// [`crate::DETACHED`]. Without DETACHED the session holds one reference.
+    ///
+    /// A value of up to 32 bytes is usually inserted without waiting for
+    /// the daemon (a *posted* insert, into a handle the daemon granted this
+    /// session ahead): the handle returned resolves at once, in this
+    /// process and in any other that receives it, and the insert is
+    /// applied even if this process dies right after. Failures a posted
+    /// insert could meet are ruled out before it returns (quota, size,
+    /// flags), so they come back here, as from any insert.
     pub fn insert(&self, value: &[u8], flags: u32) -> Result<Handle> {
-        match self.one(Op::Insert { value, flags })? {
+        if let Some(handle) = self.inner.post_insert(value, flags)? {
+            return Ok(handle);
+        }
+        let inserted = match self.one(Op::Insert { value, flags }) {
+            // What this client holds ahead counts as objects, references
+            // and bytes: given back, the insert is tried again, so that
+            // QUOTA comes only when the uid's own (and other sessions'
+            // handles ahead) are at the limit.
+            Err(Error::Quota { limit, .. }) if self.inner.give_back_for(limit)? => {
+                self.one(Op::Insert { value, flags })
+            }
+            other => other,
+        };
+        match inserted? {
             Completion::Inserted(h) => Ok(h),
             other => Err(unexpected(other)),
         }
@@ -249,6 +483,7 @@ impl Client {
     /// ([`Error::Quota`] past that). Short values, and values this session
     /// cannot map, come as a copy.
     pub fn get_ref(&self, handle: Handle) -> Result<ValueRef<'_>> {
+        self.inner.own_release_applied(handle)?;
         ValueRef::new(&self.inner.session, handle, || {
             self.get_through_ring(handle)
         })
@@ -258,6 +493,7 @@ impl Client {
     /// (bindings, reference tables, other threads): it keeps the session
     /// alive itself and counts against the same 1024.
     pub fn get_ref_owned(&self, handle: Handle) -> Result<OwnedValueRef> {
+        self.inner.own_release_applied(handle)?;
         OwnedValueRef::new(Arc::clone(&self.inner.session), handle, || {
             self.get_through_ring(handle)
         })
@@ -286,16 +522,40 @@ impl Client {
 
     /// Replaces the value of `handle`; readers see the old or the new one.
     pub fn replace(&self, handle: Handle, value: &[u8]) -> Result<()> {
-        self.one(Op::Replace { handle, value }).map(drop)
+        match self.one(Op::Replace { handle, value }) {
+            // Byte credit held ahead, given back: tried again.
+            Err(Error::Quota { limit, .. }) if self.inner.give_back_for(limit)? => {
+                self.one(Op::Replace { handle, value }).map(drop)
+            }
+            other => other.map(drop),
+        }
     }
 
     /// Takes one more reference to `handle` for this session.
+    ///
+    /// When the session holds one already, this is usually posted: answered
+    /// here (STALE when the object is gone) and applied later. An object
+    /// removed by another session meanwhile makes it a late failure, which
+    /// the next [`Client::flush`] returns.
     pub fn retain(&self, handle: Handle) -> Result<()> {
+        if let Some(done) = self.inner.post_reference(handle, true)? {
+            return done;
+        }
         self.one(Op::Retain(handle)).map(drop)
     }
 
     /// Drops one of this session's references ([`Error::NotHeld`] if none).
+    ///
+    /// Usually posted: answered here (NOT_HELD from the session's own count
+    /// of its references, STALE when the object is gone) and applied before
+    /// any later write of this thread and before the next
+    /// [`Client::flush`] returns; until then other processes may still see
+    /// the object. An object removed meanwhile makes it a no-op (the
+    /// reference died with the object).
     pub fn release(&self, handle: Handle) -> Result<()> {
+        if let Some(done) = self.inner.post_reference(handle, false)? {
+            return done;
+        }
         self.one(Op::Release(handle)).map(drop)
     }
 
@@ -308,19 +568,21 @@ impl Client {
     /// daemon, so that other processes see their effects; returns the first
     /// late failure of a posted write since the last flush, else `Ok`.
     /// DISCONNECTED when the daemon is gone.
-    ///
-    /// Every write of this client is applied before its call returns, so
-    /// there is nothing to wait for: this checks that the session is still
-    /// attached.
     pub fn flush(&self) -> Result<()> {
         use crate::engine::Liveness;
-        self.inner
-            .session
-            .check_alive_within(std::time::Duration::ZERO)
+        let inner = &self.inner;
+        let session = &inner.session;
+        session.check_usable()?;
+        inner.settle_all()?;
+        if let Some(late) = session.posting.late.take() {
+            return Err(late);
+        }
+        session.check_alive_within(std::time::Duration::ZERO)
     }
 
     /// The registry's figures.
     pub fn stats(&self) -> Result<Stats> {
+        self.inner.settle_all()?;
         self.inner
             .session
             .request(&ControlRequest::Stats, "STATS", |reply| match reply {
@@ -332,6 +594,7 @@ impl Client {
     /// Every attached session this client may see (all for root, its own
     /// uid's otherwise).
     pub fn sessions(&self) -> Result<Vec<SessionInfo>> {
+        self.inner.settle_all()?;
         let mut all = Vec::new();
         let mut cursor = 0;
         loop {
@@ -360,6 +623,7 @@ impl Client {
         limit: u32,
         filter: ListFilter,
     ) -> Result<(Vec<ObjectInfo>, u64)> {
+        self.inner.settle_all()?;
         let request = ControlRequest::List {
             cursor,
             limit,
@@ -376,6 +640,7 @@ impl Client {
     /// Shard occupancy, usage per uid against its caps, and requests per
     /// second.
     pub fn usage(&self) -> Result<UsageReply> {
+        self.inner.settle_all()?;
         self.inner
             .session
             .request(&ControlRequest::Usage, "USAGE", |reply| match reply {

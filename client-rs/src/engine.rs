@@ -9,6 +9,13 @@
 //! The engine sees only what a batch needs ([`Context`]): the client's side
 //! of one ring, its doorbell, the limits, and a way to ask whether the
 //! daemon is still there ([`Liveness`]).
+//!
+//! Posted writes ([`post`]) share the ring: the client publishes them and
+//! goes on; their completions are read later, in order, before those of
+//! anything after them (the daemon serves a ring in order), and a failed
+//! one is kept as a *late failure* for the next flush ([`settle`]). An op
+//! on a handle granted ahead whose insert is not applied yet is answered
+//! STALE with RESERVED: it is asked again, for up to [`RESERVED_WAIT`].
 
 use crate::error::{Error, Result};
 use crate::mapped::{self, WaitEnded};
@@ -39,6 +46,14 @@ const CLOCK_EVERY: u32 = 64;
 const PUBLISH_EVERY: usize = 16;
 /// How long one futex sleep lasts before the control socket is checked.
 const SLEEP_TIME: Duration = Duration::from_millis(100);
+/// How long a GET waits for the insert of a handle granted ahead (it is
+/// applied as soon as its ring is served: this bounds a made-up handle).
+pub(crate) const RESERVED_WAIT: Duration = Duration::from_secs(1);
+/// user_data of posted entries: this bit and a sequence number.
+const POSTED_TAG: u64 = 1 << 63;
+/// user_data bit of a posted RELEASE of a last reference (its handle is
+/// next in the ring's `drops`).
+const DROP_TAG: u64 = 1 << 62;
 /// How long a ring that breaks the protocol waits for the control socket to
 /// explain it (EOF or SHUTDOWN) before the error is called PROTOCOL.
 const PROTOCOL_GRACE: Duration = Duration::from_millis(200);
@@ -117,6 +132,8 @@ pub(crate) struct Scratch {
     sqes: Vec<Sqe>,
     sent: Vec<Step>,
     staged: Vec<(usize, u32)>,
+    /// GETs answered "granted ahead, not filled yet", to ask again.
+    reserved: Vec<Step>,
 }
 
 /// Ops' worth of capacity a ring keeps between calls; a larger batch's
@@ -150,6 +167,32 @@ pub(crate) struct Context<'a> {
     pub doorbell: BorrowedFd<'a>,
     pub liveness: &'a dyn Liveness,
     pub max_value_size: u64,
+    /// The client's posted writes: where late failures go, which releases
+    /// of last references are not applied yet, how many are in flight.
+    pub posting: &'a crate::posted::Posting,
+}
+
+/// The first late failure of a posted write since the last flush (the
+/// client's, over all its rings).
+#[derive(Debug, Default)]
+pub(crate) struct LateFailures(std::sync::Mutex<Option<Error>>);
+
+impl LateFailures {
+    fn record(&self, error: Error) {
+        let mut first = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        first.get_or_insert(error);
+    }
+
+    /// The first late failure since the last take, if any.
+    pub(crate) fn take(&self) -> Option<Error> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// What the client keeps for one ring between batches: its positions, and
@@ -161,7 +204,38 @@ pub(crate) struct RingState {
     next_user_data: u64,
     /// Set after a protocol error left the ring in an unknown state.
     broken: bool,
+    /// Posted entries whose completions are not read yet (they come before
+    /// any later entry's).
+    posted: u32,
+    next_posted: u64,
+    /// The handles of posted releases of last references, in order.
+    drops: std::collections::VecDeque<Handle>,
     scratch: Scratch,
+}
+
+impl RingState {
+    /// The ring side of this ring's state, for one use.
+    fn io<'a, 'c>(&'a mut self, cx: &'a Context<'c>) -> RingIo<'a, 'c> {
+        RingIo {
+            cx,
+            counters: &mut self.counters,
+            next_user_data: &mut self.next_user_data,
+            posted: &mut self.posted,
+            drops: &mut self.drops,
+        }
+    }
+
+    /// PROTOCOL once an earlier protocol error left the ring unusable.
+    fn check_usable(&self) -> Result<()> {
+        if self.broken {
+            return Err(unusable());
+        }
+        Ok(())
+    }
+}
+
+fn unusable() -> Error {
+    Error::Protocol("ring unusable after an earlier protocol error".into())
 }
 
 /// Runs `ops` in order on the context's ring. Per-op failures land in the
@@ -198,7 +272,10 @@ fn run_locked(cx: &Context<'_>, ops: &mut [Op<'_>], state: &mut RingState) -> Re
         counters,
         next_user_data,
         broken,
+        posted,
+        drops,
         scratch,
+        ..
     } = state;
     scratch.results.clear();
     scratch.shapes.clear();
@@ -225,14 +302,14 @@ fn run_locked(cx: &Context<'_>, ops: &mut [Op<'_>], state: &mut RingState) -> Re
         return Ok(());
     }
     if *broken {
-        return Err(Error::Protocol(
-            "ring unusable after an earlier protocol error".into(),
-        ));
+        return Err(unusable());
     }
     let mut io = RingIo {
         cx,
         counters,
         next_user_data,
+        posted,
+        drops,
     };
     let mut batch = Batch {
         ops,
@@ -243,6 +320,7 @@ fn run_locked(cx: &Context<'_>, ops: &mut [Op<'_>], state: &mut RingState) -> Re
         sqes: &mut scratch.sqes,
         sent: &mut scratch.sent,
         staged: &mut scratch.staged,
+        reserved: &mut scratch.reserved,
     };
     if let Err(e) = batch.run(&mut io, &scratch.plan, bufs) {
         if let Error::Protocol(_) = e {
@@ -256,14 +334,200 @@ fn run_locked(cx: &Context<'_>, ops: &mut [Op<'_>], state: &mut RingState) -> Re
     Ok(())
 }
 
+/// Posts one write (INSERT into a granted handle, RETAIN, RELEASE: `sqe`
+/// carries POSTED): publishes it, rings the doorbell only if the ring's
+/// worker has parked it, and returns without waiting. Waits only when the
+/// ring is full of posted writes not completed yet. `drop`: the handle of
+/// a RELEASE of the last reference, which this client's reads wait for
+/// until it is applied.
+pub(crate) fn post(
+    cx: &Context<'_>,
+    state: &mut RingState,
+    mut sqe: Sqe,
+    drop: Option<Handle>,
+) -> Result<()> {
+    state.check_usable()?;
+    sqe.user_data = POSTED_TAG | (state.next_posted & !DROP_TAG);
+    if drop.is_some() {
+        sqe.user_data |= DROP_TAG;
+    }
+    state.next_posted = state.next_posted.wrapping_add(1);
+    let outcome = state.io(cx).post(&sqe, drop);
+    broken_by(cx, &mut state.broken, outcome)
+}
+
+/// Waits until every write posted on this ring is applied, its late
+/// failures recorded in the context's [`LateFailures`].
+pub(crate) fn settle(cx: &Context<'_>, state: &mut RingState) -> Result<()> {
+    if state.broken || state.posted == 0 {
+        return Ok(());
+    }
+    let outcome = state.io(cx).reap_posted(0);
+    broken_by(cx, &mut state.broken, outcome)
+}
+
+/// Runs one entry of the ring's own (SYNC) and waits for it; its failure
+/// as an error.
+pub(crate) fn exchange_one(cx: &Context<'_>, state: &mut RingState, sqe: Sqe) -> Result<Cqe> {
+    state.check_usable()?;
+    let mut sqe = [sqe];
+    let mut done = None;
+    let outcome = state.io(cx).exchange(&mut sqe, |_, cqe| {
+        done = Some(*cqe);
+        Ok(())
+    });
+    broken_by(cx, &mut state.broken, outcome)?;
+    let cqe = done.ok_or_else(|| Error::Protocol("an entry got no completion".into()))?;
+    match Error::from_completion(cqe.status, cqe.value_len) {
+        Some(e) => Err(e),
+        None => Ok(cqe),
+    }
+}
+
+/// What a RESERVE granted.
+pub(crate) struct Grant {
+    /// Byte credit granted now.
+    pub credit: u64,
+    /// Whether the daemon applies posted writes.
+    pub posting: bool,
+}
+
+/// Asks the daemon for up to `want` handles ahead (of the SHARED domain or
+/// the uid's own), appended to `out`, and waits for them.
+pub(crate) fn reserve(
+    cx: &Context<'_>,
+    state: &mut RingState,
+    shared: bool,
+    want: usize,
+    out: &mut Vec<Handle>,
+) -> Result<Grant> {
+    state.check_usable()?;
+    let want = want
+        .min(hreg_proto::entry::MAX_GRANT)
+        .min(cx.ring.data_size() as usize / 8)
+        .max(1);
+    let sqe = Sqe {
+        opcode: Opcode::Reserve as u8,
+        obj_flags: if shared { hreg_proto::flags::SHARED } else { 0 },
+        data_off: 0,
+        data_len: 8 * want as u32,
+        ..Sqe::default()
+    };
+    let cqe = exchange_one(cx, state, sqe)?;
+    let granted = cqe.value_len as usize;
+    if granted > want {
+        return Err(Error::Protocol(format!(
+            "RESERVE of {want} handles granted {granted}"
+        )));
+    }
+    let mut bytes = [0u8; 8];
+    for k in 0..granted {
+        get_data(&cx.ring, 8 * k as u32, &mut bytes)?;
+        let handle = Handle::new(u64::from_le_bytes(bytes))
+            .ok_or_else(|| Error::Protocol("RESERVE granted handle 0".into()))?;
+        out.push(handle);
+    }
+    Ok(Grant {
+        credit: cqe.handle,
+        posting: cqe.entry_flags & cqe_flags::POSTING != 0,
+    })
+}
+
+/// Marks the ring broken after a protocol error (preferring DISCONNECTED
+/// when the daemon is going away), as [`run`] does.
+fn broken_by(cx: &Context<'_>, broken: &mut bool, outcome: Result<()>) -> Result<()> {
+    if let Err(Error::Protocol(_)) = &outcome {
+        cx.liveness.check_alive_within(PROTOCOL_GRACE)?;
+        *broken = true;
+    }
+    outcome
+}
+
 /// The ring side of a batch: entries out, completions in, waiting.
 struct RingIo<'a, 'c> {
     cx: &'a Context<'c>,
     counters: &'a mut ClientCounters,
     next_user_data: &'a mut u64,
+    /// Posted entries whose completions are not read yet.
+    posted: &'a mut u32,
+    /// Handles of posted releases of last references, in order.
+    drops: &'a mut std::collections::VecDeque<Handle>,
 }
 
 impl RingIo<'_, '_> {
+    /// Publishes posted entry `sqe` (its user_data set) once the ring has
+    /// room, ringing the doorbell if the ring is parked; `drop`: the handle
+    /// of a RELEASE of a last reference.
+    fn post(&mut self, sqe: &Sqe, drop: Option<Handle>) -> Result<()> {
+        let ring = self.cx.ring;
+        self.reap_posted(ring.entries() - 1)?;
+        if let Some(handle) = drop {
+            self.drops.push_back(handle);
+            self.cx.posting.dropping.add(handle);
+        }
+        self.cx
+            .posting
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        ring.push(self.counters, &sqe.encode());
+        *self.posted += 1;
+        if ring.flush(self.counters) {
+            self.ring_doorbell()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the completions of posted entries until at most `left` are
+    /// not read (waiting for them when needed); records late failures.
+    fn reap_posted(&mut self, left: u32) -> Result<()> {
+        let ring = self.cx.ring;
+        let mut park = Waiting::new(self.cx.liveness);
+        let mut popped = false;
+        loop {
+            while *self.posted > 0 {
+                let Some(raw) = ring.pop(self.counters) else {
+                    break;
+                };
+                self.take_posted(&Cqe::decode(&raw))?;
+                popped = true;
+            }
+            if *self.posted <= left {
+                break;
+            }
+            ring.wait(self.counters, &mut park)?;
+        }
+        if popped {
+            ring.release(self.counters);
+        }
+        Ok(())
+    }
+
+    /// The completion of a posted entry: a late failure when it failed.
+    fn take_posted(&mut self, cqe: &Cqe) -> Result<()> {
+        if cqe.user_data & POSTED_TAG == 0 {
+            return Err(Error::Protocol(format!(
+                "completion for entry {} where a posted one was due",
+                cqe.user_data
+            )));
+        }
+        *self.posted -= 1;
+        self.cx
+            .posting
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
+        if cqe.user_data & DROP_TAG != 0 {
+            let handle = self
+                .drops
+                .pop_front()
+                .ok_or_else(|| Error::Protocol("a completion for a release never posted".into()))?;
+            self.cx.posting.dropping.applied(handle);
+        }
+        if let Some(e) = Error::from_completion(cqe.status, cqe.value_len) {
+            self.cx.posting.late.record(e);
+        }
+        Ok(())
+    }
+
     /// Writes `sqes` (at most `entries`), publishes them, and hands each
     /// completion, in order, to `on_cqe` with its position.
     fn exchange(
@@ -274,6 +538,8 @@ impl RingIo<'_, '_> {
         let ring = self.cx.ring;
         let n = sqes.len();
         debug_assert!(n <= ring.entries() as usize);
+        // Room for the round beside the posted entries in flight.
+        self.reap_posted(ring.entries().saturating_sub(n as u32))?;
         let base = *self.next_user_data;
         // A doorbell failure is reported once every entry is published.
         let mut bell = Ok(());
@@ -299,6 +565,11 @@ impl RingIo<'_, '_> {
                     break;
                 };
                 let cqe = Cqe::decode(&raw);
+                // Posted entries published before the round come first.
+                if *self.posted > 0 {
+                    self.take_posted(&cqe)?;
+                    continue;
+                }
                 let expected = base.wrapping_add(done as u64);
                 if cqe.user_data != expected {
                     return Err(Error::Protocol(format!(
@@ -317,7 +588,10 @@ impl RingIo<'_, '_> {
     /// Names the parked ring in the ready word, then rings the doorbell.
     fn ring_doorbell(&self) -> Result<()> {
         if let Some(ready) = &self.cx.ready {
-            ready.mark(self.cx.index);
+            if !ready.mark(self.cx.index) {
+                // A wake for this ring is on its way already.
+                return Ok(());
+            }
         }
         loop {
             match rustix::io::write(self.cx.doorbell.as_fd(), &1u64.to_ne_bytes()) {
@@ -404,6 +678,7 @@ struct RoundBufs<'s> {
     sqes: &'s mut Vec<Sqe>,
     sent: &'s mut Vec<Step>,
     staged: &'s mut Vec<(usize, u32)>,
+    reserved: &'s mut Vec<Step>,
 }
 
 impl Batch<'_, '_> {
@@ -413,7 +688,12 @@ impl Batch<'_, '_> {
         plan: &plan::Plan,
         bufs: RoundBufs<'_>,
     ) -> Result<()> {
-        let RoundBufs { sqes, sent, staged } = bufs;
+        let RoundBufs {
+            sqes,
+            sent,
+            staged,
+            reserved,
+        } = bufs;
         for round in &plan.rounds {
             sqes.clear();
             sent.clear();
@@ -429,10 +709,51 @@ impl Batch<'_, '_> {
                 continue;
             }
             staged.clear();
+            reserved.clear();
             let ring = io.cx.ring;
-            io.exchange(sqes, |k, cqe| self.complete(&ring, &sent[k], cqe, staged))?;
+            io.exchange(sqes, |k, cqe| {
+                self.complete(&ring, &sent[k], cqe, staged, reserved)
+            })?;
             for &(op, total) in staged.iter() {
                 self.fetch_staged(io, op, total)?;
+            }
+            for &step in reserved.iter() {
+                self.wait_reserved(io, step)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks again for an op on a handle granted ahead whose insert was not
+    /// applied yet, backing off, until it is (or is gone), or
+    /// [`RESERVED_WAIT`] has passed: then it is STALE (no insert returned
+    /// it, or its session is gone without making it).
+    fn wait_reserved(&mut self, io: &mut RingIo<'_, '_>, step: Step) -> Result<()> {
+        let deadline = Instant::now() + RESERVED_WAIT;
+        let mut pause = Duration::from_micros(2);
+        for tries in 0u32.. {
+            if tries < 16 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(1));
+            }
+            let mut sqe = [self.build(io, &step)?];
+            let mut again = Vec::new();
+            let mut staged = Vec::new();
+            let ring = io.cx.ring;
+            io.exchange(&mut sqe, |_, cqe| {
+                self.complete(&ring, &step, cqe, &mut staged, &mut again)
+            })?;
+            for &(op, total) in staged.iter() {
+                self.fetch_staged(io, op, total)?;
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.results[step.op] = Some(Err(Error::Stale));
+                return Ok(());
             }
         }
         Ok(())
@@ -501,8 +822,17 @@ impl Batch<'_, '_> {
         step: &Step,
         cqe: &Cqe,
         staged: &mut Vec<(usize, u32)>,
+        reserved: &mut Vec<Step>,
     ) -> Result<()> {
         let op = step.op;
+        let granted_ahead = cqe.status == hreg_proto::Status::Stale as u32
+            && cqe.entry_flags & cqe_flags::RESERVED != 0;
+        // Any op on it: asked again (a piece of a value is never on a
+        // handle).
+        if granted_ahead && !matches!(step.kind, StepKind::StagePiece { .. }) {
+            reserved.push(*step);
+            return Ok(());
+        }
         if let Some(mut e) = Error::from_completion(cqe.status, cqe.value_len) {
             if let Error::TooBig { size, .. } = &mut e {
                 *size = Some(self.ops[op].value().len() as u64);

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod mapped;
 mod plan;
+mod posted;
 mod reads;
 mod rings;
 mod session;

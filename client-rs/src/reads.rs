@@ -25,7 +25,8 @@ use hreg_proto::locks::lock;
 use hreg_proto::pins::{Borrow, ClientPins};
 use hreg_proto::shm::{Mapping, ReadOnly};
 use hreg_proto::table::{
-    header::Header, slot_chunk_len, slot_place, Read, SlotView, MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS,
+    header::Header, slot_chunk_len, slot_place, Located, Read, SlotView, MAX_HEAP_CHUNKS,
+    MAX_SLOT_CHUNKS,
 };
 use hreg_proto::Limit;
 use rustix::fd::OwnedFd;
@@ -130,6 +131,20 @@ impl Output<'_> {
             }
         }
     }
+}
+
+/// What a handle's slot holds, as [`Reads::probe`] found it here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A live object.
+    Live,
+    /// No object of this handle.
+    Stale,
+    /// Granted ahead to the session whose id's low 32 bits these are; its
+    /// insert is not applied yet.
+    Reserved { session: u32 },
+    /// Not readable here.
+    Unknown,
 }
 
 /// What a local read came to (small, so the hot path moves little).
@@ -422,6 +437,9 @@ impl RegistryView {
                 Read::Value { len } => return Resolved::Value(len as usize),
                 Read::Buffer { len } => return Resolved::Buffer(len as usize),
                 Read::Stale => return Resolved::Stale,
+                // Granted ahead, its insert not applied yet: the daemon
+                // says when it is (`crate::engine` asks again).
+                Read::Reserved { .. } => return Resolved::Ring,
                 Read::Unmapped { chunk } if !fetched => {
                     fetched = true;
                     if !matches!(self.fetch(source, parts.domain, chunk), Ok(true)) {
@@ -433,6 +451,29 @@ impl RegistryView {
             }
         }
         Resolved::Ring
+    }
+
+    /// What `handle`'s slot holds now, read here without copying the
+    /// value (for writes answered without the daemon).
+    pub(crate) fn probe(&self, source: &dyn ChunkSource, handle: Handle) -> Probe {
+        if self.ring_only {
+            return Probe::Unknown;
+        }
+        let parts = HandleParts::decode(handle.get());
+        let view = match self.slot(source, &parts) {
+            Ok(Some((_, view))) => view,
+            Err(Error::Stale) => return Probe::Stale,
+            Ok(None) | Err(_) => return Probe::Unknown,
+        };
+        for _ in 0..TORN_RETRIES {
+            match view.locate(parts.generation) {
+                Located::Stale => return Probe::Stale,
+                Located::Reserved { session } => return Probe::Reserved { session },
+                Located::Inline { .. } | Located::Heap { .. } => return Probe::Live,
+                Located::Torn => std::hint::spin_loop(),
+            }
+        }
+        Probe::Unknown
     }
 
     /// Borrows the value of `handle`: pins its block in `pins` (the pin
@@ -462,6 +503,8 @@ impl RegistryView {
                 // A handle already gone is STALE, and a value kept in its
                 // slot needs no pin (it is copied), before any QUOTA.
                 Borrow::Stale => return Err(Error::Stale),
+                // Not filled yet: through the ring, which waits for it.
+                Borrow::Reserved => return Ok(None),
                 Borrow::Inline => return self.copy_inline(&view, &parts),
                 Borrow::Refused => return Err(Error::quota(Limit::BorrowedReferences)),
             };
@@ -509,8 +552,11 @@ impl RegistryView {
                 Read::Value { .. } => return Ok(Some(Borrowed::Copied(value))),
                 Read::Stale => return Err(Error::Stale),
                 Read::Torn => std::hint::spin_loop(),
-                // Moved to the heap meanwhile: the caller's ring fallback.
-                Read::Buffer { .. } | Read::Unmapped { .. } => return Ok(None),
+                // Moved to the heap meanwhile, or reserved: the caller's
+                // ring fallback.
+                Read::Buffer { .. } | Read::Unmapped { .. } | Read::Reserved { .. } => {
+                    return Ok(None)
+                }
             }
         }
         Ok(None)

@@ -10,7 +10,7 @@
 //! ring of a small pool the client shares, whatever its thread.
 
 use crate::control_socket;
-use crate::engine::RingState;
+use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
 use crate::mapped;
 use crate::reads::thread_number;
@@ -18,7 +18,7 @@ use crate::session::{refusal, ClientSession};
 use hreg_proto::control::{ControlRequest, Reply};
 use hreg_proto::locks::lock;
 use hreg_proto::Status;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, OwnedFd};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 
@@ -78,22 +78,33 @@ impl RingTable {
 }
 
 impl RingCell {
-    pub(crate) fn index(&self) -> u32 {
-        self.index
-    }
-
-    pub(crate) fn ready_at(&self) -> Option<u64> {
-        self.ready_at
-    }
-
-    pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
-        self.doorbell.as_fd()
-    }
-
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, RingState>> {
         self.state
             .lock()
             .map_err(|_| Error::Protocol("ring state poisoned by a panic".into()))
+    }
+
+    /// Runs `body` on this ring of `session`, its state `state` (locked by
+    /// the caller).
+    pub(crate) fn run<T>(
+        &self,
+        session: &Session,
+        state: &mut RingState,
+        body: impl FnOnce(&Context<'_>, &mut RingState) -> Result<T>,
+    ) -> Result<T> {
+        let cx = Context {
+            ring: session.ring(self.index)?,
+            index: self.index,
+            ready: self
+                .ready_at
+                .map(|offset| session.ready_word(offset))
+                .transpose()?,
+            doorbell: self.doorbell.as_fd(),
+            liveness: session,
+            max_value_size: session.welcome().max_value_size,
+            posting: &session.posting,
+        };
+        body(&cx, state)
     }
 }
 
@@ -107,6 +118,12 @@ impl Drop for RingCell {
         if let Some(session) = self.session.upgrade() {
             // A ring of the daemon before a resume is not this daemon's.
             if session.generation() == self.generation {
+                // What this ring posted is applied before it goes (its
+                // thread exits), so that the client's reads and flushes
+                // need not wait for a ring they can no longer reach.
+                if let Ok(mut state) = self.state.lock() {
+                    let _ = self.run(&session, &mut state, engine::settle);
+                }
                 let _ = session.call(&ControlRequest::RingClose { index: self.index });
             }
         }
@@ -193,6 +210,31 @@ impl Rings {
                 Ok(cell)
             }
         }
+    }
+
+    /// Every ring of the current session generation this client has open
+    /// (its threads', the shared one, the pool's): what a flush settles.
+    pub(crate) fn cells(&self, session: &Arc<Session>) -> Vec<Arc<RingCell>> {
+        let generation = session.generation();
+        let mut cells: Vec<Arc<RingCell>> = {
+            let table = self.lock();
+            table
+                .open
+                .iter()
+                .filter_map(Weak::upgrade)
+                .chain(table.overflow.clone())
+                .collect()
+        };
+        if let Some(pool) = self.pool.get() {
+            for place in pool.places.iter() {
+                let place = place.lock().unwrap_or_else(PoisonError::into_inner);
+                cells.extend(place.clone());
+            }
+        }
+        cells.retain(|cell| cell.generation == generation);
+        cells.sort_by_key(|cell| cell.index);
+        cells.dedup_by_key(|cell| cell.index);
+        cells
     }
 
     /// This thread's ring for `session`, opening one on first use.

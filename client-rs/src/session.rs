@@ -11,6 +11,7 @@ use crate::control_socket::{self, Peek};
 use crate::engine::Liveness;
 use crate::error::{Error, Result};
 use crate::mapped::{self, SessionMapping};
+use crate::posted::Posting;
 use crate::reads::{Chunk, ChunkSource, RegistryView};
 use hreg_proto::control::{clip, ControlRequest, MapDomain, Reply, Welcome};
 use hreg_proto::locks::{lock, read, write};
@@ -62,6 +63,9 @@ pub(crate) struct ClientSession {
     generation: AtomicU64,
     /// This session, for the thread that resumes it.
     me: Weak<ClientSession>,
+    /// Posted writes: handles ahead, credit, references, late failures
+    /// (the client's, over all its rings).
+    pub(crate) posting: Posting,
 }
 
 impl ClientSession {
@@ -165,6 +169,7 @@ impl ClientSession {
             state: AtomicU8::new(ATTACHED),
             generation: AtomicU64::new(0),
             me: me.clone(),
+            posting: Posting::default(),
         }))
     }
 

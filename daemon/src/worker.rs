@@ -394,6 +394,13 @@ impl WorkerState {
                 ring.session.close();
                 return;
             }
+            // Bits already in the session's ready word for this worker name
+            // no ring it serves (a daemon before a restart left them, or
+            // rings of the session here that went): cleared, since a client
+            // does not ring again for a bit still set.
+            if let Some(ready) = ring.session.memory.mapping().server_ready(ready_at) {
+                ready.take();
+            }
             self.sessions.insert(
                 id,
                 Watched {
@@ -482,10 +489,14 @@ impl WorkerState {
         }
     }
 
+    /// Stops serving a ring, once what its client posted there is applied
+    /// (its session is ending, or its thread let it go: a posted write
+    /// that returned is never lost).
     fn drop_ring(&mut self, at: RingRef) {
-        let Some(ring) = self.slots.get_mut(at.slot).and_then(Option::take) else {
+        let Some(mut ring) = self.slots.get_mut(at.slot).and_then(Option::take) else {
             return;
         };
+        ring.drain_posted(&mut self.scratch);
         self.free_slots.push(at.slot);
         self.ring_count -= 1;
         if ring.active {
@@ -778,6 +789,20 @@ impl ServedRing {
         }
     }
 
+    /// Applies the posted writes the ring still holds, completing nothing
+    /// (see `ServerRing::drain`); other entries are skipped: their client
+    /// never got an answer, and is gone or has let the ring go.
+    fn drain_posted(&mut self, scratch: &mut Vec<u8>) {
+        let (view, counters) = self.ring.get();
+        let session = &*self.session;
+        let staging = &mut self.staging;
+        view.drain(counters, view.entries(), |raw| {
+            if RingRequest::is_posted(&Sqe::decode(raw)) {
+                let _ = execute(raw, view, session, staging, scratch);
+            }
+        });
+    }
+
     /// Serves what the ring holds, as far as the CQ has room and at most
     /// `max` entries. Returns the entries and the public requests served,
     /// or why the session must close.
@@ -815,8 +840,15 @@ fn execute(
     let request = RingRequest::from_sqe(&sqe, view.data_size());
     let public = !matches!(
         request,
-        Ok(RingRequest::StageWrite { .. } | RingRequest::StageRead { .. })
+        Ok(RingRequest::StageWrite { .. }
+            | RingRequest::StageRead { .. }
+            | RingRequest::Reserve { .. }
+            | RingRequest::Sync { .. })
     );
+    // A posted release of an object that died meanwhile is done: the
+    // reference died with the object.
+    let posted_release =
+        RingRequest::is_posted(&sqe) && matches!(request, Ok(RingRequest::Release { .. }));
     let mut run = Run {
         view,
         session,
@@ -827,10 +859,21 @@ fn execute(
     let result = request
         .map_err(Refusal::from)
         .and_then(|request| run.request(request, scratch));
-    let Err(refusal) = result else {
-        cqe.status = Status::Ok as u32;
-        return (cqe, public);
+    let refusal = match result {
+        Err(refusal) if !(posted_release && refusal.status() == Status::Stale) => refusal,
+        _ => {
+            cqe.status = Status::Ok as u32;
+            return (cqe, public);
+        }
     };
+    if refusal.status() == Status::Stale
+        && sqe.handle != 0
+        && Handle::new(sqe.handle).is_some_and(|h| session.registry().reserved_for(h).is_some())
+    {
+        // Granted ahead, its insert not applied yet (it may have returned
+        // in another process): the client asks again.
+        cqe.entry_flags |= cqe_flags::RESERVED;
+    }
     cqe.status = refusal.status() as u32;
     if refusal.status() == Status::Quota {
         // The client learns which limit from the completion, the operator
@@ -923,10 +966,35 @@ impl Run<'_, '_> {
         let registry: &Registry = session.registry();
         let holder = &session.holder;
         match request {
-            RingRequest::Insert { flags, value } => {
+            RingRequest::Insert {
+                flags,
+                value,
+                into: None,
+            } => {
                 let bytes = self.value_in(value, registry, scratch)?;
                 self.cqe.handle = registry.insert(holder, bytes, flags)?.get();
                 self.consumed(value);
+                Ok(())
+            }
+            RingRequest::Insert {
+                flags,
+                value,
+                into: Some(into),
+            } => {
+                let bytes = self.value_in(value, registry, scratch)?;
+                registry.insert_into(holder, into, bytes, flags)?;
+                self.cqe.handle = into.get();
+                self.consumed(value);
+                Ok(())
+            }
+            RingRequest::Reserve {
+                shared,
+                region_off,
+                want,
+            } => self.reserve(shared, region_off, want),
+            // Entries are applied in order: every earlier one is.
+            RingRequest::Sync { give_back } => {
+                self.cqe.handle = registry.give_back_credit(holder, give_back);
                 Ok(())
             }
             RingRequest::Replace { handle, value } => {
@@ -1027,6 +1095,28 @@ impl Run<'_, '_> {
             }
             Ok(())
         })?
+    }
+
+    /// RESERVE: handles granted ahead written into the data area at
+    /// `region_off`, their count in `value_len`, the byte credit granted in
+    /// `handle`, and POSTING when the daemon applies posted writes.
+    fn reserve(&mut self, shared: bool, region_off: u32, want: usize) -> Result<(), Refusal> {
+        let registry = self.session.registry();
+        let mut granted = 0u32;
+        let view = self.view;
+        let credit = registry.reserve(&self.session.holder, shared, want, |handle| {
+            let at = region_off + 8 * granted;
+            // Inside the region: `want` handles of 8 bytes were checked to fit.
+            if view.copy_to_data(at, &handle.get().to_le_bytes()) {
+                granted += 1;
+            }
+        })?;
+        self.cqe.value_len = granted;
+        self.cqe.handle = credit;
+        if registry.posting_allowed() {
+            self.cqe.entry_flags = cqe_flags::POSTING;
+        }
+        Ok(())
     }
 
     fn stage_write(&mut self, offset: u64, data_off: u32, len: usize) -> Result<(), Refusal> {
@@ -1283,6 +1373,101 @@ mod tests {
             harness.run(&[], &[insert])[0].status,
             Status::Invalid as u32
         );
+    }
+
+    fn reserve(region: u32, want: u32, shared: bool) -> Sqe {
+        Sqe {
+            opcode: Opcode::Reserve as u8,
+            obj_flags: if shared { flags::SHARED } else { 0 },
+            data_off: region,
+            data_len: 8 * want,
+            ..Sqe::default()
+        }
+    }
+
+    fn posted(sqe: Sqe) -> Sqe {
+        Sqe {
+            entry_flags: sqe.entry_flags | sqe_flags::POSTED,
+            ..sqe
+        }
+    }
+
+    #[test]
+    fn granted_handles_take_posted_inserts_and_their_late_failures() {
+        let mut bench = Bench::new(Limits::default());
+        let done = bench.run(&[], &[reserve(0, 4, true)]);
+        assert_eq!(done[0].status, OK);
+        assert_eq!(done[0].value_len, 4);
+        assert_eq!(done[0].handle, hreg_registry::CREDIT);
+        assert_eq!(done[0].entry_flags, cqe_flags::POSTING);
+        let granted: Vec<u64> = bench
+            .data(0, 32)
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        // Before its insert, a GET is STALE with RESERVED: ask again.
+        let done = bench.run(&[], &[get(granted[0], 0, 64)]);
+        assert_eq!(done[0].status, Status::Stale as u32);
+        assert_eq!(done[0].entry_flags, cqe_flags::RESERVED);
+        let insert = |h: u64, value: &[u8]| {
+            posted(Sqe {
+                handle: h,
+                ..inline_insert(value, flags::SHARED)
+            })
+        };
+        let done = bench.run(
+            &[],
+            &[
+                insert(granted[0], b"first"),
+                insert(granted[0], b"again"),
+                posted(on(Opcode::Release, granted[0])),
+                on(Opcode::Sync, 0),
+                get(granted[0], 0, 64),
+            ],
+        );
+        assert_eq!(done[0].status, OK);
+        assert_eq!(done[0].handle, granted[0]);
+        assert_eq!(
+            done[1].status,
+            Status::Invalid as u32,
+            "used up: a late failure"
+        );
+        assert_eq!(done[2].status, OK);
+        assert_eq!(done[3].status, OK);
+        // Released its last reference: gone, and a posted release of a
+        // dead object is done, not a failure.
+        assert_eq!(done[4].status, Status::Stale as u32);
+        assert_eq!(done[4].entry_flags, 0);
+        let done = bench.run(&[], &[posted(on(Opcode::Release, granted[0]))]);
+        assert_eq!(done[0].status, OK);
+        let done = bench.run(&[], &[posted(on(Opcode::Retain, granted[0]))]);
+        assert_eq!(done[0].status, Status::Stale as u32);
+        // Posted entries that end the ring unserved are applied.
+        let session = Arc::clone(&bench.ring.session);
+        let client = session
+            .memory
+            .mapping()
+            .client_ring(LAYOUT, bench.ring.ring.index())
+            .unwrap();
+        client.push(
+            &mut bench.counters,
+            &Sqe {
+                entry_flags: sqe_flags::POSTED | sqe_flags::INLINE,
+                ..insert(granted[1], b"last")
+            }
+            .encode(),
+        );
+        client.push(&mut bench.counters, &inline_insert(b"never", 0).encode());
+        client.flush(&bench.counters);
+        let mut scratch = Vec::new();
+        bench.ring.drain_posted(&mut scratch);
+        let registry = session.registry();
+        let h = Handle::new(granted[1]).unwrap();
+        assert_eq!(
+            registry.get_with(&session.holder, h, |v| v.to_vec()),
+            Ok(b"last".to_vec())
+        );
+        assert_eq!(registry.usage().objects, 1, "the synchronous one skipped");
     }
 
     #[test]

@@ -64,9 +64,13 @@ pub fn ring_entry(data: &[u8]) {
     };
     let sqe = entry::Sqe::decode(&raw);
     match request {
-        entry::RingRequest::Insert { flags, value } => {
+        entry::RingRequest::Insert { flags, value, into } => {
             assert_eq!(flags & !hreg_proto::flags::ALL, 0, "{request:?}");
             assert!(value_ok(value), "{request:?} with data size {data_size}");
+            assert_eq!(into.map_or(0, |h| h.get()), sqe.handle);
+            if entry::RingRequest::is_posted(&sqe) {
+                assert!(into.is_some(), "a posted insert names its handle");
+            }
         }
         entry::RingRequest::Replace { handle, value } => {
             assert_eq!(handle.get(), sqe.handle);
@@ -100,5 +104,25 @@ pub fn ring_entry(data: &[u8]) {
                 "{request:?} with data size {data_size}"
             );
         }
+        entry::RingRequest::Reserve {
+            region_off, want, ..
+        } => {
+            assert_eq!(sqe.obj_flags & !hreg_proto::flags::SHARED, 0);
+            assert!((1..=entry::MAX_GRANT).contains(&want), "{request:?}");
+            assert!(inside(region_off, want * 8), "{request:?}");
+        }
+        entry::RingRequest::Sync { give_back } => {
+            assert!(!entry::RingRequest::is_posted(&sqe));
+            assert_eq!(give_back, sqe.inline_u64());
+        }
+    }
+    // Only INSERT (into a named handle), RETAIN and RELEASE may be posted.
+    if entry::RingRequest::is_posted(&sqe) {
+        assert!(matches!(
+            request,
+            entry::RingRequest::Insert { .. }
+                | entry::RingRequest::Retain { .. }
+                | entry::RingRequest::Release { .. }
+        ));
     }
 }

@@ -22,8 +22,12 @@ pub mod sqe_flags {
     pub const INLINE: u8 = 0x1;
     /// The value is the ring's staging buffer (built by STAGE_WRITE).
     pub const STAGED: u8 = 0x2;
+    /// A posted write (INSERT into a granted handle, RETAIN, RELEASE): the
+    /// client did not wait for it, so it is completed only if it fails (a
+    /// late failure, which the client's next flush returns).
+    pub const POSTED: u8 = 0x4;
     /// Every defined flag.
-    pub const ALL: u8 = INLINE | STAGED;
+    pub const ALL: u8 = INLINE | STAGED | POSTED;
 }
 
 /// Completion-entry flags (`Cqe::entry_flags`).
@@ -35,6 +39,14 @@ pub mod cqe_flags {
     /// The value was too large for the region given and waits in the ring's
     /// staging buffer; fetch it with STAGE_READ.
     pub const STAGED: u16 = 0x4;
+    /// With STALE: the handle is granted ahead to a session whose insert
+    /// is not applied yet (it may have returned in another process): ask
+    /// again shortly, and take STALE only after a bounded wait.
+    pub const RESERVED: u16 = 0x8;
+    /// On RESERVE's completion: the daemon applies posted writes, so the
+    /// session may post (absent: write synchronously; a daemon that keeps
+    /// its state across restarts grants nothing yet).
+    pub const POSTING: u16 = 0x10;
 }
 
 /// A submission entry.
@@ -299,6 +311,9 @@ pub enum RingRequest {
         flags: u32,
         /// Where its value is.
         value: ValueSource,
+        /// The handle granted ahead that names it (the entry's handle, when
+        /// not 0; required for a posted insert), else the daemon picks one.
+        into: Option<Handle>,
     },
     /// Read a value.
     Get {
@@ -354,7 +369,29 @@ pub enum RingRequest {
         /// Most bytes to copy: the size of the region at `data_off`.
         len: usize,
     },
+    /// Grant the session handles ahead and a byte credit.
+    Reserve {
+        /// Handles of the SHARED domain, else of the uid's own.
+        shared: bool,
+        /// Where in the data area the granted handles are written (`u64`
+        /// each, little-endian).
+        region_off: u32,
+        /// Most handles wanted: the region's size / 8, at most
+        /// [`MAX_GRANT`].
+        want: usize,
+    },
+    /// Complete once every earlier entry of the ring is applied, giving
+    /// back up to `give_back` bytes of the session's byte credit (the
+    /// entry's first inline `u64`; 0: none), for a client that met a byte
+    /// limit with credit unspent.
+    Sync {
+        /// Bytes of credit given back.
+        give_back: u64,
+    },
 }
+
+/// Most handles one RESERVE may grant.
+pub const MAX_GRANT: usize = 256;
 
 impl RingRequest {
     /// Parses the bytes of a submission entry for a ring whose data area
@@ -377,13 +414,18 @@ impl RingRequest {
             return invalid;
         };
         opcode.check_flags(sqe.obj_flags)?;
+        let posted = sqe.entry_flags & sqe_flags::POSTED != 0;
+        if posted && !matches!(opcode, Opcode::Insert | Opcode::Retain | Opcode::Release) {
+            return invalid;
+        }
+        let placement = sqe.entry_flags & !sqe_flags::POSTED;
         let in_data = |off: u32, len: usize| {
             (off as usize)
                 .checked_add(len)
                 .is_some_and(|end| end <= data_size as usize)
         };
         let len = sqe.data_len as usize;
-        let value = || match sqe.entry_flags {
+        let value = || match placement {
             sqe_flags::INLINE if len <= INLINE_CAPACITY => Ok(ValueSource::Inline { len }),
             sqe_flags::STAGED => Ok(ValueSource::Staged { len }),
             0 if in_data(sqe.data_off, len) => Ok(ValueSource::Data {
@@ -394,17 +436,24 @@ impl RingRequest {
         };
         let handle = || Handle::new(sqe.handle).ok_or(Status::Invalid);
         let plain_range = || {
-            if sqe.entry_flags == 0 && in_data(sqe.data_off, len) {
+            if placement == 0 && in_data(sqe.data_off, len) {
                 Ok(())
             } else {
                 Err(Status::Invalid)
             }
         };
         Ok(match opcode {
-            Opcode::Insert => RingRequest::Insert {
-                flags: sqe.obj_flags,
-                value: value()?,
-            },
+            Opcode::Insert => {
+                let into = Handle::new(sqe.handle);
+                if posted && into.is_none() {
+                    return invalid;
+                }
+                RingRequest::Insert {
+                    flags: sqe.obj_flags,
+                    value: value()?,
+                    into,
+                }
+            }
             Opcode::Replace => RingRequest::Replace {
                 handle: handle()?,
                 value: value()?,
@@ -438,7 +487,29 @@ impl RingRequest {
                     len,
                 }
             }
+            Opcode::Reserve => {
+                plain_range()?;
+                if !len.is_multiple_of(8) || !(8..=8 * MAX_GRANT).contains(&len) {
+                    return invalid;
+                }
+                RingRequest::Reserve {
+                    shared: sqe.obj_flags & crate::flags::SHARED != 0,
+                    region_off: sqe.data_off,
+                    want: len / 8,
+                }
+            }
+            Opcode::Sync => RingRequest::Sync {
+                give_back: sqe.inline_u64(),
+            },
         })
+    }
+
+    /// Whether the entry is a posted write: completed only if it fails.
+    /// (Whether its opcode may be posted is checked by
+    /// [`RingRequest::from_sqe`].)
+    #[inline]
+    pub fn is_posted(sqe: &Sqe) -> bool {
+        sqe.entry_flags & sqe_flags::POSTED != 0
     }
 }
 
@@ -512,6 +583,38 @@ mod request_tests {
                 opcode: 9,
                 ..Sqe::default()
             },
+            // Posted: only INSERT (into a granted handle), RETAIN, RELEASE.
+            Sqe {
+                entry_flags: sqe_flags::POSTED,
+                ..entry(Opcode::Replace)
+            },
+            Sqe {
+                entry_flags: sqe_flags::POSTED,
+                ..entry(Opcode::Get)
+            },
+            Sqe {
+                entry_flags: sqe_flags::POSTED | sqe_flags::INLINE,
+                handle: 0,
+                ..entry(Opcode::Insert)
+            },
+            // RESERVE: a region of whole handles, SHARED its only flag.
+            Sqe {
+                data_len: 12,
+                ..entry(Opcode::Reserve)
+            },
+            Sqe {
+                data_len: 0,
+                ..entry(Opcode::Reserve)
+            },
+            Sqe {
+                data_len: 8 * MAX_GRANT as u32 + 8,
+                ..entry(Opcode::Reserve)
+            },
+            Sqe {
+                data_len: 8,
+                obj_flags: 2,
+                ..entry(Opcode::Reserve)
+            },
         ]
         .into_iter()
         .map(|sqe| sqe.encode())
@@ -538,8 +641,51 @@ mod request_tests {
             RingRequest::parse(&raw.encode(), 64),
             Ok(RingRequest::Insert {
                 flags: 3,
-                value: ValueSource::Inline { len: 32 }
+                value: ValueSource::Inline { len: 32 },
+                into: Handle::new(7),
             })
+        );
+        let posted = Sqe {
+            entry_flags: sqe_flags::POSTED | sqe_flags::INLINE,
+            data_len: 16,
+            ..entry(Opcode::Insert)
+        };
+        assert!(RingRequest::is_posted(&posted));
+        assert_eq!(
+            RingRequest::from_sqe(&posted, 64),
+            Ok(RingRequest::Insert {
+                flags: 0,
+                value: ValueSource::Inline { len: 16 },
+                into: Handle::new(7),
+            })
+        );
+        let release = Sqe {
+            entry_flags: sqe_flags::POSTED,
+            ..entry(Opcode::Release)
+        };
+        assert_eq!(
+            RingRequest::from_sqe(&release, 64),
+            Ok(RingRequest::Release {
+                handle: Handle::new(7).unwrap()
+            })
+        );
+        let reserve = Sqe {
+            data_off: 8,
+            data_len: 48,
+            obj_flags: 1,
+            ..entry(Opcode::Reserve)
+        };
+        assert_eq!(
+            RingRequest::from_sqe(&reserve, 64),
+            Ok(RingRequest::Reserve {
+                shared: true,
+                region_off: 8,
+                want: 6
+            })
+        );
+        assert_eq!(
+            RingRequest::from_sqe(&entry(Opcode::Sync), 64),
+            Ok(RingRequest::Sync { give_back: 0 })
         );
         let raw = Sqe {
             data_off: 32,

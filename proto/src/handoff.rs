@@ -54,10 +54,14 @@ pub fn stamp(counter: u32, entries: u32) -> u16 {
 /// Names a parked ring to its worker: sets `bit` in the session's ready word
 /// for that worker (release: the ring's published entries are visible to
 /// whoever takes the bit). Called after [`after_submissions`] returned true,
-/// before the doorbell is rung.
+/// before the doorbell is rung. Returns whether the bit was clear: when it
+/// was set already, the worker has not taken the word since the doorbell
+/// rang for it, and will see these entries when it does, so the doorbell
+/// need not ring again (a client posting many writes to a parked ring
+/// rings once, and its wakes never look useless to the worker).
 #[inline]
-pub fn mark_ready(ready: &AtomicU64, bit: u64) {
-    ready.fetch_or(bit, Ordering::Release);
+pub fn mark_ready(ready: &AtomicU64, bit: u64) -> bool {
+    ready.fetch_or(bit, Ordering::Release) & bit == 0
 }
 
 /// Called after the submissions before `tail` were published (each by its

@@ -179,7 +179,8 @@ pub mod flags {
 }
 
 /// Opcodes of ring entries. 1 to 6 are the public operations (the values of
-/// `enum hreg_opcode`); 16 and up move large values in pieces.
+/// `enum hreg_opcode`); 16 and up are the ring's own: moving large values in
+/// pieces, granting handles ahead, and the barrier of posted writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Opcode {
@@ -201,6 +202,12 @@ pub enum Opcode {
     StageWrite = 16,
     /// Copy a piece of the staging buffer out to the data area.
     StageRead = 17,
+    /// Grant the session handles ahead (reserved slots) and a byte credit,
+    /// for inserts it posts without waiting.
+    Reserve = 18,
+    /// Complete once every earlier entry of the ring is applied: the
+    /// barrier behind `flush`.
+    Sync = 19,
 }
 
 impl Opcode {
@@ -215,18 +222,21 @@ impl Opcode {
             6 => Opcode::Remove,
             16 => Opcode::StageWrite,
             17 => Opcode::StageRead,
+            18 => Opcode::Reserve,
+            19 => Opcode::Sync,
             _ => return None,
         })
     }
 
     /// Checks the object flags an entry of this opcode carries: INSERT may
-    /// carry [`flags::ALL`], every other opcode none (INVALID otherwise).
+    /// carry [`flags::ALL`], RESERVE [`flags::SHARED`] (the domain it asks
+    /// handles of), every other opcode none (INVALID otherwise).
     #[inline]
     pub fn check_flags(self, obj_flags: u32) -> Result<(), Status> {
-        let allowed = if self == Opcode::Insert {
-            flags::ALL
-        } else {
-            0
+        let allowed = match self {
+            Opcode::Insert => flags::ALL,
+            Opcode::Reserve => flags::SHARED,
+            _ => 0,
         };
         if obj_flags & !allowed == 0 {
             Ok(())

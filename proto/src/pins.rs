@@ -381,6 +381,10 @@ pub enum Borrow<'a> {
     Inline,
     /// The slot holds no object of this generation.
     Stale,
+    /// The handle was granted ahead to a session whose insert is not
+    /// applied yet: nothing to borrow now (ask the daemon, which says when
+    /// it is).
+    Reserved,
     /// The daemon changed the slot meanwhile: try again.
     Torn,
     /// Every entry is taken, or the value would take the pinned bytes past
@@ -419,6 +423,7 @@ impl<'a> ClientPins<'a> {
             Located::Heap { at, len } => (at, len),
             Located::Inline { .. } => return Borrow::Inline,
             Located::Stale => return Borrow::Stale,
+            Located::Reserved { .. } => return Borrow::Reserved,
             Located::Torn => return Borrow::Torn,
         };
         let Some(name) = PinName::new(domain, at) else {
@@ -437,6 +442,7 @@ impl<'a> ClientPins<'a> {
                 len: now_len,
             } if now == at && now_len == len => Borrow::Pinned { pin, at, len },
             Located::Stale => Borrow::Stale,
+            Located::Reserved { .. } => Borrow::Reserved,
             Located::Inline { .. } => Borrow::Inline,
             Located::Heap { .. } | Located::Torn => Borrow::Torn,
         }

@@ -12,11 +12,19 @@
 //! ```text
 //! word 0   bits 0..32 sequence (odd while the daemon writes the slot)
 //!          bits 32..48 generation, bits 48..56 object flags,
-//!          bits 56..64 state: 0 free, 1 value inline, 2 value in the heap
+//!          bits 56..64 state: 0 free, 1 value inline, 2 value in the heap,
+//!          3 reserved (a handle granted ahead to a session, no object yet)
 //! word 1   bits 0..32 value length, bits 32..64 owner uid
-//! word 2   heap address (state 2): chunk << 48 | offset
+//! word 2   heap address (state 2): chunk << 48 | offset; the session id
+//!          the slot is reserved for (state 3)
 //! 2..8     the value itself (state 1): up to 48 bytes
 //! ```
+//!
+//! A reserved slot is neither free nor stale: its generation is that of a
+//! handle the daemon granted a session ahead of its insert (issue 19's
+//! posted writes). A reader that finds one learns which session will fill
+//! it ([`Read::Reserved`]) and waits for that session's insert, which may
+//! already have returned in another process.
 //!
 //! A read is a seqlock read ([`SlotView::read`]): load word 0 (acquire;
 //! an odd sequence is a write under way), check the generation, copy the
@@ -125,6 +133,20 @@ pub enum Payload {
     Inline([u8; INLINE_VALUE]),
     /// A value in the domain's heap.
     Heap(HeapAddress),
+    /// No object yet: the slot's handle was granted ahead to a session,
+    /// whose insert will fill it.
+    Reserved {
+        /// The session the handle was granted to.
+        session: u64,
+    },
+}
+
+impl Payload {
+    /// Whether the slot holds an object (a value inline or in the heap).
+    #[inline]
+    pub fn is_object(&self) -> bool {
+        matches!(self, Payload::Inline(_) | Payload::Heap(_))
+    }
 }
 
 /// One version of a slot, as the daemon writes it.
@@ -147,7 +169,7 @@ pub const GENERATION_SHIFT: u32 = 32;
 /// Word 0: where the object flags start (8 bits).
 pub const FLAGS_SHIFT: u32 = 48;
 /// Word 0: where the state starts (8 bits: [`STATE_FREE`], [`STATE_INLINE`],
-/// [`STATE_HEAP`]).
+/// [`STATE_HEAP`], [`STATE_RESERVED`]).
 pub const STATE_SHIFT: u32 = 56;
 /// The word of the value's length (bits 0..32) and owner uid (bits 32..64).
 pub const LEN_WORD: usize = 1;
@@ -161,6 +183,9 @@ pub const STATE_FREE: u64 = 0;
 pub const STATE_INLINE: u64 = 1;
 /// Slot state: the value is in the domain's heap, at word 2's address.
 pub const STATE_HEAP: u64 = 2;
+/// Slot state: no object yet; reserved for the session whose id is in
+/// word 2 (a handle granted ahead, issue 19).
+pub const STATE_RESERVED: u64 = 3;
 
 impl Slot {
     /// A free slot of generation `generation` (no object, no value).
@@ -179,6 +204,7 @@ impl Slot {
             Payload::Free => STATE_FREE,
             Payload::Inline(_) => STATE_INLINE,
             Payload::Heap(_) => STATE_HEAP,
+            Payload::Reserved { .. } => STATE_RESERVED,
         }
     }
 
@@ -197,6 +223,7 @@ impl Slot {
         match self.payload {
             Payload::Free => {}
             Payload::Heap(at) => words[1] = at.encode(),
+            Payload::Reserved { session } => words[1] = session,
             Payload::Inline(bytes) => {
                 for (i, chunk) in bytes.chunks_exact(8).enumerate() {
                     words[1 + i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
@@ -232,6 +259,7 @@ impl Slot {
                 Payload::Inline(bytes)
             }
             STATE_HEAP => Payload::Heap(HeapAddress::decode(body[1])),
+            STATE_RESERVED => Payload::Reserved { session: body[1] },
             _ => Payload::Free,
         };
         Slot {
@@ -259,6 +287,13 @@ pub enum Read {
     },
     /// The slot holds no object of this generation.
     Stale,
+    /// The handle was granted ahead to a session whose insert has not been
+    /// applied yet (the low 32 bits of its id: enough to tell "mine" from
+    /// "another's" for a wait, never trusted for more).
+    Reserved {
+        /// The low 32 bits of the session id.
+        session: u32,
+    },
     /// The value is in a heap chunk this reader has not mapped (or its
     /// address lies outside it): map the chunk and read again, or ask the
     /// daemon.
@@ -275,6 +310,12 @@ pub enum Read {
 pub enum Located {
     /// The slot holds no object of this generation.
     Stale,
+    /// The handle was granted ahead to a session whose insert has not been
+    /// applied yet (see [`Read::Reserved`]).
+    Reserved {
+        /// The low 32 bits of the session id.
+        session: u32,
+    },
     /// The value, `len` bytes, is inside the slot (read it with
     /// [`SlotView::read`]).
     Inline {
@@ -365,6 +406,9 @@ impl<'a, A: Access> SlotView<'a, A> {
         if (head >> 32) as u16 != generation || state == STATE_FREE {
             return Located::Stale;
         }
+        if state == STATE_RESERVED {
+            return Located::Reserved { session: at as u32 };
+        }
         if state == STATE_HEAP {
             Located::Heap {
                 at: HeapAddress::decode(at),
@@ -395,6 +439,10 @@ impl<'a, A: Access> SlotView<'a, A> {
         let state = head >> 56;
         if (head >> 32) as u16 != generation || state == STATE_FREE {
             return self.confirmed(head, Read::Stale);
+        }
+        if state == STATE_RESERVED {
+            let session = words[2].load(Ordering::Relaxed) as u32;
+            return self.confirmed(head, Read::Reserved { session });
         }
         let len32 = words[1].load(Ordering::Relaxed) as u32;
         let len = len32 as usize;
@@ -607,6 +655,27 @@ mod tests {
         });
         assert_eq!(view.read(8, |n| out.get_mut(..n), |_| None), Read::Stale);
         assert_eq!(HeapAddress::decode(at.encode()), at);
+        // Reserved for a session: neither a value nor stale, at its
+        // generation only.
+        let reserved = Slot {
+            generation: 9,
+            flags: 0,
+            len: 0,
+            owner: 1000,
+            payload: Payload::Reserved {
+                session: (7 << 32) | 42,
+            },
+        };
+        view.write(&reserved);
+        assert_eq!(view.snapshot(), Some(reserved));
+        assert!(!reserved.payload.is_object() && slot.payload.is_object());
+        assert_eq!(
+            view.read(9, |n| out.get_mut(..n), |_| None),
+            Read::Reserved { session: 42 }
+        );
+        assert_eq!(view.locate(9), Located::Reserved { session: 42 });
+        assert_eq!(view.read(8, |n| out.get_mut(..n), |_| None), Read::Stale);
+        assert_eq!(view.locate(10), Located::Stale);
     }
 }
 

@@ -140,9 +140,10 @@ fn client(shared: &Shared) -> Vec<u64> {
         for m in next..=last {
             ring.push(&mut counters, &entry(m));
         }
-        if ring.flush(&counters) {
-            // Parked: name the ring in the ready word, then ring.
-            ready(shared).mark(0);
+        // Parked: name the ring in the ready word, then ring, unless a
+        // wake named it already and the worker has not taken it (the
+        // shipped client's rule).
+        if ring.flush(&counters) && ready(shared).mark(0) {
             shared.doorbell.ring();
         }
         for _ in next..=last {

@@ -72,6 +72,48 @@ fn a_reader_sees_one_version_whole() {
     });
 }
 
+/// Issue 19: a handle granted ahead is published by its insert. The daemon
+/// writes the slot reserved for a session, then (the session's posted
+/// insert) its value; a reader that got the handle by another channel sees
+/// the slot reserved (and reads again) or the whole value, never STALE and
+/// never a torn value.
+#[test]
+fn a_reserved_slot_is_published_whole_by_its_insert() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let map = Arc::new(Mapping::words(SLOT_SIZE));
+        SlotView::new(&map, 0).unwrap().write(&Slot::free(1));
+        let reserved = Slot {
+            generation: 1,
+            flags: 0,
+            len: 0,
+            owner: 1000,
+            payload: Payload::Reserved { session: 7 },
+        };
+        // The grant happens before the handle exists anywhere.
+        SlotView::new(&map, 0).unwrap().write(&reserved);
+        let inserter = {
+            let map = Arc::clone(&map);
+            loom::thread::spawn(move || {
+                SlotView::new(&map, 0).unwrap().write(&inline(5));
+            })
+        };
+        let slot = SlotView::new(&map, 0).unwrap();
+        let mut out = [0u8; 16];
+        let seen = loop {
+            match slot.read(1, |n| out.get_mut(..n), |_| None) {
+                Read::Value { len: 16 } => break word_of(&out),
+                Read::Reserved { session: 7 } => loom::thread::yield_now(),
+                Read::Torn => loom::thread::yield_now(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(seen, 5);
+        inserter.join().unwrap();
+    });
+}
+
 const BLOCK: u64 = 64;
 /// Pin entries in the model's table (a session has 1024).
 const PINS: usize = 2;

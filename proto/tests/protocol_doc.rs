@@ -175,7 +175,7 @@ fn opcodes_and_statuses_carry_the_codes_numbers() {
             "opcode {code}"
         );
     }
-    assert_eq!(opcodes.len(), 8, "every opcode has a row");
+    assert_eq!(opcodes.len(), 10, "every opcode has a row");
     let statuses = table(&doc, "## 4. Statuses");
     for (code, name) in &statuses {
         let status = Status::from_u32(*code).unwrap_or_else(|| panic!("status {code}"));

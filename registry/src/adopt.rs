@@ -407,6 +407,15 @@ impl Registry {
                     view.write(&slot);
                 }
             }
+            if let Payload::Reserved { .. } = slot.payload {
+                // A handle granted ahead to a session of the daemon that
+                // went away and never filled: freed with its generation
+                // moved on, so that the handle stays STALE.
+                slot = Slot::free(slot.generation.wrapping_add(1));
+                if apply {
+                    domain.write_slot(index, &slot);
+                }
+            }
             self.adopt_slot(domain, index, &slot, &mut blocks)?;
             index += 1;
         }
@@ -465,6 +474,8 @@ impl Registry {
                 }
                 return Ok(());
             }
+            // Made free by `rebuild_domain` before it gets here.
+            Payload::Reserved { .. } => return Ok(()),
             Payload::Inline(_) if slot.len as usize > INLINE_VALUE => {
                 return Err(unusable(format!(
                     "slot {index} of domain {}: inline value too long",
@@ -555,7 +566,7 @@ impl Registry {
                             return false;
                         };
                         let slot = view.current();
-                        if slot.generation != generation || slot.payload == Payload::Free {
+                        if slot.generation != generation || !slot.payload.is_object() {
                             return false;
                         }
                         lock(&domain.shards[self.shard_of(index)]).hold(meta, index, uid, count);
@@ -588,7 +599,7 @@ impl Registry {
                     continue;
                 };
                 let slot = view.current();
-                if slot.payload == Payload::Free || u32::from(slot.flags) & flags::DETACHED != 0 {
+                if !slot.payload.is_object() || u32::from(slot.flags) & flags::DETACHED != 0 {
                     continue;
                 }
                 let mut shard = lock(&domain.shards[index as usize & (domain.shard_count() - 1)]);

@@ -559,7 +559,7 @@ impl Domain {
         out.clear();
         out.resize(slot.len as usize, 0);
         match slot.payload {
-            Payload::Free => slot.len == 0,
+            Payload::Free | Payload::Reserved { .. } => slot.len == 0,
             Payload::Inline(bytes) => match bytes.get(..out.len()) {
                 Some(value) => {
                     out.copy_from_slice(value);

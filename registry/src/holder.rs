@@ -1,11 +1,13 @@
 //! A session's identity and references, as the registry sees it: who it is
 //! (id, uid, resume token), that uid's counters, the references the session
 //! holds (by full handle, in its kept record: `crate::refs`), its ring
-//! staging, and its private domain once known.
+//! staging, its private domain once known, and what it was granted ahead
+//! for posted inserts (reserved handles, byte credit).
 
 use crate::limits::Counters;
 use crate::refs::{RefTable, SessionKey};
 use hreg_proto::locks::lock;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -30,6 +32,17 @@ pub struct Holder {
     pub(crate) staged: AtomicU64,
     /// The uid's private domain, once the registry has looked it up.
     pub(crate) own_domain: OnceLock<u16>,
+    /// Handles granted ahead to this session whose insert has not come
+    /// (slots in the reserved state), and its byte credit left: what goes
+    /// back when the session ends.
+    pub(crate) ahead: Mutex<Ahead>,
+}
+
+/// What a session was granted ahead and has not used.
+#[derive(Debug, Default)]
+pub(crate) struct Ahead {
+    pub handles: HashSet<u64>,
+    pub credit: u64,
 }
 
 impl Holder {
@@ -42,6 +55,7 @@ impl Holder {
             refs: Mutex::new(refs),
             staged: AtomicU64::new(0),
             own_domain: OnceLock::new(),
+            ahead: Mutex::default(),
         }
     }
 
@@ -65,6 +79,13 @@ impl Holder {
     /// purged).
     pub fn reference_entries(&self) -> usize {
         lock(&self.refs).len()
+    }
+
+    /// Handles granted ahead to this session and not used yet, and its
+    /// byte credit left.
+    pub fn ahead(&self) -> (usize, u64) {
+        let ahead = lock(&self.ahead);
+        (ahead.handles.len(), ahead.credit)
     }
 
     /// Bytes of this session's staging buffers.

@@ -104,6 +104,14 @@ pub const DEFAULT_SHARDS: usize = 64;
 /// uid's requests by little (the daemon serves uids in turn).
 pub const LIST_SCAN_BUDGET: usize = 4096;
 
+/// Byte credit a session may hold for posted inserts ([`Registry::reserve`]):
+/// enough for a few thousand small values between grants, little against
+/// any byte quota.
+pub const CREDIT: u64 = 64 << 10;
+
+/// Handles one grant takes from one shard before it moves to the next.
+const PER_SHARD_GRANT: usize = 8;
+
 /// The highest generation a slot may carry; a slot killed at it is retired,
 /// so an old handle can never match again.
 const LAST_GENERATION: u16 = u16::MAX;
@@ -569,6 +577,360 @@ impl Registry {
         Err(Limit::Slots.into())
     }
 
+    /// Grants `holder`'s session up to `want` handles ahead (at most
+    /// [`hreg_proto::entry::MAX_GRANT`]), in the SHARED domain or its uid's
+    /// own, each passed to `grant`, and tops its byte credit up to
+    /// [`CREDIT`]; returns the credit granted now. Each handle's slot is
+    /// *reserved* for the session: readers see it neither free nor stale,
+    /// and only this session's insert into it ([`Registry::insert_into`])
+    /// fills it. Reservations and credit count against the uid's and the
+    /// registry's limits as the objects and bytes they stand for, so that
+    /// fewer (even none) are granted near a limit; what the session does not
+    /// use goes back when it ends ([`Registry::release_all`]).
+    ///
+    /// A registry whose store keeps state for the next daemon grants
+    /// nothing: posted writes are not yet kept exactly once across a
+    /// restart, so its clients write synchronously.
+    pub fn reserve(
+        &self,
+        holder: &Holder,
+        shared: bool,
+        want: usize,
+        mut grant: impl FnMut(Handle),
+    ) -> Result<u64, Refusal> {
+        if !self.posting_allowed() {
+            return Ok(0);
+        }
+        let limits = self.limits.get();
+        // At most half the room left (at least one while there is room), so
+        // that one session's handles ahead leave room for the uid's other
+        // sessions and its synchronous inserts.
+        let (objects_room, bytes_room) = self.room_ahead(holder, &limits);
+        let want = want
+            .min(hreg_proto::entry::MAX_GRANT)
+            .min(usize::try_from(objects_room.div_ceil(2)).unwrap_or(usize::MAX));
+        let domain = self.domain_for(holder, shared)?;
+        let shards = domain.shards.len();
+        let mut granted = 0;
+        let first = next_insert_shard();
+        'shards: for step in 0..shards {
+            if granted == want {
+                break;
+            }
+            let shard_index = first.wrapping_add(step) & (shards - 1);
+            let mut shard = lock(&domain.shards[shard_index]);
+            // A few per shard, so that the session's inserts spread.
+            for _ in 0..PER_SHARD_GRANT {
+                if granted == want {
+                    break 'shards;
+                }
+                if self.charge_ahead(&holder.usage, &limits, 1, 0).is_err() {
+                    break 'shards;
+                }
+                // It holds the reference-table entry its insert will take
+                // (unless DETACHED), so that a posted insert never meets
+                // `uid_max_references`.
+                if !self.room_for_a_reference_ahead(holder, &limits) {
+                    self.give_back_ahead(&holder.usage, 1, 0);
+                    break 'shards;
+                }
+                let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
+                    Ok(Some(index)) => index,
+                    Ok(None) | Err(_) => {
+                        self.give_back_ahead(&holder.usage, 1, 0);
+                        continue 'shards;
+                    }
+                };
+                let (view, _) = domain.slot(index).expect("a vacant slot exists");
+                let generation = view.current().generation;
+                let handle = HandleParts {
+                    instance: self.instance,
+                    domain: domain.id,
+                    generation,
+                    slot: index,
+                }
+                .handle()
+                .expect("the instance bits are never 0");
+                // Noted first: a session that ends gives back what it
+                // holds ahead, this one included.
+                lock(&holder.ahead).handles.insert(handle.get());
+                domain.write_slot(
+                    index,
+                    &Slot {
+                        generation,
+                        flags: 0,
+                        len: 0,
+                        owner: holder.uid,
+                        payload: Payload::Reserved {
+                            session: holder.id(),
+                        },
+                    },
+                );
+                granted += 1;
+                grant(handle);
+            }
+        }
+        // The credit: up to CREDIT unspent, as far as the byte limits let.
+        let mut ahead = lock(&holder.ahead);
+        let mut top_up = CREDIT.saturating_sub(ahead.credit).min(bytes_room / 2);
+        while top_up > 0
+            && self
+                .charge_ahead(&holder.usage, &limits, 0, top_up)
+                .is_err()
+        {
+            top_up /= 2;
+        }
+        ahead.credit += top_up;
+        Ok(top_up)
+    }
+
+    /// Objects and bytes `holder`'s uid may still be granted, by its own
+    /// limits and the registry's.
+    fn room_ahead(&self, holder: &Holder, limits: &Limits) -> (u64, u64) {
+        let room = |counters: &Counters, max_objects: u64, max_bytes: u64| {
+            let (objects, bytes) = counters.committed();
+            (
+                max_objects.saturating_sub(objects),
+                max_bytes.saturating_sub(bytes),
+            )
+        };
+        let mine = room(&holder.usage, limits.uid_max_objects, limits.uid_max_bytes);
+        let all = room(&self.total, limits.max_objects, limits.max_bytes);
+        (mine.0.min(all.0), mine.1.min(all.1))
+    }
+
+    /// Whether `holder`'s uid has reference-table entries left for the
+    /// handles it holds ahead, this one included (counted already: dead
+    /// entries are purged first when at the limit).
+    fn room_for_a_reference_ahead(&self, holder: &Holder, limits: &Limits) -> bool {
+        let within = || holder.usage.references_committed() <= limits.uid_max_references;
+        if within() {
+            return true;
+        }
+        self.make_room_for_a_reference(holder);
+        within()
+    }
+
+    /// Gives back up to `bytes` of `holder`'s byte credit (its client
+    /// will not spend them: it met a byte limit); what was given back.
+    pub fn give_back_credit(&self, holder: &Holder, bytes: u64) -> u64 {
+        let mut ahead = lock(&holder.ahead);
+        let back = bytes.min(ahead.credit);
+        ahead.credit -= back;
+        self.give_back_ahead(&holder.usage, 0, back);
+        back
+    }
+
+    /// Whether this registry grants handles ahead (see
+    /// [`Registry::reserve`]).
+    pub fn posting_allowed(&self) -> bool {
+        !self.store.keeps_state()
+    }
+
+    /// Counts `handles` reservations and `credit` bytes ahead against the
+    /// registry's limits and `owner`'s.
+    fn charge_ahead(
+        &self,
+        owner: &Counters,
+        limits: &Limits,
+        handles: u64,
+        credit: u64,
+    ) -> Result<(), Limit> {
+        self.total
+            .reserve_ahead(handles, credit, limits.max_objects, limits.max_bytes)
+            .map_err(|over| over.limit(Limit::MaxObjects, Limit::MaxBytes))?;
+        if let Err(over) = owner.reserve_ahead(
+            handles,
+            credit,
+            limits.uid_max_objects,
+            limits.uid_max_bytes,
+        ) {
+            self.total.give_back_ahead(handles, credit);
+            return Err(over.limit(Limit::UidMaxObjects, Limit::UidMaxBytes));
+        }
+        Ok(())
+    }
+
+    fn give_back_ahead(&self, owner: &Counters, handles: u64, credit: u64) {
+        self.total.give_back_ahead(handles, credit);
+        owner.give_back_ahead(handles, credit);
+    }
+
+    /// Creates an object in `into`, a handle granted ahead to `holder`'s
+    /// session ([`Registry::reserve`]) and not used yet (INVALID
+    /// otherwise). The object was counted when the handle was granted; its
+    /// value's bytes come out of the session's credit, or, past it, are
+    /// charged as any insert's (QUOTA). Once this returns, `into` names the
+    /// object, as if [`Registry::insert`] had returned it.
+    pub fn insert_into(
+        &self,
+        holder: &Holder,
+        into: Handle,
+        value: &[u8],
+        obj_flags: u32,
+    ) -> Result<(), Refusal> {
+        Opcode::Insert.check_flags(obj_flags)?;
+        if value.len() > self.limits.max_value_size() {
+            return Err(Status::TooBig.into());
+        }
+        let (domain, index, generation) = self.locate(into).map_err(|_| Status::Invalid)?;
+        // The handle's domain must be the one the flags ask for.
+        let shared = obj_flags & flags::SHARED != 0;
+        if (domain.id == SHARED_DOMAIN) != shared {
+            return Err(Status::Invalid.into());
+        }
+        let detached = obj_flags & flags::DETACHED != 0;
+        let shard_index = self.shard_of(index);
+        let mut shard = lock(&domain.shards[shard_index]);
+        let Some((view, meta)) = domain.slot(index) else {
+            return Err(Status::Invalid.into());
+        };
+        let reserved = view.current();
+        if reserved.generation != generation
+            || reserved.payload
+                != (Payload::Reserved {
+                    session: holder.id(),
+                })
+            || !lock(&holder.ahead).handles.contains(&into.get())
+        {
+            return Err(Status::Invalid.into());
+        }
+        let len = value.len() as u64;
+        // The bytes: from the credit, else charged now (QUOTA).
+        let from_credit = {
+            let mut ahead = lock(&holder.ahead);
+            if ahead.credit >= len {
+                ahead.credit -= len;
+                true
+            } else {
+                false
+            }
+        };
+        let charge = if from_credit {
+            None
+        } else {
+            Some(self.charge(&holder.usage, 0, len)?)
+        };
+        let give_credit_back = |ahead: &mut holder::Ahead| {
+            if from_credit {
+                ahead.credit += len;
+            }
+        };
+        let payload = match domain.place(value) {
+            Ok(payload) => payload,
+            Err(limit) => {
+                give_credit_back(&mut lock(&holder.ahead));
+                return Err(limit.into());
+            }
+        };
+        // The reference-table entry the handle held ahead becomes the
+        // object's reference (no limit: it was counted), or goes with the
+        // reservation, for a DETACHED one.
+        let purge = !detached && {
+            let mut refs = lock(&holder.refs);
+            if let Err(limit) = refs.add(into.get(), u64::MAX) {
+                drop(refs);
+                give_credit_back(&mut lock(&holder.ahead));
+                release_payload(domain, payload, value.len());
+                return Err(limit.into());
+            }
+            refs.wants_purge()
+        };
+        domain.write_slot(
+            index,
+            &Slot {
+                generation,
+                flags: obj_flags as u8,
+                len: value.len() as u32,
+                owner: holder.uid,
+                payload,
+            },
+        );
+        lock(&holder.ahead).handles.remove(&into.get());
+        // The reservation becomes the object; the credit spent, its bytes.
+        let spent = if from_credit { len } else { 0 };
+        self.total.spend_ahead(spent);
+        holder.usage.spend_ahead(spent);
+        if let Some(charge) = charge {
+            charge.keep();
+        }
+        shard.made(meta, holder.uid, u32::from(!detached), len);
+        self.live[shard_index].fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        if purge {
+            self.purge_dead_references(holder);
+        }
+        Ok(())
+    }
+
+    /// The session a handle's slot is reserved for, if it names a slot
+    /// granted ahead whose insert has not been applied.
+    pub fn reserved_for(&self, handle: Handle) -> Option<u64> {
+        let (domain, index, generation) = self.locate(handle).ok()?;
+        let slot = domain.slot(index)?.0.snapshot()?;
+        match slot.payload {
+            Payload::Reserved { session } if slot.generation == generation => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Gives back what `holder`'s session was granted ahead and did not
+    /// use: each reserved slot is freed with its generation moved on (its
+    /// handle is STALE from now on), and the credit is returned.
+    fn give_back_unused(&self, holder: &Holder) {
+        let (handles, credit) = {
+            let mut ahead = lock(&holder.ahead);
+            let credit = std::mem::take(&mut ahead.credit);
+            (ahead.handles.iter().copied().collect::<Vec<u64>>(), credit)
+        };
+        self.give_back_ahead(&holder.usage, 0, credit);
+        for handle in handles {
+            let Some(handle) = Handle::new(handle) else {
+                continue;
+            };
+            let Ok((domain, index, _)) = self.locate(handle) else {
+                continue;
+            };
+            let mut shard = lock(&domain.shards[self.shard_of(index)]);
+            self.give_back_reserved(holder, domain, &mut shard, index, handle);
+        }
+    }
+
+    /// Gives back `handle`, granted ahead to `holder`'s session and not
+    /// used (a RELEASE of it: its client returns what it will not use):
+    /// its slot is freed with its generation moved on, so the handle stays
+    /// STALE, and the reservation is no longer counted. False when the
+    /// handle is no such thing. The caller holds the slot's shard lock.
+    fn give_back_reserved(
+        &self,
+        holder: &Holder,
+        domain: &Domain,
+        shard: &mut Shard,
+        index: u32,
+        handle: Handle,
+    ) -> bool {
+        let generation = HandleParts::decode(handle.get()).generation;
+        let Some((view, _)) = domain.slot(index) else {
+            return false;
+        };
+        let slot = view.current();
+        if slot.generation != generation
+            || slot.payload
+                != (Payload::Reserved {
+                    session: holder.id(),
+                })
+            || !lock(&holder.ahead).handles.remove(&handle.get())
+        {
+            return false;
+        }
+        domain.write_slot(index, &Slot::free(generation.wrapping_add(1)));
+        if generation.wrapping_add(1) != LAST_GENERATION {
+            shard.free.push_back(index);
+        }
+        self.give_back_ahead(&holder.usage, 1, 0);
+        true
+    }
+
     /// Calls `read` with a copy of the value, taken under its shard's lock:
     /// the value is whole (a concurrent replace waits).
     pub fn get_with<R>(
@@ -673,6 +1035,9 @@ impl Registry {
         let mut shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = match live_slot(domain, index, generation) {
             Ok(slot) => slot,
+            Err(_) if self.give_back_reserved(holder, domain, &mut shard, index, handle) => {
+                return Ok(());
+            }
             Err(status) => {
                 // The object died under this reference: the entry goes too.
                 lock(&holder.refs).forget(handle.get());
@@ -700,8 +1065,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Drops every reference `holder` owns (its session ended).
+    /// Drops every reference `holder` owns, and gives back what it was
+    /// granted ahead and did not use (its session ended).
     pub fn release_all(&self, holder: &Holder) {
+        self.give_back_unused(holder);
         let held = {
             let mut refs = lock(&holder.refs);
             let held = refs.entries();
@@ -805,7 +1172,7 @@ impl Registry {
     /// referenced since the session last looked, so that a session kept at
     /// its limit does not walk its table on every refused request.
     fn make_room_for_a_reference(&self, holder: &Holder) {
-        if holder.usage.references() >= self.limits.uid_max_references()
+        if holder.usage.references_committed() >= self.limits.uid_max_references()
             && lock(&holder.refs).purged_upto != self.orphaned.load(Ordering::Relaxed)
         {
             self.purge_dead_references(holder);
@@ -918,7 +1285,7 @@ impl Registry {
                 let Some(slot) = view.snapshot() else {
                     continue;
                 };
-                let wanted = slot.payload != Payload::Free
+                let wanted = slot.payload.is_object()
                     && (!filter.detached_only || u32::from(slot.flags) & flags::DETACHED != 0)
                     && filter.owner.is_none_or(|uid| uid == slot.owner);
                 if !wanted {
@@ -1107,7 +1474,7 @@ fn live_slot(domain: &Domain, index: u32, generation: u16) -> Result<Slot, Statu
     match domain.slot(index) {
         Some((view, _)) => {
             let slot = view.current();
-            if slot.generation == generation && slot.payload != Payload::Free {
+            if slot.generation == generation && slot.payload.is_object() {
                 Ok(slot)
             } else {
                 Err(Status::Stale)
@@ -1157,5 +1524,7 @@ fn random_u64() -> u64 {
 mod tests;
 #[cfg(test)]
 mod tests_adopt;
+#[cfg(test)]
+mod tests_ahead;
 #[cfg(test)]
 mod tests_charges;

@@ -128,7 +128,10 @@ impl LimitCell {
 /// limit, so that nothing passes it: large values in transit (ring staging
 /// buffers), and replaced values that borrowed references still hold back
 /// from reuse. A uid's counters also count its sessions' reference-table
-/// entries.
+/// entries, and what was granted ahead for posted inserts (handles
+/// reserved, and the byte credit not spent yet): they count against the
+/// same maximums as the objects and bytes they stand for, so that objects
+/// and reservations together never pass them.
 #[derive(Debug, Default)]
 pub struct Counters {
     objects: AtomicU64,
@@ -136,6 +139,10 @@ pub struct Counters {
     staged: AtomicU64,
     held: AtomicU64,
     references: AtomicU64,
+    /// Handles granted ahead whose insert has not come yet.
+    reserved: AtomicU64,
+    /// Byte credit granted ahead and not spent yet.
+    credit: AtomicU64,
 }
 
 impl Counters {
@@ -148,25 +155,75 @@ impl Counters {
         max_objects: u64,
         max_bytes: u64,
     ) -> Result<(), Exceeded> {
-        let total_objects = self
-            .objects
-            .fetch_add(objects, Ordering::Relaxed)
-            .saturating_add(objects);
-        let total_bytes = self
-            .bytes
-            .fetch_add(bytes, Ordering::Relaxed)
-            .saturating_add(bytes)
-            .saturating_add(self.staged.load(Ordering::Relaxed))
-            .saturating_add(self.held.load(Ordering::Relaxed));
-        let exceeded = if total_objects > max_objects {
-            Exceeded::Objects
-        } else if total_bytes > max_bytes {
-            Exceeded::Bytes
+        self.objects.fetch_add(objects, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.within(max_objects, max_bytes)
+            .inspect_err(|_| self.give_back(objects, bytes))
+    }
+
+    /// Grants ahead `handles` reserved slots and `credit` bytes, unless
+    /// objects and reservations, or bytes and credit, would pass their
+    /// maximum; says which otherwise.
+    pub(crate) fn reserve_ahead(
+        &self,
+        handles: u64,
+        credit: u64,
+        max_objects: u64,
+        max_bytes: u64,
+    ) -> Result<(), Exceeded> {
+        self.reserved.fetch_add(handles, Ordering::Relaxed);
+        self.credit.fetch_add(credit, Ordering::Relaxed);
+        self.within(max_objects, max_bytes)
+            .inspect_err(|_| self.give_back_ahead(handles, credit))
+    }
+
+    /// Whether what is counted (after an addition) is within the maximums.
+    fn within(&self, max_objects: u64, max_bytes: u64) -> Result<(), Exceeded> {
+        let (objects, bytes) = self.committed();
+        if objects > max_objects {
+            Err(Exceeded::Objects)
+        } else if bytes > max_bytes {
+            Err(Exceeded::Bytes)
         } else {
-            return Ok(());
-        };
-        self.give_back(objects, bytes);
-        Err(exceeded)
+            Ok(())
+        }
+    }
+
+    /// An insert into a reserved handle: the reservation becomes an
+    /// object, and `bytes` of credit its value's bytes (no maximum is
+    /// checked: they were counted already).
+    pub(crate) fn spend_ahead(&self, bytes: u64) {
+        self.reserved.fetch_sub(1, Ordering::Relaxed);
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        self.credit.fetch_sub(bytes, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back reservations and credit not used.
+    pub(crate) fn give_back_ahead(&self, handles: u64, credit: u64) {
+        self.reserved.fetch_sub(handles, Ordering::Relaxed);
+        self.credit.fetch_sub(credit, Ordering::Relaxed);
+    }
+
+    /// Objects and bytes counted against the maximums: live objects and
+    /// reservations; value, staged, held-back bytes and credit.
+    pub(crate) fn committed(&self) -> (u64, u64) {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (
+            load(&self.objects).saturating_add(load(&self.reserved)),
+            load(&self.bytes)
+                .saturating_add(load(&self.staged))
+                .saturating_add(load(&self.held))
+                .saturating_add(load(&self.credit)),
+        )
+    }
+
+    /// Handles granted ahead and not used yet, and byte credit not spent.
+    pub fn ahead(&self) -> (u64, u64) {
+        (
+            self.reserved.load(Ordering::Relaxed),
+            self.credit.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts what an adopted state holds (no limit applies: it is there).
@@ -187,7 +244,9 @@ impl Counters {
             .staged
             .fetch_add(bytes, Ordering::Relaxed)
             .saturating_add(bytes);
-        let others = self.bytes.load(Ordering::Relaxed) + self.held.load(Ordering::Relaxed);
+        let others = self.bytes.load(Ordering::Relaxed)
+            + self.held.load(Ordering::Relaxed)
+            + self.credit.load(Ordering::Relaxed);
         if staged.saturating_add(others) > max_bytes {
             self.staged.fetch_sub(bytes, Ordering::Relaxed);
             return false;
@@ -206,7 +265,11 @@ impl Counters {
 
     /// Counts one more reference-table entry unless that passes `max`.
     pub(crate) fn reserve_reference(&self, max: u64) -> bool {
-        let entries = self.references.fetch_add(1, Ordering::Relaxed);
+        // Each handle granted ahead holds the entry its insert will take.
+        let entries = self
+            .references
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(self.reserved.load(Ordering::Relaxed));
         if entries >= max {
             self.references.fetch_sub(1, Ordering::Relaxed);
             return false;
@@ -224,9 +287,13 @@ impl Counters {
         self.references.fetch_sub(entries, Ordering::Relaxed);
     }
 
-    /// Reference-table entries counted now.
-    pub(crate) fn references(&self) -> u64 {
-        self.references.load(Ordering::Relaxed)
+    /// Reference-table entries counted now and held by handles granted
+    /// ahead (each holds the entry its insert will take): what
+    /// `uid_max_references` is held against.
+    pub(crate) fn references_committed(&self) -> u64 {
+        self.references
+            .load(Ordering::Relaxed)
+            .saturating_add(self.reserved.load(Ordering::Relaxed))
     }
 
     pub(crate) fn usage(&self) -> Usage {

@@ -263,6 +263,7 @@ static int execute(hreg_client *c, const char *op, char **args, int nargs, outco
     size_t vlen = 0;
     int rc = 0;
     bool takes_handle = strcmp(op, "insert") != 0 && strcmp(op, "objects") != 0 &&
+                        strcmp(op, "flush") != 0 &&
                         strcmp(op, "insert_null") != 0 && strcmp(op, "submit_null") != 0 &&
                         strcmp(op, "null_client") != 0 && strcmp(op, "stats_null") != 0 &&
                         strcmp(op, "insert_noout") != 0;
@@ -316,6 +317,8 @@ static int execute(hreg_client *c, const char *op, char **args, int nargs, outco
         o->status = hreg_release(c, h);
     } else if (strcmp(op, "remove") == 0 && args_wanted(op, nargs, 1) == 0) {
         o->status = hreg_remove(c, h);
+    } else if (strcmp(op, "flush") == 0 && args_wanted(op, nargs, 0) == 0) {
+        o->status = hreg_flush(c);
     } else if (strcmp(op, "objects") == 0 && args_wanted(op, nargs, 0) == 0) {
         hreg_stats s;
         o->status = hreg_stats_get(c, &s);
@@ -374,7 +377,7 @@ static const char *OPS[] = {"insert",       "get",         "get_into",  "replace
                             "retain",       "release",     "remove",    "objects",
                             "get_null",     "get_nolen",   "insert_null", "replace_null",
                             "submit_null",  "null_client", "stats_null", "insert_noout",
-                            NULL};
+                            "flush",        NULL};
 static const char *BATCH_OPS[] = {"insert",  "get",     "get_into", "replace", "retain",
                                   "release", "remove",  "raw",      NULL};
 

@@ -499,6 +499,15 @@ pub fn value_is_intact(value: &[u8]) -> bool {
     value.len() >= 8 && fnv(&value[..value.len() - 8]).to_le_bytes() == value[value.len() - 8..]
 }
 
+/// The 16-byte value of the `i`th object of the posted-write tests (a
+/// handle's life: 16 bytes, each value its own).
+pub fn numbered(i: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&i.to_le_bytes());
+    value[8..].copy_from_slice(&(i ^ 0x5eed_5eed_5eed_5eed).to_le_bytes());
+    value
+}
+
 /// The FNV-1a hash of `bytes` (the checksum of [`checked_value`] and of
 /// [`readside::stamp`]; tests also print it to name a value briefly).
 pub fn fnv(bytes: &[u8]) -> u64 {

@@ -39,6 +39,10 @@ fn sessions_lists_attached_clients_with_their_references() {
         first.insert(&[i], 0).unwrap();
     }
     second.insert(b"x", 0).unwrap();
+    // Posted inserts: another process (hregctl) counts their references
+    // once they are applied.
+    first.flush().unwrap();
+    second.flush().unwrap();
 
     let list = json(&hregctl(&daemon, &["sessions", "--json"]));
     let named = |name: &str| {

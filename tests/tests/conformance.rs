@@ -395,6 +395,10 @@ fn execute(client: &Client, op: &str, args: &[String]) -> Result<Outcome, String
             expect_args(0)?;
             Outcome::of(client.stats(), |s| Outcome::ok(s.objects, None))
         }
+        "flush" => {
+            expect_args(0)?;
+            done(client.flush())
+        }
         other => {
             return Err(format!(
                 "the {LANGUAGE} runner does not know the op `{other}`"
@@ -734,7 +738,7 @@ fn child_main(socket: &Path, nobody: bool, input: i32, output: i32) -> ! {
 
 /// The single ops and batch ops this runner can express.
 const OPS: &[&str] = &[
-    "insert", "get", "get_into", "replace", "retain", "release", "remove", "objects",
+    "insert", "get", "get_into", "replace", "retain", "release", "remove", "objects", "flush",
 ];
 const BATCH_OPS: &[&str] = &[
     "insert", "get", "get_into", "replace", "retain", "release", "remove",

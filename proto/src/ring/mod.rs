@@ -416,10 +416,11 @@ pub struct ReadyWord<'a>(&'a AtomicU64);
 impl ReadyWord<'_> {
     /// Names ring `index` as having new entries (call after
     /// [`ClientRing::flush`] said the ring is parked, then ring the
-    /// doorbell).
+    /// doorbell if this returns true: false means an earlier mark's wake
+    /// is still to be taken, and covers these entries).
     #[inline]
-    pub fn mark(&self, index: u32) {
-        handoff::mark_ready(self.0, ready_bit(index));
+    pub fn mark(&self, index: u32) -> bool {
+        handoff::mark_ready(self.0, ready_bit(index))
     }
 }
 
@@ -705,6 +706,27 @@ impl<'a> ServerRing<'a> {
             self.publish(counters, waker);
         }
         Ok(served)
+    }
+
+    /// Takes up to `max` published submissions without completing them:
+    /// `apply` gets a copy of each. For a ring whose session ends: what its
+    /// client posted is applied before the daemon cleans up after it, and
+    /// no completion is written (nobody reads them; the CQ may be full).
+    /// A well-behaved client has at most `entries` unserved.
+    pub fn drain(
+        &self,
+        counters: &mut ServerCounters,
+        max: u32,
+        mut apply: impl FnMut(&[u8; ENTRY_SIZE]),
+    ) -> u32 {
+        let mut taken = 0;
+        while taken < max && self.has_work(counters) {
+            let request = self.0 .0.read_entry(self.0 .0.sq_at(counters.sq_head));
+            apply(&request);
+            counters.sq_head = counters.sq_head.wrapping_add(1);
+            taken += 1;
+        }
+        taken
     }
 
     fn publish(&self, counters: &ServerCounters, waker: &impl Wake) {

@@ -14,12 +14,18 @@
 //!   loop BATCHES times (0: forever, until killed) over a batch of 64
 //!   inserts (one of them DETACHED in thread 0), a batch of gets and a batch
 //!   of releases; print `done`. Made to be SIGKILLed or SIGSTOPped mid-batch.
+//! - `get-each`: reads `HANDLE INDEX` lines from stdin and gets each
+//!   handle at once, expecting [`hreg_tests::numbered`]`(INDEX)`; at EOF prints
+//!   `ok=N stale=S wrong=W other=O`.
+//! - `insert-die N FLAGS`: inserts N values [`hreg_tests::numbered`]`(i)` with object
+//!   flags FLAGS, printing `HANDLE i` after each insert returned, then
+//!   SIGKILLs itself (made for posted inserts: each must be applied).
 //! - `restart-load SEED`: the restart stress test's load client
 //!   ([`hreg_tests::restart_load`]: it prints `ready`, answers `pause`,
 //!   `go` and `quit` on stdin); print `bye` after `quit`.
 
 use hreg::{Client, Handle, Op};
-use hreg_tests::{checked_value, value_is_intact};
+use hreg_tests::{checked_value, numbered, value_is_intact};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
             number(seed) as u64,
         )),
         ["storm", batches, seed] => storm(&client, number(batches), number(seed) as u64),
+        ["get-each"] => get_each(&client),
+        ["insert-die", n, flags] => insert_die(&client, number(n), number(flags) as u32),
         ["restart-load", seed] => hreg_tests::restart_load::serve(&client, number(seed) as u64)
             .map_err(hreg::Error::Protocol),
         _ => {
@@ -64,6 +72,46 @@ fn main() -> ExitCode {
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
     ExitCode::SUCCESS
+}
+
+fn get_each(client: &Client) -> hreg::Result<String> {
+    use std::io::BufRead;
+    let (mut ok, mut stale, mut wrong, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = [0u8; 64];
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(hreg::Error::Io)?;
+        let mut words = line.split_whitespace();
+        let (Some(handle), Some(index)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let handle: Handle = handle.parse().expect("a handle");
+        let index: u64 = index.parse().expect("an index");
+        match client.get_into(handle, &mut buf) {
+            Ok(n) if buf[..n] == numbered(index) => ok += 1,
+            Ok(_) => wrong += 1,
+            Err(hreg::Error::Stale) => stale += 1,
+            Err(e) => {
+                if other == 0 {
+                    eprintln!("get-each: {e}");
+                }
+                other += 1;
+            }
+        }
+    }
+    Ok(format!("ok={ok} stale={stale} wrong={wrong} other={other}"))
+}
+
+fn insert_die(client: &Client, n: usize, flags: u32) -> hreg::Result<String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for i in 0..n as u64 {
+        let handle = client.insert(&numbered(i), flags)?;
+        writeln!(out, "{handle} {i}").map_err(hreg::Error::Io)?;
+        out.flush().map_err(hreg::Error::Io)?;
+    }
+    // Right after the last insert returned: nothing may be lost.
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    unreachable!("SIGKILLed");
 }
 
 fn number(text: &str) -> usize {

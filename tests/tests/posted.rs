@@ -1,0 +1,224 @@
+//! Posted writes (issue 19): an insert returns without waiting for the
+//! daemon, into a handle granted ahead, and still keeps every promise of a
+//! synchronous one. Real daemons, real processes:
+//!
+//! - handoff: each handle, written to another process (another uid) the
+//!   moment its insert returned, resolves there at once to its bytes;
+//! - death: a client SIGKILLed right after its last insert returned loses
+//!   none of them;
+//! - quota: inserts up to `--uid-max-objects` all resolve, the next is
+//!   QUOTA, and after k releases k inserts succeed;
+//! - flush: after a release of the last reference and a flush, another
+//!   client's get is STALE; read-your-writes from every thread.
+
+use hreg::{Error, Handle, Limit, DETACHED, SHARED};
+use hreg_tests::{numbered, Daemon, Helper};
+use std::io::Write;
+
+/// A uid other than the test's (root's).
+const OTHER_UID: u32 = 4242;
+
+/// `key=N` of a helper's report line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_handle_handed_over_at_once_resolves_in_another_process() {
+    const N: u64 = 100_000;
+    let daemon = Daemon::start_reachable(&[]);
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs as root (CI does): the reader runs as another uid"
+    );
+    let mut reader = Helper::spawn_program(
+        "hreg-test-client",
+        &daemon.socket,
+        &["get-each"],
+        Some(OTHER_UID),
+    );
+    let client = daemon.client();
+    {
+        let stdin = reader.child.stdin.as_mut().expect("piped stdin");
+        for i in 0..N {
+            let h = client.insert(&numbered(i), SHARED).expect("insert");
+            writeln!(stdin, "{h} {i}").expect("hand the handle over");
+            stdin.flush().expect("at once");
+        }
+    }
+    reader.close_input();
+    let report = reader.line();
+    assert_eq!(field(&report, "ok"), N, "{report}");
+    assert_eq!(field(&report, "stale"), 0, "{report}");
+    assert_eq!(field(&report, "wrong"), 0, "{report}");
+    assert_eq!(field(&report, "other"), 0, "{report}");
+    client.flush().expect("no late failure");
+}
+
+#[test]
+fn inserts_of_a_client_killed_right_after_they_returned_are_all_applied() {
+    const N: usize = 10_000;
+    let daemon = Daemon::start(&[]);
+    let mut child = Helper::spawn(
+        &daemon.socket,
+        &["insert-die", &N.to_string(), &DETACHED.to_string()],
+    );
+    let mut handed: Vec<(Handle, u64)> = Vec::with_capacity(N);
+    loop {
+        let line = child.line();
+        if line.is_empty() {
+            break;
+        }
+        let (handle, index) = line.split_once(' ').expect("HANDLE INDEX");
+        handed.push((handle.parse().unwrap(), index.parse().unwrap()));
+    }
+    let status = child.child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "it killed itself");
+    assert_eq!(handed.len(), N, "every insert returned before the kill");
+    let client = daemon.client();
+    for &(handle, index) in &handed {
+        match client.get(handle) {
+            Ok(value) => assert_eq!(value, numbered(index), "handle {handle}"),
+            Err(e) => panic!("handle {handle} (insert {index}): {e}"),
+        }
+    }
+    assert_eq!(
+        daemon.objects(),
+        N as u64,
+        "DETACHED: they outlive their client"
+    );
+}
+
+#[test]
+fn inserts_up_to_the_quota_all_resolve_and_releases_make_room() {
+    const CAP: usize = 300;
+    const K: usize = 37;
+    let daemon = Daemon::start(&["--uid-max-objects", &CAP.to_string()]);
+    let client = daemon.client();
+    let other = daemon.client();
+    let mut made = Vec::new();
+    let refused = loop {
+        match client.insert(&numbered(made.len() as u64), 0) {
+            Ok(h) => made.push(h),
+            Err(e) => break e,
+        }
+        assert!(made.len() <= CAP, "past the cap");
+    };
+    assert!(
+        matches!(
+            refused,
+            Error::Quota {
+                limit: Some(Limit::UidMaxObjects),
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(made.len(), CAP);
+    for (i, &h) in made.iter().enumerate() {
+        assert_eq!(client.get(h).unwrap(), numbered(i as u64));
+        // Private, but of the same uid: another session reads it too.
+        assert_eq!(other.get(h).unwrap(), numbered(i as u64));
+    }
+    for &h in &made[..K] {
+        client.release(h).unwrap();
+    }
+    for i in 0..K {
+        let h = client
+            .insert(&numbered(1_000_000 + i as u64), 0)
+            .unwrap_or_else(|e| panic!("insert {i} of {K} after {K} releases: {e}"));
+        assert_eq!(other.get(h).unwrap(), numbered(1_000_000 + i as u64));
+    }
+    assert!(matches!(
+        client.insert(b"one too many", 0),
+        Err(Error::Quota { .. })
+    ));
+    client.flush().expect("no late failure");
+    assert_eq!(daemon.objects(), CAP as u64);
+}
+
+#[test]
+fn a_flushed_release_of_the_last_reference_is_seen_by_others() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let other = daemon.client();
+    for round in 0..200u64 {
+        let h = client.insert(&numbered(round), SHARED).unwrap();
+        assert_eq!(other.get(h).unwrap(), numbered(round));
+        client.release(h).unwrap();
+        client.flush().unwrap();
+        assert!(matches!(other.get(h), Err(Error::Stale)), "round {round}");
+    }
+    assert_eq!(daemon.objects(), 0);
+}
+
+#[test]
+fn a_client_reads_its_own_inserts_from_any_thread_at_once() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let (tx, rx) = std::sync::mpsc::channel::<(Handle, u64)>();
+    let reader = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            for (h, i) in rx {
+                assert_eq!(client.get(h).unwrap(), numbered(i), "handle {h}");
+                seen += 1;
+            }
+            seen
+        })
+    };
+    for i in 0..20_000u64 {
+        let h = client.insert(&numbered(i), i as u32 & SHARED).unwrap();
+        assert_eq!(client.get(h).unwrap(), numbered(i), "same thread");
+        tx.send((h, i)).unwrap();
+    }
+    drop(tx);
+    assert_eq!(reader.join().unwrap(), 20_000);
+    client.flush().unwrap();
+}
+
+#[test]
+fn an_insert_returns_while_the_daemon_is_stopped() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inserting = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            // The first insert of a kind on a thread opens its ring and
+            // waits for handles ahead.
+            warm_tx.send(client.insert(b"warm", 0).unwrap()).unwrap();
+            go_rx.recv().unwrap();
+            for i in 0..8u64 {
+                tx.send(client.insert(&numbered(i), 0)).unwrap();
+            }
+        })
+    };
+    let first = warm_rx.recv().unwrap();
+    daemon.signal(rustix::process::Signal::STOP);
+    go_tx.send(()).unwrap();
+    // Posted: each returns without the daemon (a synchronous insert would
+    // wait for it until SIGCONT).
+    let returned: Vec<_> = (0..8)
+        .map(|_| rx.recv_timeout(std::time::Duration::from_secs(20)))
+        .collect();
+    daemon.signal(rustix::process::Signal::CONT);
+    inserting.join().unwrap();
+    for (i, h) in returned.into_iter().enumerate() {
+        let h = h
+            .expect("a posted insert returns without the daemon")
+            .expect("insert");
+        assert_eq!(client.get(h).unwrap(), numbered(i as u64));
+    }
+    assert_eq!(client.get(first).unwrap(), b"warm");
+    client.flush().unwrap();
+    assert_eq!(daemon.objects(), 9);
+}
