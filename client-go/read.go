@@ -253,6 +253,11 @@ func (lr *localReads) read(h Handle, buf []byte, alloc bool) ([]byte, int, readO
 			}
 			continue
 		}
+		if state != stateInline && state != stateHeap {
+			// Reserved: a posted insert not applied yet, which libhreg
+			// answers (from its copy, for the client that posted it).
+			return nil, 0, readCgo
+		}
 		length := uintptr(uint32(atomic.LoadUint64(word(lenWord))))
 		if length > localMax {
 			return nil, 0, readCgo

@@ -62,7 +62,12 @@ func TestReadsInGoGiveEverySizeWhole(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The first read of a domain may need libhreg to map it.
+		// Applied (a posted insert reads as reserved until then, which
+		// libhreg answers), and the first read of a domain may need
+		// libhreg to map it.
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		_, _ = c.Get(h)
 		value, _, got := c.local.read(h, nil, true)
 		switch {

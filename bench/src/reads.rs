@@ -7,8 +7,9 @@
 //! `get_ref`; a hot key and random keys; 1 and 2 reading threads; unpinned
 //! and pinned. Besides: the seqlock floor ([`crate::floor::seqlock`]), the
 //! daemon's CPU time under read-only load against the clients', and
-//! `hreg_get` from C against the origin's 64-shard map in C
-//! (`bench/langs/read_ratio.c`). Then the targets of issue 11.
+//! `hreg_get` and a handle's whole life (insert + get + release) from C
+//! against the origin's 64-shard map in C (`bench/langs/read_ratio.c`).
+//! Then the targets of issues 11 and 19 (a life).
 //!
 //! Every contender reads the same objects (object `i` of a size holds
 //! `stats::value(size, i)`, checked once by each client process before it
@@ -308,7 +309,7 @@ pub fn run(
         remove_all(&client, handles)?;
     }
 
-    say("hreg_get from C against a 64-shard map in C".into());
+    say("hreg_get and a handle's life from C against a 64-shard map in C".into());
     match read_ratio_program(dir.path())? {
         Ok(program) => {
             for placement in [Placement::Unpinned, Placement::Pinned] {
@@ -659,6 +660,8 @@ fn read_ratio_program(dir: &Path) -> anyhow::Result<Result<PathBuf, String>> {
 struct CFigures {
     hreg_get: CSeries,
     map_get: CSeries,
+    hreg_life: CSeries,
+    map_life: CSeries,
 }
 
 /// One contender's repetitions.
@@ -732,6 +735,26 @@ fn c_rows(
             ),
             key: c_key("map_get", placement),
             measured: figures.map_get.measured(),
+            other: None,
+        },
+        Row {
+            section: SECTION,
+            case: format!(
+                "C: a handle's life (hreg_insert + hreg_get + hreg_release 16 B), 1 thr, {}: hregd",
+                placement.name()
+            ),
+            key: c_key("hreg_life", placement),
+            measured: figures.hreg_life.measured(),
+            other: None,
+        },
+        Row {
+            section: SECTION,
+            case: format!(
+                "C: a life (insert + get + delete 16 B), 1 thr, {}: 64-shard map, in process",
+                placement.name()
+            ),
+            key: c_key("map_life", placement),
+            measured: figures.map_life.measured(),
             other: None,
         },
     ])
@@ -862,6 +885,16 @@ pub fn targets(report: &Report, baseline: Option<&Baseline>) -> Vec<Target> {
                 get(&c_key("map_get", placement), P50),
             ),
             1.5,
+            true,
+            "",
+        ));
+        out.push(Target::new(
+            format!("C: a handle's life, hreg / 64-shard map ({how}; ns)"),
+            ratio(
+                get(&c_key("hreg_life", placement), P50),
+                get(&c_key("map_life", placement), P50),
+            ),
+            2.0,
             true,
             "",
         ));

@@ -43,10 +43,15 @@ impl Inner {
         &self,
         body: impl FnOnce(&Context<'_>, &mut RingState) -> Result<T>,
     ) -> Result<T> {
+        let cell = self.ring()?;
+        self.on_ring(&cell, body)
+    }
+
+    /// This thread's ring (or one of the pool).
+    fn ring(&self) -> Result<Arc<RingCell>> {
         let session = &self.session;
         session.check_usable()?;
-        let cell = self.rings.pick(session)?;
-        self.on_ring(&cell, body)
+        self.rings.pick(session)
     }
 
     /// Runs `body` on ring `cell`, its state locked.
@@ -83,6 +88,11 @@ impl Inner {
                 let grant = self
                     .with_ring(|cx, state| engine::reserve(cx, state, shared, want, &mut fresh))?;
                 posting.granted(generation, shared, &fresh, grant.credit, grant.posting);
+                if grant.posting && self.session.may_read_here().is_ok() {
+                    for &handle in &fresh {
+                        self.session.reads().map_slot_of(&*self.session, handle);
+                    }
+                }
                 match posting.take(generation, shared) {
                     Some(handle) if grant.posting => handle,
                     _ => return Ok(None),
@@ -103,7 +113,9 @@ impl Inner {
             ..Sqe::default()
         };
         sqe.inline[..value.len()].copy_from_slice(value);
-        self.with_ring(|cx, state| engine::post(cx, state, sqe, None))?;
+        let ring = self.ring()?;
+        self.on_ring(&ring, |cx, state| engine::post(cx, state, sqe, None))?;
+        posting.values.keep(handle, Arc::downgrade(&ring), value);
         if flags & crate::DETACHED == 0 {
             posting.refs.add(handle);
         }
@@ -126,12 +138,22 @@ impl Inner {
         // that this write finds the object as the daemon will.
         self.own_release_applied(handle)?;
         let mut probe = session.reads().probe(&**session, handle);
+        let mut insert_ring = None;
         if let Probe::Reserved { session: owner } = probe {
-            if owner == session.welcome().session_id as u32 {
-                // This client's own insert, posted on another ring: applied
-                // first, so that this write comes after it.
-                self.settle_all()?;
-                probe = session.reads().probe(&**session, handle);
+            if owner == session.own_id() {
+                // This client's own insert, not applied yet: this write goes
+                // on the ring the insert went on (applied after it), else
+                // waits until it is applied.
+                insert_ring = posting
+                    .values
+                    .ring_of(handle)
+                    .filter(|ring| ring.generation() == session.generation());
+                if insert_ring.is_some() {
+                    probe = Probe::Live;
+                } else {
+                    self.settle_all()?;
+                    probe = session.reads().probe(&**session, handle);
+                }
             }
         }
         match probe {
@@ -166,7 +188,11 @@ impl Inner {
             ..Sqe::default()
         };
         let drop = last.then_some(handle);
-        self.with_ring(|cx, state| engine::post(cx, state, sqe, drop))?;
+        let ring = match insert_ring {
+            Some(ring) => ring,
+            None => self.ring()?,
+        };
+        self.on_ring(&ring, |cx, state| engine::post(cx, state, sqe, drop))?;
         Ok(Some(Ok(())))
     }
 
@@ -416,7 +442,16 @@ impl Client {
         if let Err(e) = session.may_read_here() {
             return Resolved::Failed(Box::new(e));
         }
-        session.reads().get(&**session, handle, out)
+        match session.reads().get(&**session, handle, out) {
+            // This client's own insert, not applied yet: read-your-writes
+            // from its copy of the value.
+            Resolved::Reserved { session: owner } if owner == session.own_id() => session
+                .posting
+                .values
+                .read(handle, out)
+                .unwrap_or(Resolved::Ring),
+            resolved => resolved,
+        }
     }
 
     /// One operation through the same engine as [`Client::submit`], without
@@ -471,7 +506,7 @@ impl Client {
         let mut value = Vec::new();
         match self.read_here(handle, &mut Output::Vec(&mut value)) {
             Resolved::Value(_) => Ok(value),
-            Resolved::Ring => self.get_through_ring(handle),
+            Resolved::Ring | Resolved::Reserved { .. } => self.get_through_ring(handle),
             failed => Err(failed.error()),
         }
     }
@@ -512,10 +547,12 @@ impl Client {
     pub fn get_into(&self, handle: Handle, buf: &mut [u8]) -> Result<usize> {
         match self.read_here(handle, &mut Output::Buffer(buf)) {
             Resolved::Value(n) => Ok(n),
-            Resolved::Ring => match self.one(Op::Get { handle, buf })? {
-                Completion::Length(n) => Ok(n),
-                other => Err(unexpected(other)),
-            },
+            Resolved::Ring | Resolved::Reserved { .. } => {
+                match self.one(Op::Get { handle, buf })? {
+                    Completion::Length(n) => Ok(n),
+                    other => Err(unexpected(other)),
+                }
+            }
             failed => Err(failed.error()),
         }
     }

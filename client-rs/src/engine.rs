@@ -23,6 +23,7 @@ use crate::plan::{self, Shape, Step, StepKind};
 use crate::{Completion, Op};
 use hreg_proto::entry::{cqe_flags, sqe_flags, Cqe, Sqe};
 use hreg_proto::handle::Handle;
+use hreg_proto::locks::lock;
 use hreg_proto::ring::{ClientCounters, ClientRing, Park, ReadyWord};
 use hreg_proto::sync::AtomicU32;
 use hreg_proto::Opcode;
@@ -179,19 +180,13 @@ pub(crate) struct LateFailures(std::sync::Mutex<Option<Error>>);
 
 impl LateFailures {
     fn record(&self, error: Error) {
-        let mut first = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut first = lock(&self.0);
         first.get_or_insert(error);
     }
 
     /// The first late failure since the last take, if any.
     pub(crate) fn take(&self) -> Option<Error> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        lock(&self.0).take()
     }
 }
 

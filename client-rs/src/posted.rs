@@ -9,6 +9,12 @@
 //! ring synchronously, as before. Late failures of posted writes are kept
 //! for the next flush ([`crate::engine::LateFailures`]).
 //!
+//! Until the daemon applies a posted insert, its slot reads as reserved:
+//! the client answers its own reads of it from a copy of the value
+//! ([`PostedValues`]), and posts a RETAIN or RELEASE of it on the ring the
+//! insert went on (a ring is applied in order), so a handle's whole life
+//! waits for nothing.
+//!
 //! RETAIN and RELEASE are posted too once the daemon said it applies posted
 //! writes: they are answered here from the client's own count of its
 //! references ([`RefCounts`], kept for every write, posted or not) and a
@@ -16,11 +22,15 @@
 
 use crate::engine::LateFailures;
 use crate::error::{Error, Result};
+use crate::reads::{Output, Resolved};
+use crate::rings::RingCell;
 use crate::{Completion, Op};
+use hreg_proto::entry::INLINE_CAPACITY;
 use hreg_proto::handle::Handle;
+use hreg_proto::locks::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Handles asked for by the first RESERVE of a kind.
 const FIRST_BATCH: usize = 16;
@@ -38,6 +48,7 @@ pub(crate) struct Posting {
     pub late: LateFailures,
     pub refs: RefCounts,
     pub dropping: Dropping,
+    pub values: PostedValues,
     /// Posted entries whose completions no ring has read yet.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pools: Mutex<Pools>,
@@ -135,7 +146,7 @@ impl Posting {
     }
 
     fn lock(&self, generation: u64) -> std::sync::MutexGuard<'_, Pools> {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = lock(&self.pools);
         if pools.generation != generation {
             // Handles of a daemon before a resume: not this one's.
             *pools = Pools {
@@ -165,9 +176,7 @@ impl RefCounts {
     fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
         let h = handle.get();
         // The slot index is in the low bits: spread by them.
-        self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS])
     }
 
     /// References held on `handle`.
@@ -261,9 +270,7 @@ pub(crate) struct Dropping {
 impl Dropping {
     fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, Vec<u64>> {
         let h = handle.get();
-        self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS])
     }
 
     /// A posted RELEASE of the last reference to `handle`, before it is
@@ -286,5 +293,140 @@ impl Dropping {
     #[inline]
     pub fn pending(&self, handle: Handle) -> bool {
         self.pending.load(Ordering::Acquire) != 0 && self.shard(handle).contains(&handle.get())
+    }
+}
+
+/// Places of [`PostedValues`] (a power of two).
+const VALUE_PLACES: usize = 256;
+
+/// Copies of the values of this client's latest posted inserts, one per
+/// place (a later insert whose slot falls on the same place takes it): a
+/// read by this client of a handle whose slot still reads as reserved for
+/// it answers from here, without waiting. A copy is only ever used while
+/// the slot says the insert is not applied, so it is never older than the
+/// object: nothing else can have changed it yet.
+#[derive(Debug)]
+pub(crate) struct PostedValues {
+    places: Box<[Mutex<Option<PostedValue>>]>,
+}
+
+#[derive(Debug)]
+struct PostedValue {
+    handle: u64,
+    /// The ring the insert was posted on.
+    ring: Weak<RingCell>,
+    len: u8,
+    bytes: [u8; INLINE_CAPACITY],
+}
+
+impl Default for PostedValues {
+    fn default() -> PostedValues {
+        PostedValues {
+            places: (0..VALUE_PLACES).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+}
+
+impl PostedValues {
+    fn place(&self, handle: Handle) -> std::sync::MutexGuard<'_, Option<PostedValue>> {
+        // The slot index is in the low bits: consecutive grants spread.
+        lock(&self.places[handle.get() as usize % VALUE_PLACES])
+    }
+
+    /// Keeps `value` (at most [`INLINE_CAPACITY`] bytes) of the insert
+    /// into `handle` posted on `ring`.
+    pub fn keep(&self, handle: Handle, ring: Weak<RingCell>, value: &[u8]) {
+        if value.len() > INLINE_CAPACITY {
+            return;
+        }
+        let mut bytes = [0; INLINE_CAPACITY];
+        bytes[..value.len()].copy_from_slice(value);
+        *self.place(handle) = Some(PostedValue {
+            handle: handle.get(),
+            ring,
+            len: value.len() as u8,
+            bytes,
+        });
+    }
+
+    /// `handle`'s value into `out`, if a copy is kept (`None`: ask the
+    /// daemon). Only for a handle whose slot reads as reserved for this
+    /// client.
+    pub fn read(&self, handle: Handle, out: &mut Output<'_>) -> Option<Resolved> {
+        let place = self.place(handle);
+        let kept = place.as_ref().filter(|k| k.handle == handle.get())?;
+        let len = usize::from(kept.len);
+        Some(match out.take(len) {
+            Some(buf) => {
+                buf.copy_from_slice(&kept.bytes[..len]);
+                Resolved::Value(len)
+            }
+            None => Resolved::Buffer(len),
+        })
+    }
+
+    /// The ring `handle`'s insert was posted on, if it is known and still
+    /// open.
+    pub fn ring_of(&self, handle: Handle) -> Option<Arc<RingCell>> {
+        let place = self.place(handle);
+        place
+            .as_ref()
+            .filter(|k| k.handle == handle.get())?
+            .ring
+            .upgrade()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(raw: u64) -> Handle {
+        Handle::new(raw).expect("non-zero")
+    }
+
+    fn read_vec(values: &PostedValues, h: Handle) -> Option<Vec<u8>> {
+        let mut vec = Vec::new();
+        match values.read(h, &mut Output::Vec(&mut vec))? {
+            Resolved::Value(len) => {
+                assert_eq!(len, vec.len());
+                Some(vec)
+            }
+            _ => panic!("a copy into a vector is the value"),
+        }
+    }
+
+    #[test]
+    fn posted_values_answer_for_their_own_handle_only() {
+        let values = PostedValues::default();
+        let (a, b) = (handle(0x1_0000_0001), handle(0x1_0000_0002));
+        values.keep(a, Weak::new(), b"alpha");
+        values.keep(b, Weak::new(), b"");
+        assert_eq!(read_vec(&values, a).as_deref(), Some(&b"alpha"[..]));
+        assert_eq!(read_vec(&values, b).as_deref(), Some(&b""[..]));
+        // Same place, another generation: not this handle's value.
+        assert_eq!(read_vec(&values, handle(0x2_0000_0001)), None);
+        let mut short = [0u8; 3];
+        assert!(matches!(
+            values.read(a, &mut Output::Buffer(&mut short)),
+            Some(Resolved::Buffer(5))
+        ));
+        let mut exact = [0u8; 5];
+        assert!(matches!(
+            values.read(a, &mut Output::Buffer(&mut exact)),
+            Some(Resolved::Value(5))
+        ));
+        assert_eq!(&exact, b"alpha");
+        // A later insert on the same place takes it.
+        let c = handle(0x1_0000_0001 + VALUE_PLACES as u64);
+        values.keep(c, Weak::new(), b"gamma");
+        assert_eq!(read_vec(&values, a), None);
+        assert_eq!(read_vec(&values, c).as_deref(), Some(&b"gamma"[..]));
+        // A dropped ring is no ring.
+        assert!(values.ring_of(c).is_none());
+        // Longer than an entry: never posted, never kept.
+        let d = handle(0x1_0000_0003);
+        values.keep(d, Weak::new(), &[7; INLINE_CAPACITY + 1]);
+        assert_eq!(read_vec(&values, d), None);
     }
 }

@@ -119,8 +119,9 @@ pub(crate) enum Output<'a> {
 }
 
 impl Output<'_> {
+    /// Room for exactly `len` bytes (`None`: the caller's buffer is shorter).
     #[inline]
-    fn take(&mut self, len: usize) -> Option<&mut [u8]> {
+    pub(crate) fn take(&mut self, len: usize) -> Option<&mut [u8]> {
         match self {
             Output::Buffer(buf) => buf.get_mut(..len),
             Output::Vec(vec) => {
@@ -159,6 +160,10 @@ pub(crate) enum Resolved {
     Failed(Box<Error>),
     /// Not answerable here: ask the daemon through the ring.
     Ring,
+    /// Granted ahead to the session whose id's low 32 bits these are, its
+    /// insert not applied yet: that session may answer from its own copy
+    /// of the value, anyone else asks the daemon.
+    Reserved { session: u32 },
 }
 
 impl Resolved {
@@ -167,7 +172,7 @@ impl Resolved {
     pub(crate) fn answer(self) -> Option<Result<usize>> {
         match self {
             Resolved::Value(len) => Some(Ok(len)),
-            Resolved::Ring => None,
+            Resolved::Ring | Resolved::Reserved { .. } => None,
             failed => Some(Err(failed.error())),
         }
     }
@@ -179,7 +184,7 @@ impl Resolved {
             Resolved::Stale => Error::Stale,
             Resolved::Buffer(needed) => Error::Buffer { needed },
             Resolved::Failed(e) => *e,
-            Resolved::Value(_) | Resolved::Ring => {
+            Resolved::Value(_) | Resolved::Ring | Resolved::Reserved { .. } => {
                 Error::Protocol("a read that did not fail taken for one".into())
             }
         }
@@ -376,6 +381,16 @@ impl RegistryView {
         Ok(matches!(mapped, Mapped::Yes))
     }
 
+    /// Maps the chunk of `handle`'s slot now, if this reader can: before a
+    /// handle granted ahead is used, so that reading it then asks nothing
+    /// of the daemon.
+    pub(crate) fn map_slot_of(&self, source: &dyn ChunkSource, handle: Handle) {
+        if !self.ring_only {
+            // A chunk not mappable here leaves reads to the ring, as ever.
+            let _ = self.slot(source, &HandleParts::decode(handle.get()));
+        }
+    }
+
     /// The slot `parts` names, mapping its chunk on first need; `Ok(None)`:
     /// not readable here.
     #[inline]
@@ -438,8 +453,9 @@ impl RegistryView {
                 Read::Buffer { len } => return Resolved::Buffer(len as usize),
                 Read::Stale => return Resolved::Stale,
                 // Granted ahead, its insert not applied yet: the daemon
-                // says when it is (`crate::engine` asks again).
-                Read::Reserved { .. } => return Resolved::Ring,
+                // says when it is (`crate::engine` asks again), unless the
+                // session it was granted to kept the value.
+                Read::Reserved { session } => return Resolved::Reserved { session },
                 Read::Unmapped { chunk } if !fetched => {
                     fetched = true;
                     if !matches!(self.fetch(source, parts.domain, chunk), Ok(true)) {

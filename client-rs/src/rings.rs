@@ -78,6 +78,12 @@ impl RingTable {
 }
 
 impl RingCell {
+    /// The session generation the ring was opened in (a ring of an older
+    /// one belongs to a daemon gone away).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, RingState>> {
         self.state
             .lock()
@@ -88,7 +94,7 @@ impl RingCell {
     /// the caller).
     pub(crate) fn run<T>(
         &self,
-        session: &Session,
+        session: &ClientSession,
         state: &mut RingState,
         body: impl FnOnce(&Context<'_>, &mut RingState) -> Result<T>,
     ) -> Result<T> {
@@ -214,7 +220,7 @@ impl Rings {
 
     /// Every ring of the current session generation this client has open
     /// (its threads', the shared one, the pool's): what a flush settles.
-    pub(crate) fn cells(&self, session: &Arc<Session>) -> Vec<Arc<RingCell>> {
+    pub(crate) fn cells(&self, session: &Arc<ClientSession>) -> Vec<Arc<RingCell>> {
         let generation = session.generation();
         let mut cells: Vec<Arc<RingCell>> = {
             let table = self.lock();
@@ -227,7 +233,7 @@ impl Rings {
         };
         if let Some(pool) = self.pool.get() {
             for place in pool.places.iter() {
-                let place = place.lock().unwrap_or_else(PoisonError::into_inner);
+                let place = lock(place);
                 cells.extend(place.clone());
             }
         }

@@ -271,6 +271,12 @@ impl ClientSession {
         &self.welcome
     }
 
+    /// The low 32 bits of the session's id, as a slot reserved for it
+    /// names it.
+    pub(crate) fn own_id(&self) -> u32 {
+        self.welcome.session_id as u32
+    }
+
     /// The client's side of ring `index` of this session.
     pub(crate) fn ring(&self, index: u32) -> Result<ClientRing<'_>> {
         self.map.ring(index).ok_or_else(|| {

@@ -1394,19 +1394,19 @@ mod tests {
 
     #[test]
     fn granted_handles_take_posted_inserts_and_their_late_failures() {
-        let mut bench = Bench::new(Limits::default());
-        let done = bench.run(&[], &[reserve(0, 4, true)]);
+        let mut harness = RingHarness::new(Limits::default());
+        let done = harness.run(&[], &[reserve(0, 4, true)]);
         assert_eq!(done[0].status, OK);
         assert_eq!(done[0].value_len, 4);
         assert_eq!(done[0].handle, hreg_registry::CREDIT);
         assert_eq!(done[0].entry_flags, cqe_flags::POSTING);
-        let granted: Vec<u64> = bench
+        let granted: Vec<u64> = harness
             .data(0, 32)
             .chunks_exact(8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
             .collect();
         // Before its insert, a GET is STALE with RESERVED: ask again.
-        let done = bench.run(&[], &[get(granted[0], 0, 64)]);
+        let done = harness.run(&[], &[get(granted[0], 0, 64)]);
         assert_eq!(done[0].status, Status::Stale as u32);
         assert_eq!(done[0].entry_flags, cqe_flags::RESERVED);
         let insert = |h: u64, value: &[u8]| {
@@ -1415,7 +1415,7 @@ mod tests {
                 ..inline_insert(value, flags::SHARED)
             })
         };
-        let done = bench.run(
+        let done = harness.run(
             &[],
             &[
                 insert(granted[0], b"first"),
@@ -1438,29 +1438,29 @@ mod tests {
         // dead object is done, not a failure.
         assert_eq!(done[4].status, Status::Stale as u32);
         assert_eq!(done[4].entry_flags, 0);
-        let done = bench.run(&[], &[posted(on(Opcode::Release, granted[0]))]);
+        let done = harness.run(&[], &[posted(on(Opcode::Release, granted[0]))]);
         assert_eq!(done[0].status, OK);
-        let done = bench.run(&[], &[posted(on(Opcode::Retain, granted[0]))]);
+        let done = harness.run(&[], &[posted(on(Opcode::Retain, granted[0]))]);
         assert_eq!(done[0].status, Status::Stale as u32);
         // Posted entries that end the ring unserved are applied.
-        let session = Arc::clone(&bench.ring.session);
+        let session = Arc::clone(&harness.ring.session);
         let client = session
             .memory
             .mapping()
-            .client_ring(LAYOUT, bench.ring.ring.index())
+            .client_ring(LAYOUT, harness.ring.ring.index())
             .unwrap();
         client.push(
-            &mut bench.counters,
+            &mut harness.counters,
             &Sqe {
                 entry_flags: sqe_flags::POSTED | sqe_flags::INLINE,
                 ..insert(granted[1], b"last")
             }
             .encode(),
         );
-        client.push(&mut bench.counters, &inline_insert(b"never", 0).encode());
-        client.flush(&bench.counters);
+        client.push(&mut harness.counters, &inline_insert(b"never", 0).encode());
+        client.flush(&harness.counters);
         let mut scratch = Vec::new();
-        bench.ring.drain_posted(&mut scratch);
+        harness.ring.drain_posted(&mut scratch);
         let registry = session.registry();
         let h = Handle::new(granted[1]).unwrap();
         assert_eq!(

@@ -100,10 +100,12 @@ fn a_waiting_client_sees_the_daemon_die() {
     let daemon = Daemon::start(&[]);
     let client = daemon.client();
     let h = client.insert(b"v", 0).unwrap();
+    client.flush().unwrap();
     // Stop the daemon so the next request waits, then kill it.
     daemon.signal(Signal::STOP);
     let waiter = std::thread::spawn(move || {
-        let result = client.get(h);
+        // A replace always waits for the daemon's answer.
+        let result = client.replace(h, b"w");
         (result, client)
     });
     std::thread::sleep(Duration::from_millis(300));

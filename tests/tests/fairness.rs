@@ -21,7 +21,8 @@ use hreg_tests::{
 use rustix::process::Signal;
 use std::time::{Duration, Instant};
 
-/// Insert + release pairs per second of `client` over `window`.
+/// Insert + release pairs per second of `client` over `window`, applied by
+/// the daemon.
 fn pairs_per_sec(client: &Client, window: Duration) -> f64 {
     let start = Instant::now();
     let mut pairs = 0u64;
@@ -30,6 +31,8 @@ fn pairs_per_sec(client: &Client, window: Duration) -> f64 {
             let h = client.insert(b"honest", 0).expect("honest insert");
             client.release(h).expect("honest release");
         }
+        // Counted once applied (posted writes return before).
+        client.flush().expect("honest flush");
         pairs += 32;
     }
     pairs as f64 / start.elapsed().as_secs_f64()

@@ -222,3 +222,55 @@ fn an_insert_returns_while_the_daemon_is_stopped() {
     client.flush().unwrap();
     assert_eq!(daemon.objects(), 9);
 }
+
+#[test]
+fn a_handles_whole_life_returns_while_the_daemon_is_stopped() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let living = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            // Opens this thread's ring and fills the pool of handles ahead.
+            warm_tx.send(client.insert(b"warm", 0).unwrap()).unwrap();
+            go_rx.recv().unwrap();
+            for i in 0..8u64 {
+                let life = client.insert(&numbered(i), 0).and_then(|h| {
+                    // Read-your-writes from the client's copy, and a
+                    // release posted behind the insert on its ring.
+                    let value = client.get(h)?;
+                    let mut buf = [0u8; 64];
+                    let len = client.get_into(h, &mut buf)?;
+                    assert_eq!(&buf[..len], &value[..]);
+                    client.release(h)?;
+                    Ok((h, value))
+                });
+                tx.send(life).unwrap();
+            }
+        })
+    };
+    let warm = warm_rx.recv().unwrap();
+    daemon.signal(rustix::process::Signal::STOP);
+    go_tx.send(()).unwrap();
+    let lives: Vec<_> = (0..8)
+        .map(|_| rx.recv_timeout(std::time::Duration::from_secs(20)))
+        .collect();
+    daemon.signal(rustix::process::Signal::CONT);
+    living.join().unwrap();
+    let mut handles = Vec::new();
+    for (i, life) in lives.into_iter().enumerate() {
+        let (h, value) = life
+            .expect("insert, get and release return without the daemon")
+            .expect("a handle's life");
+        assert_eq!(value, numbered(i as u64));
+        handles.push(h);
+    }
+    client.flush().unwrap();
+    for h in handles {
+        assert!(matches!(client.get(h), Err(Error::Stale)), "{h}: released");
+    }
+    assert_eq!(client.get(warm).unwrap(), b"warm");
+    assert_eq!(daemon.objects(), 1);
+}
