@@ -582,7 +582,8 @@ impl WorkerState {
 
     /// Activates the rings of `session` named in its ready word (or, when
     /// it names none, all of its parked rings here) that have new entries;
-    /// whether there was one.
+    /// whether the wake was for something: a ring with new entries, or one
+    /// served since the last look (its entries taken before the event).
     fn look_at(&mut self, session: u64, now: Instant) -> bool {
         let Some(watched) = self.sessions.get(&session) else {
             return false;
@@ -593,19 +594,21 @@ impl WorkerState {
             .mapping()
             .server_ready(watched.ready_at)
             .map_or(0, |ready| ready.take());
-        let named: Vec<RingRef> = watched
-            .rings
-            .iter()
-            .copied()
-            .filter(|&at| {
-                self.slots[at.slot].as_ref().is_some_and(|r| {
-                    !r.active
-                        && (mask == 0 || mask & ready_bit(r.ring.index()) != 0)
-                        && r.has_work()
-                })
-            })
-            .collect();
-        let found = !named.is_empty();
+        let mut served_already = false;
+        let mut named = Vec::new();
+        for &at in &watched.rings {
+            let Some(r) = self.slots[at.slot].as_mut() else {
+                continue;
+            };
+            if mask != 0 && mask & ready_bit(r.ring.index()) == 0 {
+                continue;
+            }
+            served_already |= r.active || std::mem::take(&mut r.worked);
+            if !r.active && r.has_work() {
+                named.push(at);
+            }
+        }
+        let found = served_already || !named.is_empty();
         for at in named {
             self.activate(at, now);
         }
@@ -686,6 +689,7 @@ impl WorkerState {
                         served.1 += public;
                         if entries > 0 {
                             ring.last_work = now;
+                            ring.worked = true;
                         } else if now.duration_since(ring.last_work) >= SPIN && ring.park() {
                             ring.active = false;
                             self.active -= 1;
@@ -738,6 +742,11 @@ struct ServedRing {
     generation: u64,
     active: bool,
     last_work: Instant,
+    /// Whether the ring had entries since its session's doorbell was last
+    /// looked at: a wake that finds the ring served already (the worker
+    /// saw the entries while parking it, or took them before the event)
+    /// was not for nothing.
+    worked: bool,
 }
 
 impl Drop for ServedRing {
@@ -767,6 +776,7 @@ impl ServedRing {
             generation: 0,
             active: false,
             last_work: Instant::now(),
+            worked: false,
         })
     }
 
