@@ -6,7 +6,7 @@ use crate::config::{Args, Config};
 use crate::control_plane::{Control, FIRST_CONN_KEY};
 use crate::listener::Listener;
 use crate::state::{Keeping, Passed};
-use crate::worker::Worker;
+use crate::worker::{Spread, Worker};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,8 +53,14 @@ impl Daemon {
         registry.set_serving(true);
         let mut workers = Vec::new();
         let mut threads = Vec::new();
+        // A uid's share is one over all the workers.
+        let spread = Arc::new(Spread::default());
         for id in 0..config.workers {
-            let worker = Arc::new(Worker::new(Arc::clone(&registry), id)?);
+            let worker = Arc::new(Worker::sharing(
+                Arc::clone(&registry),
+                id,
+                Arc::clone(&spread),
+            )?);
             let runner = Arc::clone(&worker);
             threads.push(
                 std::thread::Builder::new()

@@ -21,6 +21,15 @@
 //! share of a busy worker is the same with one ring or thousands. Root is in
 //! the round like everyone.
 //!
+//! A uid's share is one across all workers, not one per worker ([`Spread`]):
+//! as in Linux CFS group scheduling, where a group's weight is split over
+//! the CPUs it runs on, a uid with active rings on `k` workers gets
+//! `1/k` of the quantum on each of them while other uids wait there. So a
+//! uid whose rings keep both workers busy does not take half of the worker
+//! that another uid's single ring needs on top of the whole other worker.
+//! A uid alone in a worker's round still gets the whole worker (the split
+//! only weighs uids against each other; no worker idles while it has work).
+//!
 //! A ring whose completion queue is full is skipped, so one slow client
 //! cannot stall the others; a ring whose counters make no sense closes its
 //! session.
@@ -42,7 +51,7 @@ use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32 as StdAtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +74,8 @@ const COMMAND_KEY: u64 = u64::MAX;
 
 /// A uid's quantum per turn when other uids wait: small, so that a client
 /// with one request in flight waits for a few of another uid's requests at
-/// most.
+/// most. It is split over the workers where the uid has active rings
+/// ([`shared_quantum`]).
 pub(crate) const QUANTUM: i64 = 4;
 
 /// A uid's quantum per turn when it is alone in the round (batches are
@@ -98,6 +108,9 @@ pub struct Worker {
     rings: AtomicUsize,
     ops: CachePadded<AtomicU64>,
     stop: AtomicBool,
+    /// On how many workers each uid has active rings (shared by all the
+    /// daemon's workers).
+    spread: Arc<Spread>,
 }
 
 enum Command {
@@ -107,8 +120,19 @@ enum Command {
 }
 
 impl Worker {
-    /// Worker number `index` (its ready word in every session's ready area).
+    /// Worker number `index` (its ready word in every session's ready area),
+    /// the only one to weigh uids.
     pub fn new(registry: Arc<Registry>, index: usize) -> io::Result<Worker> {
+        Worker::sharing(registry, index, Arc::default())
+    }
+
+    /// Worker number `index`, one of the workers that share `spread`: a
+    /// uid's share is one over all of them.
+    pub fn sharing(
+        registry: Arc<Registry>,
+        index: usize,
+        spread: Arc<Spread>,
+    ) -> io::Result<Worker> {
         Ok(Worker {
             index,
             registry,
@@ -118,6 +142,7 @@ impl Worker {
             rings: AtomicUsize::new(0),
             ops: CachePadded::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
+            spread,
         })
     }
 
@@ -185,7 +210,7 @@ impl Worker {
             epoll::EventData::new_u64(COMMAND_KEY),
             epoll::EventFlags::IN,
         )?;
-        let mut state = WorkerState::new(poll);
+        let mut state = WorkerState::new(poll, Arc::clone(&self.spread));
         let mut now = Instant::now();
         let mut looked = now;
         let mut idle_rounds = 0u32;
@@ -292,15 +317,87 @@ impl Share {
     }
 }
 
+/// Per uid, on how many of the daemon's workers it has active rings: what
+/// splits its quantum among them ([`shared_quantum`]). A worker counts a
+/// uid in when the uid joins its round and out when it leaves, so the
+/// figure moves with rings becoming active or parked, never per entry; it
+/// is read once per turn. Only a weight: a stale read costs a turn's
+/// proportion, never service.
+#[derive(Default)]
+pub struct Spread {
+    uids: Mutex<HashMap<u32, Arc<StdAtomicU32>>>,
+}
+
+impl Spread {
+    /// The counter of `uid` (made on first use).
+    fn counter(&self, uid: u32) -> Arc<StdAtomicU32> {
+        Arc::clone(lock(&self.uids).entry(uid).or_default())
+    }
+
+    /// A worker lets go of `uid`'s counter; the entry goes with the last
+    /// worker's.
+    fn let_go(&self, uid: u32, counter: Arc<StdAtomicU32>) {
+        let mut uids = lock(&self.uids);
+        drop(counter);
+        if uids.get(&uid).is_some_and(|c| Arc::strong_count(c) == 1) {
+            uids.remove(&uid);
+        }
+    }
+}
+
+/// A uid's quantum on a worker where other uids wait, when it has active
+/// rings on `workers` workers: [`QUANTUM`] split evenly among them (at
+/// least 1, so every uid in the round is served every turn or two).
+fn shared_quantum(workers: u32) -> i64 {
+    (QUANTUM / i64::from(workers.max(1))).max(1)
+}
+
 /// One uid on this worker: its active rings in the order they are visited,
 /// and its share.
-#[derive(Default)]
 struct UidTurn {
     active: VecDeque<RingRef>,
     share: Share,
     in_round: bool,
     /// Rings of the uid on this worker (the entry goes when it is 0).
     rings: usize,
+    /// Workers where the uid is in the round, this one included while
+    /// `in_round` ([`Spread`]).
+    spread: Arc<StdAtomicU32>,
+}
+
+impl UidTurn {
+    fn new(spread: Arc<StdAtomicU32>) -> UidTurn {
+        UidTurn {
+            active: VecDeque::new(),
+            share: Share::default(),
+            in_round: false,
+            rings: 0,
+            spread,
+        }
+    }
+
+    /// Joins this worker's round (counted in the uid's spread).
+    fn join(&mut self) {
+        self.in_round = true;
+        self.spread.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leaves this worker's round: nothing carries over but a debt.
+    fn leave(&mut self) {
+        self.in_round = false;
+        self.share.forget();
+        self.spread.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Its quantum for a turn: the whole [`QUANTUM_ALONE`] when no other
+    /// uid waits on this worker, else its part of [`QUANTUM`].
+    fn quantum(&self, others_wait: bool) -> i64 {
+        if others_wait {
+            shared_quantum(self.spread.load(Ordering::Relaxed))
+        } else {
+            QUANTUM_ALONE
+        }
+    }
 }
 
 /// A ring in a queue: its slot and the slot's generation then (a slot
@@ -339,6 +436,8 @@ struct WorkerState {
     /// Muted sessions and when their back-off ends, in that order.
     muted: VecDeque<(Instant, u64)>,
     uids: HashMap<u32, UidTurn>,
+    /// Shared with the other workers: on how many each uid is in the round.
+    spread: Arc<Spread>,
     /// Uids with active rings, in turn order.
     round: VecDeque<u32>,
     active: usize,
@@ -349,7 +448,7 @@ struct WorkerState {
 }
 
 impl WorkerState {
-    fn new(poll: OwnedFd) -> WorkerState {
+    fn new(poll: OwnedFd, spread: Arc<Spread>) -> WorkerState {
         WorkerState {
             poll,
             slots: Vec::new(),
@@ -358,6 +457,7 @@ impl WorkerState {
             sessions: HashMap::new(),
             muted: VecDeque::new(),
             uids: HashMap::new(),
+            spread,
             round: VecDeque::new(),
             active: 0,
             ring_count: 0,
@@ -427,7 +527,7 @@ impl WorkerState {
         let uid = ring.session.peer.uid;
         self.slots[slot] = Some(ring);
         self.sessions.get_mut(&id).expect("added").rings.push(at);
-        self.uids.entry(uid).or_default().rings += 1;
+        self.turn(uid).rings += 1;
         self.ring_count += 1;
         self.activate(at, Instant::now());
     }
@@ -445,11 +545,27 @@ impl WorkerState {
         ring.last_work = now;
         let uid = ring.session.peer.uid;
         self.active += 1;
-        let turn = self.uids.entry(uid).or_default();
+        let turn = self.turn(uid);
         turn.active.push_back(at);
         if !turn.in_round {
-            turn.in_round = true;
+            turn.join();
             self.round.push_back(uid);
+        }
+    }
+
+    /// `uid`'s entry here (made on first use).
+    fn turn(&mut self, uid: u32) -> &mut UidTurn {
+        let spread = &self.spread;
+        self.uids
+            .entry(uid)
+            .or_insert_with(|| UidTurn::new(spread.counter(uid)))
+    }
+
+    /// `uid` has no ring here any more and is out of the round: its entry
+    /// goes.
+    fn forget_uid(&mut self, uid: u32) {
+        if let Some(turn) = self.uids.remove(&uid) {
+            self.spread.let_go(uid, turn.spread);
         }
     }
 
@@ -507,7 +623,7 @@ impl WorkerState {
         if let Some(turn) = self.uids.get_mut(&uid) {
             turn.rings -= 1;
             if turn.rings == 0 && !turn.in_round {
-                self.uids.remove(&uid);
+                self.forget_uid(uid);
             }
         }
     }
@@ -649,11 +765,7 @@ impl WorkerState {
     /// returns the entries and the public requests served.
     fn round(&mut self, now: Instant) -> (u64, u64) {
         let mut served = (0, 0);
-        let quantum = if self.round.len() > 1 {
-            QUANTUM
-        } else {
-            QUANTUM_ALONE
-        };
+        let others_wait = self.round.len() > 1;
         let mut closing = Vec::new();
         for _ in 0..self.round.len() {
             let Some(uid) = self.round.pop_front() else {
@@ -662,7 +774,7 @@ impl WorkerState {
             let Some(turn) = self.uids.get_mut(&uid) else {
                 continue;
             };
-            turn.share.new_turn(quantum);
+            turn.share.new_turn(turn.quantum(others_wait));
             // Each active ring is visited at most once per turn.
             for _ in 0..turn.active.len() {
                 if turn.share.spent() {
@@ -715,10 +827,9 @@ impl WorkerState {
                 }
             }
             if turn.active.is_empty() {
-                turn.in_round = false;
-                turn.share.forget();
+                turn.leave();
                 if turn.rings == 0 {
-                    self.uids.remove(&uid);
+                    self.forget_uid(uid);
                 }
             } else {
                 self.round.push_back(uid);
@@ -1478,6 +1589,35 @@ mod tests {
             Ok(b"last".to_vec())
         );
         assert_eq!(registry.usage().objects, 1, "the synchronous one skipped");
+    }
+
+    #[test]
+    fn a_uids_quantum_is_split_over_the_workers_that_serve_it() {
+        assert_eq!(shared_quantum(1), QUANTUM);
+        assert_eq!(shared_quantum(2), QUANTUM / 2);
+        assert_eq!(shared_quantum(64), 1, "never nothing");
+        assert_eq!(shared_quantum(0), QUANTUM, "a stale read");
+        // Two workers' entries of one uid share its counter: it counts the
+        // rounds the uid is in, and goes with the last entry.
+        let spread = Spread::default();
+        let mut on_one = UidTurn::new(spread.counter(7));
+        let mut on_two = UidTurn::new(spread.counter(7));
+        let other = UidTurn::new(spread.counter(8));
+        on_one.join();
+        assert_eq!(on_one.quantum(true), QUANTUM);
+        assert_eq!(on_one.quantum(false), QUANTUM_ALONE);
+        on_two.join();
+        assert_eq!(on_one.quantum(true), QUANTUM / 2);
+        assert_eq!(on_two.quantum(false), QUANTUM_ALONE, "alone: all of it");
+        assert_eq!(other.quantum(true), QUANTUM, "another uid's own");
+        on_two.leave();
+        assert_eq!(on_one.quantum(true), QUANTUM);
+        on_one.leave();
+        spread.let_go(7, on_one.spread);
+        assert_eq!(lock(&spread.uids).len(), 2);
+        spread.let_go(7, on_two.spread);
+        spread.let_go(8, other.spread);
+        assert!(lock(&spread.uids).is_empty());
     }
 
     #[test]
