@@ -218,8 +218,19 @@ impl Inner {
     /// reference this client released, by a RELEASE not applied yet, waits
     /// until it is (then the read finds it STALE, as after a synchronous
     /// release).
-    #[inline]
+    #[inline(always)]
     fn own_release_applied(&self, handle: Handle) -> Result<()> {
+        // One load on the read path; the rest only while a release of a
+        // last reference is in flight.
+        if self.session.posting.dropping.any() {
+            return self.wait_for_own_release(handle);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_for_own_release(&self, handle: Handle) -> Result<()> {
         if self.session.posting.dropping.pending(handle) {
             self.settle_all()?;
         }
@@ -443,15 +454,26 @@ impl Client {
             return Resolved::Failed(Box::new(e));
         }
         match session.reads().get(&**session, handle, out) {
-            // This client's own insert, not applied yet: read-your-writes
-            // from its copy of the value.
-            Resolved::Reserved { session: owner } if owner == session.own_id() => session
-                .posting
-                .values
-                .read(handle, out)
-                .unwrap_or(Resolved::Ring),
+            Resolved::Reserved { session: owner } => self.read_reserved(owner, handle, out),
             resolved => resolved,
         }
+    }
+
+    /// A read of a slot granted ahead whose insert is not applied yet: this
+    /// client's own insert answers from its copy of the value
+    /// (read-your-writes); another session's goes to the daemon.
+    #[cold]
+    #[inline(never)]
+    fn read_reserved(&self, owner: u32, handle: Handle, out: &mut Output<'_>) -> Resolved {
+        let session = &self.inner.session;
+        if owner != session.own_id() {
+            return Resolved::Ring;
+        }
+        session
+            .posting
+            .values
+            .read(handle, out)
+            .unwrap_or(Resolved::Ring)
     }
 
     /// One operation through the same engine as [`Client::submit`], without

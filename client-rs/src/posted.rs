@@ -289,6 +289,12 @@ impl Dropping {
         }
     }
 
+    /// Whether a RELEASE of any last reference waits to be applied.
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        self.pending.load(Ordering::Acquire) != 0
+    }
+
     /// Whether a RELEASE of `handle`'s last reference waits to be applied.
     #[inline]
     pub fn pending(&self, handle: Handle) -> bool {
