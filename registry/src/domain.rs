@@ -378,7 +378,12 @@ impl Domain {
     /// version goes to the journal first, when there is one.
     pub fn write_slot(&self, index: u32, new: &Slot) {
         let (view, _) = self.slot(index).expect("a slot the caller found");
-        let entry = self.journal(index, &view.current());
+        // The old version is read only for a journal (a 64-byte read per
+        // write saved otherwise).
+        let entry = self
+            .record
+            .as_ref()
+            .and_then(|_| self.journal(index, &view.current()));
         view.write(new);
         if let Some(entry) = entry {
             entry.store(0, Ordering::Release);

@@ -4,10 +4,10 @@
 //! staging, its private domain once known, and what it was granted ahead
 //! for posted inserts (reserved handles, byte credit).
 
+use crate::idhash::IdHashSet;
 use crate::limits::Counters;
 use crate::refs::{RefTable, SessionKey};
 use hreg_proto::locks::lock;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -41,7 +41,10 @@ pub struct Holder {
 /// What a session was granted ahead and has not used.
 #[derive(Debug, Default)]
 pub(crate) struct Ahead {
-    pub handles: HashSet<u64>,
+    /// A fast hash: only handles the daemon granted enter the set (a
+    /// client's handle is only looked up, after its slot was found
+    /// reserved for the session), so no client chooses its keys.
+    pub handles: IdHashSet<u64>,
     pub credit: u64,
 }
 

@@ -31,6 +31,7 @@ mod adopt;
 mod domain;
 mod heap;
 mod holder;
+mod idhash;
 mod limits;
 mod memory;
 mod reclaim;
@@ -41,6 +42,7 @@ mod store;
 pub use adopt::{AdoptError, Adopted, KeptSession, StateReport};
 pub use holder::Holder;
 pub use hreg_proto::control::ListFilter;
+pub use idhash::{IdBuildHasher, IdHashMap, IdHashSet, IdHasher};
 pub use limits::{session_staging_cap, Counters, Limits, Usage, REFERENCE_BYTES};
 pub use memory::Chunk;
 pub use reclaim::ReaderRegistration;
@@ -88,7 +90,6 @@ use hreg_proto::{flags, Limit, Opcode, Status};
 use rustix::fd::BorrowedFd;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -124,13 +125,16 @@ pub struct Registry {
     shard_bits: u32,
     header: Chunk,
     domains: Box<[OnceLock<Arc<Domain>>]>,
-    /// Each uid's private domain, and the next domain id to give.
-    by_uid: Mutex<(HashMap<u32, u16>, u16)>,
+    /// Each uid's private domain, and the next domain id to give. Keyed by
+    /// uid, which the kernel gives (`SO_PEERCRED`), not the client: a fast
+    /// hash.
+    by_uid: Mutex<(IdHashMap<u32, u16>, u16)>,
     seed: u64,
     limits: LimitCell,
     total: CachePadded<Counters>,
     /// What each uid owns. Written only when a uid is seen for the first time.
-    uids: RwLock<HashMap<u32, Arc<Counters>>>,
+    /// Keyed by uid, which the kernel gives, not the client: a fast hash.
+    uids: RwLock<IdHashMap<u32, Arc<Counters>>>,
     /// Retired blocks and the sessions whose pins hold them back.
     reclaim: Reclaimer,
     /// Live objects, by shard index over every domain.
@@ -216,7 +220,7 @@ impl Registry {
             shard_bits: shards.trailing_zeros(),
             header,
             domains: (0..MAX_DOMAINS).map(|_| OnceLock::new()).collect(),
-            by_uid: Mutex::new((HashMap::new(), SHARED_DOMAIN + 1)),
+            by_uid: Mutex::new((IdHashMap::default(), SHARED_DOMAIN + 1)),
             seed,
             limits: LimitCell::new(limits),
             total: CachePadded::new(Counters::default()),
@@ -791,38 +795,29 @@ impl Registry {
                 != (Payload::Reserved {
                     session: holder.id(),
                 })
-            || !lock(&holder.ahead).handles.contains(&into.get())
         {
+            return Err(Status::Invalid.into());
+        }
+        // One lock of what the session holds ahead, for the whole insert:
+        // the handle is checked, the credit spent and the handle taken out
+        // under it. Held to the end so that, with the shard lock, the
+        // handle leaves the set only with the insert done; a session
+        // ending meanwhile (`give_back_unused`) sees it either still
+        // reserved, or an object. Lock order: shard, ahead, then refs or
+        // the heap (nothing takes `ahead` after those).
+        let mut ahead = lock(&holder.ahead);
+        if !ahead.handles.contains(&into.get()) {
             return Err(Status::Invalid.into());
         }
         let len = value.len() as u64;
         // The bytes: from the credit, else charged now (QUOTA).
-        let from_credit = {
-            let mut ahead = lock(&holder.ahead);
-            if ahead.credit >= len {
-                ahead.credit -= len;
-                true
-            } else {
-                false
-            }
-        };
+        let from_credit = ahead.credit >= len;
         let charge = if from_credit {
             None
         } else {
             Some(self.charge(&holder.usage, 0, len)?)
         };
-        let give_credit_back = |ahead: &mut holder::Ahead| {
-            if from_credit {
-                ahead.credit += len;
-            }
-        };
-        let payload = match domain.place(value) {
-            Ok(payload) => payload,
-            Err(limit) => {
-                give_credit_back(&mut lock(&holder.ahead));
-                return Err(limit.into());
-            }
-        };
+        let payload = domain.place(value)?;
         // The reference-table entry the handle held ahead becomes the
         // object's reference (no limit: it was counted), or goes with the
         // reservation, for a DETACHED one.
@@ -830,7 +825,6 @@ impl Registry {
             let mut refs = lock(&holder.refs);
             if let Err(limit) = refs.add(into.get(), u64::MAX) {
                 drop(refs);
-                give_credit_back(&mut lock(&holder.ahead));
                 release_payload(domain, payload, value.len());
                 return Err(limit.into());
             }
@@ -846,7 +840,11 @@ impl Registry {
                 payload,
             },
         );
-        lock(&holder.ahead).handles.remove(&into.get());
+        ahead.handles.remove(&into.get());
+        if from_credit {
+            ahead.credit -= len;
+        }
+        drop(ahead);
         // The reservation becomes the object; the credit spent, its bytes.
         let spent = if from_credit { len } else { 0 };
         self.total.spend_ahead(spent);

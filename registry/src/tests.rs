@@ -8,7 +8,7 @@ use hreg_proto::pins::{pin_table_len, Borrow, ClientPins, Pin, PIN_ENTRIES};
 use hreg_proto::shm::{ReadOnly, ReadWrite};
 use hreg_proto::table::{slot_place, Read, SlotView};
 use proptest::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 const LIMITS: Limits = Limits {
     max_value_size: 64,
