@@ -149,6 +149,8 @@ pub fn usage(
                 objects: usage.objects,
                 value_bytes: usage.value_bytes,
                 references: usage.references,
+                reserved: usage.reserved,
+                credit: usage.credit,
             })
             .collect(),
         workers,

@@ -167,6 +167,14 @@ pub struct UidUsage {
     pub value_bytes: u64,
     /// Objects its sessions reference: an entry per session and object.
     pub references: u64,
+    /// Handles granted ahead to its sessions for posted inserts and not
+    /// used yet: each counts against the object limits like an object (0
+    /// from a daemon that does not say).
+    pub reserved: u64,
+    /// Byte credit granted ahead to its sessions and not spent yet: counts
+    /// against the byte limits like value bytes (0 from a daemon that does
+    /// not say).
+    pub credit: u64,
 }
 
 /// What one worker thread serves.
@@ -626,6 +634,12 @@ impl Reply {
                         w.u32(v);
                     }
                 }
+                // Later than the rest: what each uid holds ahead, in the
+                // order of `uids`.
+                for uid in &u.uids {
+                    w.u64(uid.reserved);
+                    w.u64(uid.credit);
+                }
             }
             Reply::DomainChunks {
                 domain,
@@ -736,6 +750,8 @@ impl Reply {
                         objects: r.u64()?,
                         value_bytes: r.u64()?,
                         references: r.u64()?,
+                        reserved: 0,
+                        credit: 0,
                     });
                 }
                 let workers = r.count(12)?;
@@ -758,6 +774,13 @@ impl Reply {
                             fds: r.u32()?,
                             fds_in_flight: r.u32()?,
                         });
+                    }
+                    // What each uid holds ahead, from daemons that say.
+                    if r.more() {
+                        for uid in &mut usage.uids {
+                            uid.reserved = r.u64()?;
+                            uid.credit = r.u64()?;
+                        }
                     }
                 }
                 Reply::Usage(usage)
@@ -825,6 +848,11 @@ impl<'a> Decoder<'a> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
     /// A trailing `u64` that older peers do not send: `None` at the end.
+    /// Whether bytes are left (a later daemon's fields).
+    fn more(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     fn optional_u64(&mut self) -> Result<Option<u64>, DecodeError> {
         if self.0.is_empty() {
             return Ok(None);
@@ -1000,6 +1028,8 @@ mod tests {
                     objects: 2,
                     value_bytes: 3,
                     references: 4,
+                    reserved: 16,
+                    credit: 65536,
                 }],
                 reclaim_pending: 12,
                 workers: vec![

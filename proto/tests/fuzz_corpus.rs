@@ -158,6 +158,8 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
                 objects: 6,
                 value_bytes: 60,
                 references: 4,
+                reserved: 2,
+                credit: 64,
             }],
             workers: vec![WorkerUsage { rings: 3, ops: 99 }],
             reclaim_pending: 4096,

@@ -301,6 +301,8 @@ impl Counters {
             objects: self.objects.load(Ordering::Relaxed),
             value_bytes: self.bytes.load(Ordering::Relaxed),
             references: self.references.load(Ordering::Relaxed),
+            reserved: self.reserved.load(Ordering::Relaxed),
+            credit: self.credit.load(Ordering::Relaxed),
         }
     }
 }
@@ -332,6 +334,12 @@ pub struct Usage {
     /// Reference-table entries (a uid's sessions' together; 0 in the
     /// registry's totals, which do not count them).
     pub references: u64,
+    /// Handles granted ahead for posted inserts and not used yet (each
+    /// counts as an object against the limits, apart from `objects`).
+    pub reserved: u64,
+    /// Byte credit granted ahead and not spent yet (counts as bytes
+    /// against the limits, apart from `value_bytes`).
+    pub credit: u64,
 }
 
 /// A reservation against the global and one uid's limits, undone on drop

@@ -480,6 +480,7 @@ fn per_uid_caps_and_new_limits_apply() {
                     objects: 30,
                     value_bytes: 30,
                     references: 30,
+                    ..Usage::default()
                 }
             ),
             (
@@ -488,6 +489,7 @@ fn per_uid_caps_and_new_limits_apply() {
                     objects: 1,
                     value_bytes: 1,
                     references: 1,
+                    ..Usage::default()
                 }
             ),
         ]

@@ -5,7 +5,7 @@
 //! JSON, Prometheus) agreeing, every metric in the README's table. (The
 //! words of each error are asserted in `newcomer.rs`.)
 
-use hreg_tests::{binary, Daemon};
+use hreg_tests::{binary, wait_until, Daemon};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -277,6 +277,8 @@ fn expected_series(json: &serde_json::Value) -> Vec<Series> {
             ("hreg_uid_max_objects", &json["limits"]["uid_max_objects"]),
             ("hreg_uid_max_bytes", &json["limits"]["uid_max_bytes"]),
             ("hreg_uid_references", &uid["references"]),
+            ("hreg_uid_reserved", &uid["reserved"]),
+            ("hreg_uid_credit_bytes", &uid["credit"]),
             (
                 "hreg_uid_max_references",
                 &json["limits"]["uid_max_references"],
@@ -437,4 +439,41 @@ fn stats_shows_workers_in_the_table_and_json() {
         assert_eq!(row[0], i.to_string());
         assert_eq!(row[1], workers[i]["rings"].to_string());
     }
+}
+
+/// Handles granted ahead for posted inserts show apart from objects, in
+/// the JSON and the table: after one posted insert, the rest of the first
+/// grant is reserved, with byte credit; once the session ends, nothing.
+#[test]
+fn stats_shows_what_is_granted_ahead_apart_from_objects() {
+    let daemon = Daemon::start(&[]);
+    let socket = daemon.socket.to_str().unwrap();
+    let client = daemon.client();
+    client.insert(b"posted", 0).unwrap();
+    client.flush().unwrap();
+    let json = stats_json(socket);
+    let me = rustix::process::getuid().as_raw();
+    let uid = json["uids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["uid"] == me)
+        .unwrap_or_else(|| panic!("no row for uid {me}: {json}"));
+    assert_eq!(uid["objects"], 1, "{uid}");
+    let reserved = uid["reserved"].as_u64().unwrap();
+    assert!(reserved >= 1, "the rest of the grant is reserved: {uid}");
+    assert!(uid["credit"].as_u64().unwrap() > 0, "{uid}");
+    let table = text(&hregctl(&["--socket", socket, "stats"], None).stdout);
+    assert!(
+        table.contains(&format!("{reserved} handles")),
+        "no reserved column in\n{table}"
+    );
+    drop(client);
+    wait_until("the session's grant to go back", || {
+        stats_json(socket)["uids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["reserved"] == 0 && u["credit"] == 0)
+    });
 }

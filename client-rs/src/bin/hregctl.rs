@@ -632,7 +632,7 @@ impl Figures {
             .map(|x| {
                 serde_json::json!({
                     "uid": x.uid, "objects": x.objects, "value_bytes": x.value_bytes,
-                    "references": x.references,
+                    "references": x.references, "reserved": x.reserved, "credit": x.credit,
                 })
             })
             .collect();
@@ -710,12 +710,19 @@ impl Figures {
                     format!("{} / {}", x.objects, u.uid_max_objects),
                     format!("{} / {}", x.value_bytes, u.uid_max_bytes),
                     format!("{} / {}", x.references, u.uid_max_references),
+                    format!("{} handles, {} B", x.reserved, x.credit),
                 ]
             })
             .collect::<Vec<_>>();
         print_table(
             out,
-            &["UID", "OBJECTS / CAP", "BYTES / CAP", "REFERENCES / CAP"],
+            &[
+                "UID",
+                "OBJECTS / CAP",
+                "BYTES / CAP",
+                "REFERENCES / CAP",
+                "RESERVED AHEAD",
+            ],
             &rows,
         )?;
         writeln!(out)?;

@@ -158,6 +158,20 @@ pub fn exposition(stats: &hreg::Stats, usage: &hreg::UsageReply) -> String {
         uid(&|u| u.references),
     );
     e.labelled(
+        "hreg_uid_reserved",
+        Gauge,
+        "Handles granted ahead to a uid's sessions for posted inserts and not used yet (each counts against the object limits like an object).",
+        "uid",
+        uid(&|u| u.reserved),
+    );
+    e.labelled(
+        "hreg_uid_credit_bytes",
+        Gauge,
+        "Byte credit granted ahead to a uid's sessions and not spent yet (counts against the byte limits like value bytes).",
+        "uid",
+        uid(&|u| u.credit),
+    );
+    e.labelled(
         "hreg_uid_max_objects",
         Gauge,
         "Limit on live objects one uid may own (uid_max_objects).",
@@ -266,6 +280,8 @@ mod tests {
                 objects: 2,
                 value_bytes: 30,
                 references: 2,
+                reserved: 16,
+                credit: 100,
             }],
             shards: vec![1, 1],
             ..Default::default()
