@@ -278,7 +278,7 @@ impl RefTable {
                 let count = self.entry(i).1;
                 self.set_state(i, count + 1, USED);
             }
-            Err(_) => {
+            Err(mut i) => {
                 if !self.counters.reserve_reference(max_entries) {
                     return Err(Limit::UidMaxReferences);
                 }
@@ -300,8 +300,9 @@ impl RefTable {
                         self.counters.give_back_references(1);
                         return Err(Limit::ReferenceTableMemory);
                     }
+                    // Its place in the rebuilt table (else the one found).
+                    i = self.find(handle).expect_err("not in the table");
                 }
-                let i = self.find(handle).expect_err("not in the table");
                 if self.entry(i).2 == EMPTY {
                     self.filled += 1;
                 }
