@@ -125,9 +125,13 @@ impl Shard {
     pub fn ended(&mut self, meta: &SlotMeta, index: u32, bytes: u64) {
         meta.refs.store(0, Ordering::Relaxed);
         meta.payer_refs.store(0, Ordering::Relaxed);
-        let holders: Vec<(u32, u32)> = self.others_of(index).map(|(key, _)| key).collect();
-        for key in holders {
-            self.others.remove(&key);
+        // Most shards have no object that several uids reference: no
+        // search then (this runs on every remove).
+        if !self.others.is_empty() {
+            let holders: Vec<(u32, u32)> = self.others_of(index).map(|(key, _)| key).collect();
+            for key in holders {
+                self.others.remove(&key);
+            }
         }
         self.live -= 1;
         self.bytes -= bytes;

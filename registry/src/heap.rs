@@ -4,17 +4,27 @@
 //! - A block is its value's length rounded up to 16 bytes. Blocks are cut
 //!   from free ranges, the smallest range that fits and the lowest address
 //!   among equals (address-ordered best fit), and a freed block joins its
-//!   free neighbours at once (coalescing): every freed byte serves a value
-//!   of any size, whatever size freed it.
+//!   free neighbours (coalescing; a small one once it leaves the recent
+//!   blocks, below): every freed byte serves a value of any size,
+//!   whatever size freed it.
 //! - Pages are allocated (`fallocate`) before a block on them is written,
 //!   a few ahead when the block lands on fresh pages. Whole pages of free
-//!   ranges are given back (punched) as soon as more than [`IDLE_MAX`]
-//!   bytes of them are allocated in the domain (down to half of it, the
-//!   highest ranges first), so the heap's memory is at
+//!   ranges are given back (punched) as soon as more than
+//!   [`IDLE_PAGES_MAX`] bytes of them are allocated in the domain (down to
+//!   half of it, the highest ranges first), so the heap's memory is at
 //!   most the pages its live blocks touch (and the quarantine's gaps, after
 //!   a restart), one page per chunk (its label) and [`IDLE_MAX`]. Pages a
 //!   client touches through its read-only mapping after they were given
 //!   back are given back again with their range.
+//! - A freed block of up to [`RECENT_BLOCK_MAX`] bytes is first kept as
+//!   it is, for the next block of its size ([`Recent`]): a client that
+//!   makes and removes values of one size (the usual churn) gets its
+//!   blocks back without the free ranges being split and joined again on
+//!   every value. The pages those blocks touch count against
+//!   [`IDLE_MAX`] ([`RECENT_MAX`] of it; whole free pages are given back
+//!   past the rest), and the blocks join the free ranges (coalesced,
+//!   reusable by any size) when a block finds no free range that fits
+//!   (before a chunk is made) or when other sizes need their room.
 //! - A chunk's first 16 bytes are its label: the domain's random label,
 //!   the chunk's index and its length. A restarted daemon adopts a chunk
 //!   only if its label says it is the chunk of this domain that its name
@@ -49,9 +59,25 @@ pub const PAGE: u64 = 4096;
 /// 64 9× slower than with pages kept).
 pub const IDLE_MAX: u64 = 4 << 20;
 
-/// What a heap past [`IDLE_MAX`] gives back down to: at least
-/// `IDLE_MAX - IDLE_LOW` bytes go at a time, in a few system calls.
-const IDLE_LOW: u64 = IDLE_MAX / 2;
+/// The pages recently freed blocks kept for their size ([`Recent`]) may
+/// touch, at most: part of [`IDLE_MAX`].
+const RECENT_MAX: u64 = 1 << 20;
+
+/// The largest block kept for its size; larger ones join the free ranges
+/// at once (their pages are worth giving back).
+const RECENT_BLOCK_MAX: u64 = 16 << 10;
+
+/// Sizes kept at a time; a new one takes the place of the least recently
+/// used, whose blocks join the free ranges.
+const RECENT_SIZES: usize = 4;
+
+/// Bytes of whole free pages (not holes) kept past which pages are given
+/// back: [`IDLE_MAX`] less what the recent blocks may touch.
+const IDLE_PAGES_MAX: u64 = IDLE_MAX - RECENT_MAX;
+
+/// What a heap past [`IDLE_PAGES_MAX`] gives back down to: at least
+/// `IDLE_PAGES_MAX - IDLE_LOW` bytes go at a time, in a few system calls.
+const IDLE_LOW: u64 = IDLE_PAGES_MAX / 2;
 
 /// Bytes at the start of every chunk that hold its label.
 pub const LABEL_LEN: u64 = 16;
@@ -124,6 +150,24 @@ fn label_words(label: u64, index: usize, len: u64) -> [u64; 2] {
     [label, ((index as u64) << OFFSET_BITS) | len]
 }
 
+/// Freed blocks kept whole for the next block of their size, each size
+/// a stack (the most recently freed first, its pages the warmest).
+/// Reclamation freed them, so no borrowed reference names them.
+#[derive(Default)]
+struct Recent {
+    /// (block size, when last used, block starts).
+    sizes: Vec<(u64, u64, Vec<u64>)>,
+    /// Bytes of the pages the blocks touch (a page two blocks share
+    /// counted twice).
+    pages: u64,
+    clock: u64,
+}
+
+/// Bytes of the pages a block touches.
+fn footprint(start: u64, size: u64) -> u64 {
+    page_up(start + size) - page_down(start)
+}
+
 /// One domain's heap: its free ranges and which of their pages are given
 /// back. The chunks themselves live in the domain (readers find them
 /// without a lock); the heap fills that list in order.
@@ -135,7 +179,8 @@ fn label_words(label: u64, index: usize, len: u64) -> [u64; 2] {
 /// - a hole (pages given back, or never allocated) lies within the whole
 ///   pages of one free range; every page with a byte not free (a live
 ///   block, a gap, a label) is allocated;
-/// - `idle` is the bytes of whole free pages that are not holes.
+/// - `idle` is the bytes of whole free pages that are not holes;
+/// - a recent block lies outside every free range (its pages allocated).
 pub struct Heap {
     /// Where chunks are made, and the domain whose heap this is (chunk
     /// names say it).
@@ -159,6 +204,8 @@ pub struct Heap {
     idle: u64,
     /// Bytes in blocks handed out (block sizes, not value lengths).
     in_use: u64,
+    /// Freed blocks kept for their size.
+    recent: Recent,
 }
 
 impl Heap {
@@ -177,6 +224,7 @@ impl Heap {
             chunk_bytes: 0,
             idle: 0,
             in_use: 0,
+            recent: Recent::default(),
         }
     }
 
@@ -201,7 +249,22 @@ impl Heap {
     /// chunks run out.
     pub fn alloc(&mut self, chunks: &[OnceLock<Chunk>], len: u64) -> io::Result<HeapAddress> {
         let size = block_size(len);
-        let (start, end) = match self.fit(size) {
+        if let Some(start) = self.take_recent(size) {
+            self.in_use += size;
+            return Ok(address(start));
+        }
+        if size > RECENT_BLOCK_MAX {
+            // A large block is placed among whole free ranges: cut from a
+            // range that recent blocks split, it could take the room a
+            // larger one needs next, and a chunk would be made for that.
+            self.flush_recent(chunks);
+        }
+        let found = match self.fit(size) {
+            // The recent blocks join the free ranges before a chunk is made.
+            None if self.flush_recent(chunks) => self.fit(size),
+            found => found,
+        };
+        let (start, end) = match found {
             Some(found) => found,
             None => {
                 self.new_chunk(chunks, size)?;
@@ -222,7 +285,7 @@ impl Heap {
         self.idle -= (taken - first) - filled;
         if filled > 0 {
             // Fresh pages: the next blocks will likely want the ones after.
-            let ahead = ALLOCATE_AHEAD.min(IDLE_MAX.saturating_sub(self.idle));
+            let ahead = ALLOCATE_AHEAD.min(IDLE_PAGES_MAX.saturating_sub(self.idle));
             let until = (taken + ahead).min(last);
             if let Ok(more) = self.allocate(chunks, taken, until) {
                 self.idle += more;
@@ -238,6 +301,79 @@ impl Heap {
         let size = block_size(len);
         self.in_use -= size;
         let start = key(at);
+        if !self.keep_recent(chunks, start, size) {
+            self.release(chunks, start, start + size, false);
+        }
+    }
+
+    /// A recent block of `size` bytes, if one is kept.
+    fn take_recent(&mut self, size: u64) -> Option<u64> {
+        let recent = &mut self.recent;
+        let (_, used, blocks) = recent.sizes.iter_mut().find(|(s, _, _)| *s == size)?;
+        let start = blocks.pop()?;
+        recent.clock += 1;
+        *used = recent.clock;
+        recent.pages -= footprint(start, size);
+        Some(start)
+    }
+
+    /// Keeps the freed block `start` of `size` bytes for its size, making
+    /// room (the least recently used size's blocks join the free ranges)
+    /// as needed; false when it is not kept.
+    fn keep_recent(&mut self, chunks: &[OnceLock<Chunk>], start: u64, size: u64) -> bool {
+        if size > RECENT_BLOCK_MAX {
+            return false;
+        }
+        let pages = footprint(start, size);
+        loop {
+            let recent = &mut self.recent;
+            let at = recent.sizes.iter().position(|&(s, _, _)| s == size);
+            let full = at.is_none() && recent.sizes.len() == RECENT_SIZES;
+            if !full && recent.pages + pages <= RECENT_MAX {
+                recent.clock += 1;
+                let at = at.unwrap_or_else(|| {
+                    recent.sizes.push((size, 0, Vec::new()));
+                    recent.sizes.len() - 1
+                });
+                let (_, used, blocks) = &mut recent.sizes[at];
+                *used = recent.clock;
+                blocks.push(start);
+                recent.pages += pages;
+                return true;
+            }
+            // Room from the least recently used other size, if any.
+            let Some(lru) = (0..recent.sizes.len())
+                .filter(|&i| recent.sizes[i].0 != size)
+                .min_by_key(|&i| recent.sizes[i].1)
+            else {
+                return false;
+            };
+            let (lru_size, _, blocks) = recent.sizes.swap_remove(lru);
+            for block in blocks {
+                self.release_recent(chunks, block, lru_size);
+            }
+        }
+    }
+
+    /// Every recent block joins the free ranges; false if there was none.
+    fn flush_recent(&mut self, chunks: &[OnceLock<Chunk>]) -> bool {
+        if self.recent.pages == 0 {
+            return false;
+        }
+        let sizes = std::mem::take(&mut self.recent.sizes);
+        let any = sizes.iter().any(|(_, _, blocks)| !blocks.is_empty());
+        for (size, _, blocks) in sizes {
+            for block in blocks {
+                self.release_recent(chunks, block, size);
+            }
+        }
+        any
+    }
+
+    /// Recent block `start` of `size` bytes, taken off the recent ones,
+    /// joins the free ranges.
+    fn release_recent(&mut self, chunks: &[OnceLock<Chunk>], start: u64, size: u64) {
+        self.recent.pages -= footprint(start, size);
         self.release(chunks, start, start + size, false);
     }
 
@@ -283,10 +419,10 @@ impl Heap {
         }
         self.add_free(low, high);
         self.idle += bytes(whole(low, high)) - had;
-        if punch || self.idle > IDLE_MAX {
+        if punch || self.idle > IDLE_PAGES_MAX {
             self.punch(chunks, low, high);
         }
-        if self.idle > IDLE_MAX {
+        if self.idle > IDLE_PAGES_MAX {
             self.trim(chunks);
         }
     }
@@ -603,17 +739,34 @@ mod tests {
             assert_eq!(holes, self.hole_bytes);
             assert_eq!(self.idle, whole_free - holes);
             assert!(self.idle <= IDLE_MAX, "{} idle", self.idle);
-            let mut blocks: Vec<(u64, u64)> = live
+            let blocks: Vec<(u64, u64)> = live
                 .iter()
                 .map(|&(at, len)| (key(at), key(at) + block_size(len)))
                 .collect();
-            blocks.sort_unstable();
-            for pair in blocks.windows(2) {
-                assert!(pair[0].1 <= pair[1].0, "two live blocks overlap");
+            assert!(self.recent.sizes.len() <= RECENT_SIZES);
+            let recent: Vec<(u64, u64)> = self
+                .recent
+                .sizes
+                .iter()
+                .flat_map(|(size, _, starts)| starts.iter().map(move |&s| (s, s + size)))
+                .collect();
+            let pages: u64 = recent.iter().map(|&(s, e)| footprint(s, e - s)).sum();
+            assert_eq!(pages, self.recent.pages);
+            assert!(pages <= RECENT_MAX);
+            let mut taken: Vec<(u64, u64)> = blocks.iter().chain(&recent).copied().collect();
+            taken.sort_unstable();
+            for pair in taken.windows(2) {
+                assert!(
+                    pair[0].1 <= pair[1].0,
+                    "two blocks (live or recent) overlap"
+                );
             }
-            for &(start, end) in &blocks {
+            for &(start, end) in &taken {
                 let (&s, &e) = self.free.range(..end).next_back().unwrap_or((&0, &0));
-                assert!(e <= start || s >= end, "a live block in a free range");
+                assert!(
+                    e <= start || s >= end,
+                    "a live or recent block in a free range"
+                );
             }
             assert_eq!(self.in_use, blocks.iter().map(|&(s, e)| e - s).sum::<u64>());
             assert_eq!(self.resident(), allocated(chunks), "pages counted");
@@ -632,12 +785,14 @@ mod tests {
     fn freed_space_serves_any_size_and_chunks_grow() {
         let chunks = chunks(4);
         let mut heap = new_heap();
-        let a = heap.alloc(&chunks, 100).unwrap();
-        let b = heap.alloc(&chunks, 100).unwrap();
+        // Larger than a recent block: freed, it joins the free ranges now.
+        let ab = RECENT_BLOCK_MAX + 100;
+        let a = heap.alloc(&chunks, ab).unwrap();
+        let b = heap.alloc(&chunks, ab).unwrap();
         assert_eq!(a.offset, LABEL_LEN);
-        assert_eq!(b.offset, LABEL_LEN + 112);
-        assert_eq!(heap.in_use(), 2 * 112);
-        heap.free(&chunks, a, 100);
+        assert_eq!(b.offset, LABEL_LEN + block_size(ab));
+        assert_eq!(heap.in_use(), 2 * block_size(ab));
+        heap.free(&chunks, a, ab);
         assert_eq!(heap.alloc(&chunks, 50).unwrap(), a, "the hole, first fit");
         let c = heap.alloc(&chunks, 30).unwrap();
         assert_eq!(c.offset, a.offset + 64, "what was left of it");
@@ -646,7 +801,7 @@ mod tests {
         let big = heap.alloc(&chunks, len).unwrap();
         assert_eq!(big.chunk, 1);
         assert!(made(&chunks, 1).len() as u64 >= len + LABEL_LEN);
-        // Big blocks give their pages back (past IDLE_MAX, down to
+        // Big blocks give their pages back (past IDLE_PAGES_MAX, down to
         // IDLE_LOW) and get them again when reused.
         heap.free(&chunks, big, len);
         assert!(
@@ -659,12 +814,55 @@ mod tests {
         assert!(made(&chunks, 1)
             .mapping()
             .store(again.offset as usize, b"written"));
-        heap.check(&chunks, &[(a, 50), (b, 100), (c, 30), (again, len)]);
+        heap.check(&chunks, &[(a, 50), (b, ab), (c, 30), (again, len)]);
         // Out of chunks: an error, not a panic.
         for _ in 0..3 {
             let _ = heap.alloc(&chunks, 900 << 20);
         }
         assert!(heap.alloc(&chunks, 900 << 20).is_err());
+    }
+
+    #[test]
+    fn a_freed_block_serves_its_size_at_once_and_any_size_before_a_chunk() {
+        let chunks = chunks(16);
+        let mut heap = new_heap();
+        let blocks: Vec<HeapAddress> = (0..64)
+            .map(|_| heap.alloc(&chunks, 4000).unwrap())
+            .collect();
+        for &at in &blocks {
+            heap.free(&chunks, at, 4000);
+        }
+        heap.check(&chunks, &[]);
+        assert!(heap.recent.pages > 0, "kept for their size");
+        // The same size gets them back, the last freed first, and the free
+        // ranges are not touched.
+        let ranges = heap.free.clone();
+        for &at in blocks.iter().rev() {
+            assert_eq!(heap.alloc(&chunks, 4000).unwrap(), at);
+        }
+        assert_eq!(heap.free, ranges);
+        let live: Vec<(HeapAddress, u64)> = blocks.iter().map(|&at| (at, 4000)).collect();
+        heap.check(&chunks, &live);
+        // Freed again, they join the free ranges for a block of any size
+        // before a chunk is made for it.
+        for &at in &blocks {
+            heap.free(&chunks, at, 4000);
+        }
+        let whole = made(&chunks, 0).len() as u64 - LABEL_LEN;
+        let at = heap.alloc(&chunks, whole).unwrap();
+        assert_eq!((at.chunk, at.offset), (0, LABEL_LEN));
+        assert_eq!(heap.chunk_count(), 1);
+        heap.check(&chunks, &[(at, whole)]);
+        // Many sizes: at most RECENT_SIZES of them, RECENT_MAX of pages.
+        heap.free(&chunks, at, whole);
+        let mut live = Vec::new();
+        for len in (1..100u64).map(|i| i * 80) {
+            live.extend((0..20).map(|_| (heap.alloc(&chunks, len).unwrap(), len)));
+        }
+        for (at, len) in live {
+            heap.free(&chunks, at, len);
+        }
+        heap.check(&chunks, &[]);
     }
 
     #[test]
