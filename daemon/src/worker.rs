@@ -996,10 +996,11 @@ fn execute(
     };
     if refusal.status() == Status::Stale
         && sqe.handle != 0
-        && Handle::new(sqe.handle).is_some_and(|h| session.registry().reserved_for(h).is_some())
+        && Handle::new(sqe.handle).is_some_and(|h| session.registry().ask_again(h))
     {
         // Granted ahead, its insert not applied yet (it may have returned
-        // in another process): the client asks again.
+        // in another process), or applied since this op looked (by another
+        // worker): the client asks again.
         cqe.entry_flags |= cqe_flags::RESERVED;
     }
     cqe.status = refusal.status() as u32;

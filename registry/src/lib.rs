@@ -861,6 +861,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether an op on `handle` that found no object is worth asking
+    /// again: its slot is granted ahead and its insert not applied, or the
+    /// insert was applied since (on another worker, between the op's look
+    /// and this one). A handle once live and then gone never is: its slot's
+    /// generation moved on.
+    pub fn ask_again(&self, handle: Handle) -> bool {
+        let Ok((domain, index, generation)) = self.locate(handle) else {
+            return false;
+        };
+        let Some(slot) = domain.slot(index).and_then(|(view, _)| view.snapshot()) else {
+            return false;
+        };
+        slot.generation == generation
+            && (slot.payload.is_object() || matches!(slot.payload, Payload::Reserved { .. }))
+    }
+
     /// The session a handle's slot is reserved for, if it names a slot
     /// granted ahead whose insert has not been applied.
     pub fn reserved_for(&self, handle: Handle) -> Option<u64> {

@@ -268,3 +268,24 @@ fn credit_is_given_back_on_request() {
     // All of the uid's bytes are its own again.
     registry.insert(&alice, &[0; 64], 0).unwrap();
 }
+
+#[test]
+fn an_op_that_found_no_object_is_asked_again_only_while_one_may_come() {
+    let registry = Registry::with_instance(4, LIMITS, 3, 1).unwrap();
+    let alice = registry.holder(1000).unwrap();
+    let (handles, _) = grant(&registry, &alice, false, 2);
+    let (filled, unused) = (handles[0], handles[1]);
+    // Reserved: its insert may come.
+    assert!(registry.ask_again(filled));
+    // Applied since (by another worker, say): asking again finds it.
+    registry.insert_into(&alice, filled, b"made", 0).unwrap();
+    assert!(registry.ask_again(filled));
+    // Gone: its generation moved on, nothing will come.
+    registry.release(&alice, filled).unwrap();
+    assert!(!registry.ask_again(filled));
+    // Given back unused: the same.
+    registry.release(&alice, unused).unwrap();
+    assert!(!registry.ask_again(unused));
+    // Made up.
+    assert!(!registry.ask_again(Handle::new(filled.get() ^ (1 << 20)).unwrap()));
+}
