@@ -870,9 +870,13 @@ impl Registry {
         let Ok((domain, index, generation)) = self.locate(handle) else {
             return false;
         };
-        let Some(slot) = domain.slot(index).and_then(|(view, _)| view.snapshot()) else {
+        // Under the shard lock: a worker applying the insert right now
+        // would make a lock-free read torn, and the answer a wrong STALE.
+        let _shard = lock(&domain.shards[self.shard_of(index)]);
+        let Some((view, _)) = domain.slot(index) else {
             return false;
         };
+        let slot = view.current();
         slot.generation == generation
             && (slot.payload.is_object() || matches!(slot.payload, Payload::Reserved { .. }))
     }
@@ -881,7 +885,8 @@ impl Registry {
     /// granted ahead whose insert has not been applied.
     pub fn reserved_for(&self, handle: Handle) -> Option<u64> {
         let (domain, index, generation) = self.locate(handle).ok()?;
-        let slot = domain.slot(index)?.0.snapshot()?;
+        let _shard = lock(&domain.shards[self.shard_of(index)]);
+        let slot = domain.slot(index)?.0.current();
         match slot.payload {
             Payload::Reserved { session } if slot.generation == generation => Some(session),
             _ => None,
