@@ -471,9 +471,10 @@ func (c *Client) result(r C.go_result, op string, h Handle) error {
 	return resultError(r, op, h)
 }
 
-// Flush waits until every write this client posted (Insert, Release,
-// Retain) has been applied by the daemon, so that other processes see their
-// effects. It returns the first late failure of a posted write since the
+// Flush waits until every write this client posted (a Retain of a handle
+// it holds; its Insert and Release wait for the daemon: calls share a ring
+// pool, and this package reads slots itself) has been applied by the
+// daemon, so that other processes see their effects. It returns the first late failure of a posted write since the
 // last Flush (e.g. ErrStale for a Retain of an object removed meanwhile),
 // ErrDisconnected when the daemon is gone, else nil.
 func (c *Client) Flush() error {

@@ -667,7 +667,8 @@ void hreg_bind_reads_free(struct hreg_bind_reads *r);
  * threads, like Go's): makes `c` share a pool of at most `rings` rings (1
  * to 64) among all threads instead of opening one per thread. Call it
  * before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
- * (NULL `c`, `rings` out of range, or a pool already set).
+ * (NULL `c`, `rings` out of range, or a pool already set). With a pool,
+ * inserts wait for the daemon (releases and retains are still posted).
  *
  * # Safety
  * `c` is NULL or a live client.

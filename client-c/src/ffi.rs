@@ -1258,7 +1258,8 @@ pub unsafe extern "C" fn hreg_bind_reads_free(r: *mut hreg_bind_reads) {
 /// threads, like Go's): makes `c` share a pool of at most `rings` rings (1
 /// to 64) among all threads instead of opening one per thread. Call it
 /// before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
-/// (NULL `c`, `rings` out of range, or a pool already set).
+/// (NULL `c`, `rings` out of range, or a pool already set). With a pool,
+/// inserts wait for the daemon (releases and retains are still posted).
 ///
 /// # Safety
 /// `c` is NULL or a live client.

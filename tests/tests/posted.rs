@@ -275,32 +275,37 @@ fn a_handles_whole_life_returns_while_the_daemon_is_stopped() {
     assert_eq!(daemon.objects(), 1);
 }
 
-/// Many threads sharing a small ring pool (as Go's goroutines do), each
-/// living handles at full speed: a get right after the insert returned
-/// never says STALE, though the insert may be applied by one worker while
-/// the get is answered by the other. Before, an op that found the slot
-/// reserved and then the insert applied meanwhile came back STALE.
+/// Many threads living handles at full speed, each on its own ring and
+/// then all on a small shared ring pool (as Go's goroutines are): a get
+/// right after the insert returned never says STALE, though the insert may
+/// be applied by one worker while the get is answered by the other. Before,
+/// an op that found the slot reserved, and the insert applied meanwhile,
+/// could come back STALE.
 #[test]
-fn lives_on_a_shared_ring_pool_never_see_their_own_insert_stale() {
+fn lives_of_many_threads_never_see_their_own_insert_stale() {
     let daemon = Daemon::start(&[]);
-    let client = daemon.client();
-    assert!(client.use_ring_pool(2));
-    let threads: Vec<_> = (0..16u64)
-        .map(|t| {
-            let client = client.clone();
-            std::thread::spawn(move || {
-                for i in 0..2_000u64 {
-                    let value = numbered(t << 32 | i);
-                    let h = client.insert(&value, 0).expect("insert");
-                    assert_eq!(client.get(h).expect("a get right after"), value);
-                    client.release(h).expect("release");
-                }
+    for pooled in [false, true] {
+        let client = daemon.client();
+        if pooled {
+            assert!(client.use_ring_pool(2));
+        }
+        let threads: Vec<_> = (0..16u64)
+            .map(|t| {
+                let client = client.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000u64 {
+                        let value = numbered(t << 32 | i);
+                        let h = client.insert(&value, 0).expect("insert");
+                        assert_eq!(client.get(h).expect("a get right after"), value);
+                        client.release(h).expect("release");
+                    }
+                })
             })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        client.flush().unwrap();
+        assert_eq!(daemon.objects(), 0, "pooled: {pooled}");
     }
-    client.flush().unwrap();
-    assert_eq!(daemon.objects(), 0);
 }
