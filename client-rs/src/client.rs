@@ -451,7 +451,7 @@ impl Client {
     }
 
     /// Reads `handle` in this process ([`Resolved::Ring`]: it must go
-    /// through the ring). Small, so that it comes back in registers.
+    /// through the ring; never [`Resolved::Reserved`], which it answers). Small, so that it comes back in registers.
     #[inline]
     fn read_here(&self, handle: Handle, out: &mut Output<'_>) -> Resolved {
         let session = &self.inner.session;
@@ -536,7 +536,7 @@ impl Client {
         let mut value = Vec::new();
         match self.read_here(handle, &mut Output::Vec(&mut value)) {
             Resolved::Value(_) => Ok(value),
-            Resolved::Ring | Resolved::Reserved { .. } => self.get_through_ring(handle),
+            Resolved::Ring => self.get_through_ring(handle),
             failed => Err(failed.error()),
         }
     }
@@ -577,12 +577,10 @@ impl Client {
     pub fn get_into(&self, handle: Handle, buf: &mut [u8]) -> Result<usize> {
         match self.read_here(handle, &mut Output::Buffer(buf)) {
             Resolved::Value(n) => Ok(n),
-            Resolved::Ring | Resolved::Reserved { .. } => {
-                match self.one(Op::Get { handle, buf })? {
-                    Completion::Length(n) => Ok(n),
-                    other => Err(unexpected(other)),
-                }
-            }
+            Resolved::Ring => match self.one(Op::Get { handle, buf })? {
+                Completion::Length(n) => Ok(n),
+                other => Err(unexpected(other)),
+            },
             failed => Err(failed.error()),
         }
     }

@@ -75,7 +75,7 @@ pub mod memory_facts {
         (crate::refs::ENTRIES_AT + crate::refs::FIRST_CAPACITY * crate::refs::ENTRY) as u64;
 }
 
-use crate::domain::{Domain, Shard};
+use crate::domain::{Domain, Shard, SlotMeta};
 use crate::limits::{Charge, LimitCell};
 use crate::reclaim::{Reclaimer, Retired};
 use crate::refs::{RefTable, PURGE_FLOOR};
@@ -545,31 +545,26 @@ impl Registry {
             }
             .handle()
             .expect("the instance bits are never 0");
-            // The reference first: a daemon killed before the slot is
-            // written leaves an entry for a dead handle, which the next one
-            // drops, never a live object that nobody holds.
-            let purge = !detached && {
-                let mut refs = lock(&holder.refs);
-                if let Err(limit) = refs.add(handle.get(), self.limits.uid_max_references()) {
+            let made = NewObject {
+                handle,
+                meta,
+                obj_flags,
+                value,
+                payload,
+            };
+            let purge = match self.make_object(
+                domain,
+                &mut shard,
+                holder,
+                made,
+                self.limits.uid_max_references(),
+            ) {
+                Ok(purge) => purge,
+                Err(limit) => {
                     shard.free.push_front(index);
-                    drop(refs);
-                    release_payload(domain, payload, value.len());
                     return Err(limit.into());
                 }
-                refs.wants_purge()
             };
-            domain.write_slot(
-                index,
-                &Slot {
-                    generation,
-                    flags: obj_flags as u8,
-                    len: value.len() as u32,
-                    owner: holder.uid,
-                    payload,
-                },
-            );
-            shard.made(meta, holder.uid, u32::from(!detached), value.len() as u64);
-            self.live[shard_index].fetch_add(1, Ordering::Relaxed);
             charge.keep();
             drop(shard);
             if purge {
@@ -760,6 +755,56 @@ impl Registry {
         owner.give_back_ahead(handles, credit);
     }
 
+    /// Makes `made` an object in its slot (vacant, or reserved for
+    /// `holder`'s session; the caller holds the slot's shard lock): the
+    /// holder's reference first, within `max_references` (none for a
+    /// DETACHED object), then the slot, then the shard's counts. A daemon
+    /// killed before the slot is written leaves an entry for a dead handle,
+    /// which the next one drops, never a live object that nobody holds. On
+    /// a refusal the payload is freed and nothing else changed. Returns
+    /// whether the holder's reference table wants a purge (to run once the
+    /// shard lock is let go).
+    fn make_object(
+        &self,
+        domain: &Domain,
+        shard: &mut Shard,
+        holder: &Holder,
+        made: NewObject<'_>,
+        max_references: u64,
+    ) -> Result<bool, Limit> {
+        let NewObject {
+            handle,
+            meta,
+            obj_flags,
+            value,
+            payload,
+        } = made;
+        let detached = obj_flags & flags::DETACHED != 0;
+        let purge = !detached && {
+            let mut refs = lock(&holder.refs);
+            if let Err(limit) = refs.add(handle.get(), max_references) {
+                drop(refs);
+                release_payload(domain, payload, value.len());
+                return Err(limit);
+            }
+            refs.wants_purge()
+        };
+        let parts = HandleParts::decode(handle.get());
+        domain.write_slot(
+            parts.slot,
+            &Slot {
+                generation: parts.generation,
+                flags: obj_flags as u8,
+                len: value.len() as u32,
+                owner: holder.uid,
+                payload,
+            },
+        );
+        shard.made(meta, holder.uid, u32::from(!detached), value.len() as u64);
+        self.live[self.shard_of(parts.slot)].fetch_add(1, Ordering::Relaxed);
+        Ok(purge)
+    }
+
     /// Creates an object in `into`, a handle granted ahead to `holder`'s
     /// session ([`Registry::reserve`]) and not used yet (INVALID
     /// otherwise). The object was counted when the handle was granted; its
@@ -783,7 +828,6 @@ impl Registry {
         if (domain.id == SHARED_DOMAIN) != shared {
             return Err(Status::Invalid.into());
         }
-        let detached = obj_flags & flags::DETACHED != 0;
         let shard_index = self.shard_of(index);
         let mut shard = lock(&domain.shards[shard_index]);
         let Some((view, meta)) = domain.slot(index) else {
@@ -818,28 +862,17 @@ impl Registry {
             Some(self.charge(&holder.usage, 0, len)?)
         };
         let payload = domain.place(value)?;
+        let made = NewObject {
+            handle: into,
+            meta,
+            obj_flags,
+            value,
+            payload,
+        };
         // The reference-table entry the handle held ahead becomes the
         // object's reference (no limit: it was counted), or goes with the
         // reservation, for a DETACHED one.
-        let purge = !detached && {
-            let mut refs = lock(&holder.refs);
-            if let Err(limit) = refs.add(into.get(), u64::MAX) {
-                drop(refs);
-                release_payload(domain, payload, value.len());
-                return Err(limit.into());
-            }
-            refs.wants_purge()
-        };
-        domain.write_slot(
-            index,
-            &Slot {
-                generation,
-                flags: obj_flags as u8,
-                len: value.len() as u32,
-                owner: holder.uid,
-                payload,
-            },
-        );
+        let purge = self.make_object(domain, &mut shard, holder, made, u64::MAX)?;
         ahead.handles.remove(&into.get());
         if from_credit {
             ahead.credit -= len;
@@ -852,8 +885,6 @@ impl Registry {
         if let Some(charge) = charge {
             charge.keep();
         }
-        shard.made(meta, holder.uid, u32::from(!detached), len);
-        self.live[shard_index].fetch_add(1, Ordering::Relaxed);
         drop(shard);
         if purge {
             self.purge_dead_references(holder);
@@ -882,8 +913,10 @@ impl Registry {
     }
 
     /// The session a handle's slot is reserved for, if it names a slot
-    /// granted ahead whose insert has not been applied.
-    pub fn reserved_for(&self, handle: Handle) -> Option<u64> {
+    /// granted ahead whose insert has not been applied (what the tests
+    /// look at; the daemon asks [`Registry::ask_again`]).
+    #[cfg(test)]
+    pub(crate) fn reserved_for(&self, handle: Handle) -> Option<u64> {
         let (domain, index, generation) = self.locate(handle).ok()?;
         let _shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = domain.slot(index)?.0.current();
@@ -1477,6 +1510,17 @@ impl Registry {
         let domain = self.domain(parts.domain).ok_or(Status::Stale)?;
         Ok((domain, parts.slot, parts.generation))
     }
+}
+
+/// An object about to be made: its handle and slot, flags and value, the
+/// value already placed (`payload`).
+struct NewObject<'v> {
+    handle: Handle,
+    /// The slot's daemon-side counts.
+    meta: &'v SlotMeta,
+    obj_flags: u32,
+    value: &'v [u8],
+    payload: Payload,
 }
 
 /// Frees the block of a value that never reached a slot.
