@@ -417,20 +417,15 @@ impl Soak {
             }
             sampler.remove(handle)?;
         }
-        let filter = hreg::ListFilter {
+        // DETACHED objects whose clients were killed before removing them.
+        let orphans = sampler.list_all(hreg::ListFilter {
             detached_only: true,
             owner: None,
-        };
-        loop {
-            let (orphans, _) = sampler.list(0, hreg_proto::control::MAX_PAGE, filter)?;
-            if orphans.is_empty() {
-                break;
-            }
-            for orphan in orphans {
-                if let Some(handle) = Handle::new(orphan.handle) {
-                    if sampler.remove(handle).is_ok() {
-                        out.orphans_swept += 1;
-                    }
+        })?;
+        for orphan in orphans {
+            if let Some(handle) = Handle::new(orphan.handle) {
+                if sampler.remove(handle).is_ok() {
+                    out.orphans_swept += 1;
                 }
             }
         }
@@ -451,6 +446,12 @@ impl Soak {
                 "not back to idle after {SETTLE:?}: {} objects, {} sessions, {} fds (idle before: {})",
                 idle.1.objects, idle.1.sessions, out.fds_idle_after, out.fds_idle_before
             ));
+            // What is left says which path leaked it.
+            let left = sampler.list_all(hreg::ListFilter::default())?;
+            for object in left.iter().take(8) {
+                out.quoted.push(format!("left behind: {object:?}"));
+            }
+            out.quoted.push(format!("stats at the end: {:?}", idle.1));
         }
         daemon.check_alive()?;
         Ok(())

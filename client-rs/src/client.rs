@@ -702,6 +702,22 @@ impl Client {
             })
     }
 
+    /// Every live object that passes `filter`, following [`Client::list`]'s
+    /// pages to the end (a page may be short, even empty, before the end:
+    /// the daemon looks at a bounded number of slots per request).
+    pub fn list_all(&self, filter: ListFilter) -> Result<Vec<ObjectInfo>> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = self.list(cursor, hreg_proto::control::MAX_PAGE, filter)?;
+            all.extend(page);
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+
     /// Shard occupancy, usage per uid against its caps, and requests per
     /// second.
     pub fn usage(&self) -> Result<UsageReply> {

@@ -150,16 +150,8 @@ pub fn pause_all(clients: &mut [LoadClient], when: &str) -> Vec<Report> {
 
 /// Every live object, by handle.
 pub fn list_all(watch: &Client) -> HashMap<u64, ObjectInfo> {
-    let mut all = HashMap::new();
-    let mut cursor = 0;
-    loop {
-        let (page, next) = watch.list(cursor, 0, ListFilter::default()).expect("LIST");
-        all.extend(page.into_iter().map(|o| (o.handle, o)));
-        if next == 0 {
-            return all;
-        }
-        cursor = next;
-    }
+    let all = watch.list_all(ListFilter::default()).expect("LIST");
+    all.into_iter().map(|o| (o.handle, o)).collect()
 }
 
 pub fn handle(raw: u64) -> Handle {

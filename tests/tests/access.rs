@@ -246,7 +246,7 @@ fn another_user_gets_exactly_the_access_the_design_gives() {
             owner: Some(NOBODY),
             ..ListFilter::default()
         };
-        root.list(0, 100, filter).unwrap().0
+        root.list_all(filter).unwrap()
     };
     // The child's session ends a moment after the child does.
     wait_until("only the DETACHED object to outlive the child", || {

@@ -24,16 +24,9 @@ impl Rng {
 
 /// Every live object, through LIST pages: (all, detached).
 fn census(client: &Client) -> (u64, u64) {
-    let (mut all, mut detached, mut cursor) = (0, 0, 0);
-    loop {
-        let (page, next) = client.list(cursor, 512, ListFilter::default()).unwrap();
-        all += page.len() as u64;
-        detached += page.iter().filter(|o| o.flags & DETACHED != 0).count() as u64;
-        if next == 0 {
-            return (all, detached);
-        }
-        cursor = next;
-    }
+    let all = client.list_all(ListFilter::default()).unwrap();
+    let detached = all.iter().filter(|o| o.flags & DETACHED != 0).count();
+    (all.len() as u64, detached as u64)
 }
 
 #[test]

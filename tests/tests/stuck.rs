@@ -175,7 +175,7 @@ fn stuck_clients_do_not_stall_the_others() {
     });
     // Only the storm clients' DETACHED objects outlive them.
     wait_until("the stuck sessions' objects gone", || {
-        let (objects, _) = good.list(0, 512, hreg::ListFilter::default()).unwrap();
+        let objects = good.list_all(hreg::ListFilter::default()).unwrap();
         objects.iter().all(|o| o.flags & hreg::DETACHED != 0)
     });
 }
