@@ -229,8 +229,8 @@ impl Inner {
     #[inline(always)]
     fn own_release_applied(&self, handle: Handle) -> Result<()> {
         // One load on the read path; the rest only while a release of a
-        // last reference is in flight.
-        if self.session.posting.dropping.any() {
+        // last reference in the handle's bucket is in flight.
+        if self.session.posting.dropping.maybe_pending(handle) {
             return self.wait_for_own_release(handle);
         }
         Ok(())

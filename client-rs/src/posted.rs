@@ -29,7 +29,7 @@ use hreg_proto::entry::INLINE_CAPACITY;
 use hreg_proto::handle::Handle;
 use hreg_proto::locks::lock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Handles asked for by the first RESERVE of a kind.
@@ -257,14 +257,29 @@ impl Write {
     }
 }
 
+/// Buckets of [`Dropping`]'s filter (a power of two).
+const DROP_BUCKETS: usize = 1024;
+
 /// Handles whose last reference this client released by a posted RELEASE
 /// the daemon has not applied yet: a read of one by this client waits for
 /// its writes first (read-your-writes: its own release makes it STALE at
-/// once). Empty most of the time, and then a read looks at one counter.
-#[derive(Debug, Default)]
+/// once). Completions are read in batches, so some releases are in flight
+/// most of the time; a read looks at one counter of a filter (the
+/// releases pending in its handle's bucket, usually none) and at the list
+/// only on a hit.
+#[derive(Debug)]
 pub(crate) struct Dropping {
-    pending: std::sync::atomic::AtomicUsize,
+    buckets: Box<[AtomicU32]>,
     shards: [Mutex<Vec<u64>>; REF_SHARDS],
+}
+
+impl Default for Dropping {
+    fn default() -> Dropping {
+        Dropping {
+            buckets: (0..DROP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            shards: Default::default(),
+        }
+    }
 }
 
 impl Dropping {
@@ -273,11 +288,19 @@ impl Dropping {
         lock(&self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS])
     }
 
+    #[inline(always)]
+    fn bucket(&self, handle: Handle) -> &AtomicU32 {
+        // The slot's low bits, the generation's too: handles in flight
+        // together are mostly different slots.
+        let h = handle.get();
+        &self.buckets[(h ^ (h >> 24)) as usize & (DROP_BUCKETS - 1)]
+    }
+
     /// A posted RELEASE of the last reference to `handle`, before it is
     /// published.
     pub fn add(&self, handle: Handle) {
         self.shard(handle).push(handle.get());
-        self.pending.fetch_add(1, Ordering::Release);
+        self.bucket(handle).fetch_add(1, Ordering::Release);
     }
 
     /// That RELEASE was applied.
@@ -285,20 +308,21 @@ impl Dropping {
         let mut shard = self.shard(handle);
         if let Some(at) = shard.iter().position(|&h| h == handle.get()) {
             shard.swap_remove(at);
-            self.pending.fetch_sub(1, Ordering::Release);
+            self.bucket(handle).fetch_sub(1, Ordering::Release);
         }
     }
 
-    /// Whether a RELEASE of any last reference waits to be applied.
+    /// Whether a RELEASE of `handle`'s last reference may wait to be
+    /// applied (one load; false means surely not).
     #[inline(always)]
-    pub fn any(&self) -> bool {
-        self.pending.load(Ordering::Acquire) != 0
+    pub fn maybe_pending(&self, handle: Handle) -> bool {
+        self.bucket(handle).load(Ordering::Acquire) != 0
     }
 
     /// Whether a RELEASE of `handle`'s last reference waits to be applied.
     #[inline]
     pub fn pending(&self, handle: Handle) -> bool {
-        self.pending.load(Ordering::Acquire) != 0 && self.shard(handle).contains(&handle.get())
+        self.maybe_pending(handle) && self.shard(handle).contains(&handle.get())
     }
 }
 

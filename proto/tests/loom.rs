@@ -14,7 +14,7 @@
 #![cfg(hreg_loom)]
 
 use hreg_proto::entry::ENTRY_SIZE;
-use hreg_proto::ring::{ready_bit, ClientCounters, Layout, Park, ServerCounters, Wake};
+use hreg_proto::ring::{ready_bit, Answer, ClientCounters, Layout, Park, ServerCounters, Wake};
 use hreg_proto::shm::{Mapping, ReadWrite};
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
@@ -164,8 +164,16 @@ fn worker(shared: &Shared) {
     let mut served = 0;
     while served < MESSAGES {
         let n = ring
-            .serve(&mut counters, &shared.futex, u32::MAX, |request| {
-                entry(message(request) * 10)
+            .serve(&mut counters, &shared.futex, u32::MAX, |request, behind| {
+                // The one behind, when read ahead, is answered with an
+                // odd one, or served on its own next (from the copy read
+                // ahead): both paths are checked.
+                match behind {
+                    Some(behind) if message(request) % 2 == 1 => {
+                        Answer::Both(entry(message(request) * 10), entry(message(behind) * 10))
+                    }
+                    _ => Answer::One(entry(message(request) * 10)),
+                }
             })
             .unwrap();
         served += u64::from(n);

@@ -944,15 +944,17 @@ impl Registry {
                 continue;
             };
             let mut shard = lock(&domain.shards[self.shard_of(index)]);
-            self.give_back_reserved(holder, domain, &mut shard, index, handle);
+            self.give_back_reserved(holder, domain, &mut shard, index, handle, 0);
         }
     }
 
     /// Gives back `handle`, granted ahead to `holder`'s session and not
-    /// used (a RELEASE of it: its client returns what it will not use):
-    /// its slot is freed with its generation moved on, so the handle stays
-    /// STALE, and the reservation is no longer counted. False when the
-    /// handle is no such thing. The caller holds the slot's shard lock.
+    /// used (a RELEASE of it: its client returns what it will not use),
+    /// with `spent` bytes of the session's credit: its slot is freed with
+    /// its generation moved on, so the handle stays STALE, and the
+    /// reservation and those bytes are no longer counted. False, and
+    /// nothing changed, when the handle is no such thing or the credit is
+    /// short. The caller holds the slot's shard lock.
     fn give_back_reserved(
         &self,
         holder: &Holder,
@@ -960,6 +962,7 @@ impl Registry {
         shard: &mut Shard,
         index: u32,
         handle: Handle,
+        spent: u64,
     ) -> bool {
         let generation = HandleParts::decode(handle.get()).generation;
         let Some((view, _)) = domain.slot(index) else {
@@ -971,16 +974,55 @@ impl Registry {
                 != (Payload::Reserved {
                     session: holder.id(),
                 })
-            || !lock(&holder.ahead).handles.remove(&handle.get())
         {
             return false;
+        }
+        {
+            let mut ahead = lock(&holder.ahead);
+            if ahead.credit < spent || !ahead.handles.remove(&handle.get()) {
+                return false;
+            }
+            ahead.credit -= spent;
         }
         domain.write_slot(index, &Slot::free(generation.wrapping_add(1)));
         if generation.wrapping_add(1) != LAST_GENERATION {
             shard.free.push_back(index);
         }
-        self.give_back_ahead(&holder.usage, 1, 0);
+        self.give_back_ahead(&holder.usage, 1, spent);
         true
+    }
+
+    /// A posted insert of `len` bytes into `into` (granted ahead to
+    /// `holder`'s session) and the release of its one reference right
+    /// behind it, applied together: the object would live between two
+    /// entries of one ring, where nobody can see it, so it is never made.
+    /// What is left is what the two leave: the handle STALE, the
+    /// reservation used, the credit spent and the object's charge gone.
+    /// False, and nothing changed, when the insert would not be a plain
+    /// success from the session's credit (DETACHED, invalid flags or
+    /// domain, too big, not granted, credit short): the caller applies the
+    /// two one by one.
+    pub fn insert_released(
+        &self,
+        holder: &Holder,
+        into: Handle,
+        len: usize,
+        obj_flags: u32,
+    ) -> bool {
+        if Opcode::Insert.check_flags(obj_flags).is_err()
+            || obj_flags & flags::DETACHED != 0
+            || len > self.limits.max_value_size()
+        {
+            return false;
+        }
+        let Ok((domain, index, _)) = self.locate(into) else {
+            return false;
+        };
+        if (domain.id == SHARED_DOMAIN) != (obj_flags & flags::SHARED != 0) {
+            return false;
+        }
+        let mut shard = lock(&domain.shards[self.shard_of(index)]);
+        self.give_back_reserved(holder, domain, &mut shard, index, into, len as u64)
     }
 
     /// Calls `read` with a copy of the value, taken under its shard's lock:
@@ -1087,7 +1129,7 @@ impl Registry {
         let mut shard = lock(&domain.shards[self.shard_of(index)]);
         let slot = match live_slot(domain, index, generation) {
             Ok(slot) => slot,
-            Err(_) if self.give_back_reserved(holder, domain, &mut shard, index, handle) => {
+            Err(_) if self.give_back_reserved(holder, domain, &mut shard, index, handle, 0) => {
                 return Ok(());
             }
             Err(status) => {

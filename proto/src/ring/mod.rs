@@ -625,6 +625,17 @@ impl<'a> std::ops::Deref for ServerRing<'a> {
     }
 }
 
+/// What [`ServerRing::serve`]'s caller did with a submission and the one
+/// behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// This submission's completion; the one behind is served on its own.
+    One([u8; ENTRY_SIZE]),
+    /// Both answered together: this one's completion, then the one
+    /// behind's.
+    Both([u8; ENTRY_SIZE], [u8; ENTRY_SIZE]),
+}
+
 impl<'a> ServerRing<'a> {
     /// Resets every counter, flag and entry to zero (before the ring is
     /// handed out, so no stamp of an earlier user looks published).
@@ -661,8 +672,11 @@ impl<'a> ServerRing<'a> {
 
     /// Serves what the ring holds, as far as the CQ has room and at most
     /// `max` entries (at least one is served when there is work): `answer` gets
-    /// a copy of each submission (already out of shared memory) and returns
-    /// its completion. Completions are published every [`PUBLISH_EVERY`]
+    /// a copy of each submission (already out of shared memory) and, when
+    /// the one behind it is published and there is room for both, a copy
+    /// of that one too (read once: if not answered with this one, it is the
+    /// next call's submission); it answers this one alone or both
+    /// ([`Answer`]). Completions are published every [`PUBLISH_EVERY`]
     /// and at the end, waking the client through `waker` when it sleeps.
     /// Returns how many were served, or why the session must close.
     pub fn serve(
@@ -670,13 +684,15 @@ impl<'a> ServerRing<'a> {
         counters: &mut ServerCounters,
         waker: &impl Wake,
         max: u32,
-        mut answer: impl FnMut(&[u8; ENTRY_SIZE]) -> [u8; ENTRY_SIZE],
+        mut answer: impl FnMut(&[u8; ENTRY_SIZE], Option<&[u8; ENTRY_SIZE]>) -> Answer,
     ) -> Result<u32, RingError> {
         if !self.has_work(counters) {
             return Ok(0);
         }
         let entries = self.entries();
-        if counters.cq_tail.wrapping_sub(counters.cq_head_seen) >= entries {
+        // A fresh look at the client's CQ head when the last one leaves
+        // room for less than a pair (a submission and the one behind).
+        if counters.cq_tail.wrapping_sub(counters.cq_head_seen) + 2 > entries {
             let cq_head = handoff::completions_consumed(self.0 .0.words());
             if counters.cq_tail.wrapping_sub(cq_head) > entries {
                 return Err(RingError::CqHead);
@@ -684,25 +700,43 @@ impl<'a> ServerRing<'a> {
             counters.cq_head_seen = cq_head;
         }
         let room = (entries - counters.cq_tail.wrapping_sub(counters.cq_head_seen)).min(max.max(1));
-        let mut served = 0;
-        while served < room && self.has_work(counters) {
-            let request = self.0 .0.read_entry(self.0 .0.sq_at(counters.sq_head));
-            let completion = answer(&request);
-            let at = counters.cq_tail;
-            self.0 .0.publish_entry(
-                self.0 .0.cq_at(at),
-                &completion,
-                CQE_STAMP_AT,
-                self.0 .0.stamp(at),
-            );
-            counters.sq_head = counters.sq_head.wrapping_add(1);
-            counters.cq_tail = at.wrapping_add(1);
-            served += 1;
-            if served.is_multiple_of(PUBLISH_EVERY) {
+        let ring = &self.0 .0;
+        let (mut served, mut unpublished) = (0, 0);
+        // The submission at sq_head, when it was read as the one behind.
+        let mut read_ahead = None;
+        while served < room {
+            let request = match read_ahead.take() {
+                Some(request) => request,
+                None if self.has_work(counters) => ring.read_entry(ring.sq_at(counters.sq_head)),
+                None => break,
+            };
+            let behind = counters.sq_head.wrapping_add(1);
+            let next = (served + 1 < room
+                && ring.is_published(ring.sq_at(behind), SQE_STAMP_AT, ring.stamp(behind)))
+            .then(|| ring.read_entry(ring.sq_at(behind)));
+            let completions = match answer(&request, next.as_ref()) {
+                Answer::One(completion) => {
+                    read_ahead = next;
+                    [Some(completion), None]
+                }
+                Answer::Both(first, second) if next.is_some() => [Some(first), Some(second)],
+                // Both, with no second submission: a caller's mistake.
+                Answer::Both(first, _) => [Some(first), None],
+            };
+            for completion in completions.iter().flatten() {
+                let at = counters.cq_tail;
+                ring.publish_entry(ring.cq_at(at), completion, CQE_STAMP_AT, ring.stamp(at));
+                counters.sq_head = counters.sq_head.wrapping_add(1);
+                counters.cq_tail = at.wrapping_add(1);
+                served += 1;
+                unpublished += 1;
+            }
+            if unpublished >= PUBLISH_EVERY {
                 self.publish(counters, waker);
+                unpublished = 0;
             }
         }
-        if !served.is_multiple_of(PUBLISH_EVERY) {
+        if unpublished > 0 {
             self.publish(counters, waker);
         }
         Ok(served)
@@ -884,10 +918,10 @@ mod tests {
             }
             assert!(!client.flush(&c), "nobody sleeps");
             let served = server
-                .serve(&mut s, &waker, u32::MAX, |req| {
+                .serve(&mut s, &waker, u32::MAX, |req, _| {
                     let mut done = *req;
                     done[1] = 0xAA;
-                    done
+                    Answer::One(done)
                 })
                 .unwrap();
             assert_eq!(served, 4);
@@ -909,12 +943,64 @@ mod tests {
         for k in 0..4 {
             client.push(&mut c, &entry(k));
         }
-        assert_eq!(server.serve(&mut s, &waker, u32::MAX, |r| *r).unwrap(), 4);
+        assert_eq!(
+            server
+                .serve(&mut s, &waker, u32::MAX, |r, _| Answer::One(*r))
+                .unwrap(),
+            4
+        );
         assert!(!server.has_work(&s));
         assert!(server.prepare_sleep(&s));
         server.end_sleep();
         server.reset();
         assert!(!server.has_work(&ServerCounters::default()));
+    }
+
+    #[test]
+    fn a_submission_answered_with_the_one_behind_completes_both_in_order() {
+        let map = Mapping::anonymous(LAYOUT.total_size()).unwrap();
+        let client = map.client_ring(LAYOUT, 0).unwrap();
+        let server = map.server_ring(LAYOUT, 0).unwrap();
+        let (mut c, mut s) = (ClientCounters::default(), ServerCounters::default());
+        let waker = Counted(std::cell::Cell::new(0));
+        for k in 1..=3 {
+            client.push(&mut c, &entry(k));
+        }
+        client.flush(&c);
+        // 1 and 2 together; 3 has nothing behind it.
+        let mut seen = Vec::new();
+        let served = server
+            .serve(&mut s, &waker, u32::MAX, |req, behind| {
+                seen.push((req[0], behind.map(|b| b[0])));
+                match behind {
+                    Some(b) if req[0] == 1 => Answer::Both(*req, *b),
+                    _ => Answer::One(*req),
+                }
+            })
+            .unwrap();
+        assert_eq!(served, 3);
+        assert_eq!(seen, [(1, Some(2)), (3, None)]);
+        for k in 1..=3 {
+            assert_eq!(client.pop(&mut c).expect("completed")[0], k);
+        }
+        client.release(&c);
+        // Room for one: the one behind is not read ahead.
+        for k in 4..=5 {
+            client.push(&mut c, &entry(k));
+        }
+        client.flush(&c);
+        let mut seen = Vec::new();
+        let once = |seen: &mut Vec<_>, s: &mut ServerCounters| {
+            server
+                .serve(s, &waker, 1, |req, behind| {
+                    seen.push((req[0], behind.is_some()));
+                    Answer::One(*req)
+                })
+                .unwrap()
+        };
+        assert_eq!(once(&mut seen, &mut s), 1);
+        assert_eq!(once(&mut seen, &mut s), 1);
+        assert_eq!(seen, [(4, false), (5, false)]);
     }
 
     #[test]
@@ -928,7 +1014,12 @@ mod tests {
         assert!(client.flush(&c), "the server announced its sleep");
         server.end_sleep();
         let waker = Counted(std::cell::Cell::new(0));
-        assert_eq!(server.serve(&mut s, &waker, u32::MAX, |r| *r).unwrap(), 1);
+        assert_eq!(
+            server
+                .serve(&mut s, &waker, u32::MAX, |r, _| Answer::One(*r))
+                .unwrap(),
+            1
+        );
         // The client claims to have read completions it never got.
         map.u32_at(CQ_HEAD)
             .store(1000, crate::sync::Ordering::Relaxed);
@@ -937,7 +1028,7 @@ mod tests {
         }
         s.cq_head_seen = s.cq_tail.wrapping_sub(4);
         assert_eq!(
-            server.serve(&mut s, &waker, u32::MAX, |r| *r),
+            server.serve(&mut s, &waker, u32::MAX, |r, _| Answer::One(*r)),
             Err(RingError::CqHead)
         );
     }
