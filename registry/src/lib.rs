@@ -610,6 +610,17 @@ impl Registry {
             .min(usize::try_from(objects_room.div_ceil(2)).unwrap_or(usize::MAX));
         let domain = self.domain_for(holder, shared)?;
         let shards = domain.shards.len();
+        // The whole batch counted at once when the limits have room for it
+        // (they mostly do), else handle by handle, up to the limit.
+        let counted = self
+            .charge_ahead(&holder.usage, &limits, want as u64, 0)
+            .is_ok()
+            && (self.room_for_a_reference_ahead(holder, &limits) || {
+                self.give_back_ahead(&holder.usage, want as u64, 0);
+                // Handle by handle, with the room a purge made (a purge
+                // takes shard locks: not in the loop).
+                false
+            });
         let mut granted = 0;
         let first = next_insert_shard();
         'shards: for step in 0..shards {
@@ -618,25 +629,23 @@ impl Registry {
             }
             let shard_index = first.wrapping_add(step) & (shards - 1);
             let mut shard = lock(&domain.shards[shard_index]);
+            // Noted first: a session that ends gives back what it holds
+            // ahead, these included. Lock order: shard, then ahead.
+            let mut ahead = lock(&holder.ahead);
             // A few per shard, so that the session's inserts spread.
             for _ in 0..PER_SHARD_GRANT {
                 if granted == want {
                     break 'shards;
                 }
-                if self.charge_ahead(&holder.usage, &limits, 1, 0).is_err() {
-                    break 'shards;
-                }
-                // It holds the reference-table entry its insert will take
-                // (unless DETACHED), so that a posted insert never meets
-                // `uid_max_references`.
-                if !self.room_for_a_reference_ahead(holder, &limits) {
-                    self.give_back_ahead(&holder.usage, 1, 0);
+                if !counted && !self.charge_one_ahead(holder, &limits) {
                     break 'shards;
                 }
                 let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
                     Ok(Some(index)) => index,
                     Ok(None) | Err(_) => {
-                        self.give_back_ahead(&holder.usage, 1, 0);
+                        if !counted {
+                            self.give_back_ahead(&holder.usage, 1, 0);
+                        }
                         continue 'shards;
                     }
                 };
@@ -650,9 +659,7 @@ impl Registry {
                 }
                 .handle()
                 .expect("the instance bits are never 0");
-                // Noted first: a session that ends gives back what it
-                // holds ahead, this one included.
-                lock(&holder.ahead).handles.insert(handle.get());
+                ahead.handles.insert(handle.get());
                 domain.write_slot(
                     index,
                     &Slot {
@@ -668,6 +675,13 @@ impl Registry {
                 granted += 1;
                 grant(handle);
             }
+        }
+        if counted {
+            self.give_back_ahead(&holder.usage, (want - granted) as u64, 0);
+        } else {
+            // At a limit: dead references go now, off the shard locks, so
+            // that the next grant finds their room.
+            self.make_room_for_a_reference(holder);
         }
         // The credit: up to CREDIT unspent, as far as the byte limits let.
         let mut ahead = lock(&holder.ahead);
@@ -708,6 +722,24 @@ impl Registry {
         }
         self.make_room_for_a_reference(holder);
         within()
+    }
+
+    /// Counts one handle ahead for `holder`, with the reference-table entry
+    /// its insert will take; false (nothing counted) past a limit. Purges
+    /// no dead references (it runs under a shard lock, which a purge
+    /// takes): [`Registry::reserve`] made room before.
+    fn charge_one_ahead(&self, holder: &Holder, limits: &Limits) -> bool {
+        if self.charge_ahead(&holder.usage, limits, 1, 0).is_err() {
+            return false;
+        }
+        // It holds the reference-table entry its insert will take (unless
+        // DETACHED), so that a posted insert never meets
+        // `uid_max_references`.
+        if holder.usage.references_committed() > limits.uid_max_references {
+            self.give_back_ahead(&holder.usage, 1, 0);
+            return false;
+        }
+        true
     }
 
     /// Gives back up to `bytes` of `holder`'s byte credit (its client
