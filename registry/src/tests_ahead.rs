@@ -256,6 +256,33 @@ fn a_granted_handle_holds_the_reference_its_insert_takes() {
     registry.insert(&alice, b"again", 0).unwrap();
 }
 
+/// At `uid_max_references`, a grant first drops the session's entries for
+/// objects another session removed, then grants. The purge looks at slots
+/// under their shard locks, so it runs before the grant takes any (it ran
+/// under one, and a dead handle in that shard would have hung the worker).
+#[test]
+fn a_grant_at_the_reference_limit_makes_room_from_dead_references() {
+    let limits = Limits {
+        uid_max_references: 4,
+        ..LIMITS
+    };
+    let registry = Registry::with_instance(1, limits, 3, 1).unwrap();
+    let alice = registry.holder(1000).unwrap();
+    let other = registry.holder(1000).unwrap();
+    let held: Vec<Handle> = (0..4)
+        .map(|k| registry.insert(&alice, &[k], 0).unwrap())
+        .collect();
+    // Removed by another session of the uid: alice's entries are dead.
+    for &h in &held {
+        registry.remove(&other, h).unwrap();
+    }
+    let (handles, _) = grant(&registry, &alice, false, 2);
+    assert_eq!(handles.len(), 2, "room made from the dead entries");
+    for (k, &h) in handles.iter().enumerate() {
+        registry.insert_into(&alice, h, &[k as u8], 0).unwrap();
+    }
+}
+
 #[test]
 fn credit_is_given_back_on_request() {
     let registry = Registry::with_instance(4, LIMITS, 3, 1).unwrap();
