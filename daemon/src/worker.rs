@@ -941,11 +941,13 @@ impl ServedRing {
         let mut public = 0;
         let served = view
             .serve(counters, &FutexWake, max, |raw, behind| {
-                if let Some((insert, release)) =
-                    behind.and_then(|behind| insert_and_release(raw, behind, view, session))
-                {
-                    public += 2;
-                    return Answer::Both(insert.encode(), release.encode());
+                if let Some(behind) = behind {
+                    if let Some((insert, release)) =
+                        insert_and_release(raw, behind.request(), view, session)
+                    {
+                        public += 2;
+                        return Answer::Both(insert.encode(), behind.answer(release.encode()));
+                    }
                 }
                 let (cqe, is_public) = execute(raw, view, session, staging, scratch);
                 public += u64::from(is_public);

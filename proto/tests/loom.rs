@@ -170,7 +170,8 @@ fn worker(shared: &Shared) {
                 // ahead): both paths are checked.
                 match behind {
                     Some(behind) if message(request) % 2 == 1 => {
-                        Answer::Both(entry(message(request) * 10), entry(message(behind) * 10))
+                        let second = entry(message(behind.request()) * 10);
+                        Answer::Both(entry(message(request) * 10), behind.answer(second))
                     }
                     _ => Answer::One(entry(message(request) * 10)),
                 }

@@ -627,13 +627,41 @@ impl<'a> std::ops::Deref for ServerRing<'a> {
 
 /// What [`ServerRing::serve`]'s caller did with a submission and the one
 /// behind it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer<'r> {
     /// This submission's completion; the one behind is served on its own.
     One([u8; ENTRY_SIZE]),
     /// Both answered together: this one's completion, then the one
-    /// behind's.
-    Both([u8; ENTRY_SIZE], [u8; ENTRY_SIZE]),
+    /// behind's (which only that one's [`Behind`] gives, in the same call).
+    Both([u8; ENTRY_SIZE], BehindAnswered<'r>),
+}
+
+/// The submission behind the one [`ServerRing::serve`] asks about (a copy,
+/// already out of shared memory), offered to be answered with it.
+#[derive(Debug)]
+pub struct Behind<'r>(&'r [u8; ENTRY_SIZE]);
+
+impl<'r> Behind<'r> {
+    /// Its bytes.
+    pub fn request(&self) -> &'r [u8; ENTRY_SIZE] {
+        self.0
+    }
+
+    /// Answers it with the one in front ([`Answer::Both`]).
+    pub fn answer(self, completion: [u8; ENTRY_SIZE]) -> BehindAnswered<'r> {
+        BehindAnswered {
+            completion,
+            _behind: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The completion of the submission behind, made from its [`Behind`]: an
+/// answer of both exists only when there is a second submission.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BehindAnswered<'r> {
+    completion: [u8; ENTRY_SIZE],
+    _behind: std::marker::PhantomData<&'r ()>,
 }
 
 impl<'a> ServerRing<'a> {
@@ -684,7 +712,7 @@ impl<'a> ServerRing<'a> {
         counters: &mut ServerCounters,
         waker: &impl Wake,
         max: u32,
-        mut answer: impl FnMut(&[u8; ENTRY_SIZE], Option<&[u8; ENTRY_SIZE]>) -> Answer,
+        mut answer: impl for<'r> FnMut(&'r [u8; ENTRY_SIZE], Option<Behind<'r>>) -> Answer<'r>,
     ) -> Result<u32, RingError> {
         if !self.has_work(counters) {
             return Ok(0);
@@ -714,14 +742,12 @@ impl<'a> ServerRing<'a> {
             let next = (served + 1 < room
                 && ring.is_published(ring.sq_at(behind), SQE_STAMP_AT, ring.stamp(behind)))
             .then(|| ring.read_entry(ring.sq_at(behind)));
-            let completions = match answer(&request, next.as_ref()) {
+            let completions = match answer(&request, next.as_ref().map(Behind)) {
                 Answer::One(completion) => {
                     read_ahead = next;
                     [Some(completion), None]
                 }
-                Answer::Both(first, second) if next.is_some() => [Some(first), Some(second)],
-                // Both, with no second submission: a caller's mistake.
-                Answer::Both(first, _) => [Some(first), None],
+                Answer::Both(first, second) => [Some(first), Some(second.completion)],
             };
             for completion in completions.iter().flatten() {
                 let at = counters.cq_tail;
@@ -971,9 +997,12 @@ mod tests {
         let mut seen = Vec::new();
         let served = server
             .serve(&mut s, &waker, u32::MAX, |req, behind| {
-                seen.push((req[0], behind.map(|b| b[0])));
+                seen.push((req[0], behind.as_ref().map(|b| b.request()[0])));
                 match behind {
-                    Some(b) if req[0] == 1 => Answer::Both(*req, *b),
+                    Some(b) if req[0] == 1 => {
+                        let second = *b.request();
+                        Answer::Both(*req, b.answer(second))
+                    }
                     _ => Answer::One(*req),
                 }
             })
