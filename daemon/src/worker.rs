@@ -971,11 +971,12 @@ fn insert_and_release(
     view: ServerRing<'_>,
     session: &Session,
 ) -> Option<(Cqe, Cqe)> {
-    let (insert, release) = (Sqe::decode(raw), Sqe::decode(behind));
-    // Most pairs are not: one compare before any parse.
-    if insert.handle == 0 || release.handle != insert.handle {
+    // Most pairs are not: one compare before any decode or parse.
+    let handle = Sqe::handle_of(raw);
+    if handle == 0 || Sqe::handle_of(behind) != handle {
         return None;
     }
+    let (insert, release) = (Sqe::decode(raw), Sqe::decode(behind));
     let Ok(RingRequest::Insert {
         flags,
         value: ValueSource::Inline { len } | ValueSource::Data { len, .. },

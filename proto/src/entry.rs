@@ -128,11 +128,18 @@ impl Sqe {
             entry_flags: b[9],
             stamp: u16::from_le_bytes([b[10], b[11]]),
             obj_flags: le_u32(b, 12),
-            handle: le_u64(b, 16),
+            handle: Sqe::handle_of(b),
             data_off: le_u32(b, 24),
             data_len: le_u32(b, 28),
             inline: b[INLINE_OFFSET..].try_into().expect("32 bytes"),
         }
+    }
+
+    /// The handle field of the entry in these 64 bytes, without decoding
+    /// the rest (a look at two entries before parsing either).
+    #[inline]
+    pub fn handle_of(b: &[u8; ENTRY_SIZE]) -> u64 {
+        le_u64(b, 16)
     }
 
     /// The u64 argument carried in the inline area (GET capacity, staging

@@ -535,16 +535,7 @@ impl Registry {
                     return Err(limit.into());
                 }
             };
-            let (view, meta) = domain.slot(index).expect("a vacant slot exists");
-            let generation = view.current().generation;
-            let handle = HandleParts {
-                instance: self.instance,
-                domain: domain.id,
-                generation,
-                slot: index,
-            }
-            .handle()
-            .expect("the instance bits are never 0");
+            let (handle, _, meta) = self.next_handle_at(domain, index);
             let made = NewObject {
                 handle,
                 meta,
@@ -612,15 +603,7 @@ impl Registry {
         let shards = domain.shards.len();
         // The whole batch counted at once when the limits have room for it
         // (they mostly do), else handle by handle, up to the limit.
-        let counted = self
-            .charge_ahead(&holder.usage, &limits, want as u64, 0)
-            .is_ok()
-            && (self.room_for_a_reference_ahead(holder, &limits) || {
-                self.give_back_ahead(&holder.usage, want as u64, 0);
-                // Handle by handle, with the room a purge made (a purge
-                // takes shard locks: not in the loop).
-                false
-            });
+        let counted = self.charge_handles_ahead(holder, &limits, want as u64, true);
         let mut granted = 0;
         let first = next_insert_shard();
         'shards: for step in 0..shards {
@@ -637,7 +620,7 @@ impl Registry {
                 if granted == want {
                     break 'shards;
                 }
-                if !counted && !self.charge_one_ahead(holder, &limits) {
+                if !counted && !self.charge_handles_ahead(holder, &limits, 1, false) {
                     break 'shards;
                 }
                 let index = match domain.vacant(&mut shard, shard_index, self.shard_bits) {
@@ -649,16 +632,7 @@ impl Registry {
                         continue 'shards;
                     }
                 };
-                let (view, _) = domain.slot(index).expect("a vacant slot exists");
-                let generation = view.current().generation;
-                let handle = HandleParts {
-                    instance: self.instance,
-                    domain: domain.id,
-                    generation,
-                    slot: index,
-                }
-                .handle()
-                .expect("the instance bits are never 0");
+                let (handle, generation, _) = self.next_handle_at(domain, index);
                 ahead.handles.insert(handle.get());
                 domain.write_slot(
                     index,
@@ -697,6 +671,23 @@ impl Registry {
         Ok(top_up)
     }
 
+    /// The handle of the next object in vacant slot `index` of `domain`
+    /// (the slot's current generation, which freeing moved on), that
+    /// generation, and the slot's daemon-side counts.
+    fn next_handle_at<'d>(&self, domain: &'d Domain, index: u32) -> (Handle, u16, &'d SlotMeta) {
+        let (view, meta) = domain.slot(index).expect("a vacant slot exists");
+        let generation = view.current().generation;
+        let handle = HandleParts {
+            instance: self.instance,
+            domain: domain.id,
+            generation,
+            slot: index,
+        }
+        .handle()
+        .expect("the instance bits are never 0");
+        (handle, generation, meta)
+    }
+
     /// Objects and bytes `holder`'s uid may still be granted, by its own
     /// limits and the registry's.
     fn room_ahead(&self, holder: &Holder, limits: &Limits) -> (u64, u64) {
@@ -712,34 +703,34 @@ impl Registry {
         (mine.0.min(all.0), mine.1.min(all.1))
     }
 
-    /// Whether `holder`'s uid has reference-table entries left for the
-    /// handles it holds ahead, this one included (counted already: dead
-    /// entries are purged first when at the limit).
-    fn room_for_a_reference_ahead(&self, holder: &Holder, limits: &Limits) -> bool {
+    /// Counts `handles` handles ahead for `holder`, each with the
+    /// reference-table entry its insert will take (unless DETACHED, so that
+    /// a posted insert never meets `uid_max_references`); false, nothing
+    /// counted, past a limit. With `may_purge`, dead references are purged
+    /// first when the entries are short; a purge takes shard locks, so a
+    /// caller holding one passes false.
+    fn charge_handles_ahead(
+        &self,
+        holder: &Holder,
+        limits: &Limits,
+        handles: u64,
+        may_purge: bool,
+    ) -> bool {
+        if self
+            .charge_ahead(&holder.usage, limits, handles, 0)
+            .is_err()
+        {
+            return false;
+        }
         let within = || holder.usage.references_committed() <= limits.uid_max_references;
+        if may_purge && !within() {
+            self.make_room_for_a_reference(holder);
+        }
         if within() {
             return true;
         }
-        self.make_room_for_a_reference(holder);
-        within()
-    }
-
-    /// Counts one handle ahead for `holder`, with the reference-table entry
-    /// its insert will take; false (nothing counted) past a limit. Purges
-    /// no dead references (it runs under a shard lock, which a purge
-    /// takes): [`Registry::reserve`] made room before.
-    fn charge_one_ahead(&self, holder: &Holder, limits: &Limits) -> bool {
-        if self.charge_ahead(&holder.usage, limits, 1, 0).is_err() {
-            return false;
-        }
-        // It holds the reference-table entry its insert will take (unless
-        // DETACHED), so that a posted insert never meets
-        // `uid_max_references`.
-        if holder.usage.references_committed() > limits.uid_max_references {
-            self.give_back_ahead(&holder.usage, 1, 0);
-            return false;
-        }
-        true
+        self.give_back_ahead(&holder.usage, handles, 0);
+        false
     }
 
     /// Gives back up to `bytes` of `holder`'s byte credit (its client
