@@ -174,9 +174,7 @@ pub(crate) struct RefCounts {
 
 impl RefCounts {
     fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
-        let h = handle.get();
-        // The slot index is in the low bits: spread by them.
-        lock(&self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS])
+        lock(&self.shards[spread(handle) % REF_SHARDS])
     }
 
     /// References held on `handle`.
@@ -257,6 +255,15 @@ impl Write {
     }
 }
 
+/// Where a handle falls among shards or buckets: its slot's low bits
+/// mixed with its generation's (handles in use together are mostly
+/// different slots).
+#[inline(always)]
+fn spread(handle: Handle) -> usize {
+    let h = handle.get();
+    (h ^ (h >> 24)) as usize
+}
+
 /// Buckets of [`Dropping`]'s filter (a power of two).
 const DROP_BUCKETS: usize = 1024;
 
@@ -284,16 +291,12 @@ impl Default for Dropping {
 
 impl Dropping {
     fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, Vec<u64>> {
-        let h = handle.get();
-        lock(&self.shards[(h ^ (h >> 24)) as usize % REF_SHARDS])
+        lock(&self.shards[spread(handle) % REF_SHARDS])
     }
 
     #[inline(always)]
     fn bucket(&self, handle: Handle) -> &AtomicU32 {
-        // The slot's low bits, the generation's too: handles in flight
-        // together are mostly different slots.
-        let h = handle.get();
-        &self.buckets[(h ^ (h >> 24)) as usize & (DROP_BUCKETS - 1)]
+        &self.buckets[spread(handle) & (DROP_BUCKETS - 1)]
     }
 
     /// A posted RELEASE of the last reference to `handle`, before it is
