@@ -113,6 +113,21 @@ func (d *daemon) client(tb testing.TB) *Client {
 	return c
 }
 
+// inGoroutines runs body(0) ... body(n-1) each on its own goroutine and
+// reports every error they return.
+func inGoroutines(tb testing.TB, n int, body func(g int) error) {
+	tb.Helper()
+	errs := make(chan error, n)
+	for g := 0; g < n; g++ {
+		go func(g int) { errs <- body(g) }(g)
+	}
+	for g := 0; g < n; g++ {
+		if err := <-errs; err != nil {
+			tb.Error(err)
+		}
+	}
+}
+
 func waitUntil(tb testing.TB, what string, done func() bool) {
 	tb.Helper()
 	deadline := time.Now().Add(patience)

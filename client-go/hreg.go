@@ -40,7 +40,20 @@
 // GOMAXPROCS was at Connect, at most 64), opened as they are first needed;
 // a call that finds every ring busy waits for one. The number of rings a Go
 // program opens is therefore bounded by its Clients' pools, whatever the
-// number of goroutines or threads.
+// number of goroutines or threads. And at most maxCallsInC goroutines are in
+// libhreg at once, per Client; more wait parked by Go's scheduler, so that
+// a stalled daemon cannot make each of thousands of goroutines hold an OS
+// thread.
+//
+// # Writes without waiting
+//
+// Insert (of a value of up to 32 bytes), Retain and Release are posted
+// when the daemon allows it, as from C: one cgo call that queues the write
+// on a ring and returns without waiting for the daemon. This client sees
+// its own writes at once (a Get right after its Insert is the value, right
+// after the Release of its last reference ErrStale); other processes see
+// an Insert at once and a Release once the daemon applied it, at the
+// latest when Flush returns.
 //
 // Go memory handed to libhreg is only used for the length of the call and
 // never holds Go pointers; Submit builds its op array and buffers in
@@ -79,22 +92,10 @@ static go_result go_replace(hreg_client *c, hreg_handle h, const void *d, size_t
 static go_result go_retain(hreg_client *c, hreg_handle h) {
 	return go_done(hreg_retain(c, h), 0);
 }
-// A release applied when it returns (a batch of one is never posted): this
-// package reads slots itself, where a posted release of the last reference
-// would stay unseen by this client until the daemon applies it.
-static int go_release(hreg_client *c, hreg_handle h) {
-	hreg_op op;
-	memset(&op, 0, sizeof op);
-	op.opcode = HREG_OP_RELEASE;
-	op.handle = h;
-	int s = hreg_submit(c, &op, 1);
-	return s != HREG_OK && op.status == HREG_OK ? s : op.status;
-}
 */
 import "C"
 
 import (
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -176,11 +177,49 @@ type Client struct {
 	// aliveEvery while they run (watching).
 	away     atomic.Bool
 	watching atomic.Bool
-	// calls holds a token per cgo call that may use a ring: as many as the
-	// ring pool has rings, so that goroutines beyond it wait here, parked
-	// by Go's scheduler, rather than each blocking an OS thread in C.
-	calls chan struct{}
+	// calls admits up to maxCallsInC cgo calls that may use a ring, so
+	// that goroutines beyond wait here, parked by Go's scheduler, rather
+	// than each blocking an OS thread in C.
+	calls gate
 }
+
+// gate admits up to a limit of goroutines at once and parks the others
+// (a counting semaphore that costs one atomic add on each side while under
+// its limit; a channel of tokens costs a lock each side, a third of a
+// posted write's time).
+type gate struct {
+	// inside counts the goroutines admitted plus those waiting.
+	inside atomic.Int32
+	limit  int32
+	// wake passes one admission from a leaving goroutine to a waiting one.
+	wake chan struct{}
+}
+
+func newGate(limit int) gate {
+	return gate{limit: int32(limit), wake: make(chan struct{}, limit)}
+}
+
+func (g *gate) enter() {
+	if g.inside.Add(1) > g.limit {
+		<-g.wake
+	}
+}
+
+func (g *gate) leave() {
+	// More inside than the limit before this one left: one of them waits
+	// (or is about to) for this admission.
+	if g.inside.Add(-1) >= g.limit {
+		g.wake <- struct{}{}
+	}
+}
+
+// maxCallsInC bounds the goroutines in libhreg at once, per Client. Not
+// the ring pool's size: a write is posted in well under a microsecond, and
+// parking goroutines at as many as there are rings made a life at 8×
+// GOMAXPROCS goroutines take twice as long (2.1 µs against 1.2–1.3 µs at
+// GOMAXPROCS=2, BenchmarkHandles); the calls beyond the pool wait for a
+// ring's lock in C instead, briefly.
+const maxCallsInC = 256
 
 // aliveEvery is how often, at most, reads in Go have libhreg look whether
 // the daemon is still there (a poll of the control socket).
@@ -201,10 +240,7 @@ func Connect(socket string) (*Client, error) {
 		return nil, resultError(r, "connect", 0) // the paths tried, the limit, ...
 	}
 	C.hreg_bind_ring_pool(c, C.size_t(ringPool()))
-	client := &Client{c: c, local: openLocalReads(c), calls: make(chan struct{}, ringPool())}
-	if os.Getenv("HREG_GO_NOSEM") != "" {
-		client.calls = nil
-	}
+	client := &Client{c: c, local: openLocalReads(c), calls: newGate(maxCallsInC)}
 	runtime.SetFinalizer(client, (*Client).Close)
 	return client, nil
 }
@@ -241,9 +277,7 @@ func closedError(op string, h Handle) error {
 // acquire gives the C client for one call that may use a ring, once one
 // is free; end the call with c.done().
 func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
-	if c.calls != nil {
-		c.calls <- struct{}{}
-	}
+	c.calls.enter()
 	c.mu.RLock()
 	if c.c == nil {
 		c.done()
@@ -255,9 +289,7 @@ func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
 // done ends a call that acquire began.
 func (c *Client) done() {
 	c.mu.RUnlock()
-	if c.calls != nil {
-		<-c.calls
-	}
+	c.calls.leave()
 }
 
 // called notes what a cgo call's status says about the daemon.
@@ -437,15 +469,19 @@ func (c *Client) Retain(h Handle) error {
 // with its last reference (unless Detached). Errors: ErrInvalid, ErrStale,
 // ErrNotHeld, ErrDisconnected.
 //
-// Unlike Insert and Retain, Release waits for the daemon: Get reads values
-// in this process, where a release not applied yet would leave the object
-// visible to this client.
+// Like Insert and Retain, Release is posted when the daemon allows it: it
+// is answered from what this client knows (its own count of its
+// references, a read of the slot) and returns without waiting for the
+// daemon. This client's next Get of h is ErrStale at once when the
+// reference was its last; other processes may still read the object until
+// the daemon applies the release, which is before this client's next
+// write and before its Flush returns.
 func (c *Client) Release(h Handle) error {
 	cc, err := c.acquire("release", h)
 	if err != nil {
 		return err
 	}
-	status := C.go_release(cc, C.hreg_handle(h))
+	status := C.hreg_release(cc, C.hreg_handle(h))
 	c.done()
 	c.called(status)
 	return statusError(status, "release", h)
@@ -471,12 +507,11 @@ func (c *Client) result(r C.go_result, op string, h Handle) error {
 	return resultError(r, op, h)
 }
 
-// Flush waits until every write this client posted (a Retain of a handle
-// it holds; its Insert and Release wait for the daemon: calls share a ring
-// pool, and this package reads slots itself) has been applied by the
-// daemon, so that other processes see their effects. It returns the first late failure of a posted write since the
-// last Flush (e.g. ErrStale for a Retain of an object removed meanwhile),
-// ErrDisconnected when the daemon is gone, else nil.
+// Flush waits until every write this client posted (Insert, Retain,
+// Release) has been applied by the daemon, so that other processes see
+// their effects. It returns the first late failure of a posted write since
+// the last Flush (e.g. ErrStale for a Retain of an object removed
+// meanwhile), ErrDisconnected when the daemon is gone, else nil.
 func (c *Client) Flush() error {
 	cc, err := c.acquire("flush", 0)
 	if err != nil {

@@ -8,8 +8,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 )
@@ -306,43 +308,131 @@ func TestFlushMakesAReleaseVisible(t *testing.T) {
 	}
 }
 
-func TestGoroutinesShareOneClient(t *testing.T) {
+// Release is posted, and Get reads slots in Go: a client's own release of
+// its last reference must still be STALE for it at once (Go reads
+// libhreg's filter of releases not applied yet), while the references it
+// keeps and the objects of its other goroutines stay readable.
+func TestAClientSeesItsOwnReleaseAtOnce(t *testing.T) {
 	d := startDaemon(t)
 	c := d.client(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for g := 0; g < 16; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; i < 200; i++ {
-				v := []byte(fmt.Sprintf("%d:%d", g, i))
-				h, err := c.Insert(v, 0)
-				if err == nil {
-					var got []byte
-					if got, err = c.Get(h); err == nil && !bytes.Equal(got, v) {
-						err = fmt.Errorf("got %q, want %q", got, v)
-					}
-				}
-				if err == nil {
-					ops := []Op{{Kind: OpReplace, Handle: h, Value: append(v, '!')}, {Kind: OpGet, Handle: h}, {Kind: OpRelease, Handle: h}}
-					if err = c.Submit(ops); err == nil && string(ops[1].Value) != string(v)+"!" {
-						err = fmt.Errorf("batch got %q", ops[1].Value)
-					}
-				}
-				if err != nil {
-					errs <- err
-					return
+	inGoroutines(t, 4, func(g int) error {
+		for i := 0; i < 2500; i++ {
+			v := []byte(fmt.Sprintf("%d:%d", g, i))
+			h, err := c.Insert(v, Flags(i%2)*Shared)
+			if err != nil {
+				return fmt.Errorf("Insert: %v", err)
+			}
+			twice := i%3 == 0
+			if twice {
+				if err := c.Retain(h); err != nil {
+					return fmt.Errorf("Retain: %v", err)
 				}
 			}
-		}(g)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+			if got, err := c.Get(h); err != nil || !bytes.Equal(got, v) {
+				return fmt.Errorf("Get before Release: %q, %v; want %q", got, err, v)
+			}
+			if i%2 == 0 {
+				// The insert applied: Go reads the live slot from here
+				// on, until the release is applied too.
+				if err := c.Flush(); err != nil {
+					return fmt.Errorf("Flush: %v", err)
+				}
+			}
+			if err := c.Release(h); err != nil {
+				return fmt.Errorf("Release: %v", err)
+			}
+			if twice {
+				// One reference left: still there.
+				if got, err := c.Get(h); err != nil || !bytes.Equal(got, v) {
+					return fmt.Errorf("Get with a reference left: %q, %v", got, err)
+				}
+				if err := c.Release(h); err != nil {
+					return fmt.Errorf("second Release: %v", err)
+				}
+			}
+			if got, err := c.Get(h); !errors.Is(err, ErrStale) {
+				return fmt.Errorf("Get right after the last Release: %q, %v; want ErrStale", got, err)
+			}
+			if n, err := c.GetInto(h, make([]byte, 16)); !errors.Is(err, ErrStale) {
+				return fmt.Errorf("GetInto right after the last Release: %d, %v; want ErrStale", n, err)
+			}
+			if err := c.Release(h); !errors.Is(err, ErrStale) && !errors.Is(err, ErrNotHeld) {
+				return fmt.Errorf("Release once more: %v; want ErrStale or ErrNotHeld", err)
+			}
+		}
+		return nil
+	})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
 	}
 	if s, _ := c.Stats(); s.Objects != 0 {
 		t.Fatalf("%d objects left", s.Objects)
+	}
+}
+
+func TestGoroutinesShareOneClient(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	inGoroutines(t, 16, func(g int) error {
+		for i := 0; i < 200; i++ {
+			v := []byte(fmt.Sprintf("%d:%d", g, i))
+			h, err := c.Insert(v, 0)
+			if err != nil {
+				return err
+			}
+			if got, err := c.Get(h); err != nil || !bytes.Equal(got, v) {
+				return fmt.Errorf("got %q, %v; want %q", got, err, v)
+			}
+			ops := []Op{{Kind: OpReplace, Handle: h, Value: append(v, '!')}, {Kind: OpGet, Handle: h}, {Kind: OpRelease, Handle: h}}
+			if err := c.Submit(ops); err != nil {
+				return err
+			}
+			if string(ops[1].Value) != string(v)+"!" {
+				return fmt.Errorf("batch got %q", ops[1].Value)
+			}
+		}
+		return nil
+	})
+	if s, _ := c.Stats(); s.Objects != 0 {
+		t.Fatalf("%d objects left", s.Objects)
+	}
+}
+
+// The gate in front of libhreg admits up to its limit at once, parks the
+// rest, and lets every one through in the end.
+func TestGateAdmitsUpToItsLimit(t *testing.T) {
+	const limit, goroutines, rounds = 3, 24, 200
+	g := newGate(limit)
+	var inside, most, done atomic.Int32
+	var wg sync.WaitGroup
+	for k := 0; k < goroutines; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := 0; r < rounds; r++ {
+				g.enter()
+				now := inside.Add(1)
+				for {
+					seen := most.Load()
+					if now <= seen || most.CompareAndSwap(seen, now) {
+						break
+					}
+				}
+				runtime.Gosched()
+				inside.Add(-1)
+				g.leave()
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := done.Load(); got != goroutines*rounds {
+		t.Fatalf("%d calls got through, want %d", got, goroutines*rounds)
+	}
+	if m := most.Load(); m > limit || m < 2 {
+		t.Fatalf("at most %d inside at once, want 2..%d", m, limit)
+	}
+	if n := g.inside.Load(); n != 0 {
+		t.Fatalf("the gate still counts %d inside", n)
 	}
 }

@@ -8,7 +8,11 @@
 // Anything this reader cannot answer goes through the cgo call as before:
 // a chunk libhreg has not mapped, a domain this uid may not map, a slot the
 // daemon kept changing for the whole retry budget, a daemon that said it
-// stopped or that looks gone, a layout other than the one below.
+// stopped or that looks gone, a layout other than the one below, a handle
+// whose last reference this client may have released by a posted release
+// the daemon has not applied yet (libhreg's filter of them says so in one
+// load; its get waits for the release, so the client reads its own
+// release at once).
 
 package hreg
 
@@ -107,8 +111,12 @@ type localReads struct {
 	header   unsafe.Pointer // the registry header
 	counter  *uint64        // C memory: moves on when libhreg maps chunks
 	instance uint64
-	groups   [1 << domainBits / domainGroup]atomic.Pointer[domainTable]
-	refresh  sync.Mutex // one refresh at a time
+	// releasesPending is libhreg's filter of posted releases not applied
+	// yet (C memory, pendingMask+1 uint32 counters).
+	releasesPending unsafe.Pointer
+	pendingMask     uint64
+	groups          [1 << domainBits / domainGroup]atomic.Pointer[domainTable]
+	refresh         sync.Mutex // one refresh at a time
 }
 
 // openLocalReads gives the mappings of cc, or nil when this libhreg reads
@@ -122,14 +130,29 @@ func openLocalReads(cc *C.hreg_client) *localReads {
 	if C.hreg_bind_reads_open(cc, &r, &info) != C.HREG_OK {
 		return nil
 	}
+	buckets := uint64(info.releases_pending_len)
+	if info.releases_pending == nil || buckets == 0 || buckets&(buckets-1) != 0 {
+		C.hreg_bind_reads_free(r)
+		return nil
+	}
 	lr := &localReads{
-		r:        r,
-		header:   unsafe.Pointer(info.header),
-		counter:  (*uint64)(unsafe.Pointer(info.counter)),
-		instance: uint64(info.instance),
+		r:               r,
+		header:          unsafe.Pointer(info.header),
+		counter:         (*uint64)(unsafe.Pointer(info.counter)),
+		instance:        uint64(info.instance),
+		releasesPending: unsafe.Pointer(info.releases_pending),
+		pendingMask:     buckets - 1,
 	}
 	runtime.SetFinalizer(lr, func(lr *localReads) { C.hreg_bind_reads_free(lr.r) })
 	return lr
+}
+
+// releasePending is whether this client may have posted a release of its
+// last reference to h that the daemon has not applied (libhreg's filter,
+// as hreg_bind_reads_info spells it).
+func (lr *localReads) releasePending(raw uint64) bool {
+	bucket := (raw ^ raw>>24) & lr.pendingMask
+	return atomic.LoadUint32((*uint32)(unsafe.Add(lr.releasesPending, bucket*4))) != 0
 }
 
 // stopped is whether the daemon said it stopped serving this registry.
@@ -208,7 +231,7 @@ func (lr *localReads) read(h Handle, buf []byte, alloc bool) ([]byte, int, readO
 	if raw>>(slotBits+generationBits+domainBits) != lr.instance {
 		return nil, 0, readStale
 	}
-	if lr.stopped() {
+	if lr.releasePending(raw) || lr.stopped() {
 		return nil, 0, readCgo
 	}
 	domain := raw >> (slotBits + generationBits) & (1<<domainBits - 1)

@@ -306,6 +306,20 @@ typedef struct hreg_bind_reads_info {
      * The instance bits of this registry's handles.
      */
     uint32_t instance;
+    /**
+     * `releases_pending_len` counters (a power of two), one per bucket of
+     * handles; handle h's is `releases_pending[(h ^ (h >> 24)) &
+     * (releases_pending_len - 1)]`. It is nonzero (read it with an atomic
+     * acquire load, before the slot) while this client may have posted a
+     * release of its last reference to h that the daemon has not applied:
+     * then resolve h with `hreg_get`, which waits for it. While it is zero
+     * the slot shows every release of h this client made.
+     */
+    const uint32_t *releases_pending;
+    /**
+     * How many counters `releases_pending` has.
+     */
+    size_t releases_pending_len;
 } hreg_bind_reads_info;
 
 /**
@@ -667,8 +681,7 @@ void hreg_bind_reads_free(struct hreg_bind_reads *r);
  * threads, like Go's): makes `c` share a pool of at most `rings` rings (1
  * to 64) among all threads instead of opening one per thread. Call it
  * before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
- * (NULL `c`, `rings` out of range, or a pool already set). With a pool,
- * inserts wait for the daemon (releases and retains are still posted).
+ * (NULL `c`, `rings` out of range, or a pool already set).
  *
  * # Safety
  * `c` is NULL or a live client.

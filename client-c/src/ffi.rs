@@ -1072,6 +1072,16 @@ pub struct hreg_bind_reads_info {
     pub counter: *const u64,
     /// The instance bits of this registry's handles.
     pub instance: u32,
+    /// `releases_pending_len` counters (a power of two), one per bucket of
+    /// handles; handle h's is `releases_pending[(h ^ (h >> 24)) &
+    /// (releases_pending_len - 1)]`. It is nonzero (read it with an atomic
+    /// acquire load, before the slot) while this client may have posted a
+    /// release of its last reference to h that the daemon has not applied:
+    /// then resolve h with `hreg_get`, which waits for it. While it is zero
+    /// the slot shows every release of h this client made.
+    pub releases_pending: *const u32,
+    /// How many counters `releases_pending` has.
+    pub releases_pending_len: usize,
 }
 
 /// For language bindings only: a client's registry mappings, kept mapped
@@ -1147,10 +1157,13 @@ pub unsafe extern "C" fn hreg_bind_reads_open(
         let Some(header) = reads.header() else {
             return hreg_status::HREG_ERR_PROTOCOL as c_int;
         };
+        let pending = reads.releases_pending();
         let found = hreg_bind_reads_info {
             header: header.base.cast(),
             counter: reads.counter().as_ptr().cast_const(),
             instance: client.welcome().instance,
+            releases_pending: pending.as_ptr().cast(),
+            releases_pending_len: pending.len(),
         };
         // SAFETY: both non-NULL and writable (caller's contract).
         unsafe {
@@ -1258,8 +1271,7 @@ pub unsafe extern "C" fn hreg_bind_reads_free(r: *mut hreg_bind_reads) {
 /// threads, like Go's): makes `c` share a pool of at most `rings` rings (1
 /// to 64) among all threads instead of opening one per thread. Call it
 /// before any other call on `c`. Returns HREG_OK, or HREG_ERR_INVALID
-/// (NULL `c`, `rings` out of range, or a pool already set). With a pool,
-/// inserts wait for the daemon (releases and retains are still posted).
+/// (NULL `c`, `rings` out of range, or a pool already set).
 ///
 /// # Safety
 /// `c` is NULL or a live client.

@@ -5,11 +5,12 @@
 //! (`table`, `handle`); the binding does the seqlock read itself, and asks
 //! the client (a normal get) whenever it cannot.
 
+pub use crate::posted::release_bucket;
 use crate::reads::RegistryView;
 use crate::Client;
 use hreg_proto::shm::{Mapping, ReadOnly};
 use hreg_proto::table::{MAX_HEAP_CHUNKS, MAX_SLOT_CHUNKS};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 /// One mapped chunk: its first byte and its length. Read-only memory that
@@ -38,6 +39,7 @@ impl MappedChunk {
 /// with the client; the memory stays readable until this is dropped).
 pub struct MappedReads {
     reads: Arc<RegistryView>,
+    releases_pending: Arc<[AtomicU32]>,
 }
 
 impl MappedReads {
@@ -52,6 +54,16 @@ impl MappedReads {
     /// changed.
     pub fn counter(&self) -> &AtomicU64 {
         self.reads.header_and_counter().1
+    }
+
+    /// The client's filter of posted releases not applied yet: a handle's
+    /// counter ([`release_bucket`]) is nonzero while this client may have
+    /// posted a release of its last reference that the daemon has not
+    /// applied. Read it (acquire) before the slot: when it is nonzero, ask
+    /// the client (whose get waits for its own release); when zero, the
+    /// slot already shows every release of it the client made.
+    pub fn releases_pending(&self) -> &[AtomicU32] {
+        &self.releases_pending
     }
 
     /// The chunks of `domain` mapped now: slot chunk `k` in `slots[k]`,
@@ -94,6 +106,7 @@ impl Client {
     pub fn mapped_reads(&self) -> MappedReads {
         MappedReads {
             reads: self.session().reads_shared(),
+            releases_pending: self.session().posting.dropping.filter(),
         }
     }
 }

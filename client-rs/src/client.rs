@@ -6,7 +6,7 @@
 use crate::borrow::{OwnedValueRef, ValueRef};
 use crate::engine::{self, Context, RingState};
 use crate::error::{Error, Result};
-use crate::posted::Write;
+use crate::posted::{Claim, Write};
 use crate::reads::{Output, Probe, Resolved};
 use crate::rings::{RingCell, Rings};
 use crate::session::ClientSession;
@@ -69,20 +69,12 @@ impl Inner {
     /// the value's bytes, a value that fits in the entry. `None`: insert
     /// synchronously (what any insert the daemon could refuse does, so
     /// QUOTA and TOO_BIG come back exactly as before).
-    ///
-    /// Not with a ring pool (Go): a later release or retain of the handle
-    /// must go on the ring its insert went on, which another goroutine's
-    /// call may hold, and the calls queued on each other's rings (Go's
-    /// BenchmarkHandles, a life at GOMAXPROCS=2: 1.9 / 3.3 / 3.9 µs at
-    /// 1 / 2 / 16 goroutines with inserts waiting, 2.2 / 8.5 / 25 µs with
-    /// them posted).
     fn post_insert(&self, value: &[u8], flags: u32) -> Result<Option<Handle>> {
         let posting = &self.session.posting;
         if value.len() > INLINE_CAPACITY
             || value.len() as u64 > self.session.welcome().max_value_size
             || Opcode::Insert.check_flags(flags).is_err()
             || !posting.may_post()
-            || self.rings.pooled_mode()
         {
             return Ok(None);
         }
@@ -123,9 +115,11 @@ impl Inner {
         sqe.inline[..value.len()].copy_from_slice(value);
         let ring = self.ring()?;
         self.on_ring(&ring, |cx, state| engine::post(cx, state, sqe, None))?;
-        posting.values.keep(handle, Arc::downgrade(&ring), value);
+        posting.values.keep(handle, value);
         if flags & crate::DETACHED == 0 {
-            posting.refs.add(handle);
+            // No one else knows the handle yet: its later writes follow the
+            // insert on this ring.
+            posting.refs.add(handle, Some(&ring));
         }
         Ok(Some(handle))
     }
@@ -145,45 +139,17 @@ impl Inner {
         // A release of its last reference posted before: applied first, so
         // that this write finds the object as the daemon will.
         self.own_release_applied(handle)?;
-        let mut probe = session.reads().probe(&**session, handle);
-        let mut insert_ring = None;
-        if let Probe::Reserved { session: owner } = probe {
-            if owner == session.own_id() {
-                // This client's own insert, not applied yet: this write goes
-                // on the ring the insert went on (applied after it), else
-                // waits until it is applied.
-                insert_ring = posting
-                    .values
-                    .ring_of(handle)
-                    .filter(|ring| ring.generation() == session.generation());
-                if insert_ring.is_some() {
-                    probe = Probe::Live;
-                } else {
-                    self.settle_all()?;
-                    probe = session.reads().probe(&**session, handle);
-                }
-            }
-        }
-        match probe {
+        match session.reads().probe(&**session, handle) {
             Probe::Live => {}
+            // This client's own insert, not applied yet: the write goes on
+            // the handle's ring, which the insert went on (a DETACHED
+            // insert gave no reference: NOT_HELD, or a retain that waits).
+            Probe::Reserved { session: owner } if owner == session.own_id() => {}
             Probe::Stale => {
                 posting.refs.forget(handle);
                 return Ok(Some(Err(Error::Stale)));
             }
             Probe::Reserved { .. } | Probe::Unknown => return Ok(None),
-        }
-        let mut last = false;
-        if retain {
-            let held = posting.refs.held(handle);
-            if held == 0 || held >= u32::MAX - 1 {
-                return Ok(None);
-            }
-            posting.refs.add(handle);
-        } else {
-            match posting.refs.take(handle) {
-                Some(was_last) => last = was_last,
-                None => return Ok(Some(Err(Error::NotHeld))),
-            }
         }
         let sqe = Sqe {
             opcode: if retain {
@@ -195,13 +161,30 @@ impl Inner {
             handle: handle.get(),
             ..Sqe::default()
         };
-        let drop = last.then_some(handle);
-        let ring = match insert_ring {
-            Some(ring) => ring,
-            None => self.ring()?,
-        };
-        self.on_ring(&ring, |cx, state| engine::post(cx, state, sqe, drop))?;
-        Ok(Some(Ok(())))
+        let generation = session.generation();
+        loop {
+            let ring = match posting.refs.ring_of(handle, generation) {
+                Some(ring) => ring,
+                None => self.ring()?,
+            };
+            // Counted and posted under the ring's lock: the handle's writes
+            // reach the ring in the order they were counted.
+            let posted = self.on_ring(&ring, |cx, state| {
+                match posting.refs.claim(handle, &ring, generation, retain) {
+                    Claim::Posted { last } => {
+                        engine::post(cx, state, sqe, last.then_some(handle))?;
+                        Ok(Some(Some(Ok(()))))
+                    }
+                    Claim::NotHeld => Ok(Some(Some(Err(Error::NotHeld)))),
+                    Claim::Synchronous => Ok(Some(None)),
+                    // Another thread gave the handle a ring meanwhile.
+                    Claim::Elsewhere => Ok(None),
+                }
+            })?;
+            if let Some(done) = posted {
+                return Ok(done);
+            }
+        }
     }
 
     /// Before a synchronous write: every write this client posted, on any

@@ -32,7 +32,7 @@ mod rings;
 mod session;
 
 #[doc(hidden)]
-pub use binding::{MappedChunk, MappedReads};
+pub use binding::{release_bucket, MappedChunk, MappedReads};
 pub use borrow::{OwnedValueRef, ValueRef};
 pub use client::Client;
 pub use error::{Error, Result};

@@ -167,43 +167,127 @@ const REF_SHARDS: usize = 16;
 /// The references this client's session holds, by handle, as the daemon
 /// counts them once every write this client made is applied: what a posted
 /// RETAIN or RELEASE is answered from (NOT_HELD without the daemon).
+///
+/// Each handle also keeps the ring its posted writes go on: a ring is
+/// applied in order, two rings in any order, so a RELEASE posted on one
+/// ring could be applied before a RETAIN (or the insert) posted earlier on
+/// another, and kill the object while the client counts a reference (a
+/// thread that hands a handle to another, or a Go goroutine that moved
+/// rings). Every posted write of a handle goes on its ring, its count
+/// changed under that ring's lock ([`RefCounts::claim`]).
 #[derive(Debug, Default)]
 pub(crate) struct RefCounts {
-    shards: [Mutex<HashMap<u64, u32>>; REF_SHARDS],
+    shards: [Mutex<HashMap<u64, Held>>; REF_SHARDS],
+}
+
+/// One handle's references, and the ring its posted writes go on.
+#[derive(Debug)]
+struct Held {
+    count: u32,
+    /// Empty until a write of the handle is posted.
+    ring: Weak<RingCell>,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            count: 0,
+            ring: Weak::new(),
+        }
+    }
+}
+
+/// What [`RefCounts::claim`] did.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Counted: post the write on the ring (`last`: a RELEASE of the last
+    /// reference).
+    Posted { last: bool },
+    /// A RELEASE of a handle this session holds no reference to.
+    NotHeld,
+    /// A RETAIN that must go to the daemon (a first reference, which may
+    /// pass a limit, or a count at its top).
+    Synchronous,
+    /// The handle's posted writes go on another ring: post there.
+    Elsewhere,
 }
 
 impl RefCounts {
-    fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+    fn shard(&self, handle: Handle) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
         lock(&self.shards[spread(handle) % REF_SHARDS])
     }
 
-    /// References held on `handle`.
-    pub fn held(&self, handle: Handle) -> u32 {
-        self.shard(handle).get(&handle.get()).copied().unwrap_or(0)
+    /// One more reference (an insert, a retain), and for a posted insert
+    /// the ring it went on.
+    pub fn add(&self, handle: Handle, posted_on: Option<&Arc<RingCell>>) {
+        let mut shard = self.shard(handle);
+        let held = shard.entry(handle.get()).or_insert_with(Held::new);
+        held.count = held.count.saturating_add(1);
+        if let Some(ring) = posted_on {
+            held.ring = Arc::downgrade(ring);
+        }
     }
 
-    /// One more reference (an insert, a retain).
-    pub fn add(&self, handle: Handle) {
+    /// The ring `handle`'s posted writes go on, if one is set and still
+    /// open in session generation `generation`.
+    pub fn ring_of(&self, handle: Handle, generation: u64) -> Option<Arc<RingCell>> {
+        let shard = self.shard(handle);
+        let ring = shard.get(&handle.get())?.ring.upgrade()?;
+        (ring.generation() == generation).then_some(ring)
+    }
+
+    /// Counts a posted RETAIN (`retain`) or RELEASE of `handle` to go on
+    /// `ring`, whose lock the caller holds, if `ring` is the handle's ring
+    /// (or it has none that is open in `generation`: then `ring` becomes
+    /// its ring).
+    pub fn claim(
+        &self,
+        handle: Handle,
+        ring: &Arc<RingCell>,
+        generation: u64,
+        retain: bool,
+    ) -> Claim {
         let mut shard = self.shard(handle);
-        let count = shard.entry(handle.get()).or_insert(0);
-        *count = count.saturating_add(1);
+        let Some(held) = shard.get_mut(&handle.get()) else {
+            return if retain {
+                Claim::Synchronous
+            } else {
+                Claim::NotHeld
+            };
+        };
+        match held.ring.upgrade() {
+            Some(own) if own.generation() == generation && !Arc::ptr_eq(&own, ring) => {
+                return Claim::Elsewhere
+            }
+            Some(own) if Arc::ptr_eq(&own, ring) => {}
+            _ => held.ring = Arc::downgrade(ring),
+        }
+        if retain {
+            if held.count == 0 || held.count >= u32::MAX - 1 {
+                return Claim::Synchronous;
+            }
+            held.count += 1;
+            return Claim::Posted { last: false };
+        }
+        if held.count > 1 {
+            held.count -= 1;
+            return Claim::Posted { last: false };
+        }
+        shard.remove(&handle.get());
+        Claim::Posted { last: true }
     }
 
     /// Takes one reference if one is held: `Some(true)` when it was the
     /// last, `None` when none was held.
-    pub fn take(&self, handle: Handle) -> Option<bool> {
+    fn take(&self, handle: Handle) -> Option<bool> {
         let mut shard = self.shard(handle);
-        match shard.get_mut(&handle.get()) {
-            Some(count) if *count > 1 => {
-                *count -= 1;
-                Some(false)
-            }
-            Some(_) => {
-                shard.remove(&handle.get());
-                Some(true)
-            }
-            None => None,
+        let held = shard.get_mut(&handle.get())?;
+        if held.count > 1 {
+            held.count -= 1;
+            return Some(false);
         }
+        shard.remove(&handle.get());
+        Some(true)
     }
 
     /// The object is gone: its references with it.
@@ -215,8 +299,8 @@ impl RefCounts {
     /// a batch), from what it was and its result.
     pub fn note(&self, write: Write, result: &Result<Completion>) {
         match (write, result) {
-            (Write::Insert { detached: false }, Ok(Completion::Inserted(h))) => self.add(*h),
-            (Write::Retain(h), Ok(_)) => self.add(h),
+            (Write::Insert { detached: false }, Ok(Completion::Inserted(h))) => self.add(*h, None),
+            (Write::Retain(h), Ok(_)) => self.add(h, None),
             (Write::Release(h), Ok(_)) => {
                 self.take(h);
             }
@@ -257,7 +341,8 @@ impl Write {
 
 /// Where a handle falls among shards or buckets: its slot's low bits
 /// mixed with its generation's (handles in use together are mostly
-/// different slots).
+/// different slots). Bindings that read [`Dropping`]'s filter themselves
+/// repeat it (libhreg's `hreg_bind_reads_info` documents it).
 #[inline(always)]
 fn spread(handle: Handle) -> usize {
     let h = handle.get();
@@ -267,16 +352,26 @@ fn spread(handle: Handle) -> usize {
 /// Buckets of [`Dropping`]'s filter (a power of two).
 const DROP_BUCKETS: usize = 1024;
 
+/// Which counter of [`Dropping`]'s filter is `handle`'s (for bindings:
+/// [`crate::MappedReads::releases_pending`]).
+#[inline(always)]
+pub fn release_bucket(handle: Handle) -> usize {
+    spread(handle) & (DROP_BUCKETS - 1)
+}
+
 /// Handles whose last reference this client released by a posted RELEASE
 /// the daemon has not applied yet: a read of one by this client waits for
 /// its writes first (read-your-writes: its own release makes it STALE at
 /// once). Completions are read in batches, so some releases are in flight
 /// most of the time; a read looks at one counter of a filter (the
 /// releases pending in its handle's bucket, usually none) and at the list
-/// only on a hit.
+/// only on a hit. A binding that reads slots in its own runtime (Go) reads
+/// the filter too ([`crate::MappedReads::releases_pending`]), and on a hit
+/// asks the client.
 #[derive(Debug)]
 pub(crate) struct Dropping {
-    buckets: Box<[AtomicU32]>,
+    /// Shared with bindings, which only read it.
+    buckets: Arc<[AtomicU32]>,
     shards: [Mutex<Vec<u64>>; REF_SHARDS],
 }
 
@@ -294,9 +389,14 @@ impl Dropping {
         lock(&self.shards[spread(handle) % REF_SHARDS])
     }
 
+    /// The filter, for a binding that reads it itself.
+    pub fn filter(&self) -> Arc<[AtomicU32]> {
+        Arc::clone(&self.buckets)
+    }
+
     #[inline(always)]
     fn bucket(&self, handle: Handle) -> &AtomicU32 {
-        &self.buckets[spread(handle) & (DROP_BUCKETS - 1)]
+        &self.buckets[release_bucket(handle)]
     }
 
     /// A posted RELEASE of the last reference to `handle`, before it is
@@ -331,23 +431,46 @@ impl Dropping {
 
 /// Places of [`PostedValues`] (a power of two).
 const VALUE_PLACES: usize = 256;
+/// Copies one place keeps.
+const VALUE_WAYS: usize = 4;
 
-/// Copies of the values of this client's latest posted inserts, one per
-/// place (a later insert whose slot falls on the same place takes it): a
-/// read by this client of a handle whose slot still reads as reserved for
-/// it answers from here, without waiting. A copy is only ever used while
-/// the slot says the insert is not applied, so it is never older than the
-/// object: nothing else can have changed it yet.
+/// Copies of the values of this client's latest posted inserts, a few per
+/// place (a later insert whose handle falls on a full place takes the
+/// place's oldest copy): a read by this client of a handle whose slot
+/// still reads as reserved for it answers from here, without waiting. A
+/// copy is only ever used while the slot says the insert is not applied,
+/// so it is never older than the object: nothing else can have changed it
+/// yet.
+///
+/// Handles are placed by a multiplicative hash: a grant's slots are a few
+/// per registry shard, so their low bits repeat with the shard count, and
+/// placed by those bits the inserts of many threads (or Go's goroutines,
+/// 16 at a time) took each other's places, and half their reads waited for
+/// the daemon.
 #[derive(Debug)]
 pub(crate) struct PostedValues {
-    places: Box<[Mutex<Option<PostedValue>>]>,
+    places: Box<[Mutex<Place>]>,
+}
+
+/// One place's copies, and which one the next insert takes.
+#[derive(Debug, Default)]
+struct Place {
+    copies: [Option<PostedValue>; VALUE_WAYS],
+    oldest: usize,
+}
+
+impl Place {
+    fn find(&self, handle: Handle) -> Option<&PostedValue> {
+        self.copies
+            .iter()
+            .flatten()
+            .find(|copy| copy.handle == handle.get())
+    }
 }
 
 #[derive(Debug)]
 struct PostedValue {
     handle: u64,
-    /// The ring the insert was posted on.
-    ring: Weak<RingCell>,
     len: u8,
     bytes: [u8; INLINE_CAPACITY],
 }
@@ -355,31 +478,39 @@ struct PostedValue {
 impl Default for PostedValues {
     fn default() -> PostedValues {
         PostedValues {
-            places: (0..VALUE_PLACES).map(|_| Mutex::new(None)).collect(),
+            places: (0..VALUE_PLACES).map(|_| Mutex::default()).collect(),
         }
     }
 }
 
+/// Which place of [`PostedValues`] is `handle`'s (Fibonacci hashing).
+fn value_place(handle: Handle) -> usize {
+    (handle.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - VALUE_PLACES.trailing_zeros()))
+        as usize
+}
+
 impl PostedValues {
-    fn place(&self, handle: Handle) -> std::sync::MutexGuard<'_, Option<PostedValue>> {
-        // The slot index is in the low bits: consecutive grants spread.
-        lock(&self.places[handle.get() as usize % VALUE_PLACES])
+    fn place(&self, handle: Handle) -> std::sync::MutexGuard<'_, Place> {
+        lock(&self.places[value_place(handle)])
     }
 
     /// Keeps `value` (at most [`INLINE_CAPACITY`] bytes) of the insert
-    /// into `handle` posted on `ring`.
-    pub fn keep(&self, handle: Handle, ring: Weak<RingCell>, value: &[u8]) {
+    /// into `handle`.
+    pub fn keep(&self, handle: Handle, value: &[u8]) {
         if value.len() > INLINE_CAPACITY {
             return;
         }
         let mut bytes = [0; INLINE_CAPACITY];
         bytes[..value.len()].copy_from_slice(value);
-        *self.place(handle) = Some(PostedValue {
+        let copy = PostedValue {
             handle: handle.get(),
-            ring,
             len: value.len() as u8,
             bytes,
-        });
+        };
+        let mut place = self.place(handle);
+        let way = place.oldest;
+        place.oldest = (way + 1) % VALUE_WAYS;
+        place.copies[way] = Some(copy);
     }
 
     /// `handle`'s value into `out`, if a copy is kept (`None`: ask the
@@ -387,7 +518,7 @@ impl PostedValues {
     /// client.
     pub fn read(&self, handle: Handle, out: &mut Output<'_>) -> Option<Resolved> {
         let place = self.place(handle);
-        let kept = place.as_ref().filter(|k| k.handle == handle.get())?;
+        let kept = place.find(handle)?;
         let len = usize::from(kept.len);
         Some(match out.take(len) {
             Some(buf) => {
@@ -396,17 +527,6 @@ impl PostedValues {
             }
             None => Resolved::Buffer(len),
         })
-    }
-
-    /// The ring `handle`'s insert was posted on, if it is known and still
-    /// open.
-    pub fn ring_of(&self, handle: Handle) -> Option<Arc<RingCell>> {
-        let place = self.place(handle);
-        place
-            .as_ref()
-            .filter(|k| k.handle == handle.get())?
-            .ring
-            .upgrade()
     }
 }
 
@@ -433,11 +553,11 @@ mod tests {
     fn posted_values_answer_for_their_own_handle_only() {
         let values = PostedValues::default();
         let (a, b) = (handle(0x1_0000_0001), handle(0x1_0000_0002));
-        values.keep(a, Weak::new(), b"alpha");
-        values.keep(b, Weak::new(), b"");
+        values.keep(a, b"alpha");
+        values.keep(b, b"");
         assert_eq!(read_vec(&values, a).as_deref(), Some(&b"alpha"[..]));
         assert_eq!(read_vec(&values, b).as_deref(), Some(&b""[..]));
-        // Same place, another generation: not this handle's value.
+        // Another generation of the same slot: not this handle's value.
         assert_eq!(read_vec(&values, handle(0x2_0000_0001)), None);
         let mut short = [0u8; 3];
         assert!(matches!(
@@ -450,16 +570,68 @@ mod tests {
             Some(Resolved::Value(5))
         ));
         assert_eq!(&exact, b"alpha");
-        // A later insert on the same place takes it.
-        let c = handle(0x1_0000_0001 + VALUE_PLACES as u64);
-        values.keep(c, Weak::new(), b"gamma");
+        // Later inserts on the same place take it once it is full.
+        let same_place: Vec<Handle> = (0x1_0000_0003..)
+            .map(handle)
+            .filter(|&h| value_place(h) == value_place(a))
+            .take(VALUE_WAYS)
+            .collect();
+        for (k, &h) in same_place.iter().enumerate() {
+            assert_eq!(read_vec(&values, a).as_deref(), Some(&b"alpha"[..]));
+            values.keep(h, &[k as u8]);
+        }
         assert_eq!(read_vec(&values, a), None);
-        assert_eq!(read_vec(&values, c).as_deref(), Some(&b"gamma"[..]));
-        // A dropped ring is no ring.
-        assert!(values.ring_of(c).is_none());
+        for (k, &h) in same_place.iter().enumerate() {
+            assert_eq!(read_vec(&values, h), Some(vec![k as u8]));
+        }
         // Longer than an entry: never posted, never kept.
-        let d = handle(0x1_0000_0003);
-        values.keep(d, Weak::new(), &[7; INLINE_CAPACITY + 1]);
+        let d = handle(0x1_0000_0002_0000);
+        values.keep(d, &[7; INLINE_CAPACITY + 1]);
         assert_eq!(read_vec(&values, d), None);
+    }
+
+    #[test]
+    fn inserts_in_flight_at_once_keep_their_copies() {
+        // A grant takes a few vacant slots per registry shard (slot =
+        // shard + 64 * k for a shard's k-th slot), and after some churn a
+        // shard's vacant slots may be any k: 16 threads' inserts from such
+        // a grant must not take each other's places.
+        let values = PostedValues::default();
+        let in_flight: Vec<Handle> = (0..4u64)
+            .flat_map(|shard| (0..4u64).map(move |k| 0x3_0000_0000 + shard + 64 * 4 * k))
+            .map(handle)
+            .collect();
+        for (k, &h) in in_flight.iter().enumerate() {
+            values.keep(h, &[k as u8; 16]);
+        }
+        for (k, &h) in in_flight.iter().enumerate() {
+            assert_eq!(read_vec(&values, h), Some(vec![k as u8; 16]), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn the_filter_is_read_where_bindings_are_told_to_read_it() {
+        // libhreg's hreg_bind_reads_info spells the bucket out for
+        // bindings (Go reads the filter itself): keep the two the same.
+        let dropping = Dropping::default();
+        let filter = dropping.filter();
+        assert_eq!(filter.len(), DROP_BUCKETS);
+        assert!(DROP_BUCKETS.is_power_of_two());
+        for raw in [
+            1u64,
+            0x1_0000_0001,
+            0xdead_beef_1234,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+        ] {
+            let h = handle(raw);
+            let documented = ((raw ^ (raw >> 24)) & (filter.len() as u64 - 1)) as usize;
+            assert_eq!(release_bucket(h), documented);
+            dropping.add(h);
+            assert_eq!(filter[documented].load(Ordering::Acquire), 1);
+            assert!(dropping.pending(h));
+            dropping.applied(h);
+            assert_eq!(filter[documented].load(Ordering::Acquire), 0);
+        }
     }
 }

@@ -156,11 +156,6 @@ impl Rings {
 
     /// Switches to pool mode with up to `rings` rings; false if already
     /// switched or `rings` is out of range.
-    /// Whether calls share a pool of rings ([`Rings::use_pool`]).
-    pub(crate) fn pooled_mode(&self) -> bool {
-        self.pool.get().is_some()
-    }
-
     pub(crate) fn use_pool(&self, rings: usize) -> bool {
         if !(1..=MAX_POOL).contains(&rings) {
             return false;

@@ -309,3 +309,48 @@ fn lives_of_many_threads_never_see_their_own_insert_stale() {
         assert_eq!(daemon.objects(), 0, "pooled: {pooled}");
     }
 }
+
+/// A handle retained on one thread's ring and released on another's (it
+/// was handed over, or a Go goroutine moved rings): the daemon applies two
+/// rings in any order, so the release must follow the retain on the
+/// handle's ring, never overtake it and kill the object while the client
+/// counts a reference. Before, about one handoff in a hundred came back as
+/// a late STALE at the flush, its object dead early.
+#[test]
+fn a_release_on_another_thread_never_overtakes_the_retain_it_follows() {
+    const HANDOFFS: u64 = 20_000;
+    let daemon = Daemon::start(&[]);
+    for pooled in [false, true] {
+        let client = daemon.client();
+        if pooled {
+            assert!(client.use_ring_pool(2));
+        }
+        let (to_taker, handed) = std::sync::mpsc::sync_channel(64);
+        let taker = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for (h, value) in handed {
+                    assert_eq!(client.get(h).expect("a handed-over handle"), value);
+                    client.release(h).expect("the taker's release");
+                }
+            })
+        };
+        for i in 0..HANDOFFS {
+            let value = numbered(i);
+            let h = client.insert(&value, 0).expect("insert");
+            if i % 2 == 0 {
+                // The insert applied: the retain below may go on any ring.
+                client.flush().expect("flush");
+            }
+            client.retain(h).expect("retain for the taker");
+            to_taker.send((h, value)).unwrap();
+            client.release(h).expect("the giver's release");
+        }
+        drop(to_taker);
+        taker.join().unwrap();
+        client
+            .flush()
+            .expect("no late failure: every retain came before its release");
+        assert_eq!(daemon.objects(), 0, "pooled: {pooled}");
+    }
+}
