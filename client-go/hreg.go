@@ -160,13 +160,16 @@ type Stats struct {
 
 // Client is a session with hregd, safe for concurrent use.
 type Client struct {
-	// mu guards c: cgo calls hold it shared, Close exclusively, so the C
-	// client is never freed under a call. Reads in Go do not take it.
-	mu sync.RWMutex
-	c  *C.hreg_client
-	// closed is set by Close before anything is freed: reads in Go check
-	// it instead of taking mu.
+	// c is the C client, freed by Close once no cgo call is inside the
+	// gate (calls): a call enters the gate, then looks at closed, so Close,
+	// which sets closed and then waits for the gate to empty, never frees
+	// it under a call.
+	c *C.hreg_client
+	// closed is set by Close before anything is freed; reads in Go look at
+	// it too.
 	closed atomic.Bool
+	// closing makes a second Close wait for the first.
+	closing sync.Mutex
 	// local reads slots in Go; nil when it cannot (then every get is a
 	// cgo call).
 	local *localReads
@@ -177,9 +180,9 @@ type Client struct {
 	// aliveEvery while they run (watching).
 	away     atomic.Bool
 	watching atomic.Bool
-	// calls admits up to maxCallsInC cgo calls that may use a ring, so
-	// that goroutines beyond wait here, parked by Go's scheduler, rather
-	// than each blocking an OS thread in C.
+	// calls admits up to maxCallsInC cgo calls, so that goroutines beyond
+	// wait here, parked by Go's scheduler, rather than each blocking an OS
+	// thread in C; and counts the calls Close waits for.
 	calls gate
 }
 
@@ -259,13 +262,19 @@ func ringPool() int {
 // (Detached objects stay). Calls after Close fail with ErrDisconnected;
 // Close itself may be called again and does nothing.
 func (c *Client) Close() error {
+	c.closing.Lock()
+	defer c.closing.Unlock()
 	c.closed.Store(true)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.c != nil {
-		C.hreg_disconnect(c.c)
-		c.c = nil
+	if c.c == nil {
+		return nil
 	}
+	// The calls that entered before closed was set end first; those after
+	// see it and leave.
+	for c.calls.inside.Load() != 0 {
+		time.Sleep(20 * time.Microsecond)
+	}
+	C.hreg_disconnect(c.c)
+	c.c = nil
 	return nil
 }
 
@@ -274,12 +283,11 @@ func closedError(op string, h Handle) error {
 	return &Error{Op: op, Handle: h, Status: int(C.HREG_ERR_DISCONNECTED), Detail: "the client is closed"}
 }
 
-// acquire gives the C client for one call that may use a ring, once one
-// is free; end the call with c.done().
+// acquire gives the C client for one cgo call, once the gate admits it;
+// end the call with c.done().
 func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
 	c.calls.enter()
-	c.mu.RLock()
-	if c.c == nil {
+	if c.closed.Load() {
 		c.done()
 		return nil, closedError(op, h)
 	}
@@ -288,7 +296,6 @@ func (c *Client) acquire(op string, h Handle) (*C.hreg_client, error) {
 
 // done ends a call that acquire began.
 func (c *Client) done() {
-	c.mu.RUnlock()
 	c.calls.leave()
 }
 
@@ -315,11 +322,10 @@ func (c *Client) reader() *localReads {
 
 // lookAlive has libhreg look whether the daemon is still there.
 func (c *Client) lookAlive() {
-	c.mu.RLock()
-	if c.c != nil {
-		c.away.Store(C.hreg_bind_alive(c.c) != C.HREG_OK)
+	if cc, err := c.acquire("alive", 0); err == nil {
+		c.away.Store(C.hreg_bind_alive(cc) != C.HREG_OK)
+		c.done()
 	}
-	c.mu.RUnlock()
 	c.watching.Store(false)
 }
 
@@ -346,7 +352,11 @@ func (c *Client) Insert(value []byte, flags Flags) (Handle, error) {
 	if err := c.result(r, "insert", 0); err != nil {
 		return 0, err
 	}
-	return Handle(r.handle), nil
+	h := Handle(r.handle)
+	if c.local != nil {
+		c.local.posted.keep(h, value)
+	}
+	return h, nil
 }
 
 // getScratch holds buffers Get reads small values into first (cgo path).
@@ -525,13 +535,13 @@ func (c *Client) Flush() error {
 
 // Stats returns the registry's figures.
 func (c *Client) Stats() (Stats, error) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.c == nil {
-		return Stats{}, closedError("stats", 0)
+	cc, err := c.acquire("stats", 0)
+	if err != nil {
+		return Stats{}, err
 	}
+	defer c.done()
 	var s C.hreg_stats
-	if err := statusError(C.hreg_stats_get(c.c, &s), "stats", 0); err != nil {
+	if err := statusError(C.hreg_stats_get(cc, &s), "stats", 0); err != nil {
 		return Stats{}, err
 	}
 	return Stats{

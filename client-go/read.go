@@ -51,6 +51,7 @@ const (
 	stateFree       = 0
 	stateInline     = 1
 	stateHeap       = 2
+	stateReserved   = 3
 	slotBits        = 24
 	generationBits  = 16
 	domainBits      = 14
@@ -64,7 +65,7 @@ var goLayout = C.hreg_bind_layout{
 	max_slot_chunks: maxSlotChunks, max_heap_chunks: maxHeapChunks,
 	generation_shift: generationShift, state_shift: stateShift, len_word: lenWord,
 	value_word: valueWord, heap_offset_bits: heapOffsetBits, state_free: stateFree,
-	state_inline: stateInline, state_heap: stateHeap, slot_bits: slotBits,
+	state_inline: stateInline, state_heap: stateHeap, state_reserved: stateReserved, slot_bits: slotBits,
 	generation_bits: generationBits, domain_bits: domainBits, instance_bits: instanceBits,
 }
 
@@ -117,6 +118,8 @@ type localReads struct {
 	pendingMask     uint64
 	groups          [1 << domainBits / domainGroup]atomic.Pointer[domainTable]
 	refresh         sync.Mutex // one refresh at a time
+	// posted keeps copies of this client's latest small inserts.
+	posted postedCopies
 }
 
 // openLocalReads gives the mappings of cc, or nil when this libhreg reads
@@ -226,7 +229,15 @@ const (
 // value; else it copies into buf (readBuffer and the length when buf is
 // too short).
 func (lr *localReads) read(h Handle, buf []byte, alloc bool) ([]byte, int, readOutcome) {
-	defer runtime.KeepAlive(lr)
+	value, n, got := lr.readSlot(h, buf, alloc)
+	// The mappings stay until the read is done (a defer here cost a
+	// third of a read once the function had too many returns for Go to
+	// open-code it).
+	runtime.KeepAlive(lr)
+	return value, n, got
+}
+
+func (lr *localReads) readSlot(h Handle, buf []byte, alloc bool) ([]byte, int, readOutcome) {
 	raw := uint64(h)
 	if raw>>(slotBits+generationBits+domainBits) != lr.instance {
 		return nil, 0, readStale
@@ -276,9 +287,14 @@ func (lr *localReads) read(h Handle, buf []byte, alloc bool) ([]byte, int, readO
 			}
 			continue
 		}
+		if state == stateReserved {
+			// A posted insert not applied yet: this client's own, if it
+			// kept a copy of the handle's value (the handle was granted to
+			// this session alone, and nothing can change the object
+			// before the insert is applied); else libhreg answers.
+			return lr.posted.read(h, buf, alloc)
+		}
 		if state != stateInline && state != stateHeap {
-			// Reserved: a posted insert not applied yet, which libhreg
-			// answers (from its copy, for the client that posted it).
 			return nil, 0, readCgo
 		}
 		length := uintptr(uint32(atomic.LoadUint64(word(lenWord))))
@@ -334,6 +350,78 @@ func (lr *localReads) read(h Handle, buf []byte, alloc bool) ([]byte, int, readO
 		if atomic.LoadUint64(word(0)) == head {
 			return out, int(length), readValue
 		}
+	}
+	return nil, 0, readCgo
+}
+
+// Copies of the values of a client's latest inserts that may have been
+// posted (up to postedMax bytes), a few per place, as libhreg keeps them
+// (client-rs's PostedValues): a Get of a handle whose slot still reads as
+// reserved answers from here, in Go, instead of a cgo call to libhreg's
+// copy. A Get right after Insert finds its slot reserved most of the time.
+const (
+	postedMax    = 32 // libhreg posts inserts of up to a ring entry's 32 bytes
+	postedPlaces = 256
+	postedWays   = 4
+)
+
+type postedCopies struct {
+	places [postedPlaces]postedPlace
+}
+
+type postedPlace struct {
+	mu     sync.Mutex
+	oldest uint8
+	copies [postedWays]postedCopy
+}
+
+type postedCopy struct {
+	handle Handle // 0: none
+	len    uint8
+	bytes  [postedMax]byte
+}
+
+// place is h's place (Fibonacci hashing, as libhreg's).
+func (p *postedCopies) place(h Handle) *postedPlace {
+	return &p.places[uint64(h)*0x9E3779B97F4A7C15>>(64-8)]
+}
+
+// keep copies value (at most postedMax bytes) of the insert of h.
+func (p *postedCopies) keep(h Handle, value []byte) {
+	if len(value) > postedMax {
+		return
+	}
+	place := p.place(h)
+	place.mu.Lock()
+	c := &place.copies[place.oldest]
+	place.oldest = (place.oldest + 1) % postedWays
+	c.handle, c.len = h, uint8(len(value))
+	copy(c.bytes[:], value)
+	place.mu.Unlock()
+}
+
+// read answers for h, whose slot reads as reserved, as localReads.read
+// does: from a copy, or readCgo.
+func (p *postedCopies) read(h Handle, buf []byte, alloc bool) ([]byte, int, readOutcome) {
+	place := p.place(h)
+	place.mu.Lock()
+	defer place.mu.Unlock()
+	for k := range place.copies {
+		c := &place.copies[k]
+		if c.handle != h {
+			continue
+		}
+		n := int(c.len)
+		if alloc {
+			out := make([]byte, n)
+			copy(out, c.bytes[:n])
+			return out, n, readValue
+		}
+		if n > len(buf) {
+			return nil, n, readBuffer
+		}
+		copy(buf, c.bytes[:n])
+		return nil, n, readValue
 	}
 	return nil, 0, readCgo
 }

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -104,6 +105,68 @@ func TestReadsInGoGiveEverySizeWhole(t *testing.T) {
 	}
 	if _, err := c.Get(0); !errors.Is(err, ErrInvalid) {
 		t.Errorf("handle 0: %v", err)
+	}
+}
+
+// A posted insert's slot reads as reserved until the daemon applies it:
+// the client that inserted answers its own reads of it in Go, from the copy
+// it kept, without a cgo call. The daemon is stopped meanwhile, so that the
+// slots stay reserved.
+func TestOwnInsertsNotAppliedYetReadInGo(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	if c.local == nil {
+		t.Fatal("this client does not read in Go")
+	}
+	// Handles of both kinds granted ahead and their chunks mapped, before
+	// the stop (a grant waits for the daemon).
+	for _, flags := range []Flags{0, Shared} {
+		warm, err := c.Insert([]byte("warm"), flags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(warm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer d.cmd.Process.Signal(syscall.SIGCONT)
+	values := map[Handle][]byte{}
+	for n := 0; n <= postedMax; n += 4 {
+		want := pattern(n, byte(n+1))
+		h, err := c.Insert(want, Flags(n/4%2)*Shared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		values[h] = want
+	}
+	for h, want := range values {
+		value, n, got := c.local.read(h, nil, true)
+		if got != readValue || n != len(want) || !bytes.Equal(value, want) || value == nil {
+			t.Fatalf("%d bytes not applied yet: outcome %d, %q, want %q in Go", len(want), got, value, want)
+		}
+		if len(want) > 0 {
+			if _, n, got := c.local.read(h, make([]byte, len(want)-1), false); got != readBuffer || n != len(want) {
+				t.Fatalf("%d bytes into one less: outcome %d, %d", len(want), got, n)
+			}
+		}
+		if v, err := c.Get(h); err != nil || !bytes.Equal(v, want) {
+			t.Fatalf("Get of %d bytes not applied yet: %q, %v", len(want), v, err)
+		}
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for h, want := range values {
+		// Applied: now read from the slot.
+		if value, _, got := c.local.read(h, nil, true); got != readValue || !bytes.Equal(value, want) {
+			t.Fatalf("%d bytes applied: outcome %d, %q", len(want), got, value)
+		}
 	}
 }
 

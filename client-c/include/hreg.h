@@ -271,6 +271,11 @@ typedef struct hreg_bind_layout {
      */
     uint32_t state_heap;
     /**
+     * No object yet: the slot is reserved for a session's posted insert
+     * (a handle granted ahead).
+     */
+    uint32_t state_reserved;
+    /**
      * Handle fields, from the low bits up: slot, generation, domain,
      * instance.
      */

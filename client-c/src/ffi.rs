@@ -1039,6 +1039,9 @@ pub struct hreg_bind_layout {
     pub state_inline: u32,
     /// The value is in the heap.
     pub state_heap: u32,
+    /// No object yet: the slot is reserved for a session's posted insert
+    /// (a handle granted ahead).
+    pub state_reserved: u32,
     /// Handle fields, from the low bits up: slot, generation, domain,
     /// instance.
     pub slot_bits: u32,
@@ -1120,6 +1123,7 @@ pub unsafe extern "C" fn hreg_bind_layout_get(out: *mut hreg_bind_layout) -> c_i
             state_free: t::STATE_FREE as u32,
             state_inline: t::STATE_INLINE as u32,
             state_heap: t::STATE_HEAP as u32,
+            state_reserved: t::STATE_RESERVED as u32,
             slot_bits: hd::SLOT_BITS,
             generation_bits: hd::GENERATION_BITS,
             domain_bits: hd::DOMAIN_BITS,
