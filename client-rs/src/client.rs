@@ -162,8 +162,11 @@ impl Inner {
             ..Sqe::default()
         };
         let generation = session.generation();
+        // First the ring this call would use (a thread's own, which is the
+        // handle's ring unless another thread posted its first write).
+        let mut handles_ring = None;
         loop {
-            let ring = match posting.refs.ring_of(handle, generation) {
+            let ring = match handles_ring.take() {
                 Some(ring) => ring,
                 None => self.ring()?,
             };
@@ -173,16 +176,16 @@ impl Inner {
                 match posting.refs.claim(handle, &ring, generation, retain) {
                     Claim::Posted { last } => {
                         engine::post(cx, state, sqe, last.then_some(handle))?;
-                        Ok(Some(Some(Ok(()))))
+                        Ok(Ok(Some(Ok(()))))
                     }
-                    Claim::NotHeld => Ok(Some(Some(Err(Error::NotHeld)))),
-                    Claim::Synchronous => Ok(Some(None)),
-                    // Another thread gave the handle a ring meanwhile.
-                    Claim::Elsewhere => Ok(None),
+                    Claim::NotHeld => Ok(Ok(Some(Err(Error::NotHeld)))),
+                    Claim::Synchronous => Ok(Ok(None)),
+                    Claim::Elsewhere(ring) => Ok(Err(ring)),
                 }
             })?;
-            if let Some(done) = posted {
-                return Ok(done);
+            match posted {
+                Ok(done) => return Ok(done),
+                Err(ring) => handles_ring = Some(ring),
             }
         }
     }

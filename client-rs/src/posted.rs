@@ -198,7 +198,6 @@ impl Held {
 }
 
 /// What [`RefCounts::claim`] did.
-#[derive(Debug)]
 pub(crate) enum Claim {
     /// Counted: post the write on the ring (`last`: a RELEASE of the last
     /// reference).
@@ -208,8 +207,8 @@ pub(crate) enum Claim {
     /// A RETAIN that must go to the daemon (a first reference, which may
     /// pass a limit, or a count at its top).
     Synchronous,
-    /// The handle's posted writes go on another ring: post there.
-    Elsewhere,
+    /// The handle's posted writes go on this other ring: post there.
+    Elsewhere(Arc<RingCell>),
 }
 
 impl RefCounts {
@@ -226,14 +225,6 @@ impl RefCounts {
         if let Some(ring) = posted_on {
             held.ring = Arc::downgrade(ring);
         }
-    }
-
-    /// The ring `handle`'s posted writes go on, if one is set and still
-    /// open in session generation `generation`.
-    pub fn ring_of(&self, handle: Handle, generation: u64) -> Option<Arc<RingCell>> {
-        let shard = self.shard(handle);
-        let ring = shard.get(&handle.get())?.ring.upgrade()?;
-        (ring.generation() == generation).then_some(ring)
     }
 
     /// Counts a posted RETAIN (`retain`) or RELEASE of `handle` to go on
@@ -257,7 +248,7 @@ impl RefCounts {
         };
         match held.ring.upgrade() {
             Some(own) if own.generation() == generation && !Arc::ptr_eq(&own, ring) => {
-                return Claim::Elsewhere
+                return Claim::Elsewhere(own)
             }
             Some(own) if Arc::ptr_eq(&own, ring) => {}
             _ => held.ring = Arc::downgrade(ring),
