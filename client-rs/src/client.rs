@@ -180,12 +180,14 @@ impl Inner {
                     }
                     Claim::NotHeld => Ok(Ok(Some(Err(Error::NotHeld)))),
                     Claim::Synchronous => Ok(Ok(None)),
-                    Claim::Elsewhere(ring) => Ok(Err(ring)),
+                    Claim::Elsewhere(ring) => Ok(Err(Some(ring))),
+                    Claim::Wait => Ok(Err(None)),
                 }
             })?;
             match posted {
                 Ok(done) => return Ok(done),
-                Err(ring) => handles_ring = Some(ring),
+                Err(Some(ring)) => handles_ring = Some(ring),
+                Err(None) => std::thread::yield_now(),
             }
         }
     }

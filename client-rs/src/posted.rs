@@ -29,7 +29,7 @@ use hreg_proto::entry::INLINE_CAPACITY;
 use hreg_proto::handle::Handle;
 use hreg_proto::locks::lock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Handles asked for by the first RESERVE of a kind.
@@ -186,6 +186,8 @@ struct Held {
     count: u32,
     /// Empty until a write of the handle is posted.
     ring: Weak<RingCell>,
+    /// That ring's [`RingCell::gone`], once there is a ring.
+    ring_gone: Option<Arc<AtomicBool>>,
 }
 
 impl Held {
@@ -193,7 +195,13 @@ impl Held {
         Held {
             count: 0,
             ring: Weak::new(),
+            ring_gone: None,
         }
+    }
+
+    fn follow(&mut self, ring: &Arc<RingCell>) {
+        self.ring = Arc::downgrade(ring);
+        self.ring_gone = Some(ring.gone());
     }
 }
 
@@ -209,6 +217,9 @@ pub(crate) enum Claim {
     Synchronous,
     /// The handle's posted writes go on this other ring: post there.
     Elsewhere(Arc<RingCell>),
+    /// The handle's ring is being dropped, its posted writes not all
+    /// applied yet: try again in a moment.
+    Wait,
 }
 
 impl RefCounts {
@@ -223,7 +234,7 @@ impl RefCounts {
         let held = shard.entry(handle.get()).or_insert_with(Held::new);
         held.count = held.count.saturating_add(1);
         if let Some(ring) = posted_on {
-            held.ring = Arc::downgrade(ring);
+            held.follow(ring);
         }
     }
 
@@ -251,7 +262,16 @@ impl RefCounts {
                 return Claim::Elsewhere(own)
             }
             Some(own) if Arc::ptr_eq(&own, ring) => {}
-            _ => held.ring = Arc::downgrade(ring),
+            // Its last reference went, and its drop may still be applying
+            // what it holds (a write here now could overtake it).
+            None if held
+                .ring_gone
+                .as_ref()
+                .is_some_and(|gone| !gone.load(Ordering::Acquire)) =>
+            {
+                return Claim::Wait
+            }
+            _ => held.follow(ring),
         }
         if retain {
             if held.count == 0 || held.count >= u32::MAX - 1 {

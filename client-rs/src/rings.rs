@@ -20,6 +20,7 @@ use hreg_proto::locks::lock;
 use hreg_proto::Status;
 use rustix::fd::{AsFd, OwnedFd};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 
 /// A client's rings: those its threads opened that may still be alive, and
@@ -60,6 +61,9 @@ pub(crate) struct RingCell {
     ready_at: Option<u64>,
     doorbell: OwnedFd,
     state: Mutex<RingState>,
+    /// Set once the ring is dropped and what was posted on it applied
+    /// (see [`RingCell::gone`]).
+    gone: Arc<AtomicBool>,
 }
 
 impl RingTable {
@@ -82,6 +86,15 @@ impl RingCell {
     /// one belongs to a daemon gone away).
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A flag that outlives the ring: true once it is dropped and every
+    /// write posted on it was applied. A write that follows a handle's
+    /// earlier writes, and finds their ring no longer there (its last
+    /// reference went, maybe on another thread, while its drop is still
+    /// applying them), waits for this before it goes on another ring.
+    pub(crate) fn gone(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.gone)
     }
 
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, RingState>> {
@@ -116,6 +129,14 @@ impl RingCell {
 
 impl Drop for RingCell {
     fn drop(&mut self) {
+        self.close();
+        // Whatever happened (settled, or nothing left to wait for).
+        self.gone.store(true, Ordering::Release);
+    }
+}
+
+impl RingCell {
+    fn close(&self) {
         // Only the process that opened the ring closes it, and only while
         // the session lives (otherwise the daemon frees it with the session).
         if self.pid != mapped::current_pid() {
@@ -130,6 +151,7 @@ impl Drop for RingCell {
                 if let Ok(mut state) = self.state.lock() {
                     let _ = self.run(&session, &mut state, engine::settle);
                 }
+                self.gone.store(true, Ordering::Release);
                 let _ = session.call(&ControlRequest::RingClose { index: self.index });
             }
         }
@@ -300,6 +322,7 @@ impl Rings {
                     ready_at,
                     doorbell,
                     state: Mutex::new(RingState::default()),
+                    gone: Arc::default(),
                 });
                 let mut table = self.lock();
                 table.forget_stale(cell.generation);

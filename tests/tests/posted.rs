@@ -354,3 +354,48 @@ fn a_release_on_another_thread_never_overtakes_the_retain_it_follows() {
         assert_eq!(daemon.objects(), 0, "pooled: {pooled}");
     }
 }
+
+/// Threads that retain a handle, hand it over and exit at once: their
+/// rings go with them (RING_CLOSE), and the taker's release must still
+/// come after everything they posted. A release that finds the handle's
+/// ring gone while its drop is still applying what it holds waits for
+/// that; before, it went on its own ring at once, and about one handoff
+/// in a hundred came back as a late INVALID (a release of a handle whose
+/// posted insert was not applied yet gives the handle back) and STALE.
+#[test]
+fn handles_retained_by_threads_that_exit_at_once_keep_their_counts() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let (to_taker, handed) = std::sync::mpsc::channel();
+    let taker = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            for (h, value) in handed {
+                assert_eq!(client.get(h).expect("a handed-over handle"), value);
+                client.release(h).expect("the taker's release");
+            }
+        })
+    };
+    for t in 0..200u64 {
+        let client = client.clone();
+        let to_taker = to_taker.clone();
+        std::thread::spawn(move || {
+            for i in 0..20u64 {
+                let value = numbered(t << 32 | i);
+                let h = client.insert(&value, 0).expect("insert");
+                client.retain(h).expect("retain for the taker");
+                client.release(h).expect("the giver's release");
+                to_taker.send((h, value)).unwrap();
+            }
+            // The thread exits with its last writes posted.
+        })
+        .join()
+        .unwrap();
+    }
+    drop(to_taker);
+    taker.join().unwrap();
+    client
+        .flush()
+        .expect("no late failure: every retain came before its release");
+    assert_eq!(daemon.objects(), 0);
+}
