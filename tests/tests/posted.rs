@@ -310,6 +310,25 @@ fn lives_of_many_threads_never_see_their_own_insert_stale() {
     }
 }
 
+/// A thread that gets each handle sent to it, checks its value and
+/// releases it; ends when the sender is dropped.
+fn taker(
+    client: &hreg::Client,
+) -> (
+    std::sync::mpsc::SyncSender<(Handle, [u8; 16])>,
+    std::thread::JoinHandle<()>,
+) {
+    let (to_taker, handed) = std::sync::mpsc::sync_channel::<(Handle, [u8; 16])>(64);
+    let client = client.clone();
+    let taker = std::thread::spawn(move || {
+        for (h, value) in handed {
+            assert_eq!(client.get(h).expect("a handed-over handle"), value);
+            client.release(h).expect("the taker's release");
+        }
+    });
+    (to_taker, taker)
+}
+
 /// A handle retained on one thread's ring and released on another's (it
 /// was handed over, or a Go goroutine moved rings): the daemon applies two
 /// rings in any order, so the release must follow the retain on the
@@ -325,16 +344,7 @@ fn a_release_on_another_thread_never_overtakes_the_retain_it_follows() {
         if pooled {
             assert!(client.use_ring_pool(2));
         }
-        let (to_taker, handed) = std::sync::mpsc::sync_channel(64);
-        let taker = {
-            let client = client.clone();
-            std::thread::spawn(move || {
-                for (h, value) in handed {
-                    assert_eq!(client.get(h).expect("a handed-over handle"), value);
-                    client.release(h).expect("the taker's release");
-                }
-            })
-        };
+        let (to_taker, taker) = taker(&client);
         for i in 0..HANDOFFS {
             let value = numbered(i);
             let h = client.insert(&value, 0).expect("insert");
@@ -366,16 +376,7 @@ fn a_release_on_another_thread_never_overtakes_the_retain_it_follows() {
 fn handles_retained_by_threads_that_exit_at_once_keep_their_counts() {
     let daemon = Daemon::start(&[]);
     let client = daemon.client();
-    let (to_taker, handed) = std::sync::mpsc::channel();
-    let taker = {
-        let client = client.clone();
-        std::thread::spawn(move || {
-            for (h, value) in handed {
-                assert_eq!(client.get(h).expect("a handed-over handle"), value);
-                client.release(h).expect("the taker's release");
-            }
-        })
-    };
+    let (to_taker, taker) = taker(&client);
     for t in 0..200u64 {
         let client = client.clone();
         let to_taker = to_taker.clone();
