@@ -165,6 +165,7 @@ impl Inner {
         // First the ring this call would use (a thread's own, which is the
         // handle's ring unless another thread posted its first write).
         let mut handles_ring = None;
+        let mut waits = 0u32;
         loop {
             let ring = match handles_ring.take() {
                 Some(ring) => ring,
@@ -187,7 +188,16 @@ impl Inner {
             match posted {
                 Ok(done) => return Ok(done),
                 Err(Some(ring)) => handles_ring = Some(ring),
-                Err(None) => std::thread::yield_now(),
+                // The drop waits for the daemon: so may this, without
+                // spinning for long.
+                Err(None) => {
+                    waits += 1;
+                    if waits < 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
             }
         }
     }
