@@ -173,24 +173,21 @@ impl Inner {
             };
             // Counted and posted under the ring's lock: the handle's writes
             // reach the ring in the order they were counted.
-            let posted = self.on_ring(&ring, |cx, state| {
-                match posting.refs.claim(handle, &ring, generation, retain) {
-                    Claim::Posted { last } => {
-                        engine::post(cx, state, sqe, last.then_some(handle))?;
-                        Ok(Ok(Some(Ok(()))))
-                    }
-                    Claim::NotHeld => Ok(Ok(Some(Err(Error::NotHeld)))),
-                    Claim::Synchronous => Ok(Ok(None)),
-                    Claim::Elsewhere(ring) => Ok(Err(Some(ring))),
-                    Claim::Wait => Ok(Err(None)),
+            let claim = self.on_ring(&ring, |cx, state| {
+                let claim = posting.refs.claim(handle, &ring, generation, retain);
+                if let Claim::Posted { last } = claim {
+                    engine::post(cx, state, sqe, last.then_some(handle))?;
                 }
+                Ok(claim)
             })?;
-            match posted {
-                Ok(done) => return Ok(done),
-                Err(Some(ring)) => handles_ring = Some(ring),
+            match claim {
+                Claim::Posted { .. } => return Ok(Some(Ok(()))),
+                Claim::NotHeld => return Ok(Some(Err(Error::NotHeld))),
+                Claim::Synchronous => return Ok(None),
+                Claim::Elsewhere(ring) => handles_ring = Some(ring),
                 // The drop waits for the daemon: so may this, without
                 // spinning for long.
-                Err(None) => {
+                Claim::Wait => {
                     waits += 1;
                     if waits < 64 {
                         std::thread::yield_now();

@@ -280,25 +280,16 @@ impl RefCounts {
             held.count += 1;
             return Claim::Posted { last: false };
         }
-        if held.count > 1 {
-            held.count -= 1;
-            return Claim::Posted { last: false };
+        match take_from(&mut shard, handle) {
+            Some(last) => Claim::Posted { last },
+            None => Claim::NotHeld,
         }
-        shard.remove(&handle.get());
-        Claim::Posted { last: true }
     }
 
     /// Takes one reference if one is held: `Some(true)` when it was the
     /// last, `None` when none was held.
     fn take(&self, handle: Handle) -> Option<bool> {
-        let mut shard = self.shard(handle);
-        let held = shard.get_mut(&handle.get())?;
-        if held.count > 1 {
-            held.count -= 1;
-            return Some(false);
-        }
-        shard.remove(&handle.get());
-        Some(true)
+        take_from(&mut self.shard(handle), handle)
     }
 
     /// The object is gone: its references with it.
@@ -323,6 +314,19 @@ impl RefCounts {
             _ => {}
         }
     }
+}
+
+/// Takes one of `handle`'s references from its shard of [`RefCounts`]:
+/// `Some(true)` when it was the last (the entry goes), `None` when none was
+/// held.
+fn take_from(shard: &mut HashMap<u64, Held>, handle: Handle) -> Option<bool> {
+    let held = shard.get_mut(&handle.get())?;
+    if held.count > 1 {
+        held.count -= 1;
+        return Some(false);
+    }
+    shard.remove(&handle.get());
+    Some(true)
 }
 
 /// What a write op does to the session's references (see

@@ -136,6 +136,7 @@ impl Drop for RingCell {
 }
 
 impl RingCell {
+    /// What its drop does first: applies what the ring holds and closes it.
     fn close(&self) {
         // Only the process that opened the ring closes it, and only while
         // the session lives (otherwise the daemon frees it with the session).
@@ -151,7 +152,6 @@ impl RingCell {
                 if let Ok(mut state) = self.state.lock() {
                     let _ = self.run(&session, &mut state, engine::settle);
                 }
-                self.gone.store(true, Ordering::Release);
                 let _ = session.call(&ControlRequest::RingClose { index: self.index });
             }
         }
