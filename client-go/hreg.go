@@ -364,6 +364,11 @@ var getScratch = sync.Pool{New: func() interface{} { return new([512]byte) }}
 
 // Get returns a new slice with the value of h. Errors: ErrInvalid (h 0),
 // ErrStale, ErrDenied, ErrDisconnected.
+//
+// A value of up to 32 bytes read in Go comes in a slice carved from a
+// 256-byte block that other Gets of this Client share (its capacity is its
+// length, so an append copies it): a slice kept keeps its block alive.
+// GetInto reads into memory the caller owns.
 func (c *Client) Get(h Handle) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, closedError("get", h)

@@ -120,6 +120,8 @@ type localReads struct {
 	refresh         sync.Mutex // one refresh at a time
 	// posted keeps copies of this client's latest small inserts.
 	posted postedCopies
+	// results gives Get its slices of small values.
+	results resultBlocks
 }
 
 // openLocalReads gives the mappings of cc, or nil when this libhreg reads
@@ -292,7 +294,7 @@ func (lr *localReads) readSlot(h Handle, buf []byte, alloc bool) ([]byte, int, r
 			// kept a copy of the handle's value (the handle was granted to
 			// this session alone, and nothing can change the object
 			// before the insert is applied); else libhreg answers.
-			return lr.posted.read(h, buf, alloc)
+			return lr.posted.read(h, buf, alloc, &lr.results)
 		}
 		if state != stateInline && state != stateHeap {
 			return nil, 0, readCgo
@@ -342,7 +344,7 @@ func (lr *localReads) readSlot(h Handle, buf []byte, alloc bool) ([]byte, int, r
 		dst := buf
 		if alloc {
 			if out == nil || len(out) != int(length) {
-				out = make([]byte, length)
+				out = lr.results.take(int(length))
 			}
 			dst = out
 		}
@@ -401,8 +403,8 @@ func (p *postedCopies) keep(h Handle, value []byte) {
 }
 
 // read answers for h, whose slot reads as reserved, as localReads.read
-// does: from a copy, or readCgo.
-func (p *postedCopies) read(h Handle, buf []byte, alloc bool) ([]byte, int, readOutcome) {
+// does (a new slice from results): from a copy, or readCgo.
+func (p *postedCopies) read(h Handle, buf []byte, alloc bool, results *resultBlocks) ([]byte, int, readOutcome) {
 	place := p.place(h)
 	place.mu.Lock()
 	defer place.mu.Unlock()
@@ -413,7 +415,7 @@ func (p *postedCopies) read(h Handle, buf []byte, alloc bool) ([]byte, int, read
 		}
 		n := int(c.len)
 		if alloc {
-			out := make([]byte, n)
+			out := results.take(n)
 			copy(out, c.bytes[:n])
 			return out, n, readValue
 		}
@@ -424,6 +426,58 @@ func (p *postedCopies) read(h Handle, buf []byte, alloc bool) ([]byte, int, read
 		return nil, n, readValue
 	}
 	return nil, 0, readCgo
+}
+
+// Get's results of up to carvedMax bytes are carved out of blocks of
+// blockBytes: one allocation for several results (a make of 16 bytes took
+// half of a Get). Goroutines carve from one of resultStripes blocks, picked
+// by the address of their stack, so that two running goroutines seldom
+// share a block's counter (sharing one block cost a parallel Get more than
+// the make; a sync.Pool as much as the make). Each result is capped at its
+// length, so an append to it copies it first; a result kept keeps its
+// block, 256 bytes, alive.
+const (
+	carvedMax     = 32
+	blockBytes    = 256 - 8 // a block is 256 bytes: Go's size class, cache-line aligned
+	resultStripes = 32
+)
+
+type resultBlock struct {
+	used  atomic.Uint64 // bytes handed out (may run past blockBytes)
+	bytes [blockBytes]byte
+}
+
+type resultBlocks struct {
+	stripes [resultStripes]struct {
+		current atomic.Pointer[resultBlock]
+		_       [56]byte // a cache line each
+	}
+}
+
+// take gives a new slice of n bytes that nothing else refers to.
+func (rb *resultBlocks) take(n int) []byte {
+	if n > carvedMax {
+		return make([]byte, n)
+	}
+	if n == 0 {
+		return []byte{}
+	}
+	var onStack byte
+	stack := uint64(uintptr(unsafe.Pointer(&onStack)))
+	stripe := &rb.stripes[stack*0x9E3779B97F4A7C15>>(64-5)].current
+	for {
+		b := stripe.Load()
+		if b != nil {
+			if end := b.used.Add(uint64(n)); end <= blockBytes {
+				return b.bytes[end-uint64(n) : end : end]
+			}
+		}
+		next := new(resultBlock)
+		next.used.Store(uint64(n))
+		if stripe.CompareAndSwap(b, next) {
+			return next.bytes[:n:n]
+		}
+	}
 }
 
 // loadWords fills out from C memory at src (8-byte aligned, readable up

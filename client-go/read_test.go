@@ -492,3 +492,52 @@ func allWritten(c *Client, threads int) bool {
 	s, err := c.Stats()
 	return err == nil && s.Ops >= uint64(threads*40)
 }
+
+// Get's small results share blocks: each is its own bytes (no two overlap,
+// whichever goroutines took them), capped at its length, so that writing
+// or appending to one never changes another.
+func TestResultsCarvedFromBlocksAreEachTheirOwn(t *testing.T) {
+	var blocks resultBlocks
+	const goroutines, each = 8, 2000
+	results := make([][][]byte, goroutines)
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		g := g
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				n := i % (carvedMax + 1)
+				r := blocks.take(n)
+				if len(r) != n || cap(r) != n {
+					t.Errorf("take(%d): len %d cap %d", n, len(r), cap(r))
+					return
+				}
+				for k := range r {
+					r[k] = byte(g*31 + i + k)
+				}
+				results[g] = append(results[g], r)
+			}
+		}()
+	}
+	wg.Wait()
+	for g, rs := range results {
+		for i, r := range rs {
+			for k, b := range r {
+				if b != byte(g*31+i+k) {
+					t.Fatalf("goroutine %d's result %d changed at byte %d", g, i, k)
+				}
+			}
+		}
+	}
+	// An append copies, leaving the block's next result alone.
+	first, second := blocks.take(4), blocks.take(4)
+	copy(second, "keep")
+	_ = append(first, "overwrite"...)
+	if string(second) != "keep" {
+		t.Fatalf("an append to one result wrote into the next: %q", second)
+	}
+	if r := blocks.take(carvedMax + 1); len(r) != carvedMax+1 {
+		t.Fatalf("a longer result has length %d", len(r))
+	}
+}

@@ -207,7 +207,11 @@ impl Rings {
                 .filter(|cell| cell.generation == generation)
                 .cloned()
         };
-        for place in pool.places.iter() {
+        // From this thread's place on: threads that find their own free do
+        // not pass each other's locks around.
+        let first = thread_number() % pool.places.len();
+        let (theirs, from_mine) = pool.places.split_at(first);
+        for place in from_mine.iter().chain(theirs) {
             let Some(cell) = place.try_lock().ok().and_then(|p| current(&p)) else {
                 continue;
             };
@@ -227,7 +231,7 @@ impl Rings {
                 return Ok(cell);
             }
         }
-        let mine = &pool.places[thread_number() % pool.places.len()];
+        let mine = &pool.places[first];
         let mut place = lock(mine);
         match current(&place) {
             Some(cell) => Ok(cell),
