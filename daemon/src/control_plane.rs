@@ -248,6 +248,11 @@ pub struct Control {
     /// Sessions of the adopted state waiting for their clients, by id, with
     /// the time they are given up.
     kept: HashMap<u64, (KeptSession, Instant)>,
+    /// Sessions that ended while their process still reads values it
+    /// borrowed: each keeps its session slot (of the daemon's and of its
+    /// uid's, in `admission`) until the registry lets its reader go, so the
+    /// memory they keep stays within the session caps.
+    outliving: usize,
     /// Sessions attached or still releasing their references (what STATS
     /// reports: once a session stops counting, its references are gone).
     live_sessions: Arc<AtomicUsize>,
@@ -291,6 +296,7 @@ impl Control {
             admission: Admission::default(),
             next_key: FIRST_CONN_KEY,
             kept,
+            outliving: 0,
             live_sessions: Arc::default(),
             started: Instant::now(),
             ops_rate: OpsRate::default(),
@@ -381,7 +387,10 @@ impl Control {
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
-        self.registry.prune_readers();
+        for uid in self.registry.prune_readers() {
+            self.outliving -= 1;
+            self.admission.detached(uid);
+        }
         self.registry.reclaim_lagging();
     }
 
@@ -970,10 +979,11 @@ impl Control {
                 })
                 .count()
         };
-        let held = self.attached() + others_kept(None);
+        let held = self.attached() + others_kept(None) + self.outliving;
         if held >= limits.max_sessions {
             let message = Limit::MaxSessions.refusal_text(format_args!(
-                "{} sessions attached or kept for a resume, the daemon's cap",
+                "{} sessions attached, kept for a resume or ended with borrowed values still \
+                 read, the daemon's cap",
                 limits.max_sessions
             ));
             return Err(Refusal::new(Status::Quota, message, "session cap"));
@@ -981,7 +991,8 @@ impl Control {
         let uid_held = self.admission.sessions(peer.uid) + others_kept(Some(peer.uid));
         if peer.uid != ROOT && uid_held >= limits.uid_max_sessions {
             let message = Limit::UidMaxSessions.refusal_text(format_args!(
-                "uid {} has {uid_held} sessions attached or kept for a resume, the cap per uid is {}",
+                "uid {} has {uid_held} sessions attached, kept for a resume or ended with \
+                 borrowed values still read, the cap per uid is {}",
                 peer.uid, limits.uid_max_sessions
             ));
             return Err(Refusal::new(Status::Quota, message, "uid session cap"));
@@ -1403,7 +1414,11 @@ impl Control {
                     Some(Process::Unknown) => session.reader.outlive(None),
                     Some(Process::Gone) | None => {}
                 }
-                self.admission.detached(conn.peer.uid);
+                if session.reader.outlives() {
+                    self.outliving += 1;
+                } else {
+                    self.admission.detached(conn.peer.uid);
+                }
                 self.sessions.remove(&session.id);
                 if let Some(own) = self.sessions_by_uid.get_mut(&uid) {
                     own.remove(&session.id);

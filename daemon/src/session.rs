@@ -132,6 +132,12 @@ impl Drop for Session {
     fn drop(&mut self) {
         if !self.kept.load(Ordering::Acquire) {
             self.registry.release_all(&self.holder);
+            // Its process still reads what it borrowed: the pin table stays
+            // mapped (and its session slot taken, see `crate::control_plane`),
+            // but no ring is served any more.
+            if self.reader.outlives() {
+                self.memory.discard_rings();
+            }
         }
         // Counted out only now, so a session that no longer counts has
         // released everything it held.

@@ -122,4 +122,10 @@ impl SessionMemory {
             self.map.discard(index as usize * stride, stride);
         }
     }
+
+    /// Gives back the pages of every ring (the session is gone; only its
+    /// pin table is still read).
+    pub fn discard_rings(&self) {
+        self.map.discard(0, SessionMemory::pins_offset(self.layout));
+    }
 }

@@ -289,8 +289,8 @@ impl Registry {
     }
 
     /// Deregisters readers that outlived their session and need not any
-    /// more (their process exited, or they hold no pin); how many.
-    pub fn prune_readers(&self) -> usize {
+    /// more (their process exited, or they hold no pin); the uid of each.
+    pub fn prune_readers(&self) -> Vec<u32> {
         self.reclaim.prune()
     }
 

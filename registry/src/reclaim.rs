@@ -162,7 +162,8 @@ impl ReaderRegistration {
 
     /// The session ends, but its process may still read what it borrowed:
     /// its pins stay honoured until `process` (a pidfd of it; `None` when
-    /// it cannot be known) has exited, or its table holds no pin.
+    /// it cannot be known) has exited, or its table holds no pin. Until
+    /// then [`crate::Registry::prune_readers`] does not name its uid.
     pub fn outlive(&self, process: Option<OwnedFd>) {
         let mut readers = lock(&self.readers);
         if let Some(entry) = readers.list.get_mut(&self.id) {
@@ -170,6 +171,14 @@ impl ReaderRegistration {
                 readers.outliving += 1;
             }
         }
+    }
+
+    /// Whether it was told to outlive its session.
+    pub fn outlives(&self) -> bool {
+        lock(&self.readers)
+            .list
+            .get(&self.id)
+            .is_some_and(|entry| entry.outlived.is_some())
     }
 }
 
@@ -368,21 +377,24 @@ impl Reclaimer {
 
     /// Deregisters readers that outlived their session and need not any
     /// more: their process has exited, or their table holds no pin.
-    pub fn prune(&self) -> usize {
+    pub fn prune(&self) -> Vec<u32> {
         let mut readers = lock(&self.readers);
         if readers.outliving == 0 {
-            return 0;
+            return Vec::new();
         }
-        let before = readers.list.len();
+        let mut pruned = Vec::new();
         readers.list.retain(|_, entry| match &entry.outlived {
             None => true,
             Some(process) => {
                 let pins = entry.state.table().is_some_and(|table| table.any());
-                pins && process.as_ref().is_none_or(running)
+                let keep = pins && process.as_ref().is_none_or(running);
+                if !keep {
+                    pruned.push(entry.state.uid);
+                }
+                keep
             }
         });
-        let pruned = before - readers.list.len();
-        readers.outliving -= pruned;
+        readers.outliving -= pruned.len();
         pruned
     }
 

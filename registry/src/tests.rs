@@ -832,14 +832,16 @@ fn a_reader_goes_with_its_session_unless_it_outlives_it() {
     let pins = ClientPins::new(&session, 0, PIN_ENTRIES, 1 << 20).unwrap();
     let pin = borrow(&registry, &pins, h);
     assert!(reader.holds_pins());
+    assert!(!reader.outlives());
     reader.outlive(None);
+    assert!(reader.outlives());
     drop(reader);
     assert_eq!(registry.readers(), 1);
     registry.replace(&owner, h, &[6u8; 500]).unwrap();
-    assert_eq!(registry.prune_readers(), 0);
+    assert_eq!(registry.prune_readers(), []);
     assert_eq!(registry.reclaim().waiting, 500, "still borrowed");
     drop(pin);
-    assert_eq!(registry.prune_readers(), 1);
+    assert_eq!(registry.prune_readers(), [1000], "its uid, told once");
     assert_eq!(registry.readers(), 0);
     assert_eq!(registry.reclaim().waiting, 0);
     // With a pidfd: it goes when its process exits.
@@ -855,10 +857,10 @@ fn a_reader_goes_with_its_session_unless_it_outlives_it() {
     let pin = borrow(&registry, &pins, h);
     reader.outlive(Some(pidfd));
     drop(reader);
-    assert_eq!(registry.prune_readers(), 0);
+    assert_eq!(registry.prune_readers(), []);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(registry.prune_readers(), 1);
+    assert_eq!(registry.prune_readers(), [1000]);
     drop(pin);
 }
 

@@ -7,6 +7,8 @@
 //! - 1b: a borrow never fills the registry for the others;
 //! - 1c: a borrowed value keeps its bytes, whatever another uid does, and
 //!   also after the daemon closed its session while its process lives;
+//! - a session that ended with a borrow keeps its session slot until the
+//!   borrow goes;
 //! - 1d: a kept session that never resumes holds back only the adopted
 //!   heap, and blocks nobody's inserts;
 //! - 3: one borrow held for good does not slow another uid's replaces;
@@ -293,6 +295,56 @@ fn row1c_a_borrow_keeps_its_bytes_after_the_daemon_closed_its_session() {
     wait_until("the unpinned block to be reclaimed", || {
         pending(&daemon) == 0
     });
+}
+
+/// A session that ended while its process still reads what it borrowed
+/// keeps its session slot until the borrow goes: the memory it keeps (its
+/// pin table, the blocks it holds back) stays within the session caps,
+/// however many sessions a process opens, borrows in and lets close.
+#[test]
+fn a_session_ended_with_a_borrow_keeps_its_slot_until_the_borrow_goes() {
+    let daemon = Daemon::start(&["--shards", "1", "--max-sessions", "3"]);
+    let owner = daemon.client();
+    let value = checked_value(7, 4096);
+    let h = owner.insert(&value, hreg::SHARED).unwrap();
+    let hand = HandSession::attach(&daemon);
+    let parts = HandleParts::decode(h.get());
+    let (chunk, index) = slot_place(parts.slot);
+    let slot = SlotView::new(&hand.slots[chunk], index).unwrap();
+    let pins = hand.pins();
+    let Borrow::Pinned { pin, .. } = pins.borrow(&slot, parts.domain, parts.generation) else {
+        panic!("not pinned");
+    };
+    hand.conn.send_bytes(b"not a request");
+    assert!(
+        matches!(
+            hand.conn.try_recv(),
+            Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))
+        ),
+        "the session is closed"
+    );
+    // Owner, the ended session that still borrows, and one more.
+    let third = daemon.client();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = hreg::Client::connect(&daemon.socket);
+    println!(
+        "a session ended with a borrow: a fourth session is {}",
+        if refused.is_err() {
+            "refused"
+        } else {
+            "admitted"
+        }
+    );
+    assert!(
+        matches!(refused, Err(hreg::Error::Quota { .. })),
+        "the ended session's slot was given back while its borrow lives: {:?}",
+        refused.err()
+    );
+    drop(pin);
+    wait_until("the slot to come back once the borrow is gone", || {
+        hreg::Client::connect(&daemon.socket).is_ok()
+    });
+    drop(third);
 }
 
 #[test]
