@@ -11,7 +11,10 @@
 //! with thousands of connections gets the same control work per wake as a
 //! uid with one), SESSIONS pages come from per-uid indexes, and so one busy
 //! uid cannot starve the others, the watchdog or the cleanup of closed
-//! sessions.
+//! sessions. Across wakeups each uid gets at most [`CONTROL_SHARE`] of the
+//! thread's time per [`SHARE_WINDOW`] (its connections are held past it),
+//! so that no uid's requests keep a core busy for the daemon: the control
+//! thread's work is the rare kind (attach, rings, admin requests).
 //!
 //! What the daemon holds for a uid is counted ([`UidHold`]): its rings
 //! (`uid_max_rings`), and the descriptors it costs (connections, the
@@ -79,6 +82,18 @@ const CONTROL_BUDGET: u32 = 250;
 
 /// The least a request costs of its uid's [`CONTROL_BUDGET`].
 const MIN_REQUEST_COST: u32 = 5;
+
+/// Control work one uid gets per [`SHARE_WINDOW`] across wakeups, in
+/// microseconds: a fifth of a core. Past it the uid's connections are held
+/// (not read) until the window ends. The per-wakeup budget alone lets a
+/// uid that floods the control thread keep it busy, wakeup after wakeup,
+/// and so take a core from every other process on the host (a LIST flood
+/// took 92% of a core, and an honest client of another uid kept 13% of its
+/// writes); a share bounds what any uid's requests take of the machine.
+const CONTROL_SHARE: u64 = 20_000;
+
+/// The window [`CONTROL_SHARE`] is counted over.
+const SHARE_WINDOW: Duration = Duration::from_millis(100);
 
 /// How often the connections are looked over (silent ones, hoarders).
 const SCAN_EVERY: Duration = Duration::from_millis(100);
@@ -195,9 +210,31 @@ struct UidHold {
     inflight: usize,
     /// Control work done this wakeup.
     work: u32,
+    /// Control work done in the share window that began at `window`
+    /// (microseconds).
+    recent: u64,
+    window: Option<Instant>,
 }
 
 impl UidHold {
+    /// Whether the uid had its [`CONTROL_SHARE`] of the current window.
+    fn over_share(&mut self, now: Instant) -> bool {
+        match self.window {
+            Some(began) if now.duration_since(began) < SHARE_WINDOW => self.recent >= CONTROL_SHARE,
+            _ => {
+                self.window = Some(now);
+                self.recent = 0;
+                false
+            }
+        }
+    }
+
+    /// Counts `micros` of control work.
+    fn worked(&mut self, micros: u32) {
+        self.work = self.work.saturating_add(micros);
+        self.recent = self.recent.saturating_add(u64::from(micros));
+    }
+
     /// Descriptors the daemon holds or has in flight for the uid.
     fn fds(&self) -> usize {
         self.conns + self.bells + self.inflight
@@ -637,8 +674,14 @@ impl Control {
         self.holds.get(&uid).map_or(0, |h| h.inflight) < self.fds.inflight_cap()
     }
 
-    /// Stops reading connection `key` until [`Control::may_send_fds`] lets
-    /// it go on (see [`Control::release_held`]).
+    /// Whether `uid` had its [`CONTROL_SHARE`] of the current window.
+    fn over_share(&mut self, uid: u32) -> bool {
+        let now = Instant::now();
+        self.holds.get_mut(&uid).is_some_and(|h| h.over_share(now))
+    }
+
+    /// Stops reading connection `key` until [`Control::may_send_fds`] and
+    /// its uid's share let it go on (see [`Control::release_held`]).
     fn hold_conn(&mut self, key: u64) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -660,7 +703,8 @@ impl Control {
             if !self.conns.contains_key(&key) {
                 continue;
             }
-            if !self.may_send_fds(key) {
+            let uid = self.conns[&key].peer.uid;
+            if !self.may_send_fds(key) || self.over_share(uid) {
                 self.held.push(key);
                 continue;
             }
@@ -750,7 +794,7 @@ impl Control {
                 // epoll brings the connection back at the next one.
                 return false;
             }
-            if !self.may_send_fds(key) {
+            if !self.may_send_fds(key) || self.over_share(uid) {
                 self.hold_conn(key);
                 return false;
             }
@@ -770,8 +814,7 @@ impl Control {
                     let began = Instant::now();
                     let connection = self.request(key, &buf[..packet.len], packet.fds);
                     let took = u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX);
-                    let hold = self.hold(uid);
-                    hold.work = hold.work.saturating_add(took.max(MIN_REQUEST_COST));
+                    self.hold(uid).worked(took.max(MIN_REQUEST_COST));
                     connection == Connection::Open
                 }
                 Err(Errno::AGAIN) => false,

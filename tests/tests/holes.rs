@@ -162,6 +162,15 @@ fn a_list_flood_does_not_starve_attach() {
     for _ in 0..5 {
         assert_serves(&daemon, "LIST flood");
     }
+    // And the flood takes a bounded share of a core, not all of it: before
+    // the per-uid share across wakeups the control thread answered it at
+    // 0.9 of a core, leaving the host's other processes one core less.
+    let share = daemon.cpu_share(Duration::from_secs(2));
+    println!("a LIST flood: hregd at {share:.2} of a core");
+    assert!(
+        share < 0.5,
+        "a LIST flood kept hregd at {share:.2} of a core"
+    );
     attacker.finish();
 }
 
