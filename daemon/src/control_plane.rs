@@ -88,8 +88,9 @@ const MIN_REQUEST_COST: u32 = 5;
 /// (not read) until the window ends. The per-wakeup budget alone lets a
 /// uid that floods the control thread keep it busy, wakeup after wakeup,
 /// and so take a core from every other process on the host (a LIST flood
-/// took 92% of a core, and an honest client of another uid kept 13% of its
-/// writes); a share bounds what any uid's requests take of the machine.
+/// kept hregd at a whole core, and with every attack at once an honest
+/// client of another uid kept 13% of its ops); a share bounds what any
+/// uid's requests take of the machine.
 const CONTROL_SHARE: u64 = 20_000;
 
 /// The window [`CONTROL_SHARE`] is counted over.

@@ -235,6 +235,27 @@ impl HandSession {
     fn pins(&self) -> ClientPins<'_> {
         ClientPins::new(&self.memory, self.pins_at, self.pin_entries, self.pin_bytes).unwrap()
     }
+
+    /// The slot of `h`, a handle of the shared domain's first slot chunk,
+    /// and its parts.
+    fn slot_of(&self, h: Handle) -> (SlotView<'_, ReadOnly>, HandleParts) {
+        let parts = HandleParts::decode(h.get());
+        let (chunk, index) = slot_place(parts.slot);
+        (SlotView::new(&self.slots[chunk], index).unwrap(), parts)
+    }
+
+    /// Makes the daemon close the session (a message it cannot read),
+    /// while this process lives on with what it borrowed.
+    fn get_closed(&self) {
+        self.conn.send_bytes(b"not a request");
+        assert!(
+            matches!(
+                self.conn.try_recv(),
+                Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))
+            ),
+            "the session is closed"
+        );
+    }
 }
 
 #[test]
@@ -244,9 +265,7 @@ fn row1c_a_borrow_keeps_its_bytes_after_the_daemon_closed_its_session() {
     let value = checked_value(5, 4096);
     let h = owner.insert(&value, hreg::SHARED).unwrap();
     let hand = HandSession::attach(&daemon);
-    let parts = HandleParts::decode(h.get());
-    let (chunk, index) = slot_place(parts.slot);
-    let slot = SlotView::new(&hand.slots[chunk], index).unwrap();
+    let (slot, parts) = hand.slot_of(h);
     let pins = hand.pins();
     let (pin, at, len) = match pins.borrow(&slot, parts.domain, parts.generation) {
         Borrow::Pinned { pin, at, len } => (pin, at, len as usize),
@@ -259,16 +278,9 @@ fn row1c_a_borrow_keeps_its_bytes_after_the_daemon_closed_its_session() {
     let mut seen = Vec::new();
     read(&mut seen);
     assert_eq!(seen, value);
-    // The daemon closes the session (a message it cannot read); this
-    // process lives on, still reading what it borrowed.
-    hand.conn.send_bytes(b"not a request");
-    assert!(
-        matches!(
-            hand.conn.try_recv(),
-            Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))
-        ),
-        "the session is closed"
-    );
+    // The daemon closes the session; this process lives on, still reading
+    // what it borrowed.
+    hand.get_closed();
     owner.remove(h).unwrap();
     for round in 0..400u64 {
         let other = owner
@@ -308,21 +320,12 @@ fn a_session_ended_with_a_borrow_keeps_its_slot_until_the_borrow_goes() {
     let value = checked_value(7, 4096);
     let h = owner.insert(&value, hreg::SHARED).unwrap();
     let hand = HandSession::attach(&daemon);
-    let parts = HandleParts::decode(h.get());
-    let (chunk, index) = slot_place(parts.slot);
-    let slot = SlotView::new(&hand.slots[chunk], index).unwrap();
+    let (slot, parts) = hand.slot_of(h);
     let pins = hand.pins();
     let Borrow::Pinned { pin, .. } = pins.borrow(&slot, parts.domain, parts.generation) else {
         panic!("not pinned");
     };
-    hand.conn.send_bytes(b"not a request");
-    assert!(
-        matches!(
-            hand.conn.try_recv(),
-            Ok(None) | Ok(Some((Some(Reply::Refused { .. }), _)))
-        ),
-        "the session is closed"
-    );
+    hand.get_closed();
     // Owner, the ended session that still borrows, and one more.
     let third = daemon.client();
     std::thread::sleep(Duration::from_millis(300));
