@@ -81,16 +81,27 @@ static go_result go_done(int status, hreg_handle h) {
 static go_result go_connect(const char *path, hreg_client **out) {
 	return go_done(hreg_connect(path, out), 0);
 }
-static go_result go_insert(hreg_client *c, const void *d, size_t n, uint32_t f) {
-	hreg_handle h = 0;
-	int s = hreg_insert(c, d, n, f, &h);
-	return go_done(s, h);
-}
 static go_result go_replace(hreg_client *c, hreg_handle h, const void *d, size_t n) {
 	return go_done(hreg_replace(c, h, d, n), 0);
 }
-static go_result go_retain(hreg_client *c, hreg_handle h) {
-	return go_done(hreg_retain(c, h), 0);
+
+// The calls of a handle's life and of a get take the client as an
+// integer (Client.raw): cgo checks a pointer argument on every call, and
+// boxes a pointer to an incomplete type such as hreg_client into a new
+// allocation to do so (one per call; a fifth of a Release's time in Go).
+static go_result go_insert(uintptr_t c, const void *d, size_t n, uint32_t f) {
+	hreg_handle h = 0;
+	int s = hreg_insert((hreg_client *)c, d, n, f, &h);
+	return go_done(s, h);
+}
+static go_result go_retain(uintptr_t c, hreg_handle h) {
+	return go_done(hreg_retain((hreg_client *)c, h), 0);
+}
+static int go_release(uintptr_t c, hreg_handle h) {
+	return hreg_release((hreg_client *)c, h);
+}
+static int go_get(uintptr_t c, hreg_handle h, void *buf, size_t cap, size_t *len) {
+	return hreg_get((hreg_client *)c, h, buf, cap, len);
 }
 */
 import "C"
@@ -165,6 +176,8 @@ type Client struct {
 	// which sets closed and then waits for the gate to empty, never frees
 	// it under a call.
 	c *C.hreg_client
+	// raw is c as an integer, for the calls that take it so (see go_insert).
+	raw C.uintptr_t
 	// closed is set by Close before anything is freed; reads in Go look at
 	// it too.
 	closed atomic.Bool
@@ -243,7 +256,12 @@ func Connect(socket string) (*Client, error) {
 		return nil, resultError(r, "connect", 0) // the paths tried, the limit, ...
 	}
 	C.hreg_bind_ring_pool(c, C.size_t(ringPool()))
-	client := &Client{c: c, local: openLocalReads(c), calls: newGate(maxCallsInC)}
+	client := &Client{
+		c:     c,
+		raw:   C.uintptr_t(uintptr(unsafe.Pointer(c))),
+		local: openLocalReads(c),
+		calls: newGate(maxCallsInC),
+	}
 	runtime.SetFinalizer(client, (*Client).Close)
 	return client, nil
 }
@@ -343,11 +361,10 @@ func bytesPtr(b []byte) unsafe.Pointer {
 // reference. Errors: ErrInvalid (unknown flags), ErrTooBig, ErrQuota,
 // ErrDisconnected.
 func (c *Client) Insert(value []byte, flags Flags) (Handle, error) {
-	cc, err := c.acquire("insert", 0)
-	if err != nil {
+	if _, err := c.acquire("insert", 0); err != nil {
 		return 0, err
 	}
-	r := C.go_insert(cc, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags))
+	r := C.go_insert(c.raw, bytesPtr(value), C.size_t(len(value)), C.uint32_t(flags))
 	c.done()
 	if err := c.result(r, "insert", 0); err != nil {
 		return 0, err
@@ -389,8 +406,7 @@ func (c *Client) Get(h Handle) ([]byte, error) {
 
 // getCgo is Get through libhreg.
 func (c *Client) getCgo(h Handle) ([]byte, error) {
-	cc, err := c.acquire("get", h)
-	if err != nil {
+	if _, err := c.acquire("get", h); err != nil {
 		return nil, err
 	}
 	defer c.done()
@@ -399,7 +415,7 @@ func (c *Client) getCgo(h Handle) ([]byte, error) {
 	buf := scratch[:]
 	for {
 		var n C.size_t
-		status := C.hreg_get(cc, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
+		status := C.go_get(c.raw, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
 		c.called(status)
 		switch status {
 		case C.HREG_OK:
@@ -437,13 +453,12 @@ func (c *Client) GetInto(h Handle, buf []byte) (int, error) {
 			return 0, &Error{Op: "get", Handle: h, Status: int(C.HREG_ERR_STALE)}
 		}
 	}
-	cc, err := c.acquire("get", h)
-	if err != nil {
+	if _, err := c.acquire("get", h); err != nil {
 		return 0, err
 	}
 	defer c.done()
 	var n C.size_t
-	status := C.hreg_get(cc, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
+	status := C.go_get(c.raw, C.hreg_handle(h), bytesPtr(buf), C.size_t(len(buf)), &n)
 	c.called(status)
 	switch status {
 	case C.HREG_OK:
@@ -471,11 +486,10 @@ func (c *Client) Replace(h Handle, value []byte) error {
 // Retain takes one more reference to h for this session (needs read
 // access). Errors: ErrInvalid, ErrStale, ErrDenied, ErrQuota, ErrDisconnected.
 func (c *Client) Retain(h Handle) error {
-	cc, err := c.acquire("retain", h)
-	if err != nil {
+	if _, err := c.acquire("retain", h); err != nil {
 		return err
 	}
-	r := C.go_retain(cc, C.hreg_handle(h))
+	r := C.go_retain(c.raw, C.hreg_handle(h))
 	c.done()
 	return c.result(r, "retain", h)
 }
@@ -492,11 +506,10 @@ func (c *Client) Retain(h Handle) error {
 // the daemon applies the release, which is before this client's next
 // write and before its Flush returns.
 func (c *Client) Release(h Handle) error {
-	cc, err := c.acquire("release", h)
-	if err != nil {
+	if _, err := c.acquire("release", h); err != nil {
 		return err
 	}
-	status := C.hreg_release(cc, C.hreg_handle(h))
+	status := C.go_release(c.raw, C.hreg_handle(h))
 	c.done()
 	c.called(status)
 	return statusError(status, "release", h)
