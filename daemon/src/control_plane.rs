@@ -286,11 +286,6 @@ pub struct Control {
     /// Sessions of the adopted state waiting for their clients, by id, with
     /// the time they are given up.
     kept: HashMap<u64, (KeptSession, Instant)>,
-    /// Sessions that ended while their process still reads values it
-    /// borrowed: each keeps its session slot (of the daemon's and of its
-    /// uid's, in `admission`) until the registry lets its reader go, so the
-    /// memory they keep stays within the session caps.
-    outliving: usize,
     /// Sessions attached or still releasing their references (what STATS
     /// reports: once a session stops counting, its references are gone).
     live_sessions: Arc<AtomicUsize>,
@@ -334,7 +329,6 @@ impl Control {
             admission: Admission::default(),
             next_key: FIRST_CONN_KEY,
             kept,
-            outliving: 0,
             live_sessions: Arc::default(),
             started: Instant::now(),
             ops_rate: OpsRate::default(),
@@ -425,8 +419,8 @@ impl Control {
         self.resume_listening();
         let ops = self.ops();
         self.ops_rate.sample(ops);
+        // A session that ended with a borrow held its uid's slot until now.
         for uid in self.registry.prune_readers() {
-            self.outliving -= 1;
             self.admission.detached(uid);
         }
         self.registry.reclaim_lagging();
@@ -1023,7 +1017,10 @@ impl Control {
                 })
                 .count()
         };
-        let held = self.attached() + others_kept(None) + self.outliving;
+        // Sessions that ended while their process still reads values it
+        // borrowed keep their slots until the registry lets their readers
+        // go, so the memory they keep stays within the session caps.
+        let held = self.attached() + others_kept(None) + self.registry.outliving_readers();
         if held >= limits.max_sessions {
             let message = Limit::MaxSessions.refusal_text(format_args!(
                 "{} sessions attached, kept for a resume or ended with borrowed values still \
@@ -1458,9 +1455,8 @@ impl Control {
                     Some(Process::Unknown) => session.reader.outlive(None),
                     Some(Process::Gone) | None => {}
                 }
-                if session.reader.outlives() {
-                    self.outliving += 1;
-                } else {
+                // One that outlives keeps its uid's slot (see `tick`).
+                if !session.reader.outlives() {
                     self.admission.detached(conn.peer.uid);
                 }
                 self.sessions.remove(&session.id);

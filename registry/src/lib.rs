@@ -299,6 +299,12 @@ impl Registry {
         self.reclaim.readers()
     }
 
+    /// Readers that outlive their session (its process still reads what
+    /// it borrowed), until [`Registry::prune_readers`] lets them go.
+    pub fn outliving_readers(&self) -> usize {
+        self.reclaim.outliving()
+    }
+
     /// The byte budget of a session's borrowed references under `limits`:
     /// its uid's byte quota shared by as many sessions as a uid may have
     /// (`sessions_per_uid`), and never less than one value of the largest

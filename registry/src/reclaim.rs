@@ -375,6 +375,11 @@ impl Reclaimer {
         lock(&self.readers).list.len()
     }
 
+    /// How many registered readers outlive their session.
+    pub fn outliving(&self) -> usize {
+        lock(&self.readers).outliving
+    }
+
     /// Deregisters readers that outlived their session and need not any
     /// more: their process has exited, or their table holds no pin.
     pub fn prune(&self) -> Vec<u32> {
